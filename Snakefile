@@ -1,0 +1,30 @@
+# a2dpipe: actor-action semantic segmentation with region masks (Dang et al., BMVC 2018).
+#
+#   snakemake --cores 1 --resources gpu=1 tables      # the paper's tables on the embedded default
+#   snakemake --cores 1 --resources gpu=1 all         # tables, timings and every intermediate artifact
+#   snakemake --report report.html                    # HTML report of the last run
+
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/flow.smk"
+include: "workflow/rules/masks.smk"
+include: "workflow/rules/segmentation.smk"
+include: "workflow/rules/evaluation.smk"
+
+
+rule all:
+    input:
+        get_all_targets(),
+    default_target: True

@@ -1,0 +1,3 @@
+from a2dpipe.cli import main
+
+raise SystemExit(main())

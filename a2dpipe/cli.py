@@ -1,0 +1,63 @@
+"""Command line: ``a2dpipe <command> ...`` (also ``python -m a2dpipe``). Snakemake rules call these commands.
+
+Each command lives in its stage module, which provides ``configure_parser(parser)`` and ``run(args)``. Modules
+are imported only when their command runs, so ``a2dpipe --help`` stays instant and a stage's heavy imports
+(torch, OpenCV) cost nothing to the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from a2dpipe.io import A2DError, setup_logging
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synthesize": ("a2dpipe.synthetic", "write the synthetic A2D-format benchmark"),
+    "index": ("a2dpipe.index", "list the annotated frames of a dataset and assign shards"),
+    "extract-frames": ("a2dpipe.frames", "decode annotated frames and their flow neighbours for one shard"),
+    "flow": ("a2dpipe.flow.stage", "optical flow and its RGB encoding for one shard"),
+    "train-mask-model": ("a2dpipe.masks.train", "train the instance-segmentation model behind a mask source"),
+    "region-masks": ("a2dpipe.masks.stage", "cache candidate region masks of one shard to HDF5"),
+    "mask-quality": ("a2dpipe.masks.quality", "COCO mask AP of the mask sources on the test split"),
+    "train": ("a2dpipe.train", "train the segmentation network (stage 1 or stage 2)"),
+    "predict": ("a2dpipe.predict", "label maps for every test frame"),
+    "evaluate": ("a2dpipe.evaluate", "metrics of one prediction set"),
+    "tables": ("a2dpipe.tables", "the paper's tables from this run's metrics"),
+    "timing": ("a2dpipe.timing", "milliseconds per frame of each stage on this machine"),
+    "bench": ("a2dpipe.bench", "speed and accuracy benchmarks"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="a2dpipe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # prints help or the "invalid choice" error
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"a2dpipe {name}", description=COMMANDS[name][1])
+    parser.add_argument("--log", help="also write the log to this file")
+    module.configure_parser(parser)
+    args = parser.parse_args(rest)
+    setup_logging(args.log)
+    try:
+        module.run(args)
+    except A2DError as err:
+        print(f"a2dpipe {name}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+# Helpers shared by every stage: artifact paths, shards, variants. Rules call `get_*` functions, never inline code.
+import math
+from pathlib import Path
+
+from a2dpipe.a2d import read_videoset
+
+RESULTS = config["results"]
+CONFIG_FILE = workflow.configfiles[0] if workflow.configfiles else "config.yaml"
+INPUTS = config["experiments"]["inputs"]
+REGION_RUNS = [tuple(run) for run in config["experiments"]["regions"]]
+MASK_SOURCES = ("dataset", "generic", "gt")
+TRAINED_MASK_SOURCES = ("dataset", "generic")
+
+
+def res(*parts):
+    """Path of an artifact under the results folder."""
+    return str(Path(RESULTS, *parts))
+
+
+def count_videos():
+    """Videos the index will hold: known from config for the synthetic benchmark, from videoset.csv otherwise."""
+    if config["dataset"]["synthetic"]:
+        return config["synthetic"]["videos"]
+    videos = read_videoset(Path(config["dataset"]["root"], "videoset.csv"))
+    return int((~videos["video"].isin(config["dataset"]["exclude_videos"])).sum())
+
+
+SHARDS = [f"{s:03d}" for s in range(math.ceil(count_videos() / config["dataset"]["shard_size"]))]
+
+
+wildcard_constraints:
+    shard=r"\d{3}",
+    input="|".join(INPUTS),
+    source="|".join(MASK_SOURCES),
+    trained_source="|".join(TRAINED_MASK_SOURCES),
+
+
+# Artifact paths: the contracts between stages (formats documented in the modules that write them).
+INDEX = res("index.csv")
+FRAMES = res("frames", "shard-{shard}.h5")
+FLOW = res("flow", "{method}", "shard-{shard}.h5")
+MASK_MODEL = res("masks", "models", "{trained_source}", "model.pt")
+MASK_CACHE = res("masks", "{source}", "shard-{shard}.h5")
+MASK_QUALITY = res("masks", "quality.csv")
+STAGE1 = res("models", "stage1", "{input}", "model.pt")
+STAGE2 = res("models", "stage2", "{input}-{trained_source}", "model.pt")
+PREDICTIONS = res("predictions", "{variant}.h5")
+EVALUATION = res("evaluation", "{variant}.json")
+
+
+def get_dataset_root():
+    """The dataset folder: produced by `synthesize` for the embedded default, an existing copy otherwise."""
+    return config["dataset"]["root"]
+
+
+def get_stage2_runs():
+    """Distinct (input, training mask source) pairs that stage 2 trains."""
+    return sorted({(inp, train) for inp, train, _ in REGION_RUNS})
+
+
+def get_variants():
+    """Every prediction set: baselines per input, and region models per (input, train source, test source)."""
+    return [f"baseline-{inp}" for inp in INPUTS] + [f"ours-{inp}-{train}-{test}" for inp, train, test in REGION_RUNS]
+
+
+def get_flow_inputs(wildcards):
+    """Flow caches of every shard, when the input uses flow."""
+    if wildcards.input == "rgb":
+        return []
+    return expand(FLOW, method=config["flow"]["method"], shard=SHARDS)
+
+
+def get_all_targets():
+    return [res("tables", "done"), res("timing", "timing.csv")]

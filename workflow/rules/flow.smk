@@ -1,0 +1,1 @@
+# flow stage rules (being written).

@@ -1,0 +1,1 @@
+# masks stage rules (being written).

@@ -1,0 +1,1 @@
+# segmentation stage rules (being written).

@@ -1,0 +1,240 @@
+"""Mask R-CNN builders for the mask sources: a ResNet-50-FPN model for real runs, a tiny one for the CPU default.
+
+Both are torchvision :class:`~torchvision.models.detection.MaskRCNN` models, so they share its contract:
+
+- train: ``model(images, targets) -> {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+  "loss_rpn_box_reg"}``, with ``images`` a list of (3, H, W) float tensors in [0, 1] and ``targets`` a list of
+  dicts ``boxes`` (N, 4) float x1, y1, x2, y2, ``labels`` (N,) int64 (1..num_classes-1), ``masks`` (N, H, W) uint8;
+- eval: ``model(images) -> [{"boxes", "labels", "scores", "masks" (N, 1, H, W) float in [0, 1]}]`` at input size.
+
+``num_classes`` counts the background: 8 for the A2D actors, 2 for a class-agnostic "object" model, 91 for COCO.
+A local COCO checkpoint in torchvision's format (``maskrcnn_resnet50_fpn`` state dict) can initialise any model of
+the same architecture: tensors whose shape differs (the class-specific heads when the class count differs) keep
+their fresh initialisation, everything else is loaded. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet50
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
+
+from a2dpipe.io import A2DError
+
+__all__ = [
+    "BACKBONES",
+    "TinyBody",
+    "maskrcnn_tiny",
+    "maskrcnn_resnet50_fpn",
+    "build_mask_model",
+    "load_coco_checkpoint",
+    "load_mask_model",
+]
+
+log = logging.getLogger("a2dpipe.masks")
+
+BACKBONES = ("tiny", "resnet50_fpn")
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convolutions and a shortcut), with a projection when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class TinyBody(nn.Module):
+    """Narrow ResNet body for small frames: ``layer1`` at stride 4, ``layer2`` at 8, ``layer3`` at 16.
+
+    Channels are ``width``, ``2 * width``, ``4 * width``. Input (B, 3, H, W); returns the last stage (callers take
+    intermediate stages through :class:`BackboneWithFPN`).
+    """
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width // 2, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(width // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width // 2, width, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.layer1 = BasicBlock(width, width)
+        self.layer2 = BasicBlock(width, 2 * width, stride=2)
+        self.layer3 = BasicBlock(2 * width, 4 * width, stride=2)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer3(self.layer2(self.layer1(self.stem(x))))
+
+
+def maskrcnn_tiny(
+    *, num_classes: int, min_size: int = 96, max_size: int = 192, width: int = 24, fpn_channels: int = 64, **kwargs
+) -> MaskRCNN:
+    """Mask R-CNN on :class:`TinyBody` + FPN, sized for ~96-px frames (objects of 8..90 px), trained from scratch.
+
+    Anchors are 12, 24, 48, 96 px on strides 4, 8, 16, 32; heads are narrowed (256-d box MLP, two 64-channel mask
+    convolutions) so that a few hundred iterations on two CPU cores take minutes. ``kwargs`` go to MaskRCNN.
+    """
+    body = TinyBody(width)
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2"},
+        in_channels_list=[width, 2 * width, 4 * width],
+        out_channels=fpn_channels,
+    )  # the FPN adds a max-pooled "pool" level (stride 32)
+    anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    box_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
+    mask_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=14, sampling_ratio=2)
+    options = dict(
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=128,
+        box_batch_size_per_image=128,
+    )
+    options.update(kwargs)
+    return MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=box_pool,
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, 256),
+        box_predictor=FastRCNNPredictor(256, num_classes),
+        mask_roi_pool=mask_pool,
+        mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels, fpn_channels], 1),
+        mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes),
+        **options,
+    )
+
+
+def maskrcnn_resnet50_fpn(
+    *, num_classes: int, min_size: int = 320, max_size: int = 568, pretrained_layout: bool = False, **kwargs
+) -> MaskRCNN:
+    """torchvision's ResNet-50-FPN Mask R-CNN (same parameter names as its COCO checkpoint).
+
+    ``pretrained_layout=True`` uses frozen batch norm and trains only the last three ResNet stages, as torchvision
+    does when starting from pretrained weights; otherwise everything trains with ordinary batch norm.
+    """
+    norm = misc_nn_ops.FrozenBatchNorm2d if pretrained_layout else nn.BatchNorm2d
+    trainable = 3 if pretrained_layout else 5
+    backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=norm), trainable)
+    return MaskRCNN(backbone, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+
+
+def build_mask_model(
+    *,
+    backbone: str = "tiny",
+    num_classes: int,
+    min_size: int,
+    max_size: int,
+    coco_checkpoint: str | Path | None = None,
+    pretrained_layout: bool | None = None,
+    **kwargs,
+) -> MaskRCNN:
+    """The mask model of the config: ``backbone`` in ``BACKBONES``; optionally initialised from ``coco_checkpoint``.
+
+    ``pretrained_layout`` (ResNet-50 only; default: whether a checkpoint is given) freezes batch norm and the
+    first two stages, as fine-tuning from COCO weights wants. ``kwargs`` go to torchvision's MaskRCNN.
+    """
+    if pretrained_layout is None:
+        pretrained_layout = coco_checkpoint is not None
+    if backbone == "tiny":
+        model = maskrcnn_tiny(num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    elif backbone == "resnet50_fpn":
+        model = maskrcnn_resnet50_fpn(
+            num_classes=num_classes, min_size=min_size, max_size=max_size,
+            pretrained_layout=pretrained_layout, **kwargs,
+        )
+    else:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    if coco_checkpoint is not None:
+        load_coco_checkpoint(model, coco_checkpoint)
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise A2DError(f"{path}: COCO checkpoint not found (config masks.coco_checkpoint)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a foreign or damaged file
+        raise A2DError(f"{path}: not a readable torch checkpoint: {err}") from None
+    for key in ("model", "state_dict"):  # reference-script checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise A2DError(f"{path}: expected a state dict of tensors (torchvision format)")
+    return state
+
+
+def load_coco_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
+    """Load every tensor of ``path`` whose name and shape match ``model``; return the names left as initialised.
+
+    Class-specific heads (``roi_heads.box_predictor.*``, ``roi_heads.mask_predictor.mask_fcn_logits.*``) differ in
+    shape when the class count differs and are re-initialised; a checkpoint that matches nothing is an error.
+    """
+    path = Path(path)
+    source = _read_state_dict(path)
+    target = model.state_dict()
+    loaded = OrderedDict(
+        (k, v) for k, v in source.items() if k in target and tuple(v.shape) == tuple(target[k].shape)
+    )
+    # batch-norm counters are not in torchvision's COCO files (frozen batch norm has none)
+    fresh = [k for k in target if k not in loaded and not k.endswith("num_batches_tracked")]
+    if not loaded:
+        raise A2DError(f"{path}: no tensor matches the {type(model).__name__} being built (wrong backbone?)")
+    model.load_state_dict(loaded, strict=False)
+    log.info("%s: loaded %d tensors, %d left as initialised: %s", path, len(loaded), len(fresh), fresh[:8])
+    return fresh
+
+
+def load_mask_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MaskRCNN, dict]:
+    """A mask model saved by ``a2dpipe train-mask-model``, in eval mode on ``device``, and its checkpoint dict.
+
+    The checkpoint holds ``model`` (state dict), ``arch`` (builder keyword arguments), ``source``,
+    ``class_agnostic`` and ``config``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise A2DError(f"{path}: mask model not found (run `a2dpipe train-mask-model`)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise A2DError(f"{path}: not a readable mask model checkpoint: {err}") from None
+    if not isinstance(checkpoint, dict) or "arch" not in checkpoint or "model" not in checkpoint:
+        raise A2DError(f"{path}: not a mask model written by `a2dpipe train-mask-model` (no 'arch'/'model')")
+    model = build_mask_model(**checkpoint["arch"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,28 @@
+"""Segmentation network: dilated two-stream front-end, ASPP baseline and region back-ends (paper 3.2-3.3).
+
+``build_segmenter(config, input=...)`` assembles the network from the config's ``segmentation`` section.
+"""
+
+from a2dpipe.models.backends import ASPPBaseline, RegionBackEnd
+from a2dpipe.models.frontend import OUTPUT_STRIDE, FrontEnd, build_front_end, load_imagenet_checkpoint
+from a2dpipe.models.segmenter import (
+    Segmenter,
+    build_segmenter,
+    joint_prediction,
+    segmentation_config,
+    segmentation_loss,
+)
+
+__all__ = [
+    "ASPPBaseline",
+    "RegionBackEnd",
+    "FrontEnd",
+    "OUTPUT_STRIDE",
+    "build_front_end",
+    "load_imagenet_checkpoint",
+    "Segmenter",
+    "build_segmenter",
+    "joint_prediction",
+    "segmentation_config",
+    "segmentation_loss",
+]

@@ -1,0 +1,147 @@
+"""The assembled actor-action segmenter: front-end, baseline back-end, region back-end; loss; joint prediction.
+
+``Segmenter.forward(rgb, flow=None, regions=None)`` runs the front-end and the baseline back-end when
+``regions`` is None, the region back-end otherwise, and returns ``{"actor": (B, 8, H, W), "action": (B, 10, H, W)}``
+log-probabilities at the input size. ``heads(features, size, regions)`` runs only the back-end, for stage 2 on
+cached front-end features.
+
+Joint prediction (paper 3.3): p(actor, action) = p(actor) * p(action), evaluated only for background (both heads'
+background) and the 43 valid pairs, so an invalid pair can never be predicted:
+
+    >>> import torch
+    >>> actor = torch.log_softmax(torch.randn(1, 8, 2, 2), 1); action = torch.log_softmax(torch.randn(1, 10, 2, 2), 1)
+    >>> ids = joint_prediction(actor, action)
+    >>> bool(torch.isin(ids, torch.tensor([0, *VALID_PAIRS], dtype=torch.uint8)).all())
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from a2dpipe.labels import IGNORE, VALID_PAIRS, actor_of, action_of
+from a2dpipe.models.backends import ASPPBaseline, RegionBackEnd
+from a2dpipe.models.frontend import FrontEnd, build_front_end
+
+__all__ = [
+    "Segmenter",
+    "build_segmenter",
+    "segmentation_config",
+    "segmentation_loss",
+    "joint_prediction",
+    "SEGMENTATION_DEFAULTS",
+    "VALID_PAIRS",
+]
+
+# Defaults of the `segmentation` config section; they mirror workflow/schemas/config.schema.yaml, which is what
+# the workflow validates against (this copy serves commands run by hand and tests with partial configs).
+SEGMENTATION_DEFAULTS: dict = {
+    "backbone": "tiny",
+    "width": 24,
+    "rgb_weights": None,
+    "flow_weights": None,
+    "aspp_rates": [6, 12, 18, 24],
+    "crop": [96, 128],
+    "amp": False,
+    "stage1": {
+        "optimizer": "adam", "lr_front": 0.001, "lr_back": 0.005, "momentum": 0.9, "weight_decay": 0.0001,
+        "batch_size": 16, "iterations": 300, "poly_power": 0.9, "checkpoint_every": 50,
+    },
+    "stage2": {
+        "optimizer": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0001, "batch_size": 4,
+        "iterations": 300, "poly_power": 0.9, "checkpoint_every": 50, "roi_size": 7, "fc_dim": 256,
+        "uncovered_background": 1.0, "pool": "align", "pixel_stride": 1, "cache_features": True,
+    },
+}
+
+
+def segmentation_config(config: dict) -> dict:
+    """The ``segmentation`` section of a full config with defaults filled in (a new dict)."""
+    section = config.get("segmentation") or {}
+    out = copy.deepcopy(SEGMENTATION_DEFAULTS)
+    for key, value in section.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+class Segmenter(nn.Module):
+    """Front-end plus both back-ends. Stage 1 trains ``front_end`` + ``baseline``; stage 2 ``region`` only."""
+
+    def __init__(self, front_end: FrontEnd, baseline: ASPPBaseline, region: RegionBackEnd):
+        super().__init__()
+        self.front_end = front_end
+        self.baseline = baseline
+        self.region = region
+
+    @property
+    def uses_flow(self) -> bool:
+        return self.front_end.uses_flow
+
+    def heads(self, features: torch.Tensor, size: tuple[int, int],
+              regions: list[dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """Back-end only: baseline when ``regions`` is None, region back-end otherwise."""
+        if regions is None:
+            return self.baseline(features, size)
+        return self.region(features, regions, size)
+
+    def forward(self, rgb: torch.Tensor, flow: torch.Tensor | None = None,
+                regions: list[dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.front_end(rgb, flow), tuple(rgb.shape[-2:]), regions)
+
+
+def build_segmenter(config: dict, *, input: str = "rgb", pretrained: bool = True) -> Segmenter:
+    """Segmenter from a full config (its ``segmentation`` section) for input ``rgb`` or ``rgbflow``.
+
+    ``pretrained=False`` skips the ImageNet checkpoints (when a trained checkpoint is loaded right after).
+    """
+    if input not in ("rgb", "rgbflow"):
+        raise ValueError(f"input must be 'rgb' or 'rgbflow', not {input!r}")
+    seg = segmentation_config(config)
+    front_end = build_front_end(
+        backbone=seg["backbone"],
+        width=seg["width"],
+        streams=("rgb", "flow") if input == "rgbflow" else ("rgb",),
+        rgb_weights=seg["rgb_weights"] if pretrained else None,
+        flow_weights=seg["flow_weights"] if pretrained else None,
+    )
+    s2 = seg["stage2"]
+    region = RegionBackEnd(front_end.out_channels, roi_size=s2["roi_size"], fc_dim=s2["fc_dim"],
+                           uncovered_background=s2["uncovered_background"], pool=s2["pool"],
+                           pixel_stride=s2["pixel_stride"])
+    return Segmenter(front_end, ASPPBaseline(front_end.out_channels, seg["aspp_rates"]), region)
+
+
+def segmentation_loss(outputs: dict[str, torch.Tensor], actor: torch.Tensor,
+                      action: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Eq. 1: mean per-pixel NLL of each head; targets (B, H, W) int64 class maps with ``IGNORE`` left out.
+
+    Returns ``{"loss_actor", "loss_action"}``; a batch with no labelled pixel gives zero losses (with gradient
+    paths intact), not NaN.
+    """
+    losses = {}
+    for name, target in (("actor", actor), ("action", action)):
+        logp = outputs[name]
+        if (target != IGNORE).any():
+            losses[f"loss_{name}"] = F.nll_loss(logp, target, ignore_index=IGNORE)
+        else:
+            losses[f"loss_{name}"] = logp.sum() * 0.0
+    return losses
+
+
+_JOINT_ACTOR = torch.tensor([0, *(actor_of(p) for p in VALID_PAIRS)])
+_JOINT_ACTION = torch.tensor([0, *(action_of(p) for p in VALID_PAIRS)])
+_JOINT_ID = torch.tensor([0, *VALID_PAIRS], dtype=torch.uint8)
+
+
+def joint_prediction(actor_logp: torch.Tensor, action_logp: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) uint8 A2D ids: argmax of log p(actor) + log p(action) over background and the 43 valid pairs."""
+    device = actor_logp.device
+    joint = actor_logp[:, _JOINT_ACTOR.to(device)] + action_logp[:, _JOINT_ACTION.to(device)]
+    return _JOINT_ID.to(device)[joint.argmax(1)]

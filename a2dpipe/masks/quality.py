@@ -1,0 +1,135 @@
+"""``a2dpipe mask-quality``: COCO-style mask AP of the mask sources on the test split (pycocotools).
+
+Ground truth: the test frames' actor instances from the frames stores. Detections: the cached regions (masks
+thresholded at 0.5, scored by their region score), i.e. the regions as the segmentation network receives them
+(already cut at ``masks.score_threshold`` and ``masks.max_regions``).
+
+Two ways of counting, one row each in ``results/masks/quality.csv``:
+
+- ``actor``: categories are the 7 actors; a region must carry the right actor label. Only sources with actor labels
+  (``dataset``) get this row: the ``generic`` source has no actor classes.
+- ``agnostic``: one category "actor instance"; any region may match any actor instance. Every source gets this
+  row, so ``dataset`` and ``generic`` are compared on equal terms; a generic region on a non-actor object is a false
+  positive, which is exactly the cost of generic masks.
+
+Columns: ``source, categories, AP, AP50, AP75, frames, regions_per_frame`` (AP in percent, COCO's
+AP@[.5:.95], 100 detections per frame).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.labels import ACTORS
+from a2dpipe.masks.cache import MaskCache
+from a2dpipe.masks.data import InstanceReader, list_frames
+
+log = logging.getLogger("a2dpipe.masks")
+
+COLUMNS = ["source", "categories", "AP", "AP50", "AP75", "frames", "regions_per_frame"]
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("--config", required=True, help="config YAML")
+    parser.add_argument("--frames", required=True, nargs="+", help="frames stores (every shard)")
+    parser.add_argument("--dataset", nargs="*", default=[], help="dataset-source caches (every shard)")
+    parser.add_argument("--generic", nargs="*", default=[], help="generic-source caches (every shard)")
+    parser.add_argument("--out", required=True, help="CSV table to write (results/masks/quality.csv)")
+
+
+def run(args) -> None:
+    load_config(args.config)  # validates the file; the evaluation itself has no settings
+    table = mask_quality(args.frames, {"dataset": args.dataset, "generic": args.generic})
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.2f")
+    log.info("mask quality:\n%s", table.to_string(index=False))
+
+
+def mask_quality(frames: list[str | Path], caches: dict[str, list[str | Path]]) -> pd.DataFrame:
+    """AP table of the given sources (see the module docstring) over the test frames of ``frames``."""
+    refs = list_frames(frames, split="test")
+    if not refs:
+        raise A2DError(f"{frames[0]}: no test-split frames to measure mask quality on")
+    with InstanceReader(frames) as reader:
+        truth = [reader.read(ref, "dataset")[1:] for ref in refs]
+    rows = []
+    for source, paths in caches.items():
+        if not paths:
+            continue
+        regions = _read_regions(paths, refs)
+        agnostic_only = source == "generic"
+        for categories in (("agnostic",) if agnostic_only else ("actor", "agnostic")):
+            ap = coco_mask_ap(truth, regions, agnostic=categories == "agnostic")
+            rows.append({"source": source, "categories": categories, **ap, "frames": len(refs),
+                         "regions_per_frame": float(np.mean([len(r) for r in regions]))})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _read_regions(paths, refs):
+    caches = [MaskCache(p) for p in paths]
+    try:
+        found = []
+        for ref in refs:
+            holder = next((c for c in caches if (ref.video, ref.frame) in c), None)
+            if holder is None:
+                raise A2DError(f"{paths[0]}: no cached regions for test frame {ref.video}/{ref.frame:05d}")
+            found.append(holder.read(ref.video, ref.frame))
+        return found
+    finally:
+        for c in caches:
+            c.close()
+
+
+def _rle(masks: np.ndarray) -> list[dict]:
+    encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for e in encoded:
+        e["counts"] = e["counts"].decode("ascii")
+    return encoded
+
+
+def coco_mask_ap(truth, regions, *, agnostic: bool) -> dict[str, float]:
+    """Mask AP (percent) of ``regions`` (list of :class:`Regions`) against ``truth`` (list of (masks, labels)).
+
+    ``agnostic``: one category; otherwise the 7 actor categories (regions labelled 0 can then match nothing).
+    """
+    categories = [{"id": 1, "name": "actor"}] if agnostic else [{"id": i + 1, "name": n} for i, n in enumerate(ACTORS)]
+    images, annotations, detections = [], [], []
+    for image_id, ((masks, labels), found) in enumerate(zip(truth, regions), start=1):
+        height, width = found.size
+        images.append({"id": image_id, "height": height, "width": width})
+        if len(masks):
+            for rle, label in zip(_rle(masks), labels):
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": 1 if agnostic else int(label),
+                    "segmentation": rle, "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
+                    "iscrowd": 0,
+                })
+        if len(found):
+            for rle, label, score in zip(_rle(found.masks >= 0.5), found.labels, found.scores):
+                detections.append({"image_id": image_id, "category_id": 1 if agnostic else int(label),
+                                   "segmentation": rle, "score": float(score)})
+    if not annotations:
+        raise A2DError("no actor instances in the test split: mask AP is undefined")
+    detections = [d for d in detections if d["category_id"] >= 1]  # label 0 (actor unknown) matches no actor class
+    if not detections:
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(detections), iouType="segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats
+    return {"AP": 100 * max(0.0, stats[0]), "AP50": 100 * max(0.0, stats[1]), "AP75": 100 * max(0.0, stats[2])}

@@ -1,0 +1,123 @@
+"""``a2dpipe region-masks``: the candidate regions of every annotated frame of one shard, cached to HDF5.
+
+Sources (``--source``):
+
+- ``dataset`` / ``generic``: the mask model ``--model`` (from ``train-mask-model``) on each frame; regions scoring
+  below ``masks.score_threshold`` are dropped and at most ``masks.max_regions`` kept, best first. ``generic``
+  regions are labelled 0 (actor unknown): that model has no actor classes.
+- ``gt``: the frame's ground-truth actor instances (score 1, label = actor, binary masks); no model.
+
+Every annotated frame of the shard (train and test splits: stage 2 trains on regions too) gets a group, possibly
+with zero regions. The cache format is documented in :mod:`a2dpipe.masks.cache`; ``seconds_per_frame`` is the
+model's forward time per frame (including resizing and mask pasting, excluding HDF5 I/O).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from a2dpipe.io import A2DError, load_config, select_device
+from a2dpipe.masks.cache import MaskCacheWriter, Regions, file_digest
+from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
+from a2dpipe.masks.model import load_mask_model
+
+log = logging.getLogger("a2dpipe.masks")
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("--config", required=True, help="config YAML (its masks section)")
+    parser.add_argument("--source", required=True, choices=("dataset", "generic", "gt"), help="mask source")
+    parser.add_argument("--frames", required=True, help="frames store of the shard")
+    parser.add_argument("--model", help="mask model checkpoint (dataset and generic sources)")
+    parser.add_argument("--out", required=True, help="region-mask cache to write")
+
+
+def run(args) -> None:
+    config = load_config(args.config)
+    if args.source != "gt" and not args.model:
+        raise A2DError(f"--model is required for the {args.source} mask source")
+    cache_regions(config, args.source, args.frames, args.out, model_path=args.model)
+
+
+def cache_regions(config: dict, source: str, frames: str | Path, out: str | Path, model_path=None) -> float:
+    """Write the region cache of one shard; return seconds per frame."""
+    cfg = config["masks"]
+    refs = list_frames([frames])
+    with InstanceReader([frames]) as reader, MaskCacheWriter(
+        out, source=source, model=_provenance(model_path), config=cfg
+    ) as writer:
+        if source == "gt":
+            seconds = _write_gt(reader, refs, writer)
+        else:
+            seconds = _write_predicted(reader, refs, writer, config, source, model_path)
+        writer.seconds_per_frame = seconds / max(1, len(refs))
+    log.info("%s: %d frames, %.4f s per frame (%s)", out, len(refs), seconds / max(1, len(refs)), source)
+    return seconds / max(1, len(refs))
+
+
+def _provenance(model_path) -> str:
+    if not model_path:
+        return ""
+    return f"{Path(model_path).as_posix()} sha256:{file_digest(model_path)}"
+
+
+def gt_regions(masks: np.ndarray, labels: np.ndarray) -> Regions:
+    """Ground-truth instances as regions: tight boxes, score 1, actor labels, binary masks."""
+    return Regions(masks_to_boxes(masks), np.ones(len(masks)), labels, masks.astype(np.float32))
+
+
+def _write_gt(reader, refs, writer) -> float:
+    seconds = 0.0
+    for ref in refs:
+        _, masks, labels = reader.read(ref, "dataset")
+        started = time.perf_counter()
+        regions = gt_regions(masks, labels)
+        seconds += time.perf_counter() - started
+        writer.write(ref.video, ref.frame, regions)
+    return seconds
+
+
+def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
+    cfg = config["masks"]
+    device = select_device(config.get("device", "auto"))
+    model, checkpoint = load_mask_model(model_path, device)
+    if checkpoint["source"] != source:
+        raise A2DError(f"{model_path}: a {checkpoint['source']} mask model, but --source is {source}")
+    agnostic = bool(checkpoint["class_agnostic"])
+    model.roi_heads.detections_per_img = cfg["max_regions"]
+    seconds = 0.0
+    batch = max(1, cfg["batch_size"])
+    for first in range(0, len(refs), batch):
+        chunk = refs[first:first + batch]
+        images = [torch.from_numpy(reader.rgb(r)).permute(2, 0, 1).float().div(255).to(device) for r in chunk]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            outputs = model(images)
+        regions = [_to_regions(o, image.shape[1:], cfg, agnostic) for o, image in zip(outputs, images)]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - started
+        for ref, frame_regions in zip(chunk, regions):
+            writer.write(ref.video, ref.frame, frame_regions)
+    return seconds
+
+
+def _to_regions(output: dict, size, cfg: dict, agnostic: bool) -> Regions:
+    """Mask R-CNN detections -> the regions kept: score >= threshold, best ``max_regions``."""
+    scores = output["scores"]
+    order = torch.argsort(scores, descending=True)
+    order = order[scores[order] >= cfg["score_threshold"]][: cfg["max_regions"]]
+    if len(order) == 0:
+        return Regions.empty(*size)
+    labels = torch.zeros_like(order) if agnostic else output["labels"][order]
+    return Regions(
+        boxes=output["boxes"][order].cpu().numpy(),
+        scores=scores[order].cpu().numpy(),
+        labels=labels.cpu().numpy(),
+        masks=output["masks"][order, 0].cpu().numpy(),
+    )

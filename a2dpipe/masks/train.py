@@ -1,0 +1,226 @@
+"""``a2dpipe train-mask-model``: train the Mask R-CNN behind the ``dataset`` or ``generic`` mask source.
+
+- ``dataset``: actor classes (8 with background) on the train split's actor instances; initialised from
+  ``masks.coco_checkpoint`` when one is given (class heads re-initialised).
+- ``generic``: with ``masks.coco_checkpoint`` set, that COCO model used as is (no training: the paper's COCO-trained
+  FCIS); otherwise (synthetic benchmark) one "object" class trained on every object of the train split, actors and
+  non-actor distractors alike, so it proposes irrelevant objects too. Its regions carry no actor label (0).
+
+Writes ``--out`` (``model``, ``arch``, ``source``, ``class_agnostic``, ``config``, ``steps``; read it with
+:func:`a2dpipe.masks.model.load_mask_model`). Beside it: ``checkpoint.pt`` every ``masks.checkpoint_every`` steps
+(model, optimiser, scheduler, step, RNG states, loss history, a fingerprint of the recipe) from which a killed run
+resumes with the same result, and ``loss.csv`` (the loss curve: step, lr, total and each Mask R-CNN loss).
+
+Recipe: SGD (momentum 0.9, weight decay 1e-4), linear warm-up over the first 10% of the steps, cosine decay; each
+step draws ``batch_size`` train frames from a generator seeded by (seed, step) and flips half of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from a2dpipe.io import A2DError, atomic_path, load_config, select_device
+from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
+from a2dpipe.masks.model import build_mask_model
+
+log = logging.getLogger("a2dpipe.masks")
+
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+NUM_CLASSES = {"dataset": 8, "generic": 2}
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("--config", required=True, help="config YAML (its masks section)")
+    parser.add_argument("--source", required=True, choices=("dataset", "generic"), help="mask source to train")
+    parser.add_argument("--frames", required=True, nargs="+", help="frames stores (every shard)")
+    parser.add_argument("--out", required=True, help="model checkpoint to write (model.pt)")
+
+
+def run(args) -> None:
+    config = load_config(args.config)
+    train_mask_model(config, args.source, args.frames, args.out)
+
+
+def _arch(cfg: dict, source: str, num_classes: int) -> dict:
+    return dict(
+        backbone=cfg["backbone"],
+        num_classes=num_classes,
+        min_size=cfg["min_size"],
+        max_size=cfg["max_size"],
+        pretrained_layout=cfg["backbone"] == "resnet50_fpn" and cfg.get("coco_checkpoint") is not None,
+        box_detections_per_img=cfg["max_regions"],
+    )
+
+
+def train_mask_model(config: dict, source: str, frames: list[str], out: str | Path) -> dict:
+    """Train (or, for ``generic`` with a COCO checkpoint, wrap) the mask model; return the saved checkpoint dict."""
+    cfg = config["masks"]
+    out = Path(out)
+    if source == "generic" and cfg.get("coco_checkpoint"):
+        return _save_coco_as_generic(config, out)
+    seed = int(config.get("seed", 0))
+    device = select_device(config.get("device", "auto"))
+    arch = _arch(cfg, source, NUM_CLASSES[source])
+
+    reader = InstanceReader(frames)
+    refs = list_frames(frames, split="train")
+    if not refs:
+        raise A2DError(f"{frames[0]}: no train-split frames in the frames stores to train the mask model on")
+    fingerprint = _fingerprint(cfg, source, seed, refs)
+    log.info("training the %s mask model (%s) on %d train frames, %d steps", source, cfg["backbone"], len(refs),
+             cfg["iterations"])
+
+    torch.manual_seed(seed)
+    model = build_mask_model(**arch, coco_checkpoint=cfg.get("coco_checkpoint")).to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg["iterations"]))
+    history: list[dict] = []
+    start = 0
+
+    resume_path = out.with_name("checkpoint.pt")
+    curve_path = out.with_name("loss.csv")
+    if resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _set_rng_state(state["rng"])
+            history, start = state["history"], state["step"]
+            log.info("resuming from %s at step %d", resume_path, start)
+        else:
+            log.info("%s was made with another recipe or data: starting afresh", resume_path)
+
+    started = time.perf_counter()
+    for step in range(start, cfg["iterations"]):
+        images, targets = _batch(reader, refs, source, seed, step, cfg["batch_size"], device)
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise A2DError(f"config masks.lr={cfg['lr']}: the mask model's loss diverged at step {step}; lower it")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        history.append(
+            {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
+             **{k: losses[k].item() for k in LOSS_KEYS}}
+        )
+        if (step + 1) % 20 == 0:
+            log.info("step %d/%d loss %.3f", step + 1, cfg["iterations"], history[-1]["loss"])
+        if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["iterations"]:
+            _save_resume(resume_path, model, optimizer, scheduler, step + 1, history, fingerprint)
+            _write_curve(curve_path, history)
+    reader.close()
+    elapsed = time.perf_counter() - started
+    log.info("trained %d steps in %.1f s", cfg["iterations"] - start, elapsed)
+
+    _save_resume(resume_path, model, optimizer, scheduler, cfg["iterations"], history, fingerprint)
+    _write_curve(curve_path, history)
+    checkpoint = {
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},
+        "arch": arch,
+        "source": source,
+        "class_agnostic": source == "generic",
+        "config": cfg,
+        "seed": seed,
+        "steps": cfg["iterations"],
+        "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else float("nan"),
+    }
+    with atomic_path(out) as tmp:
+        torch.save(checkpoint, tmp)
+    return checkpoint
+
+
+def _save_coco_as_generic(config: dict, out: Path) -> dict:
+    """The generic source on real data: the COCO checkpoint as is (91 COCO classes, regions labelled 0)."""
+    cfg = config["masks"]
+    arch = _arch(cfg, "generic", 91)
+    model = build_mask_model(**arch, coco_checkpoint=cfg["coco_checkpoint"])
+    log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])
+    checkpoint = {
+        "model": model.state_dict(), "arch": arch, "source": "generic", "class_agnostic": True,
+        "config": cfg, "seed": int(config.get("seed", 0)), "steps": 0, "final_loss": float("nan"),
+    }
+    with atomic_path(out) as tmp:
+        torch.save(checkpoint, tmp)
+    return checkpoint
+
+
+def _schedule(iterations: int):
+    warmup = max(1, iterations // 10)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.1 + 0.9 * step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, iterations - warmup)))
+
+    return factor
+
+
+def _batch(reader, refs, source, seed, step, batch_size, device):
+    """Frames of one step as torchvision inputs; deterministic in (seed, step) so a resumed run draws the same."""
+    rng = np.random.default_rng([seed, step])
+    picks = rng.choice(len(refs), size=batch_size, replace=len(refs) < batch_size)
+    flips = rng.random(batch_size) < 0.5
+    images, targets = [], []
+    for index, flip in zip(picks, flips):
+        rgb, masks, labels = reader.read(refs[index], source)
+        if flip:
+            rgb, masks = rgb[:, ::-1], masks[:, :, ::-1]
+        rgb, masks = np.ascontiguousarray(rgb), np.ascontiguousarray(masks)
+        images.append(torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device))
+        targets.append({
+            "boxes": torch.from_numpy(masks_to_boxes(masks)).to(device),
+            "labels": torch.from_numpy(labels).to(device),
+            "masks": torch.from_numpy(masks).to(device),
+        })
+    return images, targets
+
+
+def _fingerprint(cfg: dict, source: str, seed: int, refs) -> str:
+    recipe = json.dumps({"masks": cfg, "source": source, "seed": seed,
+                         "frames": [(r.video, r.frame) for r in refs]}, sort_keys=True)
+    return hashlib.sha256(recipe.encode()).hexdigest()
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_resume(path, model, optimizer, scheduler, step, history, fingerprint) -> None:
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "step": step, "rng": _rng_state(), "history": history, "fingerprint": fingerprint,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _write_curve(path: Path, history: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "lr", "loss", *LOSS_KEYS])
+        writer.writeheader()
+        writer.writerows(history)

@@ -1,0 +1,298 @@
+"""Region masks stage: cache format, mask model, training and resume, sources, mask AP."""
+
+from __future__ import annotations
+
+import csv
+import copy
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from a2dpipe.cli import main as cli_main
+from a2dpipe.io import A2DError
+from a2dpipe.masks import MaskCache, MaskCacheWriter, Regions
+from a2dpipe.masks import train as train_module
+from a2dpipe.masks.data import masks_to_boxes
+from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mask_model
+from a2dpipe.masks.quality import coco_mask_ap, mask_quality
+from a2dpipe.masks.stage import cache_regions
+
+# actor -> colour of its synthetic shape; distractors are grey
+_COLOURS = {1: (230, 40, 40), 3: (40, 200, 40), 5: (40, 60, 230)}
+
+
+def _disc(height, width, cy, cx, r):
+    yy, xx = np.mgrid[:height, :width]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+
+
+def make_frames_shard(path, *, videos=3, frames=2, height=48, width=64, seed=0, distractors=True):
+    """A frames store following the Frames contract: coloured discs as actors, grey squares as distractors."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        for v in range(videos):
+            split = "train" if v < videos - 1 else "test"
+            for frame in range(1, frames + 1):
+                rgb = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+                masks, ids = [], []
+                for actor in rng.choice(list(_COLOURS), size=rng.integers(1, 3), replace=False):
+                    m = _disc(height, width, rng.integers(10, height - 10), rng.integers(10, width - 10),
+                              rng.integers(5, 9))
+                    rgb[m > 0] = _COLOURS[actor]
+                    masks.append(m)
+                    ids.append(actor * 10 + 9)
+                g = f.create_group(f"vid{v:02d}/{frame:05d}")
+                g.attrs.update(split=split, neighbour_frame=frame + 1, direction="next")
+                masks = np.stack(masks)
+                label = np.zeros((height, width), np.uint8)
+                for m, i in zip(masks, ids):
+                    label[m > 0] = i
+                g["rgb"], g["neighbour"], g["label"] = rgb, rgb, label
+                g["instance_masks"] = masks
+                g["instance_boxes"] = masks_to_boxes(masks)
+                g["instance_ids"] = np.array(ids, np.uint8)
+                if distractors:
+                    d = np.zeros((1, height, width), np.uint8)
+                    y, x = rng.integers(0, height - 10), rng.integers(0, width - 10)
+                    d[0, y:y + 8, x:x + 8] = 1
+                    rgb[d[0] > 0] = 128
+                    g["distractor_masks"] = d
+    return path
+
+
+def _regions(n, height=20, width=30, seed=0):
+    rng = np.random.default_rng(seed)
+    boxes = np.sort(rng.uniform(0, 20, (n, 4)), axis=1).astype(np.float32)
+    return Regions(boxes, rng.uniform(0, 1, n), rng.integers(0, 8, n), rng.uniform(0, 1, (n, height, width)))
+
+
+def _config(**masks):
+    cfg = dict(backbone="tiny", coco_checkpoint=None, min_size=48, max_size=64, iterations=30, batch_size=2,
+               lr=0.01, checkpoint_every=10, score_threshold=0.05, max_regions=10)
+    cfg.update(masks)
+    return {"seed": 0, "device": "cpu", "masks": cfg}
+
+
+# --- cache ---------------------------------------------------------------------------------------------------------
+
+
+def test_cache_round_trip_many_single_and_zero_regions(tmp_path):
+    path = tmp_path / "shard-000.h5"
+    stored = {("a", 1): _regions(3), ("a", 2): _regions(1, seed=1), ("b", 7): Regions.empty(20, 30)}
+    with MaskCacheWriter(path, source="dataset", model="m.pt sha256:0", config={"max_regions": 20}) as writer:
+        for (video, frame), regions in stored.items():
+            writer.write(video, frame, regions)
+        writer.seconds_per_frame = 0.25
+    with MaskCache(path) as cache:
+        assert cache.keys() == sorted(stored)
+        assert (cache.source, cache.model, cache.seconds_per_frame, len(cache)) == ("dataset", "m.pt sha256:0", 0.25, 3)
+        assert cache.config == {"max_regions": 20}
+        for (video, frame), want in stored.items():
+            got = cache.read(video, frame)
+            assert len(got) == len(want) and got.size == (20, 30)
+            assert got.masks.dtype == np.float32 and got.labels.dtype == np.int64
+            np.testing.assert_array_equal(got.boxes, want.boxes)
+            np.testing.assert_array_equal(got.scores, want.scores)
+            np.testing.assert_array_equal(got.labels, want.labels)
+            np.testing.assert_allclose(got.masks, want.masks, atol=0.5 / 255 + 1e-6)  # uint8 quantisation
+        with pytest.raises(A2DError, match="no regions for frame b/00008"):
+            cache.read("b", 8)
+
+
+def test_cache_is_atomic_and_refuses_duplicates(tmp_path):
+    path = tmp_path / "c.h5"
+    with pytest.raises(A2DError, match="written twice"):
+        with MaskCacheWriter(path, source="gt") as writer:
+            writer.write("a", 1, _regions(1))
+            writer.write("a", 1, _regions(1))
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_truncated_foreign_and_non_hdf5_files_are_clear_errors(tmp_path):
+    path = tmp_path / "shard-000.h5"
+    with MaskCacheWriter(path, source="gt") as writer:
+        for frame in range(1, 6):
+            writer.write("v", frame, _regions(4, 64, 64, seed=frame))
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(A2DError, match="truncated.h5"):
+        with MaskCache(truncated) as cache:
+            for key in cache.keys():
+                cache.read(*key)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["v/00001/rgb"] = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(A2DError, match="foreign.h5: not a region-mask cache"):
+        MaskCache(foreign)
+    text = tmp_path / "notes.h5"
+    text.write_text("hello")
+    with pytest.raises(A2DError, match="notes.h5: not a readable HDF5 file"):
+        MaskCache(text)
+    with pytest.raises(A2DError, match="missing.h5: region-mask cache not found"):
+        MaskCache(tmp_path / "missing.h5")
+
+
+def test_masks_to_boxes_is_tight_and_exclusive():
+    masks = np.zeros((2, 10, 12), np.uint8)
+    masks[0, 2:5, 3:9] = 1
+    np.testing.assert_array_equal(masks_to_boxes(masks), [[3, 2, 9, 5], [0, 0, 0, 0]])
+
+
+# --- model ---------------------------------------------------------------------------------------------------------
+
+
+def test_coco_checkpoint_loads_everything_but_the_class_heads(tmp_path):
+    torch.manual_seed(0)
+    coco = build_mask_model(backbone="tiny", num_classes=91, min_size=48, max_size=64).eval()
+    path = tmp_path / "coco.pth"
+    torch.save(coco.state_dict(), path)
+    torch.manual_seed(1)
+    model = build_mask_model(backbone="tiny", num_classes=8, min_size=48, max_size=64, coco_checkpoint=path).eval()
+    image = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        want, got = coco.backbone(image), model.backbone(image)
+    for level in want:
+        torch.testing.assert_close(got[level], want[level], rtol=0, atol=0)
+    torch.testing.assert_close(model.roi_heads.box_head.fc6.weight, coco.roi_heads.box_head.fc6.weight)
+    torch.testing.assert_close(model.rpn.head.conv[0][0].weight, coco.rpn.head.conv[0][0].weight)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 8
+    # wrapped checkpoints (reference scripts) load too; one that matches nothing is an error
+    torch.save({"model": coco.state_dict()}, tmp_path / "wrapped.pth")
+    fresh = load_coco_checkpoint(model, tmp_path / "wrapped.pth")
+    assert set(fresh) == {"roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
+                          "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
+                          "roi_heads.mask_predictor.mask_fcn_logits.weight",
+                          "roi_heads.mask_predictor.mask_fcn_logits.bias"}
+    torch.save({"x": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(A2DError, match="other.pth: no tensor matches"):
+        load_coco_checkpoint(model, tmp_path / "other.pth")
+
+
+def test_resnet50_fpn_takes_torchvision_coco_layout(tmp_path):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    path = tmp_path / "maskrcnn_coco.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_mask_model(backbone="resnet50_fpn", num_classes=8, min_size=64, max_size=96, coco_checkpoint=path)
+    fresh = load_coco_checkpoint(model, path)
+    assert all(k.startswith(("roi_heads.box_predictor", "roi_heads.mask_predictor.mask_fcn_logits")) for k in fresh)
+    torch.testing.assert_close(model.backbone.body.layer4[0].conv1.weight, reference.backbone.body.layer4[0].conv1.weight)
+    torch.testing.assert_close(model.backbone.body.bn1.running_var, reference.backbone.body.bn1.running_var)
+
+
+# --- training, sources, quality ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    return make_frames_shard(tmp_path_factory.mktemp("frames") / "shard-000.h5", videos=4, frames=3)
+
+
+@pytest.fixture(scope="module")
+def trained(shard, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("model") / "model.pt"
+    train_module.train_mask_model(_config(), "dataset", [shard], out)
+    return out
+
+
+def test_training_lowers_the_loss_and_writes_curve_and_checkpoint(trained):
+    with open(trained.with_name("loss.csv")) as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    model, checkpoint = load_mask_model(trained)
+    assert checkpoint["source"] == "dataset" and not checkpoint["class_agnostic"]
+    assert model.roi_heads.box_predictor.cls_score.out_features == 8
+    assert trained.with_name("checkpoint.pt").is_file()
+
+
+def test_killed_training_resumes_to_the_same_weights(shard, tmp_path, monkeypatch):
+    config = _config(iterations=8, checkpoint_every=4)
+    torch.set_num_threads(1)
+    straight = train_module.train_mask_model(config, "dataset", [shard], tmp_path / "a" / "model.pt")
+
+    real_batch = train_module._batch
+
+    def dying_batch(reader, refs, source, seed, step, *args):
+        if step == 6:
+            raise KeyboardInterrupt("killed")
+        return real_batch(reader, refs, source, seed, step, *args)
+
+    monkeypatch.setattr(train_module, "_batch", dying_batch)
+    out = tmp_path / "b" / "model.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_mask_model(config, "dataset", [shard], out)
+    assert not out.exists() and torch.load(out.with_name("checkpoint.pt"), weights_only=False)["step"] == 4
+    monkeypatch.setattr(train_module, "_batch", real_batch)
+    resumed = train_module.train_mask_model(config, "dataset", [shard], out)
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, msg=key)
+
+
+def test_generic_needs_distractors_and_trains_one_class(tmp_path):
+    bare = make_frames_shard(tmp_path / "bare.h5", videos=2, frames=1, distractors=False)
+    with pytest.raises(A2DError, match="bare.h5: frame vid00/00001 has no 'distractor_masks'"):
+        train_module.train_mask_model(_config(iterations=1), "generic", [bare], tmp_path / "g" / "model.pt")
+    shard = make_frames_shard(tmp_path / "frames.h5", videos=2, frames=1)
+    checkpoint = train_module.train_mask_model(_config(iterations=2), "generic", [shard], tmp_path / "g" / "model.pt")
+    assert checkpoint["class_agnostic"] and checkpoint["arch"]["num_classes"] == 2
+
+
+def test_gt_source_and_model_source_caches(shard, trained, tmp_path):
+    config = _config()
+    gt_path = tmp_path / "gt.h5"
+    assert cli_main(["region-masks", "--config", _write_config(tmp_path, config), "--source", "gt",
+                     "--frames", str(shard), "--out", str(gt_path)]) == 0
+    with MaskCache(gt_path) as cache, h5py.File(shard) as frames:
+        assert len(cache.keys()) == 12 and cache.source == "gt" and cache.model == ""
+        regions = cache.read("vid01", 2)
+        group = frames["vid01/00002"]
+        np.testing.assert_array_equal(regions.masks, group["instance_masks"][()])
+        np.testing.assert_array_equal(regions.labels, group["instance_ids"][()] // 10)
+        np.testing.assert_array_equal(regions.scores, 1)
+    out = tmp_path / "dataset.h5"
+    cache_regions(config, "dataset", shard, out, model_path=trained)
+    with MaskCache(out) as cache:
+        assert len(cache.keys()) == 12 and cache.seconds_per_frame > 0 and "sha256:" in cache.model
+        for key in cache.keys():
+            r = cache.read(*key)
+            assert len(r) <= 10 and (r.scores >= 0.05).all() and np.isin(r.labels, range(1, 8)).all()
+            assert r.masks.shape[1:] == (48, 64) and ((0 <= r.masks) & (r.masks <= 1)).all()
+    with pytest.raises(A2DError, match="a dataset mask model, but --source is generic"):
+        cache_regions(config, "generic", shard, tmp_path / "g.h5", model_path=trained)
+
+
+def _write_config(tmp_path, config):
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_mask_ap_is_perfect_for_ground_truth_and_drops_with_false_positives(shard, tmp_path):
+    gt = tmp_path / "gt.h5"
+    cache_regions(_config(), "gt", shard, gt)
+    table = mask_quality([shard], {"dataset": [gt]})
+    assert table["categories"].tolist() == ["actor", "agnostic"]
+    np.testing.assert_allclose(table["AP"], 100.0)
+    with MaskCache(gt) as cache:
+        truth = [(r.masks.astype(np.uint8), r.labels) for r in (cache.read(*k) for k in cache.keys())]
+        noisy = []
+        for masks, labels in truth:  # add a confident region on the background of every frame
+            extra = np.zeros((1, *masks.shape[1:]), np.float32)
+            extra[0, :6, :6] = 1
+            noisy.append(Regions(np.vstack([masks_to_boxes(masks), [[0, 0, 6, 6]]]),
+                                 np.r_[np.full(len(masks), 0.5), 0.9], np.r_[labels, 0],
+                                 np.concatenate([masks, extra])))
+    perfect = copy.deepcopy(noisy)
+    for r in perfect:
+        r.labels[-1] = r.labels[0]
+    assert coco_mask_ap(truth, noisy, agnostic=False)["AP"] == pytest.approx(100.0)  # label 0 matches no actor
+    assert coco_mask_ap(truth, noisy, agnostic=True)["AP"] < 90.0
+    assert coco_mask_ap(truth, perfect, agnostic=False)["AP"] < 90.0

@@ -1,0 +1,286 @@
+"""Two-stage training of the segmentation network (paper 3.4): ``a2dpipe train --stage 1|2 ...``.
+
+Stage 1 trains the front-end with the ASPP baseline back-end (two learning rates: front-end and back-end
+parameter groups). Stage 2 loads the stage-1 checkpoint, freezes the front-end by module (``requires_grad_(False)``
+and eval mode, so batch-norm statistics stay put) and trains the region back-end on a mask source's regions plus
+the ground-truth instances. Optimiser SGD (paper) or Adam, poly learning-rate decay, everything from the config's
+``segmentation`` section.
+
+Stage 2 with ``stage2.cache_features`` computes the frozen front-end's features once per training frame and its
+mirror image and then trains on full frames from that cache: exactly what a frozen front-end would compute every
+step, at a fraction of the cost (the CPU default). Without it, stage 2 takes random crops like stage 1.
+
+Outputs: ``--out model.pt`` (``{"model": state_dict, "stage", "input", "mask_source", "config",
+"segmentation", "curve"}``) and ``loss.csv`` beside it (step, loss, loss_actor, loss_action, lr).
+
+Resuming: every ``checkpoint_every`` steps ``checkpoint.pt`` beside the output holds model, optimiser, scheduler,
+step, RNG states and the loss history. A rerun with the same settings continues from it. Batch composition and
+crops are functions of (seed, step) alone -- the data sampler's state *is* the step -- so a killed and resumed run
+ends with exactly the weights of an uninterrupted one (CPU). A checkpoint written under other settings is ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from a2dpipe.data import StoreSamples, augment, flip_sample, to_tensors
+from a2dpipe.io import A2DError, atomic_path, load_config, select_device
+from a2dpipe.models import build_segmenter, segmentation_config, segmentation_loss
+
+__all__ = ["configure_parser", "run", "train", "CURVE_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+CURVE_COLUMNS = ("step", "loss", "loss_actor", "loss_action", "lr")
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("--config", required=True, help="config file (its segmentation section)")
+    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--input", choices=("rgb", "rgbflow"), required=True)
+    parser.add_argument("--mask-source", choices=("dataset", "generic"), default="dataset",
+                        help="stage 2: mask source whose regions (plus ground truth) train the region back-end")
+    parser.add_argument("--frames", nargs="+", required=True, help="frames stores (shard-NNN.h5)")
+    parser.add_argument("--flow", nargs="*", default=[], help="flow stores of the same shards (rgbflow)")
+    parser.add_argument("--masks", nargs="*", default=[], help="stage 2: region-mask caches of the same shards")
+    parser.add_argument("--stage1", help="stage 2: the stage-1 checkpoint")
+    parser.add_argument("--out", required=True, help="model checkpoint to write")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+
+
+def run(args) -> None:
+    config = load_config(args.config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.input == "rgbflow" and not args.flow:
+        raise A2DError("--input rgbflow needs --flow stores")
+    if args.stage == 2 and not args.stage1:
+        raise A2DError("--stage 2 needs --stage1 CHECKPOINT")
+    flow_cfg = config.get("flow") or {}
+    samples = StoreSamples(
+        args.frames, split="train", flow=args.flow if args.input == "rgbflow" else None,
+        masks=args.masks if args.stage == 2 else None, gt_regions=args.stage == 2,
+        flow_encoding=flow_cfg.get("encoding", "xym"), wheel_max=flow_cfg.get("wheel_max"),
+    )
+    if not len(samples):
+        raise A2DError(f"{args.frames[0]}: no training frames in the frames stores")
+    train(config, stage=args.stage, input=args.input, samples=samples, out=args.out, stage1=args.stage1,
+          mask_source=args.mask_source)
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _positions(n: int, seed: int, stage: int, step: int, batch_size: int) -> list[int]:
+    """Indices of the step's batch: consecutive slices of per-epoch permutations, a pure function of the step."""
+    out = []
+    for p in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(p, n)
+        out.append(int(np.random.default_rng([seed, stage, epoch]).permutation(n)[offset]))
+    return out
+
+
+def _poly(iterations: int, power: float):
+    def factor(step: int) -> float:
+        return max(0.0, 1.0 - step / iterations) ** power
+
+    return factor
+
+
+def _optimizer(groups: list[dict], opts: dict) -> torch.optim.Optimizer:
+    if opts["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+    return torch.optim.Adam(groups, weight_decay=opts["weight_decay"])
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fingerprint(**items) -> str:
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _write_curve(rows: list[tuple], path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CURVE_COLUMNS)
+        writer.writerows(rows)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """Read a trained model file written by ``train``; A2DError naming the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise A2DError(f"{path}: model checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise A2DError(f"{path}: not a readable checkpoint: {err}") from None
+    if not isinstance(ckpt, dict) or not {"model", "stage", "input", "config"} <= set(ckpt):
+        raise A2DError(f"{path}: not a segmentation model written by `a2dpipe train`")
+    return ckpt
+
+
+# -- training ----------------------------------------------------------------------------------------------------
+
+
+def train(config: dict, *, stage: int, input: str, samples, out: str | Path, stage1: str | Path | None = None,
+          mask_source: str = "dataset", max_steps: int | None = None) -> dict | None:
+    """Train one stage; returns the written model dict, or None when stopped early by ``max_steps``.
+
+    ``samples``: ``StoreSamples`` or ``ArraySamples`` of the training split (with regions for stage 2).
+    ``max_steps`` stops after that many steps without writing the model (simulates a kill; tests use it).
+    """
+    out = Path(out)
+    seg = segmentation_config(config)
+    opts = seg[f"stage{stage}"]
+    seed = int(config.get("seed", 0))
+    device = select_device(config.get("device", "auto"))
+    amp = bool(seg["amp"]) and device.type == "cuda"
+    torch.manual_seed(seed)
+    model = build_segmenter(config, input=input, pretrained=stage == 1).to(device)
+    s1_digest = None
+    if stage == 2:
+        if stage1 is None:
+            raise ValueError("stage 2 needs the stage-1 checkpoint")
+        ckpt = load_checkpoint(stage1, device)
+        if ckpt["input"] != input:
+            raise A2DError(f"{stage1}: a stage-1 model for input {ckpt['input']!r}, not {input!r}")
+        model.load_state_dict(ckpt["model"])
+        s1_digest = hashlib.sha256(Path(stage1).read_bytes()).hexdigest()[:16]
+        model.front_end.requires_grad_(False)
+        model.baseline.requires_grad_(False)
+        groups = [{"params": list(model.region.parameters()), "lr": opts["lr"]}]
+    else:
+        groups = [{"params": list(model.front_end.parameters()), "lr": opts["lr_front"]},
+                  {"params": list(model.baseline.parameters()), "lr": opts["lr_back"]}]
+    optimizer = _optimizer(groups, opts)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
+
+    fingerprint = _fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed, seg=seg,
+                               frames=samples.keys(), stage1=s1_digest, device=device.type)
+    ckpt_path = out.with_name("checkpoint.pt")
+    step, curve = 0, []
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _set_rng_state(state["rng"])
+            step, curve = state["step"], state["curve"]
+            log.info("resuming from %s at step %d", ckpt_path, step)
+        else:
+            log.info("ignoring %s: written under other settings", ckpt_path)
+
+    model.train()
+    if stage == 2:
+        model.front_end.eval()
+        model.baseline.eval()
+    flow_cfg = config.get("flow") or {}
+    enc = {"encoding": flow_cfg.get("encoding", "xym"), "wheel_max": flow_cfg.get("wheel_max")}
+    cached = _cache_features(model, samples, device, amp) if stage == 2 and opts["cache_features"] else None
+    n = len(cached) if cached is not None else len(samples)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=opts["iterations"], initial=step, desc=f"stage {stage} {input}", unit="it", mininterval=2)
+    start = time.perf_counter()
+    while step < opts["iterations"]:
+        if max_steps is not None and step >= max_steps:
+            bar.close()
+            return None
+        rng = np.random.default_rng([seed, stage, step, 1])
+        positions = _positions(n, seed, stage, step, opts["batch_size"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if cached is not None:
+                losses = _cached_step(model, samples, cached, positions, device)
+            else:
+                batch = to_tensors([augment(samples.load(i), tuple(seg["crop"]), rng, **enc) for i in positions],
+                                   device)
+                if stage == 2:
+                    with torch.no_grad():
+                        features = model.front_end(batch["rgb"], batch["flow"])
+                    outputs = model.heads(features, tuple(batch["rgb"].shape[-2:]), batch["regions"])
+                else:
+                    outputs = model(batch["rgb"], batch["flow"])
+                losses = segmentation_loss(outputs, batch["actor"], batch["action"])
+        loss = losses["loss_actor"] + losses["loss_action"]
+        optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        curve.append((step, loss.item(), losses["loss_actor"].item(), losses["loss_action"].item(), lr))
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if step % opts["checkpoint_every"] == 0 and step < opts["iterations"]:
+            _save({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                   "rng": _rng_state(), "curve": curve}, ckpt_path)
+    bar.close()
+    log.info("stage %d %s: %d steps in %.1f s this run; loss %.4f -> %.4f", stage, input, len(curve),
+             time.perf_counter() - start, curve[0][1] if curve else float("nan"), curve[-1][1] if curve else float("nan"))
+    result = {"model": model.state_dict(), "stage": stage, "input": input, "mask_source": mask_source if stage == 2 else None,
+              "config": config, "segmentation": seg, "curve": curve}
+    _write_curve(curve, out.with_name("loss.csv"))
+    _save(result, out)
+    ckpt_path.unlink(missing_ok=True)
+    return result
+
+
+def _cache_features(model, samples, device, amp) -> dict[tuple[int, bool], torch.Tensor]:
+    """Frozen front-end features (1, C, h, w) of every training frame and of its mirror image, by (index, flipped)."""
+    from tqdm import tqdm
+
+    cache = {}
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for i in tqdm(range(len(samples)), desc="front-end features", unit="frame", mininterval=2):
+            sample = samples.load(i)
+            for flipped in (False, True):
+                s = flip_sample(sample, samples.flow_encoding, samples.wheel_max) if flipped else sample
+                batch = to_tensors([s], device)
+                cache[(i, flipped)] = model.front_end(batch["rgb"], batch["flow"]).float()
+    return cache
+
+
+def _cached_step(model, samples, cache, positions, device) -> dict[str, torch.Tensor]:
+    """Stage-2 step on cached full-frame features: region back-end per frame (sizes differ), mean loss."""
+    items = sorted(cache)
+    totals = {}
+    for p in positions:
+        i, flipped = items[p]
+        sample = {k: v for k, v in samples.load(i).items() if k not in ("flow", "flow_rgb")}
+        if flipped:
+            sample = flip_sample(sample)
+        batch = to_tensors([sample], device)
+        outputs = model.heads(cache[(i, flipped)], tuple(sample["label"].shape), batch["regions"])
+        for key, value in segmentation_loss(outputs, batch["actor"], batch["action"]).items():
+            totals[key] = totals.get(key, 0) + value / len(positions)
+    return totals

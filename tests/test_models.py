@@ -1,0 +1,163 @@
+"""Segmentation network: shapes, output stride, checkpoint loading, back-ends, joint prediction."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torchvision.models.resnet import BasicBlock
+
+from a2dpipe.io import A2DError
+from a2dpipe.labels import VALID_PAIRS
+from a2dpipe.models import (
+    OUTPUT_STRIDE,
+    build_front_end,
+    build_segmenter,
+    joint_prediction,
+    segmentation_loss,
+)
+from a2dpipe.models.frontend import DilatedBasicBlock
+
+torch.set_num_threads(1)
+
+SMALL = {"segmentation": {"width": 8, "aspp_rates": [1, 2], "stage2": {"fc_dim": 16, "roi_size": 3}}}
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
+@pytest.mark.parametrize("streams", [("rgb",), ("rgb", "flow")])
+def test_front_end_output_stride_and_channels(backbone, streams):
+    fe = build_front_end(backbone=backbone, width=8, streams=streams).eval()
+    x = torch.zeros(2, 3, 50, 75)
+    out = fe(x, x if "flow" in streams else None)
+    per_stream = 64 if backbone == "tiny" else 512
+    assert out.shape == (2, per_stream * len(streams), -(-50 // OUTPUT_STRIDE), -(-75 // OUTPUT_STRIDE))
+
+
+def test_front_end_refuses_missing_or_extra_flow():
+    fe = build_front_end(backbone="tiny", width=4, streams=("rgb",))
+    with pytest.raises(ValueError, match="flow"):
+        fe(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16))
+
+
+def test_dilated_basic_block_where_torchvision_refuses():
+    with pytest.raises(NotImplementedError):
+        BasicBlock(8, 8, dilation=2)
+    block = DilatedBasicBlock(8, 8, dilation=4).eval()
+    assert block(torch.randn(1, 8, 9, 11)).shape == (1, 8, 9, 11)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_imagenet_checkpoint_loads_into_both_streams(tmp_path, arch):
+    reference = getattr(torchvision.models, arch)(weights=None)
+    path = tmp_path / f"{arch}.pth"
+    torch.save(reference.state_dict(), path)
+    fe = build_front_end(backbone=arch, streams=("rgb", "flow"), rgb_weights=str(path), flow_weights=str(path))
+    for name in ("rgb", "flow"):
+        state = fe.streams[name].state_dict()
+        for key, value in reference.state_dict().items():
+            if not key.startswith("fc."):
+                assert torch.equal(state[key], value), key
+
+
+def test_bad_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(A2DError, match="resnet18.pth"):
+        build_front_end(backbone="tiny", width=8, rgb_weights=str(path))
+    with pytest.raises(A2DError, match="not found"):
+        build_front_end(backbone="resnet18", rgb_weights=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("input", ["rgb", "rgbflow"])
+def test_segmenter_baseline_returns_log_probs_at_frame_size(input):
+    torch.manual_seed(0)
+    model = build_segmenter(SMALL, input=input).eval()
+    x = torch.randn(2, 3, 37, 53)
+    out = model(x, x if input == "rgbflow" else None)
+    assert out["actor"].shape == (2, 8, 37, 53) and out["action"].shape == (2, 10, 37, 53)
+    for v in out.values():
+        torch.testing.assert_close(v.exp().sum(1), torch.ones(2, 37, 53))
+
+
+def _regions(h, w):
+    masks = torch.zeros(2, h, w)
+    masks[0, 4:20, 5:30] = 1.0
+    masks[1, 10:30, 20:45] = 0.7
+    return {"boxes": torch.tensor([[5.0, 4, 30, 20], [20, 10, 45, 30]]), "masks": masks}
+
+
+def test_region_back_end_shapes_gradient_and_empty_frames():
+    torch.manual_seed(0)
+    model = build_segmenter(SMALL, input="rgb")
+    x = torch.randn(2, 3, 40, 56)
+    empty = {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 56)}
+    out = model(x, regions=[_regions(40, 56), empty])
+    assert out["actor"].shape == (2, 8, 40, 56) and out["action"].shape == (2, 10, 40, 56)
+    assert [len(s) for s in out["region_scores"]] == [2, 0]
+    torch.testing.assert_close(out["region_scores"][0][:, :8].sum(1), torch.ones(2))  # per-region softmax
+    # a frame without regions is uniformly "uncovered": one distribution everywhere, background most likely
+    flat = out["actor"][1].flatten(1)
+    assert torch.allclose(flat, flat[:, :1].expand_as(flat)) and flat[:, 0].argmax() == 0
+    assert flat[0, 0] > flat[1, 0]
+    target = torch.zeros(2, 40, 56, dtype=torch.long)
+    loss = sum(segmentation_loss(out, target, target).values())
+    loss.backward()
+    assert model.region.fc6.weight.grad.abs().sum() > 0
+    assert model.front_end.streams["rgb"].conv1.weight.grad is not None
+
+
+def test_region_pooling_batched_equals_per_frame():
+    torch.manual_seed(0)
+    model = build_segmenter(SMALL, input="rgb").eval()
+    feats = torch.randn(2, 64, 5, 7)
+    regs = [_regions(40, 56), _regions(40, 56)]
+    batched = model.heads(feats, (40, 56), regs)
+    for b in range(2):
+        single = model.heads(feats[b:b + 1], (40, 56), regs[b:b + 1])
+        torch.testing.assert_close(single["actor"][0], batched["actor"][b])
+
+
+def test_reduced_resolution_region_to_pixel_stays_close():
+    torch.manual_seed(0)
+    cfg = {"segmentation": {**SMALL["segmentation"], "stage2": {"fc_dim": 16, "roi_size": 3, "pixel_stride": 2}}}
+    coarse = build_segmenter(cfg, input="rgb").eval()
+    full = build_segmenter(SMALL, input="rgb").eval()
+    full.load_state_dict(coarse.state_dict())
+    feats = torch.randn(1, 64, 5, 7)
+    a = coarse.heads(feats, (40, 56), [_regions(40, 56)])["actor"].argmax(1)
+    b = full.heads(feats, (40, 56), [_regions(40, 56)])["actor"].argmax(1)
+    assert (a == b).float().mean() > 0.9
+
+
+def test_loss_on_unlabelled_batch_is_zero_not_nan():
+    logp = torch.log_softmax(torch.randn(1, 8, 4, 4, requires_grad=True), 1)
+    target = torch.full((1, 4, 4), 255)
+    losses = segmentation_loss({"actor": logp, "action": torch.log_softmax(torch.randn(1, 10, 4, 4), 1)}, target, target)
+    assert losses["loss_actor"].item() == 0.0 and not torch.isnan(losses["loss_action"])
+
+
+def test_joint_prediction_never_invalid_even_when_heads_disagree():
+    # actor "adult" (1) and action "flying" (4) each win by far, but adult-flying (14) is not a valid pair
+    actor = torch.full((1, 8, 3, 3), -10.0)
+    actor[:, 1] = -0.01
+    action = torch.full((1, 10, 3, 3), -10.0)
+    action[:, 4] = -0.01
+    action[:, 7] = -3.0  # running: adult-running (17) is the best valid pair
+    ids = joint_prediction(actor, action)
+    assert (ids == 17).all()
+    torch.manual_seed(0)
+    ids = joint_prediction(torch.log_softmax(torch.randn(4, 8, 30, 30) * 5, 1),
+                           torch.log_softmax(torch.randn(4, 10, 30, 30) * 5, 1))
+    assert ids.dtype == torch.uint8
+    assert np.isin(ids.numpy(), [0, *VALID_PAIRS]).all()
+
+
+def test_joint_prediction_matches_brute_force():
+    torch.manual_seed(1)
+    actor = torch.log_softmax(torch.randn(1, 8, 2, 3), 1)
+    action = torch.log_softmax(torch.randn(1, 10, 2, 3), 1)
+    ids = joint_prediction(actor, action)[0]
+    for y in range(2):
+        for x in range(3):
+            cands = {0: actor[0, 0, y, x] + action[0, 0, y, x]}
+            cands.update({p: actor[0, p // 10, y, x] + action[0, p % 10, y, x] for p in VALID_PAIRS})
+            assert ids[y, x].item() == max(cands, key=lambda k: cands[k].item())

@@ -1,0 +1,218 @@
+"""Frames of one shard: ``a2dpipe extract-frames --config C --root DIR --index CSV --shard NNN --out FILE``.
+
+Decodes each annotated frame of the shard's videos and its optical-flow partner, and stores them with the
+ground truth in one HDF5 file (written atomically). Layout, one group per annotated frame ``"{video}/{frame:05d}"``:
+
+================== ============ ======================================================================
+dataset            shape, type  content
+================== ============ ======================================================================
+``rgb``            (H, W, 3) u8 the annotated frame, RGB
+``neighbour``      (H, W, 3) u8 its flow partner, RGB
+``label``          (H, W) u8    raw A2D id map (invalid ids kept as they are; labels.to_setting ignores them)
+``instance_masks`` (N, H, W) u8 0/1 instance masks (soft masks thresholded at 0.5)
+``instance_boxes`` (N, 4) f32   x1, y1, x2, y2 in pixels
+``instance_ids``   (N,) u8      A2D id of each instance
+================== ============ ======================================================================
+
+Group attributes: ``split`` ('train' / 'test'), ``neighbour_frame`` (1-based) and ``direction``: ``'next'`` means
+flow is taken from the frame to frame + 1, ``'previous'`` from frame - 1 to the frame. ``frames.neighbour``
+chooses; the last frame of a clip always uses ``'previous'`` and the first always ``'next'``.
+Read it back with :class:`FrameStore`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from a2dpipe import labels
+from a2dpipe.a2d import annotation_path, read_annotation, read_clip_frames, video_path
+from a2dpipe.index import read_index
+from a2dpipe.io import A2DError, atomic_path, load_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FrameRecord", "FrameStore", "extract_shard", "neighbour_of"]
+
+
+@dataclass
+class FrameRecord:
+    """One annotated frame as stored by :func:`extract_shard` (shapes in the module docstring)."""
+
+    video: str
+    frame: int
+    split: str
+    rgb: np.ndarray
+    neighbour: np.ndarray
+    label: np.ndarray
+    instance_masks: np.ndarray
+    instance_boxes: np.ndarray
+    instance_ids: np.ndarray
+    direction: str
+    neighbour_frame: int
+
+
+class FrameStore:
+    """Read-only access to a frames shard.
+
+    >>> with FrameStore("results/frames/shard-000.h5") as store:     # doctest: +SKIP
+    ...     for video, frame in store.keys():
+    ...         record = store.read(video, frame)
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except FileNotFoundError:
+            raise A2DError(f"{self.path}: frames shard not found") from None
+        except OSError as err:
+            raise A2DError(f"{self.path}: not a readable HDF5 frames shard: {err}") from None
+        self._keys = sorted((video, int(frame)) for video in self._file for frame in self._file[video])
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self._file.attrs)
+
+    def keys(self) -> list[tuple[str, int]]:
+        """(video, frame) of every stored frame, sorted."""
+        return list(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key) -> bool:
+        video, frame = key
+        return f"{video}/{int(frame):05d}" in self._file
+
+    def __iter__(self):
+        return (self.read(video, frame) for video, frame in self._keys)
+
+    def read(self, video: str, frame: int) -> FrameRecord:
+        key = f"{video}/{int(frame):05d}"
+        if key not in self._file:
+            raise A2DError(f"{self.path}: no frame {key}")
+        g = self._file[key]
+        return FrameRecord(
+            video=video,
+            frame=int(frame),
+            split=str(g.attrs["split"]),
+            rgb=g["rgb"][()],
+            neighbour=g["neighbour"][()],
+            label=g["label"][()],
+            instance_masks=g["instance_masks"][()],
+            instance_boxes=g["instance_boxes"][()],
+            instance_ids=g["instance_ids"][()],
+            direction=str(g.attrs["direction"]),
+            neighbour_frame=int(g.attrs["neighbour_frame"]),
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> FrameStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config file (section frames)")
+    parser.add_argument("--root", required=True, help="dataset root in the A2D layout")
+    parser.add_argument("--index", required=True, help="index CSV written by `a2dpipe index`")
+    parser.add_argument("--shard", required=True, help="3-digit shard id, e.g. 000")
+    parser.add_argument("--out", required=True, help="HDF5 file to write")
+
+
+def run(args: argparse.Namespace) -> None:
+    section = load_config(args.config).get("frames", {})
+    extract_shard(
+        args.root,
+        read_index(args.index),
+        args.shard,
+        args.out,
+        neighbour=section.get("neighbour", "next"),
+        compression=section.get("compression", "lzf"),
+    )
+
+
+def neighbour_of(frame: int, num_frames: int, neighbour: str = "next") -> tuple[int, str]:
+    """Flow partner of a 1-based frame: ``(partner, direction)`` (see the module docstring)."""
+    if neighbour not in ("next", "previous"):
+        raise A2DError(f"config frames.neighbour: expected 'next' or 'previous', got {neighbour!r}")
+    if num_frames < 2:
+        raise A2DError(f"a clip of {num_frames} frame(s) has no flow partner")
+    if (neighbour == "next" and frame < num_frames) or frame == 1:
+        return frame + 1, "next"
+    return frame - 1, "previous"
+
+
+def _compression(name: str) -> dict:
+    if name == "lzf":
+        return {"compression": "lzf"}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4}
+    if name == "none":
+        return {}
+    raise A2DError(f"config frames.compression: expected lzf, gzip or none, got {name!r}")
+
+
+def extract_shard(
+    root: str | Path, index, shard: str, out: str | Path, neighbour: str = "next", compression: str = "lzf"
+) -> int:
+    """Write the frames of ``shard`` (rows of ``index`` whose shard matches) to ``out``; returns the frame count."""
+    root = Path(root)
+    rows = index[index["shard"] == shard]
+    if rows.empty:
+        raise A2DError(f"index holds no frames for shard {shard!r}")
+    opts = _compression(compression)
+    started = time.perf_counter()
+    count = 0
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"shard": shard, "neighbour": neighbour, "compression": compression})
+        for video, clip in rows.groupby("video", sort=False):
+            num_frames = int(clip["num_frames"].iloc[0])
+            frames = [int(x) for x in clip["frame"]]
+            beyond = [x for x in frames if x > num_frames]
+            if beyond:
+                raise A2DError(f"video {video}: annotated frame {beyond[0]} lies beyond its {num_frames} frames")
+            partners = {x: neighbour_of(x, num_frames, neighbour) for x in frames}
+            wanted = set(frames) | {p for p, _ in partners.values()}
+            decoded = read_clip_frames(video_path(root, video), wanted, expected_frames=num_frames)
+            for row in clip.itertuples(index=False):
+                _write_frame(f, root, row, decoded, partners[int(row.frame)], opts)
+                count += 1
+    log.info("shard %s: %d frames of %d videos in %.1f s -> %s", shard, count, rows["video"].nunique(), time.perf_counter() - started, out)
+    return count
+
+
+def _write_frame(f: h5py.File, root: Path, row, decoded: dict, partner: tuple[int, str], opts: dict) -> None:
+    video, frame = row.video, int(row.frame)
+    path = annotation_path(root, video, frame)
+    ann = read_annotation(path)
+    rgb = decoded[frame]
+    if ann.id_map.shape != rgb.shape[:2]:
+        raise A2DError(
+            f"{path}: annotation is {ann.width}x{ann.height} but frame {frame} of video {video} is "
+            f"{rgb.shape[1]}x{rgb.shape[0]}"
+        )
+    invalid = ~labels.is_valid(ann.id_map)
+    if invalid.any():
+        log.warning("%s: %d pixel(s) carry ids outside the 43 valid pairs %s (kept; ignored downstream)",
+                    path, int(invalid.sum()), sorted(set(np.unique(ann.id_map[invalid]).tolist())))
+    g = f.create_group(f"{video}/{frame:05d}")
+    g.attrs.update({"split": row.split, "neighbour_frame": partner[0], "direction": partner[1]})
+    g.create_dataset("rgb", data=rgb, **opts)
+    g.create_dataset("neighbour", data=decoded[partner[0]], **opts)
+    g.create_dataset("label", data=ann.id_map, **opts)
+    masks = (ann.masks >= 0.5).astype(np.uint8)
+    g.create_dataset("instance_masks", data=masks, **(opts if masks.size else {}))
+    g.create_dataset("instance_boxes", data=ann.boxes.astype(np.float32))
+    g.create_dataset("instance_ids", data=ann.ids.astype(np.uint8))

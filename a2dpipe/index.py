@@ -1,0 +1,85 @@
+"""The frame index: ``a2dpipe index --config C --root DIR --out index.csv``.
+
+One row per annotated frame, columns ``video, frame, split, height, width, num_frames, shard`` (``frame``
+1-based, ``split`` 'train' / 'test', ``shard`` a 3-digit string). Videos are assigned to shards in
+``videoset.csv`` row order after ``dataset.exclude_videos`` are dropped: shard = position // ``dataset.shard_size``
+(:func:`assign_shards`, which the workflow uses too, so the DAG and the index agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from a2dpipe.a2d import list_annotated_frames, read_videoset
+from a2dpipe.io import A2DError, atomic_path, load_config
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = ["video", "frame", "split", "height", "width", "num_frames", "shard"]
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config file (section dataset)")
+    parser.add_argument("--root", required=True, help="dataset root in the A2D layout")
+    parser.add_argument("--out", required=True, help="index CSV to write")
+
+
+def run(args: argparse.Namespace) -> None:
+    dataset = load_config(args.config).get("dataset", {})
+    index = build_index(args.root, dataset.get("shard_size", 8), dataset.get("exclude_videos", []))
+    write_index(index, args.out)
+
+
+def assign_shards(videoset: pd.DataFrame, shard_size: int, exclude=()) -> pd.DataFrame:
+    """``videoset`` without the excluded videos, in row order, with a ``shard`` column ("000", "001", ...)."""
+    if shard_size < 1:
+        raise A2DError(f"config dataset.shard_size: must be at least 1, got {shard_size}")
+    exclude = set(exclude)
+    unknown = exclude - set(videoset["video"])
+    if unknown:
+        log.warning("dataset.exclude_videos names %d video(s) not in videoset.csv: %s", len(unknown), sorted(unknown))
+    kept = videoset[~videoset["video"].isin(exclude)].reset_index(drop=True)
+    kept["shard"] = [f"{i // shard_size:03d}" for i in range(len(kept))]
+    return kept
+
+
+def build_index(root: str | Path, shard_size: int, exclude=()) -> pd.DataFrame:
+    """Index of every annotated frame of ``root`` (see module docstring); an empty split is an error."""
+    root = Path(root)
+    videoset = assign_shards(read_videoset(root / "videoset.csv"), shard_size, exclude)
+    for split in ("train", "test"):
+        if not (videoset["split"] == split).any():
+            raise A2DError(f"{root / 'videoset.csv'}: the {split} split is empty (after dataset.exclude_videos)")
+    frames = list_annotated_frames(root, videoset)
+    index = frames.merge(videoset[["video", "height", "width", "num_frames", "shard"]], on="video", how="left")
+    for split in ("train", "test"):
+        if not (index["split"] == split).any():
+            raise A2DError(f"{root}: the {split} split has no annotated frames")
+    return index[INDEX_COLUMNS]
+
+
+def read_index(path: str | Path) -> pd.DataFrame:
+    """Read an index written by :func:`write_index` (shard kept as a 3-digit string)."""
+    path = Path(path)
+    try:
+        index = pd.read_csv(path, dtype={"video": str, "shard": str, "split": str})
+    except FileNotFoundError:
+        raise A2DError(f"{path}: index not found") from None
+    missing = set(INDEX_COLUMNS) - set(index.columns)
+    if missing:
+        raise A2DError(f"{path}: index lacks column(s) {sorted(missing)}")
+    return index
+
+
+def write_index(index: pd.DataFrame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        index.to_csv(tmp, index=False)
+    counts = index.groupby("split").size().to_dict()
+    log.info(
+        "indexed %d annotated frames of %d videos in %d shard(s): %s -> %s",
+        len(index), index["video"].nunique(), index["shard"].nunique(), counts, path,
+    )

@@ -1,0 +1,167 @@
+"""Timing stage: milliseconds per frame of flow, region masks and segmentation, like the paper's complexity paragraph.
+
+Command::
+
+    a2dpipe timing --config C --flow results/flow/<method>/shard-*.h5 --masks results/masks/<source>/shard-*.h5 \
+        --predictions results/predictions/<variant>.h5 ... --out results/timing/timing.csv
+
+Each stage measures its own compute time while it runs and stores it as the root attribute ``seconds_per_frame``
+of its HDF5 outputs (flow: ``method``; masks: ``source``; predictions: ``variant`` name the item). This command
+averages it over shards, weighted by the number of frame groups in each file, and adds the totals the paper
+gives: *Ours* = flow + ``dataset`` masks + region network (``ours-rgbflow-dataset-dataset``), *Baseline* = flow
++ baseline network (``baseline-rgbflow``). A file's optional root attribute ``device`` names where it was
+measured; without it the row names the device of this machine (the one running the pipeline).
+
+Writes the CSV (columns ``component, item, frames, ms_per_frame, device, paper_ms``) and a Markdown copy
+beside it (same name, ``.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+from collections import defaultdict
+from pathlib import Path
+
+import h5py
+import pandas as pd
+
+from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.paper_results import TIMING_MS
+
+__all__ = ["read_timing", "timing_table", "describe_device", "configure_parser", "run"]
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["component", "item", "frames", "ms_per_frame", "device", "paper_ms"]
+MAIN_REGION_VARIANT = "ours-rgbflow-dataset-dataset"
+MAIN_BASELINE_VARIANT = "baseline-rgbflow"
+
+
+def describe_device() -> str:
+    """The accelerator this machine's stages use: the CUDA device name, else the CPU model."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"CUDA {torch.cuda.get_device_name(0)}"
+    except ImportError:  # timing tables can be made without torch
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu}"
+
+
+def _count_frames(f: h5py.File) -> int:
+    return sum(len(f[video]) for video in f if isinstance(f[video], h5py.Group))
+
+
+def read_timing(paths, name_attr: str) -> dict[str, dict]:
+    """``{item: {"frames": int, "seconds_per_frame": float, "device": str | None}}`` over ``paths``.
+
+    ``item`` is the root attribute ``name_attr`` of each file; shards of one item are averaged weighted by their
+    frame counts. Files without frames are skipped; a file lacking the attributes is an error naming it.
+    """
+    frames: dict[str, int] = defaultdict(int)
+    seconds: dict[str, float] = defaultdict(float)
+    devices: dict[str, str | None] = {}
+    for path in paths:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as err:
+            raise A2DError(f"{path}: cannot open: {err}") from None
+        with f:
+            for attr in (name_attr, "seconds_per_frame"):
+                if attr not in f.attrs:
+                    raise A2DError(f"{path}: root attribute {attr!r} is missing")
+            item = f.attrs[name_attr]
+            item = item.decode() if isinstance(item, bytes) else str(item)
+            spf = float(f.attrs["seconds_per_frame"])
+            n = _count_frames(f)
+            device = f.attrs.get("device")
+        if n == 0 or math.isnan(spf):
+            continue
+        frames[item] += n
+        seconds[item] += spf * n
+        if device is not None:
+            devices[item] = device.decode() if isinstance(device, bytes) else str(device)
+    return {
+        item: {"frames": frames[item], "seconds_per_frame": seconds[item] / frames[item], "device": devices.get(item)}
+        for item in frames
+    }
+
+
+def timing_table(flow: dict, masks: dict, predictions: dict, device: str) -> pd.DataFrame:
+    """Rows per flow method, mask source and prediction variant, then the two totals (module doc)."""
+    rows = []
+
+    def add(component, item, entry, paper):
+        rows.append(
+            {
+                "component": component,
+                "item": item,
+                "frames": entry["frames"],
+                "ms_per_frame": 1000.0 * entry["seconds_per_frame"],
+                "device": entry["device"] or device,
+                "paper_ms": paper,
+            }
+        )
+
+    for method, entry in sorted(flow.items()):
+        add("flow", method, entry, TIMING_MS["flow"])
+    for source, entry in sorted(masks.items()):
+        add("masks", source, entry, TIMING_MS["masks"] if source != "gt" else None)
+    for variant, entry in sorted(predictions.items()):
+        if variant.startswith("baseline-"):
+            paper = TIMING_MS["baseline_total"] - TIMING_MS["flow"] if variant == MAIN_BASELINE_VARIANT else None
+            add("segmentation baseline", variant, entry, paper)
+        else:
+            add("segmentation region", variant, entry, TIMING_MS["region"] if variant == MAIN_REGION_VARIANT else None)
+
+    flow_ms = sum(1000.0 * e["seconds_per_frame"] for e in flow.values()) if len(flow) == 1 else math.nan
+    totals = {
+        "total ours": (MAIN_REGION_VARIANT, ["dataset"], TIMING_MS["ours_total"]),
+        "total baseline": (MAIN_BASELINE_VARIANT, [], TIMING_MS["baseline_total"]),
+    }
+    for component, (variant, sources, paper) in totals.items():
+        if variant not in predictions or any(s not in masks for s in sources) or math.isnan(flow_ms):
+            log.warning("%s: left out (needs one flow method, masks %s and variant %s)", component, sources, variant)
+            continue
+        ms = flow_ms + sum(1000.0 * masks[s]["seconds_per_frame"] for s in sources)
+        ms += 1000.0 * predictions[variant]["seconds_per_frame"]
+        item = " + ".join(["flow", *(f"{s} masks" for s in sources), variant])
+        rows.append({"component": component, "item": item, "frames": predictions[variant]["frames"],
+                     "ms_per_frame": ms, "device": predictions[variant]["device"] or device, "paper_ms": paper})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("--config", required=True, help="config file (unused keys are fine)")
+    parser.add_argument("--flow", nargs="*", default=[], help="flow shard files")
+    parser.add_argument("--masks", nargs="*", default=[], help="region-mask shard files (any sources)")
+    parser.add_argument("--predictions", nargs="*", default=[], help="prediction files (any variants)")
+    parser.add_argument("--out", required=True, help="CSV to write; a Markdown copy goes beside it")
+
+
+def run(args) -> None:
+    from a2dpipe.tables import markdown_table  # one Markdown writer for every table
+
+    table = timing_table(
+        read_timing(args.flow, "method"),
+        read_timing(args.masks, "source"),
+        read_timing(args.predictions, "variant"),
+        describe_device(),
+    )
+    out = Path(args.out)
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(markdown_table(table, digits=1))
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.1f")
+    log.info("timing:\n%s", table.to_string(index=False))

@@ -1,0 +1,178 @@
+import json
+import math
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from a2dpipe import labels, metrics, paper_results, tables, timing
+from a2dpipe.cli import main
+from a2dpipe.evaluate import _json_safe
+
+VARIANTS = [
+    "baseline-rgb",
+    "baseline-rgbflow",
+    "ours-rgb-dataset-dataset",
+    "ours-rgbflow-dataset-dataset",
+    "ours-rgbflow-generic-generic",
+    "ours-rgbflow-dataset-gt",
+]
+IDS = np.array([labels.BACKGROUND, *labels.VALID_PAIRS], dtype=np.uint8)
+
+
+def fake_evaluation(variant, accuracy, seed):
+    """An evaluation document (a2dpipe.evaluate format) whose predictions are right with probability ``accuracy``."""
+    rng = np.random.default_rng(seed)
+    acc = metrics.ConfusionAccumulator(3)
+    for _ in range(2):
+        gt = rng.choice(IDS, size=(4, 6)).repeat(8, axis=0).repeat(8, axis=1)  # 8 x 8 blocks: non-boundary pixels exist
+        joint = np.where(rng.random(gt.shape) < accuracy, gt, rng.choice(IDS, size=gt.shape))
+        acc.add(gt, joint)
+    doc = {
+        "variant": variant,
+        "frames": acc.frames,
+        "boundary_width": 3,
+        "metrics": {r: metrics.metrics(acc.matrices[r]) for r in metrics.REGIONS},
+        "per_category_accuracy": metrics.per_category_accuracy(acc.matrices["whole"]["actor_action"]),
+        "confusion": {r: {s: m.tolist() for s, m in acc.matrices[r].items()} for r in metrics.REGIONS},
+    }
+    return _json_safe(doc)
+
+
+@pytest.fixture
+def evaluation_files(tmp_path):
+    accuracy = {"baseline-rgb": 0.3, "baseline-rgbflow": 0.4, "ours-rgb-dataset-dataset": 0.5,
+                "ours-rgbflow-dataset-dataset": 0.7, "ours-rgbflow-generic-generic": 0.6, "ours-rgbflow-dataset-gt": 0.9}
+    paths = []
+    for k, variant in enumerate(VARIANTS):
+        path = tmp_path / "evaluation" / f"{variant}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(fake_evaluation(variant, accuracy[variant], k)))
+        paths.append(path)
+    return paths
+
+
+def test_paper_figures_are_transcribed_consistently():
+    # the paper prints its main result (RGB + flow, dataset masks) in Tables 1, 3 and 4
+    assert paper_results.TABLE1[("ours", "rgbflow")] == paper_results.TABLE3[("dataset", "dataset")]
+    assert paper_results.TABLE1[("ours", "rgbflow")] == paper_results.TABLE4_OURS
+    # Table 5's averages are Table 1's actor-action mean class accuracies
+    for key, row in paper_results.TABLE5.items():
+        assert row["average"] == paper_results.TABLE1[key][5]
+        assert len(row) == 45 and row["dog-none"] is None
+        assert sum(v is not None for v in row.values()) == 44
+    assert paper_results.TABLE5[("ours", "rgbflow")]["ball-flying"] == 26.7
+    assert paper_results.TABLE5[("baseline", "rgb")]["dog-walking"] == 71.8
+
+
+def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation_files):
+    timing_csv = tmp_path / "timing.csv"
+    pd.DataFrame([{"component": "flow", "item": "dis", "frames": 4, "ms_per_frame": 12.5, "device": "CPU x",
+                   "paper_ms": 350.0}]).to_csv(timing_csv, index=False)
+    quality_csv = tmp_path / "quality.csv"
+    pd.DataFrame([{"source": "dataset", "AP": 0.41}, {"source": "generic", "AP": 0.22}]).to_csv(quality_csv, index=False)
+    out = tmp_path / "tables"
+    argv = ["tables", "--config", "config.yaml", "--evaluations", *map(str, evaluation_files),
+            "--mask-quality", str(quality_csv), "--timing", str(timing_csv), "--out-dir", str(out)]
+    assert main(argv) == 0
+    names = ["table1", "table2", "table3", "table4", "table5", "claims", "timing", "mask_quality"]
+    for name in names:
+        for suffix in (".csv", ".md", ".tex"):
+            assert (out / f"{name}{suffix}").stat().st_size > 0, f"{name}{suffix}"
+    assert (out / "done").exists()
+
+    t1 = pd.read_csv(out / "table1.csv")
+    assert list(t1["source"]) == ["paper", "this run"] * 4
+    assert t1.iloc[0]["mean class acc. actor-action"] == 42.7  # Baseline (RGB only), paper
+    doc = json.loads(evaluation_files[1].read_text())  # baseline-rgbflow
+    row = t1[(t1["method"] == "Baseline (RGB + flow)") & (t1["source"] == "this run")].iloc[0]
+    assert row["mean IoU actor"] == pytest.approx(100 * doc["metrics"]["whole"]["actor"]["mean_iou"], abs=0.01)
+
+    t2 = pd.read_csv(out / "table2.csv")
+    assert t2.iloc[1]["global acc. actor"] == pytest.approx(
+        100 * doc["metrics"]["non_boundary"]["actor"]["global_accuracy"], abs=0.01)
+    assert t2.iloc[0]["mean IoU actor-action"] == 39.0
+
+    t3 = pd.read_csv(out / "table3.csv")
+    assert list(t3["test masks"]) == ["generic", "generic", "dataset", "dataset", "gt", "gt"]
+    assert t3.iloc[4]["mean IoU actor"] == 80.9
+
+    t4 = pd.read_csv(out / "table4.csv")
+    assert list(t4["method"][:5]) == [f"published method {k}" for k in range(1, 6)]
+    assert list(t4["source"]) == ["paper"] * 6 + ["this run"]
+    assert math.isnan(t4.iloc[0]["global acc. actor"]) and t4.iloc[3]["mean IoU actor-action"] == 29.7
+
+    t5 = pd.read_csv(out / "table5.csv")
+    assert list(t5.columns) == ["method", "source", *labels.class_names("actor_action"), "average"]
+    ours = t5[(t5["method"] == "Ours (RGB + flow)") & (t5["source"] == "this run")].iloc[0]
+    doc = json.loads(evaluation_files[3].read_text())
+    assert ours["adult-climbing"] == pytest.approx(100 * doc["per_category_accuracy"]["adult-climbing"], abs=0.01)
+    assert ours["average"] == pytest.approx(100 * doc["metrics"]["whole"]["actor_action"]["mean_class_accuracy"], abs=0.01)
+
+    claims = pd.read_csv(out / "claims.csv")
+    assert list(claims["holds"]) == ["yes"] * 5  # the fake accuracies are ordered as the paper claims
+
+    md = (out / "table1.md").read_text()
+    assert "| Baseline (RGB only) | paper | 95.7 |" in md
+    tex = (out / "table4.tex").read_text()
+    assert r"\begin{tabular}" in tex and "published method 1 & paper & - &" in tex
+    assert "actor-action" in (out / "table5.md").read_text()
+    assert "12.5" in (out / "timing.md").read_text()
+
+
+def test_missing_variants_leave_their_rows_out(tmp_path, evaluation_files):
+    evals = tables.load_evaluations(evaluation_files[:2])  # baselines only
+    t1 = tables.table1(evals)
+    assert (t1["source"] == "this run").sum() == 2
+    c = tables.claims(evals)
+    assert c.iloc[0]["holds"] == "n/a" and c.iloc[1]["holds"] == "yes"
+
+
+def test_a_broken_evaluation_file_is_named(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["tables", "--config", "c", "--evaluations", str(bad), "--out-dir", str(tmp_path / "t")]) == 1
+    assert not (tmp_path / "t" / "done").exists()
+
+
+def write_store(path, attrs, frames):
+    with h5py.File(path, "w") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        for video, frame in frames:
+            f.create_group(f"{video}/{frame:05d}")
+
+
+def test_timing_averages_shards_by_frames_and_adds_the_totals(tmp_path):
+    write_store(tmp_path / "flow0.h5", {"method": "dis", "seconds_per_frame": 0.010}, [("a", 1), ("a", 2), ("b", 1)])
+    write_store(tmp_path / "flow1.h5", {"method": "dis", "seconds_per_frame": 0.030}, [("c", 4)])
+    write_store(tmp_path / "mask0.h5", {"source": "dataset", "seconds_per_frame": 0.1, "device": "CUDA H200"}, [("a", 1)])
+    write_store(tmp_path / "mask1.h5", {"source": "gt", "seconds_per_frame": 0.001}, [("a", 1)])
+    write_store(tmp_path / "empty.h5", {"source": "gt", "seconds_per_frame": float("nan")}, [])
+    write_store(tmp_path / "p0.h5", {"variant": "baseline-rgbflow", "seconds_per_frame": 0.02}, [("a", 1), ("c", 4)])
+    write_store(tmp_path / "p1.h5", {"variant": "ours-rgbflow-dataset-dataset", "seconds_per_frame": 0.05}, [("a", 1)])
+    out = tmp_path / "timing" / "timing.csv"
+    argv = ["timing", "--config", "c", "--flow", str(tmp_path / "flow0.h5"), str(tmp_path / "flow1.h5"),
+            "--masks", str(tmp_path / "mask0.h5"), str(tmp_path / "mask1.h5"), str(tmp_path / "empty.h5"),
+            "--predictions", str(tmp_path / "p0.h5"), str(tmp_path / "p1.h5"), "--out", str(out)]
+    assert main(argv) == 0
+    t = pd.read_csv(out).set_index("component")
+    assert t.loc["flow", "ms_per_frame"] == pytest.approx(15.0)  # (3 * 10 + 1 * 30) / 4
+    assert t.loc["flow", "frames"] == 4 and t.loc["flow", "paper_ms"] == 350
+    masks = t.loc["masks"].set_index("item")
+    assert masks.loc["dataset", "device"] == "CUDA H200" and masks.loc["dataset", "ms_per_frame"] == 100
+    assert math.isnan(masks.loc["gt", "paper_ms"])
+    assert t.loc["segmentation baseline", "paper_ms"] == 45
+    assert t.loc["total ours", "ms_per_frame"] == pytest.approx(15 + 100 + 50)
+    assert t.loc["total ours", "paper_ms"] == 1100
+    assert t.loc["total baseline", "ms_per_frame"] == pytest.approx(15 + 20)
+    assert t.loc["flow", "device"] == timing.describe_device()
+    assert (out.with_suffix(".md")).read_text().startswith("| component |")
+
+
+def test_timing_names_a_file_without_the_attribute(tmp_path):
+    write_store(tmp_path / "flow.h5", {"method": "dis"}, [("a", 1)])
+    out = tmp_path / "t.csv"
+    assert main(["timing", "--config", "c", "--flow", str(tmp_path / "flow.h5"), "--out", str(out)]) == 1
+    assert not out.exists()

@@ -239,7 +239,7 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
         step += 1
         curve.append((step, loss.item(), losses["loss_actor"].item(), losses["loss_action"].item(), lr))
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{curve[-1][1]:.3f}")
         if step % opts["checkpoint_every"] == 0 and step < opts["iterations"]:
             _save({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -1,0 +1,130 @@
+"""Two-stage training: loss curve, resume equality after a simulated kill, frozen front-end, augmentation."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from a2dpipe.data import ArraySamples, augment, flip_sample
+from a2dpipe.flow.encode import flow_to_rgb
+from a2dpipe.labels import IGNORE, VALID_PAIRS
+from a2dpipe.train import CURVE_COLUMNS, load_checkpoint, train
+
+torch.set_num_threads(1)
+
+CONFIG = {
+    "seed": 0,
+    "device": "cpu",
+    "segmentation": {
+        "width": 8,
+        "aspp_rates": [1, 2],
+        "crop": [40, 56],
+        "stage1": {"iterations": 6, "batch_size": 4, "checkpoint_every": 2, "lr_front": 0.002, "lr_back": 0.01},
+        "stage2": {"iterations": 6, "batch_size": 2, "checkpoint_every": 2, "fc_dim": 32, "roi_size": 3},
+    },
+}
+
+
+def make_samples(n=6, h=48, w=64, seed=0):
+    """Frames with one coloured rectangle actor, its motion, and its ground-truth region."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        pid = VALID_PAIRS[rng.integers(len(VALID_PAIRS))]
+        rgb = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        label = np.zeros((h, w), np.uint8)
+        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        y1, x1 = y0 + rng.integers(8, h // 2), x0 + rng.integers(8, w // 2)
+        label[y0:y1, x0:x1] = pid
+        rgb[y0:y1, x0:x1] = (pid // 10 * 30, pid % 10 * 25, 200)
+        flow = np.zeros((h, w, 2), np.float32)
+        flow[y0:y1, x0:x1] = (pid % 10 - 5, 1.0)
+        out.append({"video": f"v{k}", "frame": 1, "rgb": rgb, "label": label, "flow": flow,
+                    "flow_rgb": flow_to_rgb(flow, "xym"), "boxes": np.array([[x0, y0, x1 - 1, y1 - 1]], np.float32),
+                    "masks": (label > 0).astype(np.float32)[None]})
+    return ArraySamples(out)
+
+
+def _equal_states(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1") / "model.pt"
+    return out, train(CONFIG, stage=1, input="rgbflow", samples=make_samples(), out=out)
+
+
+def test_stage1_writes_model_and_loss_curve(stage1):
+    out, result = stage1
+    ckpt = load_checkpoint(out)
+    assert ckpt["stage"] == 1 and ckpt["input"] == "rgbflow"
+    assert _equal_states(ckpt["model"], result["model"])
+    with open(out.with_name("loss.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CURVE_COLUMNS and len(rows) == 6
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert not out.with_name("checkpoint.pt").exists()  # removed once the model is written
+
+
+def test_resume_after_kill_gives_identical_weights(stage1, tmp_path):
+    _, uninterrupted = stage1
+    out = tmp_path / "model.pt"
+    assert train(CONFIG, stage=1, input="rgbflow", samples=make_samples(), out=out, max_steps=3) is None
+    assert out.with_name("checkpoint.pt").exists() and not out.exists()   # killed after step 3, checkpoint at 2
+    resumed = train(CONFIG, stage=1, input="rgbflow", samples=make_samples(), out=out)
+    assert _equal_states(resumed["model"], uninterrupted["model"])
+    assert resumed["curve"] == uninterrupted["curve"]
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(stage1, tmp_path):
+    out = tmp_path / "model.pt"
+    train(CONFIG, stage=1, input="rgbflow", samples=make_samples(), out=out, max_steps=2)
+    other = {**CONFIG, "seed": 1}
+    result = train(other, stage=1, input="rgbflow", samples=make_samples(), out=out)
+    assert not _equal_states(result["model"], stage1[1]["model"])
+    assert len(result["curve"]) == 6
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_stage2_trains_region_back_end_only(stage1, tmp_path, cache):
+    s1_path, s1 = stage1
+    cfg = {**CONFIG, "segmentation": {**CONFIG["segmentation"],
+                                       "stage2": {**CONFIG["segmentation"]["stage2"], "cache_features": cache}}}
+    result = train(cfg, stage=2, input="rgbflow", samples=make_samples(), out=tmp_path / "model.pt", stage1=s1_path)
+    before, after = s1["model"], result["model"]
+    for key in before:
+        if key.startswith(("front_end.", "baseline.")):
+            assert torch.equal(before[key], after[key]), key  # weights and batch-norm statistics
+    assert not torch.equal(before["region.fc6.weight"], after["region.fc6.weight"])
+    assert all(np.isfinite(row[1]) for row in result["curve"])
+
+
+def test_stage2_refuses_a_stage1_model_of_another_input(stage1, tmp_path):
+    from a2dpipe.io import A2DError
+
+    with pytest.raises(A2DError, match="rgbflow"):
+        train(CONFIG, stage=2, input="rgb", samples=make_samples(), out=tmp_path / "m.pt", stage1=stage1[0])
+
+
+def test_flip_negates_flow_u_and_mirrors_regions():
+    sample = make_samples(1).load(0)
+    flipped = flip_sample(sample)
+    np.testing.assert_array_equal(flipped["flow"][:, ::-1, 0], -sample["flow"][..., 0])
+    np.testing.assert_array_equal(flipped["flow_rgb"], flow_to_rgb(flipped["flow"], "xym"))
+    ys, xs = np.nonzero(flipped["masks"][0])
+    x1, y1, x2, y2 = flipped["boxes"][0]
+    # the mirrored box still holds the mirrored mask (box convention: pixel indices, closed)
+    w = sample["rgb"].shape[1]
+    assert xs.min() >= x1 - 1 and xs.max() <= x2 and ys.min() >= y1 and ys.max() <= y2
+    assert xs.min() == w - 1 - sample["boxes"][0, 2]
+
+
+def test_crop_pads_with_ignore_and_is_deterministic():
+    sample = make_samples(1, h=30, w=40).load(0)
+    a = augment(sample, (36, 48), np.random.default_rng(3))
+    b = augment(sample, (36, 48), np.random.default_rng(3))
+    assert a["label"].shape == (36, 48) and a["rgb"].shape == (36, 48, 3) and a["masks"].shape[1:] == (36, 48)
+    assert (a["label"] == IGNORE).sum() == 36 * 48 - 30 * 40
+    assert all(np.array_equal(a[k], b[k]) for k in ("rgb", "label", "masks", "boxes", "flow_rgb"))

@@ -14,6 +14,9 @@ dataset            shape, type  content
 ``instance_ids``   (N,) u8      A2D id of each instance
 ================== ============ ======================================================================
 
+On the synthetic benchmark a group also holds ``distractor_masks`` (M, H, W) u8 0/1: the visible non-actor
+objects, which the generic mask source is trained on (read from the benchmark's sidecar files; absent on A2D).
+
 Group attributes: ``split`` ('train' / 'test'), ``neighbour_frame`` (1-based) and ``direction``: ``'next'`` means
 flow is taken from the frame to frame + 1, ``'previous'`` from frame - 1 to the frame. ``frames.neighbour``
 chooses; the last frame of a clip always uses ``'previous'`` and the first always ``'next'``.
@@ -35,6 +38,7 @@ from a2dpipe import labels
 from a2dpipe.a2d import annotation_path, read_annotation, read_clip_frames, video_path
 from a2dpipe.index import read_index
 from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.synthetic import read_distractors
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +220,6 @@ def _write_frame(f: h5py.File, root: Path, row, decoded: dict, partner: tuple[in
     g.create_dataset("instance_masks", data=masks, **(opts if masks.size else {}))
     g.create_dataset("instance_boxes", data=ann.boxes.astype(np.float32))
     g.create_dataset("instance_ids", data=ann.ids.astype(np.uint8))
+    distractors = read_distractors(root, video, frame)  # None on real A2D
+    if distractors is not None:
+        g.create_dataset("distractor_masks", data=distractors, **(opts if distractors.size else {}))

@@ -306,13 +306,17 @@ def _actor_tracks(rng, pair: int, radius: float, frames: int, box: tuple[float, 
     direction = 1.0 if rng.random() < 0.5 else -1.0
     lo_x, hi_x, lo_y, hi_y = box
     lo_x, hi_x, lo_y, hi_y = lo_x + radius, hi_x - radius, lo_y + radius, hi_y - radius
+    speed = m.speed * max(scale, 0.6) * rng.uniform(0.85, 1.15)
+    rise = m.rise * max(scale, 0.6) * rng.uniform(0.85, 1.15)
     if near is not None:  # start beside another actor so that they overlap
         x0 = float(np.clip(near[0] + rng.uniform(-1.2, 1.2) * radius, lo_x, hi_x))
         y0 = float(np.clip(near[1] + rng.uniform(-0.8, 0.8) * radius, lo_y, hi_y))
     else:
-        x0, y0 = rng.uniform(lo_x, max(lo_x, hi_x)), rng.uniform(lo_y, max(lo_y, hi_y))
-    speed = m.speed * max(scale, 0.6) * rng.uniform(0.85, 1.15)
-    rise = m.rise * max(scale, 0.6) * rng.uniform(0.85, 1.15)
+        # Start where the whole path fits when it can (a climber starts low), so few actors bounce off the edges.
+        travel_x, travel_y = speed * (frames - 1), rise * (frames - 1)
+        x0 = rng.uniform(lo_x, max(lo_x, hi_x - travel_x))
+        x0 = x0 if direction > 0 else lo_x + hi_x - x0
+        y0 = rng.uniform(min(hi_y, lo_y + travel_y), max(lo_y, hi_y))
     x = _reflect(x0 + direction * speed * t, lo_x, hi_x)
     hop = m.hop * max(scale, 0.5) * np.abs(np.sin(np.pi * t / m.period + rng.uniform(0, np.pi)))
     y = _reflect(y0 - rise * t + m.bob * np.sin(t * 0.9), lo_y + m.hop * scale, hi_y) - hop
@@ -346,8 +350,14 @@ def _annotation(owner: np.ndarray, pairs: list[int]) -> Annotation:
     )
 
 
-def render_clip(s: dict, clip: dict, rng: np.random.Generator) -> tuple[list[np.ndarray], dict[int, Annotation], list[int]]:
-    """Frames (RGB uint8, before compression), annotations of the annotated frames (1-based) and those frames."""
+def render_clip(
+    s: dict, clip: dict, rng: np.random.Generator, distractor_maps: dict[int, np.ndarray] | None = None
+) -> tuple[list[np.ndarray], dict[int, Annotation], list[int]]:
+    """Frames (RGB uint8, before compression), annotations of the annotated frames (1-based) and those frames.
+
+    ``distractor_maps``, when given, receives per annotated frame the visible distractors as an (H, W) uint8 map
+    (0 none, k = distractor k): the ground truth of the generic mask source (see :func:`distractor_path`).
+    """
     height, width, frames = s["height"], clip["width"], s["frames"]
     cam, margin = _camera(rng, frames, s["camera_motion"])
     world = _background(rng, height + 2 * margin, width + 2 * margin)
@@ -382,8 +392,9 @@ def render_clip(s: dict, clip: dict, rng: np.random.Generator) -> tuple[list[np.
         shift = np.float32([[1, 0, -cx], [0, 1, -cy]])
         canvas = cv2.warpAffine(world, shift, (width, height), flags=cv2.INTER_LINEAR)
         owner = np.zeros((height, width), dtype=np.int16)
-        for look, r, (dx, dy), angle in distractors:  # static in the world: they move with the background
-            _draw(canvas, None, 0, look, dx - cx, dy - cy, r, angle, 0.0)
+        others = np.zeros((height, width), dtype=np.int16)
+        for j, (look, r, (dx, dy), angle) in enumerate(distractors):  # static in the world: move with the background
+            _draw(canvas, others, j + 1, look, dx - cx, dy - cy, r, angle, 0.0)
         for k in depth:
             a = actors[k]
             x, y = a["track"][t]
@@ -393,6 +404,8 @@ def render_clip(s: dict, clip: dict, rng: np.random.Generator) -> tuple[list[np.
         images.append(np.clip(canvas, 0, 255).astype(np.uint8))
         if t + 1 in annotated:
             annotations[t + 1] = _annotation(owner, clip["pairs"])
+            if distractor_maps is not None:  # actors drawn later occlude distractors
+                distractor_maps[t + 1] = np.where(owner == 0, others, 0).astype(np.uint8)
     return images, annotations, annotated
 
 
@@ -416,6 +429,26 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def distractor_path(root: str | Path, video: str, frame: int) -> Path:
+    """Sidecar of the synthetic benchmark (not part of A2D): the visible distractors of an annotated frame.
+
+    A grey PNG, 0 = no distractor, k = distractor k (after occlusion by actors). Real A2D has no such file.
+    """
+    return Path(root, "Annotations", "distractors", video, f"{frame:05d}.png")
+
+
+def read_distractors(root: str | Path, video: str, frame: int) -> np.ndarray | None:
+    """(M, H, W) uint8 0/1 masks of the visible distractors of a frame, or None when the dataset has no sidecar."""
+    path = distractor_path(root, video, frame)
+    if not path.is_file():
+        return None
+    index = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if index is None or index.ndim != 2:
+        raise A2DError(f"{path}: not a single-channel distractor index PNG")
+    ids = np.unique(index[index > 0])
+    return (index[None] == ids[:, None, None]).astype(np.uint8)
+
+
 def synthesize(section: dict, seed: int, out: str | Path) -> None:
     """Write the benchmark into ``out`` (replaced atomically as a whole)."""
     s = _settings(section)
@@ -429,7 +462,8 @@ def synthesize(section: dict, seed: int, out: str | Path) -> None:
         (tmp / "clips320H").mkdir()
         for clip, clip_seed in zip(plan, clip_seeds):
             rng = np.random.default_rng(clip_seed)
-            images, annotations, annotated = render_clip(s, clip, rng)
+            distractor_maps: dict[int, np.ndarray] = {}
+            images, annotations, annotated = render_clip(s, clip, rng, distractor_maps)
             _write_video(video_path(tmp, clip["video"]), images, s["video_quality"])
             for frame, ann in annotations.items():
                 path = annotation_path(tmp, clip["video"], frame)
@@ -438,6 +472,9 @@ def synthesize(section: dict, seed: int, out: str | Path) -> None:
                 col = colour_path(tmp, clip["video"], frame)
                 col.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(col), cv2.cvtColor(labels.colorize(ann.id_map), cv2.COLOR_RGB2BGR))
+                sidecar = distractor_path(tmp, clip["video"], frame)
+                sidecar.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(sidecar), distractor_maps[frame])
             start = int(rng.integers(0, 300))
             rows.append(
                 f"{clip['video']},{clip['pairs'][0]},{_clock(start)},{_clock(start + s['frames'] / FPS)},"

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("a2dpipe.evaluate", "metrics of one prediction set"),
     "tables": ("a2dpipe.tables", "the paper's tables from this run's metrics"),
     "timing": ("a2dpipe.timing", "milliseconds per frame of each stage on this machine"),
+    "report": ("a2dpipe.report", "figures of the HTML report (per-category bars, loss curves, overlays)"),
     "bench": ("a2dpipe.bench", "speed and accuracy benchmarks"),
 }
 

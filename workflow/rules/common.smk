@@ -70,5 +70,22 @@ def get_flow_inputs(wildcards):
     return expand(FLOW, method=config["flow"]["method"], shard=SHARDS)
 
 
+def get_mask_model(wildcards):
+    """The mask model behind a region-mask source: none for ground truth."""
+    if wildcards.source == "gt":
+        return []
+    return MASK_MODEL.format(trained_source=wildcards.source)
+
+
+def get_mask_model_arg(wildcards, input):
+    """`--model` of region-masks: absent for ground truth."""
+    return f"--model {input.model}" if input.model else ""
+
+
+def get_mask_gpus(wildcards):
+    """Only the model sources of region-masks want the accelerator."""
+    return 0 if wildcards.source == "gt" else 1
+
+
 def get_all_targets():
     return [res("tables", "done"), res("timing", "timing.csv")]

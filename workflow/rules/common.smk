@@ -87,5 +87,36 @@ def get_mask_gpus(wildcards):
     return 0 if wildcards.source == "gt" else 1
 
 
+def _variant_parts(wildcards):
+    """(kind, input, train source, test source) of a prediction variant (see get_variants)."""
+    parts = wildcards.variant.split("-")
+    return parts[0], parts[1], (parts[2] if len(parts) > 2 else None), (parts[3] if len(parts) > 3 else None)
+
+
+def get_variant_model(wildcards):
+    """Stage-1 checkpoint for a baseline variant, stage-2 checkpoint for a region variant."""
+    kind, inp, train, _ = _variant_parts(wildcards)
+    if kind == "baseline":
+        return STAGE1.format(input=inp)
+    return STAGE2.format(input=inp, trained_source=train)
+
+
+def get_variant_flow(wildcards):
+    """Flow caches of every shard when the variant's input uses flow."""
+    _, inp, _, _ = _variant_parts(wildcards)
+    return [] if inp == "rgb" else expand(FLOW, method=config["flow"]["method"], shard=SHARDS)
+
+
+def get_variant_masks(wildcards):
+    """Region caches of the variant's test source (none for baselines)."""
+    kind, _, _, test = _variant_parts(wildcards)
+    return [] if kind == "baseline" else expand(MASK_CACHE, source=test, shard=SHARDS)
+
+
+def get_stage2_masks(wildcards):
+    """Region caches of the mask source stage 2 trains on (ground truth is added by the trainer)."""
+    return expand(MASK_CACHE, source=wildcards.trained_source, shard=SHARDS)
+
+
 def get_all_targets():
     return [res("tables", "done"), res("timing", "timing.csv")]

@@ -1,1 +1,74 @@
-# segmentation stage rules (being written).
+# Segmentation stage: stage 1 (front-end + ASPP baseline) per input, stage 2 (frozen front-end + region back-end)
+# per input and training mask source, predictions per variant. Training resumes from checkpoint.pt beside model.pt.
+
+
+wildcard_constraints:
+    variant="|".join(get_variants()),
+
+
+rule train_stage1:
+    input:
+        frames=expand(FRAMES, shard=SHARDS),
+        flow=get_flow_inputs,
+    output:
+        model=STAGE1,
+        curve=res("models", "stage1", "{input}", "loss.csv"),
+    log:
+        res("logs", "train_stage1", "{input}.log"),
+    benchmark:
+        res("benchmarks", "train_stage1", "{input}.tsv")
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        config_file=CONFIG_FILE,
+    shell:
+        "python -m a2dpipe train --config {params.config_file} --stage 1 --input {wildcards.input}"
+        " --frames {input.frames} --flow {input.flow} --threads {threads} --out {output.model} --log {log}"
+
+
+rule train_stage2:
+    input:
+        frames=expand(FRAMES, shard=SHARDS),
+        flow=get_flow_inputs,
+        masks=get_stage2_masks,
+        stage1=STAGE1,
+    output:
+        model=STAGE2,
+        curve=res("models", "stage2", "{input}-{trained_source}", "loss.csv"),
+    log:
+        res("logs", "train_stage2", "{input}-{trained_source}.log"),
+    benchmark:
+        res("benchmarks", "train_stage2", "{input}-{trained_source}.tsv")
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        config_file=CONFIG_FILE,
+    shell:
+        "python -m a2dpipe train --config {params.config_file} --stage 2 --input {wildcards.input}"
+        " --mask-source {wildcards.trained_source} --frames {input.frames} --flow {input.flow}"
+        " --masks {input.masks} --stage1 {input.stage1} --threads {threads} --out {output.model} --log {log}"
+
+
+rule predict:
+    input:
+        frames=expand(FRAMES, shard=SHARDS),
+        flow=get_variant_flow,
+        masks=get_variant_masks,
+        model=get_variant_model,
+    output:
+        predictions=PREDICTIONS,
+    log:
+        res("logs", "predict", "{variant}.log"),
+    benchmark:
+        res("benchmarks", "predict", "{variant}.tsv")
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        config_file=CONFIG_FILE,
+    shell:
+        "python -m a2dpipe predict --config {params.config_file} --variant {wildcards.variant}"
+        " --model {input.model} --frames {input.frames} --flow {input.flow} --masks {input.masks}"
+        " --threads {threads} --out {output.predictions} --log {log}"

@@ -1,1 +1,190 @@
-# evaluation stage rules (being written).
+# Evaluation stage: metrics per prediction set, the paper's tables (the main target), timings, report figures.
+# Helpers used only here are kept here, named get_* like those of common.smk.
+
+
+def get_test_sources():
+    """Mask sources the configured region variants are tested with."""
+    return sorted({test for _, _, test in REGION_RUNS})
+
+
+def get_timing_flow():
+    """Flow caches of every shard (only computed when an input uses flow)."""
+    if "rgbflow" not in INPUTS:
+        return []
+    return expand(FLOW, method=config["flow"]["method"], shard=SHARDS)
+
+
+def get_timing_masks():
+    """Region caches of every test mask source."""
+    return expand(MASK_CACHE, source=get_test_sources(), shard=SHARDS)
+
+
+def get_mask_quality_table():
+    """Mask AP table, when both trained sources are part of the run (it needs both caches)."""
+    return (
+        [MASK_QUALITY] if set(TRAINED_MASK_SOURCES) <= set(get_test_sources()) else []
+    )
+
+
+def get_mask_quality_arg(wildcards, input):
+    """`--mask-quality` of tables: absent when the table is not made."""
+    return f"--mask-quality {input.mask_quality}" if input.mask_quality else ""
+
+
+def get_report_variant(kind):
+    """Prediction set shown in the overlays: the paper's main one (RGB + flow, dataset masks) when configured."""
+    preferred = {
+        "baseline": "baseline-rgbflow",
+        "ours": "ours-rgbflow-dataset-dataset",
+    }[kind]
+    variants = get_variants()
+    if preferred in variants:
+        return PREDICTIONS.format(variant=preferred)
+    candidates = [v for v in variants if v.startswith(kind)] or variants
+    return PREDICTIONS.format(variant=candidates[-1])
+
+
+def get_checkpoints():
+    """Every trained model (their loss curves lie beside them)."""
+    stage1 = expand(STAGE1, input=INPUTS)
+    stage2 = [
+        STAGE2.format(input=inp, trained_source=train)
+        for inp, train in get_stage2_runs()
+    ]
+    masks = expand(
+        MASK_MODEL,
+        trained_source=[s for s in TRAINED_MASK_SOURCES if s in get_test_sources()],
+    )
+    return stage1 + stage2 + masks
+
+
+rule evaluate:
+    input:
+        predictions=PREDICTIONS,
+        frames=expand(FRAMES, shard=SHARDS),
+    output:
+        evaluation=EVALUATION,
+    log:
+        res("logs", "evaluate", "{variant}.log"),
+    benchmark:
+        res("benchmarks", "evaluate", "{variant}.tsv")
+    threads: 1
+    params:
+        config_file=CONFIG_FILE,
+    shell:
+        "python -m a2dpipe evaluate --config {params.config_file} --predictions {input.predictions}"
+        " --frames {input.frames} --out {output.evaluation} --log {log}"
+
+
+rule timing:
+    input:
+        flow=get_timing_flow(),
+        masks=get_timing_masks(),
+        predictions=expand(PREDICTIONS, variant=get_variants()),
+    output:
+        table=report(
+            res("timing", "timing.csv"),
+            caption="../report/timing.rst",
+            category="Timing",
+        ),
+        markdown=res("timing", "timing.md"),
+    log:
+        res("logs", "timing.log"),
+    benchmark:
+        res("benchmarks", "timing.tsv")
+    threads: 1
+    params:
+        config_file=CONFIG_FILE,
+    shell:
+        "python -m a2dpipe timing --config {params.config_file} --flow {input.flow} --masks {input.masks}"
+        " --predictions {input.predictions} --out {output.table} --log {log}"
+
+
+rule report_figures:
+    input:
+        evaluations=expand(EVALUATION, variant=get_variants()),
+        frames=expand(FRAMES, shard=SHARDS),
+        checkpoints=get_checkpoints(),
+        baseline=get_report_variant("baseline"),
+        ours=get_report_variant("ours"),
+    output:
+        per_category=report(
+            res("figures", "per_category.png"),
+            caption="../report/per_category.rst",
+            category="Figures",
+        ),
+        qualitative=report(
+            res("figures", "qualitative.png"),
+            caption="../report/qualitative.rst",
+            category="Figures",
+        ),
+        loss_curves=report(
+            res("figures", "loss_curves.png"),
+            caption="../report/loss_curves.rst",
+            category="Figures",
+        ),
+    log:
+        res("logs", "report_figures.log"),
+    benchmark:
+        res("benchmarks", "report_figures.tsv")
+    threads: 1
+    params:
+        config_file=CONFIG_FILE,
+        out_dir=res("figures"),
+    shell:
+        "python -m a2dpipe report --config {params.config_file} --evaluations {input.evaluations}"
+        " --checkpoints {input.checkpoints} --frames {input.frames} --baseline {input.baseline}"
+        " --ours {input.ours} --out-dir {params.out_dir} --log {log}"
+
+
+# The main target. The report figures are inputs so that the main job leaves everything `--report` shows.
+rule tables:
+    input:
+        evaluations=expand(EVALUATION, variant=get_variants()),
+        timing=rules.timing.output.table,
+        mask_quality=get_mask_quality_table(),
+        figures=rules.report_figures.output,
+    output:
+        table1=report(
+            res("tables", "table1.csv"),
+            caption="../report/table1.rst",
+            category="Tables",
+        ),
+        table2=report(
+            res("tables", "table2.csv"),
+            caption="../report/table2.rst",
+            category="Tables",
+        ),
+        table3=report(
+            res("tables", "table3.csv"),
+            caption="../report/table3.rst",
+            category="Tables",
+        ),
+        table4=report(
+            res("tables", "table4.csv"),
+            caption="../report/table4.rst",
+            category="Tables",
+        ),
+        table5=report(
+            res("tables", "table5.csv"),
+            caption="../report/table5.rst",
+            category="Tables",
+        ),
+        claims=report(
+            res("tables", "claims.csv"),
+            caption="../report/claims.rst",
+            category="Tables",
+        ),
+        done=res("tables", "done"),
+    log:
+        res("logs", "tables.log"),
+    benchmark:
+        res("benchmarks", "tables.tsv")
+    threads: 1
+    params:
+        config_file=CONFIG_FILE,
+        out_dir=res("tables"),
+        mask_quality=get_mask_quality_arg,
+    shell:
+        "python -m a2dpipe tables --config {params.config_file} --evaluations {input.evaluations}"
+        " --timing {input.timing} {params.mask_quality} --out-dir {params.out_dir} --log {log}"

@@ -199,7 +199,7 @@ def read_annotation(path: str | Path) -> Annotation:
 
 def _unique_instances(ids: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Indices of the first occurrence of each (id, mask) pair, in order."""
-    flat = masks.reshape(len(masks), -1)
+    flat = masks.reshape(len(masks), masks[0].size if len(masks) else 0)
     seen: dict[tuple[int, bytes], int] = {}
     for i in range(len(ids)):  # instances, not pixels: a handful per frame
         seen.setdefault((int(ids[i]), flat[i].tobytes()), i)

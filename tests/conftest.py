@@ -1,0 +1,122 @@
+"""Fixtures shared by the test files: the repository, the tiny preset and a Snakemake runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Path:
+    """The tiny preset (tests/config.tiny.yaml): every rule of the DAG on a few seconds of data."""
+    return REPO / "tests" / "config.tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def snakemake_run():
+    """``run(workdir, *args, config=None, timeout=900, check=True)``: the repository's Snakefile in ``workdir``.
+
+    Runs ``python -m snakemake`` on one thread per job (``OMP_NUM_THREADS=1``) and returns the CompletedProcess,
+    stdout and stderr merged into ``.stdout``; with ``check`` a non-zero exit fails the test and shows the output.
+    """
+
+    def run(workdir, *args, config=None, timeout=900, check=True):
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+        if config is not None:
+            cmd += ["--configfile", str(config)]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        proc = subprocess.run(
+            cmd + [str(a) for a in args], cwd=REPO, env=env, text=True, timeout=timeout,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(f"snakemake {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
+        return proc
+
+    return run
+
+
+# Run-dependent parts of otherwise deterministic outputs: measured times and the folders of logs and benchmarks.
+_VOLATILE_DIRS = {"logs", "benchmarks", "timing", "a2d-synthetic"}
+_VOLATILE_KEY = ("second", "time", "_ms", "elapsed", "host")
+
+
+def _volatile(key: str) -> bool:
+    return any(word in key.lower() for word in _VOLATILE_KEY)
+
+
+def _differences(a: Path, b: Path) -> list[str]:
+    """Differences between two artifacts of the same name, ignoring measured times (empty list: equal)."""
+    import json
+
+    import h5py
+    import numpy as np
+
+    if a.suffix == ".h5":
+        out = []
+        with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+            names_a, names_b = [], []
+            fa.visit(names_a.append)
+            fb.visit(names_b.append)
+            if sorted(names_a) != sorted(names_b):
+                return [f"{a.name}: groups differ"]
+            for name in ["/", *names_a]:
+                attrs_a = {k: v for k, v in fa[name].attrs.items() if not _volatile(k)}
+                attrs_b = {k: v for k, v in fb[name].attrs.items() if not _volatile(k)}
+                if attrs_a.keys() != attrs_b.keys() or any(np.any(attrs_a[k] != attrs_b[k]) for k in attrs_a):
+                    out.append(f"{a.name}:{name}: attributes differ")
+                if isinstance(fa[name], h5py.Dataset) and not np.array_equal(fa[name][()], fb[name][()]):
+                    out.append(f"{a.name}:{name}: data differ")
+        return out
+    if a.suffix == ".json":
+        def strip(x):
+            if isinstance(x, dict):
+                return {k: strip(v) for k, v in x.items() if not _volatile(k)}
+            return [strip(v) for v in x] if isinstance(x, list) else x
+        return [] if strip(json.loads(a.read_text())) == strip(json.loads(b.read_text())) else [f"{a}: differs"]
+    if a.suffix == ".pt":
+        import torch
+
+        def equal(x, y):
+            if isinstance(x, torch.Tensor):
+                return isinstance(y, torch.Tensor) and x.shape == y.shape and bool(torch.equal(x, y))
+            if isinstance(x, dict):
+                keys = {k for k in x if not _volatile(str(k))}
+                return keys == {k for k in y if not _volatile(str(k))} and all(equal(x[k], y[k]) for k in keys)
+            if isinstance(x, (list, tuple)):
+                return len(x) == len(y) and all(equal(u, v) for u, v in zip(x, y))
+            return bool(np.all(x == y)) if isinstance(x, np.ndarray) else x == y
+        load = dict(map_location="cpu", weights_only=False)
+        return [] if equal(torch.load(a, **load), torch.load(b, **load)) else [f"{a}: tensors differ"]
+    return [] if a.read_bytes() == b.read_bytes() else [f"{a}: bytes differ"]
+
+
+@pytest.fixture(scope="session")
+def assert_same_outputs():
+    """``check(results_a, results_b)``: both results folders hold the same artifacts with the same contents.
+
+    Logs, benchmarks, timings and measured seconds are left out; HDF5 is compared dataset by dataset, JSON and
+    checkpoints value by value, everything else byte for byte. Returns the relative paths compared.
+    """
+
+    def check(results_a: Path, results_b: Path) -> list[str]:
+        def listing(root: Path) -> set[str]:
+            return {
+                str(p.relative_to(root))
+                for p in root.rglob("*")
+                if p.is_file() and not _VOLATILE_DIRS & set(p.relative_to(root).parts)
+            }
+
+        files_a, files_b = listing(results_a), listing(results_b)
+        assert files_a == files_b, f"artifacts differ: only in first {files_a - files_b}, only in second {files_b - files_a}"
+        problems = [d for rel in sorted(files_a) for d in _differences(results_a / rel, results_b / rel)]
+        assert not problems, "outputs differ:\n" + "\n".join(problems)
+        return sorted(files_a)
+
+    return check

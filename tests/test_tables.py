@@ -176,3 +176,48 @@ def test_timing_names_a_file_without_the_attribute(tmp_path):
     out = tmp_path / "t.csv"
     assert main(["timing", "--config", "c", "--flow", str(tmp_path / "flow.h5"), "--out", str(out)]) == 1
     assert not out.exists()
+
+
+def test_overlay_blends_palette_colours_on_foreground_only():
+    from a2dpipe.report import overlay
+
+    rgb = np.full((2, 2, 3), 100, np.uint8)
+    ids = np.array([[0, 11], [79, 0]], np.uint8)
+    out = overlay(rgb, ids, alpha=0.5)
+    np.testing.assert_array_equal(out[0, 0], [100, 100, 100])
+    np.testing.assert_array_equal(out[0, 1], np.round(0.5 * 100 + 0.5 * labels.PALETTE[11].astype(float)))
+    np.testing.assert_array_equal(out[1, 0], np.round(0.5 * 100 + 0.5 * labels.PALETTE[79].astype(float)))
+
+
+def test_report_command_draws_the_three_figures(tmp_path, evaluation_files):
+    rng = np.random.default_rng(0)
+    frames = tmp_path / "frames.h5"
+    preds = {"baseline": tmp_path / "baseline-rgbflow.h5", "ours": tmp_path / "ours-rgbflow-dataset-dataset.h5"}
+    with h5py.File(frames, "w") as f, h5py.File(preds["baseline"], "w") as b, h5py.File(preds["ours"], "w") as o:
+        for video in ("v1", "v2", "v3"):
+            label = np.zeros((24, 32), np.uint8)
+            label[5:15, 8:20] = rng.choice(IDS[1:])
+            g = f.create_group(f"{video}/00003")
+            g.attrs["split"] = "test" if video != "v3" else "train"
+            g.create_dataset("rgb", data=rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+            g.create_dataset("label", data=label)
+            for h in (b, o):
+                h.create_group(f"{video}/00003").create_dataset("joint", data=np.roll(label, 2, axis=1))
+    for stage in ("stage1/rgb", "stage2/rgbflow-dataset"):
+        d = tmp_path / "models" / stage
+        d.mkdir(parents=True)
+        (d / "model.pt").write_bytes(b"x")
+        pd.DataFrame({"step": [1, 2, 3], "loss": [2.0, 1.5, 1.2], "lr": [0.1] * 3}).to_csv(d / "loss.csv", index=False)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("evaluation: {qualitative_frames: 4}\n")
+    out = tmp_path / "figures"
+    argv = ["report", "--config", str(cfg), "--evaluations", *map(str, evaluation_files),
+            "--checkpoints", str(tmp_path / "models/stage1/rgb/model.pt"),
+            str(tmp_path / "models/stage2/rgbflow-dataset/model.pt"), "--frames", str(frames),
+            "--baseline", str(preds["baseline"]), "--ours", str(preds["ours"]), "--out-dir", str(out)]
+    assert main(argv) == 0
+    for name in ("per_category", "loss_curves", "qualitative"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    from a2dpipe.report import loss_curves_figure
+
+    assert loss_curves_figure([tmp_path / "models/stage1/rgb/model.pt"], tmp_path / "one.png") == 1

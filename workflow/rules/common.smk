@@ -63,6 +63,11 @@ def get_variants():
     return [f"baseline-{inp}" for inp in INPUTS] + [f"ours-{inp}-{train}-{test}" for inp, train, test in REGION_RUNS]
 
 
+def get_flow_gpus():
+    """Accelerators a flow job asks for: one for the neural methods, none for DIS."""
+    return 0 if config["flow"]["method"] == "dis" else 1
+
+
 def get_flow_inputs(wildcards):
     """Flow caches of every shard, when the input uses flow."""
     if wildcards.input == "rgb":

@@ -70,7 +70,7 @@ def per_category_figure(evals: dict, path) -> None:
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Per-category accuracy, actor-action setting (no bar: category absent from the test ground truth)")
-    ax.legend(fontsize=8, ncol=3, loc="upper right")
+    ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
     _save(fig, path)
     plt.close(fig)
 

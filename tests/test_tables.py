@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -221,3 +222,89 @@ def test_report_command_draws_the_three_figures(tmp_path, evaluation_files):
     from a2dpipe.report import loss_curves_figure
 
     assert loss_curves_figure([tmp_path / "models/stage1/rgb/model.pt"], tmp_path / "one.png") == 1
+
+
+# --- the evaluation rules and `snakemake --report` on hand-made upstream artifacts --------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fixture_run(root: Path) -> dict:
+    """Write every artifact the evaluation rules read, following the contracts, for a 4-video, 2-shard config."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["synthetic"]["videos"] = 4
+    config["dataset"]["shard_size"] = 2
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    rng = np.random.default_rng(0)
+    res = root / config["results"]
+    labels_of = {}
+
+    def h5(path, attrs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(path, "w")
+        f.attrs.update(attrs)
+        return f
+
+    for shard in range(2):
+        with h5(res / "frames" / f"shard-{shard:03d}.h5", {}) as f:
+            for v in (2 * shard, 2 * shard + 1):
+                label = np.zeros((32, 48), np.uint8)
+                label[8:24, 10:30] = rng.choice(IDS[1:])
+                g = f.create_group(f"vid{v}/00004")
+                g.attrs["split"] = "test" if v % 2 else "train"
+                g.create_dataset("rgb", data=rng.integers(0, 255, (32, 48, 3), dtype=np.uint8))
+                g.create_dataset("label", data=label)
+                labels_of[f"vid{v}/00004"] = (label, v % 2 == 1)
+        with h5(res / "flow" / "dis" / f"shard-{shard:03d}.h5", {"method": "dis", "seconds_per_frame": 0.02}) as f:
+            for v in (2 * shard, 2 * shard + 1):
+                f.create_group(f"vid{v}/00004")
+        for source in ("dataset", "generic", "gt"):
+            with h5(res / "masks" / source / f"shard-{shard:03d}.h5", {"source": source, "seconds_per_frame": 0.1}) as f:
+                for v in (2 * shard, 2 * shard + 1):
+                    f.create_group(f"vid{v}/00004")
+    checkpoints = [res / "masks/models/dataset", res / "masks/models/generic", res / "models/stage1/rgb",
+                   res / "models/stage1/rgbflow", res / "models/stage2/rgb-dataset",
+                   res / "models/stage2/rgbflow-dataset", res / "models/stage2/rgbflow-generic"]
+    for d in checkpoints:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "model.pt").write_bytes(b"weights")
+        pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5]}).to_csv(d / "loss.csv", index=False)
+    pd.DataFrame([{"source": "dataset", "AP": 40.0}, {"source": "generic", "AP": 20.0}]).to_csv(
+        res / "masks" / "quality.csv", index=False)
+    for k, variant in enumerate(VARIANTS):
+        with h5(res / "predictions" / f"{variant}.h5", {"variant": variant, "seconds_per_frame": 0.01 * (k + 1)}) as f:
+            for key, (label, test) in labels_of.items():
+                if test:
+                    joint = np.where(rng.random(label.shape) < 0.8, label, 0).astype(np.uint8)
+                    g = f.create_group(key)
+                    g.create_dataset("joint", data=joint)
+                    g.create_dataset("actor", data=joint // 10)
+                    g.create_dataset("action", data=joint % 10)
+    return config
+
+
+@pytest.mark.slow
+def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
+    import shutil
+    import subprocess
+
+    for name in ("Snakefile", "workflow"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    _fixture_run(tmp_path)
+    allowed = ["evaluate", "timing", "report_figures", "tables"]
+    cmd = ["snakemake", "--cores", "1", "--resources", "gpu=1", "--allowed-rules", *allowed]
+    done = subprocess.run([*cmd, "tables"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = tmp_path / "results"
+    assert (res / "tables" / "done").exists() and (res / "timing" / "timing.csv").exists()
+    for name in ("per_category", "qualitative", "loss_curves"):
+        assert (res / "figures" / f"{name}.png").exists()
+    t3 = pd.read_csv(res / "tables" / "table3.csv")
+    assert (t3["source"] == "this run").sum() == 3
+    assert (res / "tables" / "mask_quality.md").exists()
+    report = subprocess.run([*cmd, "--report", "report.html"], cwd=tmp_path, capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "report.html").stat().st_size > 10_000

@@ -10,7 +10,8 @@ of its HDF5 outputs (flow: ``method``; masks: ``source``; predictions: ``variant
 averages it over shards, weighted by the number of frame groups in each file, and adds the totals the paper
 gives: *Ours* = flow + ``dataset`` masks + region network (``ours-rgbflow-dataset-dataset``), *Baseline* = flow
 + baseline network (``baseline-rgbflow``). A file's optional root attribute ``device`` names where it was
-measured; without it the row names the device of this machine (the one running the pipeline).
+measured; without it the row names the device of this machine (the one running the pipeline): its CPU for DIS flow
+and ground-truth masks, which never use an accelerator, its CUDA device (if any) for the rest.
 
 Writes the CSV (columns ``component, item, frames, ms_per_frame, device, paper_ms``) and a Markdown copy
 beside it (same name, ``.md``).
@@ -39,15 +40,16 @@ MAIN_REGION_VARIANT = "ours-rgbflow-dataset-dataset"
 MAIN_BASELINE_VARIANT = "baseline-rgbflow"
 
 
-def describe_device() -> str:
-    """The accelerator this machine's stages use: the CUDA device name, else the CPU model."""
-    try:
-        import torch
+def describe_device(cpu_only: bool = False) -> str:
+    """The accelerator this machine's stages use: the CUDA device name, else (or with ``cpu_only``) the CPU model."""
+    if not cpu_only:
+        try:
+            import torch
 
-        if torch.cuda.is_available():
-            return f"CUDA {torch.cuda.get_device_name(0)}"
-    except ImportError:  # timing tables can be made without torch
-        pass
+            if torch.cuda.is_available():
+                return f"CUDA {torch.cuda.get_device_name(0)}"
+        except ImportError:  # timing tables can be made without torch
+            pass
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -98,18 +100,24 @@ def read_timing(paths, name_attr: str) -> dict[str, dict]:
     }
 
 
-def timing_table(flow: dict, masks: dict, predictions: dict, device: str) -> pd.DataFrame:
-    """Rows per flow method, mask source and prediction variant, then the two totals (module doc)."""
+def timing_table(flow: dict, masks: dict, predictions: dict, device: str, cpu: str | None = None) -> pd.DataFrame:
+    """Rows per flow method, mask source and prediction variant, then the two totals (module doc).
+
+    ``device`` names where unlabelled measurements ran; ``cpu`` (default ``device``) is used instead for the
+    items that always run on the CPU (DIS flow, ground-truth masks).
+    """
     rows = []
+    cpu = cpu or device
 
     def add(component, item, entry, paper):
+        on_cpu = (component, item) in {("flow", "dis"), ("masks", "gt")}
         rows.append(
             {
                 "component": component,
                 "item": item,
                 "frames": entry["frames"],
                 "ms_per_frame": 1000.0 * entry["seconds_per_frame"],
-                "device": entry["device"] or device,
+                "device": entry["device"] or (cpu if on_cpu else device),
                 "paper_ms": paper,
             }
         )
@@ -158,6 +166,7 @@ def run(args) -> None:
         read_timing(args.masks, "source"),
         read_timing(args.predictions, "variant"),
         describe_device(),
+        describe_device(cpu_only=True),
     )
     out = Path(args.out)
     with atomic_path(out.with_suffix(".md")) as tmp:

@@ -150,7 +150,8 @@ class _RegionToPixel(torch.autograd.Function):
             view = out[:, r0:r1, c0:c1]
             torch.maximum(view, product, out=view)
             covered[r0:r1, c0:c1] |= crop > 0
-        out = torch.where(covered, out, uncovered[:, None, None])
+        # In place, no second frame-sized tensor: an uncovered pixel still holds 0 in every class.
+        out.view(k, -1)[:, ~covered.view(-1)] = uncovered[:, None]
         ctx.save_for_backward(scores, masks, out, covered)
         ctx.ranges, ctx.chunk_pixels = ranges, chunk_pixels
         return out
@@ -158,21 +159,28 @@ class _RegionToPixel(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         scores, masks, out, covered = ctx.saved_tensors
-        grad = grad * covered  # uncovered pixels hold a constant
-        grad_scores = torch.zeros_like(scores) if ctx.needs_input_grad[0] else None
-        grad_masks = torch.zeros_like(masks) if ctx.needs_input_grad[1] else None
-        if grad_scores is None and grad_masks is None:
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None, None, None
-        claimed = torch.zeros(out.shape, dtype=torch.bool, device=out.device)
-        # Region order and first-claim-wins: ties go to the lowest covering region index.
+        grad_scores = torch.zeros_like(scores)
+        grad_masks = torch.zeros_like(masks)
+        # Our own copy, zeroed where uncovered (a constant there) and wherever a region has claimed the gradient:
+        # regions are replayed in index order, so an exact tie goes to the lowest covering index.
+        remaining = grad * covered
+        k, height, width = out.shape
+        size = k * min(max(ctx.chunk_pixels, width), height * width)
+        product_buffer, g_buffer = out.new_empty(size), out.new_empty(size)
+        wins_buffer = torch.empty(size, dtype=torch.bool, device=out.device)
         for i, r0, r1, c0, c1 in _steps(ctx.ranges, ctx.chunk_pixels):
             crop = masks[i, r0:r1, c0:c1]
-            taken = claimed[:, r0:r1, c0:c1]
-            wins = (crop[None] * scores[i][:, None, None] == out[:, r0:r1, c0:c1]) & (crop > 0) & ~taken
-            taken |= wins
-            g = grad[:, r0:r1, c0:c1] * wins
-            if grad_scores is not None:
-                grad_scores[i] += (g * crop).sum(dim=(1, 2))
-            if grad_masks is not None:
-                grad_masks[i, r0:r1, c0:c1] += (g * scores[i][:, None, None]).sum(dim=0)
+            shape = (k, r1 - r0, c1 - c0)
+            n = k * crop.numel()
+            # -inf where the mask is 0: a region that does not cover a pixel never matches its (finite) maximum
+            covering = crop.masked_fill(crop == 0, float("-inf"))
+            product = torch.mul(covering[None], scores[i][:, None, None], out=product_buffer[:n].view(shape))
+            wins = torch.eq(product, out[:, r0:r1, c0:c1], out=wins_buffer[:n].view(shape))
+            left = remaining[:, r0:r1, c0:c1]
+            g = torch.mul(left, wins, out=g_buffer[:n].view(shape)).view(k, -1)  # (K, crop pixels)
+            left.masked_fill_(wins, 0)
+            grad_scores[i] += g @ crop.reshape(-1)
+            grad_masks[i, r0:r1, c0:c1] += (scores[i] @ g).view(r1 - r0, c1 - c0)
         return grad_scores, grad_masks, None, None, None

@@ -37,14 +37,14 @@ import numpy as np
 from a2dpipe.io import A2DError, atomic_path, load_config
 from a2dpipe.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 
-__all__ = ["evaluate", "test_labels", "configure_parser", "run"]
+__all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FROM = ("heads", "joint")
 
 
-def test_labels(frame_paths):
+def iter_test_labels(frame_paths):
     """Yield ``(video, frame, label)`` for every test frame of the frame stores, in file and key order."""
     for path in frame_paths:
         try:
@@ -95,7 +95,7 @@ def evaluate(pred_path, frame_paths, boundary_width: int = 15, settings_from: st
     with f:
         variant = f.attrs.get("variant", Path(pred_path).stem)
         spf = f.attrs.get("seconds_per_frame")
-        for video, frame, label in test_labels(frame_paths):
+        for video, frame, label in iter_test_labels(frame_paths):
             key = f"{video}/{frame:05d}"
             pred = _read_prediction(f, pred_path, key, settings_from, label.shape)
             try:

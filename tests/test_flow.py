@@ -323,3 +323,16 @@ def test_stage_writes_flow_cache(venus, tmp_path):
     assert main(["flow", "--config", str(tmp_path / "config.yaml"), "--frames", str(tmp_path / "frames.h5"),
                  "--out", str(bad)]) == 1
     assert not bad.exists()
+
+
+def test_bench_flow_runs_on_real_pairs():
+    """The benchmark's DIS row: errors on both real pairs (stereo sign convention: u = -disparity) and a speed."""
+    if not VENUS.is_dir():
+        pytest.skip(f"real data folder {VENUS} is absent")
+    from a2dpipe.bench import bench_flow, format_table
+
+    (row,) = bench_flow(methods=["dis"], presets=["ultrafast"], real_data=REAL, dis_repeat=1)
+    assert row["method"] == "dis-ultrafast" and row["epe_venus"] < 1.0
+    assert row["epe_motorcycle"] < 5.0  # the wrong sign would give about twice the mean disparity (> 20 px)
+    assert row["cpu_pairs_per_s"] > 0 and row["gpu_pairs_per_s"] is None
+    assert "dis-ultrafast" in format_table([row])

@@ -7,17 +7,20 @@ rule flow:
         frames=FRAMES,
     output:
         flow=FLOW,
-    wildcard_constraints:
-        method=config["flow"]["method"],
-    params:
-        config_file=CONFIG_FILE,
     log:
         res("logs", "flow", "{method}", "shard-{shard}.log"),
     benchmark:
         res("benchmarks", "flow", "{method}", "shard-{shard}.tsv")
+    wildcard_constraints:
+        method=config["flow"]["method"],
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 1
     resources:
         gpu=get_flow_gpus(),
+    params:
+        config_file=CONFIG_FILE,
+        settings=config["flow"],
     shell:
         "python -m a2dpipe flow --config {params.config_file} --method {wildcards.method}"
         " --frames {input.frames} --out {output.flow} --log {log}"

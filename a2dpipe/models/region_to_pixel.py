@@ -23,9 +23,10 @@ of the output, one fused multiply and one in-place maximum per region (the work 
 N x K x H x W); the backward pass replays the crops in region order and hands each (pixel, class) gradient to
 the first region whose product equals the forward maximum. The loop is over regions, each step vectorised over
 its box and all classes: gathering (pixel, region) pairs and reducing them with ``scatter_reduce``/``index_reduce``
-was 4-6x slower on CPU at 50 regions, 320 x 568, 44 classes (benchmarks/region_to_pixel.py), because the gathered
-(pairs, K) tensor costs more memory traffic than in-place crops. Memory: the (K, H, W) output, an (H, W) coverage
-map, and a temporary of at most K x ``chunk_pixels`` values; never an N x K x H x W tensor.
+was 2-5x slower on CPU at 50 regions, 320 x 568, 44 classes (``benchmarks/region_to_pixel.py --alternatives``),
+because the gathered (pairs, K) tensor costs more memory traffic than in-place crops. Memory: forward, the
+(K, H, W) output, an (H, W) coverage map and a K x ``chunk_pixels`` buffer; backward adds one (K, H, W) copy of the
+incoming gradient, the (N, H, W) mask gradient and three crop-sized buffers. Never an N x K x H x W tensor.
 
 >>> s = torch.tensor([[0.2, 0.8], [0.9, 0.1]]); m = torch.ones(2, 1, 3)
 >>> b = torch.tensor([[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 2.0, 0.0]])

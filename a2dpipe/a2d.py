@@ -54,7 +54,9 @@ def read_videoset(path: str | Path) -> pd.DataFrame:
             raise A2DError(f"{path}: column {col!r} holds non-numeric values")
     bad = ~table["usage"].isin(list(SPLITS))
     if bad.any():
-        raise A2DError(f"{path}: usage must be 0 (train) or 1 (test); row {int(bad.idxmax()) + 1} has {table['usage'][bad].iloc[0]}")
+        raise A2DError(
+            f"{path}: usage must be 0 (train) or 1 (test); row {int(bad.idxmax()) + 1} has {table['usage'][bad].iloc[0]}"
+        )
     if table["video"].duplicated().any():
         raise A2DError(f"{path}: video {table['video'][table['video'].duplicated()].iloc[0]!r} is listed twice")
     table[int_cols] = table[int_cols].astype(int)
@@ -178,8 +180,8 @@ def read_annotation(path: str | Path) -> Annotation:
         box = np.zeros((0, 4), dtype=np.float32)
     elif box.ndim == 2 and box.shape[0] == 4:
         box = box.T.astype(np.float32)
-    elif box.ndim == 1 and box.shape[0] == 4:
-        box = box[None].astype(np.float32)
+    elif box.size == 4 and n == 1:  # one box saved as a vector: orientation carries no information
+        box = box.reshape(1, 4).astype(np.float32)
     else:
         raise A2DError(f"{path}: reBBox has shape {fields['reBBox'].shape}, expected (4, N)")
 
@@ -235,7 +237,9 @@ def write_annotation(path: str | Path, annotation: Annotation) -> None:
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE, libver="earliest") as f:
             _write_matlab(f, "reS_id", a.id_map.astype(np.uint8), "uint8")
-            _write_matlab(f, "reMask", masks.astype(np.uint8 if binary else np.float64), "logical" if binary else "double")
+            _write_matlab(
+                f, "reMask", masks.astype(np.uint8 if binary else np.float64), "logical" if binary else "double"
+            )
             _write_matlab(f, "reBBox", a.boxes.astype(np.float64), "double")  # h5py reads (4, N)
             _write_matlab(f, "id", a.ids.astype(np.float64)[:, None], "double")  # h5py reads (1, N)
         _write_matlab_header(tmp)
@@ -276,7 +280,9 @@ def list_annotated_frames(root: str | Path, videoset: pd.DataFrame | None = None
     if videoset is None:
         videoset = read_videoset(root / "videoset.csv")
     rows: list[tuple[str, int, str]] = []
-    for video, expected, num_frames, split in videoset[["video", "num_annotated_frames", "num_frames", "split"]].itertuples(index=False):
+    for video, expected, num_frames, split in videoset[
+        ["video", "num_annotated_frames", "num_frames", "split"]
+    ].itertuples(index=False):
         folder = root / "Annotations" / "mat" / video
         files = sorted(folder.glob("*.mat")) if folder.is_dir() else []
         if len(files) != expected:

@@ -193,7 +193,14 @@ def extract_shard(
             for row in clip.itertuples(index=False):
                 _write_frame(f, root, row, decoded, partners[int(row.frame)], opts)
                 count += 1
-    log.info("shard %s: %d frames of %d videos in %.1f s -> %s", shard, count, rows["video"].nunique(), time.perf_counter() - started, out)
+    log.info(
+        "shard %s: %d frames of %d videos in %.1f s -> %s",
+        shard,
+        count,
+        rows["video"].nunique(),
+        time.perf_counter() - started,
+        out,
+    )
     return count
 
 
@@ -209,8 +216,12 @@ def _write_frame(f: h5py.File, root: Path, row, decoded: dict, partner: tuple[in
         )
     invalid = ~labels.is_valid(ann.id_map)
     if invalid.any():
-        log.warning("%s: %d pixel(s) carry ids outside the 43 valid pairs %s (kept; ignored downstream)",
-                    path, int(invalid.sum()), sorted(set(np.unique(ann.id_map[invalid]).tolist())))
+        log.warning(
+            "%s: %d pixel(s) carry ids outside the 43 valid pairs %s (kept; ignored downstream)",
+            path,
+            int(invalid.sum()),
+            sorted(set(np.unique(ann.id_map[invalid]).tolist())),
+        )
     g = f.create_group(f"{video}/{frame:05d}")
     g.attrs.update({"split": row.split, "neighbour_frame": partner[0], "direction": partner[1]})
     g.create_dataset("rgb", data=rgb, **opts)

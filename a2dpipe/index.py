@@ -81,5 +81,9 @@ def write_index(index: pd.DataFrame, path: str | Path) -> None:
     counts = index.groupby("split").size().to_dict()
     log.info(
         "indexed %d annotated frames of %d videos in %d shard(s): %s -> %s",
-        len(index), index["video"].nunique(), index["shard"].nunique(), counts, path,
+        len(index),
+        index["video"].nunique(),
+        index["shard"].nunique(),
+        counts,
+        path,
     )

@@ -56,8 +56,12 @@ class ActorLook:
 
 
 LOOKS: dict[int, ActorLook] = {
-    1: ActorLook("ellipse", (0.45, 1.0), (205, 55, 45), "hstripes", head=True, limb=(0.3, -0.5, 0.95, 0.17), limb_angle=0.6),
-    2: ActorLook("ellipse", (0.7, 0.75), (245, 160, 70), "dots", head=True, limb=(0.45, -0.2, 0.75, 0.2), limb_angle=0.3),
+    1: ActorLook(
+        "ellipse", (0.45, 1.0), (205, 55, 45), "hstripes", head=True, limb=(0.3, -0.5, 0.95, 0.17), limb_angle=0.6
+    ),
+    2: ActorLook(
+        "ellipse", (0.7, 0.75), (245, 160, 70), "dots", head=True, limb=(0.45, -0.2, 0.75, 0.2), limb_angle=0.3
+    ),
     3: ActorLook("ellipse", (1.0, 1.0), (235, 215, 40), "checker"),
     4: ActorLook("diamond", (1.05, 0.55), (45, 160, 60), "diag", limb=(0.0, -0.2, 0.95, 0.22), limb_angle=-1.9),
     5: ActorLook("rect", (1.1, 0.5), (40, 80, 205), "vstripes"),
@@ -162,8 +166,7 @@ def _plan(s: dict, rng: np.random.Generator) -> list[dict]:
     usage[rng.permutation(n)[:n_test]] = 1
     counts = rng.integers(1, s["max_actors"] + 1, size=n)
     plan = [
-        {"video": v, "usage": int(u), "width": int(rng.choice(s["widths"])), "pairs": []}
-        for v, u in zip(videos, usage)
+        {"video": v, "usage": int(u), "width": int(rng.choice(s["widths"])), "pairs": []} for v, u in zip(videos, usage)
     ]
     for split in (0, 1):
         members = [i for i in range(n) if usage[i] == split]
@@ -484,5 +487,10 @@ def synthesize(section: dict, seed: int, out: str | Path) -> None:
     n_test = sum(c["usage"] for c in plan)
     log.info(
         "wrote %d clips (%d train, %d test), %d annotated frames to %s in %.1f s",
-        len(plan), len(plan) - n_test, n_test, len(plan) * s["annotated_frames"], out, time.perf_counter() - started,
+        len(plan),
+        len(plan) - n_test,
+        n_test,
+        len(plan) * s["annotated_frames"],
+        out,
+        time.perf_counter() - started,
     )

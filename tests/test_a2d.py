@@ -141,7 +141,7 @@ def test_soft_masks_survive(tmp_path):
 
 
 def test_write_annotation_is_matlab_v73(tmp_path):
-    from a2dpipe.synthetic import DEFAULTS, _plan, render_clip
+    from a2dpipe.synthetic import DEFAULTS, render_clip
 
     s = {**DEFAULTS, "videos": 2, "frames": 6, "annotated_frames": 2, "max_actors": 3}
     rng = np.random.default_rng(3)
@@ -175,7 +175,12 @@ def test_single_instance_round_trip(tmp_path):
 
 
 def test_empty_annotation_round_trip(tmp_path):
-    empty = Annotation(np.zeros((8, 10), np.uint8), np.zeros((0, 8, 10), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.uint8))
+    empty = Annotation(
+        np.zeros((8, 10), np.uint8),
+        np.zeros((0, 8, 10), np.float32),
+        np.zeros((0, 4), np.float32),
+        np.zeros(0, np.uint8),
+    )
     write_annotation(tmp_path / "e.mat", empty)
     got = read_annotation(tmp_path / "e.mat")
     assert got.masks.shape == (0, 8, 10) and got.boxes.shape == (0, 4) and got.ids.shape == (0,)
@@ -184,7 +189,9 @@ def test_empty_annotation_round_trip(tmp_path):
 def test_duplicated_instances_dropped_and_logged(tmp_path, caplog):
     gt = _ground_truth(2)
     masks = np.concatenate([gt.masks, gt.masks[:1]])
-    _write_like_matlab(tmp_path / "dup.mat", gt, masks=masks, ids=np.r_[gt.ids, gt.ids[:1]], boxes=np.r_[gt.boxes, gt.boxes[:1]])
+    _write_like_matlab(
+        tmp_path / "dup.mat", gt, masks=masks, ids=np.r_[gt.ids, gt.ids[:1]], boxes=np.r_[gt.boxes, gt.boxes[:1]]
+    )
     with caplog.at_level(logging.WARNING):
         got = read_annotation(tmp_path / "dup.mat")
     assert "duplicated" in caplog.text and "dup.mat" in caplog.text

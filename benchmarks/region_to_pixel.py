@@ -76,13 +76,13 @@ def forward_backward(layer, scores, masks, boxes, uncovered, upstream):
     return out.detach(), s.grad, m.grad
 
 
-def memory_estimate(n, k, height, width, box_area, chunk_pixels=1 << 18):
+def memory_estimate(n, k, height, width, chunk_pixels=1 << 18):
     """Peak bytes held by the layer beyond its inputs (float32), from its allocations (see the module)."""
     frame = k * height * width * 4
     step = k * min(max(chunk_pixels, width), height * width) * 4
-    forward = 2 * frame + height * width + step  # running max + where() result, coverage map, product buffer
-    largest_box = k * min(box_area, chunk_pixels) * 4
-    backward = frame + 2 * frame + k * height * width + n * height * width * 4 + 4 * largest_box
+    forward = frame + height * width + step  # output (running max), coverage map, product buffer
+    # saved output and coverage, gradient copy, mask gradient, product/gradient/bool buffers
+    backward = 2 * frame + height * width + n * height * width * 4 + 2 * step + step // 4
     return forward, backward
 
 
@@ -133,7 +133,7 @@ def main():
         f, n = statistics.median(fast_times[1:]), statistics.median(naive_times[1:])
         print(f"{name:32s} layer {1000 * f:8.1f} ms   naive loop {1000 * n:8.1f} ms   speed-up {n / f:5.1f}x"
               "   (outputs identical" + (", gradients equal)" if len(got) > 1 else ")"))
-    forward, backward = memory_estimate(a.regions, a.classes, a.height, a.width, max(areas, default=0))
+    forward, backward = memory_estimate(a.regions, a.classes, a.height, a.width)
     print(f"peak memory beyond inputs (estimate): forward {forward / 2**20:.0f} MiB, backward {backward / 2**20:.0f} "
           f"MiB; an N x K x H x W tensor would be {a.regions * a.classes * a.height * a.width * 4 / 2**20:.0f} MiB")
     if a.device.startswith("cuda"):

@@ -55,17 +55,18 @@ class ActorLook:
     limb_angle: float = 0.0  # rest direction of the limb (radians, image axes: 0 = right, pi/2 = down)
 
 
+# Limbs are thick enough (>= 4 px at the default size) for a patch-based flow method to see them move.
 LOOKS: dict[int, ActorLook] = {
     1: ActorLook(
-        "ellipse", (0.45, 1.0), (205, 55, 45), "hstripes", head=True, limb=(0.3, -0.5, 0.95, 0.17), limb_angle=0.6
+        "ellipse", (0.45, 1.0), (205, 55, 45), "hstripes", head=True, limb=(0.3, -0.5, 1.0, 0.22), limb_angle=0.6
     ),
     2: ActorLook(
-        "ellipse", (0.7, 0.75), (245, 160, 70), "dots", head=True, limb=(0.45, -0.2, 0.75, 0.2), limb_angle=0.3
+        "ellipse", (0.7, 0.75), (245, 160, 70), "dots", head=True, limb=(0.45, -0.2, 0.8, 0.24), limb_angle=0.3
     ),
     3: ActorLook("ellipse", (1.0, 1.0), (235, 215, 40), "checker"),
     4: ActorLook("diamond", (1.05, 0.55), (45, 160, 60), "diag", limb=(0.0, -0.2, 0.95, 0.22), limb_angle=-1.9),
     5: ActorLook("rect", (1.1, 0.5), (40, 80, 205), "vstripes"),
-    6: ActorLook("ellipse", (0.9, 0.55), (145, 55, 170), "vstripes", limb=(-0.8, -0.1, 0.85, 0.14), limb_angle=-2.5),
+    6: ActorLook("ellipse", (0.9, 0.55), (145, 55, 170), "vstripes", limb=(-0.8, -0.1, 0.9, 0.2), limb_angle=-2.5),
     7: ActorLook("ellipse", (0.95, 0.6), (125, 80, 35), "rings", limb=(0.75, -0.35, 0.7, 0.2), limb_angle=-0.7),
 }
 ACTOR_SIZE = {1: 1.15, 2: 0.85, 3: 0.6, 4: 0.7, 5: 1.2, 6: 0.9, 7: 0.95}  # relative radius per class

@@ -175,7 +175,7 @@ def test_limb_moves_while_body_stays():
     _draw(b, owner_b, 1, look, 30, 30, 12, 0.0, look.limb_angle + 0.8)
     changed = np.any(a != b, axis=2)
     body = (owner_a > 0) & (owner_b > 0) & ~changed
-    assert changed.sum() > 10 and body.sum() > 5 * changed.sum()
+    assert changed.sum() > 10 and body.sum() > 3 * changed.sum()  # most of the actor does not move
 
 
 def test_config_defaults_in_step():

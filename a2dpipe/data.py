@@ -207,13 +207,14 @@ def _image(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
-def to_tensors(samples: list[dict], device: torch.device | str = "cpu") -> dict:
+def to_tensors(samples: list[dict], device: torch.device | str = "cpu", *, with_flow: bool = True) -> dict:
     """Batch same-size samples: ``rgb``, ``flow`` (or None) (B, 3, H, W); ``actor``, ``action`` (B, H, W) int64;
-    ``regions`` (list of {"boxes", "masks"} tensors, or None when the samples carry none)."""
+    ``regions`` (list of {"boxes", "masks"} tensors, or None when the samples carry none). ``with_flow=False``
+    leaves the flow out (an RGB-only network) even when the samples carry it."""
     labels = np.stack([s["label"] for s in samples])
     batch = {
         "rgb": _image([s["rgb"] for s in samples]).to(device),
-        "flow": _image([s["flow_rgb"] for s in samples]).to(device) if "flow_rgb" in samples[0] else None,
+        "flow": _image([s["flow_rgb"] for s in samples]).to(device) if with_flow and "flow_rgb" in samples[0] else None,
         "actor": torch.from_numpy(to_setting(labels, "actor").astype(np.int64)).to(device),
         "action": torch.from_numpy(to_setting(labels, "action").astype(np.int64)).to(device),
         "regions": None,

@@ -86,7 +86,7 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         for i in range(len(samples)):
             sample = samples.load(i)
-            batch = to_tensors([sample], device)
+            batch = to_tensors([sample], device, with_flow=net.uses_flow)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()

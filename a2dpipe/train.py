@@ -221,7 +221,7 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
                 losses = _cached_step(model, samples, cached, positions, device)
             else:
                 batch = to_tensors([augment(samples.load(i), tuple(seg["crop"]), rng, **enc) for i in positions],
-                                   device)
+                                   device, with_flow=model.uses_flow)
                 if stage == 2:
                     with torch.no_grad():
                         features = model.front_end(batch["rgb"], batch["flow"])
@@ -265,7 +265,7 @@ def _cache_features(model, samples, device, amp) -> dict[tuple[int, bool], torch
             sample = samples.load(i)
             for flipped in (False, True):
                 s = flip_sample(sample, samples.flow_encoding, samples.wheel_max) if flipped else sample
-                batch = to_tensors([s], device)
+                batch = to_tensors([s], device, with_flow=model.uses_flow)
                 cache[(i, flipped)] = model.front_end(batch["rgb"], batch["flow"]).float()
     return cache
 

@@ -178,9 +178,15 @@ def test_flownetc_correlation_shape():
 
 
 @pytest.fixture(scope="module")
-def net2():
+def flownet2_estimator():
+    """One randomly initialised FlowNet2 for the tests that need it (building one takes seconds)."""
     torch.manual_seed(3)
-    return flownet.flownet2().eval()
+    return build_estimator("flownet2", random_init=True, device="cpu", batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def net2(flownet2_estimator):
+    return flownet2_estimator.model
 
 
 def test_flownet_parameter_layout(net2):
@@ -200,10 +206,13 @@ def test_flownet_parameter_layout(net2):
 
 
 @pytest.mark.parametrize("method", NEURAL_METHODS)
-def test_neural_estimators_run_on_real_pair(venus, method):
+def test_neural_estimators_run_on_real_pair(venus, method, request):
     torch.manual_seed(0)
     frame1, frame2 = small_pair(venus)
-    estimator = build_estimator(method, random_init=True, device="cpu", batch_size=2)
+    if method == "flownet2":
+        estimator = request.getfixturevalue("flownet2_estimator")
+    else:
+        estimator = build_estimator(method, random_init=True, device="cpu", batch_size=2)
     flow = estimator(np.stack([frame1, frame2]), np.stack([frame2, frame1]))
     assert flow.shape == (2, 80, 96, 2) and flow.dtype == np.float32
     assert np.isfinite(flow).all()

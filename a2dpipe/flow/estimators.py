@@ -75,16 +75,18 @@ class DISEstimator:
 
     def __call__(self, frames1, frames2) -> np.ndarray:
         frames1, frames2 = _as_batch(frames1), _as_batch(frames2)
-        grey = lambda rgb: self._cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8), self._cv2.COLOR_RGB2GRAY)  # noqa: E731
-        flows = [self._dis.calc(grey(a), grey(b), None) for a, b in zip(frames1, frames2)]
+        flows = [self._dis.calc(self._grey(a), self._grey(b), None) for a, b in zip(frames1, frames2)]
         return np.stack(flows).astype(np.float32)
+
+    def _grey(self, rgb: np.ndarray) -> np.ndarray:
+        return self._cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8), self._cv2.COLOR_RGB2GRAY)
 
 
 class TorchEstimator:
     """A PyTorch flow network run in eval mode on batches of ``batch_size`` pairs.
 
-    ``model(image1, image2)`` takes (B, 3, H, W) float tensors prepared by ``prepare`` and returns flow; the
-    FlowNets take 0..255 at multiples of 64 (resize), RAFT takes -1..1 at multiples of 8 (pad).
+    ``model(image1, image2)`` takes (B, 3, H, W) float tensors and returns flow: the FlowNets take 0..255 at
+    multiples of 64 (``_flownet`` resizes), RAFT takes -1..1 at multiples of 8 (``_raft`` pads).
     """
 
     batched = True
@@ -105,30 +107,37 @@ class TorchEstimator:
 
     def _run(self, frames1: np.ndarray, frames2: np.ndarray) -> np.ndarray:
         import torch
+
+        image1, image2 = (torch.from_numpy(np.ascontiguousarray(f)).to(self.device).permute(0, 3, 1, 2).float()
+                          for f in (frames1, frames2))
+        with torch.inference_mode():
+            flow = self._flownet(image1, image2) if self.kind == "flownet" else self._raft(image1, image2)
+        return flow.permute(0, 2, 3, 1).float().cpu().numpy()
+
+    def _flownet(self, image1, image2):
+        """Resize to multiples of 64, run, resize the flow back and rescale u and v with the image axes."""
+        import torch
         import torch.nn.functional as F
 
-        height, width = frames1.shape[1:3]
-        to_tensor = lambda f: torch.from_numpy(np.ascontiguousarray(f)).to(self.device).permute(0, 3, 1, 2).float()  # noqa: E731
-        image1, image2 = to_tensor(frames1), to_tensor(frames2)
-        with torch.inference_mode():
-            if self.kind == "flownet":
-                from a2dpipe.flow.flownet import SIZE_MULTIPLE
+        from a2dpipe.flow.flownet import SIZE_MULTIPLE
 
-                h64 = -(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE
-                w64 = -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE
-                resize = lambda x: F.interpolate(x, size=(h64, w64), mode="bilinear", align_corners=False)  # noqa: E731
-                if (h64, w64) != (height, width):
-                    image1, image2 = resize(image1), resize(image2)
-                flow = self.model(image1, image2)
-                if (h64, w64) != (height, width):
-                    flow = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
-                    flow = flow * torch.tensor([width / w64, height / h64], device=flow.device).view(1, 2, 1, 1)
-            else:
-                pad_h = max(RAFT_MIN_SIZE, -(-height // 8) * 8) - height
-                pad_w = max(RAFT_MIN_SIZE, -(-width // 8) * 8) - width
-                pad = lambda x: F.pad(x / 127.5 - 1.0, (0, pad_w, 0, pad_h), mode="replicate")  # noqa: E731
-                flow = self.model(pad(image1), pad(image2))[-1][:, :, :height, :width]
-        return flow.permute(0, 2, 3, 1).float().cpu().numpy()
+        height, width = image1.shape[-2:]
+        size = (-(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        if size == (height, width):
+            return self.model(image1, image2)
+        image1, image2 = (F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in (image1, image2))
+        flow = F.interpolate(self.model(image1, image2), size=(height, width), mode="bilinear", align_corners=False)
+        return flow * torch.tensor([width / size[1], height / size[0]], device=flow.device).view(1, 2, 1, 1)
+
+    def _raft(self, image1, image2):
+        """Scale to -1..1, pad (edge replication) to multiples of 8 and at least 128 px, crop the last estimate."""
+        import torch.nn.functional as F
+
+        height, width = image1.shape[-2:]
+        pad_h = max(RAFT_MIN_SIZE, -(-height // 8) * 8) - height
+        pad_w = max(RAFT_MIN_SIZE, -(-width // 8) * 8) - width
+        image1, image2 = (F.pad(x / 127.5 - 1.0, (0, pad_w, 0, pad_h), mode="replicate") for x in (image1, image2))
+        return self.model(image1, image2)[-1][:, :, :height, :width]
 
 
 def load_checkpoint_state(path: str | os.PathLike, keys: Sequence[str] = ("state_dict", "model")) -> dict:

@@ -170,7 +170,15 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
         ckpt = load_checkpoint(stage1, device)
         if ckpt["input"] != input:
             raise A2DError(f"{stage1}: a stage-1 model for input {ckpt['input']!r}, not {input!r}")
-        model.load_state_dict(ckpt["model"])
+        # front-end and baseline from stage 1; the region back-end starts fresh (its config may have changed)
+        state = {k: v for k, v in ckpt["model"].items() if not k.startswith("region.")}
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:
+            raise A2DError(f"{stage1}: does not fit the configured front-end: {err}") from None
+        if unexpected or any(not k.startswith("region.") for k in missing):
+            raise A2DError(f"{stage1}: does not fit the configured front-end (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
         s1_digest = hashlib.sha256(Path(stage1).read_bytes()).hexdigest()[:16]
         model.front_end.requires_grad_(False)
         model.baseline.requires_grad_(False)

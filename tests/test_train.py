@@ -154,3 +154,11 @@ def test_predict_writes_valid_label_maps_at_frame_size(stage1, tmp_path, kind):
             assert is_valid(g["joint"][()]).all()
     with pytest.raises(Exception, match="stage-"):
         predict(CONFIG, variant="ours-rgb-dataset-gt", model=model, samples=samples, out=tmp_path / "x.h5")
+
+
+def test_stage2_refuses_a_stage1_model_of_another_backbone(stage1, tmp_path):
+    from a2dpipe.io import A2DError
+
+    other = {**CONFIG, "segmentation": {**CONFIG["segmentation"], "width": 4}}
+    with pytest.raises(A2DError, match="front-end"):
+        train(other, stage=2, input="rgbflow", samples=make_samples(), out=tmp_path / "m.pt", stage1=stage1[0])

@@ -1,0 +1,80 @@
+"""The tiny pipeline through the `slurm` profile on a real (single-node) SLURM gives what a local run gives.
+
+Needs a running SLURM controller: CI starts one with ``tests/slurm/start_slurm.sh`` (Debian's slurm-wlm, one node,
+a fake `gpu` GRES) and stops it with ``tests/slurm/stop_slurm.sh``. Without one the test is skipped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import re
+import time
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TARGET = "tables"
+
+
+def _slurm_answers() -> str | None:
+    """None when `sinfo` reaches a controller with an idle node, else why not."""
+    if shutil.which("sinfo") is None:
+        return "SLURM is not installed (no `sinfo`); start one with tests/slurm/start_slurm.sh"
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P %t"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "`sinfo` did not answer within 15 s; start SLURM with tests/slurm/start_slurm.sh"
+    if proc.returncode != 0:
+        return f"`sinfo` failed ({proc.stderr.strip()}); start SLURM with tests/slurm/start_slurm.sh"
+    partitions = dict(line.split()[:2] for line in proc.stdout.splitlines() if line.strip())
+    if not {"cpu*", "gpu"} <= partitions.keys() and not {"cpu", "gpu"} <= partitions.keys():
+        return f"SLURM lacks the `cpu` and `gpu` partitions the slurm profile uses (has {sorted(partitions)})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = _slurm_answers()
+    if reason:
+        pytest.skip(reason)
+
+
+def _submitted_jobs(run_id: str) -> list[dict]:
+    """Jobs of one Snakemake run as SLURM saw them (kept visible for MinJobAge after they end)."""
+    fields = ("JobID", "Partition", "Comment", "tres-per-job", "State")
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "--name", run_id, "-O", ",".join(f"{f}:|" for f in fields)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return [dict(zip(fields, (v.strip() for v in line.split("|")))) for line in out.splitlines() if line.strip()]
+
+
+def test_slurm_profile_matches_local_run(slurm, tmp_path, tiny_config, snakemake_run, assert_same_outputs):
+    local, cluster = tmp_path / "local", tmp_path / "slurm"
+    local.mkdir()
+    cluster.mkdir()
+    snakemake_run(local, "--profile", REPO / "workflow/profiles/local", "--cores", "2", TARGET, config=tiny_config)
+
+    start = time.monotonic()
+    # Poll soon after submission: tiny jobs end in seconds (the profile's 20 s suits real clusters).
+    proc = snakemake_run(
+        cluster, "--profile", REPO / "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "2",
+        "--latency-wait", "10", TARGET, config=tiny_config, timeout=1500,
+    )
+    print(f"SLURM end-to-end run of `{TARGET}`: {time.monotonic() - start:.0f} s")
+
+    run_id = re.search(r"SLURM run ID: (\S+)", proc.stdout).group(1)
+    jobs = _submitted_jobs(run_id)
+    assert jobs and all(job["State"] == "COMPLETED" for job in jobs), jobs
+    for job in jobs:  # GPU jobs went to the gpu partition; the cpu partition got only jobs without a GPU
+        wants_gpu = job["tres-per-job"] not in ("", "N/A")
+        assert job["Partition"] == "gpu" if wants_gpu else job["Partition"] in ("cpu", "gpu"), job
+    assert any(job["Partition"] == "cpu" for job in jobs), "no job ran on the cpu partition"
+    assert any(job["tres-per-job"].endswith("gpu:1") for job in jobs), "no job asked SLURM for a GPU"
+
+    compared = assert_same_outputs(local / "results", cluster / "results")
+    assert any(name.startswith("tables") for name in compared), compared

@@ -33,9 +33,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", required=True, help="frames store of the shard (results/frames/shard-NNN.h5)")
     parser.add_argument("--out", required=True, help="flow cache to write (results/flow/<method>/shard-NNN.h5)")
     parser.add_argument("--method", choices=METHODS, help="override config flow.method (the rule passes its wildcard)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for OpenCV and PyTorch (the rule's threads)")
 
 
 def run(args: argparse.Namespace) -> None:
+    import cv2
+    import torch
+
+    cv2.setNumThreads(args.threads)  # OpenCV and PyTorch would otherwise take every core the scheduler gave others
+    torch.set_num_threads(args.threads)
     config = load_config(args.config)
     flow_cfg = dict(config.get("flow") or {})
     if args.method:

@@ -23,4 +23,4 @@ rule flow:
         settings=config["flow"],
     shell:
         "python -m a2dpipe flow --config {params.config_file} --method {wildcards.method}"
-        " --frames {input.frames} --out {output.flow} --log {log}"
+        " --frames {input.frames} --threads {threads} --out {output.flow} --log {log}"

@@ -123,5 +123,61 @@ def get_stage2_masks(wildcards):
     return expand(MASK_CACHE, source=wildcards.trained_source, shard=SHARDS)
 
 
+def get_test_sources():
+    """Mask sources the configured region variants are tested with."""
+    return sorted({test for _, _, test in REGION_RUNS})
+
+
+def get_timing_flow():
+    """Flow caches of every shard (only computed when an input uses flow)."""
+    if "rgbflow" not in INPUTS:
+        return []
+    return expand(FLOW, method=config["flow"]["method"], shard=SHARDS)
+
+
+def get_timing_masks():
+    """Region caches of every test mask source."""
+    return expand(MASK_CACHE, source=get_test_sources(), shard=SHARDS)
+
+
+def get_mask_quality_table():
+    """Mask AP table, when both trained sources are part of the run (it needs both caches)."""
+    return (
+        [MASK_QUALITY] if set(TRAINED_MASK_SOURCES) <= set(get_test_sources()) else []
+    )
+
+
+def get_mask_quality_arg(wildcards, input):
+    """`--mask-quality` of tables: absent when the table is not made."""
+    return f"--mask-quality {input.mask_quality}" if input.mask_quality else ""
+
+
+def get_report_variant(kind):
+    """Prediction set shown in the overlays: the paper's main one (RGB + flow, dataset masks) when configured."""
+    preferred = {
+        "baseline": "baseline-rgbflow",
+        "ours": "ours-rgbflow-dataset-dataset",
+    }[kind]
+    variants = get_variants()
+    if preferred in variants:
+        return PREDICTIONS.format(variant=preferred)
+    candidates = [v for v in variants if v.startswith(kind)] or variants
+    return PREDICTIONS.format(variant=candidates[-1])
+
+
+def get_checkpoints():
+    """Every trained model (their loss curves lie beside them)."""
+    stage1 = expand(STAGE1, input=INPUTS)
+    stage2 = [
+        STAGE2.format(input=inp, trained_source=train)
+        for inp, train in get_stage2_runs()
+    ]
+    masks = expand(
+        MASK_MODEL,
+        trained_source=[s for s in TRAINED_MASK_SOURCES if s in get_test_sources()],
+    )
+    return stage1 + stage2 + masks
+
+
 def get_all_targets():
     return [res("tables", "done"), res("timing", "timing.csv")]

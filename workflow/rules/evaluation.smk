@@ -1,61 +1,4 @@
 # Evaluation stage: metrics per prediction set, the paper's tables (the main target), timings, report figures.
-# Helpers used only here are kept here, named get_* like those of common.smk.
-
-
-def get_test_sources():
-    """Mask sources the configured region variants are tested with."""
-    return sorted({test for _, _, test in REGION_RUNS})
-
-
-def get_timing_flow():
-    """Flow caches of every shard (only computed when an input uses flow)."""
-    if "rgbflow" not in INPUTS:
-        return []
-    return expand(FLOW, method=config["flow"]["method"], shard=SHARDS)
-
-
-def get_timing_masks():
-    """Region caches of every test mask source."""
-    return expand(MASK_CACHE, source=get_test_sources(), shard=SHARDS)
-
-
-def get_mask_quality_table():
-    """Mask AP table, when both trained sources are part of the run (it needs both caches)."""
-    return (
-        [MASK_QUALITY] if set(TRAINED_MASK_SOURCES) <= set(get_test_sources()) else []
-    )
-
-
-def get_mask_quality_arg(wildcards, input):
-    """`--mask-quality` of tables: absent when the table is not made."""
-    return f"--mask-quality {input.mask_quality}" if input.mask_quality else ""
-
-
-def get_report_variant(kind):
-    """Prediction set shown in the overlays: the paper's main one (RGB + flow, dataset masks) when configured."""
-    preferred = {
-        "baseline": "baseline-rgbflow",
-        "ours": "ours-rgbflow-dataset-dataset",
-    }[kind]
-    variants = get_variants()
-    if preferred in variants:
-        return PREDICTIONS.format(variant=preferred)
-    candidates = [v for v in variants if v.startswith(kind)] or variants
-    return PREDICTIONS.format(variant=candidates[-1])
-
-
-def get_checkpoints():
-    """Every trained model (their loss curves lie beside them)."""
-    stage1 = expand(STAGE1, input=INPUTS)
-    stage2 = [
-        STAGE2.format(input=inp, trained_source=train)
-        for inp, train in get_stage2_runs()
-    ]
-    masks = expand(
-        MASK_MODEL,
-        trained_source=[s for s in TRAINED_MASK_SOURCES if s in get_test_sources()],
-    )
-    return stage1 + stage2 + masks
 
 
 rule evaluate:
@@ -68,6 +11,8 @@ rule evaluate:
         res("logs", "evaluate", "{variant}.log"),
     benchmark:
         res("benchmarks", "evaluate", "{variant}.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 1
     params:
         config_file=CONFIG_FILE,
@@ -92,6 +37,8 @@ rule timing:
         res("logs", "timing.log"),
     benchmark:
         res("benchmarks", "timing.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 1
     params:
         config_file=CONFIG_FILE,
@@ -127,6 +74,8 @@ rule report_figures:
         res("logs", "report_figures.log"),
     benchmark:
         res("benchmarks", "report_figures.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 1
     params:
         config_file=CONFIG_FILE,
@@ -180,6 +129,8 @@ rule tables:
         res("logs", "tables.log"),
     benchmark:
         res("benchmarks", "tables.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 1
     params:
         config_file=CONFIG_FILE,

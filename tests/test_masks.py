@@ -180,8 +180,9 @@ def test_resnet50_fpn_takes_torchvision_coco_layout(tmp_path):
     model = build_mask_model(backbone="resnet50_fpn", num_classes=8, min_size=64, max_size=96, coco_checkpoint=path)
     fresh = load_coco_checkpoint(model, path)
     assert all(k.startswith(("roi_heads.box_predictor", "roi_heads.mask_predictor.mask_fcn_logits")) for k in fresh)
-    torch.testing.assert_close(model.backbone.body.layer4[0].conv1.weight, reference.backbone.body.layer4[0].conv1.weight)
-    torch.testing.assert_close(model.backbone.body.bn1.running_var, reference.backbone.body.bn1.running_var)
+    body, reference_body = model.backbone.body, reference.backbone.body
+    torch.testing.assert_close(body.layer4[0].conv1.weight, reference_body.layer4[0].conv1.weight)
+    torch.testing.assert_close(body.bn1.running_var, reference_body.bn1.running_var)
 
 
 # --- training, sources, quality ------------------------------------------------------------------------------------

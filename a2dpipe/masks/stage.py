@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from a2dpipe.io import A2DError, load_config, select_device
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, file_digest
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
-from a2dpipe.masks.model import load_mask_model
 
 log = logging.getLogger("a2dpipe.masks")
 
@@ -83,6 +81,10 @@ def _write_gt(reader, refs, writer) -> float:
 
 
 def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
+    import torch  # here, so that the gt source starts without torch
+
+    from a2dpipe.masks.model import load_mask_model
+
     cfg = config["masks"]
     device = select_device(config.get("device", "auto"))
     model, checkpoint = load_mask_model(model_path, device)
@@ -110,11 +112,11 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
 def _to_regions(output: dict, size, cfg: dict, agnostic: bool) -> Regions:
     """Mask R-CNN detections -> the regions kept: score >= threshold, best ``max_regions``."""
     scores = output["scores"]
-    order = torch.argsort(scores, descending=True)
+    order = scores.argsort(descending=True)
     order = order[scores[order] >= cfg["score_threshold"]][: cfg["max_regions"]]
     if len(order) == 0:
         return Regions.empty(*size)
-    labels = torch.zeros_like(order) if agnostic else output["labels"][order]
+    labels = order.new_zeros(len(order)) if agnostic else output["labels"][order]
     return Regions(
         boxes=output["boxes"][order].cpu().numpy(),
         scores=scores[order].cpu().numpy(),

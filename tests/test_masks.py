@@ -297,3 +297,21 @@ def test_mask_ap_is_perfect_for_ground_truth_and_drops_with_false_positives(shar
     assert coco_mask_ap(truth, noisy, agnostic=False)["AP"] == pytest.approx(100.0)  # label 0 matches no actor
     assert coco_mask_ap(truth, noisy, agnostic=True)["AP"] < 90.0
     assert coco_mask_ap(truth, perfect, agnostic=False)["AP"] < 90.0
+
+
+def test_synthetic_benchmark_writes_visible_distractors_for_the_generic_source(tmp_path):
+    from a2dpipe.a2d import annotation_path, list_annotated_frames, read_annotation
+    from a2dpipe.synthetic import read_distractors, synthesize
+
+    root = tmp_path / "a2d"
+    synthesize({"videos": 2, "height": 48, "widths": [64], "frames": 4, "annotated_frames": 2, "distractors": 2},
+               seed=0, out=root)
+    found = 0
+    for row in list_annotated_frames(root).itertuples():
+        distractors = read_distractors(root, row.video, row.frame)
+        actors = read_annotation(annotation_path(root, row.video, row.frame)).id_map > 0
+        assert distractors.ndim == 3 and distractors.shape[1:] == actors.shape and set(np.unique(distractors)) <= {0, 1}
+        assert not (distractors.any(axis=0) & actors).any()  # actors occlude distractors
+        found += len(distractors)
+    assert found > 0
+    assert read_distractors(tmp_path, "none", 1) is None  # real A2D: no sidecar

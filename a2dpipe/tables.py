@@ -201,7 +201,8 @@ def _metric(evals, variant, metric, setting, region="whole"):
 def claims(evals: dict) -> pd.DataFrame:
     """Each claim with the two (or three) numbers it compares and whether this run shows it.
 
-    ``holds`` is ``yes``/``no``, or ``n/a`` when a variant it needs was not evaluated.
+    ``holds`` is ``yes`` (strictly increasing), ``no (tie)`` (equal somewhere, never decreasing), ``no``, or
+    ``n/a`` when a variant it needs was not evaluated.
     """
     mca = "mean_class_accuracy"
     checks = [
@@ -222,12 +223,15 @@ def claims(evals: dict) -> pd.DataFrame:
     ]
     rows = []
     for claim, values in checks:
+        pairs = list(zip(values, values[1:]))
         if any(math.isnan(v) for v in values):
             holds = "n/a"
+        elif all(a < b for a, b in pairs):
+            holds = "yes"
         else:
-            holds = "yes" if all(a < b for a, b in zip(values, values[1:])) else "no"
-        rows.append([claim, " < ".join("-" if math.isnan(v) else f"{v:.1f}" for v in values), holds])
-    return pd.DataFrame(rows, columns=["claim", "this run (increasing order expected)", "holds"])
+            holds = "no (tie)" if all(a <= b for a, b in pairs) else "no"
+        rows.append([claim, " / ".join("-" if math.isnan(v) else f"{v:.1f}" for v in values), holds])
+    return pd.DataFrame(rows, columns=["claim", "this run (expected to increase left to right)", "holds"])
 
 
 # --- writers --------------------------------------------------------------------------------------------------

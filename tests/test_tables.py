@@ -128,6 +128,8 @@ def test_missing_variants_leave_their_rows_out(tmp_path, evaluation_files):
     assert (t1["source"] == "this run").sum() == 2
     c = tables.claims(evals)
     assert c.iloc[0]["holds"] == "n/a" and c.iloc[1]["holds"] == "yes"
+    tie = tables.claims({v: evals["baseline-rgb"] | {"variant": v} for v in VARIANTS})
+    assert set(tie["holds"]) == {"no (tie)"}
 
 
 def test_a_broken_evaluation_file_is_named(tmp_path):
@@ -290,7 +292,7 @@ def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
     import shutil
     import subprocess
 
-    for name in ("Snakefile", "workflow"):
+    for name in ("Snakefile", "workflow", "envs"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     _fixture_run(tmp_path)

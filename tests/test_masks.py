@@ -315,3 +315,19 @@ def test_synthetic_benchmark_writes_visible_distractors_for_the_generic_source(t
         found += len(distractors)
     assert found > 0
     assert read_distractors(tmp_path, "none", 1) is None  # real A2D: no sidecar
+
+
+def test_generic_from_a_coco_checkpoint_is_used_as_is_and_labels_nothing(shard, tmp_path):
+    torch.manual_seed(0)
+    coco = build_mask_model(backbone="tiny", num_classes=91, min_size=48, max_size=64)
+    torch.save(coco.state_dict(), tmp_path / "coco.pth")
+    config = _config(coco_checkpoint=str(tmp_path / "coco.pth"), score_threshold=0.0)
+    out = tmp_path / "generic" / "model.pt"
+    checkpoint = train_module.train_mask_model(config, "generic", [shard], out)
+    assert checkpoint["steps"] == 0 and checkpoint["class_agnostic"] and checkpoint["arch"]["num_classes"] == 91
+    for key, value in coco.state_dict().items():
+        torch.testing.assert_close(checkpoint["model"][key], value, msg=key)
+    cache_regions(config, "generic", shard, tmp_path / "generic.h5", model_path=out)
+    with MaskCache(tmp_path / "generic.h5") as cache:
+        labels = np.concatenate([cache.read(*k).labels for k in cache.keys()])
+    assert len(labels) and (labels == 0).all()

@@ -92,6 +92,7 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
         raise A2DError(f"{model_path}: a {checkpoint['source']} mask model, but --source is {source}")
     agnostic = bool(checkpoint["class_agnostic"])
     model.roi_heads.detections_per_img = cfg["max_regions"]
+    model.roi_heads.score_thresh = cfg["score_threshold"]  # the config decides, not torchvision's 0.05
     seconds = 0.0
     batch = max(1, cfg["batch_size"])
     for first in range(0, len(refs), batch):

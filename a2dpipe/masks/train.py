@@ -72,11 +72,10 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     device = select_device(config.get("device", "auto"))
     arch = _arch(cfg, source, NUM_CLASSES[source])
 
-    reader = InstanceReader(frames)
     refs = list_frames(frames, split="train")
     if not refs:
         raise A2DError(f"{frames[0]}: no train-split frames in the frames stores to train the mask model on")
-    fingerprint = _fingerprint(cfg, source, seed, refs)
+    fingerprint = _fingerprint(arch, cfg, source, seed, refs)
     log.info("training the %s mask model (%s) on %d train frames, %d steps", source, cfg["backbone"], len(refs),
              cfg["iterations"])
 
@@ -103,28 +102,27 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
             log.info("%s was made with another recipe or data: starting afresh", resume_path)
 
     started = time.perf_counter()
-    for step in range(start, cfg["iterations"]):
-        images, targets = _batch(reader, refs, source, seed, step, cfg["batch_size"], device)
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise A2DError(f"config masks.lr={cfg['lr']}: the mask model's loss diverged at step {step}; lower it")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        history.append(
-            {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
-             **{k: losses[k].item() for k in LOSS_KEYS}}
-        )
-        if (step + 1) % 20 == 0:
-            log.info("step %d/%d loss %.3f", step + 1, cfg["iterations"], history[-1]["loss"])
-        if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["iterations"]:
-            _save_resume(resume_path, model, optimizer, scheduler, step + 1, history, fingerprint)
-            _write_curve(curve_path, history)
-    reader.close()
-    elapsed = time.perf_counter() - started
-    log.info("trained %d steps in %.1f s", cfg["iterations"] - start, elapsed)
+    with InstanceReader(frames) as reader:
+        for step in range(start, cfg["iterations"]):
+            images, targets = _batch(reader, refs, source, seed, step, cfg["batch_size"], device)
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise A2DError(f"config masks.lr={cfg['lr']}: the mask model's loss diverged at step {step}; lower it")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            history.append(
+                {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
+                 **{k: losses[k].item() for k in LOSS_KEYS}}
+            )
+            if (step + 1) % 20 == 0:
+                log.info("step %d/%d loss %.3f", step + 1, cfg["iterations"], history[-1]["loss"])
+            if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["iterations"]:
+                _save_resume(resume_path, model, optimizer, scheduler, step + 1, history, fingerprint)
+                _write_curve(curve_path, history)
+    log.info("trained %d steps in %.1f s", cfg["iterations"] - start, time.perf_counter() - started)
 
     _save_resume(resume_path, model, optimizer, scheduler, cfg["iterations"], history, fingerprint)
     _write_curve(curve_path, history)
@@ -189,8 +187,10 @@ def _batch(reader, refs, source, seed, step, batch_size, device):
     return images, targets
 
 
-def _fingerprint(cfg: dict, source: str, seed: int, refs) -> str:
-    recipe = json.dumps({"masks": cfg, "source": source, "seed": seed,
+def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs) -> str:
+    """What a resumable checkpoint must agree on (inference-only keys such as score_threshold are left out)."""
+    training = {k: cfg.get(k) for k in ("coco_checkpoint", "iterations", "batch_size", "lr")}
+    recipe = json.dumps({"arch": arch, "training": training, "source": source, "seed": seed,
                          "frames": [(r.video, r.frame) for r in refs]}, sort_keys=True)
     return hashlib.sha256(recipe.encode()).hexdigest()
 

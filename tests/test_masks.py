@@ -70,7 +70,7 @@ def _regions(n, height=20, width=30, seed=0):
 
 def _config(**masks):
     cfg = dict(backbone="tiny", coco_checkpoint=None, min_size=48, max_size=64, iterations=30, batch_size=2,
-               lr=0.01, checkpoint_every=10, score_threshold=0.05, max_regions=10)
+               optimizer="sgd", lr=0.01, checkpoint_every=10, score_threshold=0.05, max_regions=10)
     cfg.update(masks)
     return {"seed": 0, "device": "cpu", "masks": cfg}
 

@@ -11,7 +11,8 @@ Writes ``--out`` (``model``, ``arch``, ``source``, ``class_agnostic``, ``config`
 (model, optimiser, scheduler, step, RNG states, loss history, a fingerprint of the recipe) from which a killed run
 resumes with the same result, and ``loss.csv`` (the loss curve: step, lr, total and each Mask R-CNN loss).
 
-Recipe: SGD (momentum 0.9, weight decay 1e-4), linear warm-up over the first 10% of the steps, cosine decay; each
+Recipe: ``masks.optimizer`` (AdamW for the from-scratch CPU default, SGD with momentum 0.9 for fine-tuning from
+COCO as torchvision's reference scripts do; weight decay 1e-4 for both), linear warm-up over the first 10% of the steps, cosine decay; each
 step draws ``batch_size`` train frames from a generator seeded by (seed, step) and flips half of them.
 """
 
@@ -82,7 +83,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     torch.manual_seed(seed)
     model = build_mask_model(**arch, coco_checkpoint=cfg.get("coco_checkpoint")).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=1e-4)
+    optimizer = _optimizer(cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg["iterations"]))
     history: list[dict] = []
     start = 0
@@ -156,6 +157,15 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
     return checkpoint
 
 
+def _optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+    name = cfg.get("optimizer", "adamw")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-4)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=1e-4)
+    raise A2DError(f"config masks.optimizer: expected adamw or sgd, got {name!r}")
+
+
 def _schedule(iterations: int):
     warmup = max(1, iterations // 10)
 
@@ -189,7 +199,7 @@ def _batch(reader, refs, source, seed, step, batch_size, device):
 
 def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs) -> str:
     """What a resumable checkpoint must agree on (inference-only keys such as score_threshold are left out)."""
-    training = {k: cfg.get(k) for k in ("coco_checkpoint", "iterations", "batch_size", "lr")}
+    training = {k: cfg.get(k) for k in ("coco_checkpoint", "iterations", "batch_size", "optimizer", "lr")}
     recipe = json.dumps({"arch": arch, "training": training, "source": source, "seed": seed,
                          "frames": [(r.video, r.frame) for r in refs]}, sort_keys=True)
     return hashlib.sha256(recipe.encode()).hexdigest()

@@ -25,6 +25,6 @@ include: "workflow/rules/evaluation.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_all_targets(),
-    default_target: True

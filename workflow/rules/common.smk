@@ -25,7 +25,10 @@ def count_videos():
     return int((~videos["video"].isin(config["dataset"]["exclude_videos"])).sum())
 
 
-SHARDS = [f"{s:03d}" for s in range(math.ceil(count_videos() / config["dataset"]["shard_size"]))]
+SHARDS = [
+    f"{s:03d}"
+    for s in range(math.ceil(count_videos() / config["dataset"]["shard_size"]))
+]
 
 
 wildcard_constraints:
@@ -60,7 +63,9 @@ def get_stage2_runs():
 
 def get_variants():
     """Every prediction set: baselines per input, and region models per (input, train source, test source)."""
-    return [f"baseline-{inp}" for inp in INPUTS] + [f"ours-{inp}-{train}-{test}" for inp, train, test in REGION_RUNS]
+    return [f"baseline-{inp}" for inp in INPUTS] + [
+        f"ours-{inp}-{train}-{test}" for inp, train, test in REGION_RUNS
+    ]
 
 
 def get_flow_gpus():
@@ -95,7 +100,12 @@ def get_mask_gpus(wildcards):
 def _variant_parts(wildcards):
     """(kind, input, train source, test source) of a prediction variant (see get_variants)."""
     parts = wildcards.variant.split("-")
-    return parts[0], parts[1], (parts[2] if len(parts) > 2 else None), (parts[3] if len(parts) > 3 else None)
+    return (
+        parts[0],
+        parts[1],
+        (parts[2] if len(parts) > 2 else None),
+        (parts[3] if len(parts) > 3 else None),
+    )
 
 
 def get_variant_model(wildcards):
@@ -109,7 +119,11 @@ def get_variant_model(wildcards):
 def get_variant_flow(wildcards):
     """Flow caches of every shard when the variant's input uses flow."""
     _, inp, _, _ = _variant_parts(wildcards)
-    return [] if inp == "rgb" else expand(FLOW, method=config["flow"]["method"], shard=SHARDS)
+    return (
+        []
+        if inp == "rgb"
+        else expand(FLOW, method=config["flow"]["method"], shard=SHARDS)
+    )
 
 
 def get_variant_masks(wildcards):
@@ -181,3 +195,8 @@ def get_checkpoints():
 
 def get_all_targets():
     return [res("tables", "done"), res("timing", "timing.csv")]
+
+
+def get_output_dir(wildcards, output):
+    """Folder of a rule's first output, for commands that write several files into one folder."""
+    return str(Path(output[0]).parent)

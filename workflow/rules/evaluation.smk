@@ -79,7 +79,7 @@ rule report_figures:
     threads: 1
     params:
         config_file=CONFIG_FILE,
-        out_dir=res("figures"),
+        out_dir=get_output_dir,
     shell:
         "python -m a2dpipe report --config {params.config_file} --evaluations {input.evaluations}"
         " --checkpoints {input.checkpoints} --frames {input.frames} --baseline {input.baseline}"
@@ -134,7 +134,7 @@ rule tables:
     threads: 1
     params:
         config_file=CONFIG_FILE,
-        out_dir=res("tables"),
+        out_dir=get_output_dir,
         mask_quality=get_mask_quality_arg,
     shell:
         "python -m a2dpipe tables --config {params.config_file} --evaluations {input.evaluations}"

@@ -10,6 +10,8 @@ rule train_mask_model:
         res("logs", "train_mask_model", "{trained_source}.log"),
     benchmark:
         res("benchmarks", "train_mask_model", "{trained_source}.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 2
     resources:
         gpu=1,
@@ -30,6 +32,8 @@ rule region_masks:
         res("logs", "region_masks", "{source}", "shard-{shard}.log"),
     benchmark:
         res("benchmarks", "region_masks", "{source}", "shard-{shard}.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 1
     resources:
         gpu=get_mask_gpus,
@@ -52,6 +56,8 @@ rule mask_quality:
         res("logs", "mask_quality.log"),
     benchmark:
         res("benchmarks", "mask_quality.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 1
     params:
         config_file=CONFIG_FILE,

@@ -17,6 +17,8 @@ rule train_stage1:
         res("logs", "train_stage1", "{input}.log"),
     benchmark:
         res("benchmarks", "train_stage1", "{input}.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 2
     resources:
         gpu=1,
@@ -40,6 +42,8 @@ rule train_stage2:
         res("logs", "train_stage2", "{input}-{trained_source}.log"),
     benchmark:
         res("benchmarks", "train_stage2", "{input}-{trained_source}.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 2
     resources:
         gpu=1,
@@ -63,6 +67,8 @@ rule predict:
         res("logs", "predict", "{variant}.log"),
     benchmark:
         res("benchmarks", "predict", "{variant}.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
     threads: 2
     resources:
         gpu=1,

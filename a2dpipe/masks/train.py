@@ -8,12 +8,14 @@
 
 Writes ``--out`` (``model``, ``arch``, ``source``, ``class_agnostic``, ``config``, ``steps``; read it with
 :func:`a2dpipe.masks.model.load_mask_model`). Beside it: ``checkpoint.pt`` every ``masks.checkpoint_every`` steps
-(model, optimiser, scheduler, step, RNG states, loss history, a fingerprint of the recipe) from which a killed run
-resumes with the same result, and ``loss.csv`` (the loss curve: step, lr, total and each Mask R-CNN loss).
+(model, optimiser, scheduler, step, RNG states, loss history, a fingerprint of the recipe), from which a killed run
+resumes with the same result (removed once the model is written), and ``loss.csv`` (the loss curve: step, lr,
+total and each Mask R-CNN loss).
 
-Recipe: ``masks.optimizer`` (AdamW for the from-scratch CPU default, SGD with momentum 0.9 for fine-tuning from
-COCO as torchvision's reference scripts do; weight decay 1e-4 for both), linear warm-up over the first 10% of the steps, cosine decay; each
-step draws ``batch_size`` train frames from a generator seeded by (seed, step) and flips half of them.
+Recipe: ``masks.optimizer`` (AdamW for the from-scratch CPU default; SGD with momentum 0.9 for fine-tuning from
+COCO, as torchvision's reference scripts do; weight decay 1e-4 for both), linear warm-up over the first 10% of the
+steps, cosine decay; each step draws ``batch_size`` train frames from a generator seeded by (seed, step) and flips
+half of them.
 """
 
 from __future__ import annotations
@@ -125,7 +127,6 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
                 _write_curve(curve_path, history)
     log.info("trained %d steps in %.1f s", cfg["iterations"] - start, time.perf_counter() - started)
 
-    _save_resume(resume_path, model, optimizer, scheduler, cfg["iterations"], history, fingerprint)
     _write_curve(curve_path, history)
     checkpoint = {
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -139,6 +140,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     }
     with atomic_path(out) as tmp:
         torch.save(checkpoint, tmp)
+    resume_path.unlink(missing_ok=True)  # finished: a forced rerun trains afresh
     return checkpoint
 
 

@@ -1,8 +1,10 @@
 # a2dpipe: actor-action semantic segmentation with region masks (Dang et al., BMVC 2018).
 #
-#   snakemake --cores 1 --resources gpu=1 tables      # the paper's tables on the embedded default
-#   snakemake --cores 1 --resources gpu=1 all         # tables, timings and every intermediate artifact
+#   snakemake tables --cores 1 --resources gpu=1      # the paper's tables on the embedded default
+#   snakemake all --cores 1 --resources gpu=1         # tables, timings and every intermediate artifact
 #   snakemake --report report.html                    # HTML report of the last run
+#
+# Targets go before --resources, which takes every following word as a resource.
 
 
 from snakemake.utils import min_version, validate
@@ -14,6 +16,9 @@ configfile: "config.yaml"
 
 
 validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -19,6 +19,11 @@ if command -v sinfo >/dev/null && timeout 10 sinfo -h >/dev/null 2>&1; then
     exit 0
 fi
 
+if [[ $EUID -ne 0 ]]; then
+    echo "start_slurm: needs root (installs slurm-wlm, writes $CONF_DIR, runs the daemons)" >&2
+    exit 1
+fi
+
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
     echo "start_slurm: installing slurm-wlm"
     apt-get update -qq

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.labels import VALID_PAIRS
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def read_annotation(path: str | Path) -> Annotation:
     h5py sees MATLAB arrays transposed: ``reS_id`` is (W, H); ``reMask`` is (N, W, H), or (W, H) for a single
     instance; ``reBBox`` is (4, N); ``id`` is (1, N) float64. Defects of the real release are repaired and logged:
     duplicated instances (same id and mask) are dropped; when there are more masks (or boxes) than ids, the first
-    ``len(ids)`` are kept. Anything else that is wrong raises :class:`A2DError` naming the file.
+    ``len(ids)`` are kept. An instance id outside the 43 valid pairs, or anything else that is wrong, raises :class:`A2DError` naming the file.
     """
     path = Path(path)
     try:
@@ -159,6 +160,9 @@ def read_annotation(path: str | Path) -> Annotation:
 
     ids = _as_ids(fields["id"].reshape(-1), "id", path)
     n = len(ids)
+    invalid = sorted(set(ids.tolist()) - set(VALID_PAIRS))
+    if invalid:  # an instance must be an actor doing something; pixels with such ids are only ignored
+        raise A2DError(f"{path}: instance id(s) {invalid} are not among the 43 valid actor-action pairs")
 
     mask = fields["reMask"]
     if mask.size == 0:

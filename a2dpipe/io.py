@@ -7,6 +7,7 @@ killed or failed job never leaves a file that looks finished.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
@@ -28,15 +29,17 @@ class A2DError(RuntimeError):
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Works for files and directories. On any exception the temporary is removed and the final path is untouched.
+    Works for files and directories. On any exception the temporary is removed and the final path is untouched;
+    temporaries of ``path`` left by a killed writer are removed first (Snakemake runs one writer per output).
 
     >>> with atomic_path("out.h5") as tmp:      # doctest: +SKIP
     ...     write_everything(tmp)
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):  # left by a writer that was killed
+        _remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    _remove(tmp)
     try:
         yield tmp
     except BaseException:

@@ -159,11 +159,6 @@ def test_duplicated_instance_is_dropped_and_logged(dataset, tiny_config, tmp_pat
         np.testing.assert_array_equal(store.read(video, frame).instance_ids, ann.ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a2dpipe.a2d.read_annotation checks instance ids for 0..255 only, not against the 43 valid pairs; "
-    "remove this mark once it raises A2DError naming the file and the id",
-)
 def test_instance_id_that_is_not_a_valid_pair(dataset, tiny_config, tmp_path):
     path = annotation_path(dataset, *first_annotated(dataset))
     ids = read_annotation(path).ids.astype(np.float64)

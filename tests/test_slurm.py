@@ -1,14 +1,16 @@
 """The tiny pipeline through the `slurm` profile on a real (single-node) SLURM gives what a local run gives.
 
-Needs a running SLURM controller: CI starts one with ``tests/slurm/start_slurm.sh`` (Debian's slurm-wlm, one node,
-a fake `gpu` GRES) and stops it with ``tests/slurm/stop_slurm.sh``. Without one the test is skipped.
+Needs a SLURM controller. When none answers and the tests run as root, the fixture starts one with
+``tests/slurm/start_slurm.sh`` (Debian's slurm-wlm, one node, a fake `gpu` GRES) and stops it afterwards with
+``tests/slurm/stop_slurm.sh``. Elsewhere the test is skipped, except under CI (``CI`` set), where it must run.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
-import re
 import time
 
 import pytest
@@ -36,11 +38,30 @@ def _slurm_answers() -> str | None:
     return None
 
 
+SCRIPTS = REPO / "tests" / "slurm"
+
+
 @pytest.fixture(scope="module")
 def slurm():
-    reason = _slurm_answers()
-    if reason:
-        pytest.skip(reason)
+    if _slurm_answers() is None:
+        yield
+        return
+    if os.geteuid() != 0:
+        _skip_or_fail("no SLURM answers and starting one needs root")
+    started = subprocess.run(["bash", SCRIPTS / "start_slurm.sh"], capture_output=True, text=True, timeout=900)
+    try:
+        reason = _slurm_answers()
+        if started.returncode != 0 or reason:
+            _skip_or_fail(f"could not start SLURM ({reason}): {started.stdout[-2000:]}{started.stderr[-2000:]}")
+        yield
+    finally:
+        subprocess.run(["bash", SCRIPTS / "stop_slurm.sh"], capture_output=True, text=True, timeout=120)
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the SLURM test: {reason}")
+    pytest.skip(reason)
 
 
 def _submitted_jobs(run_id: str) -> list[dict]:

@@ -1,11 +1,13 @@
 # Helpers shared by every stage: artifact paths, shards, variants. Rules call `get_*` functions, never inline code.
 import math
+import os
 from pathlib import Path
+
+import yaml
 
 from a2dpipe.a2d import read_videoset
 
 RESULTS = config["results"]
-CONFIG_FILE = workflow.configfiles[0] if workflow.configfiles else "config.yaml"
 INPUTS = config["experiments"]["inputs"]
 REGION_RUNS = [tuple(run) for run in config["experiments"]["regions"]]
 MASK_SOURCES = ("dataset", "generic", "gt")
@@ -15,6 +17,23 @@ TRAINED_MASK_SOURCES = ("dataset", "generic")
 def res(*parts):
     """Path of an artifact under the results folder."""
     return str(Path(RESULTS, *parts))
+
+
+def write_resolved_config():
+    """Write the config as the workflow resolved it (config files merged, --config overrides and schema defaults
+    applied) to results/config.yaml, the file every command reads. Rewritten only when its content changes.
+    """
+    path = Path(res("config.yaml"))
+    text = yaml.safe_dump(config, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return str(path)
+
+
+CONFIG_FILE = write_resolved_config()
 
 
 def count_videos():

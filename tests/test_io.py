@@ -1,0 +1,49 @@
+import pytest
+
+from a2dpipe.io import A2DError, atomic_path, load_config
+
+
+def test_atomic_path_renames_only_on_success(tmp_path):
+    out = tmp_path / "sub" / "table.csv"
+    with atomic_path(out) as tmp:
+        tmp.write_text("done")
+        assert not out.exists()
+    assert out.read_text() == "done"
+    with pytest.raises(ZeroDivisionError):
+        with atomic_path(out) as tmp:
+            tmp.write_text("half")
+            1 / 0
+    assert out.read_text() == "done"
+    assert [p.name for p in out.parent.iterdir()] == ["table.csv"]
+
+
+def test_atomic_path_removes_temporaries_of_killed_writers(tmp_path):
+    stale = tmp_path / ".frames.h5.tmp-99999"
+    stale.write_text("half-written")
+    other = tmp_path / ".other.h5.tmp-99999"
+    other.write_text("someone else's")
+    with atomic_path(tmp_path / "frames.h5") as tmp:
+        tmp.write_text("whole")
+    assert not stale.exists() and other.exists()
+
+
+def test_atomic_path_handles_directories(tmp_path):
+    with atomic_path(tmp_path / "dataset") as tmp:
+        tmp.mkdir()
+        (tmp / "videoset.csv").write_text("x")
+    assert (tmp_path / "dataset" / "videoset.csv").exists()
+
+
+def test_writer_that_writes_nothing_is_an_error(tmp_path):
+    with pytest.raises(A2DError, match="produced no output"):
+        with atomic_path(tmp_path / "empty.h5"):
+            pass
+
+
+def test_load_config_names_the_file(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(A2DError, match="c.yaml: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(A2DError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")

@@ -105,6 +105,23 @@ def test_region_back_end_shapes_gradient_and_empty_frames():
     assert model.front_end.streams["rgb"].conv1.weight.grad is not None
 
 
+def test_soft_mask_pixels_mix_region_and_background():
+    # a soft mask's weak pixel is mostly background, its strong pixel takes the region's class, a binary mask's
+    # pixel takes exactly the region's distribution, and a pixel outside every region is exactly "uncovered"
+    model = build_segmenter(SMALL, input="rgb").eval()
+    scores = torch.tensor([[0.0, 1.0, *[0.0] * 6, 0.0, 1.0, *[0.0] * 8]])  # region says actor 1, action 1
+    masks = torch.zeros(1, 8, 10)
+    masks[0, :, :4] = 1.0
+    masks[0, :, 4:6] = 0.9
+    masks[0, :, 6:8] = 0.1
+    pixel = model.region._to_pixels(scores, masks, torch.tensor([[0.0, 0.0, 7.0, 7.0]]), (8, 10))
+    actor = pixel[:8] / pixel[:8].sum(0)
+    torch.testing.assert_close(actor[:, 0, 0], scores[0, :8])
+    torch.testing.assert_close(actor[:2, 0, 4], torch.tensor([0.1, 0.9]))
+    torch.testing.assert_close(actor[:2, 0, 6], torch.tensor([0.9, 0.1]))
+    assert actor[:, 0, 9].argmax() == 0 and actor[0, 0, 9] == 1
+
+
 def test_region_pooling_batched_equals_per_frame():
     torch.manual_seed(0)
     model = build_segmenter(SMALL, input="rgb").eval()

@@ -13,9 +13,9 @@ Region back-end, per frame with N candidate regions (boxes in frame pixels, soft
 3. **per-region softmax**: each region's scores become probabilities, so they are non-negative and the max of
    eq. 2-3 compares like with like (raw logits would be clipped at zero by ``m * s`` and the max);
 4. the region-to-pixel layer (``a2dpipe.models.region_to_pixel``): per pixel, the max over regions whose box
-   holds it of ``mask * probability``; a pixel covered by no region gets the fixed score vector
-   ``uncovered = (uncovered_background, 0, ..., 0)`` -- "background", which worked better than falling back on
-   the stage-1 prediction;
+   holds it of ``mask * probability``, plus ``(1 - c) * uncovered`` where c is the largest mask value of a
+   covering region and ``uncovered = (uncovered_background, 0, ..., 0)``: a pixel covered by no region is
+   "background" (better than falling back on the stage-1 prediction), a soft mask's weak pixel mostly so;
 5. ``region_log_probs`` normalises the pixel scores into log-probabilities.
 
 Actor and action scores go through the region-to-pixel layer together (18 channels, one pass over the masks).
@@ -147,11 +147,26 @@ class RegionBackEnd(nn.Module):
         """(18, H, W) pixel scores of one frame, computed at 1/pixel_stride of the frame and upsampled if needed."""
         masks = masks.to(scores.dtype)
         if self.pixel_stride == 1:
-            return region_to_pixel(scores, masks, boxes, self.uncovered)
+            return self._soft_coverage(scores, masks, boxes)
         small = (-(-size[0] // self.pixel_stride), -(-size[1] // self.pixel_stride))
         if len(masks):
             masks = F.adaptive_avg_pool2d(masks[:, None], small)[:, 0]
         else:
             masks = masks.new_zeros((0, *small))
-        pixel = region_to_pixel(scores, masks, boxes / self.pixel_stride, self.uncovered)
+        pixel = self._soft_coverage(scores, masks, boxes / self.pixel_stride)
         return F.interpolate(pixel[None], size=size, mode="bilinear", align_corners=False)[0]
+
+    def _soft_coverage(self, scores: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Region-to-pixel scores plus ``(1 - c) * uncovered``, c = the largest covering mask value at the pixel.
+
+        Soft masks (Mask R-CNN's, > 0 over nearly all of their box) would otherwise make every in-box pixel fully
+        "covered": after normalisation ``m * s`` is ``s`` whatever ``m``, so a whole box took its region's class
+        and the mask's shape was lost. With the uncovered share a pixel's distribution is the mixture
+        ``m * s + (1 - m) * uncovered`` (one region), which equals ``s`` for a binary mask's pixel and
+        ``uncovered`` outside every region, exactly as before.
+        """
+        zero = torch.zeros_like(self.uncovered, dtype=scores.dtype)
+        pixel = region_to_pixel(scores, masks, boxes, zero)
+        ones = scores.new_ones((len(masks), 1))
+        coverage = region_to_pixel(ones, masks.detach(), boxes, zero[:1])  # (1, H, W): max mask over covering regions
+        return pixel + (1 - coverage) * self.uncovered.to(scores.dtype)[:, None, None]

@@ -16,7 +16,7 @@ from conftest import REPO
 REAL_METADATA = Path(__file__).resolve().parents[2] / "shared" / "real-data" / "a2d-metadata"
 
 
-def test_dag_of_the_full_a2d_builds_in_seconds(tmp_path, tiny_config, snakemake_run):
+def test_dag_of_the_full_a2d_builds(tmp_path, tiny_config, snakemake_run):
     """Dry run to `tables` over the real A2D video set (3,782 videos, 473 shards of 8) builds the whole DAG."""
     if not (REAL_METADATA / "videoset.csv").is_file():
         pytest.skip(f"real A2D metadata not found at {REAL_METADATA}")

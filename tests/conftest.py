@@ -12,6 +12,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def interpreter_on_path():
+    """Put this interpreter's folder first on PATH, as an activated environment would.
+
+    Workflow rules call ``python -m a2dpipe`` and some tests call ``snakemake``: both must be the ones installed
+    beside the interpreter running the tests, even when the environment was not activated.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([bin_dir, old])
+    yield
+    os.environ["PATH"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> Path:
     """The tiny preset (tests/config.tiny.yaml): every rule of the DAG on a few seconds of data."""

@@ -31,10 +31,9 @@ import logging
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.io import A2DError, atomic_path, load_config, open_hdf5
 from a2dpipe.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 
 __all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
@@ -47,11 +46,7 @@ SETTINGS_FROM = ("heads", "joint")
 def iter_test_labels(frame_paths):
     """Yield ``(video, frame, label)`` for every test frame of the frame stores, in file and key order."""
     for path in frame_paths:
-        try:
-            f = h5py.File(path, "r")
-        except OSError as err:
-            raise A2DError(f"{path}: cannot open the frame store: {err}") from None
-        with f:
+        with open_hdf5(path, "frames store") as f:
             for video in f:
                 for name in f[video]:
                     group = f[video][name]
@@ -88,11 +83,7 @@ def evaluate(pred_path, frame_paths, boundary_width: int = 15, settings_from: st
         raise A2DError(f"evaluation.settings_from: expected one of {SETTINGS_FROM}, got {settings_from!r}")
     acc = ConfusionAccumulator(boundary_width)
     seen: set[str] = set()
-    try:
-        f = h5py.File(pred_path, "r")
-    except OSError as err:
-        raise A2DError(f"{pred_path}: cannot open the prediction file: {err}") from None
-    with f:
+    with open_hdf5(pred_path, "prediction file") as f:
         variant = f.attrs.get("variant", Path(pred_path).stem)
         spf = f.attrs.get("seconds_per_frame")
         for video, frame, label in iter_test_labels(frame_paths):

@@ -37,7 +37,7 @@ import numpy as np
 from a2dpipe import labels
 from a2dpipe.a2d import annotation_path, read_annotation, read_clip_frames, video_path
 from a2dpipe.index import read_index
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.io import A2DError, atomic_path, load_config, open_hdf5
 from a2dpipe.synthetic import read_distractors
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,7 @@ class FrameStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
-            self._file = h5py.File(self.path, "r")
-        except FileNotFoundError:
-            raise A2DError(f"{self.path}: frames shard not found") from None
-        except OSError as err:
-            raise A2DError(f"{self.path}: not a readable HDF5 frames shard: {err}") from None
+        self._file = open_hdf5(self.path, "frames shard")
         self._keys = sorted((video, int(frame)) for video in self._file for frame in self._file[video])
 
     @property

@@ -1,4 +1,4 @@
-"""Shared plumbing of every stage: atomic outputs, logging, config access, device choice.
+"""Shared plumbing of every stage: atomic outputs, HDF5 input, logging, config access, device choice.
 
 Every artifact is written under a temporary name beside its final path and renamed only when complete, so a
 killed or failed job never leaves a file that looks finished.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["A2DError", "atomic_path", "setup_logging", "load_config", "select_device"]
+__all__ = ["A2DError", "atomic_path", "open_hdf5", "setup_logging", "load_config", "select_device"]
 
 log = logging.getLogger("a2dpipe")
 
@@ -56,6 +56,22 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def open_hdf5(path: str | os.PathLike, what: str):
+    """Open ``path`` read-only as an ``h5py.File``; :class:`A2DError` naming the file when it cannot be.
+
+    ``what`` names the artifact expected there (``"frames shard"``, ``"flow cache"`` ...) for the messages
+    ``<path>: <what> not found`` and ``<path>: not a readable HDF5 file (<what>; truncated or another format?): ...``.
+    """
+    import h5py  # here, so that importing a2dpipe.io stays light
+
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise A2DError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise A2DError(f"{path}: not a readable HDF5 file ({what}; truncated or another format?): {err}") from None
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:

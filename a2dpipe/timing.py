@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.io import A2DError, atomic_path, open_hdf5
 from a2dpipe.paper_results import TIMING_MS
 
 __all__ = ["read_timing", "timing_table", "describe_device", "configure_parser", "run"]
@@ -75,11 +75,7 @@ def read_timing(paths, name_attr: str) -> dict[str, dict]:
     seconds: dict[str, float] = defaultdict(float)
     devices: dict[str, str | None] = {}
     for path in paths:
-        try:
-            f = h5py.File(path, "r")
-        except OSError as err:
-            raise A2DError(f"{path}: cannot open: {err}") from None
-        with f:
+        with open_hdf5(path, "stage output") as f:
             for attr in (name_attr, "seconds_per_frame"):
                 if attr not in f.attrs:
                     raise A2DError(f"{path}: root attribute {attr!r} is missing")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError
+from a2dpipe.io import A2DError, open_hdf5
 
 __all__ = ["FlowStore", "FlowWriter", "group_name"]
 
@@ -31,15 +31,8 @@ class FlowStore:
     """Read-only access to a flow cache; a context manager."""
 
     def __init__(self, path: str | os.PathLike):
-        import h5py
-
         self.path = Path(path)
-        try:
-            self._file = h5py.File(self.path, "r")
-        except FileNotFoundError:
-            raise A2DError(f"{self.path}: flow cache not found") from None
-        except OSError as err:
-            raise A2DError(f"{self.path}: not a readable HDF5 flow cache: {err}") from None
+        self._file = open_hdf5(self.path, "flow cache")
         missing = {"method", "encoding", "seconds_per_frame"} - set(self._file.attrs)
         if missing:
             self._file.close()

@@ -38,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.io import A2DError, atomic_path, open_hdf5
 
 __all__ = ["Regions", "MaskCache", "MaskCacheWriter", "SCHEMA", "SOURCES"]
 
@@ -177,12 +177,7 @@ class MaskCache:
 
     def __init__(self, path):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise A2DError(f"{self.path}: region-mask cache not found")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as err:
-            raise A2DError(f"{self.path}: not a readable HDF5 file (truncated or another format?): {err}") from None
+        self._file = open_hdf5(self.path, "region-mask cache")
         attrs = self._file.attrs
         if attrs.get("schema") != SCHEMA:
             self._file.close()

@@ -23,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from a2dpipe.io import A2DError
+from a2dpipe.io import A2DError, open_hdf5
 
 __all__ = ["FrameRef", "list_frames", "masks_to_boxes", "InstanceReader"]
 
@@ -60,10 +60,7 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
 def _open(path: Path) -> h5py.File:
     if not path.is_file():
         raise A2DError(f"{path}: frames store not found (run `a2dpipe extract-frames`)")
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise A2DError(f"{path}: not a readable HDF5 frames store: {err}") from None
+    return open_hdf5(path, "frames store")
 
 
 def list_frames(paths: list[str | Path], split: str | None = None) -> list[FrameRef]:

@@ -14,24 +14,23 @@ Outputs: ``--out model.pt`` (``{"model": state_dict, "stage", "input", "mask_sou
 "segmentation", "curve"}``) and ``loss.csv`` beside it (step, loss, loss_actor, loss_action, lr).
 
 Resuming: every ``checkpoint_every`` steps ``checkpoint.pt`` beside the output holds model, optimiser, scheduler,
-step, RNG states and the loss history. A rerun with the same settings continues from it. Batch composition and
-crops are functions of (seed, step) alone -- the data sampler's state *is* the step -- so a killed and resumed run
-ends with exactly the weights of an uninterrupted one (CPU). A checkpoint written under other settings is ignored.
+step, RNG states and the loss history (:mod:`a2dpipe.checkpoint`). A rerun with the same settings continues from
+it. Batch composition and crops are functions of (seed, step) alone -- the data sampler's state *is* the step -- so
+a killed and resumed run ends with exactly the weights of an uninterrupted one (CPU). A checkpoint written under
+other settings is ignored.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from a2dpipe.checkpoint import fingerprint, load_resume, save_resume, write_curve
 from a2dpipe.data import StoreSamples, augment, flip_sample, to_tensors
 from a2dpipe.io import A2DError, atomic_path, load_config, select_device
 from a2dpipe.models import build_segmenter, segmentation_config, segmentation_loss
@@ -102,35 +101,6 @@ def _optimizer(groups: list[dict], opts: dict) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, weight_decay=opts["weight_decay"])
 
 
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fingerprint(**items) -> str:
-    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _write_curve(rows: list[tuple], path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CURVE_COLUMNS)
-        writer.writerows(rows)
-
-
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
     """Read a trained model file written by ``train``; A2DError naming the file when it is not one."""
     path = Path(path)
@@ -189,21 +159,10 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     optimizer = _optimizer(groups, opts)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
 
-    fingerprint = _fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed, seg=seg,
-                               frames=samples.keys(), stage1=s1_digest, device=device.type)
+    recipe = fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed, seg=seg,
+                         frames=samples.keys(), stage1=s1_digest, device=device.type)
     ckpt_path = out.with_name("checkpoint.pt")
-    step, curve = 0, []
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
-            step, curve = state["step"], state["curve"]
-            log.info("resuming from %s at step %d", ckpt_path, step)
-        else:
-            log.info("ignoring %s: written under other settings", ckpt_path)
+    step, curve = load_resume(ckpt_path, recipe, model, optimizer, scheduler, map_location=device) or (0, [])
 
     model.train()
     if stage == 2:
@@ -249,16 +208,15 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
         bar.update(1)
         bar.set_postfix(loss=f"{curve[-1][1]:.3f}")
         if step % opts["checkpoint_every"] == 0 and step < opts["iterations"]:
-            _save({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
-                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "rng": _rng_state(), "curve": curve}, ckpt_path)
+            save_resume(ckpt_path, recipe, step, model, optimizer, scheduler, curve)
     bar.close()
     log.info("stage %d %s: %d steps in %.1f s this run; loss %.4f -> %.4f", stage, input, len(curve),
              time.perf_counter() - start, curve[0][1] if curve else float("nan"), curve[-1][1] if curve else float("nan"))
     result = {"model": model.state_dict(), "stage": stage, "input": input, "mask_source": mask_source if stage == 2 else None,
               "config": config, "segmentation": seg, "curve": curve}
-    _write_curve(curve, out.with_name("loss.csv"))
-    _save(result, out)
+    write_curve(out.with_name("loss.csv"), curve, CURVE_COLUMNS)
+    with atomic_path(out) as tmp:
+        torch.save(result, tmp)
     ckpt_path.unlink(missing_ok=True)
     return result
 

@@ -8,9 +8,9 @@
 
 Writes ``--out`` (``model``, ``arch``, ``source``, ``class_agnostic``, ``config``, ``steps``; read it with
 :func:`a2dpipe.masks.model.load_mask_model`). Beside it: ``checkpoint.pt`` every ``masks.checkpoint_every`` steps
-(model, optimiser, scheduler, step, RNG states, loss history, a fingerprint of the recipe), from which a killed run
-resumes with the same result (removed once the model is written), and ``loss.csv`` (the loss curve: step, lr,
-total and each Mask R-CNN loss).
+(model, optimiser, scheduler, step, RNG states, loss history, a fingerprint of the recipe; see
+:mod:`a2dpipe.checkpoint`), from which a killed run resumes with the same result (removed once the model is
+written), and ``loss.csv`` (the loss curve: step, lr, total and each Mask R-CNN loss).
 
 Recipe: ``masks.optimizer`` (AdamW for the from-scratch CPU default; SGD with momentum 0.9 for fine-tuning from
 COCO, as torchvision's reference scripts do; weight decay 1e-4 for both), linear warm-up over the first 10% of the
@@ -20,18 +20,15 @@ half of them.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from a2dpipe.checkpoint import fingerprint, load_resume, save_resume, write_curve
 from a2dpipe.io import A2DError, atomic_path, load_config, select_device
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model
@@ -39,6 +36,7 @@ from a2dpipe.masks.model import build_mask_model
 log = logging.getLogger("a2dpipe.masks")
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+CURVE_COLUMNS = ("step", "lr", "loss", *LOSS_KEYS)
 NUM_CLASSES = {"dataset": 8, "generic": 2}
 
 
@@ -78,7 +76,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     refs = list_frames(frames, split="train")
     if not refs:
         raise A2DError(f"{frames[0]}: no train-split frames in the frames stores to train the mask model on")
-    fingerprint = _fingerprint(arch, cfg, source, seed, refs)
+    recipe = _fingerprint(arch, cfg, source, seed, refs)
     log.info("training the %s mask model (%s) on %d train frames, %d steps", source, cfg["backbone"], len(refs),
              cfg["iterations"])
 
@@ -87,22 +85,9 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg["iterations"]))
-    history: list[dict] = []
-    start = 0
-
     resume_path = out.with_name("checkpoint.pt")
     curve_path = out.with_name("loss.csv")
-    if resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
-            history, start = state["history"], state["step"]
-            log.info("resuming from %s at step %d", resume_path, start)
-        else:
-            log.info("%s was made with another recipe or data: starting afresh", resume_path)
+    start, history = load_resume(resume_path, recipe, model, optimizer, scheduler, map_location="cpu") or (0, [])
 
     started = time.perf_counter()
     with InstanceReader(frames) as reader:
@@ -123,11 +108,11 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
             if (step + 1) % 20 == 0:
                 log.info("step %d/%d loss %.3f", step + 1, cfg["iterations"], history[-1]["loss"])
             if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["iterations"]:
-                _save_resume(resume_path, model, optimizer, scheduler, step + 1, history, fingerprint)
-                _write_curve(curve_path, history)
+                save_resume(resume_path, recipe, step + 1, model, optimizer, scheduler, history)
+                write_curve(curve_path, history, CURVE_COLUMNS)
     log.info("trained %d steps in %.1f s", cfg["iterations"] - start, time.perf_counter() - started)
 
-    _write_curve(curve_path, history)
+    write_curve(curve_path, history, CURVE_COLUMNS)
     checkpoint = {
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "arch": arch,
@@ -202,37 +187,5 @@ def _batch(reader, refs, source, seed, step, batch_size, device):
 def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs) -> str:
     """What a resumable checkpoint must agree on (inference-only keys such as score_threshold are left out)."""
     training = {k: cfg.get(k) for k in ("coco_checkpoint", "iterations", "batch_size", "optimizer", "lr")}
-    recipe = json.dumps({"arch": arch, "training": training, "source": source, "seed": seed,
-                         "frames": [(r.video, r.frame) for r in refs]}, sort_keys=True)
-    return hashlib.sha256(recipe.encode()).hexdigest()
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_resume(path, model, optimizer, scheduler, step, history, fingerprint) -> None:
-    state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "step": step, "rng": _rng_state(), "history": history, "fingerprint": fingerprint,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _write_curve(path: Path, history: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "lr", "loss", *LOSS_KEYS])
-        writer.writeheader()
-        writer.writerows(history)
+    return fingerprint(arch=arch, training=training, source=source, seed=seed,
+                       frames=[(r.video, r.frame) for r in refs])

@@ -43,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=4096, help="fused channels (two ResNet-101 streams: 4096)")
     parser.add_argument("--fc-dim", type=int, default=1024)
+    parser.add_argument("--roi-channels", type=int, default=None, help="1x1 conv width before RoI pooling (none: off)")
     parser.add_argument("--roi-size", type=int, default=7)
     parser.add_argument("--regions", type=int, default=50)
     parser.add_argument("--height", type=int, default=320)
@@ -60,7 +61,8 @@ def main() -> None:
     features = torch.randn(1, args.channels, -(-h // 8), -(-w // 8), generator=gen).to(device)
     regions = [{k: v.to(device) for k, v in random_regions(args.regions, h, w, gen).items()}]
     aspp = ASPPBaseline(args.channels).to(device).eval()
-    region = {s: RegionBackEnd(args.channels, roi_size=args.roi_size, fc_dim=args.fc_dim, pixel_stride=s).to(device).eval()
+    region = {s: RegionBackEnd(args.channels, roi_size=args.roi_size, fc_dim=args.fc_dim, pixel_stride=s,
+                               roi_channels=args.roi_channels).to(device).eval()
               for s in args.pixel_stride}
     runs = {"aspp": lambda: aspp(features, (h, w))}
     runs.update({f"region (pixel_stride {s})": (lambda m=m: m(features, regions, (h, w))) for s, m in region.items()})
@@ -73,7 +75,7 @@ def main() -> None:
                 times[name].append(_time(fn, device))
     base = statistics.median(times["aspp"])
     print(f"device {device}, threads {torch.get_num_threads()}, features {tuple(features.shape)}, "
-          f"{args.regions} regions, frame {h}x{w}, fc_dim {args.fc_dim}")
+          f"{args.regions} regions, frame {h}x{w}, fc_dim {args.fc_dim}, roi_channels {args.roi_channels}")
     for name, t in times.items():
         med = statistics.median(t)
         print(f"{name:26s} {med * 1000:9.1f} ms   ratio to aspp {med / base:5.2f}")

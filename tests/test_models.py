@@ -15,6 +15,7 @@ from a2dpipe.models import (
     joint_prediction,
     segmentation_loss,
 )
+from a2dpipe.models.backends import RegionBackEnd
 from a2dpipe.models.frontend import DilatedBasicBlock
 
 torch.set_num_threads(1)
@@ -103,6 +104,19 @@ def test_region_back_end_shapes_gradient_and_empty_frames():
     loss.backward()
     assert model.region.fc6.weight.grad.abs().sum() > 0
     assert model.front_end.streams["rgb"].conv1.weight.grad is not None
+
+
+def test_roi_channels_narrow_the_pooled_features():
+    torch.manual_seed(0)
+    wide = RegionBackEnd(64, roi_size=3, fc_dim=16)
+    narrow = RegionBackEnd(64, roi_size=3, fc_dim=16, roi_channels=8)
+    assert wide.fc6.in_features == 64 * 9 and narrow.fc6.in_features == 8 * 9
+    features = torch.randn(1, 64, 5, 7)
+    out = narrow(features, [_regions(40, 56)], (40, 56))
+    assert out["actor"].shape == (1, 8, 40, 56)
+    target = torch.ones(1, 40, 56, dtype=torch.long)
+    sum(segmentation_loss(out, target, target).values()).backward()
+    assert narrow.reduce.weight.grad.abs().sum() > 0
 
 
 def test_soft_mask_pixels_mix_region_and_background():

@@ -8,7 +8,9 @@ log-probabilities at frame size (H, W), so that one loss (eq. 1: NLL of each hea
 
 Region back-end, per frame with N candidate regions (boxes in frame pixels, soft masks at frame size):
 
-1. RoI align of the fused features in every box (``spatial_scale=1/8``, all frames of the batch in one call);
+1. RoI align of the fused features in every box (``spatial_scale=1/8``, all frames of the batch in one call),
+   optionally after a 1x1 convolution that narrows the features (``roi_channels``: with two ResNet-101 streams
+   the first FC layer would otherwise see 4096 x 7 x 7 inputs per region and dominate the back-end's cost);
 2. two FC layers, then an actor head (8) and an action head (10): region scores;
 3. **per-region softmax**: each region's scores become probabilities, so they are non-negative and the max of
    eq. 2-3 compares like with like (raw logits would be clipped at zero by ``m * s`` and the max);
@@ -85,6 +87,8 @@ class RegionBackEnd(nn.Module):
         in_channels: fused feature channels.
         roi_size: RoI pooling output is roi_size x roi_size.
         fc_dim: width of the two FC layers.
+        roi_channels: if set, a 1x1 convolution (+ ReLU) narrows the features to this many channels before RoI
+            pooling; ``None`` pools the fused features as they are.
         uncovered_background: background score of a pixel covered by no region (other classes get 0).
         pool: ``"align"`` (``torchvision.ops.roi_align``) or ``"max"`` (``roi_pool``, Fast R-CNN's).
         pixel_stride: resolution of the region-to-pixel layer, 1 = frame size.
@@ -96,7 +100,7 @@ class RegionBackEnd(nn.Module):
     """
 
     def __init__(self, in_channels: int, *, roi_size: int = 7, fc_dim: int = 256, uncovered_background: float = 1.0,
-                 pool: str = "align", pixel_stride: int = 1):
+                 pool: str = "align", pixel_stride: int = 1, roi_channels: int | None = None):
         super().__init__()
         if pool not in ("align", "max"):
             raise ValueError(f"pool must be 'align' or 'max', not {pool!r}")
@@ -105,7 +109,8 @@ class RegionBackEnd(nn.Module):
         self.roi_size = roi_size
         self.pool = pool
         self.pixel_stride = pixel_stride
-        self.fc6 = nn.Linear(in_channels * roi_size * roi_size, fc_dim)
+        self.reduce = None if roi_channels is None else nn.Conv2d(in_channels, roi_channels, kernel_size=1)
+        self.fc6 = nn.Linear((roi_channels or in_channels) * roi_size * roi_size, fc_dim)
         self.fc7 = nn.Linear(fc_dim, fc_dim)
         self.actor = nn.Linear(fc_dim, NUM_ACTORS)
         self.action = nn.Linear(fc_dim, NUM_ACTIONS)
@@ -116,6 +121,8 @@ class RegionBackEnd(nn.Module):
     def region_scores(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """(sum N, 18) per-region probabilities (actor softmax, then action softmax) for all frames' boxes."""
         rois = [b.to(features.dtype) for b in boxes]
+        if self.reduce is not None:
+            features = F.relu(self.reduce(features))
         if self.pool == "align":
             pooled = roi_align(features, rois, self.roi_size, spatial_scale=1 / OUTPUT_STRIDE, sampling_ratio=2,
                                aligned=True)
@@ -165,8 +172,8 @@ class RegionBackEnd(nn.Module):
         ``m * s + (1 - m) * uncovered`` (one region), which equals ``s`` for a binary mask's pixel and
         ``uncovered`` outside every region, exactly as before.
         """
-        zero = torch.zeros_like(self.uncovered, dtype=scores.dtype)
-        pixel = region_to_pixel(scores, masks, boxes, zero)
-        ones = scores.new_ones((len(masks), 1))
-        coverage = region_to_pixel(ones, masks.detach(), boxes, zero[:1])  # (1, H, W): max mask over covering regions
+        # One pass of the layer: a constant score of 1 appended to every region yields c as the last channel.
+        with_coverage = torch.cat([scores, scores.new_ones((len(scores), 1))], dim=1)
+        pixel = region_to_pixel(with_coverage, masks, boxes, scores.new_zeros(with_coverage.shape[1]))
+        pixel, coverage = pixel[:-1], pixel[-1:]
         return pixel + (1 - coverage) * self.uncovered.to(scores.dtype)[:, None, None]

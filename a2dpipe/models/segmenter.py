@@ -54,7 +54,7 @@ SEGMENTATION_DEFAULTS: dict = {
     "stage2": {
         "optimizer": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0001, "batch_size": 4,
         "iterations": 300, "poly_power": 0.9, "checkpoint_every": 50, "roi_size": 7, "fc_dim": 256,
-        "uncovered_background": 1.0, "pool": "align", "pixel_stride": 1, "cache_features": True,
+        "uncovered_background": 1.0, "pool": "align", "pixel_stride": 1, "roi_channels": None, "cache_features": True,
     },
 }
 
@@ -114,7 +114,7 @@ def build_segmenter(config: dict, *, input: str = "rgb", pretrained: bool = True
     s2 = seg["stage2"]
     region = RegionBackEnd(front_end.out_channels, roi_size=s2["roi_size"], fc_dim=s2["fc_dim"],
                            uncovered_background=s2["uncovered_background"], pool=s2["pool"],
-                           pixel_stride=s2["pixel_stride"])
+                           pixel_stride=s2["pixel_stride"], roi_channels=s2["roi_channels"])
     return Segmenter(front_end, ASPPBaseline(front_end.out_channels, seg["aspp_rates"]), region)
 
 

@@ -1,0 +1,34 @@
+"""Every shipped configuration validates against the schema, and the presets name the same keys."""
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+PRESETS = [ROOT / "config.yaml", ROOT / "config" / "paper.yaml", ROOT / "tests" / "config.tiny.yaml"]
+
+
+def _keys(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix}
+    return set().union(*(_keys(v, f"{prefix}.{k}") for k, v in tree.items()))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_preset_validates(path):
+    jsonschema.validate(yaml.safe_load(path.read_text()), SCHEMA)
+
+
+def test_tiny_preset_names_every_key_of_the_default():
+    default, tiny = (yaml.safe_load(p.read_text()) for p in (PRESETS[0], PRESETS[2]))
+    assert _keys(tiny) == _keys(default)
+
+
+def test_unknown_key_is_rejected():
+    config = yaml.safe_load(PRESETS[0].read_text())
+    config["segmentation"]["stage1"]["iterationz"] = 5
+    with pytest.raises(jsonschema.ValidationError, match="iterationz"):
+        jsonschema.validate(config, SCHEMA)

@@ -37,7 +37,7 @@ import numpy as np
 from a2dpipe import labels
 from a2dpipe.a2d import annotation_path, read_annotation, read_clip_frames, video_path
 from a2dpipe.index import read_index
-from a2dpipe.io import A2DError, atomic_path, load_config, open_hdf5
+from a2dpipe.io import A2DError, atomic_path, HDF5Store, load_config
 from a2dpipe.synthetic import read_distractors
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class FrameRecord:
     neighbour_frame: int
 
 
-class FrameStore:
+class FrameStore(HDF5Store):
     """Read-only access to a frames shard.
 
     >>> with FrameStore("results/frames/shard-000.h5") as store:     # doctest: +SKIP
@@ -71,8 +71,7 @@ class FrameStore:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._file = open_hdf5(self.path, "frames shard")
+        super().__init__(path, "frames shard")
         self._keys = sorted((video, int(frame)) for video in self._file for frame in self._file[video])
 
     @property
@@ -111,15 +110,6 @@ class FrameStore:
             direction=str(g.attrs["direction"]),
             neighbour_frame=int(g.attrs["neighbour_frame"]),
         )
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> FrameStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

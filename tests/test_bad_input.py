@@ -16,8 +16,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
-
 from a2dpipe.a2d import annotation_path, read_annotation, video_path
 from a2dpipe.frames import FrameStore
 

@@ -1,7 +1,6 @@
 import json
 import time
 import warnings
-from pathlib import Path
 
 import h5py
 import numpy as np

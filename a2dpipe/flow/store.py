@@ -14,11 +14,10 @@ the annotated frame to its neighbour, or from the neighbour to it when the group
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError, open_hdf5
+from a2dpipe.io import A2DError, HDF5Store
 
 __all__ = ["FlowStore", "FlowWriter", "group_name"]
 
@@ -27,12 +26,11 @@ def group_name(video: str, frame: int) -> str:
     return f"{video}/{int(frame):05d}"
 
 
-class FlowStore:
+class FlowStore(HDF5Store):
     """Read-only access to a flow cache; a context manager."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._file = open_hdf5(self.path, "flow cache")
+        super().__init__(path, "flow cache")
         missing = {"method", "encoding", "seconds_per_frame"} - set(self._file.attrs)
         if missing:
             self._file.close()
@@ -65,15 +63,6 @@ class FlowStore:
             raise A2DError(f"{self.path}: no flow for video {video!r} frame {int(frame)} (group {name!r})")
         group = self._file[name]
         return group["flow"][()].astype(np.float32), group["rgb"][()]
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> FlowStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class FlowWriter:

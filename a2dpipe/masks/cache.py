@@ -38,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from a2dpipe.io import A2DError, atomic_path, open_hdf5
+from a2dpipe.io import A2DError, HDF5Store, atomic_path
 
 __all__ = ["Regions", "MaskCache", "MaskCacheWriter", "SCHEMA", "SOURCES"]
 
@@ -166,7 +166,7 @@ class MaskCacheWriter:
         return False
 
 
-class MaskCache:
+class MaskCache(HDF5Store):
     """Read a region-mask cache by (video, frame); each read touches only that frame's datasets.
 
     Raises :class:`A2DError` naming the file when it is missing, truncated, not HDF5, or HDF5 of another kind.
@@ -176,8 +176,7 @@ class MaskCache:
     """
 
     def __init__(self, path):
-        self.path = Path(path)
-        self._file = open_hdf5(self.path, "region-mask cache")
+        super().__init__(path, "region-mask cache")
         attrs = self._file.attrs
         if attrs.get("schema") != SCHEMA:
             self._file.close()
@@ -221,14 +220,6 @@ class MaskCache:
         except (OSError, KeyError) as err:
             raise A2DError(f"{self.path}: frame {key} is damaged (truncated file?): {err}") from None
 
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> "MaskCache":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def file_digest(path: os.PathLike, length: int = 12) -> str:

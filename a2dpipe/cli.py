@@ -15,20 +15,20 @@ from a2dpipe.io import A2DError, setup_logging
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synthesize": ("a2dpipe.synthetic", "write the synthetic A2D-format benchmark"),
-    "index": ("a2dpipe.index", "list the annotated frames of a dataset and assign shards"),
-    "extract-frames": ("a2dpipe.frames", "decode annotated frames and their flow neighbours for one shard"),
+    "synthesize": ("a2dpipe.dataset.synthetic", "write the synthetic A2D-format benchmark"),
+    "index": ("a2dpipe.dataset.index", "list the annotated frames of a dataset and assign shards"),
+    "extract-frames": ("a2dpipe.dataset.frames", "decode annotated frames and their flow neighbours for one shard"),
     "flow": ("a2dpipe.flow.stage", "optical flow and its RGB encoding for one shard"),
     "train-mask-model": ("a2dpipe.masks.train", "train the instance-segmentation model behind a mask source"),
     "region-masks": ("a2dpipe.masks.stage", "cache candidate region masks of one shard to HDF5"),
     "mask-quality": ("a2dpipe.masks.quality", "COCO mask AP of the mask sources on the test split"),
-    "train": ("a2dpipe.train", "train the segmentation network (stage 1 or stage 2)"),
-    "predict": ("a2dpipe.predict", "label maps for every test frame"),
-    "evaluate": ("a2dpipe.evaluate", "metrics of one prediction set"),
-    "tables": ("a2dpipe.tables", "the paper's tables from this run's metrics"),
-    "timing": ("a2dpipe.timing", "milliseconds per frame of each stage on this machine"),
-    "report": ("a2dpipe.report", "figures of the HTML report (per-category bars, loss curves, overlays)"),
-    "bench": ("a2dpipe.bench", "speed and accuracy benchmarks"),
+    "train": ("a2dpipe.segmentation.train", "train the segmentation network (stage 1 or stage 2)"),
+    "predict": ("a2dpipe.segmentation.predict", "label maps for every test frame"),
+    "evaluate": ("a2dpipe.evaluation.evaluate", "metrics of one prediction set"),
+    "tables": ("a2dpipe.evaluation.tables", "the paper's tables from this run's metrics"),
+    "timing": ("a2dpipe.evaluation.timing", "milliseconds per frame of each stage on this machine"),
+    "report": ("a2dpipe.evaluation.report", "figures of the HTML report (per-category bars, loss curves, overlays)"),
+    "bench": ("a2dpipe.flow.bench", "speed and accuracy benchmarks"),
 }
 
 

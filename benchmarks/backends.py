@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from a2dpipe.models.backends import ASPPBaseline, RegionBackEnd
+from a2dpipe.segmentation.models.backends import ASPPBaseline, RegionBackEnd
 
 
 def random_regions(n: int, h: int, w: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

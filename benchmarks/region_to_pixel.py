@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from a2dpipe.models.region_to_pixel import box_pixel_ranges, region_to_pixel, region_to_pixel_reference
+from a2dpipe.segmentation.models.region_to_pixel import box_pixel_ranges, region_to_pixel, region_to_pixel_reference
 
 
 def make_regions(n, k, height, width, max_side, seed=0, device="cpu"):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from a2dpipe import labels
-from a2dpipe.a2d import (
+from a2dpipe.dataset.a2d import (
     Annotation,
     list_annotated_frames,
     read_annotation,
@@ -141,7 +141,7 @@ def test_soft_masks_survive(tmp_path):
 
 
 def test_write_annotation_is_matlab_v73(tmp_path):
-    from a2dpipe.synthetic import DEFAULTS, render_clip
+    from a2dpipe.dataset.synthetic import DEFAULTS, render_clip
 
     s = {**DEFAULTS, "videos": 2, "frames": 6, "annotated_frames": 2, "max_actors": 3}
     rng = np.random.default_rng(3)

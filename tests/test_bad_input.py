@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from a2dpipe.a2d import annotation_path, read_annotation, video_path
-from a2dpipe.frames import FrameStore
+from a2dpipe.dataset.a2d import annotation_path, read_annotation, video_path
+from a2dpipe.dataset.frames import FrameStore
 
 
 def a2dpipe(*args, cwd=None) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from a2dpipe.a2d import (
+from a2dpipe.dataset.a2d import (
     Annotation,
     annotation_path,
     read_annotation,
@@ -26,10 +26,10 @@ from a2dpipe.a2d import (
     video_path,
     write_annotation,
 )
-from a2dpipe.frames import FrameStore, extract_shard, neighbour_of
-from a2dpipe.index import INDEX_COLUMNS, assign_shards, build_index, read_index, write_index
+from a2dpipe.dataset.frames import FrameStore, extract_shard, neighbour_of
+from a2dpipe.dataset.index import INDEX_COLUMNS, assign_shards, build_index, read_index, write_index
 from a2dpipe.io import A2DError
-from a2dpipe.synthetic import synthesize
+from a2dpipe.dataset.synthetic import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_VIDEOSET = REPO.parent / "shared" / "real-data" / "a2d-metadata" / "videoset.csv"

@@ -8,7 +8,8 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, jaccard_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from a2dpipe import labels, metrics
+from a2dpipe import labels
+from a2dpipe.evaluation import metrics
 from a2dpipe.cli import main
 from a2dpipe.io import A2DError
 
@@ -219,6 +220,6 @@ def test_evaluate_command_accumulates_all_test_frames(tmp_path):
     write_predictions(tmp_path / "pred.h5", preds)
     assert main(argv) == 1
     with pytest.raises(A2DError, match="pred.h5"):
-        from a2dpipe import evaluate
+        from a2dpipe.evaluation import evaluate
 
         evaluate.evaluate(tmp_path / "pred.h5", [tmp_path / "shard-000.h5", tmp_path / "shard-001.h5"], 3)

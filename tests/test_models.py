@@ -8,15 +8,15 @@ from torchvision.models.resnet import BasicBlock
 
 from a2dpipe.io import A2DError
 from a2dpipe.labels import VALID_PAIRS
-from a2dpipe.models import (
+from a2dpipe.segmentation.models import (
     OUTPUT_STRIDE,
     build_front_end,
     build_segmenter,
     joint_prediction,
     segmentation_loss,
 )
-from a2dpipe.models.backends import RegionBackEnd
-from a2dpipe.models.frontend import DilatedBasicBlock
+from a2dpipe.segmentation.models.backends import RegionBackEnd
+from a2dpipe.segmentation.models.frontend import DilatedBasicBlock
 
 torch.set_num_threads(1)
 

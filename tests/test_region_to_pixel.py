@@ -7,8 +7,8 @@ import doctest
 import pytest
 import torch
 
-import a2dpipe.models.region_to_pixel as r2p_module
-from a2dpipe.models.region_to_pixel import (
+import a2dpipe.segmentation.models.region_to_pixel as r2p_module
+from a2dpipe.segmentation.models.region_to_pixel import (
     box_pixel_ranges,
     region_log_probs,
     region_to_pixel,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from a2dpipe import labels
-from a2dpipe.a2d import (
+from a2dpipe.dataset.a2d import (
     annotation_path,
     colour_path,
     list_annotated_frames,
@@ -22,7 +22,7 @@ from a2dpipe.a2d import (
     video_path,
 )
 from a2dpipe.io import A2DError
-from a2dpipe.synthetic import DEFAULTS, LOOKS, MOTIONS, _actor_tracks, _draw, _plan, _settings, synthesize
+from a2dpipe.dataset.synthetic import DEFAULTS, LOOKS, MOTIONS, _actor_tracks, _draw, _plan, _settings, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -201,7 +201,7 @@ def test_default_size_generates_quickly(tmp_path):
 
 
 def test_failure_midway_leaves_no_folder(tmp_path, monkeypatch):
-    import a2dpipe.synthetic as synthetic
+    import a2dpipe.dataset.synthetic as synthetic
 
     calls = []
 

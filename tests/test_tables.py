@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from a2dpipe import labels, metrics, paper_results, tables, timing
+from a2dpipe import labels
+from a2dpipe.evaluation import metrics, paper_results, tables, timing
 from a2dpipe.cli import main
-from a2dpipe.evaluate import _json_safe
+from a2dpipe.evaluation.evaluate import _json_safe
 
 VARIANTS = [
     "baseline-rgb",
@@ -23,7 +24,7 @@ IDS = np.array([labels.BACKGROUND, *labels.VALID_PAIRS], dtype=np.uint8)
 
 
 def fake_evaluation(variant, accuracy, seed):
-    """An evaluation document (a2dpipe.evaluate format) whose predictions are right with probability ``accuracy``."""
+    """An evaluation document (a2dpipe.evaluation.evaluate format) whose predictions are right with probability ``accuracy``."""
     rng = np.random.default_rng(seed)
     acc = metrics.ConfusionAccumulator(3)
     for _ in range(2):
@@ -182,7 +183,7 @@ def test_timing_names_a_file_without_the_attribute(tmp_path):
 
 
 def test_overlay_blends_palette_colours_on_foreground_only():
-    from a2dpipe.report import overlay
+    from a2dpipe.evaluation.report import overlay
 
     rgb = np.full((2, 2, 3), 100, np.uint8)
     ids = np.array([[0, 11], [79, 0]], np.uint8)
@@ -221,7 +222,7 @@ def test_report_command_draws_the_three_figures(tmp_path, evaluation_files):
     assert main(argv) == 0
     for name in ("per_category", "loss_curves", "qualitative"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    from a2dpipe.report import loss_curves_figure
+    from a2dpipe.evaluation.report import loss_curves_figure
 
     assert loss_curves_figure([tmp_path / "models/stage1/rgb/model.pt"], tmp_path / "one.png") == 1
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from a2dpipe.data import ArraySamples, augment, flip_sample
+from a2dpipe.segmentation.samples import ArraySamples, augment, flip_sample
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.labels import IGNORE, VALID_PAIRS
-from a2dpipe.train import CURVE_COLUMNS, load_checkpoint, train
+from a2dpipe.segmentation.train import CURVE_COLUMNS, load_checkpoint, train
 
 torch.set_num_threads(1)
 
@@ -135,7 +135,7 @@ def test_predict_writes_valid_label_maps_at_frame_size(stage1, tmp_path, kind):
     import h5py
 
     from a2dpipe.labels import is_valid
-    from a2dpipe.predict import predict
+    from a2dpipe.segmentation.predict import predict
 
     model = stage1[0]
     if kind == "ours":

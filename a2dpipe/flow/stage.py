@@ -2,7 +2,7 @@
 
     a2dpipe flow --config config.yaml --frames results/frames/shard-000.h5 --out results/flow/dis/shard-000.h5
 
-Reads the frames store (``a2dpipe.frames.FrameStore``): each record's flow partner is ``neighbour``; with
+Reads the frames store (``a2dpipe.dataset.frames.FrameStore``): each record's flow partner is ``neighbour``; with
 ``direction`` 'next' the flow goes from the frame to the neighbour (t -> t+1), with 'previous' from the neighbour
 to the frame (t-1 -> t). Writes the flow cache described in ``a2dpipe.flow.store`` through ``atomic_path``.
 Config: section ``flow`` (method, dis_preset, encoding, wheel_max, weights, raft_variant, batch_size) and the
@@ -73,7 +73,7 @@ def _batches(store, keys, batch_size: int):
 
 def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> dict:
     """Compute the flow cache ``out_path`` from the frames store ``frames_path``; returns the root attributes."""
-    from a2dpipe.frames import FrameStore
+    from a2dpipe.dataset.frames import FrameStore
 
     method = flow_cfg.get("method", "dis")
     encoding = flow_cfg.get("encoding", "xym")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from a2dpipe.a2d import read_videoset
+from a2dpipe.dataset.a2d import read_videoset
 
 RESULTS = config["results"]
 INPUTS = config["experiments"]["inputs"]

@@ -29,7 +29,7 @@ import h5py
 import pandas as pd
 
 from a2dpipe.io import A2DError, atomic_path, open_hdf5
-from a2dpipe.paper_results import TIMING_MS
+from a2dpipe.evaluation.paper_results import TIMING_MS
 
 __all__ = ["read_timing", "timing_table", "describe_device", "configure_parser", "run"]
 
@@ -155,7 +155,7 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    from a2dpipe.tables import markdown_table  # one Markdown writer for every table
+    from a2dpipe.evaluation.tables import markdown_table  # one Markdown writer for every table
 
     table = timing_table(
         read_timing(args.flow, "method"),

@@ -1,6 +1,6 @@
 """The synthetic A2D-format benchmark (the embedded default dataset): ``a2dpipe synthesize --config C --out DIR``.
 
-It writes the real A2D release layout (see :mod:`a2dpipe.a2d`), so one reader serves both, and its content is
+It writes the real A2D release layout (see :mod:`a2dpipe.dataset.a2d`), so one reader serves both, and its content is
 built to exercise what the method is about:
 
 * **actors by appearance**: each of the 7 actor classes has its own colour, texture and body shape, whatever it
@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from a2dpipe import labels
-from a2dpipe.a2d import Annotation, annotation_path, colour_path, video_path, write_annotation
+from a2dpipe.dataset.a2d import Annotation, annotation_path, colour_path, video_path, write_annotation
 from a2dpipe.io import A2DError, atomic_path, load_config
 
 log = logging.getLogger(__name__)

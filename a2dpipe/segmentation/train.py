@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from a2dpipe.checkpoint import fingerprint, load_resume, save_resume, write_curve
-from a2dpipe.data import StoreSamples, augment, flip_sample, to_tensors
+from a2dpipe.segmentation.samples import StoreSamples, augment, flip_sample, to_tensors
 from a2dpipe.io import A2DError, atomic_path, load_config, select_device
-from a2dpipe.models import build_segmenter, segmentation_config, segmentation_loss
+from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
 
 __all__ = ["configure_parser", "run", "train", "CURVE_COLUMNS"]
 

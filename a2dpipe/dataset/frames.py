@@ -35,10 +35,10 @@ import h5py
 import numpy as np
 
 from a2dpipe import labels
-from a2dpipe.a2d import annotation_path, read_annotation, read_clip_frames, video_path
-from a2dpipe.index import read_index
+from a2dpipe.dataset.a2d import annotation_path, read_annotation, read_clip_frames, video_path
+from a2dpipe.dataset.index import read_index
 from a2dpipe.io import A2DError, atomic_path, HDF5Store, load_config
-from a2dpipe.synthetic import read_distractors
+from a2dpipe.dataset.synthetic import read_distractors
 
 log = logging.getLogger(__name__)
 

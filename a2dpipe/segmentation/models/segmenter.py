@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from a2dpipe.labels import IGNORE, VALID_PAIRS, actor_of, action_of
-from a2dpipe.models.backends import ASPPBaseline, RegionBackEnd
-from a2dpipe.models.frontend import FrontEnd, build_front_end
+from a2dpipe.segmentation.models.backends import ASPPBaseline, RegionBackEnd
+from a2dpipe.segmentation.models.frontend import FrontEnd, build_front_end
 
 __all__ = [
     "Segmenter",

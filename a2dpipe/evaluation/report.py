@@ -26,10 +26,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from a2dpipe import paper_results
+from a2dpipe.evaluation import paper_results
 from a2dpipe.io import A2DError, atomic_path, load_config
 from a2dpipe.labels import BACKGROUND, IGNORE, PALETTE, VALID_PAIRS, class_names, pair_name
-from a2dpipe.tables import load_evaluations
+from a2dpipe.evaluation.tables import load_evaluations
 
 __all__ = ["per_category_figure", "loss_curves_figure", "qualitative_figure", "overlay", "configure_parser", "run"]
 

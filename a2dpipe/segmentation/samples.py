@@ -81,7 +81,7 @@ class StoreSamples:
 
     def __init__(self, frames, *, split: str, flow=None, masks=None, gt_regions: bool = False,
                  flow_encoding: str = "xym", wheel_max: float | None = None):
-        from a2dpipe.frames import FrameStore
+        from a2dpipe.dataset.frames import FrameStore
 
         self.frame_paths = [Path(p) for p in frames]
         self.flow_paths = _by_shard(flow, "flow")
@@ -115,7 +115,7 @@ class StoreSamples:
     def _store(self, path: Path, kind: str):
         if path not in self._open:
             if kind == "frames":
-                from a2dpipe.frames import FrameStore as cls
+                from a2dpipe.dataset.frames import FrameStore as cls
             elif kind == "flow":
                 from a2dpipe.flow import FlowStore as cls
             else:

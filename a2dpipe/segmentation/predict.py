@@ -18,10 +18,10 @@ from pathlib import Path
 import h5py
 import torch
 
-from a2dpipe.data import StoreSamples, to_tensors
+from a2dpipe.segmentation.samples import StoreSamples, to_tensors
 from a2dpipe.io import A2DError, atomic_path, load_config, select_device
-from a2dpipe.models import build_segmenter, joint_prediction
-from a2dpipe.train import load_checkpoint
+from a2dpipe.segmentation.models import build_segmenter, joint_prediction
+from a2dpipe.segmentation.train import load_checkpoint
 
 __all__ = ["configure_parser", "run", "predict", "parse_variant"]
 

@@ -3,9 +3,9 @@
 ``build_segmenter(config, input=...)`` assembles the network from the config's ``segmentation`` section.
 """
 
-from a2dpipe.models.backends import ASPPBaseline, RegionBackEnd
-from a2dpipe.models.frontend import OUTPUT_STRIDE, FrontEnd, build_front_end, load_imagenet_checkpoint
-from a2dpipe.models.segmenter import (
+from a2dpipe.segmentation.models.backends import ASPPBaseline, RegionBackEnd
+from a2dpipe.segmentation.models.frontend import OUTPUT_STRIDE, FrontEnd, build_front_end, load_imagenet_checkpoint
+from a2dpipe.segmentation.models.segmenter import (
     Segmenter,
     build_segmenter,
     joint_prediction,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe import paper_results as paper
+from a2dpipe.evaluation import paper_results as paper
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import class_names
 
@@ -86,7 +86,7 @@ CAPTIONS = {
 
 
 def load_evaluations(paths) -> dict[str, dict]:
-    """``{variant: evaluation JSON}`` (format of ``a2dpipe.evaluate``)."""
+    """``{variant: evaluation JSON}`` (format of ``a2dpipe.evaluation.evaluate``)."""
     out = {}
     for path in paths:
         try:

@@ -14,7 +14,7 @@ Region back-end, per frame with N candidate regions (boxes in frame pixels, soft
 2. two FC layers, then an actor head (8) and an action head (10): region scores;
 3. **per-region softmax**: each region's scores become probabilities, so they are non-negative and the max of
    eq. 2-3 compares like with like (raw logits would be clipped at zero by ``m * s`` and the max);
-4. the region-to-pixel layer (``a2dpipe.models.region_to_pixel``): per pixel, the max over regions whose box
+4. the region-to-pixel layer (``a2dpipe.segmentation.models.region_to_pixel``): per pixel, the max over regions whose box
    holds it of ``mask * probability``, plus ``(1 - c) * uncovered`` where c is the largest mask value of a
    covering region and ``uncovered = (uncovered_background, 0, ..., 0)``: a pixel covered by no region is
    "background" (better than falling back on the stage-1 prediction), a soft mask's weak pixel mostly so;
@@ -35,8 +35,8 @@ from torch import nn
 from torchvision.ops import roi_align, roi_pool
 
 from a2dpipe.labels import NUM_CLASSES
-from a2dpipe.models.frontend import OUTPUT_STRIDE
-from a2dpipe.models.region_to_pixel import region_log_probs, region_to_pixel
+from a2dpipe.segmentation.models.frontend import OUTPUT_STRIDE
+from a2dpipe.segmentation.models.region_to_pixel import region_log_probs, region_to_pixel
 
 __all__ = ["ASPPHead", "ASPPBaseline", "RegionBackEnd", "NUM_ACTORS", "NUM_ACTIONS"]
 

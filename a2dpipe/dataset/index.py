@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe.a2d import list_annotated_frames, read_videoset
+from a2dpipe.dataset.a2d import list_annotated_frames, read_videoset
 from a2dpipe.io import A2DError, atomic_path, load_config
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from a2dpipe.io import A2DError
 
 __all__ = ["configure_parser", "run", "bench_flow"]
 
-log = logging.getLogger("a2dpipe.bench")
+log = logging.getLogger("a2dpipe.flow.bench")
 
 A2D_SIZE = (320, 568)  # height, width of A2D's clips
 DEFAULT_REAL_DATA = Path("..") / "shared" / "real-data"

@@ -7,7 +7,7 @@ Command::
 
 Reads the ground-truth ``label`` of every frame whose ``split`` attribute is ``test`` in the frame stores, the
 ``actor``, ``action`` and ``joint`` maps of the same frame in the prediction file, and accumulates confusion
-matrices over all frames (``a2dpipe.metrics``), for the whole image and for the non-boundary pixels.
+matrices over all frames (``a2dpipe.evaluation.metrics``), for the whole image and for the non-boundary pixels.
 
 With ``evaluation.settings_from: heads`` (default) the actor and action settings score the two heads' own maps
 (``actor``, ``action``) and the actor-action setting the joint map; with ``joint`` all three settings are derived
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe.io import A2DError, atomic_path, load_config, open_hdf5
-from a2dpipe.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
+from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 
 __all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
 

@@ -1,0 +1,12 @@
+"""Evaluation stage: metrics of every prediction set, the paper's tables, timings and the report's figures.
+
+Rules (``workflow/rules/evaluation.smk``) and their commands:
+
+- ``evaluate`` -> ``a2dpipe evaluate`` (:mod:`.evaluate`, scores from :mod:`.metrics`): ``evaluation/...json``;
+- ``tables`` -> ``a2dpipe tables`` (:mod:`.tables`): Tables 1-5 and the claims, beside the paper's figures
+  (:mod:`.paper_results`);
+- ``timing`` -> ``a2dpipe timing`` (:mod:`.timing`): milliseconds per frame of each stage;
+- ``report_figures`` -> ``a2dpipe report`` (:mod:`.report`): figures for ``snakemake --report``.
+
+Inputs: predictions, frames shards (ground truth) and the caches' timing attributes, through their readers.
+"""

@@ -49,7 +49,8 @@ def columns_of(history: Sequence[dict]) -> tuple[str, ...]:
 
 
 class HookBase:
-    """Called by :class:`Trainer` around the loop; ``self.trainer`` is set before ``before_train``."""
+    """Called by :class:`Trainer` around the loop; ``self.trainer`` is set before ``before_train``, and
+    ``after_train`` runs however the loop ends (finished, stopped, or a step raised)."""
 
     trainer: Trainer
 
@@ -95,16 +96,18 @@ class Trainer:
         """Run to ``iterations``; False when stopped before, after step ``max_steps`` (simulates a kill)."""
         for hook in self.hooks:
             hook.before_train()
-        while self.step < self.iterations:
-            if max_steps is not None and self.step >= max_steps:
-                return False
-            self.history.append(self.run_step())
-            self.step += 1
+        try:  # as detectron2's: hooks close what they opened even when a step fails
+            while self.step < self.iterations:
+                if max_steps is not None and self.step >= max_steps:
+                    return False
+                self.history.append(self.run_step())
+                self.step += 1
+                for hook in self.hooks:
+                    hook.after_step()
+            return True
+        finally:
             for hook in self.hooks:
-                hook.after_step()
-        for hook in self.hooks:
-            hook.after_train()
-        return True
+                hook.after_train()
 
     def run_step(self) -> dict:
         """One optimiser step; returns its curve row."""

@@ -146,6 +146,8 @@ def load_model_file(path: str | Path, kind: str) -> dict:
     """A model file written by this project (``kind``: ``segmentation`` or ``mask``), tensors on the CPU."""
     keys, command = MODEL_KEYS[kind]
     what = "mask model" if kind == "mask" else "model checkpoint"
+    if not Path(path).is_file():
+        raise A2DError(f"{path}: {what} not found (run `{command}`)")
     checkpoint = read_checkpoint(path, what)
     if not isinstance(checkpoint, dict) or not keys <= set(checkpoint) or not isinstance(checkpoint["model"], dict):
         raise A2DError(f"{path}: not a {kind} model written by `{command}` (it needs {sorted(keys)})")

@@ -1,17 +1,26 @@
-"""Resumable training state shared by the trainers (``a2dpipe train`` and ``a2dpipe train-mask-model``).
+"""Every checkpoint the project reads or writes, in one place: files are data, never code.
 
-A trainer writes ``checkpoint.pt`` beside its output every few steps and removes it once the model is written.
-It holds everything a killed run needs to continue exactly where it stopped::
+Readers (all through :func:`read_checkpoint`: ``torch.load(..., weights_only=True)`` on the CPU, numpy scalars
+allowed because older third-party files pickle them beside their weights; a file that asks for anything else, such
+as a crafted pickle that would run code, is refused with an ``A2DError`` naming it):
+
+- :func:`load_weights` -- third-party weights (ImageNet ResNets, COCO Mask R-CNN, FlowNet and RAFT) into a module,
+  strictly or by matching names and shapes, saying what it could not match;
+- :func:`load_model_file` -- a model written by ``a2dpipe train`` (stage 1 or 2) or ``a2dpipe train-mask-model``;
+- :func:`load_resume` / :func:`save_resume` -- the resumable training state a trainer keeps beside its output::
 
     {"fingerprint": str,     # digest of the settings and data; a checkpoint of other settings is ignored
      "step": int,            # optimiser steps done
      "model", "optimizer", "scheduler": state_dicts,
-     "rng": rng_state(),     # python, numpy, torch (and CUDA) generator states
-     "history": list}        # loss-curve rows so far (the trainer's row type)
+     "rng": rng_state(),     # python (list), numpy (tensor + numbers), torch and CUDA (tensors) generator states
+     "history": list}        # loss-curve rows so far (dicts of numbers)
 
 Batches and augmentations come from generators seeded by (seed, step), but dropout and library code (such as
 Mask R-CNN's proposal samplers) draw from the *global* generators; saving and restoring those is what makes a
-resumed run end with the same weights as an uninterrupted one.
+resumed run end with the same weights as an uninterrupted one. Two resume checkpoints are kept (``checkpoint.pt``
+and the one before, ``checkpoint.prev.pt``): one that cannot be read is renamed ``*.corrupt`` with a warning and
+training continues from the other, or from scratch. Resume states load on the CPU (``torch.set_rng_state`` takes
+only a CPU tensor); ``load_state_dict`` then copies model and optimiser tensors to the model's device.
 """
 
 from __future__ import annotations
@@ -20,35 +29,155 @@ import csv
 import hashlib
 import json
 import logging
+import pickle
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from a2dpipe.io import atomic_path
+from a2dpipe.io import A2DError, atomic_path
 
-__all__ = ["rng_state", "set_rng_state", "fingerprint", "load_resume", "save_resume", "write_curve"]
+__all__ = [
+    "read_checkpoint", "state_dict_of", "load_weights", "load_state_strict", "load_model_file",
+    "rng_state", "set_rng_state", "fingerprint", "load_resume", "save_resume", "remove_resume", "write_curve",
+    "MODEL_KEYS",
+]
 
 log = logging.getLogger(__name__)
 
-_KEYS = {"fingerprint", "step", "model", "optimizer", "scheduler", "rng", "history"}
+_RESUME_KEYS = {"fingerprint", "step", "model", "optimizer", "scheduler", "rng", "history"}
+# what each kind of model file must hold (kind -> keys, the command that writes it)
+MODEL_KEYS = {
+    "segmentation": ({"model", "stage", "input", "config", "segmentation"}, "a2dpipe train"),
+    "mask": ({"model", "arch", "source", "class_agnostic", "config"}, "a2dpipe train-mask-model"),
+}
+
+
+def _numpy_scalars() -> list:
+    """Globals that rebuild numpy scalars and dtypes: data only, and what flownet2-pytorch's files pickle."""
+    from numpy import dtypes
+
+    scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
+    kinds = [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and n[0].isupper()]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *kinds]
+
+
+def read_checkpoint(path: str | Path, what: str) -> object:
+    """The object stored at ``path`` (tensors on the CPU), read without running code; ``what`` names it in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise A2DError(f"{path}: {what} not found")
+    try:
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a foreign, damaged or hostile file
+        if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err):
+            raise A2DError(f"{path}: {what} refused: it holds Python objects other than tensors and plain data, "
+                           f"which would run code when loaded ({str(err).splitlines()[-1][:200]})") from None
+        raise A2DError(f"{path}: {what} is not a readable torch checkpoint: {err}") from None
+
+
+def state_dict_of(obj: object, path: str | Path, keys: Sequence[str] = ("state_dict", "model")) -> dict:
+    """The state dict in a loaded file: the object itself or the first of ``keys`` it holds; ``module.`` stripped."""
+    if isinstance(obj, dict):
+        for key in keys:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise A2DError(f"{path}: no state dict found (expected a state dict of tensors or a dict holding one of "
+                       f"{list(keys)})")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _mismatch(own: dict, state: dict) -> tuple[list, list, list]:
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    return missing, unexpected, wrong
+
+
+def load_state_strict(model: nn.Module, state: dict, path, name: str) -> None:
+    """Load ``state`` into ``model`` when keys and shapes all agree (a ``module.`` prefix is stripped first);
+    otherwise raise ``A2DError`` naming the file, the expected network and the first mismatching keys."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected, wrong = _mismatch(model.state_dict(), state)
+    if missing or unexpected or wrong:
+        raise A2DError(
+            f"{path}: not a {name} checkpoint: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of another shape {wrong[:3]}"
+        )
+    model.load_state_dict(state)
+
+
+def load_weights(model: nn.Module, path: str | Path, *, name: str, what: str = "weights file",
+                 keys: Sequence[str] = ("state_dict", "model"), drop: Sequence[str] = (),
+                 partial: bool = False) -> list[str]:
+    """Load third-party weights from ``path`` into ``model``; returns the model's names left as initialised.
+
+    ``drop``: name prefixes of the file left out (an ImageNet classifier, ``fc.``). Strict by default: every name
+    and shape must agree, or ``A2DError`` lists what did not (``name`` is the network expected). ``partial=True``
+    loads what matches by name and shape (a COCO model for another class count), logs the rest and fails only
+    when nothing matches.
+    """
+    state = state_dict_of(read_checkpoint(path, what), path, keys)
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(drop))}
+    if not partial:
+        load_state_strict(model, state, path, name)
+        log.info("loaded %s from %s", name, path)
+        return []
+    own = model.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not loaded:
+        raise A2DError(f"{path}: no tensor matches the {name} being built (wrong backbone?)")
+    model.load_state_dict(loaded, strict=False)
+    # batch-norm counters are absent from torchvision's files (frozen batch norm has none)
+    fresh = [k for k in own if k not in loaded and not k.endswith("num_batches_tracked")]
+    unused = sorted(set(state) - set(loaded))
+    log.info("%s: loaded %d tensors into %s; %d left as initialised %s; %d of the file unused %s", path,
+             len(loaded), name, len(fresh), fresh[:8], len(unused), unused[:8])
+    return fresh
+
+
+def load_model_file(path: str | Path, kind: str) -> dict:
+    """A model file written by this project (``kind``: ``segmentation`` or ``mask``), tensors on the CPU."""
+    keys, command = MODEL_KEYS[kind]
+    what = "mask model" if kind == "mask" else "model checkpoint"
+    if not Path(path).is_file():
+        raise A2DError(f"{path}: {what} not found (run `{command}`)")
+    checkpoint = read_checkpoint(path, what)
+    if not isinstance(checkpoint, dict) or not keys <= set(checkpoint) or not isinstance(checkpoint["model"], dict):
+        raise A2DError(f"{path}: not a {kind} model written by `{command}` (it needs {sorted(keys)})")
+    return checkpoint
+
+
+# -- resumable training state ---------------------------------------------------------------------------------
 
 
 def rng_state() -> dict:
-    """States of the python, numpy, torch and (when present) CUDA global generators."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """States of the python, numpy, torch and (when present) CUDA global generators, as tensors and plain data."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` saved (CUDA states only when saved and CUDA is present)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())  # a CPU ByteTensor, whatever device wrote it
     if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def fingerprint(**items) -> str:
@@ -56,34 +185,78 @@ def fingerprint(**items) -> str:
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_resume(path: str | Path, fingerprint: str, model, optimizer, scheduler,
-                map_location="cpu") -> tuple[int, list] | None:
-    """Restore model, optimiser, scheduler and RNG states from the checkpoint at ``path``; ``(step, history)``.
+def _previous(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
 
-    None (nothing restored) when there is no checkpoint or it was written under another fingerprint.
-    """
+
+def _check_resume(state: object, path: Path, model: nn.Module, optimizer) -> None:
+    """A2DError unless ``state`` is a whole resume checkpoint that fits ``model`` and ``optimizer``."""
+    if not isinstance(state, dict) or not _RESUME_KEYS <= set(state):
+        raise A2DError(f"{path}: not a resume checkpoint (it needs {sorted(_RESUME_KEYS)})")
+    try:
+        missing, unexpected, wrong = _mismatch(model.state_dict(), state["model"])
+        groups = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+        sound = (not (missing or unexpected or wrong) and groups == [len(g["params"]) for g in optimizer.param_groups]
+                 and isinstance(state["rng"]["torch"], torch.Tensor) and isinstance(state["step"], int)
+                 and isinstance(state["history"], list) and isinstance(state["scheduler"], dict))
+    except (KeyError, TypeError, AttributeError) as err:
+        raise A2DError(f"{path}: a damaged resume checkpoint ({type(err).__name__}: {err})") from None
+    if not sound:
+        raise A2DError(f"{path}: a resume checkpoint that does not fit this model and optimiser")
+
+
+def _read_resume(path: Path, fingerprint: str, model: nn.Module, optimizer) -> dict | None:
+    """The resume state at ``path`` when it is sound and of these settings; an unreadable one is set aside."""
+    try:
+        state = read_checkpoint(path, "resume checkpoint")
+        if isinstance(state, dict) and state.get("fingerprint") != fingerprint:
+            log.info("ignoring %s: written under other settings", path)
+            return None
+        _check_resume(state, path, model, optimizer)
+        return state
+    except A2DError as err:
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        log.warning("%s; set aside as %s", err, aside.name)
+        return None
+
+
+def load_resume(path: str | Path, fingerprint: str, model: nn.Module, optimizer, scheduler) -> tuple[int, list] | None:
+    """Restore model, optimiser, scheduler and RNG states from ``path`` (or the checkpoint before it); ``(step,
+    history)``, or None (nothing restored) when neither is present, sound and of this ``fingerprint``."""
     path = Path(path)
-    if not path.is_file():
-        return None
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint or not _KEYS <= set(state):
-        log.info("ignoring %s: written under other settings", path)
-        return None
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    log.info("resuming from %s at step %d", path, state["step"])
-    return state["step"], state["history"]
+    for candidate in (path, _previous(path)):
+        state = _read_resume(candidate, fingerprint, model, optimizer) if candidate.is_file() else None
+        if state is None:
+            continue
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        log.info("resuming from %s at step %d", candidate, state["step"])
+        return state["step"], list(state["history"])
+    return None
 
 
-def save_resume(path: str | Path, fingerprint: str, step: int, model, optimizer, scheduler, history: list) -> None:
-    """Write the training state (module docstring) atomically, with the current RNG states."""
+def save_resume(path: str | Path, fingerprint: str, step: int, model: nn.Module, optimizer, scheduler,
+                history: list) -> None:
+    """Write the training state (module docstring) atomically, with the current RNG states; the checkpoint it
+    replaces is kept as ``*.prev.pt``."""
+    path = Path(path)
     state = {"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
              "history": history}
+    if path.is_file():
+        path.replace(_previous(path))
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def remove_resume(path: str | Path) -> None:
+    """Remove the resume checkpoints once the model is written (a forced rerun then trains afresh)."""
+    path = Path(path)
+    for p in (path, _previous(path)):
+        p.unlink(missing_ok=True)
 
 
 def write_curve(path: str | Path, rows: list[Sequence | Mapping], columns: Sequence[str]) -> None:

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from a2dpipe.segmentation.models.backends import ASPPBaseline, RegionBackEnd
+from a2dpipe.segmentation.models.backends import ASPPBaseline, build_region_back_end
 
 
 def random_regions(n: int, h: int, w: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -61,8 +61,8 @@ def main() -> None:
     features = torch.randn(1, args.channels, -(-h // 8), -(-w // 8), generator=gen).to(device)
     regions = [{k: v.to(device) for k, v in random_regions(args.regions, h, w, gen).items()}]
     aspp = ASPPBaseline(args.channels).to(device).eval()
-    region = {s: RegionBackEnd(args.channels, roi_size=args.roi_size, fc_dim=args.fc_dim, pixel_stride=s,
-                               roi_channels=args.roi_channels).to(device).eval()
+    region = {s: build_region_back_end(args.channels, roi_size=args.roi_size, fc_dim=args.fc_dim, pixel_stride=s,
+                                       roi_channels=args.roi_channels).to(device).eval()
               for s in args.pixel_stride}
     runs = {"aspp": lambda: aspp(features, (h, w))}
     runs.update({f"region (pixel_stride {s})": (lambda m=m: m(features, regions, (h, w))) for s, m in region.items()})

@@ -228,7 +228,7 @@ def test_killed_training_resumes_to_the_same_weights(shard, tmp_path, monkeypatc
     out = tmp_path / "b" / "model.pt"
     with pytest.raises(KeyboardInterrupt):
         train_module.train_mask_model(config, "dataset", [shard], out)
-    assert not out.exists() and torch.load(out.with_name("checkpoint.pt"), weights_only=False)["step"] == 4
+    assert not out.exists() and torch.load(out.with_name("checkpoint.pt"), weights_only=True)["step"] == 4
     monkeypatch.setattr(train_module, "_batch", real_batch)
     resumed = train_module.train_mask_model(config, "dataset", [shard], out)
     for key, value in straight["model"].items():

@@ -15,7 +15,7 @@ from a2dpipe.segmentation.models import (
     joint_prediction,
     segmentation_loss,
 )
-from a2dpipe.segmentation.models.backends import RegionBackEnd
+from a2dpipe.segmentation.models.backends import RegionBackEnd, build_region_back_end
 from a2dpipe.segmentation.models.frontend import DilatedBasicBlock
 
 torch.set_num_threads(1)
@@ -91,7 +91,7 @@ def test_region_back_end_shapes_gradient_and_empty_frames():
     model = build_segmenter(SMALL, input="rgb")
     x = torch.randn(2, 3, 40, 56)
     empty = {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 56)}
-    out = model(x, regions=[_regions(40, 56), empty])
+    out = model.forward_regions(x, None, [_regions(40, 56), empty])
     assert out["actor"].shape == (2, 8, 40, 56) and out["action"].shape == (2, 10, 40, 56)
     assert [len(s) for s in out["region_scores"]] == [2, 0]
     torch.testing.assert_close(out["region_scores"][0][:, :8].sum(1), torch.ones(2))  # per-region softmax
@@ -102,15 +102,86 @@ def test_region_back_end_shapes_gradient_and_empty_frames():
     target = torch.zeros(2, 40, 56, dtype=torch.long)
     loss = sum(segmentation_loss(out, target, target).values())
     loss.backward()
-    assert model.region.fc6.weight.grad.abs().sum() > 0
+    assert model.region.box_head.fc6.weight.grad.abs().sum() > 0
     assert model.front_end.streams["rgb"].conv1.weight.grad is not None
+
+
+def _golden_inputs():
+    torch.manual_seed(0)
+    model = build_segmenter(SMALL, input="rgb").eval()
+    x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+    return model, x, [_regions(40, 56), {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 56)}]
+
+
+def test_segmenter_outputs_match_the_single_module_back_end():
+    # golden values of the back-end before it was split into parts (same seed, same inputs): the parts are built
+    # in the same order, so a seed gives the same weights, and compute exactly what the single module did
+    model, x, regions = _golden_inputs()
+    with torch.no_grad():
+        ours, base = model.forward_regions(x, None, regions), model.forward_baseline(x)
+    sums = [t.double().sum().item() for t in (ours["actor"], ours["action"], base["actor"], base["action"])]
+    np.testing.assert_allclose(sums, [-369793.9196776289, -476872.1333311315, -74747.06509399414,
+                                      -103501.19719052315], rtol=1e-6)
+    np.testing.assert_allclose(ours["actor"][0, :, 12, 15].tolist(), [
+        -2.054377794265747, -1.9993648529052734, -2.3110511302948, -1.9387251138687134, -1.8960574865341187,
+        -2.136070966720581, -2.1493470668792725, -2.2207813262939453], rtol=1e-6)
+    np.testing.assert_allclose(ours["region_scores"][0][0, :4].tolist(), [
+        0.12817256152629852, 0.13542135059833527, 0.09915674477815628, 0.14388743042945862], rtol=1e-6)
+
+
+def test_checkpoints_with_the_former_region_names_load():
+    model, x, regions = _golden_inputs()
+    legacy = {k.replace("region.box_head.", "region.").replace("region.box_predictor.", "region."): v
+              for k, v in model.state_dict().items()}
+    assert "region.fc6.weight" in legacy and "region.actor.bias" in legacy
+    torch.manual_seed(5)
+    other = build_segmenter(SMALL, input="rgb").eval()
+    other.load_state_dict(legacy)
+    with torch.no_grad():
+        torch.testing.assert_close(other.forward_regions(x, None, regions)["actor"],
+                                   model.forward_regions(x, None, regions)["actor"], rtol=0, atol=0)
+
+
+def test_region_back_end_takes_its_parts():
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    from a2dpipe.segmentation.models import RegionPredictor, RoIPooler
+    from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel
+
+    region = RegionBackEnd(RoIPooler(2, 1 / 4, kind="max"), TwoMLPHead(16 * 4, 8), RegionPredictor(8),
+                           RegionToPixel(8, 10, pixel_stride=2))
+    out = region(torch.randn(1, 16, 10, 14), [_regions(40, 56)], (40, 56))
+    assert out["actor"].shape == (1, 8, 40, 56) and out["region_scores"][0].shape == (2, 18)
+    torch.testing.assert_close(out["action"].exp().sum(1), torch.ones(1, 40, 56))
+    with pytest.raises(ValueError, match="pool"):
+        RoIPooler(7, 1 / 8, kind="average")
+
+
+def test_region_boxes_stay_float32_at_roi_align_under_bfloat16_autocast(monkeypatch):
+    from a2dpipe.segmentation.models import backends
+
+    seen = []
+
+    def spy(features, rois, *args, **kwargs):
+        seen.append((features.dtype, [r.dtype for r in rois]))
+        return torchvision.ops.roi_align(features, rois, *args, **kwargs)
+
+    monkeypatch.setattr(backends, "roi_align", spy)
+    model, x, regions = _golden_inputs()
+    regions[0]["boxes"] = torch.tensor([[300.25, 4.0, 330.75, 20.0], [20.0, 10.0, 45.0, 30.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_regions(x, None, regions)
+    assert seen == [(torch.float32, [torch.float32, torch.float32])]
+    assert torch.isfinite(out["actor"]).all()
+    # 300.25 is not a bfloat16 number (steps of 2 above 256): rounding it would move the box
+    assert torch.tensor(300.25).bfloat16().float() != 300.25
 
 
 def test_roi_channels_narrow_the_pooled_features():
     torch.manual_seed(0)
-    wide = RegionBackEnd(64, roi_size=3, fc_dim=16)
-    narrow = RegionBackEnd(64, roi_size=3, fc_dim=16, roi_channels=8)
-    assert wide.fc6.in_features == 64 * 9 and narrow.fc6.in_features == 8 * 9
+    wide = build_region_back_end(64, roi_size=3, fc_dim=16)
+    narrow = build_region_back_end(64, roi_size=3, fc_dim=16, roi_channels=8)
+    assert wide.box_head.fc6.in_features == 64 * 9 and narrow.box_head.fc6.in_features == 8 * 9
     features = torch.randn(1, 64, 5, 7)
     out = narrow(features, [_regions(40, 56)], (40, 56))
     assert out["actor"].shape == (1, 8, 40, 56)
@@ -128,7 +199,7 @@ def test_soft_mask_pixels_mix_region_and_background():
     masks[0, :, :4] = 1.0
     masks[0, :, 4:6] = 0.9
     masks[0, :, 6:8] = 0.1
-    pixel = model.region._to_pixels(scores, masks, torch.tensor([[0.0, 0.0, 7.0, 7.0]]), (8, 10))
+    pixel = model.region.region_to_pixel.pixel_scores(scores, masks, torch.tensor([[0.0, 0.0, 7.0, 7.0]]), (8, 10))
     actor = pixel[:8] / pixel[:8].sum(0)
     torch.testing.assert_close(actor[:, 0, 0], scores[0, :8])
     torch.testing.assert_close(actor[:2, 0, 4], torch.tensor([0.1, 0.9]))
@@ -141,9 +212,9 @@ def test_region_pooling_batched_equals_per_frame():
     model = build_segmenter(SMALL, input="rgb").eval()
     feats = torch.randn(2, 64, 5, 7)
     regs = [_regions(40, 56), _regions(40, 56)]
-    batched = model.heads(feats, (40, 56), regs)
+    batched = model.region_heads(feats, (40, 56), regs)
     for b in range(2):
-        single = model.heads(feats[b:b + 1], (40, 56), regs[b:b + 1])
+        single = model.region_heads(feats[b:b + 1], (40, 56), regs[b:b + 1])
         torch.testing.assert_close(single["actor"][0], batched["actor"][b])
 
 
@@ -154,8 +225,8 @@ def test_reduced_resolution_region_to_pixel_stays_close():
     full = build_segmenter(SMALL, input="rgb").eval()
     full.load_state_dict(coarse.state_dict())
     feats = torch.randn(1, 64, 5, 7)
-    a = coarse.heads(feats, (40, 56), [_regions(40, 56)])["actor"].argmax(1)
-    b = full.heads(feats, (40, 56), [_regions(40, 56)])["actor"].argmax(1)
+    a = coarse.region_heads(feats, (40, 56), [_regions(40, 56)])["actor"].argmax(1)
+    b = full.region_heads(feats, (40, 56), [_regions(40, 56)])["actor"].argmax(1)
     assert (a == b).float().mean() > 0.9
 
 

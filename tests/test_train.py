@@ -97,8 +97,8 @@ def test_stage2_trains_region_back_end_only(stage1, tmp_path, cache):
     for key in before:
         if key.startswith(("front_end.", "baseline.")):
             assert torch.equal(before[key], after[key]), key  # weights and batch-norm statistics
-    assert not torch.equal(before["region.fc6.weight"], after["region.fc6.weight"])
-    assert all(np.isfinite(row[1]) for row in result["curve"])
+    assert not torch.equal(before["region.box_head.fc6.weight"], after["region.box_head.fc6.weight"])
+    assert all(np.isfinite(row["loss"]) for row in result["curve"])
 
 
 def test_stage2_refuses_a_stage1_model_of_another_input(stage1, tmp_path):
@@ -162,3 +162,62 @@ def test_stage2_refuses_a_stage1_model_of_another_backbone(stage1, tmp_path):
     other = {**CONFIG, "segmentation": {**CONFIG["segmentation"], "width": 4}}
     with pytest.raises(A2DError, match="front-end"):
         train(other, stage=2, input="rgbflow", samples=make_samples(), out=tmp_path / "m.pt", stage1=stage1[0])
+
+
+def test_stage_steps_under_bfloat16_autocast_give_finite_losses_and_float32_boxes(stage1, monkeypatch):
+    """What CUDA AMP runs, on the CPU: stage-1 and stage-2 steps under bfloat16 autocast."""
+    import torchvision
+
+    from a2dpipe.segmentation.models import backends, build_segmenter
+    from a2dpipe.segmentation.train import CachedStep, CropStep, cache_features
+
+    boxes_at_roi_align = []
+
+    def spy(features, rois, *args, **kwargs):
+        boxes_at_roi_align.extend(r.dtype for r in rois)
+        return torchvision.ops.roi_align(features, rois, *args, **kwargs)
+
+    monkeypatch.setattr(backends, "roi_align", spy)
+    samples = make_samples()
+    encoding = {"encoding": "xym", "wheel_max": None}
+    torch.manual_seed(0)
+    model = build_segmenter(CONFIG, input="rgbflow", pretrained=False)
+    model.load_state_dict(stage1[1]["model"])
+    steps = {
+        "stage 1": CropStep(model, samples, stage=1, seed=0, batch_size=2, crop=(40, 56), device=torch.device("cpu"),
+                            encoding=encoding),
+        "stage 2 crops": CropStep(model, samples, stage=2, seed=0, batch_size=2, crop=(40, 56),
+                                  device=torch.device("cpu"), encoding=encoding),
+        "stage 2 cached": CachedStep(model, samples, cache_features(model.eval(), samples, torch.device("cpu"), True),
+                                     seed=0, batch_size=2, device=torch.device("cpu")),
+    }
+    for name, step in steps.items():
+        model.train()
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = step(0)
+        total = losses["loss_actor"] + losses["loss_action"]
+        assert torch.isfinite(total), (name, losses)
+        total.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), name
+    assert boxes_at_roi_align and set(boxes_at_roi_align) == {torch.float32}
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step_and_the_loss():
+    from a2dpipe.io import A2DError
+    from a2dpipe.trainer import Trainer
+
+    weight = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def step_fn(step):
+        bad = torch.tensor(float("nan")) if step == 2 else torch.tensor(0.0)
+        return {"loss_good": (weight ** 2).sum(), "loss_bad": bad}
+
+    trainer = Trainer(weight, optimizer, scheduler, step_fn, iterations=5, hint="; lower config x.lr")
+    with pytest.raises(A2DError, match=r"not finite at step 3 \(loss_good=0.4096, loss_bad=nan\); lower config x.lr"):
+        trainer.train()
+    assert [row["step"] for row in trainer.history] == [1, 2]
+    assert list(trainer.history[0]) == ["step", "loss", "lr", "loss_good", "loss_bad"]

@@ -141,46 +141,21 @@ class TorchEstimator:
 
 
 def load_checkpoint_state(path: str | os.PathLike, keys: Sequence[str] = ("state_dict", "model")) -> dict:
-    """The state dict in a local checkpoint file: the file itself, or the first of ``keys`` it holds."""
-    import torch
+    """The state dict in a local weights file: the file itself, or the first of ``keys`` it holds.
 
-    path = Path(path)
-    if not path.is_file():
-        raise A2DError(f"{path}: weights file not found (config flow.weights)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure here is a bad file
-        if "weights_only" not in str(err):
-            raise A2DError(f"{path}: cannot read checkpoint: {err}") from None
-        # older checkpoints pickle numpy scalars beside the weights; the user named this local file, so trust it
-        log.warning("%s: not loadable with weights_only=True; loading it as a full pickle", path)
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err2:  # noqa: BLE001
-            raise A2DError(f"{path}: cannot read checkpoint: {err2}") from None
-    if isinstance(checkpoint, dict):
-        for key in keys:
-            if isinstance(checkpoint.get(key), dict):
-                return checkpoint[key]
-        if all(hasattr(v, "shape") for v in checkpoint.values()):
-            return checkpoint
-    raise A2DError(f"{path}: no state dict found (expected a state dict or a dict holding one of {list(keys)})")
+    Read as data only (:func:`a2dpipe.checkpoint.read_checkpoint`): the numpy scalars that flownet2-pytorch's
+    files keep beside their weights are allowed, anything that would run code is refused.
+    """
+    from a2dpipe.checkpoint import read_checkpoint, state_dict_of
+
+    return state_dict_of(read_checkpoint(path, "weights file (config flow.weights)"), path, keys)
 
 
 def load_state_strict(model, state: dict, path, name: str) -> None:
-    """Load ``state`` into ``model`` when keys and shapes all agree (a ``module.`` prefix is stripped first);
-    otherwise raise ``A2DError`` naming the file, the expected network and the first mismatching keys."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        raise A2DError(
-            f"{path}: not a {name} checkpoint: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of another shape {wrong[:3]}"
-        )
-    model.load_state_dict(state)
+    """:func:`a2dpipe.checkpoint.load_state_strict` (imported on use: the DIS path needs no torch)."""
+    from a2dpipe.checkpoint import load_state_strict as load
+
+    load(model, state, path, name)
 
 
 def _build_flownet(method: str, weights):

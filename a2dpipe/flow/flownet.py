@@ -428,8 +428,8 @@ def load_flownet_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module
     A ``module.`` prefix (checkpoints saved from ``DataParallel``) is stripped. Raises ``A2DError`` naming the
     file and the mismatching keys when the checkpoint is for another network.
     """
-    from a2dpipe.flow.estimators import load_checkpoint_state, load_state_strict
+    from a2dpipe.checkpoint import load_weights
 
-    state = load_checkpoint_state(path, keys=("state_dict",))
-    load_state_strict(model, state, path, type(model).__name__)
+    load_weights(model, path, name=type(model).__name__, what="weights file (config flow.weights)",
+                 keys=("state_dict",))
     return model

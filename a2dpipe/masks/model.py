@@ -16,7 +16,6 @@ their fresh initialisation, everything else is loaded. Nothing is downloaded.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 
-from a2dpipe.io import A2DError
+from a2dpipe.checkpoint import load_model_file, load_weights
 
 __all__ = [
     "BACKBONES",
@@ -184,57 +183,24 @@ def build_mask_model(
     return model
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise A2DError(f"{path}: COCO checkpoint not found (config masks.coco_checkpoint)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a foreign or damaged file
-        raise A2DError(f"{path}: not a readable torch checkpoint: {err}") from None
-    for key in ("model", "state_dict"):  # reference-script checkpoints wrap the weights
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise A2DError(f"{path}: expected a state dict of tensors (torchvision format)")
-    return state
-
-
 def load_coco_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     """Load every tensor of ``path`` whose name and shape match ``model``; return the names left as initialised.
 
     Class-specific heads (``roi_heads.box_predictor.*``, ``roi_heads.mask_predictor.mask_fcn_logits.*``) differ in
-    shape when the class count differs and are re-initialised; a checkpoint that matches nothing is an error.
+    shape when the class count differs and are re-initialised; a checkpoint that matches nothing is an error
+    (:func:`a2dpipe.checkpoint.load_weights`, which also logs what it could not match).
     """
-    path = Path(path)
-    source = _read_state_dict(path)
-    target = model.state_dict()
-    loaded = OrderedDict(
-        (k, v) for k, v in source.items() if k in target and tuple(v.shape) == tuple(target[k].shape)
-    )
-    # batch-norm counters are not in torchvision's COCO files (frozen batch norm has none)
-    fresh = [k for k in target if k not in loaded and not k.endswith("num_batches_tracked")]
-    if not loaded:
-        raise A2DError(f"{path}: no tensor matches the {type(model).__name__} being built (wrong backbone?)")
-    model.load_state_dict(loaded, strict=False)
-    log.info("%s: loaded %d tensors, %d left as initialised: %s", path, len(loaded), len(fresh), fresh[:8])
-    return fresh
+    return load_weights(model, path, name=type(model).__name__, partial=True,
+                        what="COCO checkpoint (config masks.coco_checkpoint)")
 
 
 def load_mask_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MaskRCNN, dict]:
     """A mask model saved by ``a2dpipe train-mask-model``, in eval mode on ``device``, and its checkpoint dict.
 
     The checkpoint holds ``model`` (state dict), ``arch`` (builder keyword arguments), ``source``,
-    ``class_agnostic`` and ``config``.
+    ``class_agnostic`` and ``config`` (:func:`a2dpipe.checkpoint.load_model_file`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise A2DError(f"{path}: mask model not found (run `a2dpipe train-mask-model`)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise A2DError(f"{path}: not a readable mask model checkpoint: {err}") from None
-    if not isinstance(checkpoint, dict) or "arch" not in checkpoint or "model" not in checkpoint:
-        raise A2DError(f"{path}: not a mask model written by `a2dpipe train-mask-model` (no 'arch'/'model')")
+    checkpoint = load_model_file(path, "mask")
     model = build_mask_model(**checkpoint["arch"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint

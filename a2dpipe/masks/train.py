@@ -10,7 +10,8 @@ Writes ``--out`` (``model``, ``arch``, ``source``, ``class_agnostic``, ``config`
 :func:`a2dpipe.masks.model.load_mask_model`). Beside it: ``checkpoint.pt`` every ``masks.checkpoint_every`` steps
 (model, optimiser, scheduler, step, RNG states, loss history, a fingerprint of the recipe; see
 :mod:`a2dpipe.checkpoint`), from which a killed run resumes with the same result (removed once the model is
-written), and ``loss.csv`` (the loss curve: step, lr, total and each Mask R-CNN loss).
+written), and ``loss.csv`` (the loss curve of :mod:`a2dpipe.trainer`: step, total loss, lr, each Mask R-CNN
+loss). The loop is the shared :class:`a2dpipe.trainer.Trainer`.
 
 Recipe: ``masks.optimizer`` (AdamW for the from-scratch CPU default; SGD with momentum 0.9 for fine-tuning from
 COCO, as torchvision's reference scripts do; weight decay 1e-4 for both), linear warm-up over the first 10% of the
@@ -22,21 +23,22 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from a2dpipe.checkpoint import fingerprint, load_resume, save_resume, write_curve
+from a2dpipe.checkpoint import fingerprint, load_resume, remove_resume, write_curve
 from a2dpipe.io import A2DError, atomic_path, load_config, select_device
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model
+from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns
 
 log = logging.getLogger("a2dpipe.masks")
 
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-CURVE_COLUMNS = ("step", "lr", "loss", *LOSS_KEYS)
+LOSS_KEYS = (  # Mask R-CNN's; another model's losses get their own columns
+    "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+CURVE_COLUMNS = curve_columns(LOSS_KEYS)
 NUM_CLASSES = {"dataset": 8, "generic": 2}
 
 
@@ -64,7 +66,11 @@ def _arch(cfg: dict, source: str, num_classes: int) -> dict:
 
 
 def train_mask_model(config: dict, source: str, frames: list[str], out: str | Path) -> dict:
-    """Train (or, for ``generic`` with a COCO checkpoint, wrap) the mask model; return the saved checkpoint dict."""
+    """Train (or, for ``generic`` with a COCO checkpoint, wrap) the mask model; return the saved checkpoint dict.
+
+    Any model with torchvision's detection contract (train: ``model(images, targets) -> loss dict``) trains here:
+    the step returns the model's losses as they come, and the curve has one column per loss.
+    """
     cfg = config["masks"]
     out = Path(out)
     if source == "generic" and cfg.get("coco_checkpoint"):
@@ -85,34 +91,22 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg["iterations"]))
-    resume_path = out.with_name("checkpoint.pt")
-    curve_path = out.with_name("loss.csv")
-    start, history = load_resume(resume_path, recipe, model, optimizer, scheduler, map_location="cpu") or (0, [])
+    resume_path, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
+    start, history = load_resume(resume_path, recipe, model, optimizer, scheduler) or (0, [])
 
-    started = time.perf_counter()
     with InstanceReader(frames) as reader:
-        for step in range(start, cfg["iterations"]):
+        def step_fn(step: int) -> dict:
             images, targets = _batch(reader, refs, source, seed, step, cfg["batch_size"], device)
-            losses = model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise A2DError(f"config masks.lr={cfg['lr']}: the mask model's loss diverged at step {step}; lower it")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            history.append(
-                {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
-                 **{k: losses[k].item() for k in LOSS_KEYS}}
-            )
-            if (step + 1) % 20 == 0:
-                log.info("step %d/%d loss %.3f", step + 1, cfg["iterations"], history[-1]["loss"])
-            if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["iterations"]:
-                save_resume(resume_path, recipe, step + 1, model, optimizer, scheduler, history)
-                write_curve(curve_path, history, CURVE_COLUMNS)
-    log.info("trained %d steps in %.1f s", cfg["iterations"] - start, time.perf_counter() - started)
+            return model(images, targets)
 
-    write_curve(curve_path, history, CURVE_COLUMNS)
+        hooks = [Progress(f"{source} mask model"),
+                 PeriodicCheckpointer(resume_path, recipe, cfg["checkpoint_every"], curve_path)]
+        trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=cfg["iterations"], start=start,
+                          history=history, hint=f"; lower config masks.lr={cfg['lr']}", hooks=hooks)
+        trainer.train()
+
+    history = trainer.history
+    write_curve(curve_path, history, columns_of(history))
     checkpoint = {
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "arch": arch,
@@ -125,7 +119,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     }
     with atomic_path(out) as tmp:
         torch.save(checkpoint, tmp)
-    resume_path.unlink(missing_ok=True)  # finished: a forced rerun trains afresh
+    remove_resume(resume_path)  # finished: a forced rerun trains afresh
     return checkpoint
 
 

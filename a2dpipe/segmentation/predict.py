@@ -19,9 +19,9 @@ import h5py
 import torch
 
 from a2dpipe.segmentation.samples import StoreSamples, to_tensors
+from a2dpipe.checkpoint import load_model_file
 from a2dpipe.io import A2DError, atomic_path, load_config, select_device
 from a2dpipe.segmentation.models import build_segmenter, joint_prediction
-from a2dpipe.segmentation.train import load_checkpoint
 
 __all__ = ["configure_parser", "run", "predict", "parse_variant"]
 
@@ -73,7 +73,7 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
     """Write the predictions of every sample to ``out``; returns seconds per frame."""
     v = parse_variant(variant)
     device = select_device(config.get("device", "auto"))
-    ckpt = load_checkpoint(model, device)
+    ckpt = load_model_file(model, "segmentation")  # on the CPU; load_state_dict moves it
     want_stage = 1 if v["kind"] == "baseline" else 2
     if ckpt["stage"] != want_stage or ckpt["input"] != v["input"]:
         raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {variant} needs a "
@@ -91,7 +91,10 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
                 torch.cuda.synchronize()
             start = time.perf_counter()
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                outputs = net(batch["rgb"], batch["flow"], batch["regions"] if v["kind"] == "ours" else None)
+                if v["kind"] == "ours":
+                    outputs = net.forward_regions(batch["rgb"], batch["flow"], batch["regions"])
+                else:
+                    outputs = net.forward_baseline(batch["rgb"], batch["flow"])
                 actor, action = outputs["actor"].float(), outputs["action"].float()
                 maps = {"actor": actor.argmax(1), "action": action.argmax(1), "joint": joint_prediction(actor, action)}
             if device.type == "cuda":

@@ -11,35 +11,37 @@ mirror image and then trains on full frames from that cache: exactly what a froz
 step, at a fraction of the cost (the CPU default). Without it, stage 2 takes random crops like stage 1.
 
 Outputs: ``--out model.pt`` (``{"model": state_dict, "stage", "input", "mask_source", "config",
-"segmentation", "curve"}``) and ``loss.csv`` beside it (step, loss, loss_actor, loss_action, lr).
+"segmentation", "curve"}``) and ``loss.csv`` beside it (step, loss, lr, loss_actor, loss_action). The loop is
+the shared :class:`a2dpipe.trainer.Trainer`; a step is a :class:`CropStep` or a :class:`CachedStep`.
 
 Resuming: every ``checkpoint_every`` steps ``checkpoint.pt`` beside the output holds model, optimiser, scheduler,
 step, RNG states and the loss history (:mod:`a2dpipe.checkpoint`). A rerun with the same settings continues from
-it. Batch composition and crops are functions of (seed, step) alone -- the data sampler's state *is* the step -- so
-a killed and resumed run ends with exactly the weights of an uninterrupted one (CPU). A checkpoint written under
-other settings is ignored.
+it (or from the one before, if it is unreadable). Batch composition and crops are functions of (seed, step)
+alone -- the data sampler's state *is* the step -- so a killed and resumed run ends with exactly the weights of an
+uninterrupted one (CPU). A checkpoint written under other settings is ignored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from a2dpipe.checkpoint import fingerprint, load_resume, save_resume, write_curve
+from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, write_curve
 from a2dpipe.segmentation.samples import StoreSamples, augment, flip_sample, to_tensors
 from a2dpipe.io import A2DError, atomic_path, load_config, select_device
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
+from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns
 
-__all__ = ["configure_parser", "run", "train", "CURVE_COLUMNS"]
+__all__ = ["configure_parser", "run", "train", "load_checkpoint", "CropStep", "CachedStep", "cache_features",
+           "CURVE_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
-CURVE_COLUMNS = ("step", "loss", "loss_actor", "loss_action", "lr")
+CURVE_COLUMNS = curve_columns(("loss_actor", "loss_action"))
 
 
 def configure_parser(parser) -> None:
@@ -102,20 +104,120 @@ def _optimizer(groups: list[dict], opts: dict) -> torch.optim.Optimizer:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """Read a trained model file written by ``train``; A2DError naming the file when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise A2DError(f"{path}: model checkpoint not found")
+    """Read a trained model file written by ``train`` (tensors on the CPU: ``load_state_dict`` moves them);
+    A2DError naming the file when it is not one (:func:`a2dpipe.checkpoint.load_model_file`)."""
+    return load_model_file(path, "segmentation")
+
+
+def _load_stage1(model, stage1: str | Path | None, input: str) -> str:
+    """Front-end and baseline of the stage-1 model into ``model``; returns the file's digest (for the fingerprint)."""
+    if stage1 is None:
+        raise ValueError("stage 2 needs the stage-1 checkpoint")
+    ckpt = load_checkpoint(stage1)
+    if ckpt["input"] != input:
+        raise A2DError(f"{stage1}: a stage-1 model for input {ckpt['input']!r}, not {input!r}")
+    # front-end and baseline from stage 1; the region back-end starts fresh (its config may have changed)
+    state = {k: v for k, v in ckpt["model"].items() if not k.startswith("region.")}
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise A2DError(f"{path}: not a readable checkpoint: {err}") from None
-    if not isinstance(ckpt, dict) or not {"model", "stage", "input", "config"} <= set(ckpt):
-        raise A2DError(f"{path}: not a segmentation model written by `a2dpipe train`")
-    return ckpt
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise A2DError(f"{stage1}: does not fit the configured front-end: {err}") from None
+    if unexpected or any(not k.startswith("region.") for k in missing):
+        raise A2DError(f"{stage1}: does not fit the configured front-end (missing {missing[:3]}, "
+                       f"unexpected {unexpected[:3]})")
+    return hashlib.sha256(Path(stage1).read_bytes()).hexdigest()[:16]
+
+
+def _param_groups(model, stage: int, opts: dict) -> list[dict]:
+    """Stage 1: front-end and baseline at their two learning rates; stage 2: the region back-end alone, the
+    front-end and baseline frozen by module."""
+    if stage == 1:
+        return [{"params": list(model.front_end.parameters()), "lr": opts["lr_front"]},
+                {"params": list(model.baseline.parameters()), "lr": opts["lr_back"]}]
+    model.front_end.requires_grad_(False)
+    model.baseline.requires_grad_(False)
+    return [{"params": list(model.region.parameters()), "lr": opts["lr"]}]
+
+
+# -- steps -------------------------------------------------------------------------------------------------------
+
+
+class CropStep:
+    """Losses of one step on random crops: stage 1 (front-end + baseline) or stage 2 without a feature cache
+    (frozen front-end, region back-end). Batch and crops are functions of (seed, stage, step) alone."""
+
+    def __init__(self, model, samples, *, stage: int, seed: int, batch_size: int, crop: tuple[int, int], device,
+                 encoding: dict):
+        self.model, self.samples, self.stage, self.seed = model, samples, stage, seed
+        self.batch_size, self.crop, self.device, self.encoding = batch_size, crop, device, encoding
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.stage, step, 1])
+        positions = _positions(len(self.samples), self.seed, self.stage, step, self.batch_size)
+        crops = [augment(self.samples.load(i), self.crop, rng, **self.encoding) for i in positions]
+        batch = to_tensors(crops, self.device, with_flow=self.model.uses_flow)
+        if self.stage == 1:
+            outputs = self.model.forward_baseline(batch["rgb"], batch["flow"])
+        else:
+            with torch.no_grad():
+                features = self.model.front_end(batch["rgb"], batch["flow"])
+            outputs = self.model.region_heads(features, tuple(batch["rgb"].shape[-2:]), batch["regions"])
+        return segmentation_loss(outputs, batch["actor"], batch["action"])
+
+
+class CachedStep:
+    """Stage-2 losses of one step on cached full-frame features of the frozen front-end (:func:`cache_features`):
+    the region back-end per frame (sizes differ), mean over the batch."""
+
+    def __init__(self, model, samples, cache: dict, *, seed: int, batch_size: int, device):
+        self.model, self.samples, self.cache, self.items = model, samples, cache, sorted(cache)
+        self.seed, self.batch_size, self.device = seed, batch_size, device
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        positions = _positions(len(self.cache), self.seed, 2, step, self.batch_size)
+        totals = {}
+        for p in positions:
+            i, flipped = self.items[p]
+            sample = {k: v for k, v in self.samples.load(i).items() if k not in ("flow", "flow_rgb")}
+            if flipped:
+                sample = flip_sample(sample)
+            batch = to_tensors([sample], self.device)
+            outputs = self.model.region_heads(self.cache[(i, flipped)], tuple(sample["label"].shape),
+                                              batch["regions"])
+            for key, value in segmentation_loss(outputs, batch["actor"], batch["action"]).items():
+                totals[key] = totals.get(key, 0) + value / len(positions)
+        return totals
+
+
+def cache_features(model, samples, device, amp: bool) -> dict[tuple[int, bool], torch.Tensor]:
+    """Frozen front-end features (1, C, h, w) of every training frame and of its mirror image, by (index, flipped)."""
+    from tqdm import tqdm
+
+    cache = {}
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for i in tqdm(range(len(samples)), desc="front-end features", unit="frame", mininterval=2):
+            sample = samples.load(i)
+            for flipped in (False, True):
+                s = flip_sample(sample, samples.flow_encoding, samples.wheel_max) if flipped else sample
+                batch = to_tensors([s], device, with_flow=model.uses_flow)
+                cache[(i, flipped)] = model.front_end(batch["rgb"], batch["flow"]).float()
+    return cache
 
 
 # -- training ----------------------------------------------------------------------------------------------------
+
+
+def _step_function(model, samples, config: dict, stage: int, device, amp: bool):
+    seg = segmentation_config(config)
+    opts = seg[f"stage{stage}"]
+    seed = int(config.get("seed", 0))
+    if stage == 2 and opts["cache_features"]:
+        cache = cache_features(model, samples, device, amp)
+        return CachedStep(model, samples, cache, seed=seed, batch_size=opts["batch_size"], device=device)
+    flow_cfg = config.get("flow") or {}
+    encoding = {"encoding": flow_cfg.get("encoding", "xym"), "wheel_max": flow_cfg.get("wheel_max")}
+    return CropStep(model, samples, stage=stage, seed=seed, batch_size=opts["batch_size"], crop=tuple(seg["crop"]),
+                    device=device, encoding=encoding)
 
 
 def train(config: dict, *, stage: int, input: str, samples, out: str | Path, stage1: str | Path | None = None,
@@ -133,120 +235,32 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     amp = bool(seg["amp"]) and device.type == "cuda"
     torch.manual_seed(seed)
     model = build_segmenter(config, input=input, pretrained=stage == 1).to(device)
-    s1_digest = None
-    if stage == 2:
-        if stage1 is None:
-            raise ValueError("stage 2 needs the stage-1 checkpoint")
-        ckpt = load_checkpoint(stage1, device)
-        if ckpt["input"] != input:
-            raise A2DError(f"{stage1}: a stage-1 model for input {ckpt['input']!r}, not {input!r}")
-        # front-end and baseline from stage 1; the region back-end starts fresh (its config may have changed)
-        state = {k: v for k, v in ckpt["model"].items() if not k.startswith("region.")}
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as err:
-            raise A2DError(f"{stage1}: does not fit the configured front-end: {err}") from None
-        if unexpected or any(not k.startswith("region.") for k in missing):
-            raise A2DError(f"{stage1}: does not fit the configured front-end (missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]})")
-        s1_digest = hashlib.sha256(Path(stage1).read_bytes()).hexdigest()[:16]
-        model.front_end.requires_grad_(False)
-        model.baseline.requires_grad_(False)
-        groups = [{"params": list(model.region.parameters()), "lr": opts["lr"]}]
-    else:
-        groups = [{"params": list(model.front_end.parameters()), "lr": opts["lr_front"]},
-                  {"params": list(model.baseline.parameters()), "lr": opts["lr_back"]}]
-    optimizer = _optimizer(groups, opts)
+    s1_digest = _load_stage1(model, stage1, input) if stage == 2 else None
+    optimizer = _optimizer(_param_groups(model, stage, opts), opts)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
 
     recipe = fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed, seg=seg,
                          frames=samples.keys(), stage1=s1_digest, device=device.type)
-    ckpt_path = out.with_name("checkpoint.pt")
-    step, curve = load_resume(ckpt_path, recipe, model, optimizer, scheduler, map_location=device) or (0, [])
+    resume, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
+    start, curve = load_resume(resume, recipe, model, optimizer, scheduler) or (0, [])
 
     model.train()
-    if stage == 2:
+    if stage == 2:  # frozen parts keep their batch-norm statistics
         model.front_end.eval()
         model.baseline.eval()
-    flow_cfg = config.get("flow") or {}
-    enc = {"encoding": flow_cfg.get("encoding", "xym"), "wheel_max": flow_cfg.get("wheel_max")}
-    cached = _cache_features(model, samples, device, amp) if stage == 2 and opts["cache_features"] else None
-    n = len(cached) if cached is not None else len(samples)
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=opts["iterations"], initial=step, desc=f"stage {stage} {input}", unit="it", mininterval=2)
-    start = time.perf_counter()
-    while step < opts["iterations"]:
-        if max_steps is not None and step >= max_steps:
-            bar.close()
-            return None
-        rng = np.random.default_rng([seed, stage, step, 1])
-        positions = _positions(n, seed, stage, step, opts["batch_size"])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if cached is not None:
-                losses = _cached_step(model, samples, cached, positions, device)
-            else:
-                batch = to_tensors([augment(samples.load(i), tuple(seg["crop"]), rng, **enc) for i in positions],
-                                   device, with_flow=model.uses_flow)
-                if stage == 2:
-                    with torch.no_grad():
-                        features = model.front_end(batch["rgb"], batch["flow"])
-                    outputs = model.heads(features, tuple(batch["rgb"].shape[-2:]), batch["regions"])
-                else:
-                    outputs = model(batch["rgb"], batch["flow"])
-                losses = segmentation_loss(outputs, batch["actor"], batch["action"])
-        loss = losses["loss_actor"] + losses["loss_action"]
-        optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        curve.append((step, loss.item(), losses["loss_actor"].item(), losses["loss_action"].item(), lr))
-        bar.update(1)
-        bar.set_postfix(loss=f"{curve[-1][1]:.3f}")
-        if step % opts["checkpoint_every"] == 0 and step < opts["iterations"]:
-            save_resume(ckpt_path, recipe, step, model, optimizer, scheduler, curve)
-    bar.close()
-    log.info("stage %d %s: %d steps in %.1f s this run; loss %.4f -> %.4f", stage, input, len(curve),
-             time.perf_counter() - start, curve[0][1] if curve else float("nan"), curve[-1][1] if curve else float("nan"))
-    result = {"model": model.state_dict(), "stage": stage, "input": input, "mask_source": mask_source if stage == 2 else None,
-              "config": config, "segmentation": seg, "curve": curve}
-    write_curve(out.with_name("loss.csv"), curve, CURVE_COLUMNS)
+    step_fn = _step_function(model, samples, config, stage, device, amp)
+    hooks = [Progress(f"stage {stage} {input}"),
+             PeriodicCheckpointer(resume, recipe, opts["checkpoint_every"], curve_path)]
+    trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"], start=start,
+                      history=curve, hint=f"; lower the learning rates of config segmentation.stage{stage}",
+                      amp_device=device.type if amp else None, hooks=hooks)
+    if not trainer.train(max_steps):
+        return None
+    result = {"model": model.state_dict(), "stage": stage, "input": input,
+              "mask_source": mask_source if stage == 2 else None, "config": config, "segmentation": seg,
+              "curve": trainer.history}
+    write_curve(curve_path, trainer.history, CURVE_COLUMNS)
     with atomic_path(out) as tmp:
         torch.save(result, tmp)
-    ckpt_path.unlink(missing_ok=True)
+    remove_resume(resume)
     return result
-
-
-def _cache_features(model, samples, device, amp) -> dict[tuple[int, bool], torch.Tensor]:
-    """Frozen front-end features (1, C, h, w) of every training frame and of its mirror image, by (index, flipped)."""
-    from tqdm import tqdm
-
-    cache = {}
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for i in tqdm(range(len(samples)), desc="front-end features", unit="frame", mininterval=2):
-            sample = samples.load(i)
-            for flipped in (False, True):
-                s = flip_sample(sample, samples.flow_encoding, samples.wheel_max) if flipped else sample
-                batch = to_tensors([s], device, with_flow=model.uses_flow)
-                cache[(i, flipped)] = model.front_end(batch["rgb"], batch["flow"]).float()
-    return cache
-
-
-def _cached_step(model, samples, cache, positions, device) -> dict[str, torch.Tensor]:
-    """Stage-2 step on cached full-frame features: region back-end per frame (sizes differ), mean loss."""
-    items = sorted(cache)
-    totals = {}
-    for p in positions:
-        i, flipped = items[p]
-        sample = {k: v for k, v in samples.load(i).items() if k not in ("flow", "flow_rgb")}
-        if flipped:
-            sample = flip_sample(sample)
-        batch = to_tensors([sample], device)
-        outputs = model.heads(cache[(i, flipped)], tuple(sample["label"].shape), batch["regions"])
-        for key, value in segmentation_loss(outputs, batch["actor"], batch["action"]).items():
-            totals[key] = totals.get(key, 0) + value / len(positions)
-    return totals

@@ -3,7 +3,13 @@
 ``build_segmenter(config, input=...)`` assembles the network from the config's ``segmentation`` section.
 """
 
-from a2dpipe.segmentation.models.backends import ASPPBaseline, RegionBackEnd
+from a2dpipe.segmentation.models.backends import (
+    ASPPBaseline,
+    RegionBackEnd,
+    RegionPredictor,
+    RoIPooler,
+    build_region_back_end,
+)
 from a2dpipe.segmentation.models.frontend import OUTPUT_STRIDE, FrontEnd, build_front_end, load_imagenet_checkpoint
 from a2dpipe.segmentation.models.segmenter import (
     Segmenter,
@@ -16,6 +22,9 @@ from a2dpipe.segmentation.models.segmenter import (
 __all__ = [
     "ASPPBaseline",
     "RegionBackEnd",
+    "RegionPredictor",
+    "RoIPooler",
+    "build_region_back_end",
     "FrontEnd",
     "OUTPUT_STRIDE",
     "build_front_end",

@@ -6,15 +6,16 @@ Both take the fused front-end features (B, C, h, w) at output stride 8 and retur
 
 log-probabilities at frame size (H, W), so that one loss (eq. 1: NLL of each head) trains either.
 
-Region back-end, per frame with N candidate regions (boxes in frame pixels, soft masks at frame size):
+Region back-end, per frame with N candidate regions (boxes in frame pixels, soft masks at frame size), built
+from parts as torchvision's ``RoIHeads`` is (``build_region_back_end`` assembles them from the config's keys):
 
-1. RoI align of the fused features in every box (``spatial_scale=1/8``, all frames of the batch in one call),
+1. (``RoIPooler``) RoI align of the fused features in every box (``spatial_scale=1/8``, all frames of the batch in one call),
    optionally after a 1x1 convolution that narrows the features (``roi_channels``: with two ResNet-101 streams
    the first FC layer would otherwise see 4096 x 7 x 7 inputs per region and dominate the back-end's cost);
-2. two FC layers, then an actor head (8) and an action head (10): region scores;
+2. (``TwoMLPHead``, ``RegionPredictor``) two FC layers, then an actor head (8) and an action head (10): region scores;
 3. **per-region softmax**: each region's scores become probabilities, so they are non-negative and the max of
    eq. 2-3 compares like with like (raw logits would be clipped at zero by ``m * s`` and the max);
-4. the region-to-pixel layer (``a2dpipe.segmentation.models.region_to_pixel``): per pixel, the max over regions whose box
+4. (``RegionToPixel``) the region-to-pixel layer (``a2dpipe.segmentation.models.region_to_pixel``): per pixel, the max over regions whose box
    holds it of ``mask * probability``, plus ``(1 - c) * uncovered`` where c is the largest mask value of a
    covering region and ``uncovered = (uncovered_background, 0, ..., 0)``: a pixel covered by no region is
    "background" (better than falling back on the stage-1 prediction), a soft mask's weak pixel mostly so;
@@ -32,13 +33,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import roi_align, roi_pool
 
 from a2dpipe.labels import NUM_CLASSES
 from a2dpipe.segmentation.models.frontend import OUTPUT_STRIDE
-from a2dpipe.segmentation.models.region_to_pixel import region_log_probs, region_to_pixel
+from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel
 
-__all__ = ["ASPPHead", "ASPPBaseline", "RegionBackEnd", "NUM_ACTORS", "NUM_ACTIONS"]
+__all__ = ["ASPPHead", "ASPPBaseline", "RoIPooler", "TwoMLPHead", "RegionPredictor", "RegionBackEnd",
+           "build_region_back_end", "NUM_ACTORS", "NUM_ACTIONS"]
 
 NUM_ACTORS = NUM_CLASSES["actor"]  # background + 7
 NUM_ACTIONS = NUM_CLASSES["action"]  # background + 9
@@ -80,57 +83,84 @@ class ASPPBaseline(nn.Module):
         return out
 
 
+class RoIPooler(nn.Module):
+    """RoI pooling of one feature map (the ``box_roi_pool`` part): ``forward(features, boxes) -> (sum N, C, s, s)``.
+
+    ``boxes`` is a list (one per frame of the batch) of (N, 4) x1, y1, x2, y2 in frame pixels; ``spatial_scale``
+    maps them onto the features (1/8 at output stride 8). Boxes and features are pooled in float32 whatever the
+    autocast dtype: in bfloat16 a coordinate above 256 moves by up to 2 px, and torchvision's autocast kernels
+    pool in float32 anyway.
+    """
+
+    def __init__(self, output_size: int, spatial_scale: float, *, kind: str = "align", sampling_ratio: int = 2):
+        super().__init__()
+        if kind not in ("align", "max"):
+            raise ValueError(f"pool must be 'align' or 'max', not {kind!r}")
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.kind = kind
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        features = features.float()
+        rois = [b.float() for b in boxes]
+        if self.kind == "align":
+            return roi_align(features, rois, self.output_size, spatial_scale=self.spatial_scale,
+                             sampling_ratio=self.sampling_ratio, aligned=True)
+        return roi_pool(features, rois, self.output_size, spatial_scale=self.spatial_scale)
+
+
+class RegionPredictor(nn.Module):
+    """Region class scores (the ``box_predictor`` part): ``forward(x (N, fc_dim)) -> (N, 18)`` probabilities,
+    a softmax over the 8 actors then one over the 10 actions (per region, so the region-to-pixel max compares
+    like with like)."""
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.actor = nn.Linear(in_features, NUM_ACTORS)
+        self.action = nn.Linear(in_features, NUM_ACTIONS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.softmax(self.actor(x).float(), 1), F.softmax(self.action(x).float(), 1)], dim=1)
+
+
+# parameter names of the region back-end before it was split into parts -> their names now
+_LEGACY_NAMES = {"fc6.": "box_head.fc6.", "fc7.": "box_head.fc7.", "actor.": "box_predictor.actor.",
+                 "action.": "box_predictor.action."}
+
+
 class RegionBackEnd(nn.Module):
-    """Region back-end (see the module docstring).
+    """Region back-end (see the module docstring), assembled from parts as torchvision's ``RoIHeads`` is.
 
     Args:
-        in_channels: fused feature channels.
-        roi_size: RoI pooling output is roi_size x roi_size.
-        fc_dim: width of the two FC layers.
-        roi_channels: if set, a 1x1 convolution (+ ReLU) narrows the features to this many channels before RoI
-            pooling; ``None`` pools the fused features as they are.
-        uncovered_background: background score of a pixel covered by no region (other classes get 0).
-        pool: ``"align"`` (``torchvision.ops.roi_align``) or ``"max"`` (``roi_pool``, Fast R-CNN's).
-        pixel_stride: resolution of the region-to-pixel layer, 1 = frame size.
+        box_roi_pool: :class:`RoIPooler` (spatial scale of the features given to it).
+        box_head: torchvision's ``TwoMLPHead`` (``fc6``, ``fc7``) on the flattened pooled features.
+        box_predictor: :class:`RegionPredictor`, per-region probabilities (N, 18).
+        region_to_pixel: :class:`RegionToPixel`, per-frame region scores to pixel log-probabilities.
+        reduce: optional 1x1 convolution (+ ReLU) narrowing the features before pooling.
 
     ``forward(features, regions, size)``: ``regions`` is a list (one per frame of the batch) of dicts with
     ``boxes`` (N, 4) float x1, y1, x2, y2 in frame pixels and ``masks`` (N, H, W) float in [0, 1]; N may be 0.
     Returns the module docstring's dict plus ``"region_scores"``: list of (N, 18) per-region probabilities
-    (actor 8 then action 10).
+    (actor 8 then action 10). Checkpoints written before the split (``region.fc6.*``, ``region.actor.*``, ...)
+    load under the new names.
     """
 
-    def __init__(self, in_channels: int, *, roi_size: int = 7, fc_dim: int = 256, uncovered_background: float = 1.0,
-                 pool: str = "align", pixel_stride: int = 1, roi_channels: int | None = None):
+    def __init__(self, box_roi_pool: RoIPooler, box_head: nn.Module, box_predictor: RegionPredictor,
+                 region_to_pixel: RegionToPixel, *, reduce: nn.Module | None = None):
         super().__init__()
-        if pool not in ("align", "max"):
-            raise ValueError(f"pool must be 'align' or 'max', not {pool!r}")
-        if pixel_stride < 1:
-            raise ValueError("pixel_stride must be at least 1")
-        self.roi_size = roi_size
-        self.pool = pool
-        self.pixel_stride = pixel_stride
-        self.reduce = None if roi_channels is None else nn.Conv2d(in_channels, roi_channels, kernel_size=1)
-        self.fc6 = nn.Linear((roi_channels or in_channels) * roi_size * roi_size, fc_dim)
-        self.fc7 = nn.Linear(fc_dim, fc_dim)
-        self.actor = nn.Linear(fc_dim, NUM_ACTORS)
-        self.action = nn.Linear(fc_dim, NUM_ACTIONS)
-        uncovered = torch.zeros(NUM_ACTORS + NUM_ACTIONS)
-        uncovered[0] = uncovered[NUM_ACTORS] = uncovered_background
-        self.register_buffer("uncovered", uncovered, persistent=False)
+        self.reduce = reduce
+        self.box_roi_pool = box_roi_pool
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.region_to_pixel = region_to_pixel
+        self.register_load_state_dict_pre_hook(_rename_legacy)
 
     def region_scores(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """(sum N, 18) per-region probabilities (actor softmax, then action softmax) for all frames' boxes."""
-        rois = [b.to(features.dtype) for b in boxes]
         if self.reduce is not None:
             features = F.relu(self.reduce(features))
-        if self.pool == "align":
-            pooled = roi_align(features, rois, self.roi_size, spatial_scale=1 / OUTPUT_STRIDE, sampling_ratio=2,
-                               aligned=True)
-        else:
-            pooled = roi_pool(features, rois, self.roi_size, spatial_scale=1 / OUTPUT_STRIDE)
-        x = F.relu(self.fc6(pooled.flatten(1)))
-        x = F.relu(self.fc7(x))
-        return torch.cat([F.softmax(self.actor(x).float(), 1), F.softmax(self.action(x).float(), 1)], dim=1)
+        return self.box_predictor(self.box_head(self.box_roi_pool(features, boxes)))
 
     def forward(self, features: torch.Tensor, regions: list[dict[str, torch.Tensor]],
                 size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -144,36 +174,39 @@ class RegionBackEnd(nn.Module):
             scores = [features.new_zeros((0, NUM_ACTORS + NUM_ACTIONS), dtype=torch.float32)] * len(boxes)
         actor, action = [], []
         for s, b, r in zip(scores, boxes, regions):
-            pixel = self._to_pixels(s, r["masks"], b, size)
-            actor.append(region_log_probs(pixel[:NUM_ACTORS]))
-            action.append(region_log_probs(pixel[NUM_ACTORS:]))
+            logp = self.region_to_pixel(s, r["masks"], b, size)
+            actor.append(logp[:NUM_ACTORS])
+            action.append(logp[NUM_ACTORS:])
         return {"actor": torch.stack(actor), "action": torch.stack(action), "region_scores": list(scores)}
 
-    def _to_pixels(self, scores: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
-                   size: tuple[int, int]) -> torch.Tensor:
-        """(18, H, W) pixel scores of one frame, computed at 1/pixel_stride of the frame and upsampled if needed."""
-        masks = masks.to(scores.dtype)
-        if self.pixel_stride == 1:
-            return self._soft_coverage(scores, masks, boxes)
-        small = (-(-size[0] // self.pixel_stride), -(-size[1] // self.pixel_stride))
-        if len(masks):
-            masks = F.adaptive_avg_pool2d(masks[:, None], small)[:, 0]
-        else:
-            masks = masks.new_zeros((0, *small))
-        pixel = self._soft_coverage(scores, masks, boxes / self.pixel_stride)
-        return F.interpolate(pixel[None], size=size, mode="bilinear", align_corners=False)[0]
 
-    def _soft_coverage(self, scores: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Region-to-pixel scores plus ``(1 - c) * uncovered``, c = the largest covering mask value at the pixel.
+def _rename_legacy(module, state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new in _LEGACY_NAMES.items():
+            if rest.startswith(old):
+                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
 
-        Soft masks (Mask R-CNN's, > 0 over nearly all of their box) would otherwise make every in-box pixel fully
-        "covered": after normalisation ``m * s`` is ``s`` whatever ``m``, so a whole box took its region's class
-        and the mask's shape was lost. With the uncovered share a pixel's distribution is the mixture
-        ``m * s + (1 - m) * uncovered`` (one region), which equals ``s`` for a binary mask's pixel and
-        ``uncovered`` outside every region, exactly as before.
-        """
-        # One pass of the layer: a constant score of 1 appended to every region yields c as the last channel.
-        with_coverage = torch.cat([scores, scores.new_ones((len(scores), 1))], dim=1)
-        pixel = region_to_pixel(with_coverage, masks, boxes, scores.new_zeros(with_coverage.shape[1]))
-        pixel, coverage = pixel[:-1], pixel[-1:]
-        return pixel + (1 - coverage) * self.uncovered.to(scores.dtype)[:, None, None]
+
+def build_region_back_end(in_channels: int, *, roi_size: int = 7, fc_dim: int = 256,
+                          uncovered_background: float = 1.0, pool: str = "align", pixel_stride: int = 1,
+                          roi_channels: int | None = None) -> RegionBackEnd:
+    """The region back-end of the config's ``segmentation.stage2`` keys.
+
+    Args:
+        in_channels: fused feature channels.
+        roi_size: RoI pooling output is roi_size x roi_size.
+        fc_dim: width of the two FC layers.
+        uncovered_background: background score of a pixel covered by no region (other classes get 0).
+        pool: ``"align"`` (``torchvision.ops.roi_align``) or ``"max"`` (``roi_pool``, Fast R-CNN's).
+        pixel_stride: resolution of the region-to-pixel layer, 1 = frame size.
+        roi_channels: if set, a 1x1 convolution (+ ReLU) narrows the features to this many channels before RoI
+            pooling; ``None`` pools the fused features as they are.
+    """
+    # parts are built in the order of the former single module, so a seed gives the same initial weights
+    pooler = RoIPooler(roi_size, 1 / OUTPUT_STRIDE, kind=pool)
+    to_pixel = RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=uncovered_background,
+                             pixel_stride=pixel_stride)
+    reduce = None if roi_channels is None else nn.Conv2d(in_channels, roi_channels, kernel_size=1)
+    box_head = TwoMLPHead((roi_channels or in_channels) * roi_size * roi_size, fc_dim)
+    return RegionBackEnd(pooler, box_head, RegionPredictor(fc_dim), to_pixel, reduce=reduce)

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,11 +24,9 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck, conv1x1, conv3x3
 
-from a2dpipe.io import A2DError
+from a2dpipe.checkpoint import load_weights
 
 __all__ = ["DilatedBasicBlock", "DilatedResNet", "FrontEnd", "build_front_end", "load_imagenet_checkpoint", "OUTPUT_STRIDE"]
-
-log = logging.getLogger(__name__)
 
 OUTPUT_STRIDE = 8
 
@@ -139,32 +136,11 @@ def load_imagenet_checkpoint(stream: nn.Module, path: str | Path) -> None:
     """Load a torchvision-format ImageNet checkpoint (a state dict, or ``{"state_dict"|"model": ...}``) into a stream.
 
     The classifier (``fc.*``) is dropped; any other missing or unexpected key, or a shape mismatch, is an
-    ``A2DError`` naming the file. The flow stream takes RGB ImageNet weights as they are, first conv included.
+    ``A2DError`` naming the file (:func:`a2dpipe.checkpoint.load_weights`). The flow stream takes RGB ImageNet
+    weights as they are, first conv included.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise A2DError(f"{path}: ImageNet checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's problem to fix
-        raise A2DError(f"{path}: not a readable torch checkpoint: {err}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise A2DError(f"{path}: expected a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
-    own = stream.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise A2DError(f"{path}: does not fit the {type(stream).__name__} stream "
-                       f"(missing {missing[:5]}, unexpected {unexpected[:5]}); is it the configured backbone?")
-    bad = [k for k, v in state.items() if v.shape != own[k].shape]
-    if bad:
-        raise A2DError(f"{path}: shape mismatch for {bad[:5]}; is it the configured backbone and width?")
-    stream.load_state_dict(state)
-    log.info("loaded ImageNet weights from %s", path)
+    load_weights(stream, path, name=f"{type(stream).__name__} stream (is it the configured backbone and width?)",
+                 what="ImageNet checkpoint", drop=("fc.",))
 
 
 class FrontEnd(nn.Module):

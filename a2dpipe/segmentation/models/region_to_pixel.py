@@ -38,8 +38,10 @@ tensor([[0.2000, 0.9000, 0.9000],
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["region_to_pixel", "region_to_pixel_reference", "region_log_probs", "box_pixel_ranges"]
+__all__ = ["RegionToPixel", "region_to_pixel", "region_to_pixel_reference", "region_log_probs", "box_pixel_ranges"]
 
 DEFAULT_CHUNK_PIXELS = 1 << 18  # 262,144 pixels: a whole 320 x 568 box in one step, 46 MB of temporary at K = 44
 
@@ -75,6 +77,62 @@ def region_log_probs(pixel_scores: torch.Tensor, eps: float = 1e-6) -> torch.Ten
         raise ValueError(f"eps must be positive, not {eps}")
     shifted = pixel_scores + eps
     return torch.log(shifted) - torch.log(shifted.sum(dim=-3, keepdim=True))
+
+
+class RegionToPixel(nn.Module):
+    """One frame's region scores to pixel log-probabilities: the layer above plus the share of uncovered pixels.
+
+    ``forward(scores (N, K), masks (N, H, W), boxes (N, 4), size) -> (K, H, W)`` log-probabilities, normalised
+    (``region_log_probs``) within each group of ``groups`` channels (the actor and action heads, one pass over
+    the masks for both). A pixel's scores are ``m * s + (1 - c) * uncovered``, c the largest covering mask value
+    and ``uncovered`` ``uncovered_background`` on each group's first (background) class: a pixel covered by no
+    region is background, a soft mask's weak pixel mostly so. With ``pixel_stride > 1`` the layer runs at
+    1/pixel_stride of the frame (masks area-downsampled, boxes scaled) and is upsampled bilinearly to ``size``.
+    """
+
+    def __init__(self, *groups: int, uncovered_background: float = 1.0, pixel_stride: int = 1):
+        super().__init__()
+        if pixel_stride < 1:
+            raise ValueError("pixel_stride must be at least 1")
+        self.groups = groups
+        self.pixel_stride = pixel_stride
+        uncovered = torch.zeros(sum(groups))
+        uncovered[[sum(groups[:i]) for i in range(len(groups))]] = uncovered_background
+        self.register_buffer("uncovered", uncovered, persistent=False)
+
+    def forward(self, scores: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                size: tuple[int, int]) -> torch.Tensor:
+        pixel = self.pixel_scores(scores, masks, boxes, size)
+        return torch.cat([region_log_probs(group) for group in pixel.split(self.groups)])
+
+    def pixel_scores(self, scores: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                     size: tuple[int, int]) -> torch.Tensor:
+        """(K, H, W) pixel scores of one frame, computed at 1/pixel_stride of the frame and upsampled if needed."""
+        masks = masks.to(scores.dtype)
+        if self.pixel_stride == 1:
+            return self._soft_coverage(scores, masks, boxes)
+        small = (-(-size[0] // self.pixel_stride), -(-size[1] // self.pixel_stride))
+        if len(masks):
+            masks = F.adaptive_avg_pool2d(masks[:, None], small)[:, 0]
+        else:
+            masks = masks.new_zeros((0, *small))
+        pixel = self._soft_coverage(scores, masks, boxes / self.pixel_stride)
+        return F.interpolate(pixel[None], size=size, mode="bilinear", align_corners=False)[0]
+
+    def _soft_coverage(self, scores: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Region-to-pixel scores plus ``(1 - c) * uncovered``, c = the largest covering mask value at the pixel.
+
+        Soft masks (Mask R-CNN's, > 0 over nearly all of their box) would otherwise make every in-box pixel fully
+        "covered": after normalisation ``m * s`` is ``s`` whatever ``m``, so a whole box took its region's class
+        and the mask's shape was lost. With the uncovered share a pixel's distribution is the mixture
+        ``m * s + (1 - m) * uncovered`` (one region), which equals ``s`` for a binary mask's pixel and
+        ``uncovered`` outside every region.
+        """
+        # One pass of the layer: a constant score of 1 appended to every region yields c as the last channel.
+        with_coverage = torch.cat([scores, scores.new_ones((len(scores), 1))], dim=1)
+        pixel = region_to_pixel(with_coverage, masks, boxes, scores.new_zeros(with_coverage.shape[1]))
+        pixel, coverage = pixel[:-1], pixel[-1:]
+        return pixel + (1 - coverage) * self.uncovered.to(scores.dtype)[:, None, None]
 
 
 def box_pixel_ranges(boxes: torch.Tensor, height: int, width: int) -> list[tuple[int, int, int, int]]:

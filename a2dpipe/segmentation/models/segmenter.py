@@ -1,9 +1,9 @@
 """The assembled actor-action segmenter: front-end, baseline back-end, region back-end; loss; joint prediction.
 
-``Segmenter.forward(rgb, flow=None, regions=None)`` runs the front-end and the baseline back-end when
-``regions`` is None, the region back-end otherwise, and returns ``{"actor": (B, 8, H, W), "action": (B, 10, H, W)}``
-log-probabilities at the input size. ``heads(features, size, regions)`` runs only the back-end, for stage 2 on
-cached front-end features.
+One method per stage, each returning ``{"actor": (B, 8, H, W), "action": (B, 10, H, W)}`` log-probabilities at
+the input size: ``forward_baseline(rgb, flow)`` (stage 1: front-end and ASPP baseline; also ``forward``) and
+``forward_regions(rgb, flow, regions)`` (stage 2: front-end and region back-end). ``baseline_heads`` and
+``region_heads`` run only the back-end on given front-end features (stage 2 on cached features).
 
 Joint prediction (paper 3.3): p(actor, action) = p(actor) * p(action), evaluated only for background (both heads'
 background) and the 43 valid pairs, so an invalid pair can never be predicted:
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from a2dpipe.labels import IGNORE, VALID_PAIRS, actor_of, action_of
-from a2dpipe.segmentation.models.backends import ASPPBaseline, RegionBackEnd
+from a2dpipe.segmentation.models.backends import ASPPBaseline, RegionBackEnd, build_region_back_end
 from a2dpipe.segmentation.models.frontend import FrontEnd, build_front_end
 
 __all__ = [
@@ -84,16 +84,27 @@ class Segmenter(nn.Module):
     def uses_flow(self) -> bool:
         return self.front_end.uses_flow
 
-    def heads(self, features: torch.Tensor, size: tuple[int, int],
-              regions: list[dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
-        """Back-end only: baseline when ``regions`` is None, region back-end otherwise."""
-        if regions is None:
-            return self.baseline(features, size)
+    def baseline_heads(self, features: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """ASPP baseline back-end on front-end features, log-probabilities at ``size``."""
+        return self.baseline(features, size)
+
+    def region_heads(self, features: torch.Tensor, size: tuple[int, int],
+                     regions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Region back-end on front-end features and each frame's regions (``RegionBackEnd``'s contract)."""
         return self.region(features, regions, size)
 
-    def forward(self, rgb: torch.Tensor, flow: torch.Tensor | None = None,
-                regions: list[dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.front_end(rgb, flow), tuple(rgb.shape[-2:]), regions)
+    def forward_baseline(self, rgb: torch.Tensor, flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Stage-1 network: front-end and baseline back-end."""
+        return self.baseline_heads(self.front_end(rgb, flow), tuple(rgb.shape[-2:]))
+
+    def forward_regions(self, rgb: torch.Tensor, flow: torch.Tensor | None,
+                        regions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Stage-2 network: front-end and region back-end on each frame's regions."""
+        return self.region_heads(self.front_end(rgb, flow), tuple(rgb.shape[-2:]), regions)
+
+    def forward(self, rgb: torch.Tensor, flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The stage-1 network (``forward_baseline``); stage 2 is ``forward_regions``."""
+        return self.forward_baseline(rgb, flow)
 
 
 def build_segmenter(config: dict, *, input: str = "rgb", pretrained: bool = True) -> Segmenter:
@@ -112,9 +123,10 @@ def build_segmenter(config: dict, *, input: str = "rgb", pretrained: bool = True
         flow_weights=seg["flow_weights"] if pretrained else None,
     )
     s2 = seg["stage2"]
-    region = RegionBackEnd(front_end.out_channels, roi_size=s2["roi_size"], fc_dim=s2["fc_dim"],
-                           uncovered_background=s2["uncovered_background"], pool=s2["pool"],
-                           pixel_stride=s2["pixel_stride"], roi_channels=s2["roi_channels"])
+    # the region back-end is built before the baseline: that order draws a seed's initial weights
+    region = build_region_back_end(front_end.out_channels, roi_size=s2["roi_size"], fc_dim=s2["fc_dim"],
+                                   uncovered_background=s2["uncovered_background"], pool=s2["pool"],
+                                   pixel_stride=s2["pixel_stride"], roi_channels=s2["roi_channels"])
     return Segmenter(front_end, ASPPBaseline(front_end.out_channels, seg["aspp_rates"]), region)
 
 

@@ -1,0 +1,166 @@
+"""One training loop for every trainer (stage 1, stage 2, the mask models), shaped like detectron2's
+``SimpleTrainer`` with hooks, without a registry.
+
+A trainer supplies ``step_fn(step) -> {"loss_x": tensor, ...}``: the losses of optimiser step ``step`` (0-based),
+drawn deterministically from ``step`` alone. :class:`Trainer` does the rest, the same way for all of them:
+
+- sums the losses (in the dict's order), refuses a non-finite total naming the step and each loss, then
+  ``zero_grad``, ``backward``, ``optimizer.step``, ``scheduler.step``;
+- records one loss-curve row per step, ``{"step", "loss", "lr", <each loss>}`` (``lr``: the first parameter
+  group's learning rate *used by* the step), written as ``loss.csv`` with :data:`CURVE_COLUMNS` + loss names;
+- hooks: :class:`Progress` (a tqdm bar and a closing log line) and :class:`PeriodicCheckpointer` (every
+  ``every`` steps the resumable state of :mod:`a2dpipe.checkpoint` and the curve so far).
+
+Exact resume: :func:`a2dpipe.checkpoint.load_resume` restores model, optimiser, scheduler, RNG states and curve;
+``Trainer(start=step, history=curve)`` continues from there, and since a step's data depend on the step alone
+the run ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import operator
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from a2dpipe.checkpoint import save_resume, write_curve
+from a2dpipe.io import A2DError
+
+__all__ = ["Trainer", "HookBase", "Progress", "PeriodicCheckpointer", "CURVE_COLUMNS", "curve_columns", "columns_of"]
+
+log = logging.getLogger(__name__)
+
+CURVE_COLUMNS = ("step", "loss", "lr")
+
+
+def curve_columns(loss_keys: Sequence[str]) -> tuple[str, ...]:
+    """The loss-curve header of a trainer whose step returns ``loss_keys``."""
+    return (*CURVE_COLUMNS, *loss_keys)
+
+
+def columns_of(history: Sequence[dict]) -> tuple[str, ...]:
+    """The loss-curve header of recorded rows (the losses a model returned, in its order)."""
+    return curve_columns([k for k in history[0] if k not in CURVE_COLUMNS]) if history else CURVE_COLUMNS
+
+
+class HookBase:
+    """Called by :class:`Trainer` around the loop; ``self.trainer`` is set before ``before_train``, and
+    ``after_train`` runs however the loop ends (finished, stopped, or a step raised)."""
+
+    trainer: Trainer
+
+    def before_train(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+
+class Trainer:
+    """Runs steps ``start .. iterations - 1`` of ``step_fn`` (module docstring).
+
+    Args:
+        model, optimizer, scheduler: what the steps train (the scheduler steps once per optimiser step).
+        step_fn: ``step -> dict`` of scalar losses.
+        iterations: total optimiser steps of the run.
+        start, history: where a resumed run continues (step done, curve rows so far).
+        hint: what to tell the user when the loss stops being finite (e.g. the config key of the learning rate).
+        amp_device: device type to run ``step_fn`` under bfloat16 autocast on; None: no autocast.
+        hooks: :class:`HookBase` instances, called in order.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer, scheduler, step_fn: Callable[[int], dict], *,
+                 iterations: int, start: int = 0, history: list | None = None, hint: str = "",
+                 amp_device: str | None = None, hooks: Sequence[HookBase] = ()):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.step_fn = step_fn
+        self.iterations = iterations
+        self.step = start
+        self.start = start
+        self.history = list(history or [])
+        self.hint = hint
+        self.amp_device = amp_device
+        self.hooks = list(hooks)
+        for hook in self.hooks:
+            hook.trainer = self
+
+    def train(self, max_steps: int | None = None) -> bool:
+        """Run to ``iterations``; False when stopped before, after step ``max_steps`` (simulates a kill)."""
+        for hook in self.hooks:
+            hook.before_train()
+        try:  # as detectron2's: hooks close what they opened even when a step fails
+            while self.step < self.iterations:
+                if max_steps is not None and self.step >= max_steps:
+                    return False
+                self.history.append(self.run_step())
+                self.step += 1
+                for hook in self.hooks:
+                    hook.after_step()
+            return True
+        finally:
+            for hook in self.hooks:
+                hook.after_train()
+
+    def run_step(self) -> dict:
+        """One optimiser step; returns its curve row."""
+        with torch.autocast(self.amp_device or "cpu", dtype=torch.bfloat16, enabled=self.amp_device is not None):
+            losses = self.step_fn(self.step)
+        total = functools.reduce(operator.add, losses.values())
+        values = {k: v.item() for k, v in losses.items()}
+        if not math.isfinite(total.item()):
+            named = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            raise A2DError(f"the loss is not finite at step {self.step + 1} ({named}){self.hint}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if total.requires_grad:  # a stage-2 batch without regions has nothing to learn from
+            total.backward()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"step": self.step + 1, "loss": total.item(), "lr": lr, **values}
+
+
+class Progress(HookBase):
+    """A tqdm progress bar with the last loss, and a log line with the steps, time and loss at the end."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+
+    def before_train(self) -> None:
+        from tqdm import tqdm
+
+        t = self.trainer
+        self.bar = tqdm(total=t.iterations, initial=t.step, desc=self.desc, unit="it", mininterval=2)
+        self.started = time.perf_counter()
+
+    def after_step(self) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self.trainer.history[-1]['loss']:.3f}")
+
+    def after_train(self) -> None:
+        self.bar.close()
+        t = self.trainer
+        first = t.history[0]["loss"] if t.history else float("nan")
+        last = t.history[-1]["loss"] if t.history else float("nan")
+        log.info("%s: %d steps in %.1f s this run; loss %.4f -> %.4f", self.desc, t.step - t.start,
+                 time.perf_counter() - self.started, first, last)
+
+
+class PeriodicCheckpointer(HookBase):
+    """Every ``every`` steps (not after the last) the resume checkpoint at ``path`` and the curve so far."""
+
+    def __init__(self, path: str | Path, fingerprint: str, every: int, curve: str | Path):
+        self.path, self.fingerprint, self.every, self.curve = Path(path), fingerprint, every, Path(curve)
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.step % self.every == 0 and t.step < t.iterations:
+            save_resume(self.path, self.fingerprint, t.step, t.model, t.optimizer, t.scheduler, t.history)
+            write_curve(self.curve, t.history, columns_of(t.history))

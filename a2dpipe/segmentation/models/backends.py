@@ -96,7 +96,8 @@ class RegionBackEnd(nn.Module):
     ``forward(features, regions, size)``: ``regions`` is a list (one per frame of the batch) of dicts with
     ``boxes`` (N, 4) float x1, y1, x2, y2 in frame pixels and ``masks`` (N, H, W) float in [0, 1]; N may be 0.
     Returns the module docstring's dict plus ``"region_scores"``: list of (N, 18) per-region probabilities
-    (actor 8 then action 10).
+    (actor 8 then action 10). ``pixel_log_probs(scores, regions, size)`` runs steps 4-5 alone on given region
+    probabilities (the mask-vote control feeds it averaged stage-1 probabilities instead of the heads').
     """
 
     def __init__(self, in_channels: int, *, roi_size: int = 7, fc_dim: int = 256, uncovered_background: float = 1.0,
@@ -142,12 +143,18 @@ class RegionBackEnd(nn.Module):
             scores = self.region_scores(features, boxes).split(counts)
         else:  # no region in the whole batch: every pixel is uncovered
             scores = [features.new_zeros((0, NUM_ACTORS + NUM_ACTIONS), dtype=torch.float32)] * len(boxes)
+        return {**self.pixel_log_probs(list(scores), regions, size), "region_scores": list(scores)}
+
+    def pixel_log_probs(self, scores: list[torch.Tensor], regions: list[dict[str, torch.Tensor]],
+                        size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Region-to-pixel and normalisation: per frame (N, 18) region probabilities -> ``{"actor", "action"}``
+        (B, K, H, W) log-probabilities."""
         actor, action = [], []
-        for s, b, r in zip(scores, boxes, regions):
-            pixel = self._to_pixels(s, r["masks"], b, size)
+        for s, r in zip(scores, regions):
+            pixel = self._to_pixels(s, r["masks"], r["boxes"].float(), size)
             actor.append(region_log_probs(pixel[:NUM_ACTORS]))
             action.append(region_log_probs(pixel[NUM_ACTORS:]))
-        return {"actor": torch.stack(actor), "action": torch.stack(action), "region_scores": list(scores)}
+        return {"actor": torch.stack(actor), "action": torch.stack(action)}
 
     def _to_pixels(self, scores: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                    size: tuple[int, int]) -> torch.Tensor:

@@ -86,11 +86,13 @@ CAPTIONS = {
     "not in the paper) is the control: the Baseline's probabilities averaged inside each test region mask, no "
     "region head. Percentages; this run's in brackets: 95% bootstrap interval over test videos.",
     "table2": "Baseline against Ours (RGB + flow) on the pixels outside a band of {width} px around "
-    "ground-truth label changes. Percentages.",
+    "ground-truth label changes. Percentages; this run's in brackets: 95% bootstrap interval over test videos.",
     "table3": "Region-mask sources (RGB + flow). Training masks: a source plus ground-truth masks; generic = "
-    "the paper's COCO-trained model, dataset = the paper's A2D-trained model, gt = ground-truth masks. Percentages.",
+    "the paper's COCO-trained model, dataset = the paper's A2D-trained model, gt = ground-truth masks. "
+    "Percentages; this run's in brackets: 95% bootstrap interval over test videos.",
     "table4": "Earlier published results as printed in the paper (best of several where a work gave several; "
-    "method names are not in the available copy; the paper cites {cited}), the paper's Ours, and this run's Ours.",
+    "method names are not in the available copy; the paper cites {cited}), the paper's Ours, and this run's Ours "
+    "(in brackets: 95% bootstrap interval over test videos).",
     "table5": "Per-category accuracy (actor-action setting): background, the 43 actor-action pairs and their "
     "average (the mean class accuracy). The paper's table has no dog-none column. Percentages.",
     "claims": "The paper's qualitative claims and the mask-vote control, checked on this run's numbers: each "

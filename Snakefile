@@ -2,6 +2,7 @@
 #
 #   snakemake tables --cores 1 --resources gpu=1      # the paper's tables on the embedded default
 #   snakemake all --cores 1 --resources gpu=1         # tables, timings and every intermediate artifact
+#   snakemake validate --cores 1 --resources gpu=1    # every variant's metrics on the validation split
 #   snakemake --report report.html                    # HTML report of the last run
 #
 # Targets go before --resources, which takes every following word as a resource.

@@ -223,3 +223,40 @@ def test_evaluate_command_accumulates_all_test_frames(tmp_path):
         from a2dpipe.evaluation import evaluate
 
         evaluate.evaluate(tmp_path / "pred.h5", [tmp_path / "shard-000.h5", tmp_path / "shard-001.h5"], 3)
+
+
+def test_evaluate_writes_per_video_matrices_that_add_up_and_scores_the_validation_split(tmp_path):
+    from a2dpipe.evaluation.bootstrap import read_per_video
+
+    rng = np.random.default_rng(5)
+    frames, preds = {}, {}
+    for video, split in (("vidA", "test"), ("vidB", "test"), ("vidV", "val"), ("vidT", "train")):
+        for frame in (2, 9):
+            gt, joint = random_frame(rng, shape=(12, 16))
+            frames[(video, frame, split)] = gt
+            preds[(video, frame)] = joint
+    write_frames(tmp_path / "shard-000.h5", frames)
+    write_predictions(tmp_path / "test.h5", {k: v for k, v in preds.items() if k[0] in ("vidA", "vidB")})
+    write_predictions(tmp_path / "val.h5", {k: v for k, v in preds.items() if k[0] == "vidV"})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("evaluation: {boundary_width: 3}\n")
+    for split, videos in (("test", ["vidA", "vidB"]), ("val", ["vidV"])):
+        out, per_video = tmp_path / f"{split}.json", tmp_path / f"{split}.videos.npz"
+        argv = ["evaluate", "--config", str(cfg), "--predictions", str(tmp_path / f"{split}.h5"), "--frames",
+                str(tmp_path / "shard-000.h5"), "--out", str(out), "--per-video", str(per_video), "--split", split]
+        assert main(argv) == 0
+        result, stacks = json.loads(out.read_text()), read_per_video(per_video)
+        assert result["split"] == split and result["videos"] == len(videos) and stacks["videos"] == videos
+        for region in metrics.REGIONS:
+            for s in labels.SETTINGS:
+                stack = stacks[f"{region}.{s}"]
+                np.testing.assert_array_equal(stack.sum(axis=0), np.array(result["confusion"][region][s]))
+        # each video's matrix is that video's frames alone
+        acc = metrics.ConfusionAccumulator(3)
+        for frame in (2, 9):
+            acc.add(frames[(videos[0], frame, split)], preds[(videos[0], frame)])
+        np.testing.assert_array_equal(stacks["whole.actor_action"][0], acc.matrices["whole"]["actor_action"])
+    # validation predictions scored as test frames: the test frames have no prediction
+    argv = ["evaluate", "--config", str(cfg), "--predictions", str(tmp_path / "val.h5"), "--frames",
+            str(tmp_path / "shard-000.h5"), "--out", str(tmp_path / "x.json")]
+    assert main(argv) == 1 and not (tmp_path / "x.json").exists()

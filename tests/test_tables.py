@@ -10,11 +10,14 @@ import pytest
 from a2dpipe import labels
 from a2dpipe.evaluation import metrics, paper_results, tables, timing
 from a2dpipe.cli import main
+from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.evaluation.evaluate import _json_safe
 
 VARIANTS = [
     "baseline-rgb",
     "baseline-rgbflow",
+    "maskvote-rgb-dataset",
+    "maskvote-rgbflow-dataset",
     "ours-rgb-dataset-dataset",
     "ours-rgbflow-dataset-dataset",
     "ours-rgbflow-generic-generic",
@@ -23,36 +26,50 @@ VARIANTS = [
 IDS = np.array([labels.BACKGROUND, *labels.VALID_PAIRS], dtype=np.uint8)
 
 
-def fake_evaluation(variant, accuracy, seed):
-    """An evaluation document (a2dpipe.evaluation.evaluate format) whose predictions are right with probability ``accuracy``."""
+ACCURACY = {"baseline-rgb": 0.3, "baseline-rgbflow": 0.4, "maskvote-rgb-dataset": 0.45,
+            "maskvote-rgbflow-dataset": 0.55, "ours-rgb-dataset-dataset": 0.5, "ours-rgbflow-dataset-dataset": 0.7,
+            "ours-rgbflow-generic-generic": 0.6, "ours-rgbflow-dataset-gt": 0.9}
+
+
+def fake_evaluation(variant, accuracy, seed, videos=8):
+    """(evaluation document in the a2dpipe.evaluation.evaluate format, its accumulator): the same ground truth for
+    every variant (test videos are shared), predictions right with probability ``accuracy``."""
     rng = np.random.default_rng(seed)
     acc = metrics.ConfusionAccumulator(3)
-    for _ in range(2):
-        gt = rng.choice(IDS, size=(4, 6)).repeat(8, axis=0).repeat(8, axis=1)  # 8 x 8 blocks: non-boundary pixels exist
-        joint = np.where(rng.random(gt.shape) < accuracy, gt, rng.choice(IDS, size=gt.shape))
-        acc.add(gt, joint)
+    for video in range(videos):
+        truth = np.random.default_rng(100 + video)
+        for _ in range(2):
+            gt = truth.choice(IDS, size=(4, 6)).repeat(8, axis=0).repeat(8, axis=1)  # 8 x 8 blocks: non-boundary pixels
+            joint = np.where(rng.random(gt.shape) < accuracy, gt, rng.choice(IDS, size=gt.shape))
+            acc.add(gt, joint, video=f"vid{video}")
     doc = {
         "variant": variant,
+        "split": "test",
         "frames": acc.frames,
         "boundary_width": 3,
         "metrics": {r: metrics.metrics(acc.matrices[r]) for r in metrics.REGIONS},
         "per_category_accuracy": metrics.per_category_accuracy(acc.matrices["whole"]["actor_action"]),
         "confusion": {r: {s: m.tolist() for s, m in acc.matrices[r].items()} for r in metrics.REGIONS},
     }
-    return _json_safe(doc)
+    return _json_safe(doc), acc
 
 
 @pytest.fixture
 def evaluation_files(tmp_path):
-    accuracy = {"baseline-rgb": 0.3, "baseline-rgbflow": 0.4, "ours-rgb-dataset-dataset": 0.5,
-                "ours-rgbflow-dataset-dataset": 0.7, "ours-rgbflow-generic-generic": 0.6, "ours-rgbflow-dataset-gt": 0.9}
+    """Evaluation JSON files of every variant; their per-video matrices lie beside them (``<variant>.videos.npz``)."""
     paths = []
     for k, variant in enumerate(VARIANTS):
         path = tmp_path / "evaluation" / f"{variant}.json"
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(fake_evaluation(variant, accuracy[variant], k)))
+        doc, acc = fake_evaluation(variant, ACCURACY[variant], k)
+        path.write_text(json.dumps(doc))
+        write_per_video(_per_video_path(path), variant, *acc.video_matrices())
         paths.append(path)
     return paths
+
+
+def _per_video_path(evaluation: Path) -> Path:
+    return evaluation.with_name(evaluation.stem + ".videos.npz")
 
 
 def test_paper_figures_are_transcribed_consistently():
@@ -75,7 +92,10 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     quality_csv = tmp_path / "quality.csv"
     pd.DataFrame([{"source": "dataset", "AP": 0.41}, {"source": "generic", "AP": 0.22}]).to_csv(quality_csv, index=False)
     out = tmp_path / "tables"
-    argv = ["tables", "--config", "config.yaml", "--evaluations", *map(str, evaluation_files),
+    config = tmp_path / "config.yaml"
+    config.write_text("seed: 0\nevaluation: {bootstrap_resamples: 500}\n")
+    argv = ["tables", "--config", str(config), "--evaluations", *map(str, evaluation_files),
+            "--per-video", *(str(_per_video_path(p)) for p in evaluation_files),
             "--mask-quality", str(quality_csv), "--timing", str(timing_csv), "--out-dir", str(out)]
     assert main(argv) == 0
     names = ["table1", "table2", "table3", "table4", "table5", "claims", "timing", "mask_quality"]
@@ -85,11 +105,19 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     assert (out / "done").exists()
 
     t1 = pd.read_csv(out / "table1.csv")
-    assert list(t1["source"]) == ["paper", "this run"] * 4
+    assert list(t1["source"]) == ["paper", "this run", "this run", "paper", "this run"] * 2  # no paper mask vote
+    assert list(t1["method"][:3]) == ["Baseline (RGB only)", "Baseline (RGB only)", "Mask vote (RGB only)"]
     assert t1.iloc[0]["mean class acc. actor-action"] == 42.7  # Baseline (RGB only), paper
+    assert math.isnan(t1.iloc[0]["mean class acc. actor-action low"])  # the paper's figures have no interval
     doc = json.loads(evaluation_files[1].read_text())  # baseline-rgbflow
     row = t1[(t1["method"] == "Baseline (RGB + flow)") & (t1["source"] == "this run")].iloc[0]
     assert row["mean IoU actor"] == pytest.approx(100 * doc["metrics"]["whole"]["actor"]["mean_iou"], abs=0.01)
+    assert row["mean IoU actor low"] < row["mean IoU actor"] < row["mean IoU actor high"]
+    md = (out / "table1.md").read_text()
+    assert "mean IoU actor low" not in md  # folded into the cell
+    cell = f"{row['mean IoU actor']:.1f} [{row['mean IoU actor low']:.1f}, {row['mean IoU actor high']:.1f}]"
+    assert f"| Baseline (RGB + flow) | this run |" in md and cell in md
+    assert cell in (out / "table1.tex").read_text()
 
     t2 = pd.read_csv(out / "table2.csv")
     assert t2.iloc[1]["global acc. actor"] == pytest.approx(
@@ -108,12 +136,13 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     t5 = pd.read_csv(out / "table5.csv")
     assert list(t5.columns) == ["method", "source", *labels.class_names("actor_action"), "average"]
     ours = t5[(t5["method"] == "Ours (RGB + flow)") & (t5["source"] == "this run")].iloc[0]
-    doc = json.loads(evaluation_files[3].read_text())
+    doc = json.loads(evaluation_files[VARIANTS.index("ours-rgbflow-dataset-dataset")].read_text())
     assert ours["adult-climbing"] == pytest.approx(100 * doc["per_category_accuracy"]["adult-climbing"], abs=0.01)
     assert ours["average"] == pytest.approx(100 * doc["metrics"]["whole"]["actor_action"]["mean_class_accuracy"], abs=0.01)
 
     claims = pd.read_csv(out / "claims.csv")
-    assert list(claims["holds"]) == ["yes"] * 5  # the fake accuracies are ordered as the paper claims
+    assert list(claims["holds"]) == ["yes"] * 7  # the fake accuracies are ordered as claimed, far apart
+    assert claims["difference [95% interval]"].str.fullmatch(r"(\+\d+\.\d \[\d+\.\d, \d+\.\d\](; )?)+").all()
 
     md = (out / "table1.md").read_text()
     assert "| Baseline (RGB only) | paper | 95.7 |" in md
@@ -125,12 +154,61 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
 
 def test_missing_variants_leave_their_rows_out(tmp_path, evaluation_files):
     evals = tables.load_evaluations(evaluation_files[:2])  # baselines only
-    t1 = tables.table1(evals)
+    intervals = tables.load_intervals([_per_video_path(p) for p in evaluation_files[:2]], evals, resamples=200)
+    t1 = tables.table1(evals, intervals)
     assert (t1["source"] == "this run").sum() == 2
-    c = tables.claims(evals)
+    c = tables.claims(evals, intervals)
     assert c.iloc[0]["holds"] == "n/a" and c.iloc[1]["holds"] == "yes"
-    tie = tables.claims({v: evals["baseline-rgb"] | {"variant": v} for v in VARIANTS})
-    assert set(tie["holds"]) == {"no (tie)"}
+    assert tables.claims(evals).iloc[1]["holds"] == "n/a"  # no per-video matrices: nothing is resolved
+
+
+def test_claims_say_yes_no_or_not_resolved_by_the_interval_of_the_difference(tmp_path):
+    docs = {}
+    for variant, accuracy, seed in (("baseline-rgbflow", 0.5, 1), ("ours-rgbflow-dataset-dataset", 0.5, 2),
+                                    ("baseline-rgb", 0.9, 3), ("ours-rgb-dataset-dataset", 0.5, 4)):
+        doc, acc = fake_evaluation(variant, accuracy, seed)
+        path = tmp_path / f"{variant}.json"
+        path.write_text(json.dumps(doc))
+        write_per_video(_per_video_path(path), variant, *acc.video_matrices())
+        docs[variant] = path
+    evals = tables.load_evaluations(docs.values())
+    intervals = tables.load_intervals([_per_video_path(p) for p in docs.values()], evals, resamples=500)
+    holds = dict(zip(tables.claims(evals, intervals)["claim"], tables.claims(evals, intervals)["holds"]))
+    assert holds["Ours beats Baseline in actor-action mean class accuracy (RGB + flow)"] == "not resolved"  # equal skill
+    assert holds["flow improves action mean class accuracy (Baseline)"] == "no"  # 0.9 -> 0.5
+    same = {v: evals["baseline-rgb"] | {"variant": v} for v in ("baseline-rgb", "baseline-rgbflow")}
+    tie = tables.load_intervals([_per_video_path(docs["baseline-rgb"])], evals, resamples=50)
+    tie.per_video["baseline-rgbflow"] = tie.per_video["baseline-rgb"]
+    assert tables.claims(same, tie).iloc[1]["holds"] == "no"  # an exact tie is not an improvement
+    assert tables.verdict([(0.1, 0.3), (0.2, 0.4)]) == "yes"
+    assert tables.verdict([(0.1, 0.3), (-0.2, 0.4)]) == "not resolved"
+    assert tables.verdict([(0.1, 0.3), (-0.4, -0.2)]) == "no"
+
+
+def test_stale_or_mismatched_per_video_files_are_named(tmp_path, evaluation_files):
+    evals = tables.load_evaluations(evaluation_files[:2])
+    with pytest.raises(Exception, match="does not add up"):
+        tables.load_intervals([_per_video_path(evaluation_files[1])], {"baseline-rgbflow": evals["baseline-rgb"]
+                                                                       | {"variant": "baseline-rgbflow"}})
+    doc, acc = fake_evaluation("baseline-rgbflow", 0.4, 1, videos=5)
+    other = tmp_path / "other.videos.npz"
+    write_per_video(other, "baseline-rgbflow", *acc.video_matrices())
+    evals["baseline-rgbflow"] = doc
+    with pytest.raises(Exception, match="different test videos"):
+        tables.load_intervals([_per_video_path(evaluation_files[0]), other], evals)
+
+
+def test_metrics_only_writes_one_row_per_variant_and_region(tmp_path, evaluation_files):
+    config = tmp_path / "config.yaml"
+    config.write_text("seed: 0\nevaluation: {bootstrap_resamples: 100}\n")
+    out = tmp_path / "validation"
+    argv = ["tables", "--config", str(config), "--metrics-only", "--evaluations", *map(str, evaluation_files),
+            "--per-video", *(str(_per_video_path(p)) for p in evaluation_files), "--out-dir", str(out)]
+    assert main(argv) == 0
+    table = pd.read_csv(out / "metrics.csv")
+    assert len(table) == 2 * len(VARIANTS) and set(table["pixels"]) == {"whole", "non_boundary"}
+    assert (table["mean IoU actor-action low"] <= table["mean IoU actor-action"]).all()
+    assert not (out / "done").exists() and not (out / "table1.csv").exists()
 
 
 def test_a_broken_evaluation_file_is_named(tmp_path):

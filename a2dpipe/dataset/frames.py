@@ -17,7 +17,7 @@ dataset            shape, type  content
 On the synthetic benchmark a group also holds ``distractor_masks`` (M, H, W) u8 0/1: the visible non-actor
 objects, which the generic mask source is trained on (read from the benchmark's sidecar files; absent on A2D).
 
-Group attributes: ``split`` ('train' / 'test'), ``neighbour_frame`` (1-based) and ``direction``: ``'next'`` means
+Group attributes: ``split`` ('train' / 'val' / 'test'), ``neighbour_frame`` (1-based) and ``direction``: ``'next'`` means
 flow is taken from the frame to frame + 1, ``'previous'`` from frame - 1 to the frame. ``frames.neighbour``
 chooses; the last frame of a clip always uses ``'previous'`` and the first always ``'next'``.
 Read it back with :class:`FrameStore`.

@@ -1,15 +1,24 @@
 """The frame index: ``a2dpipe index --config C --root DIR --out index.csv``.
 
 One row per annotated frame, columns ``video, frame, split, height, width, num_frames, shard`` (``frame``
-1-based, ``split`` 'train' / 'test', ``shard`` a 3-digit string). Videos are assigned to shards in
+1-based, ``split`` 'train' / 'val' / 'test', ``shard`` a 3-digit string). Videos are assigned to shards in
 ``videoset.csv`` row order after ``dataset.exclude_videos`` are dropped: shard = position // ``dataset.shard_size``
 (:func:`assign_shards`, which the workflow uses too, so the DAG and the index agree).
+
+Validation split (:func:`assign_validation`): A2D has no official one, so a share ``dataset.val_fraction`` of the
+training videos is held out, whole videos only: ``ceil(val_fraction * train videos)`` of them, but never the last
+training video (one training video keeps them all; ``val_fraction: 0`` holds none out). The held-out videos are
+those with the smallest SHA-256 of their id: deterministic, independent of the seed and of ``videoset.csv`` row
+order, and adding a video to the dataset moves at most that one video between the two splits. Training and every
+choice made by looking at results use ``train`` and ``val``; ``test`` labels only score the final tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +29,8 @@ from a2dpipe.io import A2DError, atomic_path, load_config
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["video", "frame", "split", "height", "width", "num_frames", "shard"]
+SPLITS = ("train", "val", "test")
+DEFAULT_VAL_FRACTION = 0.125  # mirrors the schema default (commands run by hand with partial configs)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +41,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     dataset = load_config(args.config).get("dataset", {})
-    index = build_index(args.root, dataset.get("shard_size", 8), dataset.get("exclude_videos", []))
+    index = build_index(args.root, dataset.get("shard_size", 8), dataset.get("exclude_videos", []),
+                        val_fraction=dataset.get("val_fraction", DEFAULT_VAL_FRACTION))
     write_index(index, args.out)
 
 
@@ -47,13 +59,41 @@ def assign_shards(videoset: pd.DataFrame, shard_size: int, exclude=()) -> pd.Dat
     return kept
 
 
-def build_index(root: str | Path, shard_size: int, exclude=()) -> pd.DataFrame:
-    """Index of every annotated frame of ``root`` (see module docstring); an empty split is an error."""
+def _video_rank_key(video: str) -> str:
+    return hashlib.sha256(video.encode("utf-8")).hexdigest()
+
+
+def validation_videos(train_videos, val_fraction: float) -> set[str]:
+    """The training videos held out for validation (rule in the module docstring)."""
+    if not 0 <= val_fraction < 1 or not math.isfinite(val_fraction):
+        raise A2DError(f"config dataset.val_fraction: must be in [0, 1), got {val_fraction}")
+    videos = sorted(set(train_videos))
+    count = min(math.ceil(val_fraction * len(videos)), len(videos) - 1) if videos else 0
+    return set(sorted(videos, key=_video_rank_key)[:count])
+
+
+def assign_validation(videoset: pd.DataFrame, val_fraction: float) -> pd.DataFrame:
+    """``videoset`` with the :func:`validation_videos` of its train split relabelled ``val`` (a new frame)."""
+    out = videoset.copy()
+    held_out = validation_videos(out.loc[out["split"] == "train", "video"], val_fraction)
+    out.loc[out["video"].isin(held_out), "split"] = "val"
+    if val_fraction > 0 and not held_out:
+        log.warning("dataset.val_fraction=%s: too few training videos to hold any out; no validation split",
+                    val_fraction)
+    return out
+
+
+def build_index(root: str | Path, shard_size: int, exclude=(), *, val_fraction: float = 0.0) -> pd.DataFrame:
+    """Index of every annotated frame of ``root`` (see module docstring); an empty train or test split is an error.
+
+    ``val_fraction`` > 0 relabels a share of the training videos ``val`` (:func:`assign_validation`).
+    """
     root = Path(root)
     videoset = assign_shards(read_videoset(root / "videoset.csv"), shard_size, exclude)
     for split in ("train", "test"):
         if not (videoset["split"] == split).any():
             raise A2DError(f"{root / 'videoset.csv'}: the {split} split is empty (after dataset.exclude_videos)")
+    videoset = assign_validation(videoset, val_fraction)
     frames = list_annotated_frames(root, videoset)
     index = frames.merge(videoset[["video", "height", "width", "num_frames", "shard"]], on="video", how="left")
     for split in ("train", "test"):

@@ -2,9 +2,12 @@
 
 Rules (``workflow/rules/evaluation.smk``) and their commands:
 
-- ``evaluate`` -> ``a2dpipe evaluate`` (:mod:`.evaluate`, scores from :mod:`.metrics`): ``evaluation/...json``;
+- ``evaluate`` -> ``a2dpipe evaluate`` (:mod:`.evaluate`, scores from :mod:`.metrics`): ``evaluation/...json``
+  and the per-video confusion matrices ``evaluation/...videos.npz``;
 - ``tables`` -> ``a2dpipe tables`` (:mod:`.tables`): Tables 1-5 and the claims, beside the paper's figures
-  (:mod:`.paper_results`);
+  (:mod:`.paper_results`), with paired-bootstrap intervals over test videos (:mod:`.bootstrap`);
+- ``evaluate_validation``, ``validate`` -> ``a2dpipe evaluate --split val``, ``a2dpipe tables --metrics-only``:
+  the same metrics on the validation split (``validation/metrics.csv``);
 - ``timing`` -> ``a2dpipe timing`` (:mod:`.timing`): milliseconds per frame of each stage;
 - ``report_figures`` -> ``a2dpipe report`` (:mod:`.report`): figures for ``snakemake --report``.
 

@@ -1,13 +1,16 @@
-"""Evaluation stage: the metrics of one prediction set over every test frame.
+"""Evaluation stage: the metrics of one prediction set over every test (or validation) frame.
 
 Command::
 
     a2dpipe evaluate --config C --predictions results/predictions/<variant>.h5 \
-        --frames results/frames/shard-000.h5 ... --out results/evaluation/<variant>.json
+        --frames results/frames/shard-000.h5 ... --out results/evaluation/<variant>.json \
+        --per-video results/evaluation/<variant>.videos.npz [--split test|val]
 
-Reads the ground-truth ``label`` of every frame whose ``split`` attribute is ``test`` in the frame stores, the
-``actor``, ``action`` and ``joint`` maps of the same frame in the prediction file, and accumulates confusion
-matrices over all frames (``a2dpipe.evaluation.metrics``), for the whole image and for the non-boundary pixels.
+Reads the ground-truth ``label`` of every frame whose ``split`` attribute is ``--split`` (default ``test``) in the
+frame stores, the ``actor``, ``action`` and ``joint`` maps of the same frame in the prediction file, and
+accumulates confusion matrices over all frames (``a2dpipe.evaluation.metrics``), for the whole image and for the
+non-boundary pixels, in total and per video. The per-video matrices (``--per-video``, format of
+``a2dpipe.evaluation.bootstrap.write_per_video``) are what the tables' bootstrap intervals resample.
 
 With ``evaluation.settings_from: heads`` (default) the actor and action settings score the two heads' own maps
 (``actor``, ``action``) and the actor-action setting the joint map; with ``joint`` all three settings are derived
@@ -15,8 +18,8 @@ from the joint map.
 
 Output JSON (fractions in [0, 1]; ``null`` where a score is undefined)::
 
-    {"variant": str, "predictions": str, "frames": int, "boundary_width": int, "settings_from": str,
-     "seconds_per_frame": float | null,
+    {"variant": str, "predictions": str, "split": str, "frames": int, "videos": int, "boundary_width": int,
+     "settings_from": str, "seconds_per_frame": float | null,
      "metrics": {"whole" | "non_boundary": {"actor" | "action" | "actor_action":
                  {"global_accuracy", "mean_class_accuracy", "mean_iou": float, "class_accuracy", "class_iou":
                   [float], "pixels": int, "classes": [str]}}},
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe.io import A2DError, atomic_path, load_config, open_hdf5
+from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 
 __all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
@@ -41,10 +45,11 @@ __all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
 log = logging.getLogger(__name__)
 
 SETTINGS_FROM = ("heads", "joint")
+SPLITS = ("test", "val")
 
 
-def iter_test_labels(frame_paths):
-    """Yield ``(video, frame, label)`` for every test frame of the frame stores, in file and key order."""
+def iter_test_labels(frame_paths, wanted: str = "test"):
+    """Yield ``(video, frame, label)`` for every frame of ``split`` in the frame stores, in file and key order."""
     for path in frame_paths:
         with open_hdf5(path, "frames store") as f:
             for video in f:
@@ -55,7 +60,7 @@ def iter_test_labels(frame_paths):
                         raise A2DError(f"{path}: group {video}/{name} has no 'split' attribute")
                     if isinstance(split, bytes):
                         split = split.decode()
-                    if split != "test":
+                    if split != wanted:
                         continue
                     if "label" not in group:
                         raise A2DError(f"{path}: group {video}/{name} has no 'label' dataset")
@@ -77,34 +82,46 @@ def _read_prediction(f, path, key: str, settings_from: str, shape) -> dict | np.
     return maps["joint"] if settings_from == "joint" else maps
 
 
-def evaluate(pred_path, frame_paths, boundary_width: int = 15, settings_from: str = "heads") -> dict:
-    """Accumulate every test frame of ``frame_paths`` against ``pred_path``; returns the JSON document (module doc)."""
+def evaluate(pred_path, frame_paths, boundary_width: int = 15, settings_from: str = "heads", *,
+             split: str = "test", per_video=None) -> dict:
+    """Accumulate every ``split`` frame of ``frame_paths`` against ``pred_path``; returns the JSON document
+    (module doc). With ``per_video`` (a path) the per-video confusion matrices are written there too."""
     if settings_from not in SETTINGS_FROM:
         raise A2DError(f"evaluation.settings_from: expected one of {SETTINGS_FROM}, got {settings_from!r}")
+    if split not in SPLITS:
+        raise A2DError(f"evaluate: split must be one of {SPLITS}, got {split!r}")
     acc = ConfusionAccumulator(boundary_width)
     seen: set[str] = set()
     with open_hdf5(pred_path, "prediction file") as f:
         variant = f.attrs.get("variant", Path(pred_path).stem)
         spf = f.attrs.get("seconds_per_frame")
-        for video, frame, label in iter_test_labels(frame_paths):
+        for video, frame, label in iter_test_labels(frame_paths, split):
             key = f"{video}/{frame:05d}"
             pred = _read_prediction(f, pred_path, key, settings_from, label.shape)
             try:
-                acc.add(label, pred)
+                acc.add(label, pred, video=video)
             except ValueError as err:
                 raise A2DError(f"{pred_path}: {key}: {err}") from None
             seen.add(key)
         extra = sorted(f"{v}/{n}" for v in f for n in f[v] if f"{v}/{n}" not in seen)
     if extra:
-        raise A2DError(f"{pred_path}: predictions for {len(extra)} frame(s) that are not test frames, e.g. {extra[0]}")
+        raise A2DError(f"{pred_path}: predictions for {len(extra)} frame(s) that are not {split} frames, "
+                       f"e.g. {extra[0]}")
     if acc.frames == 0:
-        raise A2DError(f"{pred_path}: the frame stores hold no test frame to evaluate")
-    log.info("%s: evaluated %d test frames", variant, acc.frames)
+        raise A2DError(f"{pred_path}: the frame stores hold no {split} frame to evaluate")
+    variant = variant.decode() if isinstance(variant, bytes) else str(variant)
+    log.info("%s: evaluated %d %s frames of %d videos", variant, acc.frames, split, len(acc.by_video))
+    if per_video is not None:
+        videos, stacks = acc.video_matrices()
+        with atomic_path(per_video) as tmp:
+            write_per_video(tmp, variant, videos, stacks)
     scores = {r: metrics(acc.matrices[r]) for r in REGIONS}
     return {
-        "variant": variant.decode() if isinstance(variant, bytes) else str(variant),
+        "variant": variant,
         "predictions": str(pred_path),
+        "split": split,
         "frames": acc.frames,
+        "videos": len(acc.by_video),
         "boundary_width": acc.boundary_width,
         "settings_from": settings_from,
         "seconds_per_frame": None if spf is None else float(spf),
@@ -130,6 +147,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--predictions", required=True, help="prediction HDF5 of one variant")
     parser.add_argument("--frames", required=True, nargs="+", help="frame stores (every shard)")
     parser.add_argument("--out", required=True, help="evaluation JSON to write")
+    parser.add_argument("--per-video", help="per-video confusion matrices (.npz) to write, for the bootstrap")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="frames to score (val: the validate target)")
 
 
 def run(args) -> None:
@@ -139,6 +158,8 @@ def run(args) -> None:
         args.frames,
         boundary_width=int(section.get("boundary_width", 15)),
         settings_from=section.get("settings_from", "heads"),
+        split=args.split,
+        per_video=args.per_video,
     )
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False))

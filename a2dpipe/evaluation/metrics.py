@@ -119,11 +119,16 @@ def boundary_band(gt_ids: np.ndarray, width: int) -> np.ndarray:
     return cv2.dilate(change, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
 
 
+def _zero_matrices() -> dict[str, dict[str, np.ndarray]]:
+    return {r: {s: np.zeros((NUM_CLASSES[s],) * 2, dtype=np.int64) for s in SETTINGS} for r in REGIONS}
+
+
 class ConfusionAccumulator:
     """Sums confusion matrices over frames for the whole image and for the non-boundary pixels.
 
     ``matrices[region][setting]`` is a (K, K) int64 array, region in ``REGIONS``. Whole-image and non-boundary
     counts of a setting come from a single ``bincount`` (the band flag is folded into the bin index).
+    Frames added with a ``video`` are also summed per video (``video_matrices``: what the bootstrap resamples).
     """
 
     def __init__(self, boundary_width: int = 15):
@@ -131,16 +136,29 @@ class ConfusionAccumulator:
             raise ValueError(f"boundary width must be >= 0, got {boundary_width}")
         self.boundary_width = int(boundary_width)
         self.frames = 0
-        self.matrices = {r: {s: np.zeros((NUM_CLASSES[s],) * 2, dtype=np.int64) for s in SETTINGS} for r in REGIONS}
+        self.matrices = _zero_matrices()
+        self.by_video: dict[str, dict[str, dict[str, np.ndarray]]] = {}
 
-    def add(self, gt_ids: np.ndarray, pred) -> None:
+    def video_matrices(self) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
+        """(videos sorted, ``{region: {setting: (V, K, K) int64}}``) of the frames added with a ``video``."""
+        videos = sorted(self.by_video)
+        stacks = {
+            r: {s: np.stack([self.by_video[v][r][s] for v in videos]) if videos
+                else np.zeros((0, NUM_CLASSES[s], NUM_CLASSES[s]), dtype=np.int64) for s in SETTINGS}
+            for r in REGIONS
+        }
+        return videos, stacks
+
+    def add(self, gt_ids: np.ndarray, pred, video: str | None = None) -> None:
         """Count one frame: ``gt_ids`` (H, W) raw A2D ids, ``pred`` as accepted by ``prediction_classes``.
 
-        Every predicted pixel must hold a class of its setting (ignored ground truth included).
+        Every predicted pixel must hold a class of its setting (ignored ground truth included). With ``video``
+        the frame's counts are also added to that video's matrices.
         """
         gt_ids = np.asarray(gt_ids, dtype=np.uint8)
         classes = prediction_classes(pred)
         band = boundary_band(gt_ids, self.boundary_width).astype(np.uint16)
+        per_video = None if video is None else self.by_video.setdefault(str(video), _zero_matrices())
         for s in SETTINGS:
             k = NUM_CLASSES[s]
             p = np.asarray(classes[s])
@@ -157,6 +175,9 @@ class ConfusionAccumulator:
             counts = np.bincount(idx.ravel(), minlength=2 * (k + 1) * k).reshape(2, k + 1, k)[:, :k]
             self.matrices["non_boundary"][s] += counts[0]
             self.matrices["whole"][s] += counts[0] + counts[1]
+            if per_video is not None:
+                per_video["non_boundary"][s] += counts[0]
+                per_video["whole"][s] += counts[0] + counts[1]
         self.frames += 1
 
 

@@ -2,22 +2,31 @@
 
 Command::
 
-    a2dpipe tables --config C --evaluations results/evaluation/*.json --mask-quality results/masks/quality.csv \
+    a2dpipe tables --config C --evaluations results/evaluation/*.json \
+        --per-video results/evaluation/*.videos.npz --mask-quality results/masks/quality.csv \
         --timing results/timing/timing.csv --out-dir results/tables
 
 Every table has a ``source`` column (``paper`` or ``this run``) and is written three times: ``<name>.csv``
 (full precision, percentages), ``<name>.md`` and ``<name>.tex`` (one decimal, ``-`` where there is no value):
 
 =============  ===========================================================================================
-``table1``     Baseline vs Ours x RGB vs RGB + flow (variants ``baseline-<input>``, ``ours-<input>-dataset-dataset``)
-``table2``     the same on non-boundary pixels, RGB + flow
+``table1``     Baseline vs Mask vote vs Ours x RGB vs RGB + flow (variants ``baseline-<input>``,
+               ``maskvote-<input>-dataset``, ``ours-<input>-dataset-dataset``); mask vote is this run's control
+``table2``     the same on non-boundary pixels, RGB + flow (Baseline, Ours)
 ``table3``     mask sources, RGB + flow: (training, test) = (generic, generic), (dataset, dataset), (dataset, gt)
 ``table4``     earlier published results (reference rows) and Ours, from the paper, beside this run's Ours
 ``table5``     per-category accuracy (background + 43 pairs + average), Baseline / Ours x RGB / RGB + flow
-``claims``     the paper's qualitative claims and whether this run shows them
+``claims``     the paper's qualitative claims (and the control's) and whether this run resolves them
 ``timing``     copy of the timing table (``a2dpipe timing``), when given
 ``mask_quality``  copy of the mask-quality table (``a2dpipe mask-quality``), when given
 =============  ===========================================================================================
+
+Uncertainty (``a2dpipe.evaluation.bootstrap``): with ``--per-video`` files every metric of this run in Tables
+1-4 gets a 95% paired-bootstrap interval over test videos (``evaluation.bootstrap_resamples`` resamples, seeded
+by ``seed``): the CSV has ``<metric> low`` and ``<metric> high`` columns beside each metric, Markdown and LaTeX
+show ``15.8 [13.9, 17.6]``. A claim compares variants through the interval of their difference: ``yes`` when
+the whole interval lies above zero, ``no`` when none of it does, ``not resolved`` when it straddles zero
+(``n/a`` when a variant or its per-video matrices are missing).
 
 A row of this run whose variant was not evaluated (not configured in ``experiments``) is left out with a warning.
 ``DIR/done`` is written last, so its presence means every table is complete.
@@ -30,15 +39,19 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from a2dpipe.evaluation import paper_results as paper
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.evaluation.bootstrap import Bootstrap, per_video_key, percentile_interval, read_per_video
+from a2dpipe.io import A2DError, atomic_path, load_config
 from a2dpipe.labels import class_names
 
 __all__ = [
     "METRIC_HEADERS",
+    "Intervals",
     "load_evaluations",
+    "load_intervals",
     "table1",
     "table2",
     "table3",
@@ -58,24 +71,33 @@ PAPER, THIS_RUN = "paper", "this run"
 _METRIC_NAMES = {"global_accuracy": "global acc.", "mean_class_accuracy": "mean class acc.", "mean_iou": "mean IoU"}
 _SETTING_NAMES = {"actor": "actor", "action": "action", "actor_action": "actor-action"}
 METRIC_HEADERS = [f"{_METRIC_NAMES[m]} {_SETTING_NAMES[s]}" for m, s in paper.METRIC_COLUMNS]
+LOW, HIGH = "low", "high"
+INTERVAL_HEADERS = [c for h in METRIC_HEADERS for c in (h, f"{h} {LOW}", f"{h} {HIGH}")]
 INPUT_NAMES = {"rgb": "RGB only", "rgbflow": "RGB + flow"}
-METHOD_NAMES = {"baseline": "Baseline", "ours": "Ours"}
+METHOD_NAMES = {"baseline": "Baseline", "maskvote": "Mask vote", "ours": "Ours"}
+DEFAULT_RESAMPLES = 1000  # mirrors the schema default of evaluation.bootstrap_resamples
 MAIN_SOURCE = "dataset"  # the paper's default: region masks of a model trained on the target dataset
 
 TITLES = {"table1": "Table 1", "table2": "Table 2", "table3": "Table 3", "table4": "Table 4", "table5": "Table 5",
           "claims": "Claims"}
 CAPTIONS = {
     "table1": "Baseline (ASPP back-end, no region masks) against Ours (region back-end) with RGB or RGB + flow "
-    "input; region masks from the dataset-trained mask model for training and testing. Percentages.",
+    "input; region masks from the dataset-trained mask model for training and testing. Mask vote (this run only, "
+    "not in the paper) is the control: the Baseline's probabilities averaged inside each test region mask, no "
+    "region head. Percentages; this run's in brackets: 95% bootstrap interval over test videos.",
     "table2": "Baseline against Ours (RGB + flow) on the pixels outside a band of {width} px around "
-    "ground-truth label changes. Percentages.",
+    "ground-truth label changes. Percentages; this run's in brackets: 95% bootstrap interval over test videos.",
     "table3": "Region-mask sources (RGB + flow). Training masks: a source plus ground-truth masks; generic = "
-    "the paper's COCO-trained model, dataset = the paper's A2D-trained model, gt = ground-truth masks. Percentages.",
+    "the paper's COCO-trained model, dataset = the paper's A2D-trained model, gt = ground-truth masks. "
+    "Percentages; this run's in brackets: 95% bootstrap interval over test videos.",
     "table4": "Earlier published results as printed in the paper (best of several where a work gave several; "
-    "method names are not in the available copy; the paper cites {cited}), the paper's Ours, and this run's Ours.",
+    "method names are not in the available copy; the paper cites {cited}), the paper's Ours, and this run's Ours "
+    "(in brackets: 95% bootstrap interval over test videos).",
     "table5": "Per-category accuracy (actor-action setting): background, the 43 actor-action pairs and their "
     "average (the mean class accuracy). The paper's table has no dog-none column. Percentages.",
-    "claims": "The paper's qualitative claims, checked on this run's numbers.",
+    "claims": "The paper's qualitative claims and the mask-vote control, checked on this run's numbers: each "
+    "difference with its 95% paired-bootstrap interval over test videos; yes when the interval lies above zero, "
+    "no when none of it does, not resolved when it straddles zero.",
     "timing": "Milliseconds per frame of each stage on this run's device, beside the paper's (one Nvidia K80). "
     "The paper's baseline network time is its baseline total minus its flow time.",
     "mask_quality": "Quality of the region masks of each source on the test split (COCO-style mask AP).",
@@ -99,21 +121,98 @@ def load_evaluations(paths) -> dict[str, dict]:
     return out
 
 
+class Intervals:
+    """Bootstrap intervals of this run's metrics: one paired :class:`Bootstrap` over the test videos.
+
+    ``per_video`` maps each variant to its per-video confusion matrices (``read_per_video``); every variant must
+    cover the same test videos (they are scored on the same split), or the pairing would be meaningless.
+    """
+
+    def __init__(self, per_video: dict[str, dict], *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0):
+        if not per_video:
+            raise A2DError("no per-video confusion matrices: the bootstrap needs at least one variant's")
+        videos = {variant: doc["videos"] for variant, doc in per_video.items()}
+        first, reference = next(iter(videos.items()))
+        for variant, listed in videos.items():
+            if listed != reference:
+                raise A2DError(f"per-video matrices of {variant} and {first} cover different test videos")
+        self.per_video = per_video
+        self.bootstrap = Bootstrap(reference, resamples=resamples, seed=seed)
+        self._samples: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+
+    def has(self, variant: str) -> bool:
+        return variant in self.per_video
+
+    def _matrices(self, variant: str, region: str, setting: str) -> np.ndarray:
+        key = per_video_key(region, setting)
+        if key not in self.per_video[variant]:
+            raise A2DError(f"per-video matrices of {variant} lack {key}")
+        return self.per_video[variant][key]
+
+    def samples(self, variant: str, region: str, setting: str) -> dict[str, np.ndarray]:
+        """``{score: (B,) resampled values}`` of a variant, computed once."""
+        key = (variant, region, setting)
+        if key not in self._samples:
+            self._samples[key] = self.bootstrap.score_samples(self._matrices(variant, region, setting))
+        return self._samples[key]
+
+    def interval(self, variant: str, score: str, setting: str, region: str = "whole") -> tuple[float, float]:
+        """(low, high) of one metric, in [0, 1]."""
+        return percentile_interval(self.samples(variant, region, setting)[score])
+
+    def difference(self, first: str, second: str, score: str, setting: str,
+                   region: str = "whole") -> tuple[float, float]:
+        """(low, high) of ``second - first``, paired draws."""
+        a = self.samples(first, region, setting)[score]
+        b = self.samples(second, region, setting)[score]
+        return percentile_interval(b - a)
+
+
+def load_intervals(paths, evals: dict, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Intervals:
+    """:class:`Intervals` from per-video ``.npz`` files; each must add up to its variant's evaluation JSON."""
+    per_video = {}
+    for path in paths:
+        doc = read_per_video(path)
+        variant = doc["variant"]
+        if variant not in evals:
+            raise A2DError(f"{path}: per-video matrices of {variant}, which has no evaluation file")
+        confusion = evals[variant].get("confusion", {})
+        for region, by_setting in confusion.items():
+            for setting, total in by_setting.items():
+                key = per_video_key(region, setting)
+                if key not in doc or not np.array_equal(doc[key].sum(axis=0), np.asarray(total)):
+                    raise A2DError(f"{path}: {key} does not add up to the confusion matrix of {variant}'s "
+                                   "evaluation (a stale file?)")
+        per_video[variant] = doc
+    return Intervals(per_video, resamples=resamples, seed=seed)
+
+
 def _pct(value) -> float:
     return math.nan if value is None else 100.0 * float(value)
 
 
-def _run_row(evaluation: dict, region: str = "whole") -> list[float]:
+def _run_row(evaluation: dict, region: str = "whole", intervals: Intervals | None = None) -> list[float]:
+    """This run's metric cells: value, low, high per metric (percentages; intervals nan without a bootstrap)."""
     m = evaluation["metrics"][region]
-    return [_pct(m[s][metric]) for metric, s in paper.METRIC_COLUMNS]
+    variant = evaluation["variant"]
+    cells = []
+    for metric, s in paper.METRIC_COLUMNS:
+        low, high = (intervals.interval(variant, metric, s, region) if intervals and intervals.has(variant)
+                     else (math.nan, math.nan))
+        cells += [_pct(m[s][metric]), 100.0 * low, 100.0 * high]
+    return cells
 
 
 def _paper_row(values) -> list[float]:
-    return [math.nan if v is None else v for v in values]
+    return [x for v in values for x in (math.nan if v is None else v, math.nan, math.nan)]
 
 
 def _variant(method: str, inp: str, train: str = MAIN_SOURCE, test: str = MAIN_SOURCE) -> str:
-    return f"baseline-{inp}" if method == "baseline" else f"ours-{inp}-{train}-{test}"
+    if method == "baseline":
+        return f"baseline-{inp}"
+    if method == "maskvote":
+        return f"maskvote-{inp}-{test}"
+    return f"ours-{inp}-{train}-{test}"
 
 
 def _missing(variant: str, table: str) -> None:
@@ -123,55 +222,56 @@ def _missing(variant: str, table: str) -> None:
 # --- the tables -----------------------------------------------------------------------------------------------
 
 
-def table1(evals: dict) -> pd.DataFrame:
+def table1(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     rows = []
     for inp in ("rgb", "rgbflow"):
-        for method in ("baseline", "ours"):
+        for method in ("baseline", "maskvote", "ours"):
             label = f"{METHOD_NAMES[method]} ({INPUT_NAMES[inp]})"
-            rows.append([label, PAPER, *_paper_row(paper.TABLE1[(method, inp)])])
+            if (method, inp) in paper.TABLE1:
+                rows.append([label, PAPER, *_paper_row(paper.TABLE1[(method, inp)])])
             variant = _variant(method, inp)
             if variant in evals:
-                rows.append([label, THIS_RUN, *_run_row(evals[variant])])
+                rows.append([label, THIS_RUN, *_run_row(evals[variant], "whole", intervals)])
             else:
                 _missing(variant, "table1")
-    return pd.DataFrame(rows, columns=["method", "source", *METRIC_HEADERS])
+    return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
-def table2(evals: dict) -> pd.DataFrame:
+def table2(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     rows = []
     for method in ("baseline", "ours"):
         label = f"{METHOD_NAMES[method]} (non-boundary)"
         rows.append([label, PAPER, *_paper_row(paper.TABLE2[method])])
         variant = _variant(method, "rgbflow")
         if variant in evals:
-            rows.append([label, THIS_RUN, *_run_row(evals[variant], "non_boundary")])
+            rows.append([label, THIS_RUN, *_run_row(evals[variant], "non_boundary", intervals)])
         else:
             _missing(variant, "table2")
-    return pd.DataFrame(rows, columns=["method", "source", *METRIC_HEADERS])
+    return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
-def table3(evals: dict) -> pd.DataFrame:
+def table3(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     rows = []
     for (train, test), values in paper.TABLE3.items():
         labels = [f"{train} + gt", test]
         rows.append([*labels, PAPER, *_paper_row(values)])
         variant = _variant("ours", "rgbflow", train, test)
         if variant in evals:
-            rows.append([*labels, THIS_RUN, *_run_row(evals[variant])])
+            rows.append([*labels, THIS_RUN, *_run_row(evals[variant], "whole", intervals)])
         else:
             _missing(variant, "table3")
-    return pd.DataFrame(rows, columns=["training masks", "test masks", "source", *METRIC_HEADERS])
+    return pd.DataFrame(rows, columns=["training masks", "test masks", "source", *INTERVAL_HEADERS])
 
 
-def table4(evals: dict) -> pd.DataFrame:
+def table4(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     rows = [[f"published method {k}", PAPER, *_paper_row(v)] for k, v in enumerate(paper.TABLE4_PUBLISHED, 1)]
     rows.append(["Ours", PAPER, *_paper_row(paper.TABLE4_OURS)])
     variant = _variant("ours", "rgbflow")
     if variant in evals:
-        rows.append(["Ours", THIS_RUN, *_run_row(evals[variant])])
+        rows.append(["Ours", THIS_RUN, *_run_row(evals[variant], "whole", intervals)])
     else:
         _missing(variant, "table4")
-    return pd.DataFrame(rows, columns=["method", "source", *METRIC_HEADERS])
+    return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
 def table5(evals: dict) -> pd.DataFrame:
@@ -192,46 +292,58 @@ def table5(evals: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "source", *names])
 
 
-def _metric(evals, variant, metric, setting, region="whole"):
-    if variant not in evals:
-        return math.nan
-    return _pct(evals[variant]["metrics"][region][setting][metric])
+_MCA = "mean_class_accuracy"
+# (claim, metric, setting, variants expected to increase left to right)
+CLAIMS = [
+    ("Ours beats Baseline in actor-action mean class accuracy (RGB + flow)",
+     _MCA, "actor_action", ["baseline-rgbflow", _variant("ours", "rgbflow")]),
+    ("flow improves action mean class accuracy (Baseline)",
+     _MCA, "action", ["baseline-rgb", "baseline-rgbflow"]),
+    ("flow improves action mean class accuracy (Ours)",
+     _MCA, "action", [_variant("ours", "rgb"), _variant("ours", "rgbflow")]),
+    ("test masks: gt > dataset > generic (actor-action mean class accuracy)",
+     _MCA, "actor_action", [_variant("ours", "rgbflow", "generic", "generic"), _variant("ours", "rgbflow"),
+                            _variant("ours", "rgbflow", "dataset", "gt")]),
+    ("test masks: gt > dataset > generic (actor-action mean IoU)",
+     "mean_iou", "actor_action", [_variant("ours", "rgbflow", "generic", "generic"), _variant("ours", "rgbflow"),
+                                  _variant("ours", "rgbflow", "dataset", "gt")]),
+    ("control: Mask vote beats Baseline in actor-action mean class accuracy (RGB + flow): masks alone help",
+     _MCA, "actor_action", ["baseline-rgbflow", _variant("maskvote", "rgbflow")]),
+    ("control: Ours beats Mask vote in actor-action mean class accuracy (RGB + flow): the region head helps",
+     _MCA, "actor_action", [_variant("maskvote", "rgbflow"), _variant("ours", "rgbflow")]),
+]
+RESOLVED = ("yes", "no")
 
 
-def claims(evals: dict) -> pd.DataFrame:
-    """Each claim with the two (or three) numbers it compares and whether this run shows it.
+def verdict(intervals: list[tuple[float, float]]) -> str:
+    """``yes`` when every difference's interval lies above zero, ``no`` when some interval has nothing above
+    zero (that step is not an increase), ``not resolved`` otherwise; ``n/a`` when an interval is undefined."""
+    if any(math.isnan(low) or math.isnan(high) for low, high in intervals):
+        return "n/a"
+    if all(low > 0 for low, _ in intervals):
+        return "yes"
+    if any(high <= 0 for _, high in intervals):
+        return "no"
+    return "not resolved"
 
-    ``holds`` is ``yes`` (strictly increasing), ``no (tie)`` (equal somewhere, never decreasing), ``no``, or
-    ``n/a`` when a variant it needs was not evaluated.
-    """
-    mca = "mean_class_accuracy"
-    checks = [
-        ("Ours beats Baseline in actor-action mean class accuracy (RGB + flow)",
-         [_metric(evals, "baseline-rgbflow", mca, "actor_action"), _metric(evals, _variant("ours", "rgbflow"), mca, "actor_action")]),
-        ("flow improves action mean class accuracy (Baseline)",
-         [_metric(evals, "baseline-rgb", mca, "action"), _metric(evals, "baseline-rgbflow", mca, "action")]),
-        ("flow improves action mean class accuracy (Ours)",
-         [_metric(evals, _variant("ours", "rgb"), mca, "action"), _metric(evals, _variant("ours", "rgbflow"), mca, "action")]),
-        ("test masks: gt > dataset > generic (actor-action mean class accuracy)",
-         [_metric(evals, _variant("ours", "rgbflow", "generic", "generic"), mca, "actor_action"),
-          _metric(evals, _variant("ours", "rgbflow", "dataset", "dataset"), mca, "actor_action"),
-          _metric(evals, _variant("ours", "rgbflow", "dataset", "gt"), mca, "actor_action")]),
-        ("test masks: gt > dataset > generic (actor-action mean IoU)",
-         [_metric(evals, _variant("ours", "rgbflow", "generic", "generic"), "mean_iou", "actor_action"),
-          _metric(evals, _variant("ours", "rgbflow", "dataset", "dataset"), "mean_iou", "actor_action"),
-          _metric(evals, _variant("ours", "rgbflow", "dataset", "gt"), "mean_iou", "actor_action")]),
-    ]
+
+def claims(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
+    """Each claim with the numbers it compares, each step's difference with its 95% interval, and the verdict
+    (:func:`verdict`; ``n/a`` when a variant it needs was not evaluated or has no per-video matrices)."""
     rows = []
-    for claim, values in checks:
-        pairs = list(zip(values, values[1:]))
-        if any(math.isnan(v) for v in values):
-            holds = "n/a"
-        elif all(a < b for a, b in pairs):
-            holds = "yes"
-        else:
-            holds = "no (tie)" if all(a <= b for a, b in pairs) else "no"
-        rows.append([claim, " / ".join("-" if math.isnan(v) else f"{v:.1f}" for v in values), holds])
-    return pd.DataFrame(rows, columns=["claim", "this run (expected to increase left to right)", "holds"])
+    for claim, metric, setting, variants in CLAIMS:
+        values = [_pct(evals[v]["metrics"]["whole"][setting][metric]) if v in evals else math.nan for v in variants]
+        steps, bounds = [], []
+        for (first, a), (second, b) in zip(zip(variants, values), zip(variants[1:], values[1:])):
+            paired = intervals is not None and intervals.has(first) and intervals.has(second)
+            low, high = intervals.difference(first, second, metric, setting) if paired else (math.nan, math.nan)
+            bounds.append((low, high))
+            steps.append(_interval_text(b - a, 100.0 * low, 100.0 * high, 1, signed=True))
+        holds = "n/a" if any(math.isnan(v) for v in values) else verdict(bounds)
+        rows.append([claim, " / ".join("-" if math.isnan(v) else f"{v:.1f}" for v in values), "; ".join(steps),
+                     holds])
+    return pd.DataFrame(rows, columns=["claim", "this run (expected to increase left to right)",
+                                       "difference [95% interval]", "holds"])
 
 
 # --- writers --------------------------------------------------------------------------------------------------
@@ -245,13 +357,42 @@ def _cell(value, digits: int) -> str:
     return str(value)
 
 
+def _interval_text(value: float, low: float, high: float, digits: int, signed: bool = False) -> str:
+    """``15.8 [13.9, 17.6]``; the value alone without an interval, ``-`` without a value."""
+    if math.isnan(value):
+        return "-"
+    fmt = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    if math.isnan(low) or math.isnan(high):
+        return fmt.format(value)
+    return f"{fmt.format(value)} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _display(df: pd.DataFrame, digits: int) -> tuple[list[str], list[bool], list[list[str]]]:
+    """Headers, right-alignment flags and text rows, each ``<h>`` folded with ``<h> low`` / ``<h> high``."""
+    folded = {f"{c} {LOW}" for c in df.columns} | {f"{c} {HIGH}" for c in df.columns}
+    shown = [c for c in df.columns if c not in folded]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in shown]
+    rows = []
+    for record in df.to_dict("records"):
+        row = []
+        for c in shown:
+            if f"{c} {LOW}" in df.columns and f"{c} {HIGH}" in df.columns:
+                row.append(_interval_text(float(record[c]), float(record[f"{c} {LOW}"]),
+                                          float(record[f"{c} {HIGH}"]), digits))
+            else:
+                row.append(_cell(record[c], digits))
+        rows.append(row)
+    return shown, numeric, rows
+
+
 def markdown_table(df: pd.DataFrame, digits: int = 1, caption: str | None = None) -> str:
-    """GitHub-flavoured Markdown; numbers with ``digits`` decimals, missing as ``-``."""
+    """GitHub-flavoured Markdown; numbers with ``digits`` decimals, intervals folded in, missing as ``-``."""
+    headers, numeric, rows = _display(df, digits)
     lines = [f"{caption}\n"] if caption else []
-    lines.append("| " + " | ".join(map(str, df.columns)) + " |")
-    lines.append("|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|")
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v, digits) for v in row) + " |")
+    lines.append("| " + " | ".join(map(str, headers)) + " |")
+    lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -264,12 +405,13 @@ def _tex(text: str) -> str:
 
 
 def latex_table(df: pd.DataFrame, digits: int = 1, caption: str | None = None, label: str | None = None) -> str:
-    """A ``table`` environment with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
-    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    """A ``table`` environment with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); intervals folded in."""
+    headers, numeric, rows = _display(df, digits)
+    align = "".join("r" if n else "l" for n in numeric)
     lines = [r"\begin{table}[t]", r"\centering", r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{align}}}",
-             r"\toprule", " & ".join(_tex(c) for c in df.columns) + r" \\", r"\midrule"]
-    for row in df.itertuples(index=False):
-        lines.append(" & ".join(_tex(_cell(v, digits)) for v in row) + r" \\")
+             r"\toprule", " & ".join(_tex(c) for c in headers) + r" \\", r"\midrule"]
+    for row in rows:
+        lines.append(" & ".join(_tex(v) for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}"]
     if caption:
         lines.append(rf"\caption{{{_tex(caption)}}}")
@@ -301,7 +443,22 @@ def _read_csv(path, what: str) -> pd.DataFrame:
         raise A2DError(f"{path}: cannot read the {what} table: {err}") from None
 
 
-def make_tables(evals: dict, out_dir, timing=None, mask_quality=None) -> list[Path]:
+def metrics_table(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
+    """Every evaluated variant's metrics, whole image and non-boundary, with intervals (the validate target's)."""
+    rows = [[variant, region, evals[variant].get("split", "test"), *_run_row(evals[variant], region, intervals)]
+            for variant in sorted(evals) for region in ("whole", "non_boundary")]
+    return pd.DataFrame(rows, columns=["variant", "pixels", "split", *INTERVAL_HEADERS])
+
+
+def make_metrics_table(evals: dict, out_dir, intervals: Intervals | None = None) -> list[Path]:
+    """``out_dir/metrics.{csv,md,tex}``: :func:`metrics_table`; returns the paths written."""
+    splits = sorted({e.get("split", "test") for e in evals.values()})
+    caption = (f"Metrics of every variant on the {'/'.join(splits)} split (percentages); in brackets: 95% "
+               "bootstrap interval over its videos.")
+    return write_table(metrics_table(evals, intervals), Path(out_dir), "metrics", caption)
+
+
+def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals: Intervals | None = None) -> list[Path]:
     """Write every table into ``out_dir``, then ``done``; returns the paths written (``done`` last)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +472,8 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None) -> list[Pa
                 "claims": claims}
     written = []
     for name, build in builders.items():
-        written += write_table(build(evals), out_dir, name, f"{TITLES[name]}. {captions[name]}")
+        table = build(evals) if build is table5 else build(evals, intervals)
+        written += write_table(table, out_dir, name, f"{TITLES[name]}. {captions[name]}")
     if timing:
         written += write_table(_read_csv(timing, "timing"), out_dir, "timing", f"Timing. {captions['timing']}")
     if mask_quality:
@@ -327,8 +485,12 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None) -> list[Pa
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config file (unused keys are fine)")
+    parser.add_argument("--config", required=True, help="config file (seed, evaluation.bootstrap_resamples)")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files of every variant")
+    parser.add_argument("--per-video", nargs="*", default=[],
+                        help="per-video confusion matrices (.npz) of the variants: bootstrap intervals and claims")
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="write only DIR/metrics.{csv,md,tex}, one row per variant (the validate target)")
     parser.add_argument("--mask-quality", help="mask-quality CSV (optional)")
     parser.add_argument("--timing", help="timing CSV (optional)")
     parser.add_argument("--out-dir", required=True, help="folder of the tables; DIR/done is written last")
@@ -336,7 +498,20 @@ def configure_parser(parser) -> None:
 
 def run(args) -> None:
     evals = load_evaluations(args.evaluations)
-    written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality)
+    config = load_config(args.config)
+    resamples = int((config.get("evaluation") or {}).get("bootstrap_resamples", DEFAULT_RESAMPLES))
+    intervals = None
+    if args.per_video:
+        intervals = load_intervals(args.per_video, evals, resamples=resamples, seed=int(config.get("seed", 0)))
+        log.info("bootstrap: %d resamples of %d videos", resamples, len(intervals.bootstrap.videos))
+    else:
+        log.warning("no --per-video matrices: no intervals, and every claim is n/a")
+    if args.metrics_only:
+        written = make_metrics_table(evals, args.out_dir, intervals)
+        log.info("wrote %s", ", ".join(map(str, written)))
+        return
+    written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality,
+                          intervals=intervals)
     log.info("wrote %d table files into %s", len(written), args.out_dir)
     claims_md = Path(args.out_dir, "claims.md").read_text()
     log.info("claims:\n%s", claims_md)

@@ -126,6 +126,8 @@ def timing_table(flow: dict, masks: dict, predictions: dict, device: str, cpu: s
         if variant.startswith("baseline-"):
             paper = TIMING_MS["baseline_total"] - TIMING_MS["flow"] if variant == MAIN_BASELINE_VARIANT else None
             add("segmentation baseline", variant, entry, paper)
+        elif variant.startswith("maskvote-"):  # this run's control: stage-1 network + mask averaging
+            add("segmentation mask vote", variant, entry, None)
         else:
             add("segmentation region", variant, entry, TIMING_MS["region"] if variant == MAIN_REGION_VARIANT else None)
 

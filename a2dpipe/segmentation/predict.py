@@ -1,7 +1,11 @@
 """Inference: ``a2dpipe predict --variant V --model M --frames ... [--flow ...] [--masks ...] --out P.h5``.
 
-Variants: ``baseline-<input>`` (stage-1 model, ASPP back-end) and ``ours-<input>-<train source>-<test source>``
-(stage-2 model, region back-end on the test source's regions: ``--masks`` caches of that source).
+Variants: ``baseline-<input>`` (stage-1 model, ASPP back-end), ``ours-<input>-<train source>-<test source>``
+(stage-2 model, region back-end on the test source's regions: ``--masks`` caches of that source) and
+``maskvote-<input>-<test source>``, the control the paper lacks: the stage-1 model's probabilities averaged inside
+each test region (mask-weighted, within its box) stand in for the region head's scores, then go through the same
+region-to-pixel layer as Ours (:func:`mask_vote`). It separates what Ours gains from making labels consistent
+within masks from what its region classifier adds. ``--split val`` predicts the validation frames instead.
 
 Output (Predictions contract), one group ``"{video}/{frame:05d}"`` per test frame with uint8 datasets at frame
 size: ``actor`` (0..7), ``action`` (0..9), ``joint`` (A2D ids: 0 or one of the 43 valid pairs, from the
@@ -22,32 +26,66 @@ from a2dpipe.segmentation.samples import StoreSamples, to_tensors
 from a2dpipe.checkpoint import load_model_file
 from a2dpipe.io import A2DError, atomic_path, load_config, select_device
 from a2dpipe.segmentation.models import build_segmenter, joint_prediction
+from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
+from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel_ranges
 
-__all__ = ["configure_parser", "run", "predict", "parse_variant"]
+__all__ = ["configure_parser", "run", "predict", "parse_variant", "mask_vote", "region_average"]
+
+INPUTS = ("rgb", "rgbflow")
+TRAINED_SOURCES = ("dataset", "generic")
+TEST_SOURCES = ("dataset", "generic", "gt")
 
 log = logging.getLogger(__name__)
 
 
 def configure_parser(parser) -> None:
     parser.add_argument("--config", required=True)
-    parser.add_argument("--variant", required=True, help="baseline-<input> or ours-<input>-<train>-<test>")
-    parser.add_argument("--model", required=True, help="stage-1 (baseline) or stage-2 (ours) checkpoint")
+    parser.add_argument("--variant", required=True,
+                        help="baseline-<input>, maskvote-<input>-<test> or ours-<input>-<train>-<test>")
+    parser.add_argument("--model", required=True, help="stage-1 (baseline, maskvote) or stage-2 (ours) checkpoint")
     parser.add_argument("--frames", nargs="+", required=True)
     parser.add_argument("--flow", nargs="*", default=[])
     parser.add_argument("--masks", nargs="*", default=[], help="region-mask caches of the test source (ours)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="frames to predict")
 
 
 def parse_variant(variant: str) -> dict:
-    """``{"kind": "baseline"|"ours", "input", "train_source", "test_source"}``; ValueError on anything else."""
+    """``{"kind": "baseline"|"maskvote"|"ours", "input", "train_source", "test_source"}``; ValueError on anything
+    else."""
     parts = variant.split("-")
-    if parts[0] == "baseline" and len(parts) == 2 and parts[1] in ("rgb", "rgbflow"):
+    if parts[0] == "baseline" and len(parts) == 2 and parts[1] in INPUTS:
         return {"kind": "baseline", "input": parts[1], "train_source": None, "test_source": None}
-    if (parts[0] == "ours" and len(parts) == 4 and parts[1] in ("rgb", "rgbflow")
-            and parts[2] in ("dataset", "generic") and parts[3] in ("dataset", "generic", "gt")):
+    if parts[0] == "maskvote" and len(parts) == 3 and parts[1] in INPUTS and parts[2] in TEST_SOURCES:
+        return {"kind": "maskvote", "input": parts[1], "train_source": None, "test_source": parts[2]}
+    if (parts[0] == "ours" and len(parts) == 4 and parts[1] in INPUTS
+            and parts[2] in TRAINED_SOURCES and parts[3] in TEST_SOURCES):
         return {"kind": "ours", "input": parts[1], "train_source": parts[2], "test_source": parts[3]}
-    raise ValueError(f"unknown variant {variant!r}: expected baseline-<input> or ours-<input>-<train>-<test>")
+    raise ValueError(f"unknown variant {variant!r}: expected baseline-<input>, maskvote-<input>-<test> or "
+                     "ours-<input>-<train>-<test>")
+
+
+def region_average(probs: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(N, K) per-region average of pixel probabilities ``probs`` (K, H, W), weighted by each soft mask (N, H, W)
+    within its box (the pixels the region-to-pixel layer lets it cover). A region with no weight gets zeros."""
+    h, w = probs.shape[-2:]
+    weights = torch.zeros_like(masks, dtype=probs.dtype)
+    for i, (r0, r1, c0, c1) in enumerate(box_pixel_ranges(boxes, h, w)):
+        weights[i, r0:r1, c0:c1] = masks[i, r0:r1, c0:c1]
+    total = weights.sum(dim=(1, 2))
+    summed = torch.einsum("nhw,khw->nk", weights, probs)
+    return summed / total.clamp_min(torch.finfo(probs.dtype).tiny)[:, None]
+
+
+def mask_vote(to_pixel: RegionToPixel, outputs: dict[str, torch.Tensor],
+              regions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mask-vote control: stage-1 log-probabilities ``outputs`` (actor, action: (B, K, H, W)) -> the same
+    dict after each region's average stage-1 distribution replaces the region head's scores in the region-to-pixel
+    layer ``to_pixel`` (built with Ours' uncovered-pixel score and pixel stride)."""
+    probs = torch.cat([outputs["actor"].float().exp(), outputs["action"].float().exp()], dim=1)
+    scores = [region_average(p, r["masks"].to(p.dtype), r["boxes"].float()) for p, r in zip(probs, regions)]
+    return pixel_log_probs(to_pixel, scores, regions, tuple(probs.shape[-2:]))
 
 
 def run(args) -> None:
@@ -60,11 +98,11 @@ def run(args) -> None:
         raise A2DError(str(err)) from None
     if v["input"] == "rgbflow" and not args.flow:
         raise A2DError(f"variant {args.variant} needs --flow stores")
-    if v["kind"] == "ours" and not args.masks:
+    if v["kind"] != "baseline" and not args.masks:
         raise A2DError(f"variant {args.variant} needs --masks caches of the {v['test_source']} source")
     flow_cfg = config.get("flow") or {}
-    samples = StoreSamples(args.frames, split="test", flow=args.flow if v["input"] == "rgbflow" else None,
-                           masks=args.masks if v["kind"] == "ours" else None,
+    samples = StoreSamples(args.frames, split=args.split, flow=args.flow if v["input"] == "rgbflow" else None,
+                           masks=args.masks if v["kind"] != "baseline" else None,
                            flow_encoding=flow_cfg.get("encoding", "xym"), wheel_max=flow_cfg.get("wheel_max"))
     predict(config, variant=args.variant, model=args.model, samples=samples, out=args.out)
 
@@ -74,7 +112,7 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
     v = parse_variant(variant)
     device = select_device(config.get("device", "auto"))
     ckpt = load_model_file(model, "segmentation")  # on the CPU; load_state_dict moves it
-    want_stage = 1 if v["kind"] == "baseline" else 2
+    want_stage = 2 if v["kind"] == "ours" else 1
     if ckpt["stage"] != want_stage or ckpt["input"] != v["input"]:
         raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {variant} needs a "
                        f"stage-{want_stage} {v['input']} model")
@@ -82,6 +120,10 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
     net = build_segmenter(ckpt["config"], input=v["input"], pretrained=False).to(device).eval()
     net.load_state_dict(ckpt["model"])
     amp = bool(ckpt["segmentation"]["amp"]) and device.type == "cuda"
+    if v["kind"] == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it
+        stage2 = config["segmentation"]["stage2"]
+        vote_to_pixel = RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
+                                      pixel_stride=stage2["pixel_stride"]).to(device)
     seconds = 0.0
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         for i in range(len(samples)):
@@ -95,6 +137,8 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
                     outputs = net.forward_regions(batch["rgb"], batch["flow"], batch["regions"])
                 else:
                     outputs = net.forward_baseline(batch["rgb"], batch["flow"])
+                if v["kind"] == "maskvote":
+                    outputs = mask_vote(vote_to_pixel, outputs, batch["regions"])
                 actor, action = outputs["actor"].float(), outputs["action"].float()
                 maps = {"actor": actor.argmax(1), "action": action.argmax(1), "joint": joint_prediction(actor, action)}
             if device.type == "cuda":
@@ -109,5 +153,5 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
         f.attrs["model"] = Path(model).name
         f.attrs["seconds_per_frame"] = per_frame
         f.attrs["frames"] = len(samples)
-    log.info("%s: %d test frames, %.4f s per frame", variant, len(samples), per_frame)
+    log.info("%s: %d frames, %.4f s per frame", variant, len(samples), per_frame)
     return per_frame

@@ -72,7 +72,7 @@ class StoreSamples:
 
     Args:
         frames: frames store paths (``shard-NNN.h5``).
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"val"`` or ``"test"`` (trainers take ``"train"`` only).
         flow: flow stores of the same shards (required when the network takes flow).
         masks: region-mask caches of the same shards (the region back-end's regions).
         gt_regions: add the frame's ground-truth instances to its regions.

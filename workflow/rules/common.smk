@@ -68,6 +68,10 @@ STAGE1 = res("models", "stage1", "{input}", "model.pt")
 STAGE2 = res("models", "stage2", "{input}-{trained_source}", "model.pt")
 PREDICTIONS = res("predictions", "{variant}.h5")
 EVALUATION = res("evaluation", "{variant}.json")
+EVALUATION_VIDEOS = res("evaluation", "{variant}.videos.npz")
+VAL_PREDICTIONS = res("validation", "predictions", "{variant}.h5")
+VAL_EVALUATION = res("validation", "evaluation", "{variant}.json")
+VAL_EVALUATION_VIDEOS = res("validation", "evaluation", "{variant}.videos.npz")
 
 
 def get_dataset_root():
@@ -80,11 +84,19 @@ def get_stage2_runs():
     return sorted({(inp, train) for inp, train, _ in REGION_RUNS})
 
 
+def get_maskvote_runs():
+    """(input, test source) of the mask-vote controls: one per input whose region runs test on dataset masks."""
+    return sorted({(inp, test) for inp, _, test in REGION_RUNS if test == "dataset"})
+
+
 def get_variants():
-    """Every prediction set: baselines per input, and region models per (input, train source, test source)."""
-    return [f"baseline-{inp}" for inp in INPUTS] + [
-        f"ours-{inp}-{train}-{test}" for inp, train, test in REGION_RUNS
-    ]
+    """Every prediction set: baselines per input, mask-vote controls (stage 1 averaged in test masks), and
+    region models per (input, train source, test source)."""
+    return (
+        [f"baseline-{inp}" for inp in INPUTS]
+        + [f"maskvote-{inp}-{test}" for inp, test in get_maskvote_runs()]
+        + [f"ours-{inp}-{train}-{test}" for inp, train, test in REGION_RUNS]
+    )
 
 
 def get_flow_gpus():
@@ -119,6 +131,8 @@ def get_mask_gpus(wildcards):
 def _variant_parts(wildcards):
     """(kind, input, train source, test source) of a prediction variant (see get_variants)."""
     parts = wildcards.variant.split("-")
+    if parts[0] == "maskvote":
+        return parts[0], parts[1], None, parts[2]
     return (
         parts[0],
         parts[1],
@@ -128,9 +142,9 @@ def _variant_parts(wildcards):
 
 
 def get_variant_model(wildcards):
-    """Stage-1 checkpoint for a baseline variant, stage-2 checkpoint for a region variant."""
+    """Stage-1 checkpoint for a baseline or mask-vote variant, stage-2 checkpoint for a region variant."""
     kind, inp, train, _ = _variant_parts(wildcards)
-    if kind == "baseline":
+    if kind != "ours":
         return STAGE1.format(input=inp)
     return STAGE2.format(input=inp, trained_source=train)
 
@@ -146,7 +160,7 @@ def get_variant_flow(wildcards):
 
 
 def get_variant_masks(wildcards):
-    """Region caches of the variant's test source (none for baselines)."""
+    """Region caches of the variant's test source (none for baselines; mask votes and region models test on it)."""
     kind, _, _, test = _variant_parts(wildcards)
     return [] if kind == "baseline" else expand(MASK_CACHE, source=test, shard=SHARDS)
 

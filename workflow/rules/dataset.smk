@@ -38,6 +38,7 @@ rule index:
         config_file=CONFIG_FILE,
         shard_size=config["dataset"]["shard_size"],
         exclude=config["dataset"]["exclude_videos"],
+        val_fraction=config["dataset"]["val_fraction"],
     shell:
         "python -m a2dpipe index --config {params.config_file} --root {input.root} --out {output.index} --log {log}"
 

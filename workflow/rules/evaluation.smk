@@ -1,4 +1,5 @@
-# Evaluation stage: metrics per prediction set, the paper's tables (the main target), timings, report figures.
+# Evaluation stage: metrics per prediction set, the paper's tables (the main target), timings, report figures,
+# and the same metrics on the validation split (target `validate`: where settings are chosen, never on test).
 
 
 rule evaluate:
@@ -7,6 +8,7 @@ rule evaluate:
         frames=expand(FRAMES, shard=SHARDS),
     output:
         evaluation=EVALUATION,
+        per_video=EVALUATION_VIDEOS,
     log:
         res("logs", "evaluate", "{variant}.log"),
     benchmark:
@@ -18,7 +20,52 @@ rule evaluate:
         config_file=CONFIG_FILE,
     shell:
         "python -m a2dpipe evaluate --config {params.config_file} --predictions {input.predictions}"
-        " --frames {input.frames} --out {output.evaluation} --log {log}"
+        " --frames {input.frames} --out {output.evaluation} --per-video {output.per_video} --log {log}"
+
+
+rule evaluate_validation:
+    input:
+        predictions=VAL_PREDICTIONS,
+        frames=expand(FRAMES, shard=SHARDS),
+    output:
+        evaluation=VAL_EVALUATION,
+        per_video=VAL_EVALUATION_VIDEOS,
+    log:
+        res("logs", "evaluate_validation", "{variant}.log"),
+    benchmark:
+        res("benchmarks", "evaluate_validation", "{variant}.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
+    threads: 1
+    params:
+        config_file=CONFIG_FILE,
+    shell:
+        "python -m a2dpipe evaluate --config {params.config_file} --split val --predictions {input.predictions}"
+        " --frames {input.frames} --out {output.evaluation} --per-video {output.per_video} --log {log}"
+
+
+# Target `validate`: every variant's metrics on the validation split, with bootstrap intervals over its videos.
+rule validate:
+    input:
+        evaluations=expand(VAL_EVALUATION, variant=get_variants()),
+        per_video=expand(VAL_EVALUATION_VIDEOS, variant=get_variants()),
+    output:
+        table=res("validation", "metrics.csv"),
+    log:
+        res("logs", "validate.log"),
+    benchmark:
+        res("benchmarks", "validate.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
+    threads: 1
+    params:
+        config_file=CONFIG_FILE,
+        out_dir=get_output_dir,
+        resamples=config["evaluation"]["bootstrap_resamples"],
+        seed=config["seed"],
+    shell:
+        "python -m a2dpipe tables --config {params.config_file} --metrics-only --evaluations {input.evaluations}"
+        " --per-video {input.per_video} --out-dir {params.out_dir} --log {log}"
 
 
 rule timing:
@@ -90,6 +137,7 @@ rule report_figures:
 rule tables:
     input:
         evaluations=expand(EVALUATION, variant=get_variants()),
+        per_video=expand(EVALUATION_VIDEOS, variant=get_variants()),
         timing=rules.timing.output.table,
         mask_quality=get_mask_quality_table(),
         figures=rules.report_figures.output,
@@ -136,6 +184,9 @@ rule tables:
         config_file=CONFIG_FILE,
         out_dir=get_output_dir,
         mask_quality=get_mask_quality_arg,
+        resamples=config["evaluation"]["bootstrap_resamples"],
+        seed=config["seed"],
     shell:
         "python -m a2dpipe tables --config {params.config_file} --evaluations {input.evaluations}"
-        " --timing {input.timing} {params.mask_quality} --out-dir {params.out_dir} --log {log}"
+        " --per-video {input.per_video} --timing {input.timing} {params.mask_quality}"
+        " --out-dir {params.out_dir} --log {log}"

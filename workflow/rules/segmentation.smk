@@ -1,5 +1,5 @@
 # Segmentation stage: stage 1 (front-end + ASPP baseline) per input, stage 2 (frozen front-end + region back-end)
-# per input and training mask source, predictions per variant. Training resumes from checkpoint.pt beside model.pt.
+# per input and training mask source, predictions per variant (test split; validation split for `validate`). Training resumes from checkpoint.pt beside model.pt.
 
 
 wildcard_constraints:
@@ -76,5 +76,30 @@ rule predict:
         config_file=CONFIG_FILE,
     shell:
         "python -m a2dpipe predict --config {params.config_file} --variant {wildcards.variant}"
+        " --model {input.model} --frames {input.frames} --flow {input.flow} --masks {input.masks}"
+        " --threads {threads} --out {output.predictions} --log {log}"
+
+
+rule predict_validation:
+    input:
+        frames=expand(FRAMES, shard=SHARDS),
+        flow=get_variant_flow,
+        masks=get_variant_masks,
+        model=get_variant_model,
+    output:
+        predictions=VAL_PREDICTIONS,
+    log:
+        res("logs", "predict_validation", "{variant}.log"),
+    benchmark:
+        res("benchmarks", "predict_validation", "{variant}.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        config_file=CONFIG_FILE,
+    shell:
+        "python -m a2dpipe predict --config {params.config_file} --split val --variant {wildcards.variant}"
         " --model {input.model} --frames {input.frames} --flow {input.flow} --masks {input.masks}"
         " --threads {threads} --out {output.predictions} --log {log}"

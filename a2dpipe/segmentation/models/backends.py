@@ -41,7 +41,7 @@ from a2dpipe.segmentation.models.frontend import OUTPUT_STRIDE
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel
 
 __all__ = ["ASPPHead", "ASPPBaseline", "RoIPooler", "TwoMLPHead", "RegionPredictor", "RegionBackEnd",
-           "build_region_back_end", "NUM_ACTORS", "NUM_ACTIONS"]
+           "build_region_back_end", "pixel_log_probs", "NUM_ACTORS", "NUM_ACTIONS"]
 
 NUM_ACTORS = NUM_CLASSES["actor"]  # background + 7
 NUM_ACTIONS = NUM_CLASSES["action"]  # background + 9
@@ -143,7 +143,8 @@ class RegionBackEnd(nn.Module):
     ``boxes`` (N, 4) float x1, y1, x2, y2 in frame pixels and ``masks`` (N, H, W) float in [0, 1]; N may be 0.
     Returns the module docstring's dict plus ``"region_scores"``: list of (N, 18) per-region probabilities
     (actor 8 then action 10). Checkpoints written before the split (``region.fc6.*``, ``region.actor.*``, ...)
-    load under the new names.
+    load under the new names. :func:`pixel_log_probs` runs steps 4-5 alone on given region probabilities (the
+    mask-vote control feeds it averaged stage-1 probabilities instead of the heads').
     """
 
     def __init__(self, box_roi_pool: RoIPooler, box_head: nn.Module, box_predictor: RegionPredictor,
@@ -172,12 +173,19 @@ class RegionBackEnd(nn.Module):
             scores = self.region_scores(features, boxes).split(counts)
         else:  # no region in the whole batch: every pixel is uncovered
             scores = [features.new_zeros((0, NUM_ACTORS + NUM_ACTIONS), dtype=torch.float32)] * len(boxes)
-        actor, action = [], []
-        for s, b, r in zip(scores, boxes, regions):
-            logp = self.region_to_pixel(s, r["masks"], b, size)
-            actor.append(logp[:NUM_ACTORS])
-            action.append(logp[NUM_ACTORS:])
-        return {"actor": torch.stack(actor), "action": torch.stack(action), "region_scores": list(scores)}
+        return {**pixel_log_probs(self.region_to_pixel, list(scores), regions, size), "region_scores": list(scores)}
+
+
+def pixel_log_probs(region_to_pixel: RegionToPixel, scores: list[torch.Tensor],
+                    regions: list[dict[str, torch.Tensor]], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Region-to-pixel and normalisation: per frame (N, 18) region probabilities -> ``{"actor", "action"}``
+    (B, K, H, W) log-probabilities."""
+    actor, action = [], []
+    for s, r in zip(scores, regions):
+        logp = region_to_pixel(s, r["masks"], r["boxes"].float(), size)
+        actor.append(logp[:NUM_ACTORS])
+        action.append(logp[NUM_ACTORS:])
+    return {"actor": torch.stack(actor), "action": torch.stack(action)}
 
 
 def _rename_legacy(module, state_dict, prefix, *args) -> None:

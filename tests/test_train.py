@@ -9,6 +9,7 @@ import torch
 from a2dpipe.segmentation.samples import ArraySamples, augment, flip_sample
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.labels import IGNORE, VALID_PAIRS
+from a2dpipe.segmentation.models import build_segmenter
 from a2dpipe.segmentation.train import CURVE_COLUMNS, load_checkpoint, train
 
 torch.set_num_threads(1)
@@ -97,7 +98,10 @@ def test_stage2_trains_region_back_end_only(stage1, tmp_path, cache):
     for key in before:
         if key.startswith(("front_end.", "baseline.")):
             assert torch.equal(before[key], after[key]), key  # weights and batch-norm statistics
-    assert not torch.equal(before["region.fc6.weight"], after["region.fc6.weight"])
+    assert not any(key.startswith("region.") for key in before)  # stage 1 has no region back-end
+    torch.manual_seed(cfg["seed"])
+    initial = build_segmenter(cfg, input="rgbflow", pretrained=False).state_dict()  # what stage 2 starts from
+    assert not torch.equal(initial["region.fc6.weight"], after["region.fc6.weight"])
     assert all(np.isfinite(row[1]) for row in result["curve"])
 
 
@@ -160,5 +164,5 @@ def test_stage2_refuses_a_stage1_model_of_another_backbone(stage1, tmp_path):
     from a2dpipe.io import A2DError
 
     other = {**CONFIG, "segmentation": {**CONFIG["segmentation"], "width": 4}}
-    with pytest.raises(A2DError, match="front-end"):
+    with pytest.raises(A2DError, match="segmentation.width = 8, while this job has segmentation.width = 4"):
         train(other, stage=2, input="rgbflow", samples=make_samples(), out=tmp_path / "m.pt", stage1=stage1[0])

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from a2dpipe.dataset.a2d import list_annotated_frames, read_videoset
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.io import A2DError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +24,14 @@ INDEX_COLUMNS = ["video", "frame", "split", "height", "width", "num_frames", "sh
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config file (section dataset)")
+    add_config_arguments(parser, "dataset.shard_size, dataset.exclude_videos")
     parser.add_argument("--root", required=True, help="dataset root in the A2D layout")
     parser.add_argument("--out", required=True, help="index CSV to write")
 
 
 def run(args: argparse.Namespace) -> None:
-    dataset = load_config(args.config).get("dataset", {})
-    index = build_index(args.root, dataset.get("shard_size", 8), dataset.get("exclude_videos", []))
+    dataset = read_settings(args)["dataset"]
+    index = build_index(args.root, dataset["shard_size"], dataset["exclude_videos"])
     write_index(index, args.out)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from a2dpipe.config import write_made_from
 from a2dpipe.evaluation import paper_results as paper
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import class_names
@@ -327,15 +328,16 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None) -> list[Pa
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config file (unused keys are fine)")
+    parser.add_argument("--config", help="unused: the tables have no settings (accepted for uniformity)")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files of every variant")
-    parser.add_argument("--mask-quality", help="mask-quality CSV (optional)")
+    parser.add_argument("--mask-quality", nargs="?", help="mask-quality CSV (optional)")
     parser.add_argument("--timing", help="timing CSV (optional)")
     parser.add_argument("--out-dir", required=True, help="folder of the tables; DIR/done is written last")
 
 
 def run(args) -> None:
     evals = load_evaluations(args.evaluations)
+    write_made_from(Path(args.out_dir, "provenance.json"), {p: e.get("provenance") for p, e in zip(args.evaluations, evals.values())})
     written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality)
     log.info("wrote %d table files into %s", len(written), args.out_dir)
     claims_md = Path(args.out_dir, "claims.md").read_text()

@@ -32,7 +32,8 @@ import torch
 
 from a2dpipe.checkpoint import fingerprint, load_resume, save_resume, write_curve
 from a2dpipe.segmentation.samples import StoreSamples, augment, flip_sample, to_tensors
-from a2dpipe.io import A2DError, atomic_path, load_config, select_device
+from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, section_defaults, stamp
+from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
 
 __all__ = ["configure_parser", "run", "train", "CURVE_COLUMNS"]
@@ -43,7 +44,8 @@ CURVE_COLUMNS = ("step", "loss", "loss_actor", "loss_action", "lr")
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config file (its segmentation section)")
+    add_config_arguments(parser, "seed, device, segmentation (stage 1: all but stage2), flow.encoding and "
+                                 "flow.wheel_max (rgbflow)")
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
     parser.add_argument("--input", choices=("rgb", "rgbflow"), required=True)
     parser.add_argument("--mask-source", choices=("dataset", "generic"), default="dataset",
@@ -57,18 +59,17 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    config = load_config(args.config)
+    config = read_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.input == "rgbflow" and not args.flow:
         raise A2DError("--input rgbflow needs --flow stores")
     if args.stage == 2 and not args.stage1:
         raise A2DError("--stage 2 needs --stage1 CHECKPOINT")
-    flow_cfg = config.get("flow") or {}
+    check_inputs(config, [*args.frames, *args.flow, *args.masks])
     samples = StoreSamples(
         args.frames, split="train", flow=args.flow if args.input == "rgbflow" else None,
-        masks=args.masks if args.stage == 2 else None, gt_regions=args.stage == 2,
-        flow_encoding=flow_cfg.get("encoding", "xym"), wheel_max=flow_cfg.get("wheel_max"),
+        masks=args.masks if args.stage == 2 else None, gt_regions=args.stage == 2, **flow_encoding_settings(config, args.input),
     )
     if not len(samples):
         raise A2DError(f"{args.frames[0]}: no training frames in the frames stores")
@@ -77,6 +78,14 @@ def run(args) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
+
+
+def flow_encoding_settings(config: dict, input: str) -> dict:
+    """``flow_encoding`` and ``wheel_max`` of the flow-as-RGB images (config ``flow``); read only for rgbflow."""
+    if input != "rgbflow":
+        return {"flow_encoding": "xym", "wheel_max": None}  # no flow image is made
+    flow = section_defaults("flow", config.get("flow"))
+    return {"flow_encoding": flow["encoding"], "wheel_max": flow["wheel_max"] if flow["encoding"] == "wheel" else None}
 
 
 def _positions(n: int, seed: int, stage: int, step: int, batch_size: int) -> list[int]:
@@ -128,16 +137,17 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     out = Path(out)
     seg = segmentation_config(config)
     opts = seg[f"stage{stage}"]
-    seed = int(config.get("seed", 0))
-    device = select_device(config.get("device", "auto"))
+    seed = int(config["seed"])
+    device = select_device(config["device"])
     amp = bool(seg["amp"]) and device.type == "cuda"
     torch.manual_seed(seed)
-    model = build_segmenter(config, input=input, pretrained=stage == 1).to(device)
+    model = build_segmenter(config, input=input, pretrained=stage == 1, regions=stage == 2).to(device)
     s1_digest = None
     if stage == 2:
         if stage1 is None:
             raise ValueError("stage 2 needs the stage-1 checkpoint")
         ckpt = load_checkpoint(stage1, device)
+        check_consistent({"this job": config, str(stage1): ckpt.get("provenance", {}).get("settings")})
         if ckpt["input"] != input:
             raise A2DError(f"{stage1}: a stage-1 model for input {ckpt['input']!r}, not {input!r}")
         # front-end and baseline from stage 1; the region back-end starts fresh (its config may have changed)
@@ -168,8 +178,8 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     if stage == 2:
         model.front_end.eval()
         model.baseline.eval()
-    flow_cfg = config.get("flow") or {}
-    enc = {"encoding": flow_cfg.get("encoding", "xym"), "wheel_max": flow_cfg.get("wheel_max")}
+    flow_enc = flow_encoding_settings(config, input)
+    enc = {"encoding": flow_enc["flow_encoding"], "wheel_max": flow_enc["wheel_max"]}
     cached = _cache_features(model, samples, device, amp) if stage == 2 and opts["cache_features"] else None
     n = len(cached) if cached is not None else len(samples)
 
@@ -213,7 +223,7 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     log.info("stage %d %s: %d steps in %.1f s this run; loss %.4f -> %.4f", stage, input, len(curve),
              time.perf_counter() - start, curve[0][1] if curve else float("nan"), curve[-1][1] if curve else float("nan"))
     result = {"model": model.state_dict(), "stage": stage, "input": input, "mask_source": mask_source if stage == 2 else None,
-              "config": config, "segmentation": seg, "curve": curve}
+              "config": config, "segmentation": seg, "curve": curve, "provenance": stamp(config)}
     write_curve(out.with_name("loss.csv"), curve, CURVE_COLUMNS)
     with atomic_path(out) as tmp:
         torch.save(result, tmp)

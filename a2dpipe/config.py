@@ -84,8 +84,11 @@ def resolve(config: Mapping, source: str = "config", *, partial: bool = False, f
     validates only (a settings slice must not gain values its rule did not declare).
     """
     config = copy.deepcopy(dict(config))
-    error = next(iter(sorted(_validator(schema(partial), fill_defaults).iter_errors(config),
-                             key=lambda e: list(map(str, e.absolute_path)))), None)
+    validator = _validator(schema(partial), fill_defaults)
+    if fill_defaults:
+        for _ in validator.iter_errors(config):  # a first pass fills the defaults, so "required" sees them
+            pass
+    error = next(iter(sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))), None)
     if error is not None:
         raise A2DError(_message(error, source))
     return config

@@ -147,9 +147,11 @@ def test_parsing_the_workflow_writes_nothing(tmp_path, tiny_config, snakemake_ru
 
 
 def test_a_dry_run_with_another_config_during_a_run_changes_nothing_the_run_reads(tmp_path, tiny_config, snakemake_run):
-    """While `synthesize` runs, a dry run with another shard size must not reach the `index` job scheduled next."""
+    """While `synthesize` runs (held stopped), a dry run with another shard size must not reach `index`, the job the
+    run schedules next: the run's jobs read the settings they were scheduled with."""
+    import psutil
+
     config = yaml.safe_load(tiny_config.read_text())
-    config["synthetic"]["videos"] = 64  # a synthesize that outlasts a dry run
     run_config = _write(config, tmp_path / "run.yaml")
     config["dataset"]["shard_size"] = 2
     config["evaluation"]["boundary_width"] = 3
@@ -159,19 +161,27 @@ def test_a_dry_run_with_another_config_during_a_run_changes_nothing_the_run_read
            "index", "--cores", "1", "--configfile", str(run_config)]
     run = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    job, deadline = None, time.monotonic() + 300
     try:
-        deadline = time.monotonic() + 300
-        while not (workdir / "results" / "logs" / "synthesize.log").exists():
+        while job is None:
             assert run.poll() is None and time.monotonic() < deadline, "the run did not start synthesize"
-            time.sleep(0.2)
+            for proc in psutil.Process(run.pid).children(recursive=True):
+                try:
+                    if "a2dpipe synthesize" in " ".join(proc.cmdline()) and "python" in proc.name():
+                        job = proc
+                        job.suspend()  # hold the run inside its first job while the dry run parses
+                        break
+                except psutil.NoSuchProcess:
+                    continue
+            time.sleep(0.005)
         snakemake_run(workdir, "index", "--dry-run", config=other, check=False)
-        assert not (workdir / "results" / "index.csv").exists(), "index ran before the dry run ended: nothing tested"
+        job.resume()
         output, _ = run.communicate(timeout=600)
     finally:
         run.kill()
     assert run.returncode == 0, output[-3000:]
     shards = {line.rsplit(",", 1)[1] for line in (workdir / "results" / "index.csv").read_text().splitlines()[1:]}
-    assert shards == {f"{s:03d}" for s in range(16)}  # 64 videos in shards of 4, as scheduled (not of 2)
+    assert shards == {"000", "001"}  # 8 videos in shards of 4, as scheduled (not 4 shards of 2)
 
 
 # -- after a complete run: what reruns when a key changes -------------------------------------------------------------

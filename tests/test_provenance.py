@@ -25,7 +25,8 @@ from conftest import REPO
 def _leaves(tree, prefix=""):
     if not isinstance(tree, dict):
         return {prefix: tree}
-    return {k: v for key, value in tree.items() for k, v in _leaves(value, f"{prefix}.{key}" if prefix else key).items()}
+    return {k: v for key, value in tree.items()
+            for k, v in _leaves(value, f"{prefix}.{key}" if prefix else key).items()}
 
 
 def _write(config: dict, path: Path) -> Path:
@@ -196,7 +197,8 @@ RERUNS = {
     "dataset.exclude_videos": (["no-such-video"], {"index": 1, **EVERYTHING_FROM_FRAMES}),
     "frames.compression": ("gzip", EVERYTHING_FROM_FRAMES),
     # flow: only what uses the rgbflow input
-    "flow.dis_preset": ("fast", {"flow": 2, "train_stage1": 1, "train_stage2": 2, "predict": 4, "evaluate": 4, **FINAL}),
+    "flow.dis_preset": ("fast", {"flow": 2, "train_stage1": 1, "train_stage2": 2, "predict": 4, "evaluate": 4,
+                                 **FINAL}),
     # masks: training keys retrain the models, inference keys only recompute the model sources' caches
     "masks.lr": (0.02, {"train_mask_model": 2, "region_masks": 4, "mask_quality": 1, "train_stage2": 3, "predict": 4,
                         "evaluate": 4, **FINAL}),
@@ -282,7 +284,8 @@ def test_stage2_refuses_a_stage1_model_made_with_other_settings(tiny_run, tiny_c
     results = tiny_run / "results"
     out = tmp_path / "model.pt"
     proc = _a2dpipe("train", "--settings", json.dumps(settings), "--stage", "2", "--input", "rgb",
-                    "--frames", *sorted(results.glob("frames/*.h5")), "--masks", *sorted(results.glob("masks/dataset/*.h5")),
+                    "--frames", *sorted(results.glob("frames/*.h5")),
+                    "--masks", *sorted(results.glob("masks/dataset/*.h5")),
                     "--stage1", results / "models/stage1/rgb/model.pt", "--out", out)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "models/stage1/rgb/model.pt: made with segmentation.width = 8, while this job has segmentation.width = 12" \
@@ -295,7 +298,8 @@ def test_predict_refuses_flow_made_with_another_encoding(tiny_run, tmp_path):
     settings = {"device": "cpu", "flow": {"encoding": "wheel", "wheel_max": None}}
     out = tmp_path / "p.h5"
     proc = _a2dpipe("predict", "--settings", json.dumps(settings), "--variant", "baseline-rgbflow",
-                    "--model", results / "models/stage1/rgbflow/model.pt", "--frames", *sorted(results.glob("frames/*.h5")),
+                    "--model", results / "models/stage1/rgbflow/model.pt",
+                    "--frames", *sorted(results.glob("frames/*.h5")),
                     "--flow", *sorted(results.glob("flow/dis/*.h5")), "--out", out)
     assert proc.returncode == 1
     assert re.search(r"flow/dis/shard-000.h5: made with flow.encoding = 'xym', while this job has flow.encoding = "

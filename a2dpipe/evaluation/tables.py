@@ -337,7 +337,8 @@ def configure_parser(parser) -> None:
 
 def run(args) -> None:
     evals = load_evaluations(args.evaluations)
-    write_made_from(Path(args.out_dir, "provenance.json"), {p: e.get("provenance") for p, e in zip(args.evaluations, evals.values())})
+    write_made_from(Path(args.out_dir, "provenance.json"),
+                    {p: e.get("provenance") for p, e in zip(args.evaluations, evals.values())})
     written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality)
     log.info("wrote %d table files into %s", len(written), args.out_dir)
     claims_md = Path(args.out_dir, "claims.md").read_text()

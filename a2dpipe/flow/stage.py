@@ -94,7 +94,8 @@ def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> di
              "dis_preset": flow_cfg["dis_preset"] if method == "dis" else None}
     made_with = stamp_attrs({"flow": flow_cfg, **({"device": str(device)} if method in NEURAL_METHODS else {})})
     seconds = 0.0
-    with FrameStore(frames_path) as frames, atomic_path(out_path) as tmp, FlowWriter(tmp, **attrs, **made_with) as writer:
+    with (FrameStore(frames_path) as frames, atomic_path(out_path) as tmp,
+          FlowWriter(tmp, **attrs, **made_with) as writer):
         keys = frames.keys()
         for batch in _batches(frames, keys, batch_size):
             sources, targets = zip(*(_pair(r) for r in batch))

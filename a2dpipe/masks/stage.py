@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, stamp_attrs
+from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp_attrs
 from a2dpipe.io import A2DError, select_device
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, file_digest
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
@@ -90,7 +90,7 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
     cfg = config["masks"]
     device = select_device(config["device"])
     model, checkpoint = load_mask_model(model_path, device)
-    check_consistent({"this job": config, str(model_path): checkpoint.get("provenance", {}).get("settings")})
+    check_consistent({"this job": config, str(model_path): read_stamp(checkpoint.get("provenance"))})
     if checkpoint["source"] != source:
         raise A2DError(f"{model_path}: a {checkpoint['source']} mask model, but --source is {source}")
     agnostic = bool(checkpoint["class_agnostic"])

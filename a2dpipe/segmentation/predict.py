@@ -19,7 +19,7 @@ import h5py
 import torch
 
 from a2dpipe.segmentation.samples import StoreSamples, to_tensors
-from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, stamp_attrs
+from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp_attrs
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.segmentation.models import build_segmenter, joint_prediction
 from a2dpipe.segmentation.train import flow_encoding_settings, load_checkpoint
@@ -65,7 +65,8 @@ def run(args) -> None:
         raise A2DError(f"variant {args.variant} needs --masks caches of the {v['test_source']} source")
     check_inputs(config, [*args.frames, *args.flow, *args.masks])
     samples = StoreSamples(args.frames, split="test", flow=args.flow if v["input"] == "rgbflow" else None,
-                           masks=args.masks if v["kind"] == "ours" else None, **flow_encoding_settings(config, v["input"]))
+                           masks=args.masks if v["kind"] == "ours" else None,
+                           **flow_encoding_settings(config, v["input"]))
     predict(config, variant=args.variant, model=args.model, samples=samples, out=args.out)
 
 
@@ -74,7 +75,7 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
     v = parse_variant(variant)
     device = select_device(config["device"])
     ckpt = load_checkpoint(model, device)
-    check_consistent({"this job": config, str(model): ckpt.get("provenance", {}).get("settings")})
+    check_consistent({"this job": config, str(model): read_stamp(ckpt.get("provenance"))})
     want_stage = 1 if v["kind"] == "baseline" else 2
     if ckpt["stage"] != want_stage or ckpt["input"] != v["input"]:
         raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {variant} needs a "

@@ -32,7 +32,8 @@ import torch
 
 from a2dpipe.checkpoint import fingerprint, load_resume, save_resume, write_curve
 from a2dpipe.segmentation.samples import StoreSamples, augment, flip_sample, to_tensors
-from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, section_defaults, stamp
+from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
+                             section_defaults, stamp)
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
 
@@ -69,7 +70,8 @@ def run(args) -> None:
     check_inputs(config, [*args.frames, *args.flow, *args.masks])
     samples = StoreSamples(
         args.frames, split="train", flow=args.flow if args.input == "rgbflow" else None,
-        masks=args.masks if args.stage == 2 else None, gt_regions=args.stage == 2, **flow_encoding_settings(config, args.input),
+        masks=args.masks if args.stage == 2 else None, gt_regions=args.stage == 2,
+        **flow_encoding_settings(config, args.input),
     )
     if not len(samples):
         raise A2DError(f"{args.frames[0]}: no training frames in the frames stores")
@@ -147,7 +149,7 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
         if stage1 is None:
             raise ValueError("stage 2 needs the stage-1 checkpoint")
         ckpt = load_checkpoint(stage1, device)
-        check_consistent({"this job": config, str(stage1): ckpt.get("provenance", {}).get("settings")})
+        check_consistent({"this job": config, str(stage1): read_stamp(ckpt.get("provenance"))})
         if ckpt["input"] != input:
             raise A2DError(f"{stage1}: a stage-1 model for input {ckpt['input']!r}, not {input!r}")
         # front-end and baseline from stage 1; the region back-end starts fresh (its config may have changed)

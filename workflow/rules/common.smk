@@ -28,6 +28,12 @@ def get_settings(*keys):
     return json.dumps(settings_slice(config, keys), sort_keys=True)
 
 
+def get_index_settings():
+    """`index` reads the dataset keys other than where it lies and whether it is synthetic (root is its input)."""
+    keys = [f"dataset.{k}" for k in config["dataset"] if k not in ("root", "synthetic")]
+    return get_settings(*keys)
+
+
 def get_flow_encoding_keys():
     """Keys that make the flow-as-RGB image: the encoding, and the wheel's saturation only for the wheel."""
     wheel = config["flow"]["encoding"] == "wheel"

@@ -34,7 +34,7 @@ rule index:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
-        settings=get_settings("dataset.shard_size", "dataset.exclude_videos"),
+        settings=get_index_settings(),
     shell:
         "python -m a2dpipe index --settings {params.settings:q} --root {input.root:q} --out {output.index:q}"
         " --log {log:q}"

@@ -105,7 +105,12 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
 
 
 def load_config(path: str | os.PathLike) -> dict:
-    """Read a YAML config file (already validated by the Snakefile when run from the workflow)."""
+    """Read a YAML config file, validate it against the schema and fill in its defaults (:mod:`a2dpipe.config`).
+
+    A file for a command run by hand may hold only the sections that command reads; what it leaves out takes the
+    schema's defaults. A2DError naming the file when it is missing, not YAML, not a mapping, or breaks the schema.
+    """
+    from a2dpipe.config import resolve  # here: a2dpipe.config imports this module
     path = Path(path)
     try:
         with path.open() as f:
@@ -116,7 +121,7 @@ def load_config(path: str | os.PathLike) -> dict:
         raise A2DError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(config, dict):
         raise A2DError(f"{path}: expected a mapping at the top level")
-    return config
+    return resolve(config, str(path), partial=True)
 
 
 def select_device(requested: str = "auto"):

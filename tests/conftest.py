@@ -57,6 +57,18 @@ def snakemake_run():
     return run
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_config, snakemake_run) -> Path:
+    """Working folder of one complete run of the tiny preset to `tables` (artifacts under ``results/``).
+
+    Made once per test session and shared by the end-to-end checks (the run costs a few minutes): treat it as
+    read-only; dry runs (``-n``) against it are fine, anything that writes needs its own folder.
+    """
+    workdir = tmp_path_factory.mktemp("tiny-run")
+    snakemake_run(workdir, "tables", "--cores", "1", "--resources", "gpu=1", config=tiny_config, timeout=1800)
+    return workdir
+
+
 # Run-dependent parts of otherwise deterministic outputs: measured times and the folders of logs and benchmarks.
 _VOLATILE_DIRS = {"logs", "benchmarks", "timing", "a2d-synthetic"}
 _VOLATILE_KEY = ("second", "time", "_ms", "elapsed", "host")

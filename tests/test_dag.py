@@ -45,3 +45,42 @@ def test_snakefiles_are_snakefmt_formatted():
     cmd = [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+def shell_commands(text: str) -> list[str]:
+    """The command text of every `shell:` directive in a snakefmt-formatted workflow file (its string literals)."""
+    import ast
+
+    commands, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() != "shell:":
+            continue
+        indent, body = len(line) - len(line.lstrip()), []
+        for following in lines[i + 1:]:
+            if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                break
+            body.append(following.strip())
+        commands.append(ast.literal_eval("(" + "\n".join(body).rstrip(",") + ")"))
+    return commands
+
+
+def unquoted_substitutions(command: str) -> list[str]:
+    """`{...}` substitutions of a shell command that Snakemake would not shell-quote (no `:q`); `{{` escapes skipped."""
+    fields = re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", command)
+    return [f"{{{field}}}" for field in fields if not field.endswith(":q")]
+
+
+def test_shell_substitutions_are_quoted():
+    """Every path and value put into a `shell:` command is quoted (`{input.x:q}`), so spaces and `$(...)` in a
+    config path stay data."""
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    commands = {f"{path.name}: {cmd}": cmd for path in files for cmd in shell_commands(path.read_text())}
+    assert len(commands) >= 14, f"found only {len(commands)} shell commands: is the parser still in step?"
+    unquoted = {name: unquoted_substitutions(cmd) for name, cmd in commands.items() if unquoted_substitutions(cmd)}
+    assert not unquoted, unquoted
+
+
+def test_the_quoting_lint_sees_an_unquoted_substitution():
+    rule = 'rule x:\n    shell:\n        "tool --in {input.a:q} --out {output}"\n        " --opt {params.b} {{literal}}"\n'
+    (command,) = shell_commands(rule)
+    assert unquoted_substitutions(command) == ["{output}", "{params.b}"]

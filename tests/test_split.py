@@ -106,7 +106,8 @@ def test_segmentation_trainer_samples_hold_training_videos_only(stores, stage, m
     seen = {}
     monkeypatch.setattr(trainer, "train", lambda config, *, samples, **kw: seen.setdefault("keys", samples.keys()))
     args = argparse.Namespace(
-        config=str(_config(tmp_path)), threads=0, input="rgb", stage=stage, flow=[], frames=stores["frames"],
+        config=str(_config(tmp_path)), settings=None, threads=0, input="rgb", stage=stage, flow=[],
+        frames=stores["frames"],
         masks=stores["masks"] if stage == 2 else [], stage1="stage1.pt" if stage == 2 else None,
         out=str(tmp_path / "model.pt"), mask_source="dataset",
     )
@@ -135,6 +136,9 @@ def test_mask_model_trainer_samples_hold_training_videos_only(stores, monkeypatc
 
 
 def _config(tmp_path: Path) -> Path:
+    """The config of the stores (commands refuse inputs made with other settings than theirs)."""
+    import yaml
+
     path = tmp_path / "config.yaml"
-    path.write_text("seed: 0\ndevice: cpu\n")
+    path.write_text(yaml.safe_dump({"seed": 0, "device": "cpu", "masks": MASKS}))
     return path

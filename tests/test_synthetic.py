@@ -22,7 +22,8 @@ from a2dpipe.dataset.a2d import (
     video_path,
 )
 from a2dpipe.io import A2DError
-from a2dpipe.dataset.synthetic import DEFAULTS, LOOKS, MOTIONS, _actor_tracks, _draw, _plan, _settings, synthesize
+from a2dpipe.config import section_defaults
+from a2dpipe.dataset.synthetic import LOOKS, MOTIONS, _actor_tracks, _draw, _plan, _settings, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -180,7 +181,7 @@ def test_limb_moves_while_body_stays():
 
 def test_config_defaults_in_step():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert config["synthetic"] == DEFAULTS
+    assert config["synthetic"] == section_defaults("synthetic")
 
 
 def test_bad_settings_are_errors_and_leave_nothing(tmp_path):
@@ -196,7 +197,8 @@ def test_default_size_generates_quickly(tmp_path):
     import time
 
     start = time.perf_counter()
-    synthesize({**DEFAULTS, "videos": math.ceil(DEFAULTS["videos"] / 4)}, seed=0, out=tmp_path / "q")
+    defaults = section_defaults("synthetic")
+    synthesize({**defaults, "videos": math.ceil(defaults["videos"] / 4)}, seed=0, out=tmp_path / "q")
     assert time.perf_counter() - start < 30
 
 

@@ -37,7 +37,8 @@ import numpy as np
 from a2dpipe import labels
 from a2dpipe.dataset.a2d import annotation_path, read_annotation, read_clip_frames, video_path
 from a2dpipe.dataset.index import read_index
-from a2dpipe.io import A2DError, atomic_path, HDF5Store, load_config
+from a2dpipe.config import add_config_arguments, read_settings, stamp_attrs
+from a2dpipe.io import A2DError, atomic_path, HDF5Store
 from a2dpipe.dataset.synthetic import read_distractors
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class FrameStore(HDF5Store):
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config file (section frames)")
+    add_config_arguments(parser, "frames")
     parser.add_argument("--root", required=True, help="dataset root in the A2D layout")
     parser.add_argument("--index", required=True, help="index CSV written by `a2dpipe index`")
     parser.add_argument("--shard", required=True, help="3-digit shard id, e.g. 000")
@@ -126,14 +127,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    section = load_config(args.config).get("frames", {})
+    section = read_settings(args)["frames"]
     extract_shard(
         args.root,
         read_index(args.index),
         args.shard,
         args.out,
-        neighbour=section.get("neighbour", "next"),
-        compression=section.get("compression", "lzf"),
+        neighbour=section["neighbour"],
+        compression=section["compression"],
     )
 
 
@@ -171,6 +172,7 @@ def extract_shard(
     count = 0
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({"shard": shard, "neighbour": neighbour, "compression": compression})
+        f.attrs.update(stamp_attrs({"frames": {"neighbour": neighbour, "compression": compression}}))
         for video, clip in rows.groupby("video", sort=False):
             num_frames = int(clip["num_frames"].iloc[0])
             frames = [int(x) for x in clip["frame"]]

@@ -24,25 +24,25 @@ from pathlib import Path
 import pandas as pd
 
 from a2dpipe.dataset.a2d import list_annotated_frames, read_videoset
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.io import A2DError, atomic_path
 
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["video", "frame", "split", "height", "width", "num_frames", "shard"]
 SPLITS = ("train", "val", "test")
-DEFAULT_VAL_FRACTION = 0.125  # mirrors the schema default (commands run by hand with partial configs)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config file (section dataset)")
+    add_config_arguments(parser, "dataset.shard_size, dataset.exclude_videos, dataset.val_fraction")
     parser.add_argument("--root", required=True, help="dataset root in the A2D layout")
     parser.add_argument("--out", required=True, help="index CSV to write")
 
 
 def run(args: argparse.Namespace) -> None:
-    dataset = load_config(args.config).get("dataset", {})
-    index = build_index(args.root, dataset.get("shard_size", 8), dataset.get("exclude_videos", []),
-                        val_fraction=dataset.get("val_fraction", DEFAULT_VAL_FRACTION))
+    dataset = read_settings(args)["dataset"]
+    index = build_index(args.root, dataset["shard_size"], dataset["exclude_videos"],
+                        val_fraction=dataset["val_fraction"])
     write_index(index, args.out)
 
 

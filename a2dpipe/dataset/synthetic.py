@@ -17,11 +17,16 @@ built to exercise what the method is about:
 Annotations hold the visible part of each actor (after occlusion): ``reS_id`` id map, binary instance masks,
 boxes ``x1, y1, x2, y2`` as pixel edges (0-based, exclusive right/bottom) and ids. Everything is drawn from
 ``seed``: the same config writes identical annotations and videoset.csv.
+
+The folder it writes holds ``.a2dpipe-synthetic.json`` (the settings it was made with and the package version);
+``synthesize`` replaces only a folder holding that mark and refuses, naming it, to replace any other (a real A2D
+copy that ``dataset.root`` points at stays untouched).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import string
@@ -34,7 +39,8 @@ import numpy as np
 
 from a2dpipe import labels
 from a2dpipe.dataset.a2d import Annotation, annotation_path, colour_path, video_path, write_annotation
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.config import add_config_arguments, read_settings, section_defaults, stamp
+from a2dpipe.io import A2DError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -109,38 +115,34 @@ MOTIONS: dict[int, Motion] = {
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config file (sections seed, synthetic)")
+    add_config_arguments(parser, "seed, synthetic")
     parser.add_argument("--out", required=True, help="dataset root to write (A2D layout)")
 
 
 def run(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
-    synthesize(config.get("synthetic", {}), int(config.get("seed", 0)), args.out)
+    settings = read_settings(args)
+    synthesize(settings["synthetic"], settings["seed"], args.out)
+
+
+MARKER = ".a2dpipe-synthetic.json"
+
+
+def check_replaceable(root: str | Path) -> None:
+    """A2DError unless ``root`` is absent or a benchmark that ``synthesize`` wrote (it holds :data:`MARKER`)."""
+    root = Path(root)
+    if (root.exists() or root.is_symlink()) and not (root / MARKER).is_file():
+        raise A2DError(f"{root}: exists and was not written by `a2dpipe synthesize` (no {MARKER} in it); refusing "
+                       f"to replace it: point dataset.root elsewhere, or set dataset.synthetic: false to use it as "
+                       f"a dataset")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Settings and the clip plan
 # --------------------------------------------------------------------------------------------------------------
 
-DEFAULTS = {
-    "videos": 128,
-    "test_fraction": 0.375,
-    "height": 96,
-    "widths": [128, 144, 160, 176],
-    "frames": 24,
-    "annotated_frames": 3,
-    "max_actors": 3,
-    "distractors": 2,
-    "camera_motion": 1.5,
-    "video_quality": 60,
-}
-
-
 def _settings(section: dict) -> dict:
-    unknown = set(section) - set(DEFAULTS)
-    if unknown:
-        raise A2DError(f"config synthetic: unknown key(s) {sorted(unknown)}")
-    s = {**DEFAULTS, **section}
+    """The ``synthetic`` section validated and completed with the schema's defaults, plus the checks it cannot state."""
+    s = section_defaults("synthetic", section)
     if s["videos"] < 2:
         raise A2DError("config synthetic.videos: need at least 2 clips (one per split)")
     if s["height"] % 2 or any(w % 2 for w in s["widths"]):
@@ -454,8 +456,9 @@ def read_distractors(root: str | Path, video: str, frame: int) -> np.ndarray | N
 
 
 def synthesize(section: dict, seed: int, out: str | Path) -> None:
-    """Write the benchmark into ``out`` (replaced atomically as a whole)."""
+    """Write the benchmark into ``out`` (replaced atomically as a whole, and only if ``synthesize`` wrote it)."""
     s = _settings(section)
+    check_replaceable(out)
     started = time.perf_counter()
     root_rng = np.random.default_rng(seed)
     plan = _plan(s, root_rng)
@@ -485,6 +488,7 @@ def synthesize(section: dict, seed: int, out: str | Path) -> None:
                 f"{s['height']},{clip['width']},{s['frames']},{len(annotated)},{clip['usage']}"
             )
         (tmp / "videoset.csv").write_text("\n".join(rows) + "\n")
+        (tmp / MARKER).write_text(json.dumps(stamp({"seed": seed, "synthetic": s}), indent=1) + "\n")
     n_test = sum(c["usage"] for c in plan)
     log.info(
         "wrote %d clips (%d train, %d test), %d annotated frames to %s in %.1f s",

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError, atomic_path, load_config, open_hdf5
+from a2dpipe.config import add_config_arguments, read_settings, stamp
 from a2dpipe.evaluation.bootstrap import write_per_video
+from a2dpipe.io import A2DError, atomic_path, open_hdf5
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 
 __all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
@@ -143,7 +144,7 @@ def _json_safe(obj):
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config file (section evaluation)")
+    add_config_arguments(parser, "evaluation.boundary_width, evaluation.settings_from")
     parser.add_argument("--predictions", required=True, help="prediction HDF5 of one variant")
     parser.add_argument("--frames", required=True, nargs="+", help="frame stores (every shard)")
     parser.add_argument("--out", required=True, help="evaluation JSON to write")
@@ -152,14 +153,16 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    section = load_config(args.config).get("evaluation") or {}
+    settings = read_settings(args)
+    section = settings["evaluation"]
     result = evaluate(
         args.predictions,
         args.frames,
-        boundary_width=int(section.get("boundary_width", 15)),
-        settings_from=section.get("settings_from", "heads"),
+        boundary_width=int(section["boundary_width"]),
+        settings_from=section["settings_from"],
         split=args.split,
         per_video=args.per_video,
     )
+    result["provenance"] = stamp(settings)
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False))

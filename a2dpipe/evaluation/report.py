@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from a2dpipe.evaluation import paper_results
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import BACKGROUND, IGNORE, PALETTE, VALID_PAIRS, class_names, pair_name
 from a2dpipe.evaluation.tables import load_evaluations
 
@@ -189,7 +190,7 @@ def qualitative_figure(frame_paths, baseline, ours, count: int, path) -> list[st
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config file (section evaluation)")
+    add_config_arguments(parser, "evaluation.qualitative_frames")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files")
     parser.add_argument("--checkpoints", nargs="*", default=[], help="model checkpoints; curves are read beside them")
     parser.add_argument("--frames", nargs="+", required=True, help="frame stores (every shard)")
@@ -202,10 +203,10 @@ def run(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on cluster nodes
-    section = load_config(args.config).get("evaluation") or {}
+    section = read_settings(args)["evaluation"]
     out = Path(args.out_dir)
     per_category_figure(load_evaluations(args.evaluations), out / "per_category.png")
     n = loss_curves_figure(args.checkpoints, out / "loss_curves.png")
-    picks = qualitative_figure(args.frames, args.baseline, args.ours, int(section.get("qualitative_frames", 4)),
+    picks = qualitative_figure(args.frames, args.baseline, args.ours, int(section["qualitative_frames"]),
                                out / "qualitative.png")
     log.info("figures in %s: %d training curves, overlays of %s", out, n, ", ".join(picks))

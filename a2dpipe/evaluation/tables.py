@@ -42,9 +42,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from a2dpipe.config import write_made_from
 from a2dpipe.evaluation import paper_results as paper
 from a2dpipe.evaluation.bootstrap import Bootstrap, per_video_key, percentile_interval, read_per_video
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import class_names
 
 __all__ = [
@@ -75,7 +76,6 @@ LOW, HIGH = "low", "high"
 INTERVAL_HEADERS = [c for h in METRIC_HEADERS for c in (h, f"{h} {LOW}", f"{h} {HIGH}")]
 INPUT_NAMES = {"rgb": "RGB only", "rgbflow": "RGB + flow"}
 METHOD_NAMES = {"baseline": "Baseline", "maskvote": "Mask vote", "ours": "Ours"}
-DEFAULT_RESAMPLES = 1000  # mirrors the schema default of evaluation.bootstrap_resamples
 MAIN_SOURCE = "dataset"  # the paper's default: region masks of a model trained on the target dataset
 
 TITLES = {"table1": "Table 1", "table2": "Table 2", "table3": "Table 3", "table4": "Table 4", "table5": "Table 5",
@@ -128,7 +128,7 @@ class Intervals:
     cover the same test videos (they are scored on the same split), or the pairing would be meaningless.
     """
 
-    def __init__(self, per_video: dict[str, dict], *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0):
+    def __init__(self, per_video: dict[str, dict], *, resamples: int = 1000, seed: int = 0):
         if not per_video:
             raise A2DError("no per-video confusion matrices: the bootstrap needs at least one variant's")
         videos = {variant: doc["videos"] for variant, doc in per_video.items()}
@@ -168,7 +168,7 @@ class Intervals:
         return percentile_interval(b - a)
 
 
-def load_intervals(paths, evals: dict, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Intervals:
+def load_intervals(paths, evals: dict, *, resamples: int = 1000, seed: int = 0) -> Intervals:
     """:class:`Intervals` from per-video ``.npz`` files; each must add up to its variant's evaluation JSON."""
     per_video = {}
     for path in paths:
@@ -485,24 +485,24 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals:
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config file (seed, evaluation.bootstrap_resamples)")
+    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files of every variant")
     parser.add_argument("--per-video", nargs="*", default=[],
                         help="per-video confusion matrices (.npz) of the variants: bootstrap intervals and claims")
     parser.add_argument("--metrics-only", action="store_true",
                         help="write only DIR/metrics.{csv,md,tex}, one row per variant (the validate target)")
-    parser.add_argument("--mask-quality", help="mask-quality CSV (optional)")
+    parser.add_argument("--mask-quality", nargs="?", help="mask-quality CSV (optional)")
     parser.add_argument("--timing", help="timing CSV (optional)")
     parser.add_argument("--out-dir", required=True, help="folder of the tables; DIR/done is written last")
 
 
 def run(args) -> None:
     evals = load_evaluations(args.evaluations)
-    config = load_config(args.config)
-    resamples = int((config.get("evaluation") or {}).get("bootstrap_resamples", DEFAULT_RESAMPLES))
+    config = read_settings(args)
+    resamples = int(config["evaluation"]["bootstrap_resamples"])
     intervals = None
     if args.per_video:
-        intervals = load_intervals(args.per_video, evals, resamples=resamples, seed=int(config.get("seed", 0)))
+        intervals = load_intervals(args.per_video, evals, resamples=resamples, seed=int(config["seed"]))
         log.info("bootstrap: %d resamples of %d videos", resamples, len(intervals.bootstrap.videos))
     else:
         log.warning("no --per-video matrices: no intervals, and every claim is n/a")
@@ -510,6 +510,8 @@ def run(args) -> None:
         written = make_metrics_table(evals, args.out_dir, intervals)
         log.info("wrote %s", ", ".join(map(str, written)))
         return
+    write_made_from(Path(args.out_dir, "provenance.json"),
+                    {p: e.get("provenance") for p, e in zip(args.evaluations, evals.values())})
     written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality,
                           intervals=intervals)
     log.info("wrote %d table files into %s", len(written), args.out_dir)

@@ -149,7 +149,7 @@ def timing_table(flow: dict, masks: dict, predictions: dict, device: str, cpu: s
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config file (unused keys are fine)")
+    parser.add_argument("--config", help="unused: the timing table has no settings (accepted for uniformity)")
     parser.add_argument("--flow", nargs="*", default=[], help="flow shard files")
     parser.add_argument("--masks", nargs="*", default=[], help="region-mask shard files (any sources)")
     parser.add_argument("--predictions", nargs="*", default=[], help="prediction files (any variants)")

@@ -21,7 +21,8 @@ import numpy as np
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.flow.estimators import METHODS, NEURAL_METHODS, build_estimator
 from a2dpipe.flow.store import FlowWriter
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.config import add_config_arguments, read_settings, stamp_attrs
+from a2dpipe.io import A2DError, atomic_path
 
 __all__ = ["configure_parser", "run", "compute_shard"]
 
@@ -29,7 +30,8 @@ log = logging.getLogger("a2dpipe.flow")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config YAML (section flow, key device)")
+    add_config_arguments(parser, "flow: method, encoding, wheel_max for wheel, dis_preset for dis; for neural methods "
+                                 "also weights, batch_size, raft_variant and device")
     parser.add_argument("--frames", required=True, help="frames store of the shard (results/frames/shard-NNN.h5)")
     parser.add_argument("--out", required=True, help="flow cache to write (results/flow/<method>/shard-NNN.h5)")
     parser.add_argument("--method", choices=METHODS, help="override config flow.method (the rule passes its wildcard)")
@@ -42,11 +44,12 @@ def run(args: argparse.Namespace) -> None:
 
     cv2.setNumThreads(args.threads)  # OpenCV and PyTorch would otherwise take every core the scheduler gave others
     torch.set_num_threads(args.threads)
-    config = load_config(args.config)
-    flow_cfg = dict(config.get("flow") or {})
+    settings = read_settings(args)
+    flow_cfg = dict(settings["flow"])
     if args.method:
         flow_cfg["method"] = args.method
-    compute_shard(args.frames, args.out, flow_cfg, device=config.get("device", "auto"))
+    neural = flow_cfg["method"] in NEURAL_METHODS  # DIS runs on the CPU whatever the device setting
+    compute_shard(args.frames, args.out, flow_cfg, device=settings["device"] if neural else "cpu")
 
 
 def _pair(record) -> tuple[np.ndarray, np.ndarray]:
@@ -72,13 +75,15 @@ def _batches(store, keys, batch_size: int):
 
 
 def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> dict:
-    """Compute the flow cache ``out_path`` from the frames store ``frames_path``; returns the root attributes."""
+    """Compute the flow cache ``out_path`` from the frames store ``frames_path``; returns the root attributes.
+
+    ``flow_cfg`` holds the ``flow`` keys the method reads (see ``configure_parser``); the cache records them.
+    """
     from a2dpipe.dataset.frames import FrameStore
 
-    method = flow_cfg.get("method", "dis")
-    encoding = flow_cfg.get("encoding", "xym")
-    wheel_max = flow_cfg.get("wheel_max")
-    batch_size = int(flow_cfg.get("batch_size", 8))
+    method, encoding = flow_cfg["method"], flow_cfg["encoding"]
+    wheel_max = flow_cfg["wheel_max"] if encoding == "wheel" else None
+    batch_size = flow_cfg["batch_size"] if method in NEURAL_METHODS else 1  # DIS runs pair by pair
     if not Path(frames_path).is_file():
         raise A2DError(f"{frames_path}: frames store not found")
     estimator = build_estimator(method, **{**flow_cfg, "device": device})
@@ -86,9 +91,11 @@ def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> di
         log.info("%s on %s, batches of %d", method, estimator.device, batch_size)
     attrs = {"method": method, "encoding": encoding,
              "wheel_max": wheel_max if encoding == "wheel" else None,
-             "dis_preset": flow_cfg.get("dis_preset", "medium") if method == "dis" else None}
+             "dis_preset": flow_cfg["dis_preset"] if method == "dis" else None}
+    made_with = stamp_attrs({"flow": flow_cfg, **({"device": str(device)} if method in NEURAL_METHODS else {})})
     seconds = 0.0
-    with FrameStore(frames_path) as frames, atomic_path(out_path) as tmp, FlowWriter(tmp, **attrs) as writer:
+    with (FrameStore(frames_path) as frames, atomic_path(out_path) as tmp,
+          FlowWriter(tmp, **attrs, **made_with) as writer):
         keys = frames.keys()
         for batch in _batches(frames, keys, batch_size):
             sources, targets = zip(*(_pair(r) for r in batch))

@@ -116,6 +116,7 @@ class MaskCacheWriter:
         self._file.attrs.update(
             schema=SCHEMA, source=source, model=model, config=json.dumps(config or {}, sort_keys=True)
         )
+        self.attrs = self._file.attrs  # root attributes, for the provenance stamp
         self._compression = compression
         self._count = 0
         self.seconds_per_frame = float("nan")

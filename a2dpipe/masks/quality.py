@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import ACTORS
 from a2dpipe.masks.cache import MaskCache, Regions
 from a2dpipe.masks.data import InstanceReader, list_frames
@@ -41,7 +41,7 @@ COLUMNS = ["source", "categories", "AP", "AP50", "AP75", "frames", "regions_per_
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config YAML")
+    parser.add_argument("--config", help="unused: the mask AP has no settings (accepted for uniformity)")
     parser.add_argument("--frames", required=True, nargs="+", help="frames stores (every shard)")
     parser.add_argument("--dataset", nargs="*", default=[], help="dataset-source caches (every shard)")
     parser.add_argument("--generic", nargs="*", default=[], help="generic-source caches (every shard)")
@@ -49,7 +49,6 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    load_config(args.config)  # validates the file; the evaluation itself has no settings
     table = mask_quality(args.frames, {"dataset": args.dataset, "generic": args.generic})
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.2f")

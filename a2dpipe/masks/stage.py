@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError, load_config, select_device
+from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp_attrs
+from a2dpipe.io import A2DError, select_device
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, file_digest
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 
@@ -28,27 +29,28 @@ log = logging.getLogger("a2dpipe.masks")
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config YAML (its masks section)")
+    add_config_arguments(parser, "device, masks.batch_size, masks.score_threshold, masks.max_regions; none for gt")
     parser.add_argument("--source", required=True, choices=("dataset", "generic", "gt"), help="mask source")
     parser.add_argument("--frames", required=True, help="frames store of the shard")
-    parser.add_argument("--model", help="mask model checkpoint (dataset and generic sources)")
+    parser.add_argument("--model", nargs="?", help="mask model checkpoint (dataset and generic sources)")
     parser.add_argument("--out", required=True, help="region-mask cache to write")
 
 
 def run(args) -> None:
-    config = load_config(args.config)
+    settings = read_settings(args)
     if args.source != "gt" and not args.model:
         raise A2DError(f"--model is required for the {args.source} mask source")
-    cache_regions(config, args.source, args.frames, args.out, model_path=args.model)
+    check_inputs(settings, [args.frames])
+    cache_regions(settings, args.source, args.frames, args.out, model_path=args.model)
 
 
 def cache_regions(config: dict, source: str, frames: str | Path, out: str | Path, model_path=None) -> float:
-    """Write the region cache of one shard; return seconds per frame."""
-    cfg = config["masks"]
+    """Write the region cache of one shard; return seconds per frame. ``gt`` reads no setting of ``config``."""
     refs = list_frames([frames])
     with InstanceReader([frames]) as reader, MaskCacheWriter(
-        out, source=source, model=_provenance(model_path), config=cfg
+        out, source=source, model=_provenance(model_path), config=config.get("masks", {})
     ) as writer:
+        writer.attrs.update(stamp_attrs(config))
         if source == "gt":
             seconds = _write_gt(reader, refs, writer)
         else:
@@ -86,8 +88,9 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
     from a2dpipe.masks.model import load_mask_model
 
     cfg = config["masks"]
-    device = select_device(config.get("device", "auto"))
+    device = select_device(config["device"])
     model, checkpoint = load_mask_model(model_path, device)
+    check_consistent({"this job": config, str(model_path): read_stamp(checkpoint.get("provenance"))})
     if checkpoint["source"] != source:
         raise A2DError(f"{model_path}: a {checkpoint['source']} mask model, but --source is {source}")
     agnostic = bool(checkpoint["class_agnostic"])

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from a2dpipe.checkpoint import fingerprint, load_resume, remove_resume, write_curve
-from a2dpipe.io import A2DError, atomic_path, load_config, select_device
+from a2dpipe.config import add_config_arguments, check_inputs, read_settings, stamp
+from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns
@@ -43,15 +44,16 @@ NUM_CLASSES = {"dataset": 8, "generic": 2}
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config YAML (its masks section)")
+    add_config_arguments(parser, "seed, device, masks (all but score_threshold)")
     parser.add_argument("--source", required=True, choices=("dataset", "generic"), help="mask source to train")
     parser.add_argument("--frames", required=True, nargs="+", help="frames stores (every shard)")
     parser.add_argument("--out", required=True, help="model checkpoint to write (model.pt)")
 
 
 def run(args) -> None:
-    config = load_config(args.config)
-    train_mask_model(config, args.source, args.frames, args.out)
+    settings = read_settings(args)
+    check_inputs(settings, args.frames)
+    train_mask_model(settings, args.source, args.frames, args.out)
 
 
 def _arch(cfg: dict, source: str, num_classes: int) -> dict:
@@ -60,7 +62,7 @@ def _arch(cfg: dict, source: str, num_classes: int) -> dict:
         num_classes=num_classes,
         min_size=cfg["min_size"],
         max_size=cfg["max_size"],
-        pretrained_layout=cfg["backbone"] == "resnet50_fpn" and cfg.get("coco_checkpoint") is not None,
+        pretrained_layout=cfg["backbone"] == "resnet50_fpn" and cfg["coco_checkpoint"] is not None,
         box_detections_per_img=cfg["max_regions"],
     )
 
@@ -73,10 +75,10 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     """
     cfg = config["masks"]
     out = Path(out)
-    if source == "generic" and cfg.get("coco_checkpoint"):
+    if source == "generic" and cfg["coco_checkpoint"]:
         return _save_coco_as_generic(config, out)
-    seed = int(config.get("seed", 0))
-    device = select_device(config.get("device", "auto"))
+    seed = int(config["seed"])
+    device = select_device(config["device"])
     arch = _arch(cfg, source, NUM_CLASSES[source])
 
     refs = list_frames(frames, split="train")
@@ -87,7 +89,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
              cfg["iterations"])
 
     torch.manual_seed(seed)
-    model = build_mask_model(**arch, coco_checkpoint=cfg.get("coco_checkpoint")).to(device).train()
+    model = build_mask_model(**arch, coco_checkpoint=cfg["coco_checkpoint"]).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg["iterations"]))
@@ -116,6 +118,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
         "seed": seed,
         "steps": cfg["iterations"],
         "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else float("nan"),
+        "provenance": stamp(config),
     }
     with atomic_path(out) as tmp:
         torch.save(checkpoint, tmp)
@@ -131,7 +134,8 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
     log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])
     checkpoint = {
         "model": model.state_dict(), "arch": arch, "source": "generic", "class_agnostic": True,
-        "config": cfg, "seed": int(config.get("seed", 0)), "steps": 0, "final_loss": float("nan"),
+        "config": cfg, "seed": int(config["seed"]), "steps": 0, "final_loss": float("nan"),
+        "provenance": stamp(config),
     }
     with atomic_path(out) as tmp:
         torch.save(checkpoint, tmp)
@@ -139,7 +143,7 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
 
 
 def _optimizer(cfg: dict, params) -> torch.optim.Optimizer:
-    name = cfg.get("optimizer", "adamw")
+    name = cfg["optimizer"]
     if name == "adamw":
         return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-4)
     if name == "sgd":
@@ -180,6 +184,6 @@ def _batch(reader, refs, source, seed, step, batch_size, device):
 
 def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs) -> str:
     """What a resumable checkpoint must agree on (inference-only keys such as score_threshold are left out)."""
-    training = {k: cfg.get(k) for k in ("coco_checkpoint", "iterations", "batch_size", "optimizer", "lr")}
+    training = {k: cfg[k] for k in ("coco_checkpoint", "iterations", "batch_size", "optimizer", "lr")}
     return fingerprint(arch=arch, training=training, source=source, seed=seed,
                        frames=[(r.video, r.frame) for r in refs])

@@ -24,10 +24,12 @@ import torch
 
 from a2dpipe.segmentation.samples import StoreSamples, to_tensors
 from a2dpipe.checkpoint import load_model_file
-from a2dpipe.io import A2DError, atomic_path, load_config, select_device
+from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp_attrs
+from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.segmentation.models import build_segmenter, joint_prediction
 from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel_ranges
+from a2dpipe.segmentation.train import flow_encoding_settings
 
 __all__ = ["configure_parser", "run", "predict", "parse_variant", "mask_vote", "region_average"]
 
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True)
+    add_config_arguments(parser, "device, flow.encoding and flow.wheel_max (rgbflow), segmentation.stage2's "
+                         "uncovered_background and pixel_stride (maskvote); the network is the model's")
     parser.add_argument("--variant", required=True,
                         help="baseline-<input>, maskvote-<input>-<test> or ours-<input>-<train>-<test>")
     parser.add_argument("--model", required=True, help="stage-1 (baseline, maskvote) or stage-2 (ours) checkpoint")
@@ -89,7 +92,7 @@ def mask_vote(to_pixel: RegionToPixel, outputs: dict[str, torch.Tensor],
 
 
 def run(args) -> None:
-    config = load_config(args.config)
+    config = read_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -100,24 +103,26 @@ def run(args) -> None:
         raise A2DError(f"variant {args.variant} needs --flow stores")
     if v["kind"] != "baseline" and not args.masks:
         raise A2DError(f"variant {args.variant} needs --masks caches of the {v['test_source']} source")
-    flow_cfg = config.get("flow") or {}
+    check_inputs(config, [*args.frames, *args.flow, *args.masks])
     samples = StoreSamples(args.frames, split=args.split, flow=args.flow if v["input"] == "rgbflow" else None,
                            masks=args.masks if v["kind"] != "baseline" else None,
-                           flow_encoding=flow_cfg.get("encoding", "xym"), wheel_max=flow_cfg.get("wheel_max"))
+                           **flow_encoding_settings(config, v["input"]))
     predict(config, variant=args.variant, model=args.model, samples=samples, out=args.out)
 
 
 def predict(config: dict, *, variant: str, model: str | Path, samples, out: str | Path) -> float:
     """Write the predictions of every sample to ``out``; returns seconds per frame."""
     v = parse_variant(variant)
-    device = select_device(config.get("device", "auto"))
+    device = select_device(config["device"])
     ckpt = load_model_file(model, "segmentation")  # on the CPU; load_state_dict moves it
+    check_consistent({"this job": config, str(model): read_stamp(ckpt.get("provenance"))})
     want_stage = 2 if v["kind"] == "ours" else 1
     if ckpt["stage"] != want_stage or ckpt["input"] != v["input"]:
         raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {variant} needs a "
                        f"stage-{want_stage} {v['input']} model")
     # the architecture is the one the checkpoint was trained with, whatever the current config says
-    net = build_segmenter(ckpt["config"], input=v["input"], pretrained=False).to(device).eval()
+    net = build_segmenter(ckpt["config"], input=v["input"], pretrained=False, regions=v["kind"] == "ours")
+    net = net.to(device).eval()
     net.load_state_dict(ckpt["model"])
     amp = bool(ckpt["segmentation"]["amp"]) and device.type == "cuda"
     if v["kind"] == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it
@@ -153,5 +158,6 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
         f.attrs["model"] = Path(model).name
         f.attrs["seconds_per_frame"] = per_frame
         f.attrs["frames"] = len(samples)
+        f.attrs.update(stamp_attrs(config))
     log.info("%s: %d frames, %.4f s per frame", variant, len(samples), per_frame)
     return per_frame

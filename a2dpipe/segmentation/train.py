@@ -32,7 +32,9 @@ import torch
 
 from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, write_curve
 from a2dpipe.segmentation.samples import StoreSamples, augment, flip_sample, to_tensors
-from a2dpipe.io import A2DError, atomic_path, load_config, select_device
+from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
+                             section_defaults, stamp)
+from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns
 
@@ -45,7 +47,8 @@ CURVE_COLUMNS = curve_columns(("loss_actor", "loss_action"))
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--config", required=True, help="config file (its segmentation section)")
+    add_config_arguments(parser, "seed, device, segmentation (stage 1: all but stage2), flow.encoding and "
+                                 "flow.wheel_max (rgbflow)")
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
     parser.add_argument("--input", choices=("rgb", "rgbflow"), required=True)
     parser.add_argument("--mask-source", choices=("dataset", "generic"), default="dataset",
@@ -59,18 +62,18 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    config = load_config(args.config)
+    config = read_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.input == "rgbflow" and not args.flow:
         raise A2DError("--input rgbflow needs --flow stores")
     if args.stage == 2 and not args.stage1:
         raise A2DError("--stage 2 needs --stage1 CHECKPOINT")
-    flow_cfg = config.get("flow") or {}
+    check_inputs(config, [*args.frames, *args.flow, *args.masks])
     samples = StoreSamples(
         args.frames, split="train", flow=args.flow if args.input == "rgbflow" else None,
         masks=args.masks if args.stage == 2 else None, gt_regions=args.stage == 2,
-        flow_encoding=flow_cfg.get("encoding", "xym"), wheel_max=flow_cfg.get("wheel_max"),
+        **flow_encoding_settings(config, args.input),
     )
     if not len(samples):
         raise A2DError(f"{args.frames[0]}: no training frames in the frames stores")
@@ -79,6 +82,14 @@ def run(args) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
+
+
+def flow_encoding_settings(config: dict, input: str) -> dict:
+    """``flow_encoding`` and ``wheel_max`` of the flow-as-RGB images (config ``flow``); read only for rgbflow."""
+    if input != "rgbflow":
+        return {"flow_encoding": "xym", "wheel_max": None}  # no flow image is made
+    flow = section_defaults("flow", config.get("flow"))
+    return {"flow_encoding": flow["encoding"], "wheel_max": flow["wheel_max"] if flow["encoding"] == "wheel" else None}
 
 
 def _positions(n: int, seed: int, stage: int, step: int, batch_size: int) -> list[int]:
@@ -109,11 +120,15 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     return load_model_file(path, "segmentation")
 
 
-def _load_stage1(model, stage1: str | Path | None, input: str) -> str:
-    """Front-end and baseline of the stage-1 model into ``model``; returns the file's digest (for the fingerprint)."""
+def _load_stage1(model, stage1: str | Path | None, input: str, config: dict) -> str:
+    """Front-end and baseline of the stage-1 model into ``model``; returns the file's digest (for the fingerprint).
+
+    A stage-1 model made with other settings than this job's (say another backbone) is refused by name.
+    """
     if stage1 is None:
         raise ValueError("stage 2 needs the stage-1 checkpoint")
     ckpt = load_checkpoint(stage1)
+    check_consistent({"this job": config, str(stage1): read_stamp(ckpt.get("provenance"))})
     if ckpt["input"] != input:
         raise A2DError(f"{stage1}: a stage-1 model for input {ckpt['input']!r}, not {input!r}")
     # front-end and baseline from stage 1; the region back-end starts fresh (its config may have changed)
@@ -210,12 +225,12 @@ def cache_features(model, samples, device, amp: bool) -> dict[tuple[int, bool], 
 def _step_function(model, samples, config: dict, stage: int, device, amp: bool):
     seg = segmentation_config(config)
     opts = seg[f"stage{stage}"]
-    seed = int(config.get("seed", 0))
+    seed = int(config["seed"])
     if stage == 2 and opts["cache_features"]:
         cache = cache_features(model, samples, device, amp)
         return CachedStep(model, samples, cache, seed=seed, batch_size=opts["batch_size"], device=device)
-    flow_cfg = config.get("flow") or {}
-    encoding = {"encoding": flow_cfg.get("encoding", "xym"), "wheel_max": flow_cfg.get("wheel_max")}
+    flow = flow_encoding_settings(config, "rgbflow" if model.uses_flow else "rgb")
+    encoding = {"encoding": flow["flow_encoding"], "wheel_max": flow["wheel_max"]}
     return CropStep(model, samples, stage=stage, seed=seed, batch_size=opts["batch_size"], crop=tuple(seg["crop"]),
                     device=device, encoding=encoding)
 
@@ -230,12 +245,12 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     out = Path(out)
     seg = segmentation_config(config)
     opts = seg[f"stage{stage}"]
-    seed = int(config.get("seed", 0))
-    device = select_device(config.get("device", "auto"))
+    seed = int(config["seed"])
+    device = select_device(config["device"])
     amp = bool(seg["amp"]) and device.type == "cuda"
     torch.manual_seed(seed)
-    model = build_segmenter(config, input=input, pretrained=stage == 1).to(device)
-    s1_digest = _load_stage1(model, stage1, input) if stage == 2 else None
+    model = build_segmenter(config, input=input, pretrained=stage == 1, regions=stage == 2).to(device)
+    s1_digest = _load_stage1(model, stage1, input, config) if stage == 2 else None
     optimizer = _optimizer(_param_groups(model, stage, opts), opts)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
 
@@ -258,7 +273,7 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
         return None
     result = {"model": model.state_dict(), "stage": stage, "input": input,
               "mask_source": mask_source if stage == 2 else None, "config": config, "segmentation": seg,
-              "curve": trainer.history}
+              "curve": trainer.history, "provenance": stamp(config)}
     write_curve(curve_path, trainer.history, CURVE_COLUMNS)
     with atomic_path(out) as tmp:
         torch.save(result, tmp)

@@ -1,10 +1,9 @@
 # Helpers shared by every stage: artifact paths, shards, variants. Rules call `get_*` functions, never inline code.
+import json
 import math
-import os
 from pathlib import Path
 
-import yaml
-
+from a2dpipe.config import settings_slice
 from a2dpipe.dataset.a2d import read_videoset
 
 RESULTS = config["results"]
@@ -19,21 +18,83 @@ def res(*parts):
     return str(Path(RESULTS, *parts))
 
 
-def write_resolved_config():
-    """Write the config as the workflow resolved it (config files merged, --config overrides and schema defaults
-    applied) to results/config.yaml, the file every command reads. Rewritten only when its content changes.
-    """
-    path = Path(res("config.yaml"))
-    text = yaml.safe_dump(config, sort_keys=False)
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return str(path)
+# Settings: each rule's params hold, as JSON, exactly the config values its command reads, and the command gets them
+# as `--settings`. Snakemake's params rerun trigger then reruns a rule (and what depends on it) when one of them
+# changes and never otherwise, and no job reads a file that a later parse of the Snakefile could rewrite.
 
 
-CONFIG_FILE = write_resolved_config()
+def get_settings(*keys):
+    """JSON of the config values at dotted `keys` ("seed", "masks.lr"), shaped like the config."""
+    return json.dumps(settings_slice(config, keys), sort_keys=True)
+
+
+def get_index_settings():
+    """`index` reads the dataset keys other than where it lies and whether it is synthetic (root is its input)."""
+    keys = [f"dataset.{k}" for k in config["dataset"] if k not in ("root", "synthetic")]
+    return get_settings(*keys)
+
+
+def get_flow_encoding_keys():
+    """Keys that make the flow-as-RGB image: the encoding, and the wheel's saturation only for the wheel."""
+    wheel = config["flow"]["encoding"] == "wheel"
+    return ["flow.encoding"] + (["flow.wheel_max"] if wheel else [])
+
+
+def get_flow_settings():
+    """`flow` reads the method and the encoding; DIS its preset; neural methods weights, batches and device."""
+    method = config["flow"]["method"]
+    keys = ["flow.method", *get_flow_encoding_keys()]
+    if method == "dis":
+        return get_settings(*keys, "flow.dis_preset")
+    raft = ["flow.raft_variant"] if method == "raft" else []
+    return get_settings(*keys, "flow.weights", "flow.batch_size", *raft, "device")
+
+
+def get_mask_model_settings(wildcards):
+    """`train_mask_model` reads every masks key except the inference-only score threshold."""
+    masks = [f"masks.{k}" for k in config["masks"] if k != "score_threshold"]
+    return get_settings("seed", "device", *masks)
+
+
+def get_region_mask_settings(wildcards):
+    """`region_masks` of a model source reads the inference keys; ground truth reads none."""
+    if wildcards.source == "gt":
+        return get_settings()
+    keys = ["masks.batch_size", "masks.score_threshold", "masks.max_regions"]
+    return get_settings("device", *keys)
+
+
+def get_train_settings(stage):
+    """Params function of `train_stage<stage>`: seed, device, segmentation (stage 1 without stage2), flow encoding."""
+
+    def settings(wildcards):
+        seg = [f"segmentation.{k}" for k in config["segmentation"]]
+        if stage == 1:
+            seg.remove("segmentation.stage2")
+        flow = get_flow_encoding_keys() if wildcards.input == "rgbflow" else []
+        return get_settings("seed", "device", *seg, *flow)
+
+    return settings
+
+
+def get_predict_settings(wildcards):
+    """`predict` reads the device, for flow inputs the flow encoding, and for the mask vote Ours' region-to-pixel
+    settings (the network is the checkpoint's)."""
+    kind, inp, _, _ = _variant_parts(wildcards)
+    flow = get_flow_encoding_keys() if inp == "rgbflow" else []
+    vote = ["segmentation.stage2.uncovered_background", "segmentation.stage2.pixel_stride"]
+    return get_settings("device", *flow, *(vote if kind == "maskvote" else []))
+
+
+def check_synthetic_root():
+    """Refuse, before Snakemake removes `synthesize`'s output, a dataset.root that `synthesize` did not write."""
+    if config["dataset"]["synthetic"]:
+        from a2dpipe.dataset.synthetic import check_replaceable
+
+        check_replaceable(config["dataset"]["root"])
+
+
+check_synthetic_root()
 
 
 def count_videos():
@@ -118,11 +179,6 @@ def get_mask_model(wildcards):
     return MASK_MODEL.format(trained_source=wildcards.source)
 
 
-def get_mask_model_arg(wildcards, input):
-    """`--model` of region-masks: absent for ground truth."""
-    return f"--model {input.model}" if input.model else ""
-
-
 def get_mask_gpus(wildcards):
     """Only the model sources of region-masks want the accelerator."""
     return 0 if wildcards.source == "gt" else 1
@@ -192,11 +248,6 @@ def get_mask_quality_table():
     return (
         [MASK_QUALITY] if set(TRAINED_MASK_SOURCES) <= set(get_test_sources()) else []
     )
-
-
-def get_mask_quality_arg(wildcards, input):
-    """`--mask-quality` of tables: absent when the table is not made."""
-    return f"--mask-quality {input.mask_quality}" if input.mask_quality else ""
 
 
 def get_report_variant(kind):

@@ -1,5 +1,6 @@
 # Dataset stage: the synthetic benchmark (embedded default), the frame index and per-shard frame extraction.
-# Each rule lists the config values it reads as params, so that changing them reruns it (rerun trigger "params").
+# Each rule passes its command exactly the config values it reads (params.settings, see common.smk), so that
+# changing one reruns it and what depends on it (rerun trigger "params"). Every substitution is shell-quoted.
 
 
 if config["dataset"]["synthetic"]:
@@ -15,11 +16,9 @@ if config["dataset"]["synthetic"]:
             "../../envs/a2dpipe.yaml"
         threads: 1
         params:
-            config_file=CONFIG_FILE,
-            seed=config["seed"],
-            settings=config["synthetic"],
+            settings=get_settings("seed", "synthetic"),
         shell:
-            "python -m a2dpipe synthesize --config {params.config_file} --out {output.root} --log {log}"
+            "python -m a2dpipe synthesize --settings {params.settings:q} --out {output.root:q} --log {log:q}"
 
 
 rule index:
@@ -35,12 +34,10 @@ rule index:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
-        config_file=CONFIG_FILE,
-        shard_size=config["dataset"]["shard_size"],
-        exclude=config["dataset"]["exclude_videos"],
-        val_fraction=config["dataset"]["val_fraction"],
+        settings=get_index_settings(),
     shell:
-        "python -m a2dpipe index --config {params.config_file} --root {input.root} --out {output.index} --log {log}"
+        "python -m a2dpipe index --settings {params.settings:q} --root {input.root:q} --out {output.index:q}"
+        " --log {log:q}"
 
 
 rule extract_frames:
@@ -57,11 +54,10 @@ rule extract_frames:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
-        config_file=CONFIG_FILE,
-        settings=config["frames"],
+        settings=get_settings("frames"),
     shell:
-        "python -m a2dpipe extract-frames --config {params.config_file} --root {input.root} --index {input.index}"
-        " --shard {wildcards.shard} --out {output.frames} --log {log}"
+        "python -m a2dpipe extract-frames --settings {params.settings:q} --root {input.root:q}"
+        " --index {input.index:q} --shard {wildcards.shard:q} --out {output.frames:q} --log {log:q}"
 
 
 rule frames:

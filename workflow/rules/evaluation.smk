@@ -17,10 +17,10 @@ rule evaluate:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
-        config_file=CONFIG_FILE,
+        settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
     shell:
-        "python -m a2dpipe evaluate --config {params.config_file} --predictions {input.predictions}"
-        " --frames {input.frames} --out {output.evaluation} --per-video {output.per_video} --log {log}"
+        "python -m a2dpipe evaluate --settings {params.settings:q} --predictions {input.predictions:q}"
+        " --frames {input.frames:q} --out {output.evaluation:q} --per-video {output.per_video:q} --log {log:q}"
 
 
 rule evaluate_validation:
@@ -38,10 +38,10 @@ rule evaluate_validation:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
-        config_file=CONFIG_FILE,
+        settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
     shell:
-        "python -m a2dpipe evaluate --config {params.config_file} --split val --predictions {input.predictions}"
-        " --frames {input.frames} --out {output.evaluation} --per-video {output.per_video} --log {log}"
+        "python -m a2dpipe evaluate --settings {params.settings:q} --split val --predictions {input.predictions:q}"
+        " --frames {input.frames:q} --out {output.evaluation:q} --per-video {output.per_video:q} --log {log:q}"
 
 
 # Target `validate`: every variant's metrics on the validation split, with bootstrap intervals over its videos.
@@ -59,13 +59,11 @@ rule validate:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
-        config_file=CONFIG_FILE,
+        settings=get_settings("seed", "evaluation.bootstrap_resamples"),
         out_dir=get_output_dir,
-        resamples=config["evaluation"]["bootstrap_resamples"],
-        seed=config["seed"],
     shell:
-        "python -m a2dpipe tables --config {params.config_file} --metrics-only --evaluations {input.evaluations}"
-        " --per-video {input.per_video} --out-dir {params.out_dir} --log {log}"
+        "python -m a2dpipe tables --settings {params.settings:q} --metrics-only --evaluations {input.evaluations:q}"
+        " --per-video {input.per_video:q} --out-dir {params.out_dir:q} --log {log:q}"
 
 
 rule timing:
@@ -87,11 +85,9 @@ rule timing:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
-    params:
-        config_file=CONFIG_FILE,
     shell:
-        "python -m a2dpipe timing --config {params.config_file} --flow {input.flow} --masks {input.masks}"
-        " --predictions {input.predictions} --out {output.table} --log {log}"
+        "python -m a2dpipe timing --flow {input.flow:q} --masks {input.masks:q}"
+        " --predictions {input.predictions:q} --out {output.table:q} --log {log:q}"
 
 
 rule report_figures:
@@ -125,12 +121,12 @@ rule report_figures:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
-        config_file=CONFIG_FILE,
+        settings=get_settings("evaluation.qualitative_frames"),
         out_dir=get_output_dir,
     shell:
-        "python -m a2dpipe report --config {params.config_file} --evaluations {input.evaluations}"
-        " --checkpoints {input.checkpoints} --frames {input.frames} --baseline {input.baseline}"
-        " --ours {input.ours} --out-dir {params.out_dir} --log {log}"
+        "python -m a2dpipe report --settings {params.settings:q} --evaluations {input.evaluations:q}"
+        " --checkpoints {input.checkpoints:q} --frames {input.frames:q} --baseline {input.baseline:q}"
+        " --ours {input.ours:q} --out-dir {params.out_dir:q} --log {log:q}"
 
 
 # The main target. The report figures are inputs so that the main job leaves everything `--report` shows.
@@ -172,6 +168,7 @@ rule tables:
             caption="../report/claims.rst",
             category="Tables",
         ),
+        provenance=res("tables", "provenance.json"),
         done=res("tables", "done"),
     log:
         res("logs", "tables.log"),
@@ -181,12 +178,9 @@ rule tables:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
-        config_file=CONFIG_FILE,
         out_dir=get_output_dir,
-        mask_quality=get_mask_quality_arg,
-        resamples=config["evaluation"]["bootstrap_resamples"],
-        seed=config["seed"],
+        settings=get_settings("seed", "evaluation.bootstrap_resamples"),
     shell:
-        "python -m a2dpipe tables --config {params.config_file} --evaluations {input.evaluations}"
-        " --per-video {input.per_video} --timing {input.timing} {params.mask_quality}"
-        " --out-dir {params.out_dir} --log {log}"
+        "python -m a2dpipe tables --settings {params.settings:q} --evaluations {input.evaluations:q}"
+        " --per-video {input.per_video:q} --timing {input.timing:q} --mask-quality {input.mask_quality:q}"
+        " --out-dir {params.out_dir:q} --log {log:q}"

@@ -19,8 +19,7 @@ rule flow:
     resources:
         gpu=get_flow_gpus(),
     params:
-        config_file=CONFIG_FILE,
-        settings=config["flow"],
+        settings=get_flow_settings(),
     shell:
-        "python -m a2dpipe flow --config {params.config_file} --method {wildcards.method}"
-        " --frames {input.frames} --threads {threads} --out {output.flow} --log {log}"
+        "python -m a2dpipe flow --settings {params.settings:q} --method {wildcards.method:q}"
+        " --frames {input.frames:q} --threads {threads:q} --out {output.flow:q} --log {log:q}"

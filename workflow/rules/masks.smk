@@ -16,10 +16,10 @@ rule train_mask_model:
     resources:
         gpu=1,
     params:
-        config_file=CONFIG_FILE,
+        settings=get_mask_model_settings,
     shell:
-        "python -m a2dpipe train-mask-model --config {params.config_file} --source {wildcards.trained_source}"
-        " --frames {input.frames} --out {output.model} --log {log}"
+        "python -m a2dpipe train-mask-model --settings {params.settings:q}"
+        " --source {wildcards.trained_source:q} --frames {input.frames:q} --out {output.model:q} --log {log:q}"
 
 
 rule region_masks:
@@ -38,11 +38,10 @@ rule region_masks:
     resources:
         gpu=get_mask_gpus,
     params:
-        config_file=CONFIG_FILE,
-        model=get_mask_model_arg,
+        settings=get_region_mask_settings,
     shell:
-        "python -m a2dpipe region-masks --config {params.config_file} --source {wildcards.source}"
-        " --frames {input.frames} {params.model} --out {output.cache} --log {log}"
+        "python -m a2dpipe region-masks --settings {params.settings:q} --source {wildcards.source:q}"
+        " --frames {input.frames:q} --model {input.model:q} --out {output.cache:q} --log {log:q}"
 
 
 rule mask_quality:
@@ -59,8 +58,6 @@ rule mask_quality:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
-    params:
-        config_file=CONFIG_FILE,
     shell:
-        "python -m a2dpipe mask-quality --config {params.config_file} --frames {input.frames}"
-        " --dataset {input.dataset} --generic {input.generic} --out {output.table} --log {log}"
+        "python -m a2dpipe mask-quality --frames {input.frames:q} --dataset {input.dataset:q}"
+        " --generic {input.generic:q} --out {output.table:q} --log {log:q}"

@@ -23,10 +23,11 @@ rule train_stage1:
     resources:
         gpu=1,
     params:
-        config_file=CONFIG_FILE,
+        settings=get_train_settings(1),
     shell:
-        "python -m a2dpipe train --config {params.config_file} --stage 1 --input {wildcards.input}"
-        " --frames {input.frames} --flow {input.flow} --threads {threads} --out {output.model} --log {log}"
+        "python -m a2dpipe train --settings {params.settings:q} --stage 1 --input {wildcards.input:q}"
+        " --frames {input.frames:q} --flow {input.flow:q} --threads {threads:q} --out {output.model:q}"
+        " --log {log:q}"
 
 
 rule train_stage2:
@@ -48,11 +49,12 @@ rule train_stage2:
     resources:
         gpu=1,
     params:
-        config_file=CONFIG_FILE,
+        settings=get_train_settings(2),
     shell:
-        "python -m a2dpipe train --config {params.config_file} --stage 2 --input {wildcards.input}"
-        " --mask-source {wildcards.trained_source} --frames {input.frames} --flow {input.flow}"
-        " --masks {input.masks} --stage1 {input.stage1} --threads {threads} --out {output.model} --log {log}"
+        "python -m a2dpipe train --settings {params.settings:q} --stage 2 --input {wildcards.input:q}"
+        " --mask-source {wildcards.trained_source:q} --frames {input.frames:q} --flow {input.flow:q}"
+        " --masks {input.masks:q} --stage1 {input.stage1:q} --threads {threads:q} --out {output.model:q}"
+        " --log {log:q}"
 
 
 rule predict:
@@ -73,11 +75,11 @@ rule predict:
     resources:
         gpu=1,
     params:
-        config_file=CONFIG_FILE,
+        settings=get_predict_settings,
     shell:
-        "python -m a2dpipe predict --config {params.config_file} --variant {wildcards.variant}"
-        " --model {input.model} --frames {input.frames} --flow {input.flow} --masks {input.masks}"
-        " --threads {threads} --out {output.predictions} --log {log}"
+        "python -m a2dpipe predict --settings {params.settings:q} --variant {wildcards.variant:q}"
+        " --model {input.model:q} --frames {input.frames:q} --flow {input.flow:q} --masks {input.masks:q}"
+        " --threads {threads:q} --out {output.predictions:q} --log {log:q}"
 
 
 rule predict_validation:
@@ -98,8 +100,8 @@ rule predict_validation:
     resources:
         gpu=1,
     params:
-        config_file=CONFIG_FILE,
+        settings=get_predict_settings,
     shell:
-        "python -m a2dpipe predict --config {params.config_file} --split val --variant {wildcards.variant}"
-        " --model {input.model} --frames {input.frames} --flow {input.flow} --masks {input.masks}"
-        " --threads {threads} --out {output.predictions} --log {log}"
+        "python -m a2dpipe predict --settings {params.settings:q} --split val --variant {wildcards.variant:q}"
+        " --model {input.model:q} --frames {input.frames:q} --flow {input.flow:q} --masks {input.masks:q}"
+        " --threads {threads:q} --out {output.predictions:q} --log {log:q}"

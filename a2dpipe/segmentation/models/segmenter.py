@@ -17,12 +17,11 @@ background) and the 43 valid pairs, so an invalid pair can never be predicted:
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from a2dpipe.config import section_defaults
 from a2dpipe.labels import IGNORE, VALID_PAIRS, actor_of, action_of
 from a2dpipe.segmentation.models.backends import ASPPBaseline, RegionBackEnd, build_region_back_end
 from a2dpipe.segmentation.models.frontend import FrontEnd, build_front_end
@@ -33,48 +32,22 @@ __all__ = [
     "segmentation_config",
     "segmentation_loss",
     "joint_prediction",
-    "SEGMENTATION_DEFAULTS",
     "VALID_PAIRS",
 ]
 
-# Defaults of the `segmentation` config section; they mirror workflow/schemas/config.schema.yaml, which is what
-# the workflow validates against (this copy serves commands run by hand and tests with partial configs).
-SEGMENTATION_DEFAULTS: dict = {
-    "backbone": "tiny",
-    "width": 24,
-    "rgb_weights": None,
-    "flow_weights": None,
-    "aspp_rates": [6, 12, 18, 24],
-    "crop": [96, 128],
-    "amp": False,
-    "stage1": {
-        "optimizer": "adam", "lr_front": 0.001, "lr_back": 0.005, "momentum": 0.9, "weight_decay": 0.0001,
-        "batch_size": 16, "iterations": 300, "poly_power": 0.9, "checkpoint_every": 50,
-    },
-    "stage2": {
-        "optimizer": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0001, "batch_size": 4,
-        "iterations": 300, "poly_power": 0.9, "checkpoint_every": 50, "roi_size": 7, "fc_dim": 256,
-        "uncovered_background": 1.0, "pool": "align", "pixel_stride": 1, "roi_channels": None, "cache_features": True,
-    },
-}
-
 
 def segmentation_config(config: dict) -> dict:
-    """The ``segmentation`` section of a full config with defaults filled in (a new dict)."""
-    section = config.get("segmentation") or {}
-    out = copy.deepcopy(SEGMENTATION_DEFAULTS)
-    for key, value in section.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
+    """The ``segmentation`` section of ``config``, validated, with the schema's defaults filled in (a new dict)."""
+    return section_defaults("segmentation", config["segmentation"])
 
 
 class Segmenter(nn.Module):
-    """Front-end plus both back-ends. Stage 1 trains ``front_end`` + ``baseline``; stage 2 ``region`` only."""
+    """Front-end plus both back-ends. Stage 1 trains ``front_end`` + ``baseline``; stage 2 ``region`` only.
 
-    def __init__(self, front_end: FrontEnd, baseline: ASPPBaseline, region: RegionBackEnd):
+    ``region`` is None for a stage-1 network (its region back-end does not exist yet; stage 2 adds it).
+    """
+
+    def __init__(self, front_end: FrontEnd, baseline: ASPPBaseline, region: RegionBackEnd | None):
         super().__init__()
         self.front_end = front_end
         self.baseline = baseline
@@ -91,6 +64,8 @@ class Segmenter(nn.Module):
     def region_heads(self, features: torch.Tensor, size: tuple[int, int],
                      regions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Region back-end on front-end features and each frame's regions (``RegionBackEnd``'s contract)."""
+        if self.region is None:
+            raise ValueError("a stage-1 network has no region back-end: build it with regions=True")
         return self.region(features, regions, size)
 
     def forward_baseline(self, rgb: torch.Tensor, flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -107,10 +82,12 @@ class Segmenter(nn.Module):
         return self.forward_baseline(rgb, flow)
 
 
-def build_segmenter(config: dict, *, input: str = "rgb", pretrained: bool = True) -> Segmenter:
-    """Segmenter from a full config (its ``segmentation`` section) for input ``rgb`` or ``rgbflow``.
+def build_segmenter(config: dict, *, input: str = "rgb", pretrained: bool = True, regions: bool = True) -> Segmenter:
+    """Segmenter from a config's ``segmentation`` section for input ``rgb`` or ``rgbflow``.
 
     ``pretrained=False`` skips the ImageNet checkpoints (when a trained checkpoint is loaded right after).
+    ``regions=False`` leaves out the region back-end (stage 1), so that neither the network nor its initialisation
+    depends on the ``stage2`` settings.
     """
     if input not in ("rgb", "rgbflow"):
         raise ValueError(f"input must be 'rgb' or 'rgbflow', not {input!r}")
@@ -122,8 +99,10 @@ def build_segmenter(config: dict, *, input: str = "rgb", pretrained: bool = True
         rgb_weights=seg["rgb_weights"] if pretrained else None,
         flow_weights=seg["flow_weights"] if pretrained else None,
     )
+    if not regions:
+        return Segmenter(front_end, ASPPBaseline(front_end.out_channels, seg["aspp_rates"]), None)
     s2 = seg["stage2"]
-    # the region back-end is built before the baseline: that order draws a seed's initial weights
+    # built before the baseline, as the single-module back-end was: a seed gives that back-end's initial weights
     region = build_region_back_end(front_end.out_channels, roi_size=s2["roi_size"], fc_dim=s2["fc_dim"],
                                    uncovered_background=s2["uncovered_background"], pool=s2["pool"],
                                    pixel_stride=s2["pixel_stride"], roi_channels=s2["roi_channels"])

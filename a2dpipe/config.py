@@ -1,0 +1,209 @@
+"""Configuration and provenance: one schema validates every config and is the only source of its defaults.
+
+The schema is ``workflow/schemas/config.schema.yaml``. The workflow validates ``config`` against it and passes each
+command exactly the values its rule declares as params, as JSON (``--settings``); a command run by hand reads a
+plain YAML file instead (``--config``), which is validated and completed with the schema's defaults here::
+
+    a2dpipe evaluate --config config.yaml ...                              # by hand: the whole file
+    a2dpipe evaluate --settings '{"evaluation": {"boundary_width": 15, ...}}' ...   # from the rule's params
+
+Provenance: every artifact records the settings it was made with and the package version (:func:`stamp`; HDF5
+root attributes, a checkpoint's ``"provenance"`` entry, a JSON key or sidecar). :func:`check_consistent` refuses to
+combine artifacts, or an artifact and a job, that disagree on a setting they share, naming the key and both values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+from a2dpipe import __version__
+from a2dpipe.io import A2DError, atomic_path, load_config
+
+__all__ = ["SCHEMA_PATH", "schema", "load_config", "resolve", "section_defaults", "settings_slice",
+           "add_config_arguments", "read_settings", "stamp", "stamp_attrs", "read_stamp", "hdf5_stamp",
+           "check_consistent", "check_inputs", "write_made_from"]
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@functools.cache
+def schema(partial: bool = False) -> dict:
+    """The config schema; ``partial`` drops every ``required`` (for sections and settings slices)."""
+    try:
+        tree = yaml.safe_load(SCHEMA_PATH.read_text())
+    except FileNotFoundError:
+        raise A2DError(f"{SCHEMA_PATH}: config schema not found (run a2dpipe from a checkout of the project)") from None
+    return _without_required(tree) if partial else tree
+
+
+def _without_required(node):
+    if isinstance(node, dict):
+        return {k: _without_required(v) for k, v in node.items() if k != "required"}
+    return [_without_required(v) for v in node] if isinstance(node, list) else node
+
+
+def _validator(tree: dict, fill_defaults: bool):
+    """Draft 2020-12 validator; with ``fill_defaults`` it also writes each absent property's schema default."""
+    from jsonschema import Draft202012Validator, validators
+
+    if not fill_defaults:
+        return Draft202012Validator(tree)
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, subschema)
+
+    return validators.extend(Draft202012Validator, {"properties": properties_with_defaults})(tree)
+
+
+def _message(error, source: str) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if isinstance(error.instance, str) and any(ord(c) < 32 or ord(c) == 127 for c in error.instance):
+        return f"{source}: {key}: {error.instance!r} holds a control character; a path may not"
+    if error.validator == "additionalProperties":
+        return f"{source}: {key}: unknown key(s) ({error.message}); the schema lists every key"
+    return f"{source}: {key}: {error.message}"
+
+
+def resolve(config: Mapping, source: str = "config", *, partial: bool = False, fill_defaults: bool = True) -> dict:
+    """A validated deep copy of ``config`` with the schema's defaults filled in; A2DError naming key and problem.
+
+    ``partial`` accepts a config missing required keys (a section or a settings slice); ``fill_defaults=False``
+    validates only (a settings slice must not gain values its rule did not declare).
+    """
+    config = copy.deepcopy(dict(config))
+    validator = _validator(schema(partial), fill_defaults)
+    if fill_defaults:
+        for _ in validator.iter_errors(config):  # a first pass fills the defaults, so "required" sees them
+            pass
+    error = next(iter(sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))), None)
+    if error is not None:
+        raise A2DError(_message(error, source))
+    return config
+
+
+def section_defaults(name: str, section: Mapping | None = None) -> dict:
+    """Config section ``name`` validated and completed with the schema's defaults (``{}`` gives the defaults)."""
+    return resolve({name: dict(section or {})}, f"config {name}", partial=True)[name]
+
+
+def settings_slice(config: Mapping, keys: Iterable[str]) -> dict:
+    """The values of dotted ``keys`` (``"seed"``, ``"segmentation.stage2"``) as a nested dict shaped like ``config``.
+
+    >>> settings_slice({"seed": 0, "flow": {"method": "dis", "weights": None}}, ["seed", "flow.method"])
+    {'seed': 0, 'flow': {'method': 'dis'}}
+    """
+    out: dict = {}
+    for key in keys:
+        *parents, last = key.split(".")
+        source, target = config, out
+        for part in parents:
+            source, target = source[part], target.setdefault(part, {})
+        target[last] = copy.deepcopy(source[last])
+    return out
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, reads: str) -> None:
+    """``--config FILE`` (by hand) or ``--settings JSON`` (from the rule's params); ``reads`` says which keys."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", help=f"config YAML, validated and completed by the schema (reads {reads})")
+    group.add_argument("--settings", help=f"JSON of the config values this command reads ({reads}); the rules pass it")
+
+
+def read_settings(args: argparse.Namespace) -> dict:
+    """The settings of a command: its ``--settings`` slice as given (validated), or the whole ``--config`` file."""
+    if args.settings is None:
+        return load_config(args.config)
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as err:
+        raise A2DError(f"--settings: not valid JSON: {err}") from None
+    if not isinstance(settings, dict):
+        raise A2DError("--settings: expected a JSON object")
+    return resolve(settings, "--settings", partial=True, fill_defaults=False)
+
+
+# -- provenance ---------------------------------------------------------------------------------------------------
+
+
+def stamp(settings: Mapping) -> dict:
+    """What an artifact records about how it was made: ``{"a2dpipe_version", "settings"}``."""
+    return {"a2dpipe_version": __version__, "settings": copy.deepcopy(dict(settings))}
+
+
+def stamp_attrs(settings: Mapping) -> dict:
+    """:func:`stamp` as HDF5 attributes (settings as sorted JSON text): ``f.attrs.update(stamp_attrs(s))``."""
+    return {"a2dpipe_version": __version__, "settings": json.dumps(settings, sort_keys=True)}
+
+
+def read_stamp(record: Mapping | None) -> dict | None:
+    """The settings of a stamp (dict of :func:`stamp`, or HDF5 attributes of :func:`stamp_attrs`); None if absent."""
+    if not record or "settings" not in record:
+        return None
+    settings = record["settings"]
+    if isinstance(settings, bytes):
+        settings = settings.decode()
+    return json.loads(settings) if isinstance(settings, str) else dict(settings)
+
+
+def hdf5_stamp(path: str | os.PathLike) -> dict | None:
+    """Settings recorded in an HDF5 artifact's root attributes (None when it records none)."""
+    from a2dpipe.io import open_hdf5
+
+    with open_hdf5(path, "artifact") as f:
+        return read_stamp(dict(f.attrs))
+
+
+def _leaves(tree: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_consistent(made_with: Mapping[str, Mapping | None]) -> None:
+    """Refuse to combine artifacts (or an artifact and a job) that disagree on a setting they both record.
+
+    ``made_with`` maps a name (a file, or ``"this job"``) to its settings; None (nothing recorded) is skipped.
+    A2DError names the key, both values and both names.
+    """
+    seen: dict[str, tuple[object, str]] = {}
+    for name, settings in made_with.items():
+        for key, value in _leaves(settings or {}).items():
+            if key in seen and seen[key][0] != value:
+                first, other = seen[key][1], name
+                raise A2DError(f"{other}: made with {key} = {value!r}, while {first} has {key} = {seen[key][0]!r}; "
+                               f"refusing to mix them: rebuild the outdated one (snakemake --forcerun its rule)")
+            seen.setdefault(key, (value, name))
+
+
+def check_inputs(settings: Mapping, paths: Iterable[str | os.PathLike]) -> None:
+    """:func:`check_consistent` over this job and the stamps of the HDF5 artifacts at ``paths``."""
+    check_consistent({"this job": settings, **{str(p): hdf5_stamp(p) for p in paths}})
+
+
+def write_made_from(path: str | os.PathLike, stamps: Mapping[str, Mapping | None]) -> None:
+    """Record the stamps of the artifacts a result was made from in the JSON sidecar ``path``, once they agree.
+
+    ``stamps`` maps each input file to its :func:`stamp` (None when it records none); :func:`check_consistent`
+    refuses inputs that disagree on a setting.
+    """
+    check_consistent({name: read_stamp(s) for name, s in stamps.items()})
+    doc = {"a2dpipe_version": __version__, "made_from": dict(stamps)}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

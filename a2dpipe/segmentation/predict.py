@@ -3,10 +3,8 @@
 Variants: ``baseline-<input>`` (stage-1 model, ASPP back-end) and ``ours-<input>-<train source>-<test source>``
 (stage-2 model, region back-end on the test source's regions: ``--masks`` caches of that source).
 
-Output (Predictions contract), one group ``"{video}/{frame:05d}"`` per test frame with uint8 datasets at frame
-size: ``actor`` (0..7), ``action`` (0..9), ``joint`` (A2D ids: 0 or one of the 43 valid pairs, from the
-product of the two distributions). Root attributes: ``variant``, ``model`` (file name), ``seconds_per_frame``
-(network forward incl. the region back-end and the joint argmax, excluding I/O; CUDA synchronised).
+Output: a predictions file (Predictions contract), written by :class:`.predictions.PredictionWriter`, whose
+module describes the layout: ``actor``, ``action`` and ``joint`` maps per test frame, ``seconds_per_frame``.
 """
 
 from __future__ import annotations
@@ -15,11 +13,11 @@ import logging
 import time
 from pathlib import Path
 
-import h5py
 import torch
 
+from a2dpipe.segmentation.predictions import PredictionWriter
 from a2dpipe.segmentation.samples import StoreSamples, to_tensors
-from a2dpipe.io import A2DError, atomic_path, load_config, select_device
+from a2dpipe.io import A2DError, load_config, select_device
 from a2dpipe.segmentation.models import build_segmenter, joint_prediction
 from a2dpipe.segmentation.train import load_checkpoint
 
@@ -83,7 +81,7 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
     net.load_state_dict(ckpt["model"])
     amp = bool(ckpt["segmentation"]["amp"]) and device.type == "cuda"
     seconds = 0.0
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    with PredictionWriter(out, variant=variant, model=Path(model).name) as writer:
         for i in range(len(samples)):
             sample = samples.load(i)
             batch = to_tensors([sample], device, with_flow=net.uses_flow)
@@ -97,14 +95,9 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - start
-            group = f.create_group(f"{sample['video']}/{int(sample['frame']):05d}")
-            for name, value in maps.items():
-                group.create_dataset(name, data=value[0].to(torch.uint8).cpu().numpy(), compression="gzip",
-                                     compression_opts=4)
+            maps = {name: value[0].to(torch.uint8).cpu().numpy() for name, value in maps.items()}
+            writer.write(sample["video"], sample["frame"], maps)
         per_frame = seconds / max(len(samples), 1)
-        f.attrs["variant"] = variant
-        f.attrs["model"] = Path(model).name
-        f.attrs["seconds_per_frame"] = per_frame
-        f.attrs["frames"] = len(samples)
+        writer.seconds_per_frame = per_frame
     log.info("%s: %d test frames, %.4f s per frame", variant, len(samples), per_frame)
     return per_frame

@@ -31,8 +31,6 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
-
 from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.io import A2DError, atomic_path, load_config
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy

@@ -34,7 +34,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
 from a2dpipe.io import A2DError

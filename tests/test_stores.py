@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from a2dpipe.dataset.frames import FrameStore, FrameWriter
-from a2dpipe.flow import FlowStore
+from a2dpipe.flow import FlowStore, FlowWriter
 from a2dpipe.io import A2DError
-from a2dpipe.masks import MaskCache
+from a2dpipe.masks import MaskCache, MaskCacheWriter
 from a2dpipe.segmentation.predictions import PredictionStore, PredictionWriter
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key, parse_key
 
@@ -151,6 +151,22 @@ def test_a_group_without_split_is_an_error_naming_it(tmp_path):
         assert store.keys() == [("v", 1)]
         with pytest.raises(A2DError, match="frames.h5: group v/00001 has no 'split' attribute"):
             store.keys("test")
+
+
+@pytest.mark.parametrize("make", [
+    lambda path, settings: FrameWriter(path, settings=settings),
+    lambda path, settings: FlowWriter(path, method="dis", encoding="xym", settings=settings),
+    lambda path, settings: MaskCacheWriter(path, source="gt", settings=settings),
+    lambda path, settings: PredictionWriter(path, variant="baseline-rgb", model="m.pt", settings=settings),
+], ids=["frames", "flow", "masks", "predictions"])
+def test_every_writer_stamps_the_settings_it_is_given(tmp_path, make):
+    with make(tmp_path / "a.h5", {"seed": 0}) as writer:
+        writer.create_group("v", 1)
+    with make(tmp_path / "b.h5", None) as writer:
+        writer.create_group("v", 1)
+    with h5py.File(tmp_path / "a.h5", "r") as a, h5py.File(tmp_path / "b.h5", "r") as b:
+        assert a.attrs["settings"] == '{"seed": 0}' and "settings" not in b.attrs
+        assert set(a.attrs) - set(b.attrs) == {"settings"}
 
 
 def test_predictions_round_trip(tmp_path):

@@ -54,14 +54,14 @@ class FlowStore(ArtifactReader):
 class FlowWriter(ArtifactWriter):
     """Writes a flow cache atomically; a context manager.
 
-    ``attrs`` (method, encoding, ...) are written on entry; ``seconds_per_frame`` by :meth:`finish`, with
-    ``frames``, the count of groups written.
+    ``attrs`` (method, encoding, ...) and ``settings`` (see :class:`ArtifactWriter`) are written on entry; set
+    ``seconds_per_frame`` before the block ends (it is written on a clean exit, with ``frames``).
     """
 
     FORMAT = FORMAT
 
-    def __init__(self, path, **attrs):
-        super().__init__(path, attrs=attrs)
+    def __init__(self, path, *, settings: dict | None = None, **attrs):
+        super().__init__(path, attrs=attrs, settings=settings)
         self.seconds_per_frame = None
 
     def write(self, video: str, frame: int, flow: np.ndarray, rgb: np.ndarray, **attrs) -> None:

@@ -101,15 +101,17 @@ class MaskCacheWriter(ArtifactWriter):
         model: provenance of the regions (checkpoint path and hash); empty for ground truth.
         config: the ``masks`` config section, stored as JSON.
         compression: gzip level of the mask datasets.
+        settings: written as the ``settings`` root attribute when given (see :class:`ArtifactWriter`).
     """
 
     FORMAT = FORMAT
 
-    def __init__(self, path, *, source: str, model: str = "", config: dict | None = None, compression: int = 4):
+    def __init__(self, path, *, source: str, model: str = "", config: dict | None = None, compression: int = 4,
+                 settings: dict | None = None):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-        super().__init__(path, attrs={"source": source, "model": model,
-                                      "config": json.dumps(config or {}, sort_keys=True)})
+        attrs = {"source": source, "model": model, "config": json.dumps(config or {}, sort_keys=True)}
+        super().__init__(path, attrs=attrs, settings=settings)
         self._compression = compression
         self.seconds_per_frame = float("nan")
 

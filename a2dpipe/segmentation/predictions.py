@@ -26,12 +26,15 @@ MAPS = ("actor", "action", "joint")
 
 
 class PredictionWriter(ArtifactWriter):
-    """Writes a predictions file atomically; set ``seconds_per_frame`` before the ``with`` block ends."""
+    """Writes a predictions file atomically; set ``seconds_per_frame`` before the ``with`` block ends.
+
+    ``settings``, when given, is written as the ``settings`` root attribute (see :class:`ArtifactWriter`).
+    """
 
     FORMAT = FORMAT
 
-    def __init__(self, path, *, variant: str, model: str):
-        super().__init__(path, attrs={"variant": variant, "model": model})
+    def __init__(self, path, *, variant: str, model: str, settings: dict | None = None):
+        super().__init__(path, attrs={"variant": variant, "model": model}, settings=settings)
         self.seconds_per_frame = float("nan")
 
     def write(self, video: str, frame: int, maps: dict) -> None:

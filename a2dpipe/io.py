@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["A2DError", "atomic_path", "open_hdf5", "HDF5Store", "setup_logging", "load_config", "select_device"]
+__all__ = ["A2DError", "atomic_path", "open_hdf5", "setup_logging", "load_config", "select_device"]
 
 log = logging.getLogger("a2dpipe")
 
@@ -72,26 +72,6 @@ def open_hdf5(path: str | os.PathLike, what: str):
         raise A2DError(f"{path}: {what} not found") from None
     except OSError as err:
         raise A2DError(f"{path}: not a readable HDF5 file ({what}; truncated or another format?): {err}") from None
-
-
-class HDF5Store:
-    """Base of the read-only per-frame stores (frames, flow, region masks): the open file and its closing.
-
-    Opens ``path`` with :func:`open_hdf5` (``what`` names the artifact in errors); a context manager.
-    """
-
-    def __init__(self, path: str | os.PathLike, what: str):
-        self.path = Path(path)
-        self._file = open_hdf5(self.path, what)
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:

@@ -13,6 +13,7 @@ import yaml
 from a2dpipe.flow import FlowStore, build_estimator, endpoint_error, flow_to_rgb, read_flo, write_flo
 from a2dpipe.flow import flownet
 from a2dpipe.flow.estimators import NEURAL_METHODS, load_state_strict
+from a2dpipe.dataset.frames import FORMAT as FRAMES
 from a2dpipe.io import A2DError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-data"
@@ -279,6 +280,7 @@ def test_missing_weights_file_is_an_error(tmp_path):
 def _write_frames_shard(path, records):
     """A frames shard following the Frames contract: (video, frame, rgb, neighbour, direction) per record."""
     with h5py.File(path, "w") as f:
+        f.attrs["schema"] = FRAMES.schema
         for video, frame, rgb, neighbour, direction in records:
             g = f.create_group(f"{video}/{frame:05d}")
             h, w = rgb.shape[:2]

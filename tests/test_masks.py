@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from a2dpipe.cli import main as cli_main
+from a2dpipe.dataset.frames import FORMAT as FRAMES
 from a2dpipe.io import A2DError
 from a2dpipe.masks import MaskCache, MaskCacheWriter, Regions
 from a2dpipe.masks import train as train_module
@@ -32,6 +33,7 @@ def make_frames_shard(path, *, videos=3, frames=2, height=48, width=64, seed=0, 
     """A frames store following the Frames contract: coloured discs as actors, grey squares as distractors."""
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
+        f.attrs["schema"] = FRAMES.schema
         for v in range(videos):
             split = "train" if v < videos - 1 else "test"
             for frame in range(1, frames + 1):

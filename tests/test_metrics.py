@@ -11,7 +11,9 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from a2dpipe import labels
 from a2dpipe.evaluation import metrics
 from a2dpipe.cli import main
+from a2dpipe.dataset.frames import FORMAT as FRAMES
 from a2dpipe.io import A2DError
+from a2dpipe.segmentation.predictions import FORMAT as PREDICTIONS
 
 IDS = np.array([labels.BACKGROUND, *labels.VALID_PAIRS], dtype=np.uint8)
 
@@ -163,6 +165,7 @@ def test_100_frames_of_320_by_568_in_under_2_seconds():
 
 def write_frames(path, frames):
     with h5py.File(path, "w") as f:
+        f.attrs["schema"] = FRAMES.schema
         for (video, frame, split), label in frames.items():
             g = f.create_group(f"{video}/{frame:05d}")
             g.create_dataset("label", data=label)
@@ -172,6 +175,7 @@ def write_frames(path, frames):
 
 def write_predictions(path, preds, variant="baseline-rgb", seconds=0.01):
     with h5py.File(path, "w") as f:
+        f.attrs["schema"] = PREDICTIONS.schema
         f.attrs["variant"] = variant
         f.attrs["seconds_per_frame"] = seconds
         for (video, frame), joint in preds.items():

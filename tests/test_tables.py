@@ -12,6 +12,8 @@ from a2dpipe.evaluation import metrics, paper_results, tables, timing
 from a2dpipe.cli import main
 from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.evaluation.evaluate import _json_safe
+from a2dpipe.dataset.frames import FORMAT as FRAMES
+from a2dpipe.segmentation.predictions import FORMAT as PREDICTIONS
 
 VARIANTS = [
     "baseline-rgb",
@@ -276,6 +278,7 @@ def test_report_command_draws_the_three_figures(tmp_path, evaluation_files):
     frames = tmp_path / "frames.h5"
     preds = {"baseline": tmp_path / "baseline-rgbflow.h5", "ours": tmp_path / "ours-rgbflow-dataset-dataset.h5"}
     with h5py.File(frames, "w") as f, h5py.File(preds["baseline"], "w") as b, h5py.File(preds["ours"], "w") as o:
+        f.attrs["schema"], b.attrs["schema"], o.attrs["schema"] = FRAMES.schema, PREDICTIONS.schema, PREDICTIONS.schema
         for video in ("v1", "v2", "v3"):
             label = np.zeros((24, 32), np.uint8)
             label[5:15, 8:20] = rng.choice(IDS[1:])
@@ -329,7 +332,7 @@ def _fixture_run(root: Path) -> dict:
         return f
 
     for shard in range(2):
-        with h5(res / "frames" / f"shard-{shard:03d}.h5", {}) as f:
+        with h5(res / "frames" / f"shard-{shard:03d}.h5", {"schema": FRAMES.schema}) as f:
             for v in (2 * shard, 2 * shard + 1):
                 label = np.zeros((32, 48), np.uint8)
                 label[8:24, 10:30] = rng.choice(IDS[1:])
@@ -355,7 +358,8 @@ def _fixture_run(root: Path) -> dict:
     pd.DataFrame([{"source": "dataset", "AP": 40.0}, {"source": "generic", "AP": 20.0}]).to_csv(
         res / "masks" / "quality.csv", index=False)
     for k, variant in enumerate(VARIANTS):
-        with h5(res / "predictions" / f"{variant}.h5", {"variant": variant, "seconds_per_frame": 0.01 * (k + 1)}) as f:
+        attrs = {"schema": PREDICTIONS.schema, "variant": variant, "seconds_per_frame": 0.01 * (k + 1)}
+        with h5(res / "predictions" / f"{variant}.h5", attrs) as f:
             for key, (label, test) in labels_of.items():
                 if test:
                     joint = np.where(rng.random(label.shape) < 0.8, label, 0).astype(np.uint8)

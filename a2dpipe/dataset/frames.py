@@ -20,7 +20,8 @@ objects, which the generic mask source is trained on (read from the benchmark's 
 Group attributes: ``split`` ('train' / 'val' / 'test'), ``neighbour_frame`` (1-based) and ``direction``: ``'next'`` means
 flow is taken from the frame to frame + 1, ``'previous'`` from frame - 1 to the frame. ``frames.neighbour``
 chooses; the last frame of a clip always uses ``'previous'`` and the first always ``'next'``.
-Read it back with :class:`FrameStore`.
+Root attributes: ``schema`` (``"a2dpipe.frames/1"``, :data:`FORMAT`), ``shard``, ``neighbour``, ``compression``.
+Written by :class:`FrameWriter`, read back with :class:`FrameStore` (both on :mod:`a2dpipe.stores`).
 """
 
 from __future__ import annotations
@@ -31,19 +32,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from a2dpipe import labels
 from a2dpipe.dataset.a2d import annotation_path, read_annotation, read_clip_frames, video_path
 from a2dpipe.dataset.index import read_index
-from a2dpipe.config import add_config_arguments, read_settings, stamp_attrs
-from a2dpipe.io import A2DError, atomic_path, HDF5Store
+from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.io import A2DError
 from a2dpipe.dataset.synthetic import read_distractors
+from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FrameRecord", "FrameStore", "extract_shard", "neighbour_of"]
+__all__ = ["FORMAT", "FrameRecord", "FrameStore", "FrameWriter", "extract_shard", "neighbour_of"]
+
+FORMAT = ArtifactFormat("frames", 1, "frames shard", "a2dpipe extract-frames (rule extract_frames)")
 
 
 @dataclass
@@ -63,59 +66,41 @@ class FrameRecord:
     neighbour_frame: int
 
 
-class FrameStore(HDF5Store):
+class FrameStore(ArtifactReader):
     """Read-only access to a frames shard.
+
+    ``keys(split)`` lists a split from the groups' ``split`` attributes, reading no frame data.
 
     >>> with FrameStore("results/frames/shard-000.h5") as store:     # doctest: +SKIP
     ...     for video, frame in store.keys():
     ...         record = store.read(video, frame)
     """
 
-    def __init__(self, path: str | Path):
-        super().__init__(path, "frames shard")
-        self._keys = sorted((video, int(frame)) for video in self._file for frame in self._file[video])
-
-    @property
-    def attrs(self) -> dict:
-        return dict(self._file.attrs)
-
-    def keys(self, split: str | None = None) -> list[tuple[str, int]]:
-        """(video, frame) of every stored frame, sorted; only those of ``split`` when given.
-
-        The split is a group attribute: listing a split reads no frame data.
-        """
-        if split is None:
-            return list(self._keys)
-        return [(v, f) for v, f in self._keys if self._file[f"{v}/{f:05d}"].attrs["split"] == split]
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __contains__(self, key) -> bool:
-        video, frame = key
-        return f"{video}/{int(frame):05d}" in self._file
+    FORMAT = FORMAT
 
     def __iter__(self):
-        return (self.read(video, frame) for video, frame in self._keys)
+        return (self.read(video, frame) for video, frame in self.keys())
 
     def read(self, video: str, frame: int) -> FrameRecord:
-        key = f"{video}/{int(frame):05d}"
-        if key not in self._file:
-            raise A2DError(f"{self.path}: no frame {key}")
-        g = self._file[key]
+        arrays = self.read_arrays(video, frame, _RECORD_DATASETS)
+        attrs = self.group(video, frame).attrs
         return FrameRecord(
             video=video,
             frame=int(frame),
-            split=str(g.attrs["split"]),
-            rgb=g["rgb"][()],
-            neighbour=g["neighbour"][()],
-            label=g["label"][()],
-            instance_masks=g["instance_masks"][()],
-            instance_boxes=g["instance_boxes"][()],
-            instance_ids=g["instance_ids"][()],
-            direction=str(g.attrs["direction"]),
-            neighbour_frame=int(g.attrs["neighbour_frame"]),
+            split=str(attrs["split"]),
+            **arrays,
+            direction=str(attrs["direction"]),
+            neighbour_frame=int(attrs["neighbour_frame"]),
         )
+
+
+_RECORD_DATASETS = ("rgb", "neighbour", "label", "instance_masks", "instance_boxes", "instance_ids")
+
+
+class FrameWriter(ArtifactWriter):
+    """Writes a frames shard atomically; ``create_group(video, frame)`` gives the group a frame is stored in."""
+
+    FORMAT = FORMAT
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -170,9 +155,9 @@ def extract_shard(
     opts = _compression(compression)
     started = time.perf_counter()
     count = 0
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({"shard": shard, "neighbour": neighbour, "compression": compression})
-        f.attrs.update(stamp_attrs({"frames": {"neighbour": neighbour, "compression": compression}}))
+    made_with = {"frames": {"neighbour": neighbour, "compression": compression}}
+    with FrameWriter(out, attrs={"shard": shard, "neighbour": neighbour, "compression": compression},
+                     settings=made_with) as f:
         for video, clip in rows.groupby("video", sort=False):
             num_frames = int(clip["num_frames"].iloc[0])
             frames = [int(x) for x in clip["frame"]]
@@ -196,7 +181,7 @@ def extract_shard(
     return count
 
 
-def _write_frame(f: h5py.File, root: Path, row, decoded: dict, partner: tuple[int, str], opts: dict) -> None:
+def _write_frame(f: FrameWriter, root: Path, row, decoded: dict, partner: tuple[int, str], opts: dict) -> None:
     video, frame = row.video, int(row.frame)
     path = annotation_path(root, video, frame)
     ann = read_annotation(path)
@@ -214,7 +199,7 @@ def _write_frame(f: h5py.File, root: Path, row, decoded: dict, partner: tuple[in
             int(invalid.sum()),
             sorted(set(np.unique(ann.id_map[invalid]).tolist())),
         )
-    g = f.create_group(f"{video}/{frame:05d}")
+    g = f.create_group(video, frame)
     g.attrs.update({"split": row.split, "neighbour_frame": partner[0], "direction": partner[1]})
     g.create_dataset("rgb", data=rgb, **opts)
     g.create_dataset("neighbour", data=decoded[partner[0]], **opts)

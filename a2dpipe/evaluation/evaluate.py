@@ -34,12 +34,13 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
-
 from a2dpipe.config import add_config_arguments, read_settings, stamp
+from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation.bootstrap import write_per_video
-from a2dpipe.io import A2DError, atomic_path, open_hdf5
+from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
+from a2dpipe.segmentation.predictions import MAPS, PredictionStore
+from a2dpipe.stores import group_key
 
 __all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
 
@@ -52,34 +53,20 @@ SPLITS = ("test", "val")
 def iter_test_labels(frame_paths, wanted: str = "test"):
     """Yield ``(video, frame, label)`` for every frame of ``split`` in the frame stores, in file and key order."""
     for path in frame_paths:
-        with open_hdf5(path, "frames store") as f:
-            for video in f:
-                for name in f[video]:
-                    group = f[video][name]
-                    split = group.attrs.get("split")
-                    if split is None:
-                        raise A2DError(f"{path}: group {video}/{name} has no 'split' attribute")
-                    if isinstance(split, bytes):
-                        split = split.decode()
-                    if split != wanted:
-                        continue
-                    if "label" not in group:
-                        raise A2DError(f"{path}: group {video}/{name} has no 'label' dataset")
-                    yield video, int(name), group["label"][()]
+        with FrameStore(path) as store:
+            for video, frame in store.keys(wanted):
+                yield video, frame, store.read_arrays(video, frame, ("label",))["label"]
 
 
-def _read_prediction(f, path, key: str, settings_from: str, shape) -> dict | np.ndarray:
-    if key not in f:
-        raise A2DError(f"{path}: no prediction for test frame {key}")
-    group = f[key]
-    names = ("joint",) if settings_from == "joint" else ("actor", "action", "joint")
-    missing = [n for n in names if n not in group]
-    if missing:
-        raise A2DError(f"{path}: group {key} lacks dataset(s) {missing}")
-    maps = {n: group[n][()] for n in names}
-    for n, m in maps.items():
+def _read_prediction(store: PredictionStore, video: str, frame: int, settings_from: str, shape):
+    names = ("joint",) if settings_from == "joint" else MAPS
+    if (video, frame) not in store:
+        raise A2DError(f"{store.path}: no prediction for test frame {group_key(video, frame)}")
+    maps = store.read(video, frame, names)
+    for name, m in maps.items():
         if m.shape != tuple(shape):
-            raise A2DError(f"{path}: {key}/{n} has shape {m.shape}, the frame is {tuple(shape)}")
+            key = group_key(video, frame)
+            raise A2DError(f"{store.path}: {key}/{name} has shape {m.shape}, the frame is {tuple(shape)}")
     return maps["joint"] if settings_from == "joint" else maps
 
 
@@ -92,22 +79,21 @@ def evaluate(pred_path, frame_paths, boundary_width: int = 15, settings_from: st
     if split not in SPLITS:
         raise A2DError(f"evaluate: split must be one of {SPLITS}, got {split!r}")
     acc = ConfusionAccumulator(boundary_width)
-    seen: set[str] = set()
-    with open_hdf5(pred_path, "prediction file") as f:
-        variant = f.attrs.get("variant", Path(pred_path).stem)
-        spf = f.attrs.get("seconds_per_frame")
+    seen: set[tuple[str, int]] = set()
+    with PredictionStore(pred_path) as store:
+        variant = store.variant
+        spf = store.attrs.get("seconds_per_frame")
         for video, frame, label in iter_test_labels(frame_paths, split):
-            key = f"{video}/{frame:05d}"
-            pred = _read_prediction(f, pred_path, key, settings_from, label.shape)
+            pred = _read_prediction(store, video, frame, settings_from, label.shape)
             try:
                 acc.add(label, pred, video=video)
             except ValueError as err:
-                raise A2DError(f"{pred_path}: {key}: {err}") from None
-            seen.add(key)
-        extra = sorted(f"{v}/{n}" for v in f for n in f[v] if f"{v}/{n}" not in seen)
+                raise A2DError(f"{pred_path}: {group_key(video, frame)}: {err}") from None
+            seen.add((video, frame))
+        extra = [key for key in store.keys() if key not in seen]
     if extra:
         raise A2DError(f"{pred_path}: predictions for {len(extra)} frame(s) that are not {split} frames, "
-                       f"e.g. {extra[0]}")
+                       f"e.g. {group_key(*extra[0])}")
     if acc.frames == 0:
         raise A2DError(f"{pred_path}: the frame stores hold no {split} frame to evaluate")
     variant = variant.decode() if isinstance(variant, bytes) else str(variant)

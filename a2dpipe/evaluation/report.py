@@ -22,15 +22,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
+from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation import paper_results
 from a2dpipe.config import add_config_arguments, read_settings
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import BACKGROUND, IGNORE, PALETTE, VALID_PAIRS, class_names, pair_name
 from a2dpipe.evaluation.tables import load_evaluations
+from a2dpipe.segmentation.predictions import PredictionStore
+from a2dpipe.stores import group_key
 
 __all__ = ["per_category_figure", "loss_curves_figure", "qualitative_figure", "overlay", "configure_parser", "run"]
 
@@ -129,24 +131,18 @@ def overlay(rgb: np.ndarray, ids: np.ndarray, alpha: float = ALPHA) -> np.ndarra
     return np.where(fg, (1 - alpha) * out + alpha * colour, out).round().astype(np.uint8)
 
 
-def _test_keys(frame_paths) -> list[tuple[Path, str]]:
+def _test_keys(frame_paths) -> list[tuple[Path, str, int]]:
+    """(frames shard, video, frame) of every test frame, sorted by group key."""
     keys = []
     for path in frame_paths:
-        with h5py.File(path, "r") as f:
-            for video in f:
-                for name in f[video]:
-                    split = f[video][name].attrs.get("split")
-                    split = split.decode() if isinstance(split, bytes) else split
-                    if split == "test":
-                        keys.append((Path(path), f"{video}/{name}"))
-    return sorted(keys, key=lambda k: k[1])
+        with FrameStore(path) as store:
+            keys += [(Path(path), video, frame) for video, frame in store.keys("test")]
+    return sorted(keys, key=lambda k: group_key(k[1], k[2]))
 
 
-def _read(path, key: str, dataset: str) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        if key not in f or dataset not in f[key]:
-            raise A2DError(f"{path}: no {key}/{dataset}")
-        return f[key][dataset][()]
+def _read(reader, path, video: str, frame: int, dataset: str) -> np.ndarray:
+    with reader(path) as store:
+        return store.read_arrays(video, frame, (dataset,))[dataset]
 
 
 def qualitative_figure(frame_paths, baseline, ours, count: int, path) -> list[str]:
@@ -162,10 +158,10 @@ def qualitative_figure(frame_paths, baseline, ours, count: int, path) -> list[st
                (f"Ours: {Path(ours).stem}", ours)]
     fig, axes = plt.subplots(len(picks), 4, figsize=(14, 2.9 * len(picks)), squeeze=False)
     shown: set[int] = set()
-    for row, (frames_path, key) in enumerate(picks):
-        rgb = _read(frames_path, key, "rgb")
-        gt = _read(frames_path, key, "label")
-        maps = [None, gt, _read(baseline, key, "joint"), _read(ours, key, "joint")]
+    for row, (frames_path, video, frame) in enumerate(picks):
+        rgb = _read(FrameStore, frames_path, video, frame, "rgb")
+        gt = _read(FrameStore, frames_path, video, frame, "label")
+        maps = [None, gt] + [_read(PredictionStore, p, video, frame, "joint") for p in (baseline, ours)]
         for col, ((title, _), ids) in enumerate(zip(columns, maps)):
             ax = axes[row, col]
             if ids is None:
@@ -178,7 +174,7 @@ def qualitative_figure(frame_paths, baseline, ours, count: int, path) -> list[st
             if row == 0:
                 ax.set_title(title, fontsize=10)
             if col == 0:
-                ax.set_ylabel(key, fontsize=8)
+                ax.set_ylabel(group_key(video, frame), fontsize=8)
     valid = sorted(v for v in shown if v in VALID_PAIRS)  # ignored ids get no legend entry
     handles = [Patch(color=PALETTE[v] / 255.0, label=pair_name(v)) for v in valid]
     if handles:
@@ -186,7 +182,7 @@ def qualitative_figure(frame_paths, baseline, ours, count: int, path) -> list[st
     fig.tight_layout(rect=(0, 0.04 * (1 + len(handles) // 6), 1, 1))
     _save(fig, path)
     plt.close(fig)
-    return [key for _, key in picks]
+    return [group_key(video, frame) for _, video, frame in picks]
 
 
 def configure_parser(parser) -> None:

@@ -4,7 +4,7 @@
 
 Reads the frames store (``a2dpipe.dataset.frames.FrameStore``): each record's flow partner is ``neighbour``; with
 ``direction`` 'next' the flow goes from the frame to the neighbour (t -> t+1), with 'previous' from the neighbour
-to the frame (t-1 -> t). Writes the flow cache described in ``a2dpipe.flow.store`` through ``atomic_path``.
+to the frame (t-1 -> t). Writes the flow cache described in ``a2dpipe.flow.store`` with its atomic ``FlowWriter``.
 Config: section ``flow`` (method, dis_preset, encoding, wheel_max, weights, raft_variant, batch_size) and the
 top-level ``device``.
 """
@@ -21,8 +21,8 @@ import numpy as np
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.flow.estimators import METHODS, NEURAL_METHODS, build_estimator
 from a2dpipe.flow.store import FlowWriter
-from a2dpipe.config import add_config_arguments, read_settings, stamp_attrs
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.io import A2DError
 
 __all__ = ["configure_parser", "run", "compute_shard"]
 
@@ -92,10 +92,9 @@ def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> di
     attrs = {"method": method, "encoding": encoding,
              "wheel_max": wheel_max if encoding == "wheel" else None,
              "dis_preset": flow_cfg["dis_preset"] if method == "dis" else None}
-    made_with = stamp_attrs({"flow": flow_cfg, **({"device": str(device)} if method in NEURAL_METHODS else {})})
+    made_with = {"flow": flow_cfg, **({"device": str(device)} if method in NEURAL_METHODS else {})}
     seconds = 0.0
-    with (FrameStore(frames_path) as frames, atomic_path(out_path) as tmp,
-          FlowWriter(tmp, **attrs, **made_with) as writer):
+    with FrameStore(frames_path) as frames, FlowWriter(out_path, settings=made_with, **attrs) as writer:
         keys = frames.keys()
         for batch in _batches(frames, keys, batch_size):
             sources, targets = zip(*(_pair(r) for r in batch))
@@ -109,7 +108,7 @@ def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> di
                 writer.write(record.video, record.frame, flow, image,
                              direction=record.direction, neighbour_frame=int(record.neighbour_frame))
             log.info("%d / %d frames", writer.count, len(keys))
-        writer.finish(seconds / writer.count if writer.count else 0.0)
+        writer.seconds_per_frame = seconds / writer.count if writer.count else 0.0
         attrs = {**attrs, "seconds_per_frame": seconds / max(writer.count, 1), "frames": writer.count}
     log.info("wrote %s: %d frames, %.4f s per frame (%s)", out_path, attrs["frames"], attrs["seconds_per_frame"], method)
     return attrs

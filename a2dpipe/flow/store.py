@@ -2,10 +2,12 @@
 
 Layout: one group per annotated frame, ``"{video}/{frame:05d}"``, holding ``flow`` (H, W, 2) float16 (u, v in
 pixels; half precision keeps 1/32 px up to 64 px) and ``rgb`` (H, W, 3) uint8 (the configured encoding). Root
-attributes: ``method``, ``encoding``, ``wheel_max`` (wheel only; absent when per-frame), ``seconds_per_frame``
-(estimator time per frame, measured while computing) and ``frames`` (groups written). The flow of a group is from
-the annotated frame to its neighbour, or from the neighbour to it when the group's ``direction`` is 'previous'
-(copied from the frames store with ``neighbour_frame``).
+attributes: ``schema`` (``"a2dpipe.flow/1"``, :data:`FORMAT`), ``method``, ``encoding``, ``dis_preset`` (DIS
+only), ``wheel_max`` (wheel only; absent when per-frame), ``seconds_per_frame`` (estimator time per frame, measured
+while computing) and ``frames`` (groups written). The flow of a group is from the annotated frame to its
+neighbour, or from the neighbour to it when the group's ``direction`` is 'previous' (copied from the frames store
+with ``neighbour_frame``). Written by :class:`FlowWriter`, read by :class:`FlowStore` (both on
+:mod:`a2dpipe.stores`).
 
 >>> with FlowStore("results/flow/dis/shard-000.h5") as store:     # doctest: +SKIP
 ...     flow, rgb = store.read("EadxBPmQvtg", 25)
@@ -13,33 +15,27 @@ the annotated frame to its neighbour, or from the neighbour to it when the group
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from a2dpipe.io import A2DError, HDF5Store
+from a2dpipe.io import A2DError
+from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter
 
-__all__ = ["FlowStore", "FlowWriter", "group_name"]
+__all__ = ["FORMAT", "FlowStore", "FlowWriter"]
+
+FORMAT = ArtifactFormat("flow", 1, "flow cache", "a2dpipe flow (rule flow)")
 
 
-def group_name(video: str, frame: int) -> str:
-    return f"{video}/{int(frame):05d}"
-
-
-class FlowStore(HDF5Store):
+class FlowStore(ArtifactReader):
     """Read-only access to a flow cache; a context manager."""
 
-    def __init__(self, path: str | os.PathLike):
-        super().__init__(path, "flow cache")
+    FORMAT = FORMAT
+
+    def __init__(self, path):
+        super().__init__(path)
         missing = {"method", "encoding", "seconds_per_frame"} - set(self._file.attrs)
         if missing:
             self._file.close()
             raise A2DError(f"{self.path}: not a flow cache (root attributes {sorted(missing)} missing)")
-
-    @property
-    def attrs(self) -> dict:
-        """Root attributes: method, encoding, seconds_per_frame, frames (and wheel_max when fixed)."""
-        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._file.attrs.items()}
 
     @property
     def method(self) -> str:
@@ -49,51 +45,31 @@ class FlowStore(HDF5Store):
     def encoding(self) -> str:
         return str(self._file.attrs["encoding"])
 
-    def keys(self) -> list[tuple[str, int]]:
-        """(video, frame) of every stored frame, sorted."""
-        return [(video, int(frame)) for video in sorted(self._file) for frame in sorted(self._file[video])]
-
-    def __contains__(self, key: tuple[str, int]) -> bool:
-        return group_name(*key) in self._file
-
     def read(self, video: str, frame: int) -> tuple[np.ndarray, np.ndarray]:
         """(flow (H, W, 2) float32 pixels, rgb (H, W, 3) uint8) of one frame."""
-        name = group_name(video, frame)
-        if name not in self._file:
-            raise A2DError(f"{self.path}: no flow for video {video!r} frame {int(frame)} (group {name!r})")
-        group = self._file[name]
-        return group["flow"][()].astype(np.float32), group["rgb"][()]
+        arrays = self.read_arrays(video, frame, ("flow", "rgb"))
+        return arrays["flow"].astype(np.float32), arrays["rgb"]
 
 
-class FlowWriter:
-    """Writes a flow cache into an open path (the caller makes it atomic); a context manager.
+class FlowWriter(ArtifactWriter):
+    """Writes a flow cache atomically; a context manager.
 
-    ``attrs`` (method, encoding, ...) are written on entry; ``seconds_per_frame`` and ``frames`` by ``finish``.
+    ``attrs`` (method, encoding, ...) and ``settings`` (see :class:`ArtifactWriter`) are written on entry; set
+    ``seconds_per_frame`` before the block ends (it is written on a clean exit, with ``frames``).
     """
 
-    def __init__(self, path: str | os.PathLike, **attrs):
-        import h5py
+    FORMAT = FORMAT
 
-        self._file = h5py.File(path, "w")
-        for key, value in attrs.items():
-            if value is not None:
-                self._file.attrs[key] = value
-        self.count = 0
+    def __init__(self, path, *, settings: dict | None = None, **attrs):
+        super().__init__(path, attrs=attrs, settings=settings)
+        self.seconds_per_frame = None
 
     def write(self, video: str, frame: int, flow: np.ndarray, rgb: np.ndarray, **attrs) -> None:
-        group = self._file.create_group(group_name(video, frame))
+        group = self.create_group(video, frame)
         group.create_dataset("flow", data=np.asarray(flow, np.float16), compression="gzip", compression_opts=1)
         group.create_dataset("rgb", data=np.asarray(rgb, np.uint8), compression="gzip", compression_opts=1)
         for key, value in attrs.items():
             group.attrs[key] = value
-        self.count += 1
 
-    def finish(self, seconds_per_frame: float) -> None:
-        self._file.attrs["seconds_per_frame"] = float(seconds_per_frame)
-        self._file.attrs["frames"] = self.count
-
-    def __enter__(self) -> FlowWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._file.close()
+    def finish(self) -> None:
+        self.set_attrs(seconds_per_frame=self.seconds_per_frame, frames=self.count)

@@ -3,7 +3,7 @@
 One file per shard and mask source, ``results/masks/<source>/shard-NNN.h5``. Schema (version 1)::
 
     /                                   root attrs:
-        schema          "a2dpipe.masks/1"  (what makes a file a region-mask cache)
+        schema          "a2dpipe.masks/1"  (what makes a file a region-mask cache; :data:`FORMAT`)
         source          dataset | generic | gt
         model           checkpoint path and its SHA-256 prefix ("" for gt)
         config          JSON of the ``masks`` config section used
@@ -33,16 +33,16 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 
-from a2dpipe.io import A2DError, HDF5Store, atomic_path
+from a2dpipe.io import A2DError
+from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
-__all__ = ["Regions", "MaskCache", "MaskCacheWriter", "SCHEMA", "SOURCES"]
+__all__ = ["Regions", "MaskCache", "MaskCacheWriter", "FORMAT", "SCHEMA", "SOURCES"]
 
-SCHEMA = "a2dpipe.masks/1"
+FORMAT = ArtifactFormat("masks", 1, "region-mask cache", "a2dpipe region-masks (rule region_masks)")
+SCHEMA = FORMAT.schema
 SOURCES = ("dataset", "generic", "gt")
 _QUANT = 255.0  # soft masks are stored as uint8 probability * 255 (error below 0.002, ~4x smaller than float32)
 
@@ -89,14 +89,11 @@ class Regions:
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros((0, height, width)))
 
 
-def _key(video: str, frame: int) -> str:
-    return f"{video}/{int(frame):05d}"
+class MaskCacheWriter(ArtifactWriter):
+    """Write one region-mask cache atomically: nothing appears at ``path`` unless the ``with`` block succeeds.
 
-
-class MaskCacheWriter:
-    """Write one region-mask cache atomically: nothing appears at ``path`` until :meth:`close` succeeds.
-
-    Use as a context manager; on an exception the partial file is removed.
+    Use as a context manager; on an exception the partial file is removed. Set ``seconds_per_frame`` before the
+    block ends (it is written on a clean exit, with ``frames``).
 
     Args:
         path: final file path.
@@ -104,35 +101,30 @@ class MaskCacheWriter:
         model: provenance of the regions (checkpoint path and hash); empty for ground truth.
         config: the ``masks`` config section, stored as JSON.
         compression: gzip level of the mask datasets.
+        settings: written as the ``settings`` root attribute when given (see :class:`ArtifactWriter`).
     """
 
-    def __init__(self, path, *, source: str, model: str = "", config: dict | None = None, compression: int = 4):
+    FORMAT = FORMAT
+
+    def __init__(self, path, *, source: str, model: str = "", config: dict | None = None, compression: int = 4,
+                 settings: dict | None = None):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-        self.path = Path(path)
-        self._atomic = atomic_path(self.path)
-        self._tmp = self._atomic.__enter__()
-        self._file = h5py.File(self._tmp, "w")
-        self._file.attrs.update(
-            schema=SCHEMA, source=source, model=model, config=json.dumps(config or {}, sort_keys=True)
-        )
-        self.attrs = self._file.attrs  # root attributes, for the provenance stamp
+        attrs = {"source": source, "model": model, "config": json.dumps(config or {}, sort_keys=True)}
+        super().__init__(path, attrs=attrs, settings=settings)
         self._compression = compression
-        self._count = 0
         self.seconds_per_frame = float("nan")
 
     def write(self, video: str, frame: int, regions: Regions) -> None:
         """Store the regions of one frame; a frame written twice is an error."""
-        key = _key(video, frame)
-        if key in self._file:
-            raise A2DError(f"{self.path}: frame {key} written twice")
+        key = group_key(video, frame)
+        if len(regions) and (regions.labels.min() < 0 or regions.labels.max() > 7):
+            raise ValueError(f"{key}: actor labels must be 0..7, got {np.unique(regions.labels).tolist()}")
         height, width = regions.size
-        group = self._file.create_group(key)
+        group = self.create_group(video, frame)
         group.attrs.update(height=height, width=width)
         group.create_dataset("boxes", data=regions.boxes)
         group.create_dataset("scores", data=regions.scores)
-        if len(regions) and (regions.labels.min() < 0 or regions.labels.max() > 7):
-            raise ValueError(f"{key}: actor labels must be 0..7, got {np.unique(regions.labels).tolist()}")
         group.create_dataset("labels", data=regions.labels.astype(np.uint8))
         quantised = np.rint(np.clip(regions.masks, 0.0, 1.0) * _QUANT).astype(np.uint8)
         if len(regions):  # chunking (and so compression) needs a non-empty shape
@@ -142,32 +134,12 @@ class MaskCacheWriter:
             )
         else:
             group.create_dataset("masks", data=quantised)
-        self._count += 1
 
-    def close(self) -> None:
-        """Finish the file and move it into place."""
-        self._file.attrs["seconds_per_frame"] = float(self.seconds_per_frame)
-        self._file.attrs["frames"] = self._count
-        self._file.close()
-        self._atomic.__exit__(None, None, None)
-
-    def abort(self, exc: BaseException) -> None:
-        """Drop the partial file (``exc`` is the error that stopped the writing)."""
-        self._file.close()
-        self._atomic.__exit__(type(exc), exc, exc.__traceback__)
-
-    def __enter__(self) -> "MaskCacheWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None:
-            self.close()
-        else:
-            self.abort(exc)
-        return False
+    def finish(self) -> None:
+        self.set_attrs(seconds_per_frame=float(self.seconds_per_frame), frames=self.count)
 
 
-class MaskCache(HDF5Store):
+class MaskCache(ArtifactReader):
     """Read a region-mask cache by (video, frame); each read touches only that frame's datasets.
 
     Raises :class:`A2DError` naming the file when it is missing, truncated, not HDF5, or HDF5 of another kind.
@@ -176,51 +148,30 @@ class MaskCache(HDF5Store):
         source, model, seconds_per_frame, config: the root attributes (see the module docstring).
     """
 
+    FORMAT = FORMAT
+
     def __init__(self, path):
-        super().__init__(path, "region-mask cache")
+        super().__init__(path)
         attrs = self._file.attrs
-        if attrs.get("schema") != SCHEMA:
+        if "frames" not in attrs:
             self._file.close()
-            raise A2DError(
-                f"{self.path}: not a region-mask cache (root attribute schema={attrs.get('schema')!r}, "
-                f"expected {SCHEMA!r}); regenerate it with `a2dpipe region-masks`"
-            )
+            raise A2DError(f"{self.path}: region-mask cache was never finished (no 'frames' attribute)")
         self.source = str(attrs["source"])
         self.model = str(attrs["model"])
         self.config = json.loads(attrs["config"])
         self.seconds_per_frame = float(attrs.get("seconds_per_frame", float("nan")))
-        if "frames" not in attrs:
-            self._file.close()
-            raise A2DError(f"{self.path}: region-mask cache was never finished (no 'frames' attribute)")
-
-    def keys(self) -> list[tuple[str, int]]:
-        """(video, frame) of every stored frame, sorted."""
-        return sorted((video, int(frame)) for video in self._file for frame in self._file[video])
-
-    def __contains__(self, item) -> bool:
-        return _key(*item) in self._file
 
     def __len__(self) -> int:
         return int(self._file.attrs["frames"])
 
     def read(self, video: str, frame: int) -> Regions:
         """The regions of one frame (masks dequantised to float32 in [0, 1])."""
-        key = _key(video, frame)
-        try:
-            group = self._file[key]
-        except KeyError:
-            raise A2DError(f"{self.path}: no regions for frame {key}") from None
-        try:
-            masks = group["masks"][()]
-            return Regions(
-                boxes=group["boxes"][()],
-                scores=group["scores"][()],
-                labels=group["labels"][()],
-                masks=masks.astype(np.float32) * np.float32(1.0 / _QUANT),
-            )
-        except (OSError, KeyError) as err:
-            raise A2DError(f"{self.path}: frame {key} is damaged (truncated file?): {err}") from None
-
+        key = group_key(video, frame)
+        if key not in self._file:
+            raise A2DError(f"{self.path}: no regions for frame {key}")
+        arrays = self.read_arrays(video, frame, ("boxes", "scores", "labels", "masks"))
+        masks = arrays.pop("masks")
+        return Regions(**arrays, masks=masks.astype(np.float32) * np.float32(1.0 / _QUANT))
 
 
 def file_digest(path: os.PathLike, length: int = 12) -> str:

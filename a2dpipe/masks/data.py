@@ -1,7 +1,8 @@
 """Instance annotations of the frames stores, as Mask R-CNN targets.
 
-Reads only what the mask models need (``rgb`` and the instance datasets) from ``results/frames/shard-NNN.h5``
-groups ``"{video}/{frame:05d}"`` (see the Frames contract in DESIGN.md), one group at a time.
+Reads only what the mask models need (``rgb`` and the instance datasets) from the frames shards
+``results/frames/shard-NNN.h5``, through their reader :class:`a2dpipe.dataset.frames.FrameStore`, one frame at
+a time.
 
 Targets per source:
 
@@ -20,10 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from a2dpipe.io import A2DError, open_hdf5
+from a2dpipe.dataset.frames import FrameStore
+from a2dpipe.io import A2DError
+from a2dpipe.stores import group_key
 
 __all__ = ["FrameRef", "list_frames", "masks_to_boxes", "InstanceReader"]
 
@@ -57,22 +59,18 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def _open(path: Path) -> h5py.File:
-    if not path.is_file():
-        raise A2DError(f"{path}: frames store not found (run `a2dpipe extract-frames`)")
-    return open_hdf5(path, "frames store")
-
-
 def list_frames(paths: list[str | Path], split: str | None = None) -> list[FrameRef]:
-    """Every annotated frame of the stores (in store, video, frame order), optionally only one split."""
+    """Every annotated frame of the stores (in store, video, frame order), optionally only one split.
+
+    Reads group names and attributes only, no frame data.
+    """
     refs = []
     for index, path in enumerate(paths):
-        with _open(Path(path)) as store:
-            for video in sorted(store):
-                for name in sorted(store[video]):
-                    frame_split = str(store[video][name].attrs.get("split", ""))
-                    if split is None or frame_split == split:
-                        refs.append(FrameRef(index, video, int(name), frame_split))
+        with FrameStore(path) as store:
+            for video, frame in store.keys():
+                frame_split = store.split_of(video, frame)
+                if split is None or frame_split == split:
+                    refs.append(FrameRef(index, video, frame, frame_split))
     return refs
 
 
@@ -84,36 +82,35 @@ class InstanceReader:
 
     def __init__(self, paths: list[str | Path]):
         self.paths = [Path(p) for p in paths]
-        self._files = [_open(p) for p in self.paths]
-
-    def group(self, ref: FrameRef) -> h5py.Group:
+        self._stores: list[FrameStore] = []
         try:
-            return self._files[ref.store][f"{ref.video}/{ref.frame:05d}"]
-        except KeyError:
-            raise A2DError(f"{self.paths[ref.store]}: no frame {ref.video}/{ref.frame:05d}") from None
+            self._stores += [FrameStore(p) for p in self.paths]
+        except BaseException:
+            self.close()
+            raise
 
     def rgb(self, ref: FrameRef) -> np.ndarray:
-        return self.group(ref)["rgb"][()]
+        return self._stores[ref.store].read_arrays(ref.video, ref.frame, ("rgb",))["rgb"]
 
     def read(self, ref: FrameRef, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        group = self.group(ref)
         path = self.paths[ref.store]
-        try:
-            rgb = group["rgb"][()]
-            masks = group["instance_masks"][()].astype(np.uint8)
-            actors = group["instance_ids"][()].astype(np.int64) // 10
-        except KeyError as err:
-            raise A2DError(f"{path}: frame {ref.video}/{ref.frame:05d} lacks {err} (Frames contract)") from None
+        extra = ("distractor_masks",) if source == "generic" else ()  # optional: checked below with a reason
+        arrays = self._stores[ref.store].read_arrays(
+            ref.video, ref.frame, ("rgb", "instance_masks", "instance_ids"), optional=extra
+        )
+        rgb = arrays["rgb"]
+        masks = arrays["instance_masks"].astype(np.uint8)
+        actors = arrays["instance_ids"].astype(np.int64) // 10
         keep = (actors >= 1) & (actors <= 7)
         masks, labels = masks[keep], actors[keep]
         if source == "generic":
-            if "distractor_masks" not in group:
+            if "distractor_masks" not in arrays:
                 raise A2DError(
-                    f"{path}: frame {ref.video}/{ref.frame:05d} has no 'distractor_masks': the generic mask source "
-                    "is trained on every object, so it needs the synthetic benchmark's non-actor objects; on real "
-                    "A2D set masks.coco_checkpoint to use a COCO model instead"
+                    f"{path}: frame {group_key(ref.video, ref.frame)} has no 'distractor_masks': the generic mask "
+                    "source is trained on every object, so it needs the synthetic benchmark's non-actor objects; on "
+                    "real A2D set masks.coco_checkpoint to use a COCO model instead"
                 )
-            others = group["distractor_masks"][()].astype(np.uint8).reshape(-1, *rgb.shape[:2])
+            others = arrays["distractor_masks"].astype(np.uint8).reshape(-1, *rgb.shape[:2])
             masks = np.concatenate([masks, others])
             labels = np.ones(len(masks), np.int64)
         elif source != "dataset":
@@ -122,8 +119,8 @@ class InstanceReader:
         return rgb, masks[nonempty], labels[nonempty]
 
     def close(self) -> None:
-        for f in self._files:
-            f.close()
+        for store in self._stores:
+            store.close()
 
     def __enter__(self) -> "InstanceReader":
         return self

@@ -34,6 +34,7 @@ from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import ACTORS
 from a2dpipe.masks.cache import MaskCache, Regions
 from a2dpipe.masks.data import InstanceReader, list_frames
+from a2dpipe.stores import group_key
 
 log = logging.getLogger("a2dpipe.masks")
 
@@ -88,7 +89,8 @@ def _encode_frames(frames, refs, sources):
             for source, source_caches in caches.items():
                 holder = next((c for c in source_caches if (ref.video, ref.frame) in c), None)
                 if holder is None:
-                    raise A2DError(f"{sources[source][0]}: no cached regions for test frame {ref.video}/{ref.frame:05d}")
+                    key = group_key(ref.video, ref.frame)
+                    raise A2DError(f"{sources[source][0]}: no cached regions for test frame {key}")
                 found[source].append(EncodedFrame.from_regions(holder.read(ref.video, ref.frame)))
     return truth, found
 

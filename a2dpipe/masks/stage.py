@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp_attrs
+from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
 from a2dpipe.io import A2DError, select_device
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, file_digest
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
@@ -48,9 +48,8 @@ def cache_regions(config: dict, source: str, frames: str | Path, out: str | Path
     """Write the region cache of one shard; return seconds per frame. ``gt`` reads no setting of ``config``."""
     refs = list_frames([frames])
     with InstanceReader([frames]) as reader, MaskCacheWriter(
-        out, source=source, model=_provenance(model_path), config=config.get("masks", {})
+        out, source=source, model=_provenance(model_path), config=config.get("masks", {}), settings=config
     ) as writer:
-        writer.attrs.update(stamp_attrs(config))
         if source == "gt":
             seconds = _write_gt(reader, refs, writer)
         else:

@@ -7,10 +7,8 @@ each test region (mask-weighted, within its box) stand in for the region head's 
 region-to-pixel layer as Ours (:func:`mask_vote`). It separates what Ours gains from making labels consistent
 within masks from what its region classifier adds. ``--split val`` predicts the validation frames instead.
 
-Output (Predictions contract), one group ``"{video}/{frame:05d}"`` per test frame with uint8 datasets at frame
-size: ``actor`` (0..7), ``action`` (0..9), ``joint`` (A2D ids: 0 or one of the 43 valid pairs, from the
-product of the two distributions). Root attributes: ``variant``, ``model`` (file name), ``seconds_per_frame``
-(network forward incl. the region back-end and the joint argmax, excluding I/O; CUDA synchronised).
+Output: a predictions file (Predictions contract), written by :class:`.predictions.PredictionWriter`, whose
+module describes the layout: ``actor``, ``action`` and ``joint`` maps per test frame, ``seconds_per_frame``.
 """
 
 from __future__ import annotations
@@ -19,13 +17,13 @@ import logging
 import time
 from pathlib import Path
 
-import h5py
 import torch
 
+from a2dpipe.segmentation.predictions import PredictionWriter
 from a2dpipe.segmentation.samples import StoreSamples, to_tensors
 from a2dpipe.checkpoint import load_model_file
-from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp_attrs
-from a2dpipe.io import A2DError, atomic_path, select_device
+from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
+from a2dpipe.io import A2DError, select_device
 from a2dpipe.segmentation.models import build_segmenter, joint_prediction
 from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel_ranges
@@ -130,7 +128,7 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
         vote_to_pixel = RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
                                       pixel_stride=stage2["pixel_stride"]).to(device)
     seconds = 0.0
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    with PredictionWriter(out, variant=variant, model=Path(model).name, settings=config) as writer:
         for i in range(len(samples)):
             sample = samples.load(i)
             batch = to_tensors([sample], device, with_flow=net.uses_flow)
@@ -149,15 +147,9 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - start
-            group = f.create_group(f"{sample['video']}/{int(sample['frame']):05d}")
-            for name, value in maps.items():
-                group.create_dataset(name, data=value[0].to(torch.uint8).cpu().numpy(), compression="gzip",
-                                     compression_opts=4)
+            maps = {name: value[0].to(torch.uint8).cpu().numpy() for name, value in maps.items()}
+            writer.write(sample["video"], sample["frame"], maps)
         per_frame = seconds / max(len(samples), 1)
-        f.attrs["variant"] = variant
-        f.attrs["model"] = Path(model).name
-        f.attrs["seconds_per_frame"] = per_frame
-        f.attrs["frames"] = len(samples)
-        f.attrs.update(stamp_attrs(config))
+        writer.seconds_per_frame = per_frame
     log.info("%s: %d frames, %.4f s per frame", variant, len(samples), per_frame)
     return per_frame

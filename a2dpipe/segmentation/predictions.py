@@ -1,0 +1,60 @@
+"""Predictions of one variant: ``results/predictions/<variant>.h5``, written by ``a2dpipe predict``.
+
+Layout (Predictions contract), one group ``"{video}/{frame:05d}"`` per test frame with uint8 datasets at frame
+size, gzip-compressed: ``actor`` (0..7), ``action`` (0..9), ``joint`` (A2D ids: 0 or one of the 43 valid pairs,
+from the product of the two distributions). Root attributes: ``schema`` (``"a2dpipe.predictions/1"``,
+:data:`FORMAT`), ``variant``, ``model`` (file name), ``seconds_per_frame`` (network forward incl. the region
+back-end and the joint argmax, excluding I/O; CUDA synchronised) and ``frames`` (groups written).
+
+>>> with PredictionWriter("p.h5", variant="baseline-rgb", model="model.pt") as writer:   # doctest: +SKIP
+...     writer.write("vid", 25, {"actor": actor, "action": action, "joint": joint})
+>>> with PredictionStore("p.h5") as store:                                              # doctest: +SKIP
+...     store.read("vid", 25)["joint"].shape
+(96, 128)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter
+
+__all__ = ["FORMAT", "MAPS", "PredictionStore", "PredictionWriter"]
+
+FORMAT = ArtifactFormat("predictions", 1, "predictions file", "a2dpipe predict (rule predict)")
+MAPS = ("actor", "action", "joint")
+
+
+class PredictionWriter(ArtifactWriter):
+    """Writes a predictions file atomically; set ``seconds_per_frame`` before the ``with`` block ends.
+
+    ``settings``, when given, is written as the ``settings`` root attribute (see :class:`ArtifactWriter`).
+    """
+
+    FORMAT = FORMAT
+
+    def __init__(self, path, *, variant: str, model: str, settings: dict | None = None):
+        super().__init__(path, attrs={"variant": variant, "model": model}, settings=settings)
+        self.seconds_per_frame = float("nan")
+
+    def write(self, video: str, frame: int, maps: dict) -> None:
+        """Store the ``actor``, ``action`` and ``joint`` maps (H, W) of one frame as uint8."""
+        group = self.create_group(video, frame)
+        for name in MAPS:
+            group.create_dataset(name, data=np.asarray(maps[name], np.uint8), compression="gzip", compression_opts=4)
+
+    def finish(self) -> None:
+        self.set_attrs(seconds_per_frame=self.seconds_per_frame, frames=self.count)
+
+
+class PredictionStore(ArtifactReader):
+    """Read-only access to a predictions file; ``read(video, frame, names)`` gives the maps asked for."""
+
+    FORMAT = FORMAT
+
+    @property
+    def variant(self) -> str:
+        return str(self.attrs.get("variant", self.path.stem))
+
+    def read(self, video: str, frame: int, names=MAPS) -> dict[str, np.ndarray]:
+        return self.read_arrays(video, frame, tuple(names))

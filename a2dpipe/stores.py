@@ -1,0 +1,226 @@
+"""One base for every per-frame HDF5 artifact: frames shards, flow caches, region-mask caches and predictions.
+
+Each artifact is one HDF5 file with one group per annotated frame, keyed ``"{video}/{frame:05d}"`` (frame numbers
+1-based, as in A2D; :func:`group_key`), and a root attribute ``schema`` (``"a2dpipe.<kind>/<version>"``) that says
+what the file is. The stage that makes an artifact describes its datasets and attributes in its own module, next
+to its reader and writer classes, which build on the two classes here:
+
+- :class:`ArtifactWriter` writes atomically (through :func:`a2dpipe.io.atomic_path`: nothing appears at the final
+  path unless the ``with`` block succeeds), stamps ``schema`` and the root attributes it is given, refuses a frame
+  written twice and counts the frames;
+- :class:`ArtifactReader` opens the file read-only (:func:`a2dpipe.io.open_hdf5`), checks ``schema`` (a file of
+  another kind or version is an :class:`A2DError` naming the file, what it is and the command that rebuilds it),
+  lists keys, optionally of one split, from group names and attributes without reading any dataset, and reads a
+  frame's datasets by name.
+
+>>> FRAMES = ArtifactFormat("frames", 1, "frames shard", "a2dpipe extract-frames (rule extract_frames)")
+>>> FRAMES.schema, group_key("EadxBPmQvtg", 25)
+('a2dpipe.frames/1', 'EadxBPmQvtg/00025')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from a2dpipe.config import stamp_attrs
+from a2dpipe.io import A2DError, atomic_path, open_hdf5
+
+__all__ = ["ArtifactFormat", "ArtifactReader", "ArtifactWriter", "group_key", "parse_key"]
+
+
+def group_key(video: str, frame: int) -> str:
+    """The group of one annotated frame: ``"{video}/{frame:05d}"``."""
+    return f"{video}/{int(frame):05d}"
+
+
+def parse_key(key: str) -> tuple[str, int]:
+    """``"video/00025"`` -> ``("video", 25)``, the inverse of :func:`group_key`."""
+    video, _, frame = key.rpartition("/")
+    return video, int(frame)
+
+
+@dataclass(frozen=True)
+class ArtifactFormat:
+    """What a kind of artifact is called and how it is rebuilt; ``schema`` is the value of its root attribute."""
+
+    kind: str  # "frames", "flow", "masks", "predictions"
+    version: int  # raise it when the layout changes in a way old readers would misread
+    what: str  # in messages: "frames shard", "flow cache" ...
+    rebuild: str  # the command (and rule) that writes it, for the messages
+
+    @property
+    def schema(self) -> str:
+        return f"a2dpipe.{self.kind}/{self.version}"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ArtifactReader:
+    """Read-only access to one artifact of ``FORMAT``; a context manager.
+
+    Raises :class:`A2DError` naming the file when it is missing, not HDF5, or holds another kind or version.
+    """
+
+    FORMAT: ArtifactFormat
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._file = open_hdf5(self.path, self.FORMAT.what)
+        try:
+            self._check_schema()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _check_schema(self) -> None:
+        found = self._file.attrs.get("schema")
+        expected = self.FORMAT
+        if found is not None and _text(found) == expected.schema:
+            return
+        if found is None:
+            problem = "has no 'schema' root attribute"
+        elif _text(found).startswith(f"a2dpipe.{expected.kind}/"):
+            problem = f"was written with schema {_text(found)!r}; this version reads {expected.schema!r}"
+        else:
+            problem = f"is an {_text(found)!r} file"
+        raise A2DError(
+            f"{self.path}: not a {expected.what} of schema {expected.schema!r} (it {problem}); "
+            f"rebuild it with `{expected.rebuild}`"
+        )
+
+    @property
+    def attrs(self) -> dict:
+        """Root attributes, numpy scalars as Python values and bytes as text."""
+        return {k: _text(v) if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+                for k, v in self._file.attrs.items()}
+
+    def keys(self, split: str | None = None) -> list[tuple[str, int]]:
+        """(video, frame) of every stored frame, sorted; only those whose ``split`` attribute is ``split`` if given.
+
+        Reads group names (and, for a split, group attributes), never a dataset.
+        """
+        keys = sorted((video, int(frame)) for video in self._file for frame in self._file[video])
+        if split is None:
+            return keys
+        return [key for key in keys if self.split_of(*key) == split]
+
+    def split_of(self, video: str, frame: int) -> str:
+        """The ``split`` attribute of one frame's group."""
+        split = self.group(video, frame).attrs.get("split")
+        if split is None:
+            raise A2DError(f"{self.path}: group {group_key(video, frame)} has no 'split' attribute")
+        return _text(split)
+
+    def __len__(self) -> int:
+        return sum(len(self._file[video]) for video in self._file)
+
+    def __contains__(self, key) -> bool:
+        return group_key(*key) in self._file
+
+    def group(self, video: str, frame: int):
+        """The ``h5py.Group`` of one frame; :class:`A2DError` when the file has none."""
+        key = group_key(video, frame)
+        if key not in self._file:
+            raise A2DError(f"{self.path}: no frame {key} in this {self.FORMAT.what}")
+        return self._file[key]
+
+    def read_arrays(self, video: str, frame: int, names, optional=()) -> dict[str, np.ndarray]:
+        """The datasets ``names`` (each required) and ``optional`` (those present) of one frame, by name."""
+        group = self.group(video, frame)
+        missing = [name for name in names if name not in group]
+        if missing:
+            raise A2DError(f"{self.path}: frame {group_key(video, frame)} lacks dataset(s) {missing} "
+                           f"({self.FORMAT.what} layout)")
+        try:
+            return {name: group[name][()] for name in (*names, *(n for n in optional if n in group))}
+        except OSError as err:
+            key = group_key(video, frame)
+            raise A2DError(f"{self.path}: frame {key} is damaged (truncated file?): {err}") from None
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ArtifactWriter:
+    """Writes one artifact of ``FORMAT`` atomically; use only as a context manager.
+
+    On entry the file is created under a temporary name with the root attributes ``schema``, ``attrs`` (``None``
+    values left out) and, when given, ``settings`` (the configuration it is made with, as sorted JSON, beside ``a2dpipe_version``:
+    :func:`a2dpipe.config.stamp_attrs`). On a clean
+    exit :meth:`finish` runs (subclasses write their closing attributes there) and the file is renamed into place;
+    on an exception the temporary is removed and nothing appears at ``path``.
+
+    >>> with FrameWriter("shard-000.h5", attrs={"shard": "000"}) as writer:   # doctest: +SKIP
+    ...     group = writer.create_group("vid", 1)
+    """
+
+    FORMAT: ArtifactFormat
+
+    def __init__(self, path: str | os.PathLike, *, attrs: dict | None = None, settings: dict | None = None):
+        self.path = Path(path)
+        self.count = 0  # frame groups written
+        self._attrs = {"schema": self.FORMAT.schema, **(attrs or {})}
+        if settings is not None:  # the provenance stamp: package version and settings
+            self._attrs.update(stamp_attrs(settings))
+        self._file = None
+        self._stack = None
+
+    def __enter__(self):
+        import h5py  # here, so that importing a store module stays light
+
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_path(self.path))
+            self._file = stack.enter_context(h5py.File(tmp, "w"))
+            stack.push(self._exit)  # runs first on leaving: the closing attributes while the file is open
+            self.set_attrs(**self._attrs)
+            self._stack = stack.pop_all()
+        return self
+
+    def _exit(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.finish()
+        return False
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            return self._stack.__exit__(exc_type, exc, tb)
+        finally:
+            self._stack = None
+
+    def finish(self) -> None:
+        """Called on a clean exit before the file is closed; the default writes nothing."""
+
+    @property
+    def file(self):
+        """The open ``h5py.File`` (inside the ``with`` block only)."""
+        if self._stack is None:
+            raise RuntimeError(f"{type(self).__name__} writes only inside a `with` block")
+        return self._file
+
+    def set_attrs(self, **attrs) -> None:
+        """Set root attributes; ``None`` values are left out."""
+        for key, value in attrs.items():
+            if value is not None:
+                self._file.attrs[key] = value
+
+    def create_group(self, video: str, frame: int):
+        """The new, empty group of one frame; a frame written twice is an :class:`A2DError`."""
+        key = group_key(video, frame)
+        if key in self.file:
+            raise A2DError(f"{self.path}: frame {key} written twice")
+        self.count += 1
+        return self.file.create_group(key)

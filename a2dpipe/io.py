@@ -10,7 +10,10 @@ import contextlib
 import glob
 import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -29,17 +32,19 @@ class A2DError(RuntimeError):
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Works for files and directories. On any exception the temporary is removed and the final path is untouched;
-    temporaries of ``path`` left by a killed writer are removed first (Snakemake runs one writer per output).
+    Works for files and directories. On any exception the temporary is removed and the final path is untouched.
+    Each writer gets its own temporary, ``.<name>.tmp-<host>-<pid>-<random>``, so two writers of one output (two
+    commands started by hand) never share one; the last to finish wins. Temporaries of ``path`` whose writer is
+    gone (same host, process no longer running) are removed first; a live writer's, or one from another host
+    (where liveness cannot be checked), is left alone.
 
     >>> with atomic_path("out.h5") as tmp:      # doctest: +SKIP
     ...     write_everything(tmp)
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):  # left by a writer that was killed
-        _remove(stale)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    _remove_stale_temporaries(final)
+    tmp = final.with_name(f".{final.name}.tmp-{_writer_token()}")
     try:
         yield tmp
     except BaseException:
@@ -47,8 +52,62 @@ def atomic_path(path: str | os.PathLike):
         raise
     if not tmp.exists():
         raise A2DError(f"{final}: the writer produced no output")
-    _remove(final)
+    _replace(tmp, final)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _writer_token() -> str:
+    """``<host>-<pid>-<random>``: unique per writer, even for several writers in one process."""
+    return f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _writer_is_gone(token: str) -> bool:
+    """Whether the writer named by a temporary's token has certainly stopped (only decidable on this host).
+
+    Tokens are ``<host>-<pid>-<random>``; a bare ``<pid>`` (older temporaries) is taken as this host's.
+    """
+    parts = token.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        host, pid = parts[0], int(parts[1])
+    elif token.isdigit():
+        host, pid = _host(), int(token)
+    else:
+        return False  # not a temporary this function wrote: not ours to judge
+    if host != _host():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    prefix = f".{final.name}.tmp-"
+    for temporary in final.parent.glob(f"{glob.escape(prefix)}*"):
+        token = temporary.name[len(prefix):]
+        if _writer_is_gone(token):
+            log.info("%s: removing the temporary of a writer that is gone", temporary)
+            _remove(temporary)
+        else:
+            log.info("%s: another writer's temporary (still running, or on another host); left alone", temporary)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` onto ``final``: one atomic rename for a file; for a directory the old one is first renamed
+    aside (a rename cannot replace a non-empty directory), then removed."""
+    if not (final.is_dir() and not final.is_symlink()):
+        os.replace(tmp, final)
+        return
+    aside = final.with_name(f".{final.name}.old-{_writer_token()}")
+    os.replace(final, aside)
     os.replace(tmp, final)
+    _remove(aside)
 
 
 def _remove(path: Path) -> None:

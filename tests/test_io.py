@@ -1,3 +1,6 @@
+import os
+import socket
+
 import pytest
 
 from a2dpipe.io import A2DError, atomic_path, load_config
@@ -25,6 +28,41 @@ def test_atomic_path_removes_temporaries_of_killed_writers(tmp_path):
     with atomic_path(tmp_path / "frames.h5") as tmp:
         tmp.write_text("whole")
     assert not stale.exists() and other.exists()
+
+
+def test_two_writers_of_one_output_keep_their_own_temporaries(tmp_path):
+    out = tmp_path / "index.csv"
+    with atomic_path(out) as first:
+        first.write_text("first")
+        with atomic_path(out) as second:  # a second command writing the same output meanwhile
+            assert second != first
+            second.write_text("second")
+        assert first.read_text() == "first", "the second writer touched the first one's live temporary"
+        assert out.read_text() == "second"
+    assert out.read_text() == "first"  # the last writer to finish wins
+    assert [p.name for p in tmp_path.iterdir()] == ["index.csv"]
+
+
+def test_temporaries_of_live_or_foreign_writers_are_left_alone(tmp_path):
+    host = socket.gethostname()
+    live = tmp_path / f".frames.h5.tmp-{host}-{os.getppid()}-0a1b2c3d"  # the parent process is running
+    foreign = tmp_path / ".frames.h5.tmp-another-node-99999-0a1b2c3d"  # liveness on another host is unknowable
+    dead = tmp_path / f".frames.h5.tmp-{host}-99999999-0a1b2c3d"  # beyond pid_max: no such process
+    for path in (live, foreign, dead):
+        path.write_text("partial")
+    with atomic_path(tmp_path / "frames.h5") as tmp:
+        tmp.write_text("whole")
+    assert live.exists() and foreign.exists() and not dead.exists()
+
+
+def test_atomic_path_replaces_a_directory_whole(tmp_path):
+    out = tmp_path / "dataset"
+    for content in ("old", "new"):
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / content).write_text(content)
+    assert [p.name for p in out.iterdir()] == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
 
 
 def test_atomic_path_handles_directories(tmp_path):

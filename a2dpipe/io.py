@@ -19,7 +19,16 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["A2DError", "atomic_path", "open_hdf5", "HDF5Store", "setup_logging", "load_config", "select_device"]
+__all__ = [
+    "A2DError",
+    "atomic_path",
+    "open_hdf5",
+    "unreadable_artifact",
+    "HDF5Store",
+    "setup_logging",
+    "load_config",
+    "select_device",
+]
 
 log = logging.getLogger("a2dpipe")
 
@@ -117,11 +126,38 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+# The rule that writes each intermediate artifact (by the name readers give it), so that the error for an
+# unreadable one can say how to rebuild it.
+REBUILT_BY = {
+    "index": "index",
+    "frames shard": "extract_frames",
+    "frames store": "extract_frames",
+    "flow cache": "flow",
+    "region-mask cache": "region_masks",
+    "prediction file": "predict",
+}
+
+
+def unreadable_artifact(path: str | os.PathLike, what: str, problem: str) -> A2DError:
+    """The error for an artifact that exists but cannot be read (truncated, bit-flipped, hand-edited).
+
+    Names the file, the problem and how to rebuild it: ``snakemake --forcerun <rule>`` when ``what`` is an
+    artifact of :data:`REBUILT_BY`, and in every case deleting it and running snakemake again. Nothing is deleted
+    here: the file may be the only copy of something the user wants to inspect.
+    """
+    rule = REBUILT_BY.get(what)
+    rebuild = f"`snakemake --forcerun {rule}`, or delete it and run snakemake again" if rule else (
+        "delete it and run snakemake again"
+    )
+    return A2DError(f"{path}: {problem}; the {what} is damaged or incomplete: rebuild it with {rebuild}")
+
+
 def open_hdf5(path: str | os.PathLike, what: str):
     """Open ``path`` read-only as an ``h5py.File``; :class:`A2DError` naming the file when it cannot be.
 
     ``what`` names the artifact expected there (``"frames shard"``, ``"flow cache"`` ...) for the messages
-    ``<path>: <what> not found`` and ``<path>: not a readable HDF5 file (<what>; truncated or another format?): ...``.
+    ``<path>: <what> not found`` and ``<path>: not a readable HDF5 file (...): ...`` followed by how to rebuild
+    it (:func:`unreadable_artifact`).
     """
     import h5py  # here, so that importing a2dpipe.io stays light
 
@@ -130,18 +166,35 @@ def open_hdf5(path: str | os.PathLike, what: str):
     except FileNotFoundError:
         raise A2DError(f"{path}: {what} not found") from None
     except OSError as err:
-        raise A2DError(f"{path}: not a readable HDF5 file ({what}; truncated or another format?): {err}") from None
+        problem = f"not a readable HDF5 file (truncated or another format?): {err}"
+        raise unreadable_artifact(path, what, problem) from None
 
 
 class HDF5Store:
     """Base of the read-only per-frame stores (frames, flow, region masks): the open file and its closing.
 
-    Opens ``path`` with :func:`open_hdf5` (``what`` names the artifact in errors); a context manager.
+    Opens ``path`` with :func:`open_hdf5` (``what`` names the artifact in errors); a context manager. Readers wrap
+    what they read in :meth:`reading`, so that a damaged file is an error naming it.
     """
 
     def __init__(self, path: str | os.PathLike, what: str):
         self.path = Path(path)
+        self.what = what
         self._file = open_hdf5(self.path, what)
+
+    @contextlib.contextmanager
+    def reading(self, item: str):
+        """Turn an HDF5 failure while reading ``item`` into :class:`A2DError` naming the file and its rebuild.
+
+        HDF5 reports a flipped bit or a cut-off chunk as a bare ``OSError`` (failed filter or checksum),
+        ``KeyError`` (damaged object header) or ``RuntimeError`` (damaged link table), none naming the file.
+        """
+        try:
+            yield
+        except A2DError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            raise unreadable_artifact(self.path, self.what, f"cannot read {item}: {err}") from None
 
     def close(self) -> None:
         self._file.close()

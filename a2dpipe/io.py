@@ -24,6 +24,7 @@ __all__ = [
     "atomic_path",
     "open_hdf5",
     "unreadable_artifact",
+    "reading_artifact",
     "HDF5Store",
     "setup_logging",
     "load_config",
@@ -170,6 +171,24 @@ def open_hdf5(path: str | os.PathLike, what: str):
         raise unreadable_artifact(path, what, problem) from None
 
 
+@contextlib.contextmanager
+def reading_artifact(path: str | os.PathLike, what: str, item: str):
+    """Turn an HDF5 failure while reading ``item`` of ``path`` into :class:`A2DError` naming the file and its rebuild.
+
+    HDF5 reports a flipped bit or a cut-off chunk as a bare ``OSError`` (failed filter or checksum), ``KeyError``
+    (damaged object header) or ``RuntimeError`` (damaged link table), none of which names the file.
+
+    >>> with reading_artifact("results/frames/shard-000.h5", "frames shard", "frame v/00001"):  # doctest: +SKIP
+    ...     rgb = group["rgb"][()]
+    """
+    try:
+        yield
+    except A2DError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        raise unreadable_artifact(path, what, f"cannot read {item}: {err}") from None
+
+
 class HDF5Store:
     """Base of the read-only per-frame stores (frames, flow, region masks): the open file and its closing.
 
@@ -182,19 +201,9 @@ class HDF5Store:
         self.what = what
         self._file = open_hdf5(self.path, what)
 
-    @contextlib.contextmanager
     def reading(self, item: str):
-        """Turn an HDF5 failure while reading ``item`` into :class:`A2DError` naming the file and its rebuild.
-
-        HDF5 reports a flipped bit or a cut-off chunk as a bare ``OSError`` (failed filter or checksum),
-        ``KeyError`` (damaged object header) or ``RuntimeError`` (damaged link table), none naming the file.
-        """
-        try:
-            yield
-        except A2DError:
-            raise
-        except (OSError, KeyError, ValueError, RuntimeError) as err:
-            raise unreadable_artifact(self.path, self.what, f"cannot read {item}: {err}") from None
+        """Context manager: an HDF5 failure while reading ``item`` names this file (:func:`reading_artifact`)."""
+        return reading_artifact(self.path, self.what, item)
 
     def close(self) -> None:
         self._file.close()

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from a2dpipe.dataset.frames import masks_to_boxes  # the frames' own convention, re-exported here
-from a2dpipe.io import A2DError, open_hdf5
+from a2dpipe.io import A2DError, open_hdf5, reading_artifact
 
 __all__ = ["FrameRef", "list_frames", "masks_to_boxes", "InstanceReader"]
 
@@ -80,12 +80,13 @@ class InstanceReader:
     def read(self, ref: FrameRef, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         group = self.group(ref)
         path = self.paths[ref.store]
-        try:
-            rgb = group["rgb"][()]
-            masks = group["instance_masks"][()].astype(np.uint8)
-            actors = group["instance_ids"][()].astype(np.int64) // 10
-        except KeyError as err:
-            raise A2DError(f"{path}: frame {ref.video}/{ref.frame:05d} lacks {err} (Frames contract)") from None
+        with reading_artifact(path, "frames store", f"frame {ref.video}/{ref.frame:05d}"):
+            try:
+                rgb = group["rgb"][()]
+                masks = group["instance_masks"][()].astype(np.uint8)
+                actors = group["instance_ids"][()].astype(np.int64) // 10
+            except KeyError as err:
+                raise A2DError(f"{path}: frame {ref.video}/{ref.frame:05d} lacks {err} (Frames contract)") from None
         keep = (actors >= 1) & (actors <= 7)
         masks, labels = masks[keep], actors[keep]
         if source == "generic":

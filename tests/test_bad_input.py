@@ -1,7 +1,8 @@
 """Bad input gives a clear error naming the file or config key, and leaves nothing that looks finished.
 
-Each case corrupts one thing in a tiny synthetic dataset (or config) and runs the command a rule would run. Known
-defects of the real A2D release (duplicated instances, more masks than ids) are repaired and logged, not fatal.
+Each case corrupts one thing in a tiny synthetic dataset (or config, or an intermediate artifact) and runs the
+command a rule would run. Known defects of the real A2D release (duplicated instances, more masks than ids) and
+boxes that leave the frame are repaired and logged, not fatal; so are stray files beside the annotations.
 """
 
 from __future__ import annotations

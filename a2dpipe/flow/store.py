@@ -61,8 +61,9 @@ class FlowStore(HDF5Store):
         name = group_name(video, frame)
         if name not in self._file:
             raise A2DError(f"{self.path}: no flow for video {video!r} frame {int(frame)} (group {name!r})")
-        group = self._file[name]
-        return group["flow"][()].astype(np.float32), group["rgb"][()]
+        with self.reading(f"frame {name}"):
+            group = self._file[name]
+            return group["flow"][()].astype(np.float32), group["rgb"][()]
 
 
 class FlowWriter:

@@ -38,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from a2dpipe.io import A2DError, HDF5Store, atomic_path
+from a2dpipe.io import A2DError, HDF5Store, atomic_path, unreadable_artifact
 
 __all__ = ["Regions", "MaskCache", "MaskCacheWriter", "SCHEMA", "SOURCES"]
 
@@ -218,7 +218,8 @@ class MaskCache(HDF5Store):
                 masks=masks.astype(np.float32) * np.float32(1.0 / _QUANT),
             )
         except (OSError, KeyError) as err:
-            raise A2DError(f"{self.path}: frame {key} is damaged (truncated file?): {err}") from None
+            problem = f"frame {key} is damaged (truncated file?): {err}"
+            raise unreadable_artifact(self.path, self.what, problem) from None
 
 
 

@@ -114,7 +114,7 @@ def _replace(tmp: Path, final: Path) -> None:
     if not (final.is_dir() and not final.is_symlink()):
         os.replace(tmp, final)
         return
-    aside = final.with_name(f".{final.name}.old-{_writer_token()}")
+    aside = final.with_name(f".{final.name}.tmp-{_writer_token()}")  # named as a temporary: a kill leaves no junk
     os.replace(final, aside)
     os.replace(tmp, final)
     _remove(aside)

@@ -122,6 +122,9 @@ def test_shard_holds_the_contract(dataset, tmp_path):
             assert rec.split == row.split
             assert (rec.neighbour_frame, rec.direction) == neighbour_of(row.frame, row.num_frames, "next")
         assert (rows["video"].iloc[0], int(rows["frame"].iloc[0])) in store
+        for split in ("train", "test"):  # listed from attributes; the same frames the index gives that split
+            chosen = rows[rows["split"] == split]
+            assert store.keys(split) == sorted(zip(chosen["video"], chosen["frame"]))
 
 
 def test_flow_partner_rules():

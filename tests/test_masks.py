@@ -16,7 +16,7 @@ from a2dpipe.masks import MaskCache, MaskCacheWriter, Regions
 from a2dpipe.masks import train as train_module
 from a2dpipe.masks.data import masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mask_model
-from a2dpipe.masks.quality import coco_mask_ap, mask_quality
+from a2dpipe.masks.quality import EncodedFrame, coco_mask_ap, mask_quality
 from a2dpipe.masks.stage import cache_regions
 
 # actor -> colour of its synthetic shape; distractors are grey
@@ -294,6 +294,8 @@ def test_mask_ap_is_perfect_for_ground_truth_and_drops_with_false_positives(shar
     perfect = copy.deepcopy(noisy)
     for r in perfect:
         r.labels[-1] = r.labels[0]
+    truth = [EncodedFrame.from_masks(masks, labels) for masks, labels in truth]
+    noisy, perfect = ([EncodedFrame.from_regions(r) for r in found] for found in (noisy, perfect))
     assert coco_mask_ap(truth, noisy, agnostic=False)["AP"] == pytest.approx(100.0)  # label 0 matches no actor
     assert coco_mask_ap(truth, noisy, agnostic=True)["AP"] < 90.0
     assert coco_mask_ap(truth, perfect, agnostic=False)["AP"] < 90.0

@@ -81,9 +81,14 @@ class FrameStore(HDF5Store):
     def attrs(self) -> dict:
         return dict(self._file.attrs)
 
-    def keys(self) -> list[tuple[str, int]]:
-        """(video, frame) of every stored frame, sorted."""
-        return list(self._keys)
+    def keys(self, split: str | None = None) -> list[tuple[str, int]]:
+        """(video, frame) of every stored frame, sorted; only those of ``split`` when given.
+
+        The split is a group attribute: listing a split reads no frame data.
+        """
+        if split is None:
+            return list(self._keys)
+        return [(v, f) for v, f in self._keys if self._file[f"{v}/{f:05d}"].attrs["split"] == split]
 
     def __len__(self) -> int:
         return len(self._keys)

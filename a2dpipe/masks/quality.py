@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from pycocotools.cocoeval import COCOeval
 
 from a2dpipe.io import A2DError, atomic_path, load_config
 from a2dpipe.labels import ACTORS
-from a2dpipe.masks.cache import MaskCache
+from a2dpipe.masks.cache import MaskCache, Regions
 from a2dpipe.masks.data import InstanceReader, list_frames
 
 log = logging.getLogger("a2dpipe.masks")
@@ -56,68 +57,96 @@ def run(args) -> None:
 
 
 def mask_quality(frames: list[str | Path], caches: dict[str, list[str | Path]]) -> pd.DataFrame:
-    """AP table of the given sources (see the module docstring) over the test frames of ``frames``."""
+    """AP table of the given sources (see the module docstring) over the test frames of ``frames``.
+
+    Streams frame by frame: each frame's instances and regions are read, run-length encoded at once and dropped, so
+    memory holds only the compact encodings (a full-size A2D test split as float masks would need tens of GB).
+    """
     refs = list_frames(frames, split="test")
     if not refs:
         raise A2DError(f"{frames[0]}: no test-split frames to measure mask quality on")
-    with InstanceReader(frames) as reader:
-        truth = [reader.read(ref, "dataset")[1:] for ref in refs]
+    sources = {source: paths for source, paths in caches.items() if paths}
+    truth, found = _encode_frames(frames, refs, sources)
     rows = []
-    for source, paths in caches.items():
-        if not paths:
-            continue
-        regions = _read_regions(paths, refs)
-        agnostic_only = source == "generic"
-        for categories in (("agnostic",) if agnostic_only else ("actor", "agnostic")):
-            ap = coco_mask_ap(truth, regions, agnostic=categories == "agnostic")
+    for source, detections in found.items():
+        for categories in (("agnostic",) if source == "generic" else ("actor", "agnostic")):
+            ap = coco_mask_ap(truth, detections, agnostic=categories == "agnostic")
             rows.append({"source": source, "categories": categories, **ap, "frames": len(refs),
-                         "regions_per_frame": float(np.mean([len(r) for r in regions]))})
+                         "regions_per_frame": float(np.mean([len(d) for d in detections]))})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _read_regions(paths, refs):
-    caches = [MaskCache(p) for p in paths]
-    try:
-        found = []
+def _encode_frames(frames, refs, sources):
+    """Ground truth and every source's regions of ``refs``, one frame at a time, as :class:`EncodedFrame` lists."""
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(InstanceReader(frames))
+        caches = {s: [stack.enter_context(MaskCache(p)) for p in paths] for s, paths in sources.items()}
+        truth, found = [], {source: [] for source in sources}
         for ref in refs:
-            holder = next((c for c in caches if (ref.video, ref.frame) in c), None)
-            if holder is None:
-                raise A2DError(f"{paths[0]}: no cached regions for test frame {ref.video}/{ref.frame:05d}")
-            found.append(holder.read(ref.video, ref.frame))
-        return found
-    finally:
-        for c in caches:
-            c.close()
+            rgb, masks, labels = reader.read(ref, "dataset")
+            size = rgb.shape[:2]
+            truth.append(EncodedFrame.from_masks(masks, labels, size=size))
+            for source, source_caches in caches.items():
+                holder = next((c for c in source_caches if (ref.video, ref.frame) in c), None)
+                if holder is None:
+                    raise A2DError(f"{sources[source][0]}: no cached regions for test frame {ref.video}/{ref.frame:05d}")
+                found[source].append(EncodedFrame.from_regions(holder.read(ref.video, ref.frame)))
+    return truth, found
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """One frame's instances or regions as COCO run-length encodings: size (H, W), rles, labels, scores."""
+
+    size: tuple[int, int]
+    rles: list[dict]
+    labels: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def from_masks(cls, masks: np.ndarray, labels, scores=None, *, size=None) -> "EncodedFrame":
+        """From (N, H, W) binary masks (``size`` needed only when N is 0 and masks carry no H, W)."""
+        labels = np.asarray(labels, np.int64)
+        scores = np.ones(len(labels), np.float32) if scores is None else np.asarray(scores, np.float32)
+        return cls(tuple(size or masks.shape[1:]), _rle(masks), labels, scores)
+
+    @classmethod
+    def from_regions(cls, regions: Regions) -> "EncodedFrame":
+        """From cached regions, their soft masks cut at 0.5."""
+        return cls.from_masks(regions.masks >= 0.5, regions.labels, regions.scores, size=regions.size)
+
+    def __len__(self) -> int:
+        return len(self.rles)
 
 
 def _rle(masks: np.ndarray) -> list[dict]:
+    if len(masks) == 0:
+        return []
     encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
     for e in encoded:
         e["counts"] = e["counts"].decode("ascii")
     return encoded
 
 
-def coco_mask_ap(truth, regions, *, agnostic: bool) -> dict[str, float]:
-    """Mask AP (percent) of ``regions`` (list of :class:`Regions`) against ``truth`` (list of (masks, labels)).
+def coco_mask_ap(truth: list[EncodedFrame], regions: list[EncodedFrame], *, agnostic: bool) -> dict[str, float]:
+    """Mask AP (percent) of ``regions`` against ``truth``, frame by frame (scores of ``truth`` are unused).
 
     ``agnostic``: one category; otherwise the 7 actor categories (regions labelled 0 can then match nothing).
     """
     categories = [{"id": 1, "name": "actor"}] if agnostic else [{"id": i + 1, "name": n} for i, n in enumerate(ACTORS)]
     images, annotations, detections = [], [], []
-    for image_id, ((masks, labels), found) in enumerate(zip(truth, regions), start=1):
+    for image_id, (gt, found) in enumerate(zip(truth, regions), start=1):
         height, width = found.size
         images.append({"id": image_id, "height": height, "width": width})
-        if len(masks):
-            for rle, label in zip(_rle(masks), labels):
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_id, "category_id": 1 if agnostic else int(label),
-                    "segmentation": rle, "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
-                    "iscrowd": 0,
-                })
-        if len(found):
-            for rle, label, score in zip(_rle(found.masks >= 0.5), found.labels, found.scores):
-                detections.append({"image_id": image_id, "category_id": 1 if agnostic else int(label),
-                                   "segmentation": rle, "score": float(score)})
+        for rle, label in zip(gt.rles, gt.labels):
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1 if agnostic else int(label),
+                "segmentation": rle, "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
+                "iscrowd": 0,
+            })
+        for rle, label, score in zip(found.rles, found.labels, found.scores):
+            detections.append({"image_id": image_id, "category_id": 1 if agnostic else int(label),
+                               "segmentation": rle, "score": float(score)})
     if not annotations:
         raise A2DError("no actor instances in the test split: mask AP is undefined")
     detections = [d for d in detections if d["category_id"] >= 1]  # label 0 (actor unknown) matches no actor class

@@ -97,9 +97,7 @@ class StoreSamples:
         self._index: list[tuple[Path, str, int]] = []
         for path in self.frame_paths:
             with FrameStore(path) as store:
-                for video, frame in store.keys():
-                    if store.read(video, frame).split == split:
-                        self._index.append((path, video, int(frame)))
+                self._index += [(path, video, frame) for video, frame in store.keys(split)]
             if self.uses_flow and path.name not in self.flow_paths:
                 raise A2DError(f"{path}: no flow store for this shard")
             if self.mask_paths and path.name not in self.mask_paths:

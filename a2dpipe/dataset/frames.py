@@ -88,7 +88,8 @@ class FrameStore(HDF5Store):
         """
         if split is None:
             return list(self._keys)
-        return [(v, f) for v, f in self._keys if self._file[f"{v}/{f:05d}"].attrs["split"] == split]
+        with self.reading("the split of each frame"):
+            return [(v, f) for v, f in self._keys if self._file[f"{v}/{f:05d}"].attrs["split"] == split]
 
     def __len__(self) -> int:
         return len(self._keys)

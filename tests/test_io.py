@@ -85,3 +85,26 @@ def test_load_config_names_the_file(tmp_path):
         load_config(bad)
     with pytest.raises(A2DError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_damaged_hdf5_artifact_names_the_file_and_its_rebuild(tmp_path):
+    import h5py
+    import numpy as np
+
+    from a2dpipe.io import HDF5Store
+
+    path = tmp_path / "shard-000.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v/00001/rgb", data=np.arange(4096, dtype=np.uint8), fletcher32=True)
+        chunk = f["v/00001/rgb"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + 100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with HDF5Store(path, "frames shard") as store, pytest.raises(A2DError) as err:
+        with store.reading("frame v/00001"):
+            store._file["v/00001/rgb"][()]
+    assert str(err.value).startswith(f"{path}: cannot read frame v/00001: ")
+    assert "rebuild it with `snakemake --forcerun extract_frames`, or delete it" in str(err.value)
+    path.write_bytes(bytes(data[:1000]))
+    with pytest.raises(A2DError, match="not a readable HDF5 file .*`snakemake --forcerun extract_frames`"):
+        HDF5Store(path, "frames shard")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError, atomic_path, load_config, open_hdf5
+from a2dpipe.io import A2DError, atomic_path, load_config, open_hdf5, reading_artifact
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 
 __all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
@@ -59,7 +59,9 @@ def iter_test_labels(frame_paths):
                         continue
                     if "label" not in group:
                         raise A2DError(f"{path}: group {video}/{name} has no 'label' dataset")
-                    yield video, int(name), group["label"][()]
+                    with reading_artifact(path, "frames store", f"frame {video}/{name}"):
+                        label = group["label"][()]
+                    yield video, int(name), label
 
 
 def _read_prediction(f, path, key: str, settings_from: str, shape) -> dict | np.ndarray:
@@ -70,7 +72,8 @@ def _read_prediction(f, path, key: str, settings_from: str, shape) -> dict | np.
     missing = [n for n in names if n not in group]
     if missing:
         raise A2DError(f"{path}: group {key} lacks dataset(s) {missing}")
-    maps = {n: group[n][()] for n in names}
+    with reading_artifact(path, "prediction file", f"frame {key}"):
+        maps = {n: group[n][()] for n in names}
     for n, m in maps.items():
         if m.shape != tuple(shape):
             raise A2DError(f"{path}: {key}/{n} has shape {m.shape}, the frame is {tuple(shape)}")

@@ -404,6 +404,18 @@ def test_stage2_ground_truth_regions_are_boxed_by_their_masks(dataset, tiny_conf
     assert not np.array_equal(sample["boxes"][0], record.instance_boxes[0])
 
 
+def test_distractor_index_of_another_size(dataset, tiny_config, tmp_path):
+    import cv2
+
+    from a2dpipe.dataset.synthetic import distractor_path
+
+    video, frame = first_annotated(dataset)
+    path = distractor_path(dataset, video, frame)
+    cv2.imwrite(str(path), np.zeros((7, 5), np.uint8))
+    proc, out, _ = extract(dataset, tiny_config, tmp_path)
+    assert_clear_failure(proc, out, path, "distractor index is 5x7")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Damaged intermediate artifacts: an error naming the file and the rule that rebuilds it
 # --------------------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from a2dpipe import labels
 from a2dpipe.dataset.a2d import annotation_path, masks_to_boxes, read_annotation, read_clip_frames, video_path
 from a2dpipe.dataset.index import read_index
 from a2dpipe.io import A2DError, atomic_path, HDF5Store, load_config
-from a2dpipe.dataset.synthetic import read_distractors
+from a2dpipe.dataset.synthetic import distractor_path, read_distractors
 
 log = logging.getLogger(__name__)
 
@@ -230,4 +230,9 @@ def _write_frame(f: h5py.File, root: Path, row, decoded: dict, partner: tuple[in
     g.create_dataset("instance_ids", data=ann.ids.astype(np.uint8), **(opts if masks.size else {}))
     distractors = read_distractors(root, video, frame)  # None on real A2D
     if distractors is not None:
+        if distractors.shape[1:] != rgb.shape[:2]:
+            raise A2DError(
+                f"{distractor_path(root, video, frame)}: distractor index is {distractors.shape[2]}x"
+                f"{distractors.shape[1]} but frame {frame} of video {video} is {rgb.shape[1]}x{rgb.shape[0]}"
+            )
         g.create_dataset("distractor_masks", data=distractors, **(opts if distractors.size else {}))

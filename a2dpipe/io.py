@@ -10,13 +10,17 @@ import contextlib
 import glob
 import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 import yaml
 
-__all__ = ["A2DError", "atomic_path", "open_hdf5", "setup_logging", "load_config", "select_device"]
+__all__ = ["A2DError", "atomic_path", "open_hdf5", "unreadable_artifact", "reading_artifact", "setup_logging",
+           "load_config", "select_device"]
 
 log = logging.getLogger("a2dpipe")
 
@@ -29,17 +33,19 @@ class A2DError(RuntimeError):
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Works for files and directories. On any exception the temporary is removed and the final path is untouched;
-    temporaries of ``path`` left by a killed writer are removed first (Snakemake runs one writer per output).
+    Works for files and directories. On any exception the temporary is removed and the final path is untouched.
+    Each writer gets its own temporary, ``.<name>.tmp-<host>-<pid>-<random>``, so two writers of one output (two
+    commands started by hand) never share one; the last to finish wins. Temporaries of ``path`` whose writer is
+    gone (same host, process no longer running) are removed first; a live writer's, or one from another host
+    (where liveness cannot be checked), is left alone.
 
     >>> with atomic_path("out.h5") as tmp:      # doctest: +SKIP
     ...     write_everything(tmp)
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):  # left by a writer that was killed
-        _remove(stale)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    _remove_stale_temporaries(final)
+    tmp = final.with_name(f".{final.name}.tmp-{_writer_token()}")
     try:
         yield tmp
     except BaseException:
@@ -47,8 +53,62 @@ def atomic_path(path: str | os.PathLike):
         raise
     if not tmp.exists():
         raise A2DError(f"{final}: the writer produced no output")
-    _remove(final)
+    _replace(tmp, final)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _writer_token() -> str:
+    """``<host>-<pid>-<random>``: unique per writer, even for several writers in one process."""
+    return f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _writer_is_gone(token: str) -> bool:
+    """Whether the writer named by a temporary's token has certainly stopped (only decidable on this host).
+
+    Tokens are ``<host>-<pid>-<random>``; a bare ``<pid>`` (older temporaries) is taken as this host's.
+    """
+    parts = token.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        host, pid = parts[0], int(parts[1])
+    elif token.isdigit():
+        host, pid = _host(), int(token)
+    else:
+        return False  # not a temporary this function wrote: not ours to judge
+    if host != _host():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    prefix = f".{final.name}.tmp-"
+    for temporary in final.parent.glob(f"{glob.escape(prefix)}*"):
+        token = temporary.name[len(prefix):]
+        if _writer_is_gone(token):
+            log.info("%s: removing the temporary of a writer that is gone", temporary)
+            _remove(temporary)
+        else:
+            log.info("%s: another writer's temporary (still running, or on another host); left alone", temporary)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` onto ``final``: one atomic rename for a file; for a directory the old one is first renamed
+    aside (a rename cannot replace a non-empty directory), then removed."""
+    if not (final.is_dir() and not final.is_symlink()):
+        os.replace(tmp, final)
+        return
+    aside = final.with_name(f".{final.name}.tmp-{_writer_token()}")  # named as a temporary: a kill leaves no junk
+    os.replace(final, aside)
     os.replace(tmp, final)
+    _remove(aside)
 
 
 def _remove(path: Path) -> None:
@@ -58,11 +118,38 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+# The rule that writes each intermediate artifact (by the name readers give it), so that the error for an
+# unreadable one can say how to rebuild it.
+REBUILT_BY = {
+    "index": "index",
+    "frames shard": "extract_frames",
+    "frames store": "extract_frames",
+    "flow cache": "flow",
+    "region-mask cache": "region_masks",
+    "predictions file": "predict",
+}
+
+
+def unreadable_artifact(path: str | os.PathLike, what: str, problem: str) -> A2DError:
+    """The error for an artifact that exists but cannot be read (truncated, bit-flipped, hand-edited).
+
+    Names the file, the problem and how to rebuild it: ``snakemake --forcerun <rule>`` when ``what`` is an
+    artifact of :data:`REBUILT_BY`, and in every case deleting it and running snakemake again. Nothing is deleted
+    here: the file may be the only copy of something the user wants to inspect.
+    """
+    rule = REBUILT_BY.get(what)
+    rebuild = f"`snakemake --forcerun {rule}`, or delete it and run snakemake again" if rule else (
+        "delete it and run snakemake again"
+    )
+    return A2DError(f"{path}: {problem}; the {what} is damaged or incomplete: rebuild it with {rebuild}")
+
+
 def open_hdf5(path: str | os.PathLike, what: str):
     """Open ``path`` read-only as an ``h5py.File``; :class:`A2DError` naming the file when it cannot be.
 
     ``what`` names the artifact expected there (``"frames shard"``, ``"flow cache"`` ...) for the messages
-    ``<path>: <what> not found`` and ``<path>: not a readable HDF5 file (<what>; truncated or another format?): ...``.
+    ``<path>: <what> not found`` and ``<path>: not a readable HDF5 file (...): ...`` followed by how to rebuild
+    it (:func:`unreadable_artifact`).
     """
     import h5py  # here, so that importing a2dpipe.io stays light
 
@@ -71,7 +158,26 @@ def open_hdf5(path: str | os.PathLike, what: str):
     except FileNotFoundError:
         raise A2DError(f"{path}: {what} not found") from None
     except OSError as err:
-        raise A2DError(f"{path}: not a readable HDF5 file ({what}; truncated or another format?): {err}") from None
+        problem = f"not a readable HDF5 file (truncated or another format?): {err}"
+        raise unreadable_artifact(path, what, problem) from None
+
+
+@contextlib.contextmanager
+def reading_artifact(path: str | os.PathLike, what: str, item: str):
+    """Turn an HDF5 failure while reading ``item`` of ``path`` into :class:`A2DError` naming the file and its rebuild.
+
+    HDF5 reports a flipped bit or a cut-off chunk as a bare ``OSError`` (failed filter or checksum), ``KeyError``
+    (damaged object header) or ``RuntimeError`` (damaged link table), none of which names the file.
+
+    >>> with reading_artifact("results/frames/shard-000.h5", "frames shard", "frame v/00001"):  # doctest: +SKIP
+    ...     rgb = group["rgb"][()]
+    """
+    try:
+        yield
+    except A2DError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        raise unreadable_artifact(path, what, f"cannot read {item}: {err}") from None
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe.config import stamp_attrs
-from a2dpipe.io import A2DError, atomic_path, open_hdf5
+from a2dpipe.io import A2DError, atomic_path, open_hdf5, reading_artifact
 
 __all__ = ["ArtifactFormat", "ArtifactReader", "ArtifactWriter", "group_key", "parse_key"]
 
@@ -107,10 +107,11 @@ class ArtifactReader:
 
         Reads group names (and, for a split, group attributes), never a dataset.
         """
-        keys = sorted((video, int(frame)) for video in self._file for frame in self._file[video])
-        if split is None:
-            return keys
-        return [key for key in keys if self.split_of(*key) == split]
+        with self.reading("the list of frames"):
+            keys = sorted((video, int(frame)) for video in self._file for frame in self._file[video])
+            if split is None:
+                return keys
+            return [key for key in keys if self.split_of(*key) == split]
 
     def split_of(self, video: str, frame: int) -> str:
         """The ``split`` attribute of one frame's group."""
@@ -139,11 +140,13 @@ class ArtifactReader:
         if missing:
             raise A2DError(f"{self.path}: frame {group_key(video, frame)} lacks dataset(s) {missing} "
                            f"({self.FORMAT.what} layout)")
-        try:
+        with self.reading(f"frame {group_key(video, frame)}"):
             return {name: group[name][()] for name in (*names, *(n for n in optional if n in group))}
-        except OSError as err:
-            key = group_key(video, frame)
-            raise A2DError(f"{self.path}: frame {key} is damaged (truncated file?): {err}") from None
+
+    def reading(self, item: str):
+        """Context manager: an HDF5 failure while reading ``item`` is an error naming this file and how to
+        rebuild it (:func:`a2dpipe.io.reading_artifact`)."""
+        return reading_artifact(self.path, self.FORMAT.what, item)
 
     def close(self) -> None:
         self._file.close()

@@ -1,7 +1,8 @@
 """Bad input gives a clear error naming the file or config key, and leaves nothing that looks finished.
 
-Each case corrupts one thing in a tiny synthetic dataset (or config) and runs the command a rule would run. Known
-defects of the real A2D release (duplicated instances, more masks than ids) are repaired and logged, not fatal.
+Each case corrupts one thing in a tiny synthetic dataset (or config, or an intermediate artifact) and runs the
+command a rule would run. Known defects of the real A2D release (duplicated instances, more masks than ids) and
+boxes that leave the frame are repaired and logged, not fatal; so are stray files beside the annotations.
 """
 
 from __future__ import annotations
@@ -213,3 +214,271 @@ def test_config_value_of_wrong_type_or_range(tmp_path, tiny_config, snakemake_ru
     assert phrase in proc.stdout, proc.stdout[-3000:]
     assert f"On instance['{section}']['{key}']" in proc.stdout, proc.stdout[-3000:]  # names the key
     assert not (tmp_path / "results").exists()  # rejected before any job
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ids and names: a video id is a plain file name, an annotation is <5 digits>.mat
+# --------------------------------------------------------------------------------------------------------------
+
+
+def set_first_video_id(root, video):
+    videoset = pd.read_csv(root / "videoset.csv", header=None, dtype=str, keep_default_na=False)
+    videoset.iloc[0, 0] = video
+    videoset.to_csv(root / "videoset.csv", header=False, index=False)
+
+
+@pytest.mark.parametrize(
+    "video", ["../escape", "sub/clip", "..", "back\\slash", "bell\x07", "ABSOLUTE"], ids=repr
+)
+def test_video_id_that_is_not_a_plain_file_name(dataset, tiny_config, tmp_path, video):
+    if video == "ABSOLUTE":  # an existing folder outside the dataset, which the id would otherwise read
+        video = str(tmp_path / "elsewhere")
+        (tmp_path / "elsewhere").mkdir()
+    set_first_video_id(dataset, video)
+    out = tmp_path / "out" / "index.csv"
+    proc = a2dpipe("index", "--config", tiny_config, "--root", dataset, "--out", out)
+    assert_clear_failure(proc, out, dataset / "videoset.csv", "row 1", repr(video), "not a plain file name")
+
+
+def test_header_row_in_videoset(dataset, tiny_config, tmp_path):
+    csv = dataset / "videoset.csv"
+    csv.write_text("video_id,label,start_time,end_time,height,width,num_frames,num_annotated_frames,usage\n"
+                   + csv.read_text())
+    out = tmp_path / "out" / "index.csv"
+    proc = a2dpipe("index", "--config", tiny_config, "--root", dataset, "--out", out)
+    assert_clear_failure(proc, out, csv, "row 1 looks like a header", "no header row")
+
+
+def test_non_numeric_cell_in_videoset_names_row_and_column(dataset, tiny_config, tmp_path):
+    videoset = pd.read_csv(dataset / "videoset.csv", header=None, dtype=str)
+    videoset.iloc[2, 6] = "many"  # num_frames of the third video
+    videoset.to_csv(dataset / "videoset.csv", header=False, index=False)
+    out = tmp_path / "out" / "index.csv"
+    proc = a2dpipe("index", "--config", tiny_config, "--root", dataset, "--out", out)
+    assert_clear_failure(proc, out, "row 3", "'num_frames' holds 'many'")
+
+
+def test_two_files_of_one_frame(dataset, tiny_config, tmp_path):
+    video, frame = first_annotated(dataset)
+    padded = annotation_path(dataset, video, frame)
+    unpadded = padded.with_name(f"{frame}.mat")
+    shutil.copy(padded, unpadded)
+    out = tmp_path / "out" / "index.csv"
+    proc = a2dpipe("index", "--config", tiny_config, "--root", dataset, "--out", out)
+    assert_clear_failure(proc, out, padded, unpadded, f"both annotate frame {frame}")
+
+
+def test_annotation_name_that_is_not_five_digits(dataset, tiny_config, tmp_path):
+    video, frame = first_annotated(dataset)
+    unpadded = annotation_path(dataset, video, frame).with_name(f"{frame}.mat")
+    annotation_path(dataset, video, frame).rename(unpadded)
+    out = tmp_path / "out" / "index.csv"
+    proc = a2dpipe("index", "--config", tiny_config, "--root", dataset, "--out", out)
+    assert_clear_failure(proc, out, unpadded, "must be named <5 digits>.mat")
+
+
+def test_stray_files_beside_annotations_are_skipped_and_logged(dataset, tiny_config, tmp_path):
+    video, _ = first_annotated(dataset)
+    folder = dataset / "Annotations" / "mat" / video
+    (folder / "Thumbs.db").write_bytes(b"\0" * 16)
+    (folder / "notes").mkdir()
+    out, log = tmp_path / "out" / "index.csv", tmp_path / "index.log"
+    proc = a2dpipe("index", "--config", tiny_config, "--root", dataset, "--out", out, "--log", log)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("Thumbs.db", "notes"):
+        assert f"{folder / name}: not an annotation file (<5 digits>.mat); skipped" in log.read_text()
+    num_annotated_frames = pd.read_csv(dataset / "videoset.csv", header=None)[7]
+    assert len(pd.read_csv(out)) == num_annotated_frames.sum()
+
+
+def test_video_id_in_a_damaged_index(dataset, tiny_config, tmp_path):
+    index = index_of(dataset, tiny_config, tmp_path)
+    table = pd.read_csv(index, dtype=str)
+    table.loc[0, "video"] = "../" + table.loc[0, "video"]
+    table.to_csv(index, index=False)
+    out = tmp_path / "frames" / "shard-000.h5"
+    proc = a2dpipe("extract-frames", "--config", tiny_config, "--root", dataset, "--index", index, "--shard", "000",
+                   "--out", out)
+    assert_clear_failure(proc, out, index, "line 2", "not a plain file name")
+
+
+def test_index_missing_a_column_says_how_to_rebuild_it(dataset, tiny_config, tmp_path):
+    index = index_of(dataset, tiny_config, tmp_path)
+    pd.read_csv(index, dtype=str).drop(columns="num_frames").to_csv(index, index=False)
+    out = tmp_path / "frames" / "shard-000.h5"
+    proc = a2dpipe("extract-frames", "--config", tiny_config, "--root", dataset, "--index", index, "--shard", "000",
+                   "--out", out)
+    assert_clear_failure(proc, out, index, "lacks column(s) ['num_frames']", "snakemake --forcerun index")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Numbers: finite values, boxes inside the frame, boxes that agree with their masks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_fields(path):
+    """reMask with its instance axis, reBBox and id, in the h5py layout (transposed)."""
+    with h5py.File(path, "r") as f:
+        mask, box, ids = f["reMask"][()], f["reBBox"][()], f["id"][()]
+    return (mask[None] if mask.ndim == 2 else mask), box, ids
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_box_with_non_finite_value(dataset, tiny_config, tmp_path, value):
+    video, frame = annotated_with_instances(dataset, 2)
+    path = annotation_path(dataset, video, frame)
+    _, box, ids = read_fields(path)
+    box[2, 1] = value  # x2 of the second instance
+    rewrite_field(path, "reBBox", box)
+    proc, out, _ = extract(dataset, tiny_config, tmp_path)
+    assert_clear_failure(proc, out, path, f"reBBox of instance 2 (id {int(ids[0, 1])}) holds NaN or infinite values")
+
+
+def test_mask_that_is_all_nan(dataset, tiny_config, tmp_path):
+    video, frame = first_annotated(dataset)
+    path = annotation_path(dataset, video, frame)
+    mask, _, ids = read_fields(path)
+    mask = mask.astype(np.float64)
+    mask[0] = np.nan
+    rewrite_field(path, "reMask", mask if len(mask) > 1 else mask[0])
+    proc, out, _ = extract(dataset, tiny_config, tmp_path)
+    assert_clear_failure(proc, out, path, f"reMask of instance 1 (id {int(ids[0, 0])}) holds NaN or infinite values")
+
+
+@pytest.mark.parametrize(
+    "case, box",
+    [
+        ("outside the frame", lambda b, w, h: [w + 5, h + 5, w + 20, h + 20]),
+        ("inverted", lambda b, w, h: [b[2], b[1], b[0], b[3]]),
+        ("of zero area", lambda b, w, h: [b[0], b[1], b[0], b[3]]),
+    ],
+)
+def test_degenerate_box_drops_its_instance_and_is_logged(dataset, tiny_config, tmp_path, case, box):
+    video, frame = annotated_with_instances(dataset, 2)
+    path = annotation_path(dataset, video, frame)
+    ann = read_annotation(path)
+    _, boxes, _ = read_fields(path)
+    boxes[:, 0] = box(boxes[:, 0], ann.width, ann.height)
+    rewrite_field(path, "reBBox", boxes)
+    proc, out, log = extract(dataset, tiny_config, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{path}: dropped instance 1 (id {ann.ids[0]}): its box is empty once clipped to the frame" in log.read_text()
+    with FrameStore(out) as store:
+        record = store.read(video, frame)
+    np.testing.assert_array_equal(record.instance_ids, ann.ids[1:])
+    np.testing.assert_array_equal(record.instance_boxes, ann.boxes[1:])
+
+
+def test_box_partly_outside_is_clipped_and_its_disagreement_with_the_mask_logged(dataset, tiny_config, tmp_path):
+    video, frame = first_annotated(dataset)
+    path = annotation_path(dataset, video, frame)
+    ann = read_annotation(path)
+    _, boxes, _ = read_fields(path)
+    boxes[:, 0] = [-30, -30, ann.width + 30, boxes[3, 0]]  # x1, y1, x2 beyond the frame
+    rewrite_field(path, "reBBox", boxes)
+    proc, out, log = extract(dataset, tiny_config, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    clipped = [0.0, 0.0, float(ann.width), float(boxes[3, 0])]
+    assert f"{path}: instance 1 (id {ann.ids[0]}): box {clipped} differs from its mask's extent" in log.read_text()
+    with FrameStore(out) as store:
+        np.testing.assert_array_equal(store.read(video, frame).instance_boxes[0], clipped)
+
+
+def test_stage2_ground_truth_regions_are_boxed_by_their_masks(dataset, tiny_config, tmp_path):
+    from a2dpipe.dataset.frames import masks_to_boxes
+    from a2dpipe.segmentation.samples import StoreSamples
+
+    video, frame = annotated_with_instances(dataset, 1)
+    path = annotation_path(dataset, video, frame)
+    _, boxes, _ = read_fields(path)
+    boxes[:, 0] += [1, 1, -1, -1]  # a stored box that cuts into its mask
+    rewrite_field(path, "reBBox", boxes)
+    proc, out, _ = extract(dataset, tiny_config, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with FrameStore(out) as store:
+        record = store.read(video, frame)
+    samples = StoreSamples([out], split=record.split, gt_regions=True)
+    sample = samples.load(samples.keys().index((video, frame)))
+    samples.close()
+    np.testing.assert_array_equal(sample["boxes"], masks_to_boxes(record.instance_masks))
+    assert not np.array_equal(sample["boxes"][0], record.instance_boxes[0])
+
+
+def test_distractor_index_of_another_size(dataset, tiny_config, tmp_path):
+    import cv2
+
+    from a2dpipe.dataset.synthetic import distractor_path
+
+    video, frame = first_annotated(dataset)
+    path = distractor_path(dataset, video, frame)
+    cv2.imwrite(str(path), np.zeros((7, 5), np.uint8))
+    proc, out, _ = extract(dataset, tiny_config, tmp_path)
+    assert_clear_failure(proc, out, path, "distractor index is 5x7")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Damaged intermediate artifacts: an error naming the file and the rule that rebuilds it
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_shard(dataset, tiny_config, tmp_path):
+    proc, out, _ = extract(dataset, tiny_config, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def flow_of(shard, tiny_config, tmp_path):
+    out = tmp_path / "flow" / "shard-000.h5"
+    return a2dpipe("flow", "--config", tiny_config, "--frames", shard, "--out", out), out
+
+
+def test_bit_flip_in_a_frames_shard(clean_shard, tiny_config, tmp_path):
+    with h5py.File(clean_shard, "r") as f:
+        video = sorted(f)[0]
+        rgb = f[video][sorted(f[video])[0]]["rgb"]
+        chunk = rgb.id.get_chunk_info(0)
+    data = bytearray(clean_shard.read_bytes())
+    data[chunk.byte_offset + chunk.size // 2] ^= 0x10
+    clean_shard.write_bytes(bytes(data))
+    proc, out = flow_of(clean_shard, tiny_config, tmp_path)
+    assert_clear_failure(proc, out, clean_shard, "cannot read frame", "snakemake --forcerun extract_frames")
+
+
+def test_truncated_frames_shard(clean_shard, tiny_config, tmp_path):
+    clean_shard.write_bytes(clean_shard.read_bytes()[: clean_shard.stat().st_size // 2])
+    proc, out = flow_of(clean_shard, tiny_config, tmp_path)
+    assert_clear_failure(proc, out, clean_shard, "not a readable HDF5 file", "snakemake --forcerun extract_frames")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writers: two commands writing one output by hand
+# --------------------------------------------------------------------------------------------------------------
+
+HOLD_OUTPUT = """
+import sys
+from a2dpipe.io import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_text("first writer")
+    print(tmp, flush=True)
+    sys.stdin.readline()  # hold the temporary until told to finish
+"""
+
+
+def test_second_writer_leaves_the_first_writers_temporary_alone(dataset, tiny_config, tmp_path):
+    out = tmp_path / "out" / "index.csv"
+    first = subprocess.Popen([sys.executable, "-c", HOLD_OUTPUT, str(out)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        live = first.stdout.readline().strip()
+        assert live, "the first writer did not start"
+        proc = a2dpipe("index", "--config", tiny_config, "--root", dataset, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "out" / live.rsplit("/", 1)[-1]).read_text() == "first writer"
+        assert out.read_text().startswith("video,frame,split")
+        first.communicate("\n", timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 0
+    assert out.read_text() == "first writer"  # the last to finish wins, whole
+    assert [p.name for p in out.parent.iterdir()] == ["index.csv"]

@@ -1,3 +1,6 @@
+import os
+import socket
+
 import pytest
 
 from a2dpipe.io import A2DError, atomic_path, load_config
@@ -27,6 +30,41 @@ def test_atomic_path_removes_temporaries_of_killed_writers(tmp_path):
     assert not stale.exists() and other.exists()
 
 
+def test_two_writers_of_one_output_keep_their_own_temporaries(tmp_path):
+    out = tmp_path / "index.csv"
+    with atomic_path(out) as first:
+        first.write_text("first")
+        with atomic_path(out) as second:  # a second command writing the same output meanwhile
+            assert second != first
+            second.write_text("second")
+        assert first.read_text() == "first", "the second writer touched the first one's live temporary"
+        assert out.read_text() == "second"
+    assert out.read_text() == "first"  # the last writer to finish wins
+    assert [p.name for p in tmp_path.iterdir()] == ["index.csv"]
+
+
+def test_temporaries_of_live_or_foreign_writers_are_left_alone(tmp_path):
+    host = socket.gethostname()
+    live = tmp_path / f".frames.h5.tmp-{host}-{os.getppid()}-0a1b2c3d"  # the parent process is running
+    foreign = tmp_path / ".frames.h5.tmp-another-node-99999-0a1b2c3d"  # liveness on another host is unknowable
+    dead = tmp_path / f".frames.h5.tmp-{host}-99999999-0a1b2c3d"  # beyond pid_max: no such process
+    for path in (live, foreign, dead):
+        path.write_text("partial")
+    with atomic_path(tmp_path / "frames.h5") as tmp:
+        tmp.write_text("whole")
+    assert live.exists() and foreign.exists() and not dead.exists()
+
+
+def test_atomic_path_replaces_a_directory_whole(tmp_path):
+    out = tmp_path / "dataset"
+    for content in ("old", "new"):
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / content).write_text(content)
+    assert [p.name for p in out.iterdir()] == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
+
+
 def test_atomic_path_handles_directories(tmp_path):
     with atomic_path(tmp_path / "dataset") as tmp:
         tmp.mkdir()
@@ -47,3 +85,26 @@ def test_load_config_names_the_file(tmp_path):
         load_config(bad)
     with pytest.raises(A2DError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_damaged_hdf5_artifact_names_the_file_and_its_rebuild(tmp_path):
+    import h5py
+    import numpy as np
+
+    from a2dpipe.dataset.frames import FORMAT, FrameStore
+
+    path = tmp_path / "shard-000.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["schema"] = FORMAT.schema
+        f.create_dataset("v/00001/rgb", data=np.arange(4096, dtype=np.uint8), fletcher32=True)
+        chunk = f["v/00001/rgb"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + 100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with FrameStore(path) as store, pytest.raises(A2DError) as err:
+        store.read_arrays("v", 1, ("rgb",))
+    assert str(err.value).startswith(f"{path}: cannot read frame v/00001: ")
+    assert "rebuild it with `snakemake --forcerun extract_frames`, or delete it" in str(err.value)
+    path.write_bytes(bytes(data[:1000]))
+    with pytest.raises(A2DError, match="not a readable HDF5 file .*`snakemake --forcerun extract_frames`"):
+        FrameStore(path)

@@ -11,6 +11,7 @@ Layout of a dataset root (the A2D "Release" folder)::
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +39,14 @@ SPLITS = {0: "train", 1: "test"}
 
 
 def read_videoset(path: str | Path) -> pd.DataFrame:
-    """Parse ``videoset.csv`` into a frame with ``VIDEOSET_COLUMNS`` plus ``split`` ('train' / 'test')."""
+    """Parse ``videoset.csv`` into a frame with ``VIDEOSET_COLUMNS`` plus ``split`` ('train' / 'test').
+
+    The file has no header row; every video id must pass :func:`check_video_id`; the other columns hold whole
+    numbers. Anything else raises :class:`A2DError` naming the file, the row and the problem.
+    """
     path = Path(path)
-    try:
-        table = pd.read_csv(path, header=None, dtype={0: str})
+    try:  # every cell as text, nothing read as NaN: an id such as "NA" stays an id, an empty cell is an error
+        table = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise A2DError(f"{path}: videoset.csv not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -50,9 +55,9 @@ def read_videoset(path: str | Path) -> pd.DataFrame:
         raise A2DError(f"{path}: expected {len(VIDEOSET_COLUMNS)} columns, found {table.shape[1]}")
     table.columns = list(VIDEOSET_COLUMNS)
     int_cols = ["label", "height", "width", "num_frames", "num_annotated_frames", "usage"]
-    for col in int_cols:
-        if not pd.api.types.is_numeric_dtype(table[col]):
-            raise A2DError(f"{path}: column {col!r} holds non-numeric values")
+    table[int_cols] = _whole_numbers(table[int_cols], path)
+    for row, video in enumerate(table["video"], start=1):
+        check_video_id(video, f"{path}: row {row}")
     bad = ~table["usage"].isin(list(SPLITS))
     if bad.any():
         raise A2DError(
@@ -60,15 +65,53 @@ def read_videoset(path: str | Path) -> pd.DataFrame:
         )
     if table["video"].duplicated().any():
         raise A2DError(f"{path}: video {table['video'][table['video'].duplicated()].iloc[0]!r} is listed twice")
-    table[int_cols] = table[int_cols].astype(int)
     table["split"] = table["usage"].map(SPLITS)
     return table
+
+
+def _whole_numbers(columns: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Text columns of videoset.csv as int64; a header line or any other non-integer cell is an error."""
+    numbers = columns.apply(pd.to_numeric, errors="coerce")
+    bad = numbers.isna() | (numbers != numbers.round())
+    if not bad.any(axis=None):
+        return numbers.astype(np.int64)
+    row = int(bad.any(axis=1).to_numpy().argmax())
+    col = str(bad.columns[bad.iloc[row].to_numpy().argmax()])
+    if row == 0 and not bad.iloc[1:].any(axis=None):
+        raise A2DError(
+            f"{path}: row 1 looks like a header ({', '.join(columns.iloc[0].astype(str))}): videoset.csv has no "
+            f"header row; its columns are {', '.join(VIDEOSET_COLUMNS)}. Remove that line"
+        )
+    raise A2DError(f"{path}: row {row + 1}: column {col!r} holds {columns[col].iloc[row]!r}, expected a whole number")
+
+
+def check_video_id(video: str, where: str) -> str:
+    """``video`` if it is a plain file-name token, else :class:`A2DError` (``where`` says which file and row).
+
+    Ids become folder and file names (``clips320H/<video>.mp4``, ``Annotations/mat/<video>/``) and HDF5 group
+    names, so an id may not be empty, ``.`` or ``..``, nor hold a path separator (``/`` or ``\\``; an absolute
+    path starts with one) or a control character.
+    """
+    plain = (
+        isinstance(video, str)
+        and video not in ("", ".", "..")
+        and not any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in video)
+    )
+    if not plain:
+        raise A2DError(
+            f"{where}: video id {video!r} is not a plain file name "
+            "(no '/' or '\\', not '.' or '..', not absolute, no control characters)"
+        )
+    return video
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Annotations (MATLAB v7.3 .mat files)
 # --------------------------------------------------------------------------------------------------------------
 
+# How far (pixels, any side) a stored box may lie from its mask's extent before it is logged: conventions differ
+# by a pixel (MATLAB's 1-based inclusive corners against 0-based exclusive ones), real mistakes by more.
+BOX_MASK_TOLERANCE = 3
 MATLAB_HEADER = "MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Thu Jan  1 00:00:00 1970 HDF5 schema 1.00 ."
 USERBLOCK_SIZE = 512
 
@@ -80,7 +123,7 @@ class Annotation:
     Attributes:
         id_map: (H, W) uint8 A2D ids (actor * 10 + action, 0 background).
         masks: (N, H, W) float32 in [0, 1], one (soft or binary) mask per instance.
-        boxes: (N, 4) float32 x1, y1, x2, y2 in pixels, as stored in the file.
+        boxes: (N, 4) float32 x1, y1, x2, y2 in pixels, as stored in the file but clipped to the frame.
         ids: (N,) uint8 A2D id of each instance.
     """
 
@@ -137,7 +180,10 @@ def read_annotation(path: str | Path) -> Annotation:
     h5py sees MATLAB arrays transposed: ``reS_id`` is (W, H); ``reMask`` is (N, W, H), or (W, H) for a single
     instance; ``reBBox`` is (4, N); ``id`` is (1, N) float64. Defects of the real release are repaired and logged:
     duplicated instances (same id and mask) are dropped; when there are more masks (or boxes) than ids, the first
-    ``len(ids)`` are kept. An instance id outside the 43 valid pairs, or anything else that is wrong, raises :class:`A2DError` naming the file.
+    ``len(ids)`` are kept. Boxes are clipped to the frame; instances left with an empty box or an empty mask
+    are dropped and logged, and a box far from its mask's extent is logged (:func:`_usable_instances`). An instance
+    id outside the 43 valid pairs, a NaN or infinite mask or box value (the message names the instance), or anything
+    else that is wrong, raises :class:`A2DError` naming the file.
     """
     path = Path(path)
     try:
@@ -176,6 +222,7 @@ def read_annotation(path: str | Path) -> Annotation:
     if mask.shape[1:] != (height, width):
         raise A2DError(f"{path}: reMask is {mask.shape[2]}x{mask.shape[1]} (WxH) but reS_id is {width}x{height}")
     mask = mask.astype(np.float32)
+    _check_finite(mask.reshape(len(mask), height * width), "reMask", ids, path)
     if mask.size and (mask.min() < 0 or mask.max() > 1):
         raise A2DError(f"{path}: reMask values lie outside [0, 1] ({mask.min()}..{mask.max()})")
 
@@ -188,6 +235,7 @@ def read_annotation(path: str | Path) -> Annotation:
         box = box.reshape(1, 4).astype(np.float32)
     else:
         raise A2DError(f"{path}: reBBox has shape {fields['reBBox'].shape}, expected (4, N)")
+    _check_finite(box, "reBBox", ids, path)
 
     for name, arr in (("reMask", mask), ("reBBox", box)):
         if len(arr) < n:
@@ -200,7 +248,62 @@ def read_annotation(path: str | Path) -> Annotation:
     if len(keep) < n:
         log.warning("%s: dropped %d duplicated instance(s)", path, n - len(keep))
         ids, mask, box = ids[keep], mask[keep], box[keep]
+    box = np.clip(box, 0, [width, height, width, height]).astype(np.float32)
+    keep = _usable_instances(ids, mask, box, path)
+    ids, mask, box = ids[keep], mask[keep], box[keep]
     return Annotation(id_map=id_map, masks=np.ascontiguousarray(mask), boxes=box, ids=ids)
+
+
+def _check_finite(values: np.ndarray, name: str, ids: np.ndarray, path: Path) -> None:
+    """:class:`A2DError` naming the first instance (1-based, with its id) whose ``values`` row is NaN or inf."""
+    bad = ~np.isfinite(values).all(axis=1) if values.size else np.zeros(len(values), bool)
+    if bad.any():
+        i = int(bad.argmax())
+        which = f"instance {i + 1}" + (f" (id {ids[i]})" if i < len(ids) else "")
+        raise A2DError(f"{path}: {name} of {which} holds NaN or infinite values")
+
+
+def _usable_instances(ids: np.ndarray, masks: np.ndarray, boxes: np.ndarray, path: Path) -> np.ndarray:
+    """Indices of the instances worth keeping; the others are logged.
+
+    ``boxes`` are already clipped to the frame. An instance whose box is empty (it lay outside the frame, or was
+    inverted or of zero area) or whose mask is empty (no value reaches 0.5) is dropped. A box that differs from its
+    mask's tight box by more than ``BOX_MASK_TOLERANCE`` pixels on some side is kept (later stages derive boxes
+    from masks) but logged.
+    """
+    tight = masks_to_boxes(masks >= 0.5)
+    empty_box = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    empty_mask = ~(masks >= 0.5).any(axis=(1, 2))
+    for i in np.flatnonzero(empty_box | empty_mask):
+        problem = "its box is empty once clipped to the frame" if empty_box[i] else "its mask is empty"
+        log.warning("%s: dropped instance %d (id %d): %s (box %s)", path, i + 1, ids[i], problem, boxes[i].tolist())
+    keep = ~(empty_box | empty_mask)
+    off = np.abs(boxes - tight).max(axis=1) > BOX_MASK_TOLERANCE
+    for i in np.flatnonzero(off & keep):
+        log.warning(
+            "%s: instance %d (id %d): box %s differs from its mask's extent %s by more than %d pixels",
+            path, i + 1, ids[i], boxes[i].tolist(), tight[i].tolist(), BOX_MASK_TOLERANCE,
+        )
+    return np.flatnonzero(keep)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) binary masks -> (N, 4) float32 tight boxes x1, y1, x2, y2 (x2, y2 one past the last pixel).
+
+    Empty masks give (0, 0, 0, 0).
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if len(masks) == 0:
+        return np.zeros((0, 4), np.float32)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (N, H), (N, W)
+    height, width = masks.shape[1:]
+    y1 = rows.argmax(axis=1)
+    y2 = height - rows[:, ::-1].argmax(axis=1)
+    x1 = cols.argmax(axis=1)
+    x2 = width - cols[:, ::-1].argmax(axis=1)
+    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
+    boxes[~rows.any(axis=1)] = 0
+    return boxes
 
 
 def _unique_instances(ids: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -273,12 +376,16 @@ def colour_path(root: str | Path, video: str, frame: int) -> Path:
     return Path(root, "Annotations", "col", video, f"{frame:05d}.png")
 
 
+ANNOTATION_NAME = re.compile(r"[0-9]{5}\.mat")
+
+
 def list_annotated_frames(root: str | Path, videoset: pd.DataFrame | None = None) -> pd.DataFrame:
     """Annotated frames of a dataset root, from ``Annotations/mat/<video>/<frame:05d>.mat``.
 
     Returns a frame with columns ``video, frame, split`` (frame numbers 1-based), videos in ``videoset`` order
     and frames ascending. The count per video must equal ``num_annotated_frames`` of ``videoset.csv`` and every
-    frame must lie in ``1..num_frames``; otherwise :class:`A2DError` names the video.
+    frame must lie in ``1..num_frames``; otherwise :class:`A2DError` names the video. File names follow
+    :func:`annotation_files`.
     """
     root = Path(root)
     if videoset is None:
@@ -288,17 +395,40 @@ def list_annotated_frames(root: str | Path, videoset: pd.DataFrame | None = None
         ["video", "num_annotated_frames", "num_frames", "split"]
     ].itertuples(index=False):
         folder = root / "Annotations" / "mat" / video
-        files = sorted(folder.glob("*.mat")) if folder.is_dir() else []
+        files = annotation_files(folder) if folder.is_dir() else {}
         if len(files) != expected:
             raise A2DError(f"{folder}: video {video} has {len(files)} annotated frame(s); videoset.csv says {expected}")
-        for file in files:
-            if not file.stem.isdigit():
-                raise A2DError(f"{file}: annotation name is not a frame number")
-            frame = int(file.stem)
+        for frame, file in sorted(files.items()):
             if not 1 <= frame <= num_frames:
                 raise A2DError(f"{file}: video {video} frame {frame} lies outside 1..{num_frames} (videoset.csv)")
             rows.append((video, frame, split))
     return pd.DataFrame(rows, columns=["video", "frame", "split"])
+
+
+def annotation_files(folder: Path) -> dict[int, Path]:
+    """``{frame: path}`` of the annotations in one video's folder.
+
+    An annotation is named ``<5 digits>.mat`` (``00003.mat`` for frame 3). Two files of one frame (``1.mat``
+    beside ``00001.mat``) or a ``.mat`` file named otherwise is an :class:`A2DError` naming the file(s); anything
+    else (``Thumbs.db``, a sub-folder) is not an annotation and is skipped with a log line.
+    """
+    annotations = []
+    for entry in sorted(folder.iterdir()):
+        if entry.suffix.lower() == ".mat" and entry.is_file():
+            annotations.append(entry)
+        else:
+            log.warning("%s: not an annotation file (<5 digits>.mat); skipped", entry)
+    by_frame: dict[int, Path] = {}
+    for file in annotations:  # duplicates first: their message names both files
+        if file.suffix == ".mat" and file.stem.isascii() and file.stem.isdigit():
+            frame = int(file.stem)
+            if frame in by_frame:
+                raise A2DError(f"{by_frame[frame]} and {file}: both annotate frame {frame}; keep one")
+            by_frame[frame] = file
+    for file in annotations:
+        if not ANNOTATION_NAME.fullmatch(file.name):
+            raise A2DError(f"{file}: an annotation must be named <5 digits>.mat, the frame number (e.g. 00003.mat)")
+    return by_frame
 
 
 def read_clip_frames(path: str | Path, frame_numbers, expected_frames: int | None = None) -> dict[int, np.ndarray]:

@@ -10,10 +10,12 @@ dataset            shape, type  content
 ``neighbour``      (H, W, 3) u8 its flow partner, RGB
 ``label``          (H, W) u8    raw A2D id map (invalid ids kept as they are; labels.to_setting ignores them)
 ``instance_masks`` (N, H, W) u8 0/1 instance masks (soft masks thresholded at 0.5)
-``instance_boxes`` (N, 4) f32   x1, y1, x2, y2 in pixels
+``instance_boxes`` (N, 4) f32   x1, y1, x2, y2 in pixels as annotated, clipped to the frame (trainers use
+                                the masks' tight boxes, :func:`masks_to_boxes`, instead)
 ``instance_ids``   (N,) u8      A2D id of each instance
 ================== ============ ======================================================================
 
+Every non-empty dataset carries a Fletcher-32 checksum: a flipped bit is an error naming the file when it is read.
 On the synthetic benchmark a group also holds ``distractor_masks`` (M, H, W) u8 0/1: the visible non-actor
 objects, which the generic mask source is trained on (read from the benchmark's sidecar files; absent on A2D).
 
@@ -35,16 +37,16 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe import labels
-from a2dpipe.dataset.a2d import annotation_path, read_annotation, read_clip_frames, video_path
+from a2dpipe.dataset.a2d import annotation_path, masks_to_boxes, read_annotation, read_clip_frames, video_path
 from a2dpipe.dataset.index import read_index
 from a2dpipe.config import add_config_arguments, read_settings
 from a2dpipe.io import A2DError
-from a2dpipe.dataset.synthetic import read_distractors
+from a2dpipe.dataset.synthetic import distractor_path, read_distractors
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "FrameRecord", "FrameStore", "FrameWriter", "extract_shard", "neighbour_of"]
+__all__ = ["FORMAT", "FrameRecord", "FrameStore", "FrameWriter", "extract_shard", "masks_to_boxes", "neighbour_of"]
 
 FORMAT = ArtifactFormat("frames", 1, "frames shard", "a2dpipe extract-frames (rule extract_frames)")
 
@@ -135,12 +137,14 @@ def neighbour_of(frame: int, num_frames: int, neighbour: str = "next") -> tuple[
 
 
 def _compression(name: str) -> dict:
+    """Filters of every non-empty dataset: the configured compression plus a Fletcher-32 checksum, so that a
+    flipped bit in a stored frame is an error when it is read, not silently wrong pixels."""
     if name == "lzf":
-        return {"compression": "lzf"}
+        return {"compression": "lzf", "fletcher32": True}
     if name == "gzip":
-        return {"compression": "gzip", "compression_opts": 4}
+        return {"compression": "gzip", "compression_opts": 4, "fletcher32": True}
     if name == "none":
-        return {}
+        return {"fletcher32": True}
     raise A2DError(f"config frames.compression: expected lzf, gzip or none, got {name!r}")
 
 
@@ -206,8 +210,13 @@ def _write_frame(f: FrameWriter, root: Path, row, decoded: dict, partner: tuple[
     g.create_dataset("label", data=ann.id_map, **opts)
     masks = (ann.masks >= 0.5).astype(np.uint8)
     g.create_dataset("instance_masks", data=masks, **(opts if masks.size else {}))
-    g.create_dataset("instance_boxes", data=ann.boxes.astype(np.float32))
-    g.create_dataset("instance_ids", data=ann.ids.astype(np.uint8))
+    g.create_dataset("instance_boxes", data=ann.boxes.astype(np.float32), **(opts if masks.size else {}))
+    g.create_dataset("instance_ids", data=ann.ids.astype(np.uint8), **(opts if masks.size else {}))
     distractors = read_distractors(root, video, frame)  # None on real A2D
     if distractors is not None:
+        if distractors.shape[1:] != rgb.shape[:2]:
+            raise A2DError(
+                f"{distractor_path(root, video, frame)}: distractor index is {distractors.shape[2]}x"
+                f"{distractors.shape[1]} but frame {frame} of video {video} is {rgb.shape[1]}x{rgb.shape[0]}"
+            )
         g.create_dataset("distractor_masks", data=distractors, **(opts if distractors.size else {}))

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe.dataset.a2d import list_annotated_frames, read_videoset
+from a2dpipe.dataset.a2d import check_video_id, list_annotated_frames, read_videoset
 from a2dpipe.config import add_config_arguments, read_settings
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.io import A2DError, atomic_path, unreadable_artifact
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +103,26 @@ def build_index(root: str | Path, shard_size: int, exclude=(), *, val_fraction: 
 
 
 def read_index(path: str | Path) -> pd.DataFrame:
-    """Read an index written by :func:`write_index` (shard kept as a 3-digit string)."""
+    """Read an index written by :func:`write_index` (shard kept as a 3-digit string).
+
+    An index that cannot be parsed, lacks a column, holds a non-integer frame or size, or a video id that is not
+    a plain file name is an :class:`A2DError` naming the file and the command that rebuilds it.
+    """
     path = Path(path)
     try:
-        index = pd.read_csv(path, dtype={"video": str, "shard": str, "split": str})
+        index = pd.read_csv(path, dtype={"video": str, "shard": str, "split": str}, keep_default_na=False)
     except FileNotFoundError:
         raise A2DError(f"{path}: index not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise unreadable_artifact(path, "index", f"cannot parse the index: {err}") from None
     missing = set(INDEX_COLUMNS) - set(index.columns)
     if missing:
-        raise A2DError(f"{path}: index lacks column(s) {sorted(missing)}")
+        raise unreadable_artifact(path, "index", f"index lacks column(s) {sorted(missing)}")
+    for col in ("frame", "height", "width", "num_frames"):
+        if not pd.api.types.is_integer_dtype(index[col]):
+            raise unreadable_artifact(path, "index", f"column {col!r} holds values that are not whole numbers")
+    for line, video in enumerate(index["video"], start=2):  # line 1 is the header
+        check_video_id(video, f"{path}: line {line}")
     return index
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.dataset.frames import FrameStore
+from a2dpipe.dataset.frames import FrameStore, masks_to_boxes  # the frames' own box convention, re-exported here
 from a2dpipe.io import A2DError
 from a2dpipe.stores import group_key
 
@@ -40,23 +40,6 @@ class FrameRef:
     split: str
 
 
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) binary masks -> (N, 4) float32 tight boxes x1, y1, x2, y2 (x2, y2 one past the last pixel).
-
-    Empty masks give (0, 0, 0, 0).
-    """
-    masks = np.asarray(masks, dtype=bool)
-    if len(masks) == 0:
-        return np.zeros((0, 4), np.float32)
-    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (N, H), (N, W)
-    height, width = masks.shape[1:]
-    y1 = rows.argmax(axis=1)
-    y2 = height - rows[:, ::-1].argmax(axis=1)
-    x1 = cols.argmax(axis=1)
-    x2 = width - cols[:, ::-1].argmax(axis=1)
-    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
-    boxes[~rows.any(axis=1)] = 0
-    return boxes
 
 
 def list_frames(paths: list[str | Path], split: str | None = None) -> list[FrameRef]:

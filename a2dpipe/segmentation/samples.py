@@ -12,8 +12,8 @@ A *sample* is one annotated frame at full size, as a dict of numpy arrays:
 
 ``StoreSamples`` reads them from the per-shard stores (frames, flow, region masks: files of one shard share their
 name, e.g. ``shard-003.h5``); region sets are the mask cache's regions, plus the ground-truth instances when
-``gt_regions`` is set (the paper's "A2D + GT" training set). ``ArraySamples`` holds samples in memory (tests,
-benchmarks).
+``gt_regions`` is set (the paper's "A2D + GT" training set), boxed by their masks' extent. ``ArraySamples``
+holds samples in memory (tests, benchmarks).
 
 ``augment`` makes a training crop: pad to the crop size (label IGNORE, image 0, masks 0), random offset,
 horizontal flip with probability 1/2 -- a flip negates the flow's u and re-encodes it, since a mirrored flow image
@@ -130,14 +130,17 @@ class StoreSamples:
             sample["flow"] = np.asarray(flow, np.float32)
             sample["flow_rgb"] = np.asarray(flow_rgb)
         if self.uses_regions:
+            from a2dpipe.dataset.frames import masks_to_boxes
+
             h, w = sample["label"].shape
             boxes, masks = [np.zeros((0, 4), np.float32)], [np.zeros((0, h, w), np.float32)]
             if self.mask_paths:
                 regions = self._store(self.mask_paths[path.name], "masks").read(video, frame)
                 boxes.append(regions.boxes)
                 masks.append(regions.masks)
-            if self.gt_regions and len(record.instance_boxes):
-                boxes.append(np.asarray(record.instance_boxes, np.float32))
+            if self.gt_regions and len(record.instance_masks):
+                # boxes from the masks, as the `gt` mask source gives them at test time, not as annotated
+                boxes.append(masks_to_boxes(record.instance_masks))
                 masks.append(np.asarray(record.instance_masks, np.float32))
             sample["boxes"] = np.concatenate(boxes).astype(np.float32)
             sample["masks"] = np.concatenate(masks).astype(np.float32)

@@ -35,6 +35,14 @@ def test_dag_of_the_full_a2d_builds(tmp_path, tiny_config, snakemake_run):
     print(f"dry run of {counts['total']} jobs: {seconds:.1f} s")
 
 
+def test_local_profile_plans_the_main_job(tmp_path, tiny_config, snakemake_run):
+    """The profile of one machine is valid Snakemake profile syntax and plans `tables` (it is not run here: the
+    session's shared tiny run and the SLURM test already run the whole DAG)."""
+    proc = snakemake_run(tmp_path, "--profile", REPO / "workflow/profiles/local", "tables", "--dry-run", "--quiet",
+                         "rules", config=tiny_config)
+    assert re.search(r"^tables\s+1$", proc.stdout, re.M), proc.stdout[-2000:]
+
+
 def test_lint_reports_nothing():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
     lints = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(("Lints for", "    *"))]

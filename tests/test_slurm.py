@@ -74,11 +74,10 @@ def _submitted_jobs(run_id: str) -> list[dict]:
     return [dict(zip(fields, (v.strip() for v in line.split("|")))) for line in out.splitlines() if line.strip()]
 
 
-def test_slurm_profile_matches_local_run(slurm, tmp_path, tiny_config, snakemake_run, assert_same_outputs):
-    local, cluster = tmp_path / "local", tmp_path / "slurm"
-    local.mkdir()
+def test_slurm_profile_matches_local_run(slurm, tmp_path, tiny_config, tiny_run, snakemake_run, assert_same_outputs):
+    # the local run is the session's shared one (tiny_run): the same config, so the same artifacts
+    cluster = tmp_path / "slurm"
     cluster.mkdir()
-    snakemake_run(local, "--profile", REPO / "workflow/profiles/local", "--cores", "2", TARGET, config=tiny_config)
 
     start = time.monotonic()
     # Poll soon after submission: tiny jobs end in seconds (the profile's 20 s suits real clusters).
@@ -97,5 +96,5 @@ def test_slurm_profile_matches_local_run(slurm, tmp_path, tiny_config, snakemake
     assert any(job["Partition"] == "cpu" for job in jobs), "no job ran on the cpu partition"
     assert any(job["tres-per-job"].endswith("gpu:1") for job in jobs), "no job asked SLURM for a GPU"
 
-    compared = assert_same_outputs(local / "results", cluster / "results")
+    compared = assert_same_outputs(tiny_run / "results", cluster / "results")
     assert any(name.startswith("tables") for name in compared), compared

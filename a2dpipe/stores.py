@@ -21,7 +21,6 @@ to its reader and writer classes, which build on the two classes here:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

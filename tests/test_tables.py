@@ -118,7 +118,7 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     md = (out / "table1.md").read_text()
     assert "mean IoU actor low" not in md  # folded into the cell
     cell = f"{row['mean IoU actor']:.1f} [{row['mean IoU actor low']:.1f}, {row['mean IoU actor high']:.1f}]"
-    assert f"| Baseline (RGB + flow) | this run |" in md and cell in md
+    assert "| Baseline (RGB + flow) | this run |" in md and cell in md
     assert cell in (out / "table1.tex").read_text()
 
     t2 = pd.read_csv(out / "table2.csv")

@@ -37,7 +37,7 @@ fi
 
 mkdir -p "$STATE"/{ctld,spool,log} /run/munge "$CONF_DIR"
 NODE=$(hostname -s)
-CPUS=$(nproc)
+CPUS=$(getconf _NPROCESSORS_ONLN)  # not nproc: it honours OMP_NUM_THREADS, which test runs set to 1
 MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
 REAL_MB=$((MEM_MB > 4096 ? MEM_MB - 2048 : MEM_MB / 2))   # leave room for the daemons and the OS
 

@@ -82,7 +82,10 @@ def get_predict_settings(wildcards):
     settings (the network is the checkpoint's)."""
     kind, inp, _, _ = _variant_parts(wildcards)
     flow = get_flow_encoding_keys() if inp == "rgbflow" else []
-    vote = ["segmentation.stage2.uncovered_background", "segmentation.stage2.pixel_stride"]
+    vote = [
+        "segmentation.stage2.uncovered_background",
+        "segmentation.stage2.pixel_stride",
+    ]
     return get_settings("device", *flow, *(vote if kind == "maskvote" else []))
 
 

@@ -31,7 +31,7 @@ import torch
 from a2dpipe.checkpoint import fingerprint, load_resume, save_resume, write_curve
 from a2dpipe.io import A2DError, atomic_path, load_config, select_device
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
-from a2dpipe.masks.model import build_mask_model
+from a2dpipe.masks.model import build_mask_model, mask_model_options
 
 log = logging.getLogger("a2dpipe.masks")
 
@@ -60,6 +60,7 @@ def _arch(cfg: dict, source: str, num_classes: int) -> dict:
         max_size=cfg["max_size"],
         pretrained_layout=cfg["backbone"] == "resnet50_fpn" and cfg.get("coco_checkpoint") is not None,
         box_detections_per_img=cfg["max_regions"],
+        **mask_model_options(cfg),
     )
 
 

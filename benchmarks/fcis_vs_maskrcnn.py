@@ -35,10 +35,11 @@ MODELS = ("maskrcnn", "fcis")
 SOURCES = ("dataset", "generic")
 
 
-def train_and_cache(config: dict, frames: list[str], work: Path) -> tuple[dict, dict]:
-    """Train the four models (alternating), cache regions; return training seconds and caches per (model, source)."""
+def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES) -> tuple[dict, dict]:
+    """Train the models of ``sources`` (alternating), cache regions; return training seconds and caches per
+    (model, source)."""
     seconds, caches = {}, {}
-    for source in SOURCES:
+    for source in sources:
         for model in MODELS:
             cfg = copy.deepcopy(config)
             cfg["masks"]["model"] = model
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=568)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
+                        help="sources to train (one per process lets two shares of a busy machine work at once)")
+    parser.add_argument("--train-only", action="store_true", help="stop after training and caching")
     parser.add_argument("--skip-training", action="store_true", help="reuse the models and caches in --work")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,10 +102,15 @@ def main() -> None:
     config["device"] = "cpu"
     work = Path(args.work)
     if args.skip_training:
-        seconds = {}
+        seconds = {tuple(name.split()): t for f in work.glob("train_seconds-*.csv")
+                   for name, t in pd.read_csv(f, index_col=0)["train_s"].items()}
         caches = {(m, s): sorted((work / m / s).glob("*.h5")) for m in MODELS for s in SOURCES}
     else:
-        seconds, caches = train_and_cache(config, args.frames, work)
+        seconds, caches = train_and_cache(config, args.frames, work, args.sources)
+        pd.Series({f"{m} {s}": t for (m, s), t in seconds.items()}, name="train_s").to_csv(
+            work / f"train_seconds-{'-'.join(args.sources)}.csv")
+        if args.train_only:
+            return
     rows = []
     for model in MODELS:
         table = mask_quality(args.frames, {s: caches[model, s] for s in SOURCES})

@@ -455,11 +455,15 @@ def load_imagenet_weights(backbone: DilatedResNet, path: str | Path) -> None:
         raise A2DError(f"{path}: not a readable torch checkpoint: {err}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise A2DError(f"{path}: expected a torchvision ResNet state dict of tensors")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = backbone.body.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise A2DError(f"{path}: not this ResNet's weights (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    target = backbone.body.state_dict()
+    state = {k: v for k, v in state.items()  # frozen batch norm keeps no batch counter
+             if not k.startswith("fc.") and (k in target or not k.endswith("num_batches_tracked"))}
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [k for k, v in state.items() if k not in target or tuple(v.shape) != tuple(target[k].shape)]
+    if missing or wrong:
+        raise A2DError(f"{path}: not this ResNet's weights (missing {missing[:4]}, unexpected or misshapen "
+                       f"{wrong[:4]})")
+    backbone.body.load_state_dict(state, strict=False)
 
 
 # --- builder ----------------------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ written (``cache_regions``), and mask AP is measured on the test split (``mask_q
 
 Speed: each trained ``dataset`` model re-run at ``--height`` x ``--width`` (test frames resized to it; the input
 transform set to keep that size), one thread, median over ``--repeats`` forward passes interleaved model by model
-after a warm-up. FCIS is timed with and without mask voting. Writes ``--work``/summary.csv and prints it.
+after a warm-up. FCIS is timed with and without mask voting. Training speed: ``--steps`` steps of fresh models
+interleaved step by step on the same batches (whole trainings run one after another see different machine load).
+Writes ``--work``/summary.csv, speed.csv, step_speed.csv and prints them.
 """
 
 from __future__ import annotations
@@ -26,21 +28,22 @@ import torch.nn.functional as F
 
 from a2dpipe.io import load_config
 from a2dpipe.masks.data import InstanceReader, list_frames
-from a2dpipe.masks.model import load_mask_model
+from a2dpipe.masks.model import build_mask_model, load_mask_model
 from a2dpipe.masks.quality import mask_quality
 from a2dpipe.masks.stage import cache_regions
-from a2dpipe.masks.train import train_mask_model
+from a2dpipe.masks.train import NUM_CLASSES, train_mask_model
+from a2dpipe.masks.train import _arch as train_arch, _batch as train_batch  # the trainer's own recipe
 
 MODELS = ("maskrcnn", "fcis")
 SOURCES = ("dataset", "generic")
 
 
-def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES) -> tuple[dict, dict]:
+def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES, models=MODELS):
     """Train the models of ``sources`` (alternating), cache regions; return training seconds and caches per
     (model, source)."""
     seconds, caches = {}, {}
     for source in sources:
-        for model in MODELS:
+        for model in models:
             cfg = copy.deepcopy(config)
             cfg["masks"]["model"] = model
             out = work / model / source / "model.pt"
@@ -83,6 +86,31 @@ def speed(work: Path, frames: list[str], config: dict, height: int, width: int, 
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
+def step_speed(frames: list[str], config: dict, steps: int) -> dict[str, float]:
+    """Median seconds per training step (forward, backward, update) of fresh dataset models, interleaved step by
+    step on the same batches: a ratio the machine's load hits alike, unlike whole trainings run one after another."""
+    cfg = config["masks"]
+    refs = list_frames(frames, split="train")
+    runs = {}
+    for model in MODELS:
+        torch.manual_seed(0)
+        net = build_mask_model(**train_arch({**cfg, "model": model}, "dataset", NUM_CLASSES["dataset"])).train()
+        runs[model] = net, torch.optim.AdamW(net.parameters(), lr=cfg["lr"])
+    times = {name: [] for name in runs}
+    with InstanceReader(frames) as reader:
+        for step in range(steps + 1):
+            images, targets = train_batch(reader, refs, "dataset", 0, step, cfg["batch_size"], torch.device("cpu"))
+            for name, (net, optimizer) in runs.items():
+                started = time.perf_counter()
+                loss = sum(net(images, targets).values())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if step:  # the first step warms up
+                    times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml")
@@ -91,24 +119,29 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--width", type=int, default=568)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10, help="interleaved training steps timed per model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
                         help="sources to train (one per process lets two shares of a busy machine work at once)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to train")
+    parser.add_argument("--lr", type=float, help="override masks.lr (the recipe of every model)")
     parser.add_argument("--train-only", action="store_true", help="stop after training and caching")
     parser.add_argument("--skip-training", action="store_true", help="reuse the models and caches in --work")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     config["device"] = "cpu"
+    if args.lr:
+        config["masks"]["lr"] = args.lr
     work = Path(args.work)
     if args.skip_training:
         seconds = {tuple(name.split()): t for f in work.glob("train_seconds-*.csv")
                    for name, t in pd.read_csv(f, index_col=0)["train_s"].items()}
         caches = {(m, s): sorted((work / m / s).glob("*.h5")) for m in MODELS for s in SOURCES}
     else:
-        seconds, caches = train_and_cache(config, args.frames, work, args.sources)
+        seconds, caches = train_and_cache(config, args.frames, work, args.sources, args.models)
         pd.Series({f"{m} {s}": t for (m, s), t in seconds.items()}, name="train_s").to_csv(
-            work / f"train_seconds-{'-'.join(args.sources)}.csv")
+            work / f"train_seconds-{'-'.join(args.models + args.sources)}.csv")
         if args.train_only:
             return
     rows = []
@@ -118,12 +151,17 @@ def main() -> None:
             rows.append({"model": model, **row, "train_s": seconds.get((model, row["source"]), float("nan"))})
     summary = pd.DataFrame(rows)
     ms = speed(work, args.frames, config, args.height, args.width, args.repeats)
+    step = step_speed(args.frames, config, args.steps)
     print(summary.to_string(index=False, float_format="%.2f"))
+    print(f"training step ({args.steps} interleaved, {torch.get_num_threads()} thread(s)): "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in step.items())
+          + f"; fcis / maskrcnn {step['fcis'] / step['maskrcnn']:.2f}")
     print(f"ms per frame at {args.height} x {args.width}, {torch.get_num_threads()} thread(s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
           + f"; fcis / maskrcnn {ms['fcis'] / ms['maskrcnn']:.2f}")
     summary.to_csv(work / "summary.csv", index=False, float_format="%.3f")
     pd.Series(ms, name="ms_per_frame").to_csv(work / "speed.csv")
+    pd.Series(step, name="s_per_training_step").to_csv(work / "step_speed.csv")
 
 
 if __name__ == "__main__":

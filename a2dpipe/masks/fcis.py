@@ -43,7 +43,8 @@ class, max(inside, outside) averaged over the RoI is the detection logit (softma
 deltas: ``box_maps`` pooled by ``ps_roi_align`` at k x k and averaged. Training matches proposals (and the ground
 truth boxes) to ground truth at IoU 0.5, computes every RoI's loss (classification on all, box regression and the
 per-pixel mask loss of the ground-truth class on foreground RoIs only) and keeps the ``batch_size_per_image``
-hardest per image (online hard example mining, as FCIS). Inference: scores and class-specific masks of the
+hardest per image (online hard example mining, as FCIS; at most a quarter of them foreground, since a frame holds
+few objects). Inference: scores and class-specific masks of the
 proposals; their regressed boxes assembled again give a second set; per-class NMS over both sets; then, with
 ``mask_voting``, each kept mask is replaced by the score-weighted mean of the best ``voting_pool`` same-class
 candidates whose box IoU with it is at least 0.5 (:func:`mask_voting`).
@@ -200,7 +201,7 @@ class FCISHeads(nn.Module):
             per_roi = F.binary_cross_entropy_with_logits(fg_logits, mask_targets[fg], reduction="none").mean((1, 2))
             mask_loss = mask_loss.index_put((fg,), per_roi)
 
-        keep = self._hardest([len(b) for b in boxes], (cls_loss + box_loss + mask_loss).detach())
+        keep = self._hardest([len(b) for b in boxes], (cls_loss + box_loss + mask_loss).detach(), labels_all > 0)
         fg_kept = keep[labels_all[keep] > 0]
         return {
             "loss_classifier": cls_loss[keep].mean(),
@@ -218,12 +219,17 @@ class FCISHeads(nn.Module):
         labels[idx < 0] = 0
         return labels, idx.clamp(min=0)
 
-    def _hardest(self, counts: list[int], losses: torch.Tensor) -> torch.Tensor:
-        """Indices of the ``batch_size_per_image`` highest-loss RoIs of each image (OHEM)."""
+    def _hardest(self, counts: list[int], losses: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+        """Indices of the ``batch_size_per_image`` highest-loss RoIs of each image (OHEM), foreground and background
+        ranked apart: at most a quarter foreground, the rest the hardest background (few objects per frame would
+        otherwise leave the foreground a few percent of the batch)."""
         keep, start = [], 0
         for n in counts:
-            top = losses[start:start + n].topk(min(n, self.batch_size_per_image)).indices
-            keep.append(top + start)
+            loss, fg = losses[start:start + n], foreground[start:start + n]
+            fg_idx, bg_idx = torch.where(fg)[0], torch.where(~fg)[0]
+            fg_idx = fg_idx[loss[fg_idx].topk(min(len(fg_idx), self.batch_size_per_image // 4)).indices]
+            bg_idx = bg_idx[loss[bg_idx].topk(min(len(bg_idx), self.batch_size_per_image - len(fg_idx))).indices]
+            keep.append(torch.cat([fg_idx, bg_idx]) + start)
             start += n
         return torch.cat(keep)
 
@@ -486,12 +492,13 @@ def fcis(
 ) -> FCIS:
     """An FCIS of ``num_classes`` classes (with the background) on ``backbone`` in ``FCIS_BACKBONES``.
 
-    ``tiny``: :class:`DilatedTinyBody` (stride 8), anchors 12..96 px, 200 training RoIs per image and 100 test
-    proposals (the tiny Mask R-CNN's 100), 128-channel ``reduce``, 14 x 14 RoI masks (objects of 8..90 px);
-    ``resnet50`` / ``resnet101``: :class:`DilatedResNet` (stride 16), anchors 32..512 px, 300 training and test
-    RoIs, 1024-channel ``reduce``, 21 x 21 RoI masks (FCIS's sizes), optionally from ``imagenet_weights`` (frozen
-    batch norm, stem and ``layer1`` then, as also with ``pretrained_layout``). ``k`` is the position-sensitive grid,
-    ``roi_size`` the assembled mask size (default: per backbone, as above).
+    ``tiny``: :class:`DilatedTinyBody` (stride 8), anchors 12..96 px, 200 training RoIs per image of which OHEM
+    keeps 32, 100 test proposals (the tiny Mask R-CNN's 100), 128-channel ``reduce``, 14 x 14 RoI masks (objects
+    of 8..90 px); ``resnet50`` / ``resnet101``: :class:`DilatedResNet` (stride 16), anchors 32..512 px, 300
+    training RoIs of which OHEM keeps 128, 300 test proposals, 1024-channel ``reduce``, 21 x 21 RoI masks (FCIS's
+    sizes), optionally from ``imagenet_weights`` (frozen batch norm, stem and ``layer1`` then, as also with
+    ``pretrained_layout``). ``k`` is the position-sensitive grid, ``roi_size`` the assembled mask size (default:
+    per backbone, as above).
     """
     if backbone == "tiny":
         if imagenet_weights is not None:
@@ -499,14 +506,14 @@ def fcis(
         body: nn.Module = DilatedTinyBody(width)
         anchors = AnchorGenerator(sizes=((12, 24, 48, 96),), aspect_ratios=((0.5, 1.0, 2.0),))
         mid, rpn_counts = 128, dict(pre_train=600, post_train=200, pre_test=300, post_test=100, batch=128)
-        roi_size = roi_size or 14
+        roi_size, ohem = roi_size or 14, 32
     elif backbone in ("resnet50", "resnet101"):
         body = DilatedResNet(int(backbone[6:]), frozen=imagenet_weights is not None or pretrained_layout)
         if imagenet_weights is not None:
             load_imagenet_weights(body, imagenet_weights)
         anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
         mid, rpn_counts = 1024, dict(pre_train=6000, post_train=300, pre_test=6000, post_test=300, batch=256)
-        roi_size = roi_size or 21
+        roi_size, ohem = roi_size or 21, 128
     else:
         raise ValueError(f"FCIS backbone must be one of {FCIS_BACKBONES}, got {backbone!r}")
     rpn = RegionProposalNetwork(
@@ -521,7 +528,7 @@ def fcis(
         nms_thresh=0.7,
     )
     heads = FCISHeads(
-        body.out_channels, mid, num_classes, stride=body.stride, k=k, roi_size=roi_size,
+        body.out_channels, mid, num_classes, stride=body.stride, k=k, roi_size=roi_size, batch_size_per_image=ohem,
         score_thresh=box_score_thresh, detections_per_img=box_detections_per_img, mask_voting=mask_voting,
     )
     transform = GeneralizedRCNNTransform(min_size, max_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])

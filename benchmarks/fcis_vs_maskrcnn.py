@@ -60,6 +60,23 @@ def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES
     return seconds, caches
 
 
+def recache(config: dict, frames: list[str], work: Path) -> dict:
+    """Region caches of the trained models at the config's (overridden) score threshold, beside the models."""
+    threshold = config["masks"]["score_threshold"]
+    caches = {}
+    for model in MODELS:
+        for source in SOURCES:
+            folder = work / model / source / f"threshold-{threshold}"
+            folder.mkdir(exist_ok=True)
+            caches[model, source] = []
+            for shard in frames:
+                cache = folder / f"{Path(shard).stem}.h5"
+                cache.unlink(missing_ok=True)
+                cache_regions(config, source, shard, cache, model_path=work / model / source / "model.pt")
+                caches[model, source].append(cache)
+    return caches
+
+
 def speed(work: Path, frames: list[str], config: dict, height: int, width: int, repeats: int) -> dict[str, float]:
     """Median ms per frame of each trained dataset model at height x width (FCIS with and without voting)."""
     refs = list_frames(frames, split="test")[:repeats]
@@ -126,6 +143,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to train")
     parser.add_argument("--lr", type=float, help="override masks.lr (the recipe of every model)")
     parser.add_argument("--train-only", action="store_true", help="stop after training and caching")
+    parser.add_argument("--score-threshold", type=float,
+                        help="with --skip-training: re-cache the regions at this masks.score_threshold")
+    parser.add_argument("--no-speed", action="store_true", help="mask AP and training times only")
     parser.add_argument("--skip-training", action="store_true", help="reuse the models and caches in --work")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,6 +158,9 @@ def main() -> None:
         seconds = {tuple(name.split()): t for f in work.glob("train_seconds-*.csv")
                    for name, t in pd.read_csv(f, index_col=0)["train_s"].items()}
         caches = {(m, s): sorted((work / m / s).glob("*.h5")) for m in MODELS for s in SOURCES}
+        if args.score_threshold is not None:
+            config["masks"]["score_threshold"] = args.score_threshold
+            caches = recache(config, args.frames, work)
     else:
         seconds, caches = train_and_cache(config, args.frames, work, args.sources, args.models)
         pd.Series({f"{m} {s}": t for (m, s), t in seconds.items()}, name="train_s").to_csv(
@@ -150,17 +173,19 @@ def main() -> None:
         for row in table.to_dict("records"):
             rows.append({"model": model, **row, "train_s": seconds.get((model, row["source"]), float("nan"))})
     summary = pd.DataFrame(rows)
-    ms = speed(work, args.frames, config, args.height, args.width, args.repeats)
-    step = step_speed(args.frames, config, args.steps)
     print(summary.to_string(index=False, float_format="%.2f"))
-    print(f"training step ({args.steps} interleaved, {torch.get_num_threads()} thread(s)): "
-          + ", ".join(f"{k} {v:.2f} s" for k, v in step.items())
-          + f"; fcis / maskrcnn {step['fcis'] / step['maskrcnn']:.2f}")
+    summary.to_csv(work / "summary.csv", index=False, float_format="%.3f")
+    if args.no_speed:
+        return
+    ms = speed(work, args.frames, config, args.height, args.width, args.repeats)
     print(f"ms per frame at {args.height} x {args.width}, {torch.get_num_threads()} thread(s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
           + f"; fcis / maskrcnn {ms['fcis'] / ms['maskrcnn']:.2f}")
-    summary.to_csv(work / "summary.csv", index=False, float_format="%.3f")
     pd.Series(ms, name="ms_per_frame").to_csv(work / "speed.csv")
+    step = step_speed(args.frames, config, args.steps)
+    print(f"training step ({args.steps} interleaved, {torch.get_num_threads()} thread(s)): "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in step.items())
+          + f"; fcis / maskrcnn {step['fcis'] / step['maskrcnn']:.2f}")
     pd.Series(step, name="s_per_training_step").to_csv(work / "step_speed.csv")
 
 

@@ -27,15 +27,14 @@ Channel layout (the one of R-FCN and torchvision's ``ps_roi_align``, with a lead
 and ``box_maps`` channel ``(d * k + i) * k + j`` for delta d in (dx, dy, dw, dh).
 
 Assembling. Each RoI is cut into a k x k grid and resampled at M x M cells (``roi_size``, 21 in FCIS, at least k);
-output cell (r, s) lies in grid bin (i, j) = (r * k // M, s * k // M) and is read, by aligned bilinear
-sampling (as ``roi_align``), from that bin's channel only. Worked example, k = 3, C + 1 = 3
-classes (54 channels), M = 6: output cell (r, s) = (1, 5) of the *outside* map of class 2 lies in bin
-(1 * 3 // 6, 5 * 3 // 6) = (0, 2), so it is read from channel ((1 * 3 + 2) * 3 + 0) * 3 + 2 = 47; cell (4, 0) of
-the inside map of class 1 reads bin (2, 0), channel ((0 * 3 + 1) * 3 + 2) * 3 + 0 = 15. The result is
-(R, 2, C + 1, M, M). Implemented as one vectorised gather of
-every sample's bilinear taps (torchvision's aligned ``roi_align`` rule, one point per cell by default: a cell is
-under a feature pixel wide); :func:`assemble_naive`, a per-RoI, per-bin loop of ``roi_align`` crops, is the
-reference it is tested against.
+output cell (r, s) lies in grid bin (i, j) = (r * k // M, s * k // M) and is read, by aligned bilinear sampling
+(as ``roi_align``), from that bin's channel only. Worked example, k = 3, C + 1 = 3 classes (54 channels), M = 6:
+output cell (r, s) = (1, 5) of the *outside* map of class 2 lies in bin (1 * 3 // 6, 5 * 3 // 6) = (0, 2), so it
+is read from channel ((1 * 3 + 2) * 3 + 0) * 3 + 2 = 47; cell (4, 0) of the inside map of class 1 reads bin
+(2, 0), channel ((0 * 3 + 1) * 3 + 2) * 3 + 0 = 15. The result is (R, 2, C + 1, M, M). Implemented as one
+vectorised gather of every sample's bilinear taps (torchvision's aligned ``roi_align`` rule, one point per cell by
+default: a cell is under a feature pixel wide); :func:`assemble_naive`, a per-RoI, per-bin loop of ``roi_align``
+crops, is the reference it is tested against.
 
 Joint formulation. Per pixel and class, softmax over (inside, outside) is the mask (sigmoid(inside - outside)); per
 class, max(inside, outside) averaged over the RoI is the detection logit (softmax over the C + 1 classes). Box

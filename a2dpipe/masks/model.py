@@ -1,6 +1,7 @@
-"""Mask R-CNN builders for the mask sources: a ResNet-50-FPN model for real runs, a tiny one for the CPU default.
+"""The mask model behind the mask sources: FCIS (:mod:`a2dpipe.masks.fcis`) or Mask R-CNN, chosen by
+``masks.model``; Mask R-CNN builders here (a ResNet-50-FPN model for real runs, a tiny one for the CPU default).
 
-Both are torchvision :class:`~torchvision.models.detection.MaskRCNN` models, so they share its contract:
+All are torchvision :class:`~torchvision.models.detection.MaskRCNN` models or follow its contract:
 
 - train: ``model(images, targets) -> {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
   "loss_rpn_box_reg"}``, with ``images`` a list of (3, H, W) float tensors in [0, 1] and ``targets`` a list of
@@ -29,13 +30,16 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 
 from a2dpipe.checkpoint import load_model_file, load_weights
+from a2dpipe.masks.fcis import FCIS, fcis
 
 __all__ = [
     "BACKBONES",
     "TinyBody",
     "maskrcnn_tiny",
     "maskrcnn_resnet50_fpn",
+    "MASK_MODELS",
     "build_mask_model",
+    "mask_model_options",
     "load_coco_checkpoint",
     "load_mask_model",
 ]
@@ -43,6 +47,7 @@ __all__ = [
 log = logging.getLogger("a2dpipe.masks")
 
 BACKBONES = ("tiny", "resnet50_fpn")
+MASK_MODELS = ("fcis", "maskrcnn")
 
 
 class BasicBlock(nn.Module):
@@ -154,6 +159,7 @@ def maskrcnn_resnet50_fpn(
 
 def build_mask_model(
     *,
+    model: str = "maskrcnn",
     backbone: str = "tiny",
     num_classes: int,
     min_size: int,
@@ -161,26 +167,42 @@ def build_mask_model(
     coco_checkpoint: str | Path | None = None,
     pretrained_layout: bool | None = None,
     **kwargs,
-) -> MaskRCNN:
-    """The mask model of the config: ``backbone`` in ``BACKBONES``; optionally initialised from ``coco_checkpoint``.
+) -> MaskRCNN | FCIS:
+    """The mask model of the config: ``model`` in ``MASK_MODELS``; optionally initialised from ``coco_checkpoint``.
 
-    ``pretrained_layout`` (ResNet-50 only; default: whether a checkpoint is given) freezes batch norm and the
-    first two stages, as fine-tuning from COCO weights wants. ``kwargs`` go to torchvision's MaskRCNN.
+    Mask R-CNN: ``backbone`` in ``BACKBONES``; ``kwargs`` go to torchvision's MaskRCNN. FCIS: ``backbone`` in
+    :data:`~a2dpipe.masks.fcis.FCIS_BACKBONES`; ``kwargs`` go to :func:`~a2dpipe.masks.fcis.fcis` (``k``,
+    ``mask_voting``, ``imagenet_weights``, ``box_detections_per_img``). ``pretrained_layout`` (default: whether a
+    checkpoint is given) freezes batch norm and the first stages, as fine-tuning from pretrained weights wants.
+    A ``coco_checkpoint`` must hold the weights of the same model kind (an FCIS file for FCIS).
     """
     if pretrained_layout is None:
         pretrained_layout = coco_checkpoint is not None
-    if backbone == "tiny":
-        model = maskrcnn_tiny(num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    if model == "fcis":
+        net = fcis(backbone=backbone, num_classes=num_classes, min_size=min_size, max_size=max_size,
+                   pretrained_layout=pretrained_layout and backbone != "tiny", **kwargs)
+    elif model != "maskrcnn":
+        raise ValueError(f"model must be one of {MASK_MODELS}, got {model!r}")
+    elif backbone == "tiny":
+        net = maskrcnn_tiny(num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
     elif backbone == "resnet50_fpn":
-        model = maskrcnn_resnet50_fpn(
+        net = maskrcnn_resnet50_fpn(
             num_classes=num_classes, min_size=min_size, max_size=max_size,
             pretrained_layout=pretrained_layout, **kwargs,
         )
     else:
-        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        raise ValueError(f"Mask R-CNN backbone must be one of {BACKBONES}, got {backbone!r}")
     if coco_checkpoint is not None:
-        load_coco_checkpoint(model, coco_checkpoint)
-    return model
+        load_coco_checkpoint(net, coco_checkpoint)
+    return net
+
+
+def mask_model_options(cfg: dict) -> dict:
+    """The builder keywords that ``masks.model`` and its FCIS keys add to the architecture of a mask model."""
+    if cfg["model"] != "fcis":
+        return {"model": "maskrcnn"}
+    return {"model": "fcis", "k": cfg["fcis_k"], "mask_voting": cfg["fcis_mask_voting"],
+            "imagenet_weights": cfg["fcis_imagenet_weights"]}
 
 
 def load_coco_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
@@ -194,13 +216,16 @@ def load_coco_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
                         what="COCO checkpoint (config masks.coco_checkpoint)")
 
 
-def load_mask_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MaskRCNN, dict]:
+def load_mask_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MaskRCNN | FCIS, dict]:
     """A mask model saved by ``a2dpipe train-mask-model``, in eval mode on ``device``, and its checkpoint dict.
 
     The checkpoint holds ``model`` (state dict), ``arch`` (builder keyword arguments), ``source``,
     ``class_agnostic`` and ``config`` (:func:`a2dpipe.checkpoint.load_model_file`).
     """
     checkpoint = load_model_file(path, "mask")
-    model = build_mask_model(**checkpoint["arch"])
+    arch = dict(checkpoint["arch"])
+    if arch.get("imagenet_weights"):  # the trained weights replace them; only their frozen layout matters
+        arch.update(imagenet_weights=None, pretrained_layout=True)
+    model = build_mask_model(**arch)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint

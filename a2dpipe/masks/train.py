@@ -32,7 +32,7 @@ from a2dpipe.checkpoint import fingerprint, load_resume, remove_resume, write_cu
 from a2dpipe.config import add_config_arguments, check_inputs, read_settings, stamp
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
-from a2dpipe.masks.model import build_mask_model
+from a2dpipe.masks.model import build_mask_model, mask_model_options
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns
 
 log = logging.getLogger("a2dpipe.masks")
@@ -64,6 +64,7 @@ def _arch(cfg: dict, source: str, num_classes: int) -> dict:
         max_size=cfg["max_size"],
         pretrained_layout=cfg["backbone"] == "resnet50_fpn" and cfg["coco_checkpoint"] is not None,
         box_detections_per_img=cfg["max_regions"],
+        **mask_model_options(cfg),
     )
 
 

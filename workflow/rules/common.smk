@@ -51,8 +51,14 @@ def get_flow_settings():
 
 
 def get_mask_model_settings(wildcards):
-    """`train_mask_model` reads every masks key except the inference-only score threshold."""
-    masks = [f"masks.{k}" for k in config["masks"] if k != "score_threshold"]
+    """`train_mask_model` reads every masks key except the inference-only score threshold (and FCIS's keys only
+    for FCIS)."""
+    fcis = config["masks"]["model"] == "fcis"
+    masks = [
+        f"masks.{k}"
+        for k in config["masks"]
+        if k != "score_threshold" and (fcis or not k.startswith("fcis_"))
+    ]
     return get_settings("seed", "device", *masks)
 
 

@@ -1,0 +1,529 @@
+"""FCIS (Li et al., CVPR 2017) in PyTorch: fully convolutional instance segmentation from position-sensitive
+inside/outside score maps, with torchvision's RPN, ``roi_align`` / ``ps_roi_align``, ``batched_nms`` and input
+transform.
+
+Contract (the same as torchvision's :class:`~torchvision.models.detection.MaskRCNN`, so the mask trainer and the
+region cache writer take either model):
+
+- train: ``model(images, targets) -> {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+  "loss_rpn_box_reg"}``; ``images`` a list of (3, H, W) float tensors in [0, 1], ``targets`` a list of dicts
+  ``boxes`` (N, 4) float x1, y1, x2, y2, ``labels`` (N,) int64 in 1..num_classes-1, ``masks`` (N, H, W) uint8;
+- eval: ``model(images) -> [{"boxes", "labels", "scores", "masks" (N, 1, H, W) float in [0, 1]}]`` at input size;
+  ``model.roi_heads.score_thresh`` and ``model.roi_heads.detections_per_img`` are the inference cut, as in
+  torchvision.
+
+Network. A ResNet whose last stage is dilated (stride kept, receptive field grown), as FCIS does: the RPN reads the
+second-to-last stage, the heads read the last one through a 1x1 convolution (``reduce``), then two sibling 1x1
+convolutions make the score maps:
+
+- ``inside_outside``: 2 x (C + 1) x k^2 channels (C + 1 classes counting the background), one inside map and one
+  outside map per class and per cell of a k x k grid over the RoI;
+- ``box_maps``: 4 x k^2 channels, class-agnostic box deltas (dx, dy, dw, dh) per grid cell.
+
+Channel layout (the one of R-FCN and torchvision's ``ps_roi_align``, with a leading inside/outside axis): channel
+
+    ((part * (C + 1) + c) * k + i) * k + j        part 0 = inside, 1 = outside; class c; grid row i, column j
+
+and ``box_maps`` channel ``(d * k + i) * k + j`` for delta d in (dx, dy, dw, dh).
+
+Assembling. Each RoI is cut into a k x k grid and resampled at M x M cells (``roi_size``, 21 in FCIS, at least k);
+output cell (r, s) lies in grid bin (i, j) = (r * k // M, s * k // M) and is read, by aligned bilinear sampling
+(as ``roi_align``), from that bin's channel only. Worked example, k = 3, C + 1 = 3 classes (54 channels), M = 6:
+output cell (r, s) = (1, 5) of the *outside* map of class 2 lies in bin (1 * 3 // 6, 5 * 3 // 6) = (0, 2), so it
+is read from channel ((1 * 3 + 2) * 3 + 0) * 3 + 2 = 47; cell (4, 0) of the inside map of class 1 reads bin
+(2, 0), channel ((0 * 3 + 1) * 3 + 2) * 3 + 0 = 15. The result is (R, 2, C + 1, M, M). Implemented as one
+vectorised gather of every sample's bilinear taps (torchvision's aligned ``roi_align`` rule, one point per cell by
+default: a cell is under a feature pixel wide); :func:`assemble_naive`, a per-RoI, per-bin loop of ``roi_align``
+crops, is the reference it is tested against.
+
+Joint formulation. Per pixel and class, softmax over (inside, outside) is the mask (sigmoid(inside - outside)); per
+class, max(inside, outside) averaged over the RoI is the detection logit (softmax over the C + 1 classes). Box
+deltas: ``box_maps`` pooled by ``ps_roi_align`` at k x k and averaged. Training matches proposals (and the ground
+truth boxes) to ground truth at IoU 0.5, computes every RoI's loss (classification on all, box regression and the
+per-pixel mask loss of the ground-truth class on foreground RoIs only) and keeps the ``batch_size_per_image``
+hardest per image (online hard example mining, as FCIS; at most a quarter of them foreground, since a frame holds
+few objects). Inference: scores and class-specific masks of the
+proposals; their regressed boxes assembled again give a second set; per-class NMS over both sets; then, with
+``mask_voting``, each kept mask is replaced by the score-weighted mean of the best ``voting_pool`` same-class
+candidates whose box IoU with it is at least 0.5 (:func:`mask_voting`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet50, resnet101
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, ps_roi_align, remove_small_boxes, roi_align
+from torchvision.ops import misc as misc_nn_ops
+
+from a2dpipe.checkpoint import read_checkpoint, state_dict_of
+from a2dpipe.io import A2DError
+
+__all__ = [
+    "FCIS",
+    "FCISHeads",
+    "FCIS_BACKBONES",
+    "DilatedTinyBody",
+    "assemble",
+    "assemble_naive",
+    "mask_voting",
+    "fcis",
+    "load_imagenet_weights",
+]
+
+log = logging.getLogger("a2dpipe.masks")
+
+FCIS_BACKBONES = ("tiny", "resnet50", "resnet101")
+
+
+class FCIS(nn.Module):
+    """FCIS: input transform, dilated ResNet, RPN, position-sensitive heads (see the module docstring).
+
+    ``backbone(x)`` returns ``(rpn_features, head_features)`` at the same stride; ``roi_heads`` is a
+    :class:`FCISHeads`. Train and eval returns follow torchvision's MaskRCNN.
+    """
+
+    def __init__(self, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: "FCISHeads",
+                 transform: GeneralizedRCNNTransform):
+        super().__init__()
+        self.transform = transform
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        if self.training and targets is None:
+            raise ValueError("FCIS in train mode needs targets")
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        batch, targets = self.transform(images, targets)
+        rpn_features, head_features = self.backbone(batch.tensors)
+        proposals, rpn_losses = self.rpn(batch, OrderedDict([("0", rpn_features)]), targets)
+        if self.training:
+            return {**self.roi_heads(head_features, proposals, batch.image_sizes, targets), **rpn_losses}
+        detections = self.roi_heads(head_features, proposals, batch.image_sizes)
+        return [self._to_input_size(d, size, original) for d, size, original
+                in zip(detections, batch.image_sizes, original_sizes)]
+
+    @staticmethod
+    def _to_input_size(detection: dict, size, original) -> dict:
+        """Boxes back to input pixels, RoI masks pasted in the input frame."""
+        boxes = resize_boxes(detection["boxes"], size, original)
+        masks = paste_masks_in_image(detection["masks"], boxes, original)
+        return {"boxes": boxes, "labels": detection["labels"], "scores": detection["scores"], "masks": masks}
+
+
+class FCISHeads(nn.Module):
+    """Position-sensitive inside/outside and box heads on the last-stage features, with their losses and inference.
+
+    ``forward(features (B, D, h, w), proposals [(R_b, 4)], image_sizes, targets=None)``: in train mode the dict
+    ``loss_classifier, loss_box_reg, loss_mask``; in eval mode per image ``boxes, labels, scores`` and ``masks``
+    (N, 1, M, M) in RoI coordinates (after mask voting when ``mask_voting``). ``stride`` is the feature map's, in
+    input pixels.
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, num_classes: int, *, stride: int, k: int = 7,
+                 roi_size: int = 21, fg_iou_thresh: float = 0.5, batch_size_per_image: int = 128,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
+                 mask_voting: bool = True, voting_pool: int = 100):
+        super().__init__()
+        if roi_size < k:
+            raise ValueError(f"roi_size ({roi_size}) must be at least the grid size k ({k})")
+        self.num_classes, self.k, self.roi_size, self.spatial_scale = num_classes, k, roi_size, 1.0 / stride
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1), nn.ReLU(inplace=True))
+        self.inside_outside = nn.Conv2d(mid_channels, 2 * num_classes * k * k, 1)
+        self.box_maps = nn.Conv2d(mid_channels, 4 * k * k, 1)
+        for conv in (self.inside_outside, self.box_maps):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+        self.matcher = det_utils.Matcher(fg_iou_thresh, fg_iou_thresh, allow_low_quality_matches=False)
+        self.box_coder = det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.batch_size_per_image = batch_size_per_image
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        self.mask_voting, self.voting_pool = mask_voting, voting_pool
+
+    def forward(self, features, proposals, image_sizes, targets=None):
+        hidden = self.reduce(features)
+        maps = self.inside_outside(hidden), self.box_maps(hidden)
+        if self.training:
+            return self._losses(maps, proposals, targets)
+        return self._detect(maps, proposals, image_sizes)
+
+    # --- layers ---------------------------------------------------------------------------------------------------
+
+    def _roi_outputs(self, maps, boxes: list[torch.Tensor]):
+        """Per RoI: class logits (R, C+1), mask logits inside - outside (R, C+1, M, M), box deltas (R, 4)."""
+        score_maps, box_maps = maps
+        rois = _rois(boxes)
+        assembled = assemble(score_maps, rois, self.k, self.roi_size, self.spatial_scale)
+        inside, outside = assembled.unbind(1)
+        class_logits = torch.maximum(inside, outside).mean((2, 3))
+        deltas = ps_roi_align(box_maps, rois, self.k, self.spatial_scale, 2).mean((2, 3))
+        return class_logits, inside - outside, deltas
+
+    # --- training -------------------------------------------------------------------------------------------------
+
+    def _losses(self, maps, proposals, targets):
+        boxes, labels, matched, gt_boxes = [], [], [], []
+        for props, target in zip(proposals, targets):
+            props = torch.cat([props, target["boxes"]])  # ground truth boxes are RoIs too, as in torchvision
+            lab, idx = self._match(props, target)
+            boxes.append(props), labels.append(lab), matched.append(idx)
+            gt_boxes.append(target["boxes"][idx] if len(target["boxes"]) else props)
+        class_logits, mask_logits, deltas = self._roi_outputs(maps, boxes)
+        labels_all = torch.cat(labels)
+        fg = torch.where(labels_all > 0)[0]
+
+        cls_loss = F.cross_entropy(class_logits, labels_all, reduction="none")
+        box_loss = torch.zeros_like(cls_loss)
+        mask_loss = torch.zeros_like(cls_loss)
+        if len(fg):
+            targets_deltas = self.box_coder.encode_single(torch.cat(gt_boxes)[fg], torch.cat(boxes)[fg])
+            box_loss = box_loss.index_put((fg,), F.smooth_l1_loss(deltas[fg], targets_deltas, beta=1 / 9,
+                                                                  reduction="none").sum(1))
+            mask_targets = torch.cat([
+                project_masks_on_boxes(t["masks"], b, m, self.roi_size) if len(t["boxes"])
+                else b.new_zeros(len(b), self.roi_size, self.roi_size)
+                for t, b, m in zip(targets, boxes, matched)
+            ])
+            fg_logits = mask_logits[fg, labels_all[fg]]
+            per_roi = F.binary_cross_entropy_with_logits(fg_logits, mask_targets[fg], reduction="none").mean((1, 2))
+            mask_loss = mask_loss.index_put((fg,), per_roi)
+
+        keep = self._hardest([len(b) for b in boxes], (cls_loss + box_loss + mask_loss).detach(), labels_all > 0)
+        fg_kept = keep[labels_all[keep] > 0]
+        return {
+            "loss_classifier": cls_loss[keep].mean(),
+            "loss_box_reg": box_loss[keep].sum() / len(keep),
+            "loss_mask": mask_loss[fg_kept].mean() if len(fg_kept) else mask_logits.sum() * 0,
+        }
+
+    def _match(self, boxes: torch.Tensor, target: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class label (0 = background) and matched ground-truth index of each RoI."""
+        if len(target["boxes"]) == 0:  # a frame without instances: every RoI is background
+            zeros = boxes.new_zeros(len(boxes), dtype=torch.int64)
+            return zeros, zeros
+        idx = self.matcher(box_iou(target["boxes"], boxes))
+        labels = target["labels"][idx.clamp(min=0)].to(torch.int64)
+        labels[idx < 0] = 0
+        return labels, idx.clamp(min=0)
+
+    def _hardest(self, counts: list[int], losses: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+        """Indices of the ``batch_size_per_image`` highest-loss RoIs of each image (OHEM), foreground and background
+        ranked apart: at most a quarter foreground, the rest the hardest background (few objects per frame would
+        otherwise leave the foreground a few percent of the batch)."""
+        keep, start = [], 0
+        for n in counts:
+            loss, fg = losses[start:start + n], foreground[start:start + n]
+            fg_idx, bg_idx = torch.where(fg)[0], torch.where(~fg)[0]
+            fg_idx = fg_idx[loss[fg_idx].topk(min(len(fg_idx), self.batch_size_per_image // 4)).indices]
+            bg_idx = bg_idx[loss[bg_idx].topk(min(len(bg_idx), self.batch_size_per_image - len(fg_idx))).indices]
+            keep.append(torch.cat([fg_idx, bg_idx]) + start)
+            start += n
+        return torch.cat(keep)
+
+    # --- inference ------------------------------------------------------------------------------------------------
+
+    def _detect(self, maps, proposals, image_sizes):
+        class_logits, mask_logits, deltas = self._roi_outputs(maps, proposals)
+        refined = self.box_coder.decode_single(deltas, torch.cat(proposals))
+        refined = [clip_boxes_to_image(b, size) for b, size in zip(refined.split([len(p) for p in proposals]),
+                                                                     image_sizes)]
+        class_logits2, mask_logits2, _ = self._roi_outputs(maps, refined)
+        counts = [len(p) for p in proposals]
+        per_image = zip(proposals, refined, class_logits.split(counts), class_logits2.split(counts),
+                        mask_logits.split(counts), mask_logits2.split(counts))
+        return [self._detect_image(torch.cat([p, r]), torch.cat([c1, c2]), torch.cat([m1, m2]))
+                for p, r, c1, c2, m1, m2 in per_image]
+
+    def _detect_image(self, boxes, class_logits, mask_logits) -> dict:
+        """Class-specific candidates above ``score_thresh``, per-class NMS, best ``detections_per_img``."""
+        num_fg = self.num_classes - 1
+        scores = class_logits.softmax(1)[:, 1:].reshape(-1)
+        rois = torch.arange(len(boxes), device=boxes.device).repeat_interleave(num_fg)
+        labels = torch.arange(1, self.num_classes, device=boxes.device).repeat(len(boxes))
+        cand = torch.where(scores >= self.score_thresh)[0]
+        cand = cand[remove_small_boxes(boxes[rois[cand]], 1e-2)]
+        cand = cand[scores[cand].argsort(descending=True)]
+        kept = cand[batched_nms(boxes[rois[cand]], scores[cand], labels[cand], self.nms_thresh)]
+        kept = kept[: self.detections_per_img]
+        out = {"boxes": boxes[rois[kept]], "labels": labels[kept], "scores": scores[kept],
+               "masks": mask_logits[rois[kept], labels[kept]].sigmoid().unsqueeze(1)}
+        if self.mask_voting:
+            pool = torch.cat([kept, cand[: self.voting_pool]]).unique()  # every kept mask votes for itself
+            out["masks"] = mask_voting(out["boxes"], out["labels"], out["masks"], boxes[rois[pool]], labels[pool],
+                                       scores[pool], mask_logits[rois[pool], labels[pool]].sigmoid().unsqueeze(1))
+        return out
+
+
+def assemble(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
+             sampling_ratio: int = 1) -> torch.Tensor:
+    """Assemble each RoI's inside/outside maps: (B, 2 (C+1) k^2, h, w), rois (R, 5) -> (R, 2, C+1, M, M).
+
+    Exactly torchvision's aligned ``roi_align`` sampling (``sampling_ratio``^2 bilinear points per cell, averaged),
+    each cell reading its bin's channel: a vectorised gather of the four bilinear taps of every point, equal to
+    :func:`assemble_naive` bit for bit. Alternatives measured on one CPU thread (k = 7, M = 14, 16 maps): one
+    ``ps_roi_align`` over channels gathered per cell is 4 times slower (cache-bound); one ``roi_align`` over k^2
+    sub-RoIs per RoI is 2.5 times faster forward but 1.6 times slower forward + backward at training size, and
+    equal to the loop only to rounding.
+    """
+    batch, channels, height, width = score_maps.shape
+    groups, points = channels // (k * k), roi_size * sampling_ratio
+    ys = _sample_points(rois[:, 2], rois[:, 4], spatial_scale, roi_size, sampling_ratio)  # (R, points)
+    xs = _sample_points(rois[:, 1], rois[:, 3], spatial_scale, roi_size, sampling_ratio)
+    grid_bin = torch.arange(points, device=rois.device) // sampling_ratio * k // roi_size
+    # channels last, groups innermost: the taps of one point in every group lie within one pixel's channels
+    channel = (torch.arange(groups, device=rois.device) * k + grid_bin[:, None, None]) * k + grid_bin[:, None]
+    image = rois[:, 0].long()[:, None, None, None] * height  # (R, 1, 1, 1)
+    flat = score_maps.permute(0, 2, 3, 1).reshape(-1)
+    out = 0
+    for y, wy in _bilinear_taps(ys, height):
+        row = (image + y[:, :, None, None]) * width
+        for x, wx in _bilinear_taps(xs, width):
+            index = (row + x[:, None, :, None]) * channels + channel  # (R, points, points, G)
+            taps = flat.gather(0, index.reshape(-1)).reshape(index.shape)  # gather: its backward is a fast scatter
+            out = out + taps * (wy[:, :, None, None] * wx[:, None, :, None])
+    out = out.permute(0, 3, 1, 2)
+    if sampling_ratio > 1:
+        out = F.avg_pool2d(out, sampling_ratio)
+    return out.reshape(len(rois), 2, groups // 2, roi_size, roi_size)
+
+
+def _sample_points(start: torch.Tensor, end: torch.Tensor, scale: float, cells: int, ratio: int) -> torch.Tensor:
+    """Sample coordinates (R, cells * ratio) along one axis, as aligned ``roi_align`` places them."""
+    origin = start * scale - 0.5
+    step = (end * scale - 0.5 - origin) / cells
+    cell = torch.arange(cells, dtype=start.dtype, device=start.device).repeat_interleave(ratio)
+    offset = (torch.arange(ratio, dtype=start.dtype, device=start.device) + 0.5).repeat(cells)
+    return origin[:, None] + cell * step[:, None] + offset * step[:, None] / ratio
+
+
+def _bilinear_taps(coords: torch.Tensor, size: int):
+    """The two taps (index, weight) of each coordinate on an axis of ``size`` pixels, ``roi_align``'s border rule:
+    beyond one pixel outside the map weighs nothing, else clamped to the map."""
+    valid = (coords >= -1.0) & (coords <= size)
+    coords = coords.clamp(min=0)
+    low = coords.long()
+    last = low >= size - 1
+    low = low.clamp(max=size - 1)
+    coords = torch.where(last, low.to(coords.dtype), coords)
+    high = torch.where(last, low, low + 1)
+    frac = coords - low
+    return (low, (1 - frac) * valid), (high, frac * valid)
+
+
+def assemble_naive(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
+                   sampling_ratio: int = 1) -> torch.Tensor:
+    """Reference for :func:`assemble`: for every RoI and every grid bin, crop that bin's channel of every
+    (part, class) map with ``roi_align`` and copy the bin's cells. Slow; for tests."""
+    groups = score_maps.shape[1] // (k * k)
+    out = score_maps.new_zeros(len(rois), groups, roi_size, roi_size)
+    rows = [[r for r in range(roi_size) if r * k // roi_size == i] for i in range(k)]
+    for n in range(len(rois)):
+        for i in range(k):
+            for j in range(k):
+                channels = [(g * k + i) * k + j for g in range(groups)]
+                crop = roi_align(score_maps[:, channels], rois[n:n + 1], roi_size, spatial_scale, sampling_ratio,
+                                 aligned=True)
+                r0, r1, c0, c1 = rows[i][0], rows[i][-1] + 1, rows[j][0], rows[j][-1] + 1
+                out[n, :, r0:r1, c0:c1] = crop[0, :, r0:r1, c0:c1]
+    return out.reshape(len(rois), 2, -1, roi_size, roi_size)
+
+
+def mask_voting(boxes: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, pool_boxes: torch.Tensor,
+                pool_labels: torch.Tensor, pool_scores: torch.Tensor, pool_masks: torch.Tensor,
+                iou_thresh: float = 0.5) -> torch.Tensor:
+    """FCIS mask voting: each RoI mask (N, 1, M, M) over its box becomes the score-weighted mean of the pool's masks
+    (P, 1, M, M) of the same class whose box overlaps it at IoU >= ``iou_thresh`` (box IoU, as FCIS's reference
+    code), each resampled into the kept box's M x M cells (bilinear, zero outside its own box). A mask without
+    voters (not itself in the pool) is kept as is."""
+    if len(boxes) == 0 or len(pool_boxes) == 0:
+        return masks
+    pairs = torch.where((box_iou(boxes, pool_boxes) >= iou_thresh) & (labels[:, None] == pool_labels[None]))
+    if len(pairs[0]) == 0:
+        return masks
+    kept, voter = pairs
+    size = masks.shape[-1]
+    centres = (torch.arange(size, dtype=boxes.dtype, device=boxes.device) + 0.5) / size  # cell centres in [0, 1]
+    target, source = boxes[kept], pool_boxes[voter]
+    xs = target[:, 0, None] + centres * (target[:, 2] - target[:, 0])[:, None]  # (pairs, M) image coordinates
+    ys = target[:, 1, None] + centres * (target[:, 3] - target[:, 1])[:, None]
+    gx = 2 * (xs - source[:, 0, None]) / (source[:, 2] - source[:, 0]).clamp(min=1e-6)[:, None] - 1
+    gy = 2 * (ys - source[:, 1, None]) / (source[:, 3] - source[:, 1]).clamp(min=1e-6)[:, None] - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)  # (pairs, M, M, 2) as (x, y)
+    resampled = F.grid_sample(pool_masks[voter], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    weights = pool_scores[voter]
+    total = masks.new_zeros(len(masks)).index_add_(0, kept, weights)
+    voted = masks.new_zeros(masks.shape).index_add_(0, kept, resampled * weights[:, None, None, None])
+    has_voters = (total > 0)[:, None, None, None]
+    return torch.where(has_voters, voted / total.clamp(min=1e-12)[:, None, None, None], masks)
+
+
+def _rois(boxes: list[torch.Tensor]) -> torch.Tensor:
+    """(R, 5) RoIs ``batch index, x1, y1, x2, y2`` from per-image boxes."""
+    index = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
+    return torch.cat([index, torch.cat(boxes)], 1)
+
+
+# --- backbones --------------------------------------------------------------------------------------------------------
+
+
+class _Block(nn.Module):
+    """ResNet basic block with optional dilation and a projection shortcut when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, dilation, dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, dilation, dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class DilatedTinyBody(nn.Module):
+    """Narrow ResNet for small frames, FCIS-style: ``layer1`` at stride 4, ``layer2`` at 8, ``layer3`` dilated by 2
+    at stride 8. Channels ``width``, ``2 width``, ``4 width`` (the widths of Mask R-CNN's tiny body). Returns
+    ``(layer2, layer3)``: the RPN's and the heads' features."""
+
+    stride = 8
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        self.rpn_channels, self.out_channels = 2 * width, 4 * width
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width // 2, 3, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(width // 2, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        )
+        self.layer1 = _Block(width, width)
+        self.layer2 = _Block(width, 2 * width, stride=2)
+        self.layer3 = _Block(2 * width, 4 * width, dilation=2)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        conv4 = self.layer2(self.layer1(self.stem(x)))
+        return conv4, self.layer3(conv4)
+
+
+class DilatedResNet(nn.Module):
+    """torchvision ResNet-50/101 with ``layer4`` dilated (stride 16): returns ``(layer3, layer4)``.
+
+    ``frozen=True`` (when starting from ImageNet weights, as FCIS does) uses frozen batch norm and freezes the stem
+    and ``layer1``.
+    """
+
+    stride = 16
+
+    def __init__(self, depth: int, frozen: bool = False):
+        super().__init__()
+        norm = misc_nn_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+        net = {50: resnet50, 101: resnet101}[depth](
+            weights=None, norm_layer=norm, replace_stride_with_dilation=[False, False, True]
+        )
+        self.body = IntermediateLayerGetter(net, return_layers={"layer3": "rpn", "layer4": "head"})
+        if frozen:
+            for module in (self.body.conv1, self.body.layer1):
+                module.requires_grad_(False)
+        self.rpn_channels, self.out_channels = 1024, 2048
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return features["rpn"], features["head"]
+
+
+def load_imagenet_weights(backbone: DilatedResNet, path: str | Path) -> None:
+    """Initialise a :class:`DilatedResNet` from a local torchvision ImageNet ResNet state dict (``fc`` ignored)."""
+    what = "ImageNet ResNet weights (config masks.fcis_imagenet_weights)"
+    state = state_dict_of(read_checkpoint(path, what), path)
+    target = backbone.body.state_dict()
+    state = {k: v for k, v in state.items()  # frozen batch norm keeps no batch counter
+             if not k.startswith("fc.") and (k in target or not k.endswith("num_batches_tracked"))}
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [k for k, v in state.items() if k not in target or tuple(v.shape) != tuple(target[k].shape)]
+    if missing or wrong:
+        raise A2DError(f"{path}: not this ResNet's weights (missing {missing[:4]}, unexpected or misshapen "
+                       f"{wrong[:4]})")
+    backbone.body.load_state_dict(state, strict=False)
+
+
+# --- builder ----------------------------------------------------------------------------------------------------------
+
+
+def fcis(
+    *,
+    backbone: str = "tiny",
+    num_classes: int,
+    min_size: int,
+    max_size: int,
+    k: int = 7,
+    roi_size: int | None = None,
+    mask_voting: bool = True,
+    imagenet_weights: str | Path | None = None,
+    pretrained_layout: bool = False,
+    width: int = 24,
+    box_detections_per_img: int = 100,
+    box_score_thresh: float = 0.05,
+) -> FCIS:
+    """An FCIS of ``num_classes`` classes (with the background) on ``backbone`` in ``FCIS_BACKBONES``.
+
+    ``tiny``: :class:`DilatedTinyBody` (stride 8), anchors 12..96 px, 200 training RoIs per image of which OHEM
+    keeps 32, 100 test proposals (the tiny Mask R-CNN's 100), 128-channel ``reduce``, 14 x 14 RoI masks (objects
+    of 8..90 px); ``resnet50`` / ``resnet101``: :class:`DilatedResNet` (stride 16), anchors 32..512 px, 300
+    training RoIs of which OHEM keeps 128, 300 test proposals, 1024-channel ``reduce``, 21 x 21 RoI masks (FCIS's
+    sizes), optionally from ``imagenet_weights`` (frozen batch norm, stem and ``layer1`` then, as also with
+    ``pretrained_layout``). ``k`` is the position-sensitive grid, ``roi_size`` the assembled mask size (default:
+    per backbone, as above).
+    """
+    if backbone == "tiny":
+        if imagenet_weights is not None:
+            raise ValueError("imagenet_weights applies to the resnet50 / resnet101 FCIS backbones, not tiny")
+        body: nn.Module = DilatedTinyBody(width)
+        anchors = AnchorGenerator(sizes=((12, 24, 48, 96),), aspect_ratios=((0.5, 1.0, 2.0),))
+        mid, rpn_counts = 128, dict(pre_train=600, post_train=200, pre_test=300, post_test=100, batch=128)
+        roi_size, ohem = roi_size or 14, 32
+    elif backbone in ("resnet50", "resnet101"):
+        body = DilatedResNet(int(backbone[6:]), frozen=imagenet_weights is not None or pretrained_layout)
+        if imagenet_weights is not None:
+            load_imagenet_weights(body, imagenet_weights)
+        anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+        mid, rpn_counts = 1024, dict(pre_train=6000, post_train=300, pre_test=6000, post_test=300, batch=256)
+        roi_size, ohem = roi_size or 21, 128
+    else:
+        raise ValueError(f"FCIS backbone must be one of {FCIS_BACKBONES}, got {backbone!r}")
+    rpn = RegionProposalNetwork(
+        anchors,
+        RPNHead(body.rpn_channels, anchors.num_anchors_per_location()[0]),
+        fg_iou_thresh=0.7,
+        bg_iou_thresh=0.3,
+        batch_size_per_image=rpn_counts["batch"],
+        positive_fraction=0.5,
+        pre_nms_top_n=dict(training=rpn_counts["pre_train"], testing=rpn_counts["pre_test"]),
+        post_nms_top_n=dict(training=rpn_counts["post_train"], testing=rpn_counts["post_test"]),
+        nms_thresh=0.7,
+    )
+    heads = FCISHeads(
+        body.out_channels, mid, num_classes, stride=body.stride, k=k, roi_size=roi_size, batch_size_per_image=ohem,
+        score_thresh=box_score_thresh, detections_per_img=box_detections_per_img, mask_voting=mask_voting,
+    )
+    transform = GeneralizedRCNNTransform(min_size, max_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    return FCIS(body, rpn, heads, transform)

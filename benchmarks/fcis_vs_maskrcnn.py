@@ -1,0 +1,193 @@
+"""FCIS vs Mask R-CNN as the mask model, side by side on the same frames: mask AP, training time, ms per frame.
+
+    python benchmarks/fcis_vs_maskrcnn.py --config config.yaml --frames results/frames/shard-*.h5 --work /tmp/x
+
+For each model (``masks.model`` = maskrcnn, fcis) and trained source (dataset, generic) the config's recipe trains a
+mask model on the train split (``train_mask_model``: the pipeline's own code), the region cache of every shard is
+written (``cache_regions``), and mask AP is measured on the test split (``mask_quality``: the rows of
+``results/masks/quality.csv``). The four trainings alternate model by model so that machine load hits both alike.
+
+Speed: each trained ``dataset`` model re-run at ``--height`` x ``--width`` (test frames resized to it; the input
+transform set to keep that size), one thread, median over ``--repeats`` forward passes interleaved model by model
+after a warm-up. FCIS is timed with and without mask voting. Training speed: ``--steps`` steps of fresh models
+interleaved step by step on the same batches (whole trainings run one after another see different machine load).
+Writes ``--work``/summary.csv, speed.csv, step_speed.csv and prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from a2dpipe.io import load_config
+from a2dpipe.masks.data import InstanceReader, list_frames
+from a2dpipe.masks.model import build_mask_model, load_mask_model
+from a2dpipe.masks.quality import mask_quality
+from a2dpipe.masks.stage import cache_regions
+from a2dpipe.masks.train import NUM_CLASSES, train_mask_model
+from a2dpipe.masks.train import _arch as train_arch, _batch as train_batch  # the trainer's own recipe
+
+MODELS = ("maskrcnn", "fcis")
+SOURCES = ("dataset", "generic")
+
+
+def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES, models=MODELS):
+    """Train the models of ``sources`` (alternating), cache regions; return training seconds and caches per
+    (model, source)."""
+    seconds, caches = {}, {}
+    for source in sources:
+        for model in models:
+            cfg = copy.deepcopy(config)
+            cfg["masks"]["model"] = model
+            out = work / model / source / "model.pt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            train_mask_model(cfg, source, frames, out)
+            seconds[model, source] = time.perf_counter() - started
+            caches[model, source] = []
+            for shard in frames:
+                cache = out.parent / f"{Path(shard).stem}.h5"
+                cache_regions(cfg, source, shard, cache, model_path=out)
+                caches[model, source].append(cache)
+            print(f"{model} {source}: trained in {seconds[model, source]:.0f} s", flush=True)
+    return seconds, caches
+
+
+def recache(config: dict, frames: list[str], work: Path) -> dict:
+    """Region caches of the trained models at the config's (overridden) score threshold, beside the models."""
+    threshold = config["masks"]["score_threshold"]
+    caches = {}
+    for model in MODELS:
+        for source in SOURCES:
+            folder = work / model / source / f"threshold-{threshold}"
+            folder.mkdir(exist_ok=True)
+            caches[model, source] = []
+            for shard in frames:
+                cache = folder / f"{Path(shard).stem}.h5"
+                cache.unlink(missing_ok=True)
+                cache_regions(config, source, shard, cache, model_path=work / model / source / "model.pt")
+                caches[model, source].append(cache)
+    return caches
+
+
+def speed(work: Path, frames: list[str], config: dict, height: int, width: int, repeats: int) -> dict[str, float]:
+    """Median ms per frame of each trained dataset model at height x width (FCIS with and without voting)."""
+    refs = list_frames(frames, split="test")[:repeats]
+    with InstanceReader(frames) as reader:
+        images = [F.interpolate(torch.from_numpy(reader.rgb(r)).permute(2, 0, 1)[None].float().div(255),
+                                size=(height, width), mode="bilinear", align_corners=False)[0] for r in refs]
+    runs = {}
+    for model in MODELS:
+        net, _ = load_mask_model(work / model / "dataset" / "model.pt")
+        net.transform.min_size, net.transform.max_size = (height,), width
+        net.roi_heads.score_thresh = config["masks"]["score_threshold"]
+        runs[model] = net
+    runs["fcis (no voting)"] = copy.deepcopy(runs["fcis"])
+    runs["fcis (no voting)"].roi_heads.mask_voting = False
+    times = {name: [] for name in runs}
+    with torch.inference_mode():
+        for net in runs.values():
+            net([images[0]])  # warm-up
+        for image in images:
+            for name, net in runs.items():
+                started = time.perf_counter()
+                net([image])
+                times[name].append(time.perf_counter() - started)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def step_speed(frames: list[str], config: dict, steps: int) -> dict[str, float]:
+    """Median seconds per training step (forward, backward, update) of fresh dataset models, interleaved step by
+    step on the same batches: a ratio the machine's load hits alike, unlike whole trainings run one after another."""
+    cfg = config["masks"]
+    refs = list_frames(frames, split="train")
+    runs = {}
+    for model in MODELS:
+        torch.manual_seed(0)
+        net = build_mask_model(**train_arch({**cfg, "model": model}, "dataset", NUM_CLASSES["dataset"])).train()
+        runs[model] = net, torch.optim.AdamW(net.parameters(), lr=cfg["lr"])
+    times = {name: [] for name in runs}
+    with InstanceReader(frames) as reader:
+        for step in range(steps + 1):
+            images, targets = train_batch(reader, refs, "dataset", 0, step, cfg["batch_size"], torch.device("cpu"))
+            for name, (net, optimizer) in runs.items():
+                started = time.perf_counter()
+                loss = sum(net(images, targets).values())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if step:  # the first step warms up
+                    times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="config.yaml")
+    parser.add_argument("--frames", nargs="+", required=True, help="frames stores (every shard)")
+    parser.add_argument("--work", required=True, help="folder for the models, caches and summary.csv")
+    parser.add_argument("--height", type=int, default=320)
+    parser.add_argument("--width", type=int, default=568)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10, help="interleaved training steps timed per model")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
+                        help="sources to train (one per process lets two shares of a busy machine work at once)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to train")
+    parser.add_argument("--lr", type=float, help="override masks.lr (the recipe of every model)")
+    parser.add_argument("--train-only", action="store_true", help="stop after training and caching")
+    parser.add_argument("--score-threshold", type=float,
+                        help="with --skip-training: re-cache the regions at this masks.score_threshold")
+    parser.add_argument("--no-speed", action="store_true", help="mask AP and training times only")
+    parser.add_argument("--skip-training", action="store_true", help="reuse the models and caches in --work")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    config["device"] = "cpu"
+    if args.lr:
+        config["masks"]["lr"] = args.lr
+    work = Path(args.work)
+    if args.skip_training:
+        seconds = {tuple(name.split()): t for f in work.glob("train_seconds-*.csv")
+                   for name, t in pd.read_csv(f, index_col=0)["train_s"].items()}
+        caches = {(m, s): sorted((work / m / s).glob("*.h5")) for m in MODELS for s in SOURCES}
+        if args.score_threshold is not None:
+            config["masks"]["score_threshold"] = args.score_threshold
+            caches = recache(config, args.frames, work)
+    else:
+        seconds, caches = train_and_cache(config, args.frames, work, args.sources, args.models)
+        pd.Series({f"{m} {s}": t for (m, s), t in seconds.items()}, name="train_s").to_csv(
+            work / f"train_seconds-{'-'.join(args.models + args.sources)}.csv")
+        if args.train_only:
+            return
+    rows = []
+    for model in MODELS:
+        table = mask_quality(args.frames, {s: caches[model, s] for s in SOURCES})
+        for row in table.to_dict("records"):
+            rows.append({"model": model, **row, "train_s": seconds.get((model, row["source"]), float("nan"))})
+    summary = pd.DataFrame(rows)
+    print(summary.to_string(index=False, float_format="%.2f"))
+    summary.to_csv(work / "summary.csv", index=False, float_format="%.3f")
+    if args.no_speed:
+        return
+    ms = speed(work, args.frames, config, args.height, args.width, args.repeats)
+    print(f"ms per frame at {args.height} x {args.width}, {torch.get_num_threads()} thread(s): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
+          + f"; fcis / maskrcnn {ms['fcis'] / ms['maskrcnn']:.2f}")
+    pd.Series(ms, name="ms_per_frame").to_csv(work / "speed.csv")
+    step = step_speed(args.frames, config, args.steps)
+    print(f"training step ({args.steps} interleaved, {torch.get_num_threads()} thread(s)): "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in step.items())
+          + f"; fcis / maskrcnn {step['fcis'] / step['maskrcnn']:.2f}")
+    pd.Series(step, name="s_per_training_step").to_csv(work / "step_speed.csv")
+
+
+if __name__ == "__main__":
+    main()

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from a2dpipe.config import write_made_from
+from a2dpipe.config import add_config_arguments, read_settings, write_made_from
 from a2dpipe.evaluation import paper_results as paper
 from a2dpipe.evaluation.bootstrap import Bootstrap, per_video_key, percentile_interval, read_per_video
 from a2dpipe.io import A2DError, atomic_path

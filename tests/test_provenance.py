@@ -188,7 +188,7 @@ def test_a_dry_run_with_another_config_during_a_run_changes_nothing_the_run_read
 # -- after a complete run: what reruns when a key changes -------------------------------------------------------------
 
 EVERYTHING_FROM_FRAMES = {"extract_frames": 2, "flow": 2, "train_mask_model": 2, "region_masks": 6,
-                          "mask_quality": 1, "train_stage1": 2, "train_stage2": 3, "predict": 6, "evaluate": 6,
+                          "mask_quality": 1, "train_stage1": 2, "train_stage2": 3, "predict": 8, "evaluate": 8,
                           "timing": 1, "report_figures": 1, "tables": 1}
 FINAL = {"timing": 1, "report_figures": 1, "tables": 1}
 RERUNS = {
@@ -197,16 +197,16 @@ RERUNS = {
     "dataset.exclude_videos": (["no-such-video"], {"index": 1, **EVERYTHING_FROM_FRAMES}),
     "frames.compression": ("gzip", EVERYTHING_FROM_FRAMES),
     # flow: only what uses the rgbflow input
-    "flow.dis_preset": ("fast", {"flow": 2, "train_stage1": 1, "train_stage2": 2, "predict": 4, "evaluate": 4,
+    "flow.dis_preset": ("fast", {"flow": 2, "train_stage1": 1, "train_stage2": 2, "predict": 5, "evaluate": 5,
                                  **FINAL}),
     # masks: training keys retrain the models, inference keys only recompute the model sources' caches
-    "masks.lr": (0.02, {"train_mask_model": 2, "region_masks": 4, "mask_quality": 1, "train_stage2": 3, "predict": 4,
-                        "evaluate": 4, **FINAL}),
-    "masks.score_threshold": (0.1, {"region_masks": 4, "mask_quality": 1, "train_stage2": 3, "predict": 4,
-                                    "evaluate": 4, **FINAL}),
-    "segmentation.stage1.iterations": (5, {"train_stage1": 2, "train_stage2": 3, "predict": 6, "evaluate": 6, **FINAL}),
+    "masks.lr": (0.02, {"train_mask_model": 2, "region_masks": 4, "mask_quality": 1, "train_stage2": 3, "predict": 6,
+                        "evaluate": 6, **FINAL}),
+    "masks.score_threshold": (0.1, {"region_masks": 4, "mask_quality": 1, "train_stage2": 3, "predict": 6,
+                                    "evaluate": 6, **FINAL}),
+    "segmentation.stage1.iterations": (5, {"train_stage1": 2, "train_stage2": 3, "predict": 8, "evaluate": 8, **FINAL}),
     "segmentation.stage2.fc_dim": (32, {"train_stage2": 3, "predict": 4, "evaluate": 4, **FINAL}),
-    "evaluation.boundary_width": (10, {"evaluate": 6, "report_figures": 1, "tables": 1}),
+    "evaluation.boundary_width": (10, {"evaluate": 8, "report_figures": 1, "tables": 1}),
     "evaluation.qualitative_frames": (3, {"report_figures": 1, "tables": 1}),
     # read by no job of this configuration (DIS reads no RAFT size; the xym encoding no wheel saturation)
     "flow.raft_variant": ("large", {}),
@@ -274,7 +274,7 @@ def test_every_artifact_records_its_settings_and_the_version(tiny_run, tiny_conf
         assert json.loads(path.read_text())["provenance"]["settings"] == {"evaluation": {
             "boundary_width": 15, "settings_from": "heads"}}
     made_from = json.loads((results / "tables" / "provenance.json").read_text())["made_from"]
-    assert len(made_from) == 6 and all(s["settings"]["evaluation"]["boundary_width"] == 15 for s in made_from.values())
+    assert len(made_from) == 8 and all(s["settings"]["evaluation"]["boundary_width"] == 15 for s in made_from.values())
 
 
 def test_stage2_refuses_a_stage1_model_made_with_other_settings(tiny_run, tiny_config, tmp_path):

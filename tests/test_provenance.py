@@ -315,7 +315,9 @@ def test_tables_refuse_evaluations_made_with_different_settings(tiny_run, tmp_pa
     doc = json.loads(evaluations[-1].read_text())
     doc["provenance"]["settings"]["evaluation"]["boundary_width"] = 10
     evaluations[-1].write_text(json.dumps(doc))
-    proc = _a2dpipe("tables", "--evaluations", *evaluations, "--out-dir", tmp_path / "tables")
+    settings = {"seed": 0, "evaluation": {"bootstrap_resamples": 200}}
+    proc = _a2dpipe("tables", "--settings", json.dumps(settings), "--evaluations", *evaluations,
+                    "--out-dir", tmp_path / "tables")
     assert proc.returncode == 1
     assert f"{evaluations[-1]}: made with evaluation.boundary_width = 10, while {evaluations[0]} has " \
            f"evaluation.boundary_width = 15" in proc.stderr

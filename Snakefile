@@ -8,9 +8,22 @@
 # Targets go before --resources, which takes every following word as a resource.
 
 
+import shlex
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+
+# Jobs run `python -m a2dpipe` in their own environment (--sdm conda builds one from a copy of envs/a2dpipe.yaml,
+# where a relative `-e ..` could not point here): every shell command first puts this workflow's source folder on
+# PYTHONPATH, after any conda activation, so a job imports the package of the workflow that scheduled it from any
+# working directory. The prefix is a format string: braces are doubled. `set -euo pipefail` is Snakemake's default.
+shell.prefix(
+    "set -euo pipefail; export PYTHONPATH="
+    + shlex.quote(workflow.basedir).replace("{", "{{").replace("}", "}}")
+    + "${{PYTHONPATH:+:$PYTHONPATH}}; "
+)
 
 
 configfile: "config.yaml"

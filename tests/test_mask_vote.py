@@ -11,9 +11,11 @@ import torch
 
 from a2dpipe.labels import is_valid
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel
-from a2dpipe.segmentation.predict import mask_vote, parse_variant, predict, region_average
+from a2dpipe.io import A2DError
+from a2dpipe.segmentation.predict import mask_vote, predict, region_average
 from a2dpipe.segmentation.samples import ArraySamples
 from a2dpipe.segmentation.train import train
+from a2dpipe.variants import NONE, Variant, check_variant, variant_name
 
 torch.set_num_threads(1)
 
@@ -29,11 +31,18 @@ CONFIG = {
 
 
 def test_variant_names():
-    assert parse_variant("maskvote-rgbflow-dataset") == {
-        "kind": "maskvote", "input": "rgbflow", "train_source": None, "test_source": "dataset"}
-    for bad in ("maskvote-rgb", "maskvote-rgb-dataset-dataset", "maskvote-depth-gt"):
-        with pytest.raises(ValueError, match="maskvote"):
-            parse_variant(bad)
+    assert variant_name(Variant("maskvote", "rgbflow", NONE, "dataset")) == "maskvote-rgbflow-dataset"
+    assert variant_name(Variant("baseline", "rgb")) == "baseline-rgb"
+    assert variant_name(Variant("ours", "rgbflow", "dataset", "gt")) == "ours-rgbflow-dataset-gt"
+    bad = {Variant("maskvote", "rgb"): "maskvote variant takes test source",
+           Variant("maskvote", "rgb", "dataset", "dataset"): "maskvote variant takes train source none",
+           Variant("maskvote", "depth", NONE, "gt"): "variant input 'depth'",
+           Variant("baseline", "rgb", NONE, "gt"): "baseline variant takes test source none",
+           Variant("ours", "rgb", "gt", "gt"): "ours variant takes train source dataset or generic",
+           Variant("votes", "rgb"): "variant kind 'votes'"}
+    for variant, message in bad.items():
+        with pytest.raises(A2DError, match=message):
+            check_variant(variant)
 
 
 def test_region_average_weights_by_mask_inside_the_box_only():
@@ -87,7 +96,7 @@ def test_predict_mask_vote_with_a_stage1_model(tmp_path):
     model = tmp_path / "stage1.pt"
     train(CONFIG, stage=1, input="rgb", samples=samples, out=model)
     out = tmp_path / "pred.h5"
-    seconds = predict(CONFIG, variant="maskvote-rgb-gt", model=model, samples=samples, out=out)
+    seconds = predict(CONFIG, variant=Variant("maskvote", "rgb", NONE, "gt"), model=model, samples=samples, out=out)
     assert math.isfinite(seconds)
     with h5py.File(out) as f:
         assert f.attrs["variant"] == "maskvote-rgb-gt"

@@ -1,5 +1,6 @@
 """The project installs as documented: dependency lists agree, the command line answers, the caps hold."""
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -41,3 +42,44 @@ def test_command_line_lists_every_stage():
 def test_unknown_command_is_an_error():
     out = subprocess.run([sys.executable, "-m", "a2dpipe", "no-such-stage"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+# The only way a job's `python` finds a2dpipe here is PYTHONPATH: -S skips the environment's .pth files (the
+# editable install is one) and the environment's packages are added back by hand.
+_SHIM = """import os, runpy, sys
+sys.path[0] = os.getcwd()  # as `python -m` does
+sys.path += {site!r}
+if sys.argv[1:2] != ["-m"]:
+    sys.exit("this python only runs modules: python -m MODULE ...")
+module, sys.argv = sys.argv[2], [sys.argv[0], *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def _python_without_the_package(folder: Path) -> Path:
+    """A folder whose ``python`` has this environment's packages but not a2dpipe, unless PYTHONPATH holds it."""
+    import shlex
+    import site
+
+    folder.mkdir()
+    (folder / "shim.py").write_text(_SHIM.format(site=site.getsitepackages()))
+    python = folder / "python"
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S {shlex.quote(str(folder / "shim.py"))} "$@"\n')
+    python.chmod(0o755)
+    return folder
+
+
+def test_jobs_import_the_workflows_package_from_any_folder(tmp_path, tiny_config, snakemake_run, monkeypatch):
+    """Rules' `python -m a2dpipe` works with an interpreter that lacks the package, run from another folder."""
+    bin_dir = _python_without_the_package(tmp_path / "bin")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), os.environ["PATH"]]))
+    bare = subprocess.run(["python", "-m", "a2dpipe", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert bare.returncode != 0 and "No module named a2dpipe" in bare.stderr, bare.stderr[-2000:]
+
+    config = yaml.safe_load(tiny_config.read_text())
+    config["synthetic"].update(videos=2, frames=4, annotated_frames=1)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    snakemake_run(tmp_path / "work", "index", "--cores", "1", config=path)
+    assert (tmp_path / "work" / "results" / "index.csv").read_text().startswith("video,")

@@ -266,7 +266,7 @@ def test_every_artifact_records_its_settings_and_the_version(tiny_run, tiny_conf
     for path in results.glob("masks/dataset/*.h5"):
         assert _hdf5_settings(path) == {"device": "cpu", "masks": {k: config["masks"][k] for k in
                                                                    ("batch_size", "score_threshold", "max_regions")}}
-    for path in results.glob("predictions/*.h5"):
+    for path in results.glob("predictions/*/*/*/*.h5"):  # {kind}/{input}/{train_source}/{test_source}.h5
         assert _hdf5_settings(path)["device"] == "cpu"
     models = sorted(results.glob("**/model.pt"))
     assert len(models) == 7  # 2 mask models, 2 stage-1 and 3 stage-2 models
@@ -275,11 +275,11 @@ def test_every_artifact_records_its_settings_and_the_version(tiny_run, tiny_conf
         assert stamp["a2dpipe_version"] == a2dpipe.__version__ and stamp["settings"]["seed"] == 0, path
         segmentation = stamp["settings"].get("segmentation", {})
         assert ("stage2" in segmentation) == ("stage2" in path.parts), path  # stage 1 reads no stage-2 setting
-    for path in results.glob("evaluation/*.json"):
+    for path in results.glob("evaluation/*/*/*/*.json"):
         assert json.loads(path.read_text())["provenance"]["settings"] == {"evaluation": {
             "boundary_width": 15, "settings_from": "heads"}}
     made_from = json.loads((results / "tables" / "provenance.json").read_text())["made_from"]
-    assert len(made_from) == 6 and all(s["settings"]["evaluation"]["boundary_width"] == 15 for s in made_from.values())
+    assert len(made_from) == 8 and all(s["settings"]["evaluation"]["boundary_width"] == 15 for s in made_from.values())
 
 
 def test_stage2_refuses_a_stage1_model_made_with_other_settings(tiny_run, tiny_config, tmp_path):
@@ -302,7 +302,7 @@ def test_predict_refuses_flow_made_with_another_encoding(tiny_run, tmp_path):
     results = tiny_run / "results"
     settings = {"device": "cpu", "flow": {"encoding": "wheel", "wheel_max": None}}
     out = tmp_path / "p.h5"
-    proc = _a2dpipe("predict", "--settings", json.dumps(settings), "--variant", "baseline-rgbflow",
+    proc = _a2dpipe("predict", "--settings", json.dumps(settings), "--kind", "baseline", "--input", "rgbflow",
                     "--model", results / "models/stage1/rgbflow/model.pt",
                     "--frames", *sorted(results.glob("frames/*.h5")),
                     "--flow", *sorted(results.glob("flow/dis/*.h5")), "--out", out)
@@ -314,13 +314,15 @@ def test_predict_refuses_flow_made_with_another_encoding(tiny_run, tmp_path):
 
 def test_tables_refuse_evaluations_made_with_different_settings(tiny_run, tmp_path):
     evaluations = []
-    for path in sorted((tiny_run / "results" / "evaluation").glob("*.json")):
-        evaluations.append(tmp_path / path.name)
+    for k, path in enumerate(sorted((tiny_run / "results" / "evaluation").glob("*/*/*/*.json"))):
+        evaluations.append(tmp_path / f"{k}.json")
         evaluations[-1].write_text(path.read_text())
     doc = json.loads(evaluations[-1].read_text())
     doc["provenance"]["settings"]["evaluation"]["boundary_width"] = 10
     evaluations[-1].write_text(json.dumps(doc))
-    proc = _a2dpipe("tables", "--evaluations", *evaluations, "--out-dir", tmp_path / "tables")
+    settings = {"seed": 0, "evaluation": {"bootstrap_resamples": 200}}
+    proc = _a2dpipe("tables", "--settings", json.dumps(settings), "--evaluations", *evaluations,
+                    "--out-dir", tmp_path / "tables")
     assert proc.returncode == 1
     assert f"{evaluations[-1]}: made with evaluation.boundary_width = 10, while {evaluations[0]} has " \
            f"evaluation.boundary_width = 15" in proc.stderr

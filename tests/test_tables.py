@@ -14,17 +14,19 @@ from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.evaluation.evaluate import _json_safe
 from a2dpipe.dataset.frames import FORMAT as FRAMES
 from a2dpipe.segmentation.predictions import FORMAT as PREDICTIONS
+from a2dpipe.variants import NONE, Variant, variant_name
 
-VARIANTS = [
-    "baseline-rgb",
-    "baseline-rgbflow",
-    "maskvote-rgb-dataset",
-    "maskvote-rgbflow-dataset",
-    "ours-rgb-dataset-dataset",
-    "ours-rgbflow-dataset-dataset",
-    "ours-rgbflow-generic-generic",
-    "ours-rgbflow-dataset-gt",
+VARIANT_PARTS = [
+    Variant("baseline", "rgb"),
+    Variant("baseline", "rgbflow"),
+    Variant("maskvote", "rgb", NONE, "dataset"),
+    Variant("maskvote", "rgbflow", NONE, "dataset"),
+    Variant("ours", "rgb", "dataset", "dataset"),
+    Variant("ours", "rgbflow", "dataset", "dataset"),
+    Variant("ours", "rgbflow", "generic", "generic"),
+    Variant("ours", "rgbflow", "dataset", "gt"),
 ]
+VARIANTS = [variant_name(v) for v in VARIANT_PARTS]
 IDS = np.array([labels.BACKGROUND, *labels.VALID_PAIRS], dtype=np.uint8)
 
 
@@ -357,9 +359,9 @@ def _fixture_run(root: Path) -> dict:
         pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5]}).to_csv(d / "loss.csv", index=False)
     pd.DataFrame([{"source": "dataset", "AP": 40.0}, {"source": "generic", "AP": 20.0}]).to_csv(
         res / "masks" / "quality.csv", index=False)
-    for k, variant in enumerate(VARIANTS):
-        attrs = {"schema": PREDICTIONS.schema, "variant": variant, "seconds_per_frame": 0.01 * (k + 1)}
-        with h5(res / "predictions" / f"{variant}.h5", attrs) as f:
+    for k, variant in enumerate(VARIANT_PARTS):  # the workflow's layout: predictions/{kind}/{input}/{train}/{test}.h5
+        attrs = {"schema": PREDICTIONS.schema, "variant": variant_name(variant), "seconds_per_frame": 0.01 * (k + 1)}
+        with h5(res / "predictions" / Path(*variant[:3]) / f"{variant.test_source}.h5", attrs) as f:
             for key, (label, test) in labels_of.items():
                 if test:
                     joint = np.where(rng.random(label.shape) < 0.8, label, 0).astype(np.uint8)

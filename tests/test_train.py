@@ -140,24 +140,27 @@ def test_predict_writes_valid_label_maps_at_frame_size(stage1, tmp_path, kind):
 
     from a2dpipe.labels import is_valid
     from a2dpipe.segmentation.predict import predict
+    from a2dpipe.variants import Variant
 
     model = stage1[0]
     if kind == "ours":
         model = tmp_path / "s2" / "model.pt"
         train(CONFIG, stage=2, input="rgbflow", samples=make_samples(), out=model, stage1=stage1[0])
     samples = make_samples(3, h=44, w=60, seed=5)
-    variant = "baseline-rgbflow" if kind == "baseline" else "ours-rgbflow-dataset-gt"
+    variant, name = ((Variant("baseline", "rgbflow"), "baseline-rgbflow") if kind == "baseline"
+                     else (Variant("ours", "rgbflow", "dataset", "gt"), "ours-rgbflow-dataset-gt"))
     out = tmp_path / "pred.h5"
     predict(CONFIG, variant=variant, model=model, samples=samples, out=out)
     with h5py.File(out) as f:
-        assert f.attrs["variant"] == variant and f.attrs["seconds_per_frame"] > 0
+        assert f.attrs["variant"] == name and f.attrs["seconds_per_frame"] > 0
         for video, frame in samples.keys():
             g = f[f"{video}/{frame:05d}"]
             for name, top in (("actor", 7), ("action", 9)):
                 assert g[name].shape == (44, 60) and g[name].dtype == np.uint8 and g[name][()].max() <= top
             assert is_valid(g["joint"][()]).all()
     with pytest.raises(Exception, match="stage-"):
-        predict(CONFIG, variant="ours-rgb-dataset-gt", model=model, samples=samples, out=tmp_path / "x.h5")
+        predict(CONFIG, variant=Variant("ours", "rgb", "dataset", "gt"), model=model, samples=samples,
+                out=tmp_path / "x.h5")
 
 
 def test_stage2_refuses_a_stage1_model_of_another_backbone(stage1, tmp_path):

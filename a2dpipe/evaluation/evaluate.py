@@ -2,9 +2,10 @@
 
 Command::
 
-    a2dpipe evaluate --config C --predictions results/predictions/<variant>.h5 \
-        --frames results/frames/shard-000.h5 ... --out results/evaluation/<variant>.json \
-        --per-video results/evaluation/<variant>.videos.npz [--split test|val]
+    a2dpipe evaluate --config C --predictions results/predictions/<V>.h5 --frames results/frames/shard-000.h5 ... \
+        --out results/evaluation/<V>.json --per-video results/evaluation/<V>.videos.npz [--split test|val]
+
+where ``<V>`` is a variant's ``<kind>/<input>/<train_source>/<test_source>`` (:mod:`a2dpipe.variants`).
 
 Reads the ground-truth ``label`` of every frame whose ``split`` attribute is ``--split`` (default ``test``) in the
 frame stores, the ``actor``, ``action`` and ``joint`` maps of the same frame in the prediction file, and

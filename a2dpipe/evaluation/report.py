@@ -2,9 +2,10 @@
 
 Command::
 
-    a2dpipe report --config C --evaluations results/evaluation/*.json --checkpoints results/models/.../model.pt ... \
-        --frames results/frames/shard-*.h5 --baseline results/predictions/baseline-rgbflow.h5 \
-        --ours results/predictions/ours-rgbflow-dataset-dataset.h5 --out-dir results/figures
+    a2dpipe report --config C --evaluations results/evaluation/*/*/*/*.json \
+        --checkpoints results/models/.../model.pt ... \
+        --frames results/frames/shard-*.h5 --baseline results/predictions/baseline/rgbflow/none/none.h5 \
+        --ours results/predictions/ours/rgbflow/dataset/dataset.h5 --out-dir results/figures
 
 Writes three PNG files (matplotlib, Agg back-end) into the output folder:
 

@@ -3,7 +3,7 @@
 Command::
 
     a2dpipe timing --config C --flow results/flow/<method>/shard-*.h5 --masks results/masks/<source>/shard-*.h5 \
-        --predictions results/predictions/<variant>.h5 ... --out results/timing/timing.csv
+        --predictions results/predictions/<kind>/.../<test_source>.h5 ... --out results/timing/timing.csv
 
 Each stage measures its own compute time while it runs and stores it as the root attribute ``seconds_per_frame``
 of its HDF5 outputs (flow: ``method``; masks: ``source``; predictions: ``variant`` name the item). This command

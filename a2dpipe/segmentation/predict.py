@@ -1,14 +1,16 @@
-"""Inference: ``a2dpipe predict --variant V --model M --frames ... [--flow ...] [--masks ...] --out P.h5``.
+"""Inference: ``a2dpipe predict --kind K --input I [--train-source T] [--test-source S] --model M --frames ...
+[--flow ...] [--masks ...] --out P.h5``.
 
-Variants: ``baseline-<input>`` (stage-1 model, ASPP back-end), ``ours-<input>-<train source>-<test source>``
-(stage-2 model, region back-end on the test source's regions: ``--masks`` caches of that source) and
-``maskvote-<input>-<test source>``, the control the paper lacks: the stage-1 model's probabilities averaged inside
-each test region (mask-weighted, within its box) stand in for the region head's scores, then go through the same
-region-to-pixel layer as Ours (:func:`mask_vote`). It separates what Ours gains from making labels consistent
+Variants (parts and their values: :mod:`a2dpipe.variants`): ``baseline`` (stage-1 model, ASPP back-end), ``ours``
+(stage-2 model trained on the train source's regions, region back-end on the test source's regions: ``--masks``
+caches of that source) and ``maskvote``, the control the paper lacks: the stage-1 model's probabilities averaged
+inside each test region (mask-weighted, within its box) stand in for the region head's scores, then go through the
+same region-to-pixel layer as Ours (:func:`mask_vote`). It separates what Ours gains from making labels consistent
 within masks from what its region classifier adds. ``--split val`` predicts the validation frames instead.
 
 Output: a predictions file (Predictions contract), written by :class:`.predictions.PredictionWriter`, whose
-module describes the layout: ``actor``, ``action`` and ``joint`` maps per test frame, ``seconds_per_frame``.
+module describes the layout: ``actor``, ``action`` and ``joint`` maps per test frame, ``seconds_per_frame``, and the
+variant's display name (:func:`a2dpipe.variants.variant_name`).
 """
 
 from __future__ import annotations
@@ -28,12 +30,9 @@ from a2dpipe.segmentation.models import build_segmenter, joint_prediction
 from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel_ranges
 from a2dpipe.segmentation.train import flow_encoding_settings
+from a2dpipe.variants import INPUTS, KINDS, NONE, TEST_SOURCES, TRAINED_SOURCES, Variant, check_variant, variant_name
 
-__all__ = ["configure_parser", "run", "predict", "parse_variant", "mask_vote", "region_average"]
-
-INPUTS = ("rgb", "rgbflow")
-TRAINED_SOURCES = ("dataset", "generic")
-TEST_SOURCES = ("dataset", "generic", "gt")
+__all__ = ["configure_parser", "run", "predict", "mask_vote", "region_average"]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,12 @@ log = logging.getLogger(__name__)
 def configure_parser(parser) -> None:
     add_config_arguments(parser, "device, flow.encoding and flow.wheel_max (rgbflow), segmentation.stage2's "
                          "uncovered_background and pixel_stride (maskvote); the network is the model's")
-    parser.add_argument("--variant", required=True,
-                        help="baseline-<input>, maskvote-<input>-<test> or ours-<input>-<train>-<test>")
+    parser.add_argument("--kind", required=True, choices=KINDS, help="network and head (a2dpipe.variants)")
+    parser.add_argument("--input", required=True, choices=INPUTS)
+    parser.add_argument("--train-source", default=NONE, choices=(NONE, *TRAINED_SOURCES),
+                        help="mask source stage 2 trained on (ours)")
+    parser.add_argument("--test-source", default=NONE, choices=(NONE, *TEST_SOURCES),
+                        help="mask source of the test regions (maskvote, ours)")
     parser.add_argument("--model", required=True, help="stage-1 (baseline, maskvote) or stage-2 (ours) checkpoint")
     parser.add_argument("--frames", nargs="+", required=True)
     parser.add_argument("--flow", nargs="*", default=[])
@@ -50,21 +53,6 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--split", choices=("test", "val"), default="test", help="frames to predict")
-
-
-def parse_variant(variant: str) -> dict:
-    """``{"kind": "baseline"|"maskvote"|"ours", "input", "train_source", "test_source"}``; ValueError on anything
-    else."""
-    parts = variant.split("-")
-    if parts[0] == "baseline" and len(parts) == 2 and parts[1] in INPUTS:
-        return {"kind": "baseline", "input": parts[1], "train_source": None, "test_source": None}
-    if parts[0] == "maskvote" and len(parts) == 3 and parts[1] in INPUTS and parts[2] in TEST_SOURCES:
-        return {"kind": "maskvote", "input": parts[1], "train_source": None, "test_source": parts[2]}
-    if (parts[0] == "ours" and len(parts) == 4 and parts[1] in INPUTS
-            and parts[2] in TRAINED_SOURCES and parts[3] in TEST_SOURCES):
-        return {"kind": "ours", "input": parts[1], "train_source": parts[2], "test_source": parts[3]}
-    raise ValueError(f"unknown variant {variant!r}: expected baseline-<input>, maskvote-<input>-<test> or "
-                     "ours-<input>-<train>-<test>")
 
 
 def region_average(probs: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -93,42 +81,40 @@ def run(args) -> None:
     config = read_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        v = parse_variant(args.variant)
-    except ValueError as err:
-        raise A2DError(str(err)) from None
-    if v["input"] == "rgbflow" and not args.flow:
-        raise A2DError(f"variant {args.variant} needs --flow stores")
-    if v["kind"] != "baseline" and not args.masks:
-        raise A2DError(f"variant {args.variant} needs --masks caches of the {v['test_source']} source")
+    v = check_variant(Variant(args.kind, args.input, args.train_source, args.test_source))
+    if v.input == "rgbflow" and not args.flow:
+        raise A2DError(f"variant {variant_name(v)} needs --flow stores")
+    if v.kind != "baseline" and not args.masks:
+        raise A2DError(f"variant {variant_name(v)} needs --masks caches of the {v.test_source} source")
     check_inputs(config, [*args.frames, *args.flow, *args.masks])
-    samples = StoreSamples(args.frames, split=args.split, flow=args.flow if v["input"] == "rgbflow" else None,
-                           masks=args.masks if v["kind"] != "baseline" else None,
-                           **flow_encoding_settings(config, v["input"]))
-    predict(config, variant=args.variant, model=args.model, samples=samples, out=args.out)
+    samples = StoreSamples(args.frames, split=args.split, flow=args.flow if v.input == "rgbflow" else None,
+                           masks=args.masks if v.kind != "baseline" else None,
+                           **flow_encoding_settings(config, v.input))
+    predict(config, variant=v, model=args.model, samples=samples, out=args.out)
 
 
-def predict(config: dict, *, variant: str, model: str | Path, samples, out: str | Path) -> float:
-    """Write the predictions of every sample to ``out``; returns seconds per frame."""
-    v = parse_variant(variant)
+def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: str | Path) -> float:
+    """Write the predictions of every sample to ``out`` under the variant's display name; returns seconds per
+    frame."""
+    v, name = variant, variant_name(variant)
     device = select_device(config["device"])
     ckpt = load_model_file(model, "segmentation")  # on the CPU; load_state_dict moves it
     check_consistent({"this job": config, str(model): read_stamp(ckpt.get("provenance"))})
-    want_stage = 2 if v["kind"] == "ours" else 1
-    if ckpt["stage"] != want_stage or ckpt["input"] != v["input"]:
-        raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {variant} needs a "
-                       f"stage-{want_stage} {v['input']} model")
+    want_stage = 2 if v.kind == "ours" else 1
+    if ckpt["stage"] != want_stage or ckpt["input"] != v.input:
+        raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {name} needs a "
+                       f"stage-{want_stage} {v.input} model")
     # the architecture is the one the checkpoint was trained with, whatever the current config says
-    net = build_segmenter(ckpt["config"], input=v["input"], pretrained=False, regions=v["kind"] == "ours")
+    net = build_segmenter(ckpt["config"], input=v.input, pretrained=False, regions=v.kind == "ours")
     net = net.to(device).eval()
     net.load_state_dict(ckpt["model"])
     amp = bool(ckpt["segmentation"]["amp"]) and device.type == "cuda"
-    if v["kind"] == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it
+    if v.kind == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it
         stage2 = config["segmentation"]["stage2"]
         vote_to_pixel = RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
                                       pixel_stride=stage2["pixel_stride"]).to(device)
     seconds = 0.0
-    with PredictionWriter(out, variant=variant, model=Path(model).name, settings=config) as writer:
+    with PredictionWriter(out, variant=name, model=Path(model).name, settings=config) as writer:
         for i in range(len(samples)):
             sample = samples.load(i)
             batch = to_tensors([sample], device, with_flow=net.uses_flow)
@@ -136,11 +122,11 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
                 torch.cuda.synchronize()
             start = time.perf_counter()
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if v["kind"] == "ours":
+                if v.kind == "ours":
                     outputs = net.forward_regions(batch["rgb"], batch["flow"], batch["regions"])
                 else:
                     outputs = net.forward_baseline(batch["rgb"], batch["flow"])
-                if v["kind"] == "maskvote":
+                if v.kind == "maskvote":
                     outputs = mask_vote(vote_to_pixel, outputs, batch["regions"])
                 actor, action = outputs["actor"].float(), outputs["action"].float()
                 maps = {"actor": actor.argmax(1), "action": action.argmax(1), "joint": joint_prediction(actor, action)}
@@ -151,5 +137,5 @@ def predict(config: dict, *, variant: str, model: str | Path, samples, out: str 
             writer.write(sample["video"], sample["frame"], maps)
         per_frame = seconds / max(len(samples), 1)
         writer.seconds_per_frame = per_frame
-    log.info("%s: %d frames, %.4f s per frame", variant, len(samples), per_frame)
+    log.info("%s: %d frames, %.4f s per frame", name, len(samples), per_frame)
     return per_frame

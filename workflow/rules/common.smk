@@ -5,6 +5,7 @@ from pathlib import Path
 
 from a2dpipe.config import settings_slice
 from a2dpipe.dataset.a2d import read_videoset
+from a2dpipe.variants import KINDS, NONE, TEST_SOURCES, Variant, check_variant
 
 RESULTS = config["results"]
 INPUTS = config["experiments"]["inputs"]
@@ -86,13 +87,14 @@ def get_train_settings(stage):
 def get_predict_settings(wildcards):
     """`predict` reads the device, for flow inputs the flow encoding, and for the mask vote Ours' region-to-pixel
     settings (the network is the checkpoint's)."""
-    kind, inp, _, _ = _variant_parts(wildcards)
-    flow = get_flow_encoding_keys() if inp == "rgbflow" else []
+    flow = get_flow_encoding_keys() if wildcards.input == "rgbflow" else []
     vote = [
         "segmentation.stage2.uncovered_background",
         "segmentation.stage2.pixel_stride",
     ]
-    return get_settings("device", *flow, *(vote if kind == "maskvote" else []))
+    return get_settings(
+        "device", *flow, *(vote if wildcards.kind == "maskvote" else [])
+    )
 
 
 def check_synthetic_root():
@@ -125,6 +127,9 @@ wildcard_constraints:
     input="|".join(INPUTS),
     source="|".join(MASK_SOURCES),
     trained_source="|".join(TRAINED_MASK_SOURCES),
+    kind="|".join(KINDS),
+    train_source="|".join((NONE, *TRAINED_MASK_SOURCES)),
+    test_source="|".join((NONE, *TEST_SOURCES)),
 
 
 # Artifact paths: the contracts between stages (formats documented in the modules that write them).
@@ -136,12 +141,14 @@ MASK_CACHE = res("masks", "{source}", "shard-{shard}.h5")
 MASK_QUALITY = res("masks", "quality.csv")
 STAGE1 = res("models", "stage1", "{input}", "model.pt")
 STAGE2 = res("models", "stage2", "{input}-{trained_source}", "model.pt")
-PREDICTIONS = res("predictions", "{variant}.h5")
-EVALUATION = res("evaluation", "{variant}.json")
-EVALUATION_VIDEOS = res("evaluation", "{variant}.videos.npz")
-VAL_PREDICTIONS = res("validation", "predictions", "{variant}.h5")
-VAL_EVALUATION = res("validation", "evaluation", "{variant}.json")
-VAL_EVALUATION_VIDEOS = res("validation", "evaluation", "{variant}.videos.npz")
+# A prediction variant is four wildcards, one folder each (a2dpipe.variants; `none` for a source a kind does not use).
+VARIANT = "{kind}/{input}/{train_source}/{test_source}"
+PREDICTIONS = res("predictions", f"{VARIANT}.h5")
+EVALUATION = res("evaluation", f"{VARIANT}.json")
+EVALUATION_VIDEOS = res("evaluation", f"{VARIANT}.videos.npz")
+VAL_PREDICTIONS = res("validation", "predictions", f"{VARIANT}.h5")
+VAL_EVALUATION = res("validation", "evaluation", f"{VARIANT}.json")
+VAL_EVALUATION_VIDEOS = res("validation", "evaluation", f"{VARIANT}.videos.npz")
 
 
 def get_dataset_root():
@@ -160,13 +167,21 @@ def get_maskvote_runs():
 
 
 def get_variants():
-    """Every prediction set: baselines per input, mask-vote controls (stage 1 averaged in test masks), and
-    region models per (input, train source, test source)."""
+    """Every prediction set (a2dpipe.variants.Variant): baselines per input, mask-vote controls (stage 1 averaged
+    in test masks), and region models per (input, train source, test source)."""
     return (
-        [f"baseline-{inp}" for inp in INPUTS]
-        + [f"maskvote-{inp}-{test}" for inp, test in get_maskvote_runs()]
-        + [f"ours-{inp}-{train}-{test}" for inp, train, test in REGION_RUNS]
+        [Variant("baseline", inp) for inp in INPUTS]
+        + [Variant("maskvote", inp, NONE, test) for inp, test in get_maskvote_runs()]
+        + [Variant("ours", inp, train, test) for inp, train, test in REGION_RUNS]
     )
+
+
+def variant_paths(pattern, variants=None):
+    """`pattern` (PREDICTIONS, EVALUATION, ...) filled in for each variant, every configured one by default."""
+    return [
+        pattern.format(**variant._asdict())
+        for variant in (get_variants() if variants is None else variants)
+    ]
 
 
 def get_flow_gpus():
@@ -193,41 +208,32 @@ def get_mask_gpus(wildcards):
     return 0 if wildcards.source == "gt" else 1
 
 
-def _variant_parts(wildcards):
-    """(kind, input, train source, test source) of a prediction variant (see get_variants)."""
-    parts = wildcards.variant.split("-")
-    if parts[0] == "maskvote":
-        return parts[0], parts[1], None, parts[2]
-    return (
-        parts[0],
-        parts[1],
-        (parts[2] if len(parts) > 2 else None),
-        (parts[3] if len(parts) > 3 else None),
+def _variant(wildcards):
+    """The variant of a predict or evaluate job; A2DError for a path no variant has (a source its kind lacks)."""
+    return check_variant(
+        Variant(
+            wildcards.kind,
+            wildcards.input,
+            wildcards.train_source,
+            wildcards.test_source,
+        )
     )
 
 
 def get_variant_model(wildcards):
     """Stage-1 checkpoint for a baseline or mask-vote variant, stage-2 checkpoint for a region variant."""
-    kind, inp, train, _ = _variant_parts(wildcards)
-    if kind != "ours":
-        return STAGE1.format(input=inp)
-    return STAGE2.format(input=inp, trained_source=train)
-
-
-def get_variant_flow(wildcards):
-    """Flow caches of every shard when the variant's input uses flow."""
-    _, inp, _, _ = _variant_parts(wildcards)
-    return (
-        []
-        if inp == "rgb"
-        else expand(FLOW, method=config["flow"]["method"], shard=SHARDS)
-    )
+    variant = _variant(wildcards)
+    if variant.kind != "ours":
+        return STAGE1.format(input=variant.input)
+    return STAGE2.format(input=variant.input, trained_source=variant.train_source)
 
 
 def get_variant_masks(wildcards):
     """Region caches of the variant's test source (none for baselines; mask votes and region models test on it)."""
-    kind, _, _, test = _variant_parts(wildcards)
-    return [] if kind == "baseline" else expand(MASK_CACHE, source=test, shard=SHARDS)
+    variant = _variant(wildcards)
+    if variant.kind == "baseline":
+        return []
+    return expand(MASK_CACHE, source=variant.test_source, shard=SHARDS)
 
 
 def get_stage2_masks(wildcards):
@@ -262,14 +268,14 @@ def get_mask_quality_table():
 def get_report_variant(kind):
     """Prediction set shown in the overlays: the paper's main one (RGB + flow, dataset masks) when configured."""
     preferred = {
-        "baseline": "baseline-rgbflow",
-        "ours": "ours-rgbflow-dataset-dataset",
+        "baseline": Variant("baseline", "rgbflow"),
+        "ours": Variant("ours", "rgbflow", "dataset", "dataset"),
     }[kind]
     variants = get_variants()
     if preferred in variants:
-        return PREDICTIONS.format(variant=preferred)
-    candidates = [v for v in variants if v.startswith(kind)] or variants
-    return PREDICTIONS.format(variant=candidates[-1])
+        return variant_paths(PREDICTIONS, [preferred])[0]
+    candidates = [v for v in variants if v.kind == kind] or variants
+    return variant_paths(PREDICTIONS, candidates[-1:])[0]
 
 
 def get_checkpoints():

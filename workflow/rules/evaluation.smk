@@ -10,9 +10,9 @@ rule evaluate:
         evaluation=EVALUATION,
         per_video=EVALUATION_VIDEOS,
     log:
-        res("logs", "evaluate", "{variant}.log"),
+        res("logs", "evaluate", f"{VARIANT}.log"),
     benchmark:
-        res("benchmarks", "evaluate", "{variant}.tsv")
+        res("benchmarks", "evaluate", f"{VARIANT}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
@@ -31,9 +31,9 @@ rule evaluate_validation:
         evaluation=VAL_EVALUATION,
         per_video=VAL_EVALUATION_VIDEOS,
     log:
-        res("logs", "evaluate_validation", "{variant}.log"),
+        res("logs", "evaluate_validation", f"{VARIANT}.log"),
     benchmark:
-        res("benchmarks", "evaluate_validation", "{variant}.tsv")
+        res("benchmarks", "evaluate_validation", f"{VARIANT}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
@@ -47,8 +47,8 @@ rule evaluate_validation:
 # Target `validate`: every variant's metrics on the validation split, with bootstrap intervals over its videos.
 rule validate:
     input:
-        evaluations=expand(VAL_EVALUATION, variant=get_variants()),
-        per_video=expand(VAL_EVALUATION_VIDEOS, variant=get_variants()),
+        evaluations=variant_paths(VAL_EVALUATION),
+        per_video=variant_paths(VAL_EVALUATION_VIDEOS),
     output:
         table=res("validation", "metrics.csv"),
     log:
@@ -70,7 +70,7 @@ rule timing:
     input:
         flow=get_timing_flow(),
         masks=get_timing_masks(),
-        predictions=expand(PREDICTIONS, variant=get_variants()),
+        predictions=variant_paths(PREDICTIONS),
     output:
         table=report(
             res("timing", "timing.csv"),
@@ -92,7 +92,7 @@ rule timing:
 
 rule report_figures:
     input:
-        evaluations=expand(EVALUATION, variant=get_variants()),
+        evaluations=variant_paths(EVALUATION),
         frames=expand(FRAMES, shard=SHARDS),
         checkpoints=get_checkpoints(),
         baseline=get_report_variant("baseline"),
@@ -132,8 +132,8 @@ rule report_figures:
 # The main target. The report figures are inputs so that the main job leaves everything `--report` shows.
 rule tables:
     input:
-        evaluations=expand(EVALUATION, variant=get_variants()),
-        per_video=expand(EVALUATION_VIDEOS, variant=get_variants()),
+        evaluations=variant_paths(EVALUATION),
+        per_video=variant_paths(EVALUATION_VIDEOS),
         timing=rules.timing.output.table,
         mask_quality=get_mask_quality_table(),
         figures=rules.report_figures.output,

@@ -2,10 +2,6 @@
 # per input and training mask source, predictions per variant (test split; validation split for `validate`). Training resumes from checkpoint.pt beside model.pt.
 
 
-wildcard_constraints:
-    variant="|".join(get_variants()),
-
-
 rule train_stage1:
     input:
         frames=expand(FRAMES, shard=SHARDS),
@@ -60,15 +56,15 @@ rule train_stage2:
 rule predict:
     input:
         frames=expand(FRAMES, shard=SHARDS),
-        flow=get_variant_flow,
+        flow=get_flow_inputs,
         masks=get_variant_masks,
         model=get_variant_model,
     output:
         predictions=PREDICTIONS,
     log:
-        res("logs", "predict", "{variant}.log"),
+        res("logs", "predict", f"{VARIANT}.log"),
     benchmark:
-        res("benchmarks", "predict", "{variant}.tsv")
+        res("benchmarks", "predict", f"{VARIANT}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 2
@@ -77,7 +73,9 @@ rule predict:
     params:
         settings=get_predict_settings,
     shell:
-        "python -m a2dpipe predict --settings {params.settings:q} --variant {wildcards.variant:q}"
+        "python -m a2dpipe predict --settings {params.settings:q} --kind {wildcards.kind:q}"
+        " --input {wildcards.input:q} --train-source {wildcards.train_source:q}"
+        " --test-source {wildcards.test_source:q}"
         " --model {input.model:q} --frames {input.frames:q} --flow {input.flow:q} --masks {input.masks:q}"
         " --threads {threads:q} --out {output.predictions:q} --log {log:q}"
 
@@ -85,15 +83,15 @@ rule predict:
 rule predict_validation:
     input:
         frames=expand(FRAMES, shard=SHARDS),
-        flow=get_variant_flow,
+        flow=get_flow_inputs,
         masks=get_variant_masks,
         model=get_variant_model,
     output:
         predictions=VAL_PREDICTIONS,
     log:
-        res("logs", "predict_validation", "{variant}.log"),
+        res("logs", "predict_validation", f"{VARIANT}.log"),
     benchmark:
-        res("benchmarks", "predict_validation", "{variant}.tsv")
+        res("benchmarks", "predict_validation", f"{VARIANT}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 2
@@ -102,6 +100,8 @@ rule predict_validation:
     params:
         settings=get_predict_settings,
     shell:
-        "python -m a2dpipe predict --settings {params.settings:q} --split val --variant {wildcards.variant:q}"
+        "python -m a2dpipe predict --settings {params.settings:q} --split val --kind {wildcards.kind:q}"
+        " --input {wildcards.input:q} --train-source {wildcards.train_source:q}"
+        " --test-source {wildcards.test_source:q}"
         " --model {input.model:q} --frames {input.frames:q} --flow {input.flow:q} --masks {input.masks:q}"
         " --threads {threads:q} --out {output.predictions:q} --log {log:q}"

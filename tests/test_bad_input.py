@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -449,6 +450,47 @@ def test_truncated_frames_shard(clean_shard, tiny_config, tmp_path):
     clean_shard.write_bytes(clean_shard.read_bytes()[: clean_shard.stat().st_size // 2])
     proc, out = flow_of(clean_shard, tiny_config, tmp_path)
     assert_clear_failure(proc, out, clean_shard, "not a readable HDF5 file", "snakemake --forcerun extract_frames")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model files: damaged or crafted (every loader is tested in tests/test_checkpoint.py; here, through a command)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Pickles as a call that creates ``marker``: what a crafted checkpoint would run when unpickled in full."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def region_masks(shard, tiny_config, model, tmp_path):
+    out = tmp_path / "masks" / "shard-000.h5"
+    return a2dpipe("region-masks", "--config", tiny_config, "--source", "dataset", "--frames", shard,
+                   "--model", model, "--out", out), out
+
+
+def test_crafted_mask_model_is_refused_without_running_it(clean_shard, tiny_config, tmp_path):
+    import torch
+
+    marker, model = tmp_path / "PWNED", tmp_path / "model.pt"
+    torch.save({"model": _Payload(marker), "arch": {}, "source": "dataset"}, model)
+    proc, out = region_masks(clean_shard, tiny_config, model, tmp_path)
+    assert_clear_failure(proc, out, model, "refused", "would run code")
+    assert not marker.exists(), "loading the crafted file ran its code"
+
+
+def test_truncated_mask_model_is_named(clean_shard, tiny_config, tmp_path):
+    import torch
+
+    model = tmp_path / "model.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}, "arch": {}, "source": "dataset"}, model)
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    proc, out = region_masks(clean_shard, tiny_config, model, tmp_path)
+    assert_clear_failure(proc, out, model, "not a readable torch checkpoint")
 
 
 # --------------------------------------------------------------------------------------------------------------

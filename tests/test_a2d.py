@@ -12,14 +12,8 @@ import pandas as pd
 import pytest
 
 from a2dpipe import labels
-from a2dpipe.dataset.a2d import (
-    Annotation,
-    list_annotated_frames,
-    read_annotation,
-    read_clip_frames,
-    read_videoset,
-    write_annotation,
-)
+from a2dpipe.dataset.a2d import list_annotated_frames, read_clip_frames, read_videoset
+from a2dpipe.dataset.annotation import Annotation, read_annotation, write_annotation
 from a2dpipe.io import A2DError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-data" / "a2d-metadata"

@@ -16,11 +16,11 @@ from a2dpipe.dataset.a2d import (
     annotation_path,
     colour_path,
     list_annotated_frames,
-    read_annotation,
     read_clip_frames,
     read_videoset,
     video_path,
 )
+from a2dpipe.dataset.annotation import read_annotation
 from a2dpipe.io import A2DError
 from a2dpipe.config import section_defaults
 from a2dpipe.dataset.synthetic import LOOKS, MOTIONS, _actor_tracks, _draw, _plan, _settings, synthesize

@@ -38,7 +38,8 @@ import cv2
 import numpy as np
 
 from a2dpipe import labels
-from a2dpipe.dataset.a2d import Annotation, annotation_path, colour_path, video_path, write_annotation
+from a2dpipe.dataset.a2d import annotation_path, colour_path, video_path
+from a2dpipe.dataset.annotation import Annotation, write_annotation
 from a2dpipe.config import add_config_arguments, read_settings, section_defaults, stamp
 from a2dpipe.io import A2DError, atomic_path
 

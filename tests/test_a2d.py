@@ -136,7 +136,7 @@ def test_soft_masks_survive(tmp_path):
 
 def test_write_annotation_is_matlab_v73(tmp_path):
     from a2dpipe.config import section_defaults
-    from a2dpipe.dataset.synthetic import render_clip
+    from a2dpipe.dataset.scenes import render_clip
 
     s = {**section_defaults("synthetic"), "videos": 2, "frames": 6, "annotated_frames": 2, "max_actors": 3}
     rng = np.random.default_rng(3)

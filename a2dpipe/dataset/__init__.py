@@ -2,7 +2,8 @@
 
 Rules (``workflow/rules/dataset.smk``) and their commands:
 
-- ``synthesize`` -> ``a2dpipe synthesize`` (:mod:`.synthetic`): the embedded default, an A2D-layout folder;
+- ``synthesize`` -> ``a2dpipe synthesize`` (:mod:`.synthetic`): the embedded default, an A2D-layout folder, its
+  clips planned and drawn by :mod:`.scenes`;
 - ``index`` -> ``a2dpipe index`` (:mod:`.index`): ``index.csv``, one row per annotated frame, with split
   (train / val / test) and shard;
 - ``extract_frames`` -> ``a2dpipe extract-frames`` (:mod:`.frames`): ``frames/shard-NNN.h5``, each annotated

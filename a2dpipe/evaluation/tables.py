@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe.config import write_made_from
+from a2dpipe.config import add_config_arguments, read_settings, write_made_from
 from a2dpipe.evaluation import paper_results as paper
 from a2dpipe.evaluation.claims import Intervals, claims, load_intervals, percent, variant_name
 from a2dpipe.evaluation.writers import HIGH, LOW, write_table

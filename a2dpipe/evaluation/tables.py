@@ -21,12 +21,13 @@ Every table has a ``source`` column (``paper`` or ``this run``) and is written t
 ``mask_quality``  copy of the mask-quality table (``a2dpipe mask-quality``), when given
 =============  ===========================================================================================
 
-Uncertainty (:mod:`.claims`, on :mod:`.bootstrap`; written by :mod:`.writers`): with ``--per-video`` files every metric of this run in Tables
-1-4 gets a 95% paired-bootstrap interval over test videos (``evaluation.bootstrap_resamples`` resamples, seeded
-by ``seed``): the CSV has ``<metric> low`` and ``<metric> high`` columns beside each metric, Markdown and LaTeX
-show ``15.8 [13.9, 17.6]``. A claim compares variants through the interval of their difference: ``yes`` when
-the whole interval lies above zero, ``no`` when none of it does, ``not resolved`` when it straddles zero
-(``n/a`` when a variant or its per-video matrices are missing).
+Uncertainty (:mod:`.claims`, on :mod:`.bootstrap`; files written by :mod:`.writers`): with ``--per-video`` files
+every metric of this run in Tables 1-4 gets a 95% paired-bootstrap interval over test videos
+(``evaluation.bootstrap_resamples`` resamples, seeded by ``seed``): the CSV has ``<metric> low`` and
+``<metric> high`` columns beside each metric, Markdown and LaTeX show ``15.8 [13.9, 17.6]``. A claim compares
+variants through the interval of their difference: ``yes`` when the whole interval lies above zero, ``no`` when
+none of it does, ``not resolved`` when it straddles zero (``n/a`` when a variant or its per-video matrices are
+missing).
 
 A row of this run whose variant was not evaluated (not configured in ``experiments``) is left out with a warning.
 ``DIR/done`` is written last, so its presence means every table is complete.
@@ -133,6 +134,16 @@ def _missing(variant: str, table: str) -> None:
     log.warning("%s: variant %s was not evaluated; its row is left out", table, variant)
 
 
+def _this_run(table: str, labels: list[str], evals: dict, variant: str, region: str = "whole",
+              intervals: Intervals | None = None) -> list[list]:
+    """This run's row of ``variant`` in ``table`` (``labels``, source, metric cells), or none when it was not
+    evaluated (:func:`_missing` says so)."""
+    if variant not in evals:
+        _missing(variant, table)
+        return []
+    return [[*labels, THIS_RUN, *_run_row(evals[variant], region, intervals)]]
+
+
 # --- the tables -----------------------------------------------------------------------------------------------
 
 
@@ -143,11 +154,7 @@ def table1(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
             label = f"{METHOD_NAMES[method]} ({INPUT_NAMES[inp]})"
             if (method, inp) in paper.TABLE1:
                 rows.append([label, PAPER, *_paper_row(paper.TABLE1[(method, inp)])])
-            variant = variant_name(method, inp)
-            if variant in evals:
-                rows.append([label, THIS_RUN, *_run_row(evals[variant], "whole", intervals)])
-            else:
-                _missing(variant, "table1")
+            rows += _this_run("table1", [label], evals, variant_name(method, inp), "whole", intervals)
     return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
@@ -156,11 +163,7 @@ def table2(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     for method in ("baseline", "ours"):
         label = f"{METHOD_NAMES[method]} (non-boundary)"
         rows.append([label, PAPER, *_paper_row(paper.TABLE2[method])])
-        variant = variant_name(method, "rgbflow")
-        if variant in evals:
-            rows.append([label, THIS_RUN, *_run_row(evals[variant], "non_boundary", intervals)])
-        else:
-            _missing(variant, "table2")
+        rows += _this_run("table2", [label], evals, variant_name(method, "rgbflow"), "non_boundary", intervals)
     return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
@@ -169,22 +172,14 @@ def table3(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     for (train, test), values in paper.TABLE3.items():
         labels = [f"{train} + gt", test]
         rows.append([*labels, PAPER, *_paper_row(values)])
-        variant = variant_name("ours", "rgbflow", train, test)
-        if variant in evals:
-            rows.append([*labels, THIS_RUN, *_run_row(evals[variant], "whole", intervals)])
-        else:
-            _missing(variant, "table3")
+        rows += _this_run("table3", labels, evals, variant_name("ours", "rgbflow", train, test), "whole", intervals)
     return pd.DataFrame(rows, columns=["training masks", "test masks", "source", *INTERVAL_HEADERS])
 
 
 def table4(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     rows = [[f"published method {k}", PAPER, *_paper_row(v)] for k, v in enumerate(paper.TABLE4_PUBLISHED, 1)]
     rows.append(["Ours", PAPER, *_paper_row(paper.TABLE4_OURS)])
-    variant = variant_name("ours", "rgbflow")
-    if variant in evals:
-        rows.append(["Ours", THIS_RUN, *_run_row(evals[variant], "whole", intervals)])
-    else:
-        _missing(variant, "table4")
+    rows += _this_run("table4", ["Ours"], evals, variant_name("ours", "rgbflow"), "whole", intervals)
     return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 

@@ -51,20 +51,30 @@ __all__ = [
 ]
 
 
+def _refine_flows(net: nn.Module, top: torch.Tensor, skips: tuple[torch.Tensor, ...], levels: tuple[int, ...],
+                  inter: bool = False) -> tuple[torch.Tensor, ...]:
+    """The expanding part of every FlowNet: a flow from the coarsest features ``top`` (level ``levels[0]``), then at
+    each finer level the skip features, the deconvolved previous features and the upsampled previous flow,
+    concatenated, predict that level's flow (through ``inter_conv<level>`` first when ``inter``).
+
+    ``skips`` hold the features of ``levels[1:]``. The blocks are reached by the reference's names
+    (``deconv5``, ``upsampled_flow6_to_5``, ``predict_flow5`` ...). Returns the flows, finest first.
+    """
+    flow = getattr(net, f"predict_flow{levels[0]}")(top)
+    flows, features = [flow], top
+    for coarse, level, skip in zip(levels, levels[1:], skips):
+        upsampled = getattr(net, f"upsampled_flow{coarse}_to_{level}")(flow)
+        features = torch.cat((skip, getattr(net, f"deconv{level}")(features), upsampled), 1)
+        flow = getattr(net, f"predict_flow{level}")(getattr(net, f"inter_conv{level}")(features) if inter else features)
+        flows.append(flow)
+    return tuple(reversed(flows))
+
+
 class _Decoder(nn.Module):
     """Shared refinement of FlowNetS/FlowNetC: deconvolutions with skip links, a flow at every scale."""
 
     def _decode(self, conv2, conv3, conv4, conv5, conv6):
-        flow6 = self.predict_flow6(conv6)
-        concat5 = torch.cat((conv5, self.deconv5(conv6), self.upsampled_flow6_to_5(flow6)), 1)
-        flow5 = self.predict_flow5(concat5)
-        concat4 = torch.cat((conv4, self.deconv4(concat5), self.upsampled_flow5_to_4(flow5)), 1)
-        flow4 = self.predict_flow4(concat4)
-        concat3 = torch.cat((conv3, self.deconv3(concat4), self.upsampled_flow4_to_3(flow4)), 1)
-        flow3 = self.predict_flow3(concat3)
-        concat2 = torch.cat((conv2, self.deconv2(concat3), self.upsampled_flow3_to_2(flow3)), 1)
-        flow2 = self.predict_flow2(concat2)
-        return flow2, flow3, flow4, flow5, flow6
+        return _refine_flows(self, conv6, (conv5, conv4, conv3, conv2), (6, 5, 4, 3, 2))
 
     def _build_decoder(self, upsample_bias: bool) -> None:
         self.deconv5 = deconv(1024, 512)
@@ -198,16 +208,7 @@ class FlowNetSD(nn.Module):
         conv4 = self.conv4_1(self.conv4(conv3))
         conv5 = self.conv5_1(self.conv5(conv4))
         conv6 = self.conv6_1(self.conv6(conv5))
-        flow6 = self.predict_flow6(conv6)
-        concat5 = torch.cat((conv5, self.deconv5(conv6), self.upsampled_flow6_to_5(flow6)), 1)
-        flow5 = self.predict_flow5(self.inter_conv5(concat5))
-        concat4 = torch.cat((conv4, self.deconv4(concat5), self.upsampled_flow5_to_4(flow5)), 1)
-        flow4 = self.predict_flow4(self.inter_conv4(concat4))
-        concat3 = torch.cat((conv3, self.deconv3(concat4), self.upsampled_flow4_to_3(flow4)), 1)
-        flow3 = self.predict_flow3(self.inter_conv3(concat3))
-        concat2 = torch.cat((conv2, self.deconv2(concat3), self.upsampled_flow3_to_2(flow3)), 1)
-        flow2 = self.predict_flow2(self.inter_conv2(concat2))
-        return flow2, flow3, flow4, flow5, flow6
+        return _refine_flows(self, conv6, (conv5, conv4, conv3, conv2), (6, 5, 4, 3, 2), inter=True)
 
     forward = _Decoder.forward
 
@@ -237,11 +238,7 @@ class FlowNetFusion(nn.Module):
         conv0 = self.conv0(x)
         conv1 = self.conv1_1(self.conv1(conv0))
         conv2 = self.conv2_1(self.conv2(conv1))
-        flow2 = self.predict_flow2(conv2)
-        concat1 = torch.cat((conv1, self.deconv1(conv2), self.upsampled_flow2_to_1(flow2)), 1)
-        flow1 = self.predict_flow1(self.inter_conv1(concat1))
-        concat0 = torch.cat((conv0, self.deconv0(concat1), self.upsampled_flow1_to_0(flow1)), 1)
-        return self.predict_flow0(self.inter_conv0(concat0))
+        return _refine_flows(self, conv2, (conv1, conv0), (2, 1, 0), inter=True)[0]
 
 
 class FlowNet2(nn.Module):

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from a2dpipe import __version__
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.io import A2DError, atomic_path, open_hdf5
 
 __all__ = ["SCHEMA_PATH", "schema", "load_config", "resolve", "section_defaults", "settings_slice",
            "add_config_arguments", "read_settings", "stamp", "stamp_attrs", "read_stamp", "hdf5_stamp",
@@ -94,6 +94,25 @@ def resolve(config: Mapping, source: str = "config", *, partial: bool = False, f
     return config
 
 
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a YAML config file, validate it against the schema and fill in its defaults.
+
+    A file for a command run by hand may hold only the sections that command reads; what it leaves out takes the
+    schema's defaults. A2DError naming the file when it is missing, not YAML, not a mapping, or breaks the schema.
+    """
+    path = Path(path)
+    try:
+        with path.open() as f:
+            config = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise A2DError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise A2DError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(config, dict):
+        raise A2DError(f"{path}: expected a mapping at the top level")
+    return resolve(config, str(path), partial=True)
+
+
 def section_defaults(name: str, section: Mapping | None = None) -> dict:
     """Config section ``name`` validated and completed with the schema's defaults (``{}`` gives the defaults)."""
     return resolve({name: dict(section or {})}, f"config {name}", partial=True)[name]
@@ -160,8 +179,6 @@ def read_stamp(record: Mapping | None) -> dict | None:
 
 def hdf5_stamp(path: str | os.PathLike) -> dict | None:
     """Settings recorded in an HDF5 artifact's root attributes (None when it records none)."""
-    from a2dpipe.io import open_hdf5
-
     with open_hdf5(path, "artifact") as f:
         return read_stamp(dict(f.attrs))
 

@@ -1,4 +1,4 @@
-"""Shared plumbing of every stage: atomic outputs, HDF5 input, logging, config access, device choice.
+"""Shared plumbing of every stage: atomic outputs, HDF5 input, logging, device choice.
 
 Every artifact is written under a temporary name beside its final path and renamed only when complete, so a
 killed or failed job never leaves a file that looks finished.
@@ -17,10 +17,8 @@ import socket
 import sys
 from pathlib import Path
 
-import yaml
-
 __all__ = ["A2DError", "atomic_path", "open_hdf5", "unreadable_artifact", "reading_artifact", "setup_logging",
-           "load_config", "select_device"]
+           "select_device"]
 
 log = logging.getLogger("a2dpipe")
 
@@ -188,26 +186,6 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
     return log
-
-
-def load_config(path: str | os.PathLike) -> dict:
-    """Read a YAML config file, validate it against the schema and fill in its defaults (:mod:`a2dpipe.config`).
-
-    A file for a command run by hand may hold only the sections that command reads; what it leaves out takes the
-    schema's defaults. A2DError naming the file when it is missing, not YAML, not a mapping, or breaks the schema.
-    """
-    from a2dpipe.config import resolve  # here: a2dpipe.config imports this module
-    path = Path(path)
-    try:
-        with path.open() as f:
-            config = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise A2DError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise A2DError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(config, dict):
-        raise A2DError(f"{path}: expected a mapping at the top level")
-    return resolve(config, str(path), partial=True)
 
 
 def select_device(requested: str = "auto"):

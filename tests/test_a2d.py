@@ -12,14 +12,8 @@ import pandas as pd
 import pytest
 
 from a2dpipe import labels
-from a2dpipe.dataset.a2d import (
-    Annotation,
-    list_annotated_frames,
-    read_annotation,
-    read_clip_frames,
-    read_videoset,
-    write_annotation,
-)
+from a2dpipe.dataset.a2d import list_annotated_frames, read_clip_frames, read_videoset
+from a2dpipe.dataset.annotation import Annotation, read_annotation, write_annotation
 from a2dpipe.io import A2DError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-data" / "a2d-metadata"
@@ -142,7 +136,7 @@ def test_soft_masks_survive(tmp_path):
 
 def test_write_annotation_is_matlab_v73(tmp_path):
     from a2dpipe.config import section_defaults
-    from a2dpipe.dataset.synthetic import render_clip
+    from a2dpipe.dataset.scenes import render_clip
 
     s = {**section_defaults("synthetic"), "videos": 2, "frames": 6, "annotated_frames": 2, "max_actors": 3}
     rng = np.random.default_rng(3)

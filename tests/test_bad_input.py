@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from a2dpipe.dataset.a2d import annotation_path, read_annotation, video_path
+from a2dpipe.dataset.a2d import annotation_path, video_path
+from a2dpipe.dataset.annotation import read_annotation
 from a2dpipe.dataset.frames import FrameStore
 
 

@@ -6,6 +6,9 @@ import jsonschema
 import pytest
 import yaml
 
+from a2dpipe.config import load_config
+from a2dpipe.io import A2DError
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 PRESETS = [ROOT / "config.yaml", ROOT / "config" / "paper.yaml", ROOT / "tests" / "config.tiny.yaml"]
@@ -32,3 +35,12 @@ def test_unknown_key_is_rejected():
     config["segmentation"]["stage1"]["iterationz"] = 5
     with pytest.raises(jsonschema.ValidationError, match="iterationz"):
         jsonschema.validate(config, SCHEMA)
+
+
+def test_load_config_names_the_file(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(A2DError, match="c.yaml: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(A2DError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")

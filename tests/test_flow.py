@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from a2dpipe.flow import FlowStore, build_estimator, endpoint_error, flow_to_rgb, read_flo, write_flo
-from a2dpipe.flow import flownet
+from a2dpipe.flow import flownet_layers
 from a2dpipe.flow.estimators import NEURAL_METHODS, load_state_strict
 from a2dpipe.dataset.frames import FORMAT as FRAMES
 from a2dpipe.io import A2DError
@@ -167,14 +167,14 @@ def _reference_correlation(a, b, pad, max_disp, stride1, stride2):
 def test_correlation_matches_reference(pad, max_disp, stride1, stride2):
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 2, 6, 9, 11, generator=g)
-    out = flownet.correlation(a, b, pad_size=pad, max_displacement=max_disp, stride1=stride1, stride2=stride2)
+    out = flownet_layers.correlation(a, b, pad_size=pad, max_displacement=max_disp, stride1=stride1, stride2=stride2)
     ref = _reference_correlation(a.double().numpy(), b.double().numpy(), pad, max_disp, stride1, stride2)
     assert out.shape == ref.shape
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-5, rtol=0)
 
 
 def test_flownetc_correlation_shape():
-    out = flownet.correlation(torch.randn(1, 8, 5, 7), torch.randn(1, 8, 5, 7))  # FlowNetC's settings
+    out = flownet_layers.correlation(torch.randn(1, 8, 5, 7), torch.randn(1, 8, 5, 7))  # FlowNetC's settings
     assert out.shape == (1, 441, 5, 7)
 
 

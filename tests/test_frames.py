@@ -17,15 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from a2dpipe.dataset.a2d import (
-    Annotation,
-    annotation_path,
-    read_annotation,
-    read_clip_frames,
-    read_videoset,
-    video_path,
-    write_annotation,
-)
+from a2dpipe.dataset.a2d import annotation_path, read_clip_frames, read_videoset, video_path
+from a2dpipe.dataset.annotation import Annotation, read_annotation, write_annotation
 from a2dpipe.dataset.frames import FrameStore, extract_shard, neighbour_of
 from a2dpipe.dataset.index import INDEX_COLUMNS, assign_shards, build_index, read_index, write_index
 from a2dpipe.io import A2DError

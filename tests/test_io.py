@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from a2dpipe.io import A2DError, atomic_path, load_config
+from a2dpipe.io import A2DError, atomic_path
 
 
 def test_atomic_path_renames_only_on_success(tmp_path):
@@ -76,15 +76,6 @@ def test_writer_that_writes_nothing_is_an_error(tmp_path):
     with pytest.raises(A2DError, match="produced no output"):
         with atomic_path(tmp_path / "empty.h5"):
             pass
-
-
-def test_load_config_names_the_file(tmp_path):
-    bad = tmp_path / "c.yaml"
-    bad.write_text("a: [1, 2\n")
-    with pytest.raises(A2DError, match="c.yaml: not valid YAML"):
-        load_config(bad)
-    with pytest.raises(A2DError, match="config file not found"):
-        load_config(tmp_path / "missing.yaml")
 
 
 def test_damaged_hdf5_artifact_names_the_file_and_its_rebuild(tmp_path):

@@ -304,7 +304,8 @@ def test_mask_ap_is_perfect_for_ground_truth_and_drops_with_false_positives(shar
 
 
 def test_synthetic_benchmark_writes_visible_distractors_for_the_generic_source(tmp_path):
-    from a2dpipe.dataset.a2d import annotation_path, list_annotated_frames, read_annotation
+    from a2dpipe.dataset.a2d import annotation_path, list_annotated_frames
+    from a2dpipe.dataset.annotation import read_annotation
     from a2dpipe.dataset.synthetic import read_distractors, synthesize
 
     root = tmp_path / "a2d"

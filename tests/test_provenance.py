@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import a2dpipe
-from a2dpipe.config import check_consistent, resolve, section_defaults, settings_slice
+from a2dpipe.config import check_consistent, load_config, resolve, section_defaults, settings_slice
 from a2dpipe.dataset.synthetic import MARKER
 from a2dpipe.io import A2DError
 from conftest import REPO
@@ -55,8 +55,6 @@ def test_config_yaml_and_the_schema_agree_on_every_default():
 
 def test_a_command_run_by_hand_gets_the_schema_defaults(tmp_path):
     path = _write({"evaluation": {"boundary_width": 3}}, tmp_path / "c.yaml")
-    from a2dpipe.io import load_config
-
     config = load_config(path)
     assert config["evaluation"] == {**section_defaults("evaluation"), "boundary_width": 3}
     assert config["segmentation"]["stage2"]["fc_dim"] == section_defaults("segmentation")["stage2"]["fc_dim"]

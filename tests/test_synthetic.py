@@ -16,14 +16,15 @@ from a2dpipe.dataset.a2d import (
     annotation_path,
     colour_path,
     list_annotated_frames,
-    read_annotation,
     read_clip_frames,
     read_videoset,
     video_path,
 )
+from a2dpipe.dataset.annotation import read_annotation
 from a2dpipe.io import A2DError
 from a2dpipe.config import section_defaults
-from a2dpipe.dataset.synthetic import LOOKS, MOTIONS, _actor_tracks, _draw, _plan, _settings, synthesize
+from a2dpipe.dataset.scenes import LOOKS, MOTIONS, _actor_tracks, _draw, plan_clips
+from a2dpipe.dataset.synthetic import _settings, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -118,7 +119,7 @@ def test_video_is_lossy_but_faithful(tiny_root):
 def test_several_small_and_occluded_actors_in_default_size():
     """On the default plan: balanced pairs, clips with several actors; in rendered clips, small and occluded actors."""
     s = _settings({})
-    plan = _plan(s, np.random.default_rng(0))
+    plan = plan_clips(s, np.random.default_rng(0))
     for usage in (0, 1):
         counts = Counter(p for c in plan if c["usage"] == usage for p in c["pairs"])
         assert set(counts) == set(labels.VALID_PAIRS), "every valid pair occurs in both splits"

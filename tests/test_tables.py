@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from a2dpipe import labels
-from a2dpipe.evaluation import metrics, paper_results, tables, timing
+from a2dpipe.evaluation import claims, metrics, paper_results, tables, timing
 from a2dpipe.cli import main
 from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.evaluation.evaluate import _json_safe
@@ -144,9 +144,9 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     assert ours["adult-climbing"] == pytest.approx(100 * doc["per_category_accuracy"]["adult-climbing"], abs=0.01)
     assert ours["average"] == pytest.approx(100 * doc["metrics"]["whole"]["actor_action"]["mean_class_accuracy"], abs=0.01)
 
-    claims = pd.read_csv(out / "claims.csv")
-    assert list(claims["holds"]) == ["yes"] * 7  # the fake accuracies are ordered as claimed, far apart
-    assert claims["difference [95% interval]"].str.fullmatch(r"(\+\d+\.\d \[\d+\.\d, \d+\.\d\](; )?)+").all()
+    claims_table = pd.read_csv(out / "claims.csv")
+    assert list(claims_table["holds"]) == ["yes"] * 7  # the fake accuracies are ordered as claimed, far apart
+    assert claims_table["difference [95% interval]"].str.fullmatch(r"(\+\d+\.\d \[\d+\.\d, \d+\.\d\](; )?)+").all()
 
     md = (out / "table1.md").read_text()
     assert "| Baseline (RGB only) | paper | 95.7 |" in md
@@ -158,12 +158,12 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
 
 def test_missing_variants_leave_their_rows_out(tmp_path, evaluation_files):
     evals = tables.load_evaluations(evaluation_files[:2])  # baselines only
-    intervals = tables.load_intervals([_per_video_path(p) for p in evaluation_files[:2]], evals, resamples=200)
+    intervals = claims.load_intervals([_per_video_path(p) for p in evaluation_files[:2]], evals, resamples=200)
     t1 = tables.table1(evals, intervals)
     assert (t1["source"] == "this run").sum() == 2
-    c = tables.claims(evals, intervals)
+    c = claims.claims(evals, intervals)
     assert c.iloc[0]["holds"] == "n/a" and c.iloc[1]["holds"] == "yes"
-    assert tables.claims(evals).iloc[1]["holds"] == "n/a"  # no per-video matrices: nothing is resolved
+    assert claims.claims(evals).iloc[1]["holds"] == "n/a"  # no per-video matrices: nothing is resolved
 
 
 def test_claims_say_yes_no_or_not_resolved_by_the_interval_of_the_difference(tmp_path):
@@ -176,30 +176,30 @@ def test_claims_say_yes_no_or_not_resolved_by_the_interval_of_the_difference(tmp
         write_per_video(_per_video_path(path), variant, *acc.video_matrices())
         docs[variant] = path
     evals = tables.load_evaluations(docs.values())
-    intervals = tables.load_intervals([_per_video_path(p) for p in docs.values()], evals, resamples=500)
-    holds = dict(zip(tables.claims(evals, intervals)["claim"], tables.claims(evals, intervals)["holds"]))
+    intervals = claims.load_intervals([_per_video_path(p) for p in docs.values()], evals, resamples=500)
+    holds = dict(zip(claims.claims(evals, intervals)["claim"], claims.claims(evals, intervals)["holds"]))
     assert holds["Ours beats Baseline in actor-action mean class accuracy (RGB + flow)"] == "not resolved"  # equal skill
     assert holds["flow improves action mean class accuracy (Baseline)"] == "no"  # 0.9 -> 0.5
     same = {v: evals["baseline-rgb"] | {"variant": v} for v in ("baseline-rgb", "baseline-rgbflow")}
-    tie = tables.load_intervals([_per_video_path(docs["baseline-rgb"])], evals, resamples=50)
+    tie = claims.load_intervals([_per_video_path(docs["baseline-rgb"])], evals, resamples=50)
     tie.per_video["baseline-rgbflow"] = tie.per_video["baseline-rgb"]
-    assert tables.claims(same, tie).iloc[1]["holds"] == "no"  # an exact tie is not an improvement
-    assert tables.verdict([(0.1, 0.3), (0.2, 0.4)]) == "yes"
-    assert tables.verdict([(0.1, 0.3), (-0.2, 0.4)]) == "not resolved"
-    assert tables.verdict([(0.1, 0.3), (-0.4, -0.2)]) == "no"
+    assert claims.claims(same, tie).iloc[1]["holds"] == "no"  # an exact tie is not an improvement
+    assert claims.verdict([(0.1, 0.3), (0.2, 0.4)]) == "yes"
+    assert claims.verdict([(0.1, 0.3), (-0.2, 0.4)]) == "not resolved"
+    assert claims.verdict([(0.1, 0.3), (-0.4, -0.2)]) == "no"
 
 
 def test_stale_or_mismatched_per_video_files_are_named(tmp_path, evaluation_files):
     evals = tables.load_evaluations(evaluation_files[:2])
     with pytest.raises(Exception, match="does not add up"):
-        tables.load_intervals([_per_video_path(evaluation_files[1])], {"baseline-rgbflow": evals["baseline-rgb"]
+        claims.load_intervals([_per_video_path(evaluation_files[1])], {"baseline-rgbflow": evals["baseline-rgb"]
                                                                        | {"variant": "baseline-rgbflow"}})
     doc, acc = fake_evaluation("baseline-rgbflow", 0.4, 1, videos=5)
     other = tmp_path / "other.videos.npz"
     write_per_video(other, "baseline-rgbflow", *acc.video_matrices())
     evals["baseline-rgbflow"] = doc
     with pytest.raises(Exception, match="different test videos"):
-        tables.load_intervals([_per_video_path(evaluation_files[0]), other], evals)
+        claims.load_intervals([_per_video_path(evaluation_files[0]), other], evals)
 
 
 def test_metrics_only_writes_one_row_per_variant_and_region(tmp_path, evaluation_files):

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe import labels
-from a2dpipe.dataset.a2d import annotation_path, masks_to_boxes, read_annotation, read_clip_frames, video_path
+from a2dpipe.dataset.a2d import annotation_path, read_clip_frames, video_path
+from a2dpipe.dataset.annotation import masks_to_boxes, read_annotation
 from a2dpipe.dataset.index import read_index
 from a2dpipe.config import add_config_arguments, read_settings
 from a2dpipe.io import A2DError

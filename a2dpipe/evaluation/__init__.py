@@ -4,8 +4,9 @@ Rules (``workflow/rules/evaluation.smk``) and their commands:
 
 - ``evaluate`` -> ``a2dpipe evaluate`` (:mod:`.evaluate`, scores from :mod:`.metrics`): ``evaluation/...json``
   and the per-video confusion matrices ``evaluation/...videos.npz``;
-- ``tables`` -> ``a2dpipe tables`` (:mod:`.tables`): Tables 1-5 and the claims, beside the paper's figures
-  (:mod:`.paper_results`), with paired-bootstrap intervals over test videos (:mod:`.bootstrap`);
+- ``tables`` -> ``a2dpipe tables`` (:mod:`.tables`): Tables 1-5 and the claims (:mod:`.claims`), beside the
+  paper's figures (:mod:`.paper_results`), with paired-bootstrap intervals over test videos (:mod:`.bootstrap`),
+  written as CSV, Markdown and LaTeX (:mod:`.writers`);
 - ``evaluate_validation``, ``validate`` -> ``a2dpipe evaluate --split val``, ``a2dpipe tables --metrics-only``:
   the same metrics on the validation split (``validation/metrics.csv``);
 - ``timing`` -> ``a2dpipe timing`` (:mod:`.timing`): milliseconds per frame of each stage;

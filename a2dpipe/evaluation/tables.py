@@ -21,12 +21,13 @@ Every table has a ``source`` column (``paper`` or ``this run``) and is written t
 ``mask_quality``  copy of the mask-quality table (``a2dpipe mask-quality``), when given
 =============  ===========================================================================================
 
-Uncertainty (``a2dpipe.evaluation.bootstrap``): with ``--per-video`` files every metric of this run in Tables
-1-4 gets a 95% paired-bootstrap interval over test videos (``evaluation.bootstrap_resamples`` resamples, seeded
-by ``seed``): the CSV has ``<metric> low`` and ``<metric> high`` columns beside each metric, Markdown and LaTeX
-show ``15.8 [13.9, 17.6]``. A claim compares variants through the interval of their difference: ``yes`` when
-the whole interval lies above zero, ``no`` when none of it does, ``not resolved`` when it straddles zero
-(``n/a`` when a variant or its per-video matrices are missing).
+Uncertainty (:mod:`.claims`, on :mod:`.bootstrap`; files written by :mod:`.writers`): with ``--per-video`` files
+every metric of this run in Tables 1-4 gets a 95% paired-bootstrap interval over test videos
+(``evaluation.bootstrap_resamples`` resamples, seeded by ``seed``): the CSV has ``<metric> low`` and
+``<metric> high`` columns beside each metric, Markdown and LaTeX show ``15.8 [13.9, 17.6]``. A claim compares
+variants through the interval of their difference: ``yes`` when the whole interval lies above zero, ``no`` when
+none of it does, ``not resolved`` when it straddles zero (``n/a`` when a variant or its per-video matrices are
+missing).
 
 A row of this run whose variant was not evaluated (not configured in ``experiments``) is left out with a warning.
 ``DIR/done`` is written last, so its presence means every table is complete.
@@ -39,29 +40,23 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from a2dpipe.config import add_config_arguments, read_settings, write_made_from
 from a2dpipe.evaluation import paper_results as paper
-from a2dpipe.evaluation.bootstrap import Bootstrap, per_video_key, percentile_interval, read_per_video
+from a2dpipe.evaluation.claims import Intervals, claims, load_intervals, percent, variant_name
+from a2dpipe.evaluation.writers import HIGH, LOW, write_table
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import class_names
 
 __all__ = [
     "METRIC_HEADERS",
-    "Intervals",
     "load_evaluations",
-    "load_intervals",
     "table1",
     "table2",
     "table3",
     "table4",
     "table5",
-    "claims",
-    "markdown_table",
-    "latex_table",
-    "write_table",
     "configure_parser",
     "run",
 ]
@@ -72,11 +67,9 @@ PAPER, THIS_RUN = "paper", "this run"
 _METRIC_NAMES = {"global_accuracy": "global acc.", "mean_class_accuracy": "mean class acc.", "mean_iou": "mean IoU"}
 _SETTING_NAMES = {"actor": "actor", "action": "action", "actor_action": "actor-action"}
 METRIC_HEADERS = [f"{_METRIC_NAMES[m]} {_SETTING_NAMES[s]}" for m, s in paper.METRIC_COLUMNS]
-LOW, HIGH = "low", "high"
 INTERVAL_HEADERS = [c for h in METRIC_HEADERS for c in (h, f"{h} {LOW}", f"{h} {HIGH}")]
 INPUT_NAMES = {"rgb": "RGB only", "rgbflow": "RGB + flow"}
 METHOD_NAMES = {"baseline": "Baseline", "maskvote": "Mask vote", "ours": "Ours"}
-MAIN_SOURCE = "dataset"  # the paper's default: region masks of a model trained on the target dataset
 
 TITLES = {"table1": "Table 1", "table2": "Table 2", "table3": "Table 3", "table4": "Table 4", "table5": "Table 5",
           "claims": "Claims"}
@@ -121,76 +114,6 @@ def load_evaluations(paths) -> dict[str, dict]:
     return out
 
 
-class Intervals:
-    """Bootstrap intervals of this run's metrics: one paired :class:`Bootstrap` over the test videos.
-
-    ``per_video`` maps each variant to its per-video confusion matrices (``read_per_video``); every variant must
-    cover the same test videos (they are scored on the same split), or the pairing would be meaningless.
-    """
-
-    def __init__(self, per_video: dict[str, dict], *, resamples: int = 1000, seed: int = 0):
-        if not per_video:
-            raise A2DError("no per-video confusion matrices: the bootstrap needs at least one variant's")
-        videos = {variant: doc["videos"] for variant, doc in per_video.items()}
-        first, reference = next(iter(videos.items()))
-        for variant, listed in videos.items():
-            if listed != reference:
-                raise A2DError(f"per-video matrices of {variant} and {first} cover different test videos")
-        self.per_video = per_video
-        self.bootstrap = Bootstrap(reference, resamples=resamples, seed=seed)
-        self._samples: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
-
-    def has(self, variant: str) -> bool:
-        return variant in self.per_video
-
-    def _matrices(self, variant: str, region: str, setting: str) -> np.ndarray:
-        key = per_video_key(region, setting)
-        if key not in self.per_video[variant]:
-            raise A2DError(f"per-video matrices of {variant} lack {key}")
-        return self.per_video[variant][key]
-
-    def samples(self, variant: str, region: str, setting: str) -> dict[str, np.ndarray]:
-        """``{score: (B,) resampled values}`` of a variant, computed once."""
-        key = (variant, region, setting)
-        if key not in self._samples:
-            self._samples[key] = self.bootstrap.score_samples(self._matrices(variant, region, setting))
-        return self._samples[key]
-
-    def interval(self, variant: str, score: str, setting: str, region: str = "whole") -> tuple[float, float]:
-        """(low, high) of one metric, in [0, 1]."""
-        return percentile_interval(self.samples(variant, region, setting)[score])
-
-    def difference(self, first: str, second: str, score: str, setting: str,
-                   region: str = "whole") -> tuple[float, float]:
-        """(low, high) of ``second - first``, paired draws."""
-        a = self.samples(first, region, setting)[score]
-        b = self.samples(second, region, setting)[score]
-        return percentile_interval(b - a)
-
-
-def load_intervals(paths, evals: dict, *, resamples: int = 1000, seed: int = 0) -> Intervals:
-    """:class:`Intervals` from per-video ``.npz`` files; each must add up to its variant's evaluation JSON."""
-    per_video = {}
-    for path in paths:
-        doc = read_per_video(path)
-        variant = doc["variant"]
-        if variant not in evals:
-            raise A2DError(f"{path}: per-video matrices of {variant}, which has no evaluation file")
-        confusion = evals[variant].get("confusion", {})
-        for region, by_setting in confusion.items():
-            for setting, total in by_setting.items():
-                key = per_video_key(region, setting)
-                if key not in doc or not np.array_equal(doc[key].sum(axis=0), np.asarray(total)):
-                    raise A2DError(f"{path}: {key} does not add up to the confusion matrix of {variant}'s "
-                                   "evaluation (a stale file?)")
-        per_video[variant] = doc
-    return Intervals(per_video, resamples=resamples, seed=seed)
-
-
-def _pct(value) -> float:
-    return math.nan if value is None else 100.0 * float(value)
-
-
 def _run_row(evaluation: dict, region: str = "whole", intervals: Intervals | None = None) -> list[float]:
     """This run's metric cells: value, low, high per metric (percentages; intervals nan without a bootstrap)."""
     m = evaluation["metrics"][region]
@@ -199,7 +122,7 @@ def _run_row(evaluation: dict, region: str = "whole", intervals: Intervals | Non
     for metric, s in paper.METRIC_COLUMNS:
         low, high = (intervals.interval(variant, metric, s, region) if intervals and intervals.has(variant)
                      else (math.nan, math.nan))
-        cells += [_pct(m[s][metric]), 100.0 * low, 100.0 * high]
+        cells += [percent(m[s][metric]), 100.0 * low, 100.0 * high]
     return cells
 
 
@@ -207,16 +130,18 @@ def _paper_row(values) -> list[float]:
     return [x for v in values for x in (math.nan if v is None else v, math.nan, math.nan)]
 
 
-def _variant(method: str, inp: str, train: str = MAIN_SOURCE, test: str = MAIN_SOURCE) -> str:
-    if method == "baseline":
-        return f"baseline-{inp}"
-    if method == "maskvote":
-        return f"maskvote-{inp}-{test}"
-    return f"ours-{inp}-{train}-{test}"
-
-
 def _missing(variant: str, table: str) -> None:
     log.warning("%s: variant %s was not evaluated; its row is left out", table, variant)
+
+
+def _this_run(table: str, labels: list[str], evals: dict, variant: str, region: str = "whole",
+              intervals: Intervals | None = None) -> list[list]:
+    """This run's row of ``variant`` in ``table`` (``labels``, source, metric cells), or none when it was not
+    evaluated (:func:`_missing` says so)."""
+    if variant not in evals:
+        _missing(variant, table)
+        return []
+    return [[*labels, THIS_RUN, *_run_row(evals[variant], region, intervals)]]
 
 
 # --- the tables -----------------------------------------------------------------------------------------------
@@ -229,11 +154,7 @@ def table1(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
             label = f"{METHOD_NAMES[method]} ({INPUT_NAMES[inp]})"
             if (method, inp) in paper.TABLE1:
                 rows.append([label, PAPER, *_paper_row(paper.TABLE1[(method, inp)])])
-            variant = _variant(method, inp)
-            if variant in evals:
-                rows.append([label, THIS_RUN, *_run_row(evals[variant], "whole", intervals)])
-            else:
-                _missing(variant, "table1")
+            rows += _this_run("table1", [label], evals, variant_name(method, inp), "whole", intervals)
     return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
@@ -242,11 +163,7 @@ def table2(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     for method in ("baseline", "ours"):
         label = f"{METHOD_NAMES[method]} (non-boundary)"
         rows.append([label, PAPER, *_paper_row(paper.TABLE2[method])])
-        variant = _variant(method, "rgbflow")
-        if variant in evals:
-            rows.append([label, THIS_RUN, *_run_row(evals[variant], "non_boundary", intervals)])
-        else:
-            _missing(variant, "table2")
+        rows += _this_run("table2", [label], evals, variant_name(method, "rgbflow"), "non_boundary", intervals)
     return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
@@ -255,22 +172,14 @@ def table3(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     for (train, test), values in paper.TABLE3.items():
         labels = [f"{train} + gt", test]
         rows.append([*labels, PAPER, *_paper_row(values)])
-        variant = _variant("ours", "rgbflow", train, test)
-        if variant in evals:
-            rows.append([*labels, THIS_RUN, *_run_row(evals[variant], "whole", intervals)])
-        else:
-            _missing(variant, "table3")
+        rows += _this_run("table3", labels, evals, variant_name("ours", "rgbflow", train, test), "whole", intervals)
     return pd.DataFrame(rows, columns=["training masks", "test masks", "source", *INTERVAL_HEADERS])
 
 
 def table4(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     rows = [[f"published method {k}", PAPER, *_paper_row(v)] for k, v in enumerate(paper.TABLE4_PUBLISHED, 1)]
     rows.append(["Ours", PAPER, *_paper_row(paper.TABLE4_OURS)])
-    variant = _variant("ours", "rgbflow")
-    if variant in evals:
-        rows.append(["Ours", THIS_RUN, *_run_row(evals[variant], "whole", intervals)])
-    else:
-        _missing(variant, "table4")
+    rows += _this_run("table4", ["Ours"], evals, variant_name("ours", "rgbflow"), "whole", intervals)
     return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
@@ -282,158 +191,17 @@ def table5(evals: dict) -> pd.DataFrame:
             label = f"{METHOD_NAMES[method]} ({INPUT_NAMES[inp]})"
             ref = paper.TABLE5[(method, inp)]
             rows.append([label, PAPER, *(math.nan if ref[n] is None else ref[n] for n in names)])
-            variant = _variant(method, inp)
+            variant = variant_name(method, inp)
             if variant not in evals:
                 _missing(variant, "table5")
                 continue
             per = evals[variant]["per_category_accuracy"]
             avg = evals[variant]["metrics"]["whole"]["actor_action"]["mean_class_accuracy"]
-            rows.append([label, THIS_RUN, *(_pct(per.get(n)) for n in names[:-1]), _pct(avg)])
+            rows.append([label, THIS_RUN, *(percent(per.get(n)) for n in names[:-1]), percent(avg)])
     return pd.DataFrame(rows, columns=["method", "source", *names])
 
 
-_MCA = "mean_class_accuracy"
-# (claim, metric, setting, variants expected to increase left to right)
-CLAIMS = [
-    ("Ours beats Baseline in actor-action mean class accuracy (RGB + flow)",
-     _MCA, "actor_action", ["baseline-rgbflow", _variant("ours", "rgbflow")]),
-    ("flow improves action mean class accuracy (Baseline)",
-     _MCA, "action", ["baseline-rgb", "baseline-rgbflow"]),
-    ("flow improves action mean class accuracy (Ours)",
-     _MCA, "action", [_variant("ours", "rgb"), _variant("ours", "rgbflow")]),
-    ("test masks: gt > dataset > generic (actor-action mean class accuracy)",
-     _MCA, "actor_action", [_variant("ours", "rgbflow", "generic", "generic"), _variant("ours", "rgbflow"),
-                            _variant("ours", "rgbflow", "dataset", "gt")]),
-    ("test masks: gt > dataset > generic (actor-action mean IoU)",
-     "mean_iou", "actor_action", [_variant("ours", "rgbflow", "generic", "generic"), _variant("ours", "rgbflow"),
-                                  _variant("ours", "rgbflow", "dataset", "gt")]),
-    ("control: Mask vote beats Baseline in actor-action mean class accuracy (RGB + flow): masks alone help",
-     _MCA, "actor_action", ["baseline-rgbflow", _variant("maskvote", "rgbflow")]),
-    ("control: Ours beats Mask vote in actor-action mean class accuracy (RGB + flow): the region head helps",
-     _MCA, "actor_action", [_variant("maskvote", "rgbflow"), _variant("ours", "rgbflow")]),
-]
-RESOLVED = ("yes", "no")
-
-
-def verdict(intervals: list[tuple[float, float]]) -> str:
-    """``yes`` when every difference's interval lies above zero, ``no`` when some interval has nothing above
-    zero (that step is not an increase), ``not resolved`` otherwise; ``n/a`` when an interval is undefined."""
-    if any(math.isnan(low) or math.isnan(high) for low, high in intervals):
-        return "n/a"
-    if all(low > 0 for low, _ in intervals):
-        return "yes"
-    if any(high <= 0 for _, high in intervals):
-        return "no"
-    return "not resolved"
-
-
-def claims(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
-    """Each claim with the numbers it compares, each step's difference with its 95% interval, and the verdict
-    (:func:`verdict`; ``n/a`` when a variant it needs was not evaluated or has no per-video matrices)."""
-    rows = []
-    for claim, metric, setting, variants in CLAIMS:
-        values = [_pct(evals[v]["metrics"]["whole"][setting][metric]) if v in evals else math.nan for v in variants]
-        steps, bounds = [], []
-        for (first, a), (second, b) in zip(zip(variants, values), zip(variants[1:], values[1:])):
-            paired = intervals is not None and intervals.has(first) and intervals.has(second)
-            low, high = intervals.difference(first, second, metric, setting) if paired else (math.nan, math.nan)
-            bounds.append((low, high))
-            steps.append(_interval_text(b - a, 100.0 * low, 100.0 * high, 1, signed=True))
-        holds = "n/a" if any(math.isnan(v) for v in values) else verdict(bounds)
-        rows.append([claim, " / ".join("-" if math.isnan(v) else f"{v:.1f}" for v in values), "; ".join(steps),
-                     holds])
-    return pd.DataFrame(rows, columns=["claim", "this run (expected to increase left to right)",
-                                       "difference [95% interval]", "holds"])
-
-
-# --- writers --------------------------------------------------------------------------------------------------
-
-
-def _cell(value, digits: int) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.{digits}f}"
-    if value is None:
-        return "-"
-    return str(value)
-
-
-def _interval_text(value: float, low: float, high: float, digits: int, signed: bool = False) -> str:
-    """``15.8 [13.9, 17.6]``; the value alone without an interval, ``-`` without a value."""
-    if math.isnan(value):
-        return "-"
-    fmt = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
-    if math.isnan(low) or math.isnan(high):
-        return fmt.format(value)
-    return f"{fmt.format(value)} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _display(df: pd.DataFrame, digits: int) -> tuple[list[str], list[bool], list[list[str]]]:
-    """Headers, right-alignment flags and text rows, each ``<h>`` folded with ``<h> low`` / ``<h> high``."""
-    folded = {f"{c} {LOW}" for c in df.columns} | {f"{c} {HIGH}" for c in df.columns}
-    shown = [c for c in df.columns if c not in folded]
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in shown]
-    rows = []
-    for record in df.to_dict("records"):
-        row = []
-        for c in shown:
-            if f"{c} {LOW}" in df.columns and f"{c} {HIGH}" in df.columns:
-                row.append(_interval_text(float(record[c]), float(record[f"{c} {LOW}"]),
-                                          float(record[f"{c} {HIGH}"]), digits))
-            else:
-                row.append(_cell(record[c], digits))
-        rows.append(row)
-    return shown, numeric, rows
-
-
-def markdown_table(df: pd.DataFrame, digits: int = 1, caption: str | None = None) -> str:
-    """GitHub-flavoured Markdown; numbers with ``digits`` decimals, intervals folded in, missing as ``-``."""
-    headers, numeric, rows = _display(df, digits)
-    lines = [f"{caption}\n"] if caption else []
-    lines.append("| " + " | ".join(map(str, headers)) + " |")
-    lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
-
-
-def _tex(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-
-
-def latex_table(df: pd.DataFrame, digits: int = 1, caption: str | None = None, label: str | None = None) -> str:
-    """A ``table`` environment with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); intervals folded in."""
-    headers, numeric, rows = _display(df, digits)
-    align = "".join("r" if n else "l" for n in numeric)
-    lines = [r"\begin{table}[t]", r"\centering", r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{align}}}",
-             r"\toprule", " & ".join(_tex(c) for c in headers) + r" \\", r"\midrule"]
-    for row in rows:
-        lines.append(" & ".join(_tex(v) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}"]
-    if caption:
-        lines.append(rf"\caption{{{_tex(caption)}}}")
-    if label:
-        lines.append(rf"\label{{{label}}}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
-
-
-def write_table(df: pd.DataFrame, out_dir: Path, name: str, caption: str | None = None, digits: int = 1) -> list[Path]:
-    """``out_dir/<name>.csv``, ``.md`` and ``.tex``, each written atomically; returns the paths."""
-    paths = []
-    for suffix, render in (
-        (".csv", lambda: df.to_csv(index=False, float_format="%.2f")),
-        (".md", lambda: markdown_table(df, digits, caption)),
-        (".tex", lambda: latex_table(df, digits, caption, f"tab:{name}")),
-    ):
-        path = out_dir / f"{name}{suffix}"
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(render())
-        paths.append(path)
-    return paths
+# --- writing every table --------------------------------------------------------------------------------------
 
 
 def _read_csv(path, what: str) -> pd.DataFrame:

@@ -157,7 +157,7 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    from a2dpipe.evaluation.tables import markdown_table  # one Markdown writer for every table
+    from a2dpipe.evaluation.writers import markdown_table  # one Markdown writer for every table
 
     table = timing_table(
         read_timing(args.flow, "method"),

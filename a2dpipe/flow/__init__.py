@@ -1,5 +1,10 @@
 """Optical flow stage: estimators (DIS, FlowNet family, RAFT), flow-as-RGB encodings, .flo files, the flow cache.
 
+Rule ``flow`` (``workflow/rules/flow.smk``) -> ``a2dpipe flow`` (:mod:`.stage`). :mod:`.estimators` builds every
+method, the FlowNet networks from :mod:`.flownet` on the shared parts of :mod:`.flownet_layers`; :mod:`.encode`
+turns flow into the motion stream's RGB, :mod:`.flo` reads and writes ``.flo`` files, :mod:`.store` is the flow
+cache's reader and writer, and :mod:`.bench` the ``a2dpipe bench`` measurements.
+
 Heavy dependencies (torch, OpenCV) load only when an estimator or encoding is used.
 """
 

@@ -118,7 +118,7 @@ class TorchEstimator:
         import torch
         import torch.nn.functional as F
 
-        from a2dpipe.flow.flownet import SIZE_MULTIPLE
+        from a2dpipe.flow.flownet_layers import SIZE_MULTIPLE
 
         height, width = image1.shape[-2:]
         size = (-(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE)

@@ -2,17 +2,12 @@
 
 Module and parameter names and shapes follow NVIDIA's flownet2-pytorch (``networks/*.py``, ``models.py``), so the
 public checkpoints of FlowNet2, FlowNet2-C, FlowNet2-S and FlowNet2-SD load unchanged (``load_flownet_weights``).
-What that reference computes and this file reproduces:
+What that reference computes and these networks reproduce (their shared parts, the input normalisation, the
+correlation layer and warping, are in :mod:`.flownet_layers`):
 
-- input: two RGB images with values in 0..255; per sample and channel the mean over both images is subtracted
-  and the result divided by ``rgb_max`` = 255 (``normalize_pair``);
 - height and width must be multiples of 64 (the estimator wrapper resizes and rescales the flow around this);
 - the networks predict flow divided by ``div_flow`` = 20 at 1/4 resolution; the single networks return it
-  multiplied by 20 and upsampled 4x bilinearly; FlowNet2 returns its fusion network's full-resolution output;
-- the correlation layer (``correlation``) replaces the CUDA extension: 21 x 21 displacements of stride 2
-  within 20 px on 1 x 1 patches, each the channel mean of the product, computed with zero padding;
-- warping (``Resample2d``) is bilinear with coordinates clamped to the image, ``ChannelNorm`` the L2 norm over
-  channels.
+  multiplied by 20 and upsampled 4x bilinearly; FlowNet2 returns its fusion network's full-resolution output.
 
 Every ``forward(image1, image2)`` takes two (B, 3, H, W) float tensors and returns (B, 2, H, W) flow in pixels
 from image1 to image2 (u right, v down). ``pyramid(x)`` gives the multi-scale predictions (finest first) of
@@ -24,9 +19,23 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn import init
+
+from a2dpipe.flow.flownet_layers import (
+    DIV_FLOW,
+    channel_norm,
+    check_size,
+    conv_block,
+    correlation,
+    deconv,
+    init_weights,
+    inter_conv,
+    normalize_pair,
+    predict_flow,
+    upsample4,
+    upsample_flow,
+    warp,
+)
 
 __all__ = [
     "FlowNetS",
@@ -34,178 +43,58 @@ __all__ = [
     "FlowNetSD",
     "FlowNetFusion",
     "FlowNet2",
-    "correlation",
-    "normalize_pair",
-    "warp",
-    "channel_norm",
     "flownets",
     "flownetc",
     "flownetsd",
     "flownet2",
     "load_flownet_weights",
-    "SIZE_MULTIPLE",
-    "DIV_FLOW",
 ]
 
-SIZE_MULTIPLE = 64  # six stride-2 stages
-DIV_FLOW = 20.0  # the networks predict flow / 20
-RGB_MAX = 255.0
 
+def _refine_flows(net: nn.Module, top: torch.Tensor, skips: tuple[torch.Tensor, ...], levels: tuple[int, ...],
+                  inter: bool = False) -> tuple[torch.Tensor, ...]:
+    """The expanding part of every FlowNet: a flow from the coarsest features ``top`` (level ``levels[0]``), then at
+    each finer level the skip features, the deconvolved previous features and the upsampled previous flow,
+    concatenated, predict that level's flow (through ``inter_conv<level>`` first when ``inter``).
 
-def normalize_pair(image1: torch.Tensor, image2: torch.Tensor, rgb_max: float = RGB_MAX) -> torch.Tensor:
-    """Two (B, 3, H, W) images in 0..rgb_max -> (B, 6, H, W), centred on the pair's per-channel mean, / rgb_max."""
-    pair = torch.stack([image1, image2], dim=2)  # (B, 3, 2, H, W), the reference's input layout
-    pair = (pair - pair.mean(dim=(2, 3, 4), keepdim=True)) / rgb_max
-    return torch.cat([pair[:, :, 0], pair[:, :, 1]], dim=1)
-
-
-def correlation(
-    input1: torch.Tensor,
-    input2: torch.Tensor,
-    *,
-    pad_size: int = 20,
-    kernel_size: int = 1,
-    max_displacement: int = 20,
-    stride1: int = 1,
-    stride2: int = 2,
-) -> torch.Tensor:
-    """Correlation of two (B, C, H, W) feature maps, as FlowNetC's CUDA layer computes it.
-
-    Output (B, D*D, H_out, W_out) with D = 2 * (max_displacement // stride2) + 1; channel (j, i) -> j * D + i holds
-    mean_c input1[c, y, x] * input2[c, y + dy_j, x + dx_i] with dy_j, dx_i in -max_displacement..max_displacement
-    by stride2; positions outside the zero-padded input read zero. H_out = ceil((H + 2 pad - 2 max_disp) / stride1).
-
-    Computed one vertical displacement at a time: for every output row a matrix product of the row's features
-    with the band of input2 it can reach, (B, H_out, W_out, W_out + 2 max_disp) floats, from which the D horizontal
-    displacements are gathered. Memory stays linear in H and never holds an (H*W)^2 volume; the products run in
-    BLAS, about 17x faster on a CPU than a loop of element-wise products.
+    ``skips`` hold the features of ``levels[1:]``. The blocks are reached by the reference's names
+    (``deconv5``, ``upsampled_flow6_to_5``, ``predict_flow5`` ...). Returns the flows, finest first.
     """
-    if kernel_size != 1:
-        raise ValueError(f"only 1 x 1 correlation patches are supported (FlowNetC's), got kernel_size={kernel_size}")
-    if input1.shape != input2.shape or input1.ndim != 4:
-        raise ValueError(f"inputs must be two (B, C, H, W) tensors of one shape, got {input1.shape}, {input2.shape}")
-    batch, channels, height, width = input1.shape
-    radius = max_displacement // stride2
-    size = 2 * radius + 1
-    out_h = -(-(height + 2 * pad_size - 2 * max_displacement) // stride1)
-    out_w = -(-(width + 2 * pad_size - 2 * max_displacement) // stride1)
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"input {height}x{width} is too small for max_displacement {max_displacement}")
-    padded1 = F.pad(input1, (pad_size,) * 4)
-    padded2 = F.pad(input2, (pad_size,) * 4)
-    span_h, span_w = (out_h - 1) * stride1 + 1, (out_w - 1) * stride1 + 1
-    m = max_displacement
-    centre = padded1[:, :, m : m + span_h : stride1, m : m + span_w : stride1].permute(0, 2, 3, 1)  # (B, oh, ow, C)
-    left = m - radius * stride2  # first column of input2 that any displacement reaches
-    columns = 2 * radius * stride2 + span_w
-    # index[x, i]: column of the band that output x reads at horizontal displacement i
-    index = torch.arange(out_w, device=input1.device).view(-1, 1) * stride1
-    index = (index + torch.arange(size, device=input1.device).view(1, -1) * stride2).expand(batch, out_h, out_w, size)
-    rows = []
-    for j in range(-radius, radius + 1):
-        y0 = m + j * stride2
-        band = padded2[:, :, y0 : y0 + span_h : stride1, left : left + columns].permute(0, 2, 1, 3)  # (B, oh, C, cols)
-        rows.append(torch.gather(torch.matmul(centre, band), 3, index))  # (B, oh, ow, D)
-    return torch.cat(rows, dim=3).permute(0, 3, 1, 2).contiguous() / channels
-
-
-def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Bilinear sample (B, C, H, W) ``image`` at x + u, y + v (flow (B, 2, H, W) in pixels), coordinates clamped."""
-    _, _, height, width = image.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=flow.dtype, device=flow.device),
-        torch.arange(width, dtype=flow.dtype, device=flow.device),
-        indexing="ij",
-    )
-    gx = (xs + flow[:, 0]) * (2.0 / max(width - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / max(height - 1, 1)) - 1.0
-    grid = torch.stack([gx, gy], dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
-def channel_norm(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, 1, H, W) L2 norm over channels."""
-    return x.pow(2).sum(dim=1, keepdim=True).sqrt()
-
-
-def _upsample4(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    if mode == "nearest":
-        return F.interpolate(x, scale_factor=4, mode="nearest")
-    return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
-
-
-def _conv(batch_norm: bool, in_planes: int, out_planes: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
-    conv = nn.Conv2d(in_planes, out_planes, kernel_size, stride, (kernel_size - 1) // 2, bias=not batch_norm)
-    layers = [conv, nn.BatchNorm2d(out_planes)] if batch_norm else [conv]
-    return nn.Sequential(*layers, nn.LeakyReLU(0.1))
-
-
-def _inter_conv(batch_norm: bool, in_planes: int, out_planes: int) -> nn.Sequential:
-    conv = nn.Conv2d(in_planes, out_planes, 3, 1, 1, bias=True)
-    return nn.Sequential(conv, nn.BatchNorm2d(out_planes)) if batch_norm else nn.Sequential(conv)
-
-
-def _predict_flow(in_planes: int) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, 2, 3, 1, 1, bias=True)
-
-
-def _deconv(in_planes: int, out_planes: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose2d(in_planes, out_planes, 4, 2, 1, bias=True), nn.LeakyReLU(0.1))
-
-
-def _upsample_flow(bias: bool) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(2, 2, 4, 2, 1, bias=bias)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The reference initialisation: Xavier-uniform weights, U(0, 1) biases."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            if m.bias is not None:
-                init.uniform_(m.bias)
-            init.xavier_uniform_(m.weight)
-
-
-def _check_size(image: torch.Tensor) -> None:
-    height, width = image.shape[-2:]
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-        raise ValueError(f"FlowNet inputs must be multiples of {SIZE_MULTIPLE} px, got {height}x{width}")
+    flow = getattr(net, f"predict_flow{levels[0]}")(top)
+    flows, features = [flow], top
+    for coarse, level, skip in zip(levels, levels[1:], skips):
+        upsampled = getattr(net, f"upsampled_flow{coarse}_to_{level}")(flow)
+        features = torch.cat((skip, getattr(net, f"deconv{level}")(features), upsampled), 1)
+        flow = getattr(net, f"predict_flow{level}")(getattr(net, f"inter_conv{level}")(features) if inter else features)
+        flows.append(flow)
+    return tuple(reversed(flows))
 
 
 class _Decoder(nn.Module):
     """Shared refinement of FlowNetS/FlowNetC: deconvolutions with skip links, a flow at every scale."""
 
     def _decode(self, conv2, conv3, conv4, conv5, conv6):
-        flow6 = self.predict_flow6(conv6)
-        concat5 = torch.cat((conv5, self.deconv5(conv6), self.upsampled_flow6_to_5(flow6)), 1)
-        flow5 = self.predict_flow5(concat5)
-        concat4 = torch.cat((conv4, self.deconv4(concat5), self.upsampled_flow5_to_4(flow5)), 1)
-        flow4 = self.predict_flow4(concat4)
-        concat3 = torch.cat((conv3, self.deconv3(concat4), self.upsampled_flow4_to_3(flow4)), 1)
-        flow3 = self.predict_flow3(concat3)
-        concat2 = torch.cat((conv2, self.deconv2(concat3), self.upsampled_flow3_to_2(flow3)), 1)
-        flow2 = self.predict_flow2(concat2)
-        return flow2, flow3, flow4, flow5, flow6
+        return _refine_flows(self, conv6, (conv5, conv4, conv3, conv2), (6, 5, 4, 3, 2))
 
     def _build_decoder(self, upsample_bias: bool) -> None:
-        self.deconv5 = _deconv(1024, 512)
-        self.deconv4 = _deconv(1026, 256)
-        self.deconv3 = _deconv(770, 128)
-        self.deconv2 = _deconv(386, 64)
-        self.predict_flow6 = _predict_flow(1024)
-        self.predict_flow5 = _predict_flow(1026)
-        self.predict_flow4 = _predict_flow(770)
-        self.predict_flow3 = _predict_flow(386)
-        self.predict_flow2 = _predict_flow(194)
-        self.upsampled_flow6_to_5 = _upsample_flow(upsample_bias)
-        self.upsampled_flow5_to_4 = _upsample_flow(upsample_bias)
-        self.upsampled_flow4_to_3 = _upsample_flow(upsample_bias)
-        self.upsampled_flow3_to_2 = _upsample_flow(upsample_bias)
+        self.deconv5 = deconv(1024, 512)
+        self.deconv4 = deconv(1026, 256)
+        self.deconv3 = deconv(770, 128)
+        self.deconv2 = deconv(386, 64)
+        self.predict_flow6 = predict_flow(1024)
+        self.predict_flow5 = predict_flow(1026)
+        self.predict_flow4 = predict_flow(770)
+        self.predict_flow3 = predict_flow(386)
+        self.predict_flow2 = predict_flow(194)
+        self.upsampled_flow6_to_5 = upsample_flow(upsample_bias)
+        self.upsampled_flow5_to_4 = upsample_flow(upsample_bias)
+        self.upsampled_flow4_to_3 = upsample_flow(upsample_bias)
+        self.upsampled_flow3_to_2 = upsample_flow(upsample_bias)
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
-        _check_size(image1)
+        check_size(image1)
         flow2 = self.pyramid(normalize_pair(image1, image2))[0]
-        return _upsample4(flow2 * self.div_flow)
+        return upsample4(flow2 * self.div_flow)
 
 
 class FlowNetS(_Decoder):
@@ -215,18 +104,18 @@ class FlowNetS(_Decoder):
     def __init__(self, *, input_channels: int = 6, batch_norm: bool = False, div_flow: float = DIV_FLOW):
         super().__init__()
         self.div_flow = div_flow
-        self.conv1 = _conv(batch_norm, input_channels, 64, kernel_size=7, stride=2)
-        self.conv2 = _conv(batch_norm, 64, 128, kernel_size=5, stride=2)
-        self.conv3 = _conv(batch_norm, 128, 256, kernel_size=5, stride=2)
-        self.conv3_1 = _conv(batch_norm, 256, 256)
-        self.conv4 = _conv(batch_norm, 256, 512, stride=2)
-        self.conv4_1 = _conv(batch_norm, 512, 512)
-        self.conv5 = _conv(batch_norm, 512, 512, stride=2)
-        self.conv5_1 = _conv(batch_norm, 512, 512)
-        self.conv6 = _conv(batch_norm, 512, 1024, stride=2)
-        self.conv6_1 = _conv(batch_norm, 1024, 1024)
+        self.conv1 = conv_block(batch_norm, input_channels, 64, kernel_size=7, stride=2)
+        self.conv2 = conv_block(batch_norm, 64, 128, kernel_size=5, stride=2)
+        self.conv3 = conv_block(batch_norm, 128, 256, kernel_size=5, stride=2)
+        self.conv3_1 = conv_block(batch_norm, 256, 256)
+        self.conv4 = conv_block(batch_norm, 256, 512, stride=2)
+        self.conv4_1 = conv_block(batch_norm, 512, 512)
+        self.conv5 = conv_block(batch_norm, 512, 512, stride=2)
+        self.conv5_1 = conv_block(batch_norm, 512, 512)
+        self.conv6 = conv_block(batch_norm, 512, 1024, stride=2)
+        self.conv6_1 = conv_block(batch_norm, 1024, 1024)
         self._build_decoder(upsample_bias=False)
-        _init_weights(self)
+        init_weights(self)
 
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         conv2 = self.conv2(self.conv1(x))
@@ -244,20 +133,20 @@ class FlowNetC(_Decoder):
     def __init__(self, *, batch_norm: bool = False, div_flow: float = DIV_FLOW):
         super().__init__()
         self.div_flow = div_flow
-        self.conv1 = _conv(batch_norm, 3, 64, kernel_size=7, stride=2)
-        self.conv2 = _conv(batch_norm, 64, 128, kernel_size=5, stride=2)
-        self.conv3 = _conv(batch_norm, 128, 256, kernel_size=5, stride=2)
-        self.conv_redir = _conv(batch_norm, 256, 32, kernel_size=1, stride=1)
+        self.conv1 = conv_block(batch_norm, 3, 64, kernel_size=7, stride=2)
+        self.conv2 = conv_block(batch_norm, 64, 128, kernel_size=5, stride=2)
+        self.conv3 = conv_block(batch_norm, 128, 256, kernel_size=5, stride=2)
+        self.conv_redir = conv_block(batch_norm, 256, 32, kernel_size=1, stride=1)
         self.corr_activation = nn.LeakyReLU(0.1)
-        self.conv3_1 = _conv(batch_norm, 473, 256)
-        self.conv4 = _conv(batch_norm, 256, 512, stride=2)
-        self.conv4_1 = _conv(batch_norm, 512, 512)
-        self.conv5 = _conv(batch_norm, 512, 512, stride=2)
-        self.conv5_1 = _conv(batch_norm, 512, 512)
-        self.conv6 = _conv(batch_norm, 512, 1024, stride=2)
-        self.conv6_1 = _conv(batch_norm, 1024, 1024)
+        self.conv3_1 = conv_block(batch_norm, 473, 256)
+        self.conv4 = conv_block(batch_norm, 256, 512, stride=2)
+        self.conv4_1 = conv_block(batch_norm, 512, 512)
+        self.conv5 = conv_block(batch_norm, 512, 512, stride=2)
+        self.conv5_1 = conv_block(batch_norm, 512, 512)
+        self.conv6 = conv_block(batch_norm, 512, 1024, stride=2)
+        self.conv6_1 = conv_block(batch_norm, 1024, 1024)
         self._build_decoder(upsample_bias=True)
-        _init_weights(self)
+        init_weights(self)
 
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batch = x.shape[0]
@@ -280,37 +169,37 @@ class FlowNetSD(nn.Module):
     def __init__(self, *, batch_norm: bool = False, div_flow: float = DIV_FLOW):
         super().__init__()
         self.div_flow = div_flow
-        self.conv0 = _conv(batch_norm, 6, 64)
-        self.conv1 = _conv(batch_norm, 64, 64, stride=2)
-        self.conv1_1 = _conv(batch_norm, 64, 128)
-        self.conv2 = _conv(batch_norm, 128, 128, stride=2)
-        self.conv2_1 = _conv(batch_norm, 128, 128)
-        self.conv3 = _conv(batch_norm, 128, 256, stride=2)
-        self.conv3_1 = _conv(batch_norm, 256, 256)
-        self.conv4 = _conv(batch_norm, 256, 512, stride=2)
-        self.conv4_1 = _conv(batch_norm, 512, 512)
-        self.conv5 = _conv(batch_norm, 512, 512, stride=2)
-        self.conv5_1 = _conv(batch_norm, 512, 512)
-        self.conv6 = _conv(batch_norm, 512, 1024, stride=2)
-        self.conv6_1 = _conv(batch_norm, 1024, 1024)
-        self.deconv5 = _deconv(1024, 512)
-        self.deconv4 = _deconv(1026, 256)
-        self.deconv3 = _deconv(770, 128)
-        self.deconv2 = _deconv(386, 64)
-        self.inter_conv5 = _inter_conv(batch_norm, 1026, 512)
-        self.inter_conv4 = _inter_conv(batch_norm, 770, 256)
-        self.inter_conv3 = _inter_conv(batch_norm, 386, 128)
-        self.inter_conv2 = _inter_conv(batch_norm, 194, 64)
-        self.predict_flow6 = _predict_flow(1024)
-        self.predict_flow5 = _predict_flow(512)
-        self.predict_flow4 = _predict_flow(256)
-        self.predict_flow3 = _predict_flow(128)
-        self.predict_flow2 = _predict_flow(64)
-        self.upsampled_flow6_to_5 = _upsample_flow(True)
-        self.upsampled_flow5_to_4 = _upsample_flow(True)
-        self.upsampled_flow4_to_3 = _upsample_flow(True)
-        self.upsampled_flow3_to_2 = _upsample_flow(True)
-        _init_weights(self)
+        self.conv0 = conv_block(batch_norm, 6, 64)
+        self.conv1 = conv_block(batch_norm, 64, 64, stride=2)
+        self.conv1_1 = conv_block(batch_norm, 64, 128)
+        self.conv2 = conv_block(batch_norm, 128, 128, stride=2)
+        self.conv2_1 = conv_block(batch_norm, 128, 128)
+        self.conv3 = conv_block(batch_norm, 128, 256, stride=2)
+        self.conv3_1 = conv_block(batch_norm, 256, 256)
+        self.conv4 = conv_block(batch_norm, 256, 512, stride=2)
+        self.conv4_1 = conv_block(batch_norm, 512, 512)
+        self.conv5 = conv_block(batch_norm, 512, 512, stride=2)
+        self.conv5_1 = conv_block(batch_norm, 512, 512)
+        self.conv6 = conv_block(batch_norm, 512, 1024, stride=2)
+        self.conv6_1 = conv_block(batch_norm, 1024, 1024)
+        self.deconv5 = deconv(1024, 512)
+        self.deconv4 = deconv(1026, 256)
+        self.deconv3 = deconv(770, 128)
+        self.deconv2 = deconv(386, 64)
+        self.inter_conv5 = inter_conv(batch_norm, 1026, 512)
+        self.inter_conv4 = inter_conv(batch_norm, 770, 256)
+        self.inter_conv3 = inter_conv(batch_norm, 386, 128)
+        self.inter_conv2 = inter_conv(batch_norm, 194, 64)
+        self.predict_flow6 = predict_flow(1024)
+        self.predict_flow5 = predict_flow(512)
+        self.predict_flow4 = predict_flow(256)
+        self.predict_flow3 = predict_flow(128)
+        self.predict_flow2 = predict_flow(64)
+        self.upsampled_flow6_to_5 = upsample_flow(True)
+        self.upsampled_flow5_to_4 = upsample_flow(True)
+        self.upsampled_flow4_to_3 = upsample_flow(True)
+        self.upsampled_flow3_to_2 = upsample_flow(True)
+        init_weights(self)
 
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         conv1 = self.conv1_1(self.conv1(self.conv0(x)))
@@ -319,16 +208,7 @@ class FlowNetSD(nn.Module):
         conv4 = self.conv4_1(self.conv4(conv3))
         conv5 = self.conv5_1(self.conv5(conv4))
         conv6 = self.conv6_1(self.conv6(conv5))
-        flow6 = self.predict_flow6(conv6)
-        concat5 = torch.cat((conv5, self.deconv5(conv6), self.upsampled_flow6_to_5(flow6)), 1)
-        flow5 = self.predict_flow5(self.inter_conv5(concat5))
-        concat4 = torch.cat((conv4, self.deconv4(concat5), self.upsampled_flow5_to_4(flow5)), 1)
-        flow4 = self.predict_flow4(self.inter_conv4(concat4))
-        concat3 = torch.cat((conv3, self.deconv3(concat4), self.upsampled_flow4_to_3(flow4)), 1)
-        flow3 = self.predict_flow3(self.inter_conv3(concat3))
-        concat2 = torch.cat((conv2, self.deconv2(concat3), self.upsampled_flow3_to_2(flow3)), 1)
-        flow2 = self.predict_flow2(self.inter_conv2(concat2))
-        return flow2, flow3, flow4, flow5, flow6
+        return _refine_flows(self, conv6, (conv5, conv4, conv3, conv2), (6, 5, 4, 3, 2), inter=True)
 
     forward = _Decoder.forward
 
@@ -338,31 +218,27 @@ class FlowNetFusion(nn.Module):
 
     def __init__(self, *, batch_norm: bool = False):
         super().__init__()
-        self.conv0 = _conv(batch_norm, 11, 64)
-        self.conv1 = _conv(batch_norm, 64, 64, stride=2)
-        self.conv1_1 = _conv(batch_norm, 64, 128)
-        self.conv2 = _conv(batch_norm, 128, 128, stride=2)
-        self.conv2_1 = _conv(batch_norm, 128, 128)
-        self.deconv1 = _deconv(128, 32)
-        self.deconv0 = _deconv(162, 16)
-        self.inter_conv1 = _inter_conv(batch_norm, 162, 32)
-        self.inter_conv0 = _inter_conv(batch_norm, 82, 16)
-        self.predict_flow2 = _predict_flow(128)
-        self.predict_flow1 = _predict_flow(32)
-        self.predict_flow0 = _predict_flow(16)
-        self.upsampled_flow2_to_1 = _upsample_flow(True)
-        self.upsampled_flow1_to_0 = _upsample_flow(True)
-        _init_weights(self)
+        self.conv0 = conv_block(batch_norm, 11, 64)
+        self.conv1 = conv_block(batch_norm, 64, 64, stride=2)
+        self.conv1_1 = conv_block(batch_norm, 64, 128)
+        self.conv2 = conv_block(batch_norm, 128, 128, stride=2)
+        self.conv2_1 = conv_block(batch_norm, 128, 128)
+        self.deconv1 = deconv(128, 32)
+        self.deconv0 = deconv(162, 16)
+        self.inter_conv1 = inter_conv(batch_norm, 162, 32)
+        self.inter_conv0 = inter_conv(batch_norm, 82, 16)
+        self.predict_flow2 = predict_flow(128)
+        self.predict_flow1 = predict_flow(32)
+        self.predict_flow0 = predict_flow(16)
+        self.upsampled_flow2_to_1 = upsample_flow(True)
+        self.upsampled_flow1_to_0 = upsample_flow(True)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv0 = self.conv0(x)
         conv1 = self.conv1_1(self.conv1(conv0))
         conv2 = self.conv2_1(self.conv2(conv1))
-        flow2 = self.predict_flow2(conv2)
-        concat1 = torch.cat((conv1, self.deconv1(conv2), self.upsampled_flow2_to_1(flow2)), 1)
-        flow1 = self.predict_flow1(self.inter_conv1(concat1))
-        concat0 = torch.cat((conv0, self.deconv0(concat1), self.upsampled_flow1_to_0(flow1)), 1)
-        return self.predict_flow0(self.inter_conv0(concat0))
+        return _refine_flows(self, conv2, (conv1, conv0), (2, 1, 0), inter=True)[0]
 
 
 class FlowNet2(nn.Module):
@@ -383,16 +259,16 @@ class FlowNet2(nn.Module):
         warped = warp(x[:, 3:], flow)
         error = channel_norm(x[:, :3] - warped)
         flow2 = net.pyramid(torch.cat((x, warped, flow / self.div_flow, error), dim=1))[0]
-        return _upsample4(flow2 * self.div_flow, mode)
+        return upsample4(flow2 * self.div_flow, mode)
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
-        _check_size(image1)
+        check_size(image1)
         x = normalize_pair(image1, image2)
-        flow_c = _upsample4(self.flownetc.pyramid(x)[0] * self.div_flow)
+        flow_c = upsample4(self.flownetc.pyramid(x)[0] * self.div_flow)
         flow_s1 = self._refine(self.flownets_1, x, flow_c, "bilinear")
         flow_s2 = self._refine(self.flownets_2, x, flow_s1, "nearest")
         # the reference divides (not multiplies) FlowNetSD's output by div_flow here; its weights expect that
-        flow_sd = _upsample4(self.flownets_d.pyramid(x)[0] / self.div_flow, "nearest")
+        flow_sd = upsample4(self.flownets_d.pyramid(x)[0] / self.div_flow, "nearest")
         image1_only = x[:, :3]
         error_sd = channel_norm(image1_only - warp(x[:, 3:], flow_sd))
         error_s2 = channel_norm(image1_only - warp(x[:, 3:], flow_s2))

@@ -29,7 +29,6 @@ import csv
 import hashlib
 import json
 import logging
-import pickle
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -74,10 +73,14 @@ def read_checkpoint(path: str | Path, what: str) -> object:
         with torch.serialization.safe_globals(_numpy_scalars()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for a foreign, damaged or hostile file
-        if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err):
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        named = [line for line in lines if "GLOBAL" in line]  # what weights_only refused to import
+        if named:
             raise A2DError(f"{path}: {what} refused: it holds Python objects other than tensors and plain data, "
-                           f"which would run code when loaded ({str(err).splitlines()[-1][:200]})") from None
-        raise A2DError(f"{path}: {what} is not a readable torch checkpoint: {err}") from None
+                           f"which would run code when loaded ({named[0][:200]})") from None
+        detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else type(err).__name__)
+        raise A2DError(f"{path}: {what} is not a readable torch checkpoint (truncated, damaged or another format): "
+                       f"{detail[:200]}") from None
 
 
 def state_dict_of(obj: object, path: str | Path, keys: Sequence[str] = ("state_dict", "model")) -> dict:

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from a2dpipe.io import load_config
+from a2dpipe.config import load_config
 from a2dpipe.masks.data import InstanceReader, list_frames
 from a2dpipe.masks.model import build_mask_model, load_mask_model
 from a2dpipe.masks.quality import mask_quality

@@ -20,21 +20,7 @@ convolutions make the score maps:
   outside map per class and per cell of a k x k grid over the RoI;
 - ``box_maps``: 4 x k^2 channels, class-agnostic box deltas (dx, dy, dw, dh) per grid cell.
 
-Channel layout (the one of R-FCN and torchvision's ``ps_roi_align``, with a leading inside/outside axis): channel
-
-    ((part * (C + 1) + c) * k + i) * k + j        part 0 = inside, 1 = outside; class c; grid row i, column j
-
-and ``box_maps`` channel ``(d * k + i) * k + j`` for delta d in (dx, dy, dw, dh).
-
-Assembling. Each RoI is cut into a k x k grid and resampled at M x M cells (``roi_size``, 21 in FCIS, at least k);
-output cell (r, s) lies in grid bin (i, j) = (r * k // M, s * k // M) and is read, by aligned bilinear sampling
-(as ``roi_align``), from that bin's channel only. Worked example, k = 3, C + 1 = 3 classes (54 channels), M = 6:
-output cell (r, s) = (1, 5) of the *outside* map of class 2 lies in bin (1 * 3 // 6, 5 * 3 // 6) = (0, 2), so it
-is read from channel ((1 * 3 + 2) * 3 + 0) * 3 + 2 = 47; cell (4, 0) of the inside map of class 1 reads bin
-(2, 0), channel ((0 * 3 + 1) * 3 + 2) * 3 + 0 = 15. The result is (R, 2, C + 1, M, M). Implemented as one
-vectorised gather of every sample's bilinear taps (torchvision's aligned ``roi_align`` rule, one point per cell by
-default: a cell is under a feature pixel wide); :func:`assemble_naive`, a per-RoI, per-bin loop of ``roi_align``
-crops, is the reference it is tested against.
+Channel layout and assembling: :mod:`a2dpipe.masks.position_sensitive` (with a worked example).
 
 Joint formulation. Per pixel and class, softmax over (inside, outside) is the mask (sigmoid(inside - outside)); per
 class, max(inside, outside) averaged over the RoI is the detection logit (softmax over the C + 1 classes). Box
@@ -45,7 +31,7 @@ hardest per image (online hard example mining, as FCIS; at most a quarter of the
 few objects). Inference: scores and class-specific masks of the
 proposals; their regressed boxes assembled again give a second set; per-class NMS over both sets; then, with
 ``mask_voting``, each kept mask is replaced by the score-weighted mean of the best ``voting_pool`` same-class
-candidates whose box IoU with it is at least 0.5 (:func:`mask_voting`).
+candidates whose box IoU with it is at least 0.5 (:func:`~a2dpipe.masks.position_sensitive.mask_voting`).
 """
 
 from __future__ import annotations
@@ -57,18 +43,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet50, resnet101
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, ps_roi_align, remove_small_boxes, roi_align
-from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, ps_roi_align, remove_small_boxes
 
-from a2dpipe.checkpoint import read_checkpoint, state_dict_of
-from a2dpipe.io import A2DError
+from a2dpipe.masks.fcis_backbones import DilatedResNet, DilatedTinyBody, load_imagenet_weights
+from a2dpipe.masks.position_sensitive import assemble, assemble_naive, mask_voting
 
 __all__ = [
     "FCIS",
@@ -266,204 +249,10 @@ class FCISHeads(nn.Module):
         return out
 
 
-def assemble(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
-             sampling_ratio: int = 1) -> torch.Tensor:
-    """Assemble each RoI's inside/outside maps: (B, 2 (C+1) k^2, h, w), rois (R, 5) -> (R, 2, C+1, M, M).
-
-    Exactly torchvision's aligned ``roi_align`` sampling (``sampling_ratio``^2 bilinear points per cell, averaged),
-    each cell reading its bin's channel: a vectorised gather of the four bilinear taps of every point, equal to
-    :func:`assemble_naive` bit for bit. Alternatives measured on one CPU thread (k = 7, M = 14, 16 maps): one
-    ``ps_roi_align`` over channels gathered per cell is 4 times slower (cache-bound); one ``roi_align`` over k^2
-    sub-RoIs per RoI is 2.5 times faster forward but 1.6 times slower forward + backward at training size, and
-    equal to the loop only to rounding.
-    """
-    batch, channels, height, width = score_maps.shape
-    groups, points = channels // (k * k), roi_size * sampling_ratio
-    ys = _sample_points(rois[:, 2], rois[:, 4], spatial_scale, roi_size, sampling_ratio)  # (R, points)
-    xs = _sample_points(rois[:, 1], rois[:, 3], spatial_scale, roi_size, sampling_ratio)
-    grid_bin = torch.arange(points, device=rois.device) // sampling_ratio * k // roi_size
-    # channels last, groups innermost: the taps of one point in every group lie within one pixel's channels
-    channel = (torch.arange(groups, device=rois.device) * k + grid_bin[:, None, None]) * k + grid_bin[:, None]
-    image = rois[:, 0].long()[:, None, None, None] * height  # (R, 1, 1, 1)
-    flat = score_maps.permute(0, 2, 3, 1).reshape(-1)
-    out = 0
-    for y, wy in _bilinear_taps(ys, height):
-        row = (image + y[:, :, None, None]) * width
-        for x, wx in _bilinear_taps(xs, width):
-            index = (row + x[:, None, :, None]) * channels + channel  # (R, points, points, G)
-            taps = flat.gather(0, index.reshape(-1)).reshape(index.shape)  # gather: its backward is a fast scatter
-            out = out + taps * (wy[:, :, None, None] * wx[:, None, :, None])
-    out = out.permute(0, 3, 1, 2)
-    if sampling_ratio > 1:
-        out = F.avg_pool2d(out, sampling_ratio)
-    return out.reshape(len(rois), 2, groups // 2, roi_size, roi_size)
-
-
-def _sample_points(start: torch.Tensor, end: torch.Tensor, scale: float, cells: int, ratio: int) -> torch.Tensor:
-    """Sample coordinates (R, cells * ratio) along one axis, as aligned ``roi_align`` places them."""
-    origin = start * scale - 0.5
-    step = (end * scale - 0.5 - origin) / cells
-    cell = torch.arange(cells, dtype=start.dtype, device=start.device).repeat_interleave(ratio)
-    offset = (torch.arange(ratio, dtype=start.dtype, device=start.device) + 0.5).repeat(cells)
-    return origin[:, None] + cell * step[:, None] + offset * step[:, None] / ratio
-
-
-def _bilinear_taps(coords: torch.Tensor, size: int):
-    """The two taps (index, weight) of each coordinate on an axis of ``size`` pixels, ``roi_align``'s border rule:
-    beyond one pixel outside the map weighs nothing, else clamped to the map."""
-    valid = (coords >= -1.0) & (coords <= size)
-    coords = coords.clamp(min=0)
-    low = coords.long()
-    last = low >= size - 1
-    low = low.clamp(max=size - 1)
-    coords = torch.where(last, low.to(coords.dtype), coords)
-    high = torch.where(last, low, low + 1)
-    frac = coords - low
-    return (low, (1 - frac) * valid), (high, frac * valid)
-
-
-def assemble_naive(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
-                   sampling_ratio: int = 1) -> torch.Tensor:
-    """Reference for :func:`assemble`: for every RoI and every grid bin, crop that bin's channel of every
-    (part, class) map with ``roi_align`` and copy the bin's cells. Slow; for tests."""
-    groups = score_maps.shape[1] // (k * k)
-    out = score_maps.new_zeros(len(rois), groups, roi_size, roi_size)
-    rows = [[r for r in range(roi_size) if r * k // roi_size == i] for i in range(k)]
-    for n in range(len(rois)):
-        for i in range(k):
-            for j in range(k):
-                channels = [(g * k + i) * k + j for g in range(groups)]
-                crop = roi_align(score_maps[:, channels], rois[n:n + 1], roi_size, spatial_scale, sampling_ratio,
-                                 aligned=True)
-                r0, r1, c0, c1 = rows[i][0], rows[i][-1] + 1, rows[j][0], rows[j][-1] + 1
-                out[n, :, r0:r1, c0:c1] = crop[0, :, r0:r1, c0:c1]
-    return out.reshape(len(rois), 2, -1, roi_size, roi_size)
-
-
-def mask_voting(boxes: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, pool_boxes: torch.Tensor,
-                pool_labels: torch.Tensor, pool_scores: torch.Tensor, pool_masks: torch.Tensor,
-                iou_thresh: float = 0.5) -> torch.Tensor:
-    """FCIS mask voting: each RoI mask (N, 1, M, M) over its box becomes the score-weighted mean of the pool's masks
-    (P, 1, M, M) of the same class whose box overlaps it at IoU >= ``iou_thresh`` (box IoU, as FCIS's reference
-    code), each resampled into the kept box's M x M cells (bilinear, zero outside its own box). A mask without
-    voters (not itself in the pool) is kept as is."""
-    if len(boxes) == 0 or len(pool_boxes) == 0:
-        return masks
-    pairs = torch.where((box_iou(boxes, pool_boxes) >= iou_thresh) & (labels[:, None] == pool_labels[None]))
-    if len(pairs[0]) == 0:
-        return masks
-    kept, voter = pairs
-    size = masks.shape[-1]
-    centres = (torch.arange(size, dtype=boxes.dtype, device=boxes.device) + 0.5) / size  # cell centres in [0, 1]
-    target, source = boxes[kept], pool_boxes[voter]
-    xs = target[:, 0, None] + centres * (target[:, 2] - target[:, 0])[:, None]  # (pairs, M) image coordinates
-    ys = target[:, 1, None] + centres * (target[:, 3] - target[:, 1])[:, None]
-    gx = 2 * (xs - source[:, 0, None]) / (source[:, 2] - source[:, 0]).clamp(min=1e-6)[:, None] - 1
-    gy = 2 * (ys - source[:, 1, None]) / (source[:, 3] - source[:, 1]).clamp(min=1e-6)[:, None] - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)  # (pairs, M, M, 2) as (x, y)
-    resampled = F.grid_sample(pool_masks[voter], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    weights = pool_scores[voter]
-    total = masks.new_zeros(len(masks)).index_add_(0, kept, weights)
-    voted = masks.new_zeros(masks.shape).index_add_(0, kept, resampled * weights[:, None, None, None])
-    has_voters = (total > 0)[:, None, None, None]
-    return torch.where(has_voters, voted / total.clamp(min=1e-12)[:, None, None, None], masks)
-
-
 def _rois(boxes: list[torch.Tensor]) -> torch.Tensor:
     """(R, 5) RoIs ``batch index, x1, y1, x2, y2`` from per-image boxes."""
     index = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
     return torch.cat([index, torch.cat(boxes)], 1)
-
-
-# --- backbones --------------------------------------------------------------------------------------------------------
-
-
-class _Block(nn.Module):
-    """ResNet basic block with optional dilation and a projection shortcut when the shape changes."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, dilation, dilation, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, dilation, dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class DilatedTinyBody(nn.Module):
-    """Narrow ResNet for small frames, FCIS-style: ``layer1`` at stride 4, ``layer2`` at 8, ``layer3`` dilated by 2
-    at stride 8. Channels ``width``, ``2 width``, ``4 width`` (the widths of Mask R-CNN's tiny body). Returns
-    ``(layer2, layer3)``: the RPN's and the heads' features."""
-
-    stride = 8
-
-    def __init__(self, width: int = 24):
-        super().__init__()
-        self.rpn_channels, self.out_channels = 2 * width, 4 * width
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width // 2, 3, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True),
-            nn.Conv2d(width // 2, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-        )
-        self.layer1 = _Block(width, width)
-        self.layer2 = _Block(width, 2 * width, stride=2)
-        self.layer3 = _Block(2 * width, 4 * width, dilation=2)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        conv4 = self.layer2(self.layer1(self.stem(x)))
-        return conv4, self.layer3(conv4)
-
-
-class DilatedResNet(nn.Module):
-    """torchvision ResNet-50/101 with ``layer4`` dilated (stride 16): returns ``(layer3, layer4)``.
-
-    ``frozen=True`` (when starting from ImageNet weights, as FCIS does) uses frozen batch norm and freezes the stem
-    and ``layer1``.
-    """
-
-    stride = 16
-
-    def __init__(self, depth: int, frozen: bool = False):
-        super().__init__()
-        norm = misc_nn_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
-        net = {50: resnet50, 101: resnet101}[depth](
-            weights=None, norm_layer=norm, replace_stride_with_dilation=[False, False, True]
-        )
-        self.body = IntermediateLayerGetter(net, return_layers={"layer3": "rpn", "layer4": "head"})
-        if frozen:
-            for module in (self.body.conv1, self.body.layer1):
-                module.requires_grad_(False)
-        self.rpn_channels, self.out_channels = 1024, 2048
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.body(x)
-        return features["rpn"], features["head"]
-
-
-def load_imagenet_weights(backbone: DilatedResNet, path: str | Path) -> None:
-    """Initialise a :class:`DilatedResNet` from a local torchvision ImageNet ResNet state dict (``fc`` ignored)."""
-    what = "ImageNet ResNet weights (config masks.fcis_imagenet_weights)"
-    state = state_dict_of(read_checkpoint(path, what), path)
-    target = backbone.body.state_dict()
-    state = {k: v for k, v in state.items()  # frozen batch norm keeps no batch counter
-             if not k.startswith("fc.") and (k in target or not k.endswith("num_batches_tracked"))}
-    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
-    wrong = [k for k, v in state.items() if k not in target or tuple(v.shape) != tuple(target[k].shape)]
-    if missing or wrong:
-        raise A2DError(f"{path}: not this ResNet's weights (missing {missing[:4]}, unexpected or misshapen "
-                       f"{wrong[:4]})")
-    backbone.body.load_state_dict(state, strict=False)
 
 
 # --- builder ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""Backbones of FCIS (:mod:`a2dpipe.masks.fcis`): ResNets whose last stage is dilated, as FCIS does, returning the
+second-to-last stage (read by the RPN) and the last (read by the position-sensitive heads).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet50, resnet101
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import misc as misc_nn_ops
+
+from a2dpipe.checkpoint import read_checkpoint, state_dict_of
+from a2dpipe.io import A2DError
+
+__all__ = ["DilatedTinyBody", "DilatedResNet", "load_imagenet_weights"]
+
+
+class _Block(nn.Module):
+    """ResNet basic block with optional dilation and a projection shortcut when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, dilation, dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, dilation, dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class DilatedTinyBody(nn.Module):
+    """Narrow ResNet for small frames, FCIS-style: ``layer1`` at stride 4, ``layer2`` at 8, ``layer3`` dilated by 2
+    at stride 8. Channels ``width``, ``2 width``, ``4 width`` (the widths of Mask R-CNN's tiny body). Returns
+    ``(layer2, layer3)``: the RPN's and the heads' features."""
+
+    stride = 8
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        self.rpn_channels, self.out_channels = 2 * width, 4 * width
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width // 2, 3, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(width // 2, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        )
+        self.layer1 = _Block(width, width)
+        self.layer2 = _Block(width, 2 * width, stride=2)
+        self.layer3 = _Block(2 * width, 4 * width, dilation=2)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        conv4 = self.layer2(self.layer1(self.stem(x)))
+        return conv4, self.layer3(conv4)
+
+
+class DilatedResNet(nn.Module):
+    """torchvision ResNet-50/101 with ``layer4`` dilated (stride 16): returns ``(layer3, layer4)``.
+
+    ``frozen=True`` (when starting from ImageNet weights, as FCIS does) uses frozen batch norm and freezes the stem
+    and ``layer1``.
+    """
+
+    stride = 16
+
+    def __init__(self, depth: int, frozen: bool = False):
+        super().__init__()
+        norm = misc_nn_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+        net = {50: resnet50, 101: resnet101}[depth](
+            weights=None, norm_layer=norm, replace_stride_with_dilation=[False, False, True]
+        )
+        self.body = IntermediateLayerGetter(net, return_layers={"layer3": "rpn", "layer4": "head"})
+        if frozen:
+            for module in (self.body.conv1, self.body.layer1):
+                module.requires_grad_(False)
+        self.rpn_channels, self.out_channels = 1024, 2048
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return features["rpn"], features["head"]
+
+
+def load_imagenet_weights(backbone: DilatedResNet, path: str | Path) -> None:
+    """Initialise a :class:`DilatedResNet` from a local torchvision ImageNet ResNet state dict (``fc`` ignored)."""
+    what = "ImageNet ResNet weights (config masks.fcis_imagenet_weights)"
+    state = state_dict_of(read_checkpoint(path, what), path)
+    target = backbone.body.state_dict()
+    state = {k: v for k, v in state.items()  # frozen batch norm keeps no batch counter
+             if not k.startswith("fc.") and (k in target or not k.endswith("num_batches_tracked"))}
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [k for k, v in state.items() if k not in target or tuple(v.shape) != tuple(target[k].shape)]
+    if missing or wrong:
+        raise A2DError(f"{path}: not this ResNet's weights (missing {missing[:4]}, unexpected or misshapen "
+                       f"{wrong[:4]})")
+    backbone.body.load_state_dict(state, strict=False)

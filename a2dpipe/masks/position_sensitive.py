@@ -1,0 +1,130 @@
+"""Position-sensitive inside/outside score maps of FCIS: their channel layout, the assembling of each RoI's
+maps from its k x k grid of channels, and FCIS's mask voting (used by :mod:`a2dpipe.masks.fcis`).
+
+Channel layout (the one of R-FCN and torchvision's ``ps_roi_align``, with a leading inside/outside axis): channel
+
+    ((part * (C + 1) + c) * k + i) * k + j        part 0 = inside, 1 = outside; class c; grid row i, column j
+
+and ``box_maps`` channel ``(d * k + i) * k + j`` for delta d in (dx, dy, dw, dh).
+
+Assembling. Each RoI is cut into a k x k grid and resampled at M x M cells (``roi_size``, 21 in FCIS, at least k);
+output cell (r, s) lies in grid bin (i, j) = (r * k // M, s * k // M) and is read, by aligned bilinear sampling
+(as ``roi_align``), from that bin's channel only. Worked example, k = 3, C + 1 = 3 classes (54 channels), M = 6:
+output cell (r, s) = (1, 5) of the *outside* map of class 2 lies in bin (1 * 3 // 6, 5 * 3 // 6) = (0, 2), so it
+is read from channel ((1 * 3 + 2) * 3 + 0) * 3 + 2 = 47; cell (4, 0) of the inside map of class 1 reads bin
+(2, 0), channel ((0 * 3 + 1) * 3 + 2) * 3 + 0 = 15. The result is (R, 2, C + 1, M, M). Implemented as one
+vectorised gather of every sample's bilinear taps (torchvision's aligned ``roi_align`` rule, one point per cell by
+default: a cell is under a feature pixel wide); :func:`assemble_naive`, a per-RoI, per-bin loop of ``roi_align``
+crops, is the reference it is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou, roi_align
+
+__all__ = ["assemble", "assemble_naive", "mask_voting"]
+
+
+def assemble(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
+             sampling_ratio: int = 1) -> torch.Tensor:
+    """Assemble each RoI's inside/outside maps: (B, 2 (C+1) k^2, h, w), rois (R, 5) -> (R, 2, C+1, M, M).
+
+    Exactly torchvision's aligned ``roi_align`` sampling (``sampling_ratio``^2 bilinear points per cell, averaged),
+    each cell reading its bin's channel: a vectorised gather of the four bilinear taps of every point, equal to
+    :func:`assemble_naive` bit for bit. Alternatives measured on one CPU thread (k = 7, M = 14, 16 maps): one
+    ``ps_roi_align`` over channels gathered per cell is 4 times slower (cache-bound); one ``roi_align`` over k^2
+    sub-RoIs per RoI is 2.5 times faster forward but 1.6 times slower forward + backward at training size, and
+    equal to the loop only to rounding.
+    """
+    batch, channels, height, width = score_maps.shape
+    groups, points = channels // (k * k), roi_size * sampling_ratio
+    ys = _sample_points(rois[:, 2], rois[:, 4], spatial_scale, roi_size, sampling_ratio)  # (R, points)
+    xs = _sample_points(rois[:, 1], rois[:, 3], spatial_scale, roi_size, sampling_ratio)
+    grid_bin = torch.arange(points, device=rois.device) // sampling_ratio * k // roi_size
+    # channels last, groups innermost: the taps of one point in every group lie within one pixel's channels
+    channel = (torch.arange(groups, device=rois.device) * k + grid_bin[:, None, None]) * k + grid_bin[:, None]
+    image = rois[:, 0].long()[:, None, None, None] * height  # (R, 1, 1, 1)
+    flat = score_maps.permute(0, 2, 3, 1).reshape(-1)
+    out = 0
+    for y, wy in _bilinear_taps(ys, height):
+        row = (image + y[:, :, None, None]) * width
+        for x, wx in _bilinear_taps(xs, width):
+            index = (row + x[:, None, :, None]) * channels + channel  # (R, points, points, G)
+            taps = flat.gather(0, index.reshape(-1)).reshape(index.shape)  # gather: its backward is a fast scatter
+            out = out + taps * (wy[:, :, None, None] * wx[:, None, :, None])
+    out = out.permute(0, 3, 1, 2)
+    if sampling_ratio > 1:
+        out = F.avg_pool2d(out, sampling_ratio)
+    return out.reshape(len(rois), 2, groups // 2, roi_size, roi_size)
+
+
+def _sample_points(start: torch.Tensor, end: torch.Tensor, scale: float, cells: int, ratio: int) -> torch.Tensor:
+    """Sample coordinates (R, cells * ratio) along one axis, as aligned ``roi_align`` places them."""
+    origin = start * scale - 0.5
+    step = (end * scale - 0.5 - origin) / cells
+    cell = torch.arange(cells, dtype=start.dtype, device=start.device).repeat_interleave(ratio)
+    offset = (torch.arange(ratio, dtype=start.dtype, device=start.device) + 0.5).repeat(cells)
+    return origin[:, None] + cell * step[:, None] + offset * step[:, None] / ratio
+
+
+def _bilinear_taps(coords: torch.Tensor, size: int):
+    """The two taps (index, weight) of each coordinate on an axis of ``size`` pixels, ``roi_align``'s border rule:
+    beyond one pixel outside the map weighs nothing, else clamped to the map."""
+    valid = (coords >= -1.0) & (coords <= size)
+    coords = coords.clamp(min=0)
+    low = coords.long()
+    last = low >= size - 1
+    low = low.clamp(max=size - 1)
+    coords = torch.where(last, low.to(coords.dtype), coords)
+    high = torch.where(last, low, low + 1)
+    frac = coords - low
+    return (low, (1 - frac) * valid), (high, frac * valid)
+
+
+def assemble_naive(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
+                   sampling_ratio: int = 1) -> torch.Tensor:
+    """Reference for :func:`assemble`: for every RoI and every grid bin, crop that bin's channel of every
+    (part, class) map with ``roi_align`` and copy the bin's cells. Slow; for tests."""
+    groups = score_maps.shape[1] // (k * k)
+    out = score_maps.new_zeros(len(rois), groups, roi_size, roi_size)
+    rows = [[r for r in range(roi_size) if r * k // roi_size == i] for i in range(k)]
+    for n in range(len(rois)):
+        for i in range(k):
+            for j in range(k):
+                channels = [(g * k + i) * k + j for g in range(groups)]
+                crop = roi_align(score_maps[:, channels], rois[n:n + 1], roi_size, spatial_scale, sampling_ratio,
+                                 aligned=True)
+                r0, r1, c0, c1 = rows[i][0], rows[i][-1] + 1, rows[j][0], rows[j][-1] + 1
+                out[n, :, r0:r1, c0:c1] = crop[0, :, r0:r1, c0:c1]
+    return out.reshape(len(rois), 2, -1, roi_size, roi_size)
+
+
+def mask_voting(boxes: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, pool_boxes: torch.Tensor,
+                pool_labels: torch.Tensor, pool_scores: torch.Tensor, pool_masks: torch.Tensor,
+                iou_thresh: float = 0.5) -> torch.Tensor:
+    """FCIS mask voting: each RoI mask (N, 1, M, M) over its box becomes the score-weighted mean of the pool's masks
+    (P, 1, M, M) of the same class whose box overlaps it at IoU >= ``iou_thresh`` (box IoU, as FCIS's reference
+    code), each resampled into the kept box's M x M cells (bilinear, zero outside its own box). A mask without
+    voters (not itself in the pool) is kept as is."""
+    if len(boxes) == 0 or len(pool_boxes) == 0:
+        return masks
+    pairs = torch.where((box_iou(boxes, pool_boxes) >= iou_thresh) & (labels[:, None] == pool_labels[None]))
+    if len(pairs[0]) == 0:
+        return masks
+    kept, voter = pairs
+    size = masks.shape[-1]
+    centres = (torch.arange(size, dtype=boxes.dtype, device=boxes.device) + 0.5) / size  # cell centres in [0, 1]
+    target, source = boxes[kept], pool_boxes[voter]
+    xs = target[:, 0, None] + centres * (target[:, 2] - target[:, 0])[:, None]  # (pairs, M) image coordinates
+    ys = target[:, 1, None] + centres * (target[:, 3] - target[:, 1])[:, None]
+    gx = 2 * (xs - source[:, 0, None]) / (source[:, 2] - source[:, 0]).clamp(min=1e-6)[:, None] - 1
+    gy = 2 * (ys - source[:, 1, None]) / (source[:, 3] - source[:, 1]).clamp(min=1e-6)[:, None] - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)  # (pairs, M, M, 2) as (x, y)
+    resampled = F.grid_sample(pool_masks[voter], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    weights = pool_scores[voter]
+    total = masks.new_zeros(len(masks)).index_add_(0, kept, weights)
+    voted = masks.new_zeros(masks.shape).index_add_(0, kept, resampled * weights[:, None, None, None])
+    has_voters = (total > 0)[:, None, None, None]
+    return torch.where(has_voters, voted / total.clamp(min=1e-12)[:, None, None, None], masks)

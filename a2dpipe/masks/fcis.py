@@ -50,7 +50,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, ps_roi_align, remove_small_boxes
 
-from a2dpipe.masks.fcis_backbones import DilatedResNet, DilatedTinyBody, load_imagenet_weights
+from a2dpipe.masks.backbones import DilatedResNet, DilatedTinyBody, load_imagenet_weights
 from a2dpipe.masks.position_sensitive import assemble, assemble_naive, mask_voting
 
 __all__ = [

@@ -30,6 +30,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 
 from a2dpipe.checkpoint import load_model_file, load_weights
+from a2dpipe.masks.backbones import TinyBody
 from a2dpipe.masks.fcis import FCIS, fcis
 
 __all__ = [
@@ -48,56 +49,6 @@ log = logging.getLogger("a2dpipe.masks")
 
 BACKBONES = ("tiny", "resnet50_fpn")
 MASK_MODELS = ("fcis", "maskrcnn")
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convolutions and a shortcut), with a projection when the shape changes."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
-
-
-class TinyBody(nn.Module):
-    """Narrow ResNet body for small frames: ``layer1`` at stride 4, ``layer2`` at 8, ``layer3`` at 16.
-
-    Channels are ``width``, ``2 * width``, ``4 * width``. Input (B, 3, H, W); returns the last stage (callers take
-    intermediate stages through :class:`BackboneWithFPN`).
-    """
-
-    def __init__(self, width: int = 24):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width // 2, 3, 2, 1, bias=False),
-            nn.BatchNorm2d(width // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width // 2, width, 3, 2, 1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-        )
-        self.layer1 = BasicBlock(width, width)
-        self.layer2 = BasicBlock(width, 2 * width, stride=2)
-        self.layer3 = BasicBlock(2 * width, 4 * width, stride=2)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer3(self.layer2(self.layer1(self.stem(x))))
 
 
 def maskrcnn_tiny(

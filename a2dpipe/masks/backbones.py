@@ -1,5 +1,6 @@
-"""Backbones of FCIS (:mod:`a2dpipe.masks.fcis`): ResNets whose last stage is dilated, as FCIS does, returning the
-second-to-last stage (read by the RPN) and the last (read by the position-sensitive heads).
+"""Backbones of the mask models: the narrow :class:`TinyBody` of the CPU default's Mask R-CNN (with an FPN, see
+:mod:`a2dpipe.masks.model`), and for FCIS (:mod:`a2dpipe.masks.fcis`) ResNets whose last stage is dilated, as FCIS
+does, returning the second-to-last stage (read by the RPN) and the last (read by the position-sensitive heads).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from torchvision.ops import misc as misc_nn_ops
 from a2dpipe.checkpoint import read_checkpoint, state_dict_of
 from a2dpipe.io import A2DError
 
-__all__ = ["DilatedTinyBody", "DilatedResNet", "load_imagenet_weights"]
+__all__ = ["BasicBlock", "TinyBody", "DilatedTinyBody", "DilatedResNet", "load_imagenet_weights"]
 
 
-class _Block(nn.Module):
-    """ResNet basic block with optional dilation and a projection shortcut when the shape changes."""
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convolutions, optionally dilated, and a shortcut), with a projection when the
+    shape changes."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1):
         super().__init__()
@@ -39,26 +41,45 @@ class _Block(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-class DilatedTinyBody(nn.Module):
-    """Narrow ResNet for small frames, FCIS-style: ``layer1`` at stride 4, ``layer2`` at 8, ``layer3`` dilated by 2
-    at stride 8. Channels ``width``, ``2 width``, ``4 width`` (the widths of Mask R-CNN's tiny body). Returns
-    ``(layer2, layer3)``: the RPN's and the heads' features."""
+class TinyBody(nn.Module):
+    """Narrow ResNet body for small frames: ``layer1`` at stride 4, ``layer2`` at 8, ``layer3`` at 16, or at 8 and
+    dilated by 2 with ``dilate_last`` (FCIS's way of growing the receptive field without losing resolution).
+
+    Channels are ``width``, ``2 * width``, ``4 * width``. Input (B, 3, H, W); returns the last stage (Mask R-CNN takes
+    intermediate stages through :class:`BackboneWithFPN`).
+    """
+
+    def __init__(self, width: int = 24, *, dilate_last: bool = False):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width // 2, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(width // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width // 2, width, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.layer1 = BasicBlock(width, width)
+        self.layer2 = BasicBlock(width, 2 * width, stride=2)
+        last = {"dilation": 2} if dilate_last else {"stride": 2}
+        self.layer3 = BasicBlock(2 * width, 4 * width, **last)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer3(self.layer2(self.layer1(self.stem(x))))
+
+
+class DilatedTinyBody(TinyBody):
+    """:class:`TinyBody` with its last stage dilated (stride 8), for FCIS: returns ``(layer2, layer3)``, the RPN's
+    and the heads' features."""
 
     stride = 8
 
     def __init__(self, width: int = 24):
-        super().__init__()
+        super().__init__(width, dilate_last=True)
         self.rpn_channels, self.out_channels = 2 * width, 4 * width
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width // 2, 3, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True),
-            nn.Conv2d(width // 2, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-        )
-        self.layer1 = _Block(width, width)
-        self.layer2 = _Block(width, 2 * width, stride=2)
-        self.layer3 = _Block(2 * width, 4 * width, dilation=2)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         conv4 = self.layer2(self.layer1(self.stem(x)))

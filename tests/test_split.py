@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from a2dpipe.config import section_defaults
 from a2dpipe.dataset.frames import extract_shard
 from a2dpipe.dataset.index import assign_validation, build_index, validation_videos
 from a2dpipe.dataset.synthetic import synthesize
@@ -27,10 +28,10 @@ SYNTHETIC = {
     "video_quality": 60,
 }
 
-MASKS = {
+MASKS = section_defaults("masks", {  # the schema fills the keys left out
     "backbone": "tiny", "coco_checkpoint": None, "min_size": 48, "max_size": 96, "iterations": 1, "batch_size": 1,
     "optimizer": "sgd", "lr": 0.01, "checkpoint_every": 1, "score_threshold": 0.0, "max_regions": 5,
-}
+})
 
 
 def _videoset(train: int, test: int) -> pd.DataFrame:

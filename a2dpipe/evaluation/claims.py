@@ -15,6 +15,7 @@ import pandas as pd
 from a2dpipe.evaluation.bootstrap import Bootstrap, per_video_key, percentile_interval, read_per_video
 from a2dpipe.evaluation.writers import interval_text
 from a2dpipe.io import A2DError
+from a2dpipe.variants import NONE, Variant, variant_name as _display_name
 
 __all__ = ["MAIN_SOURCE", "CLAIMS", "Intervals", "load_intervals", "variant_name", "percent", "verdict", "claims"]
 
@@ -22,12 +23,11 @@ MAIN_SOURCE = "dataset"  # the paper's default: region masks of a model trained 
 
 
 def variant_name(method: str, inp: str, train: str = MAIN_SOURCE, test: str = MAIN_SOURCE) -> str:
-    """The variant (``experiments`` entry) of a method, an input and the training and test mask sources."""
-    if method == "baseline":
-        return f"baseline-{inp}"
-    if method == "maskvote":
-        return f"maskvote-{inp}-{test}"
-    return f"ours-{inp}-{train}-{test}"
+    """The display name of a method's variant on an input (:func:`a2dpipe.variants.variant_name`); the baseline
+    takes no mask source and the mask vote only a test source, so the ones it does not take are left out."""
+    train = train if method == "ours" else NONE
+    test = test if method != "baseline" else NONE
+    return _display_name(Variant(method, inp, train, test))
 
 
 def percent(value) -> float:

@@ -19,8 +19,8 @@ mirrored flow image would otherwise say the motion goes the wrong way. Only the 
 and re-encoded; the result is the same as mirroring the whole frame, padding it and cropping.
 
 ``StoreSamples`` reads the per-shard stores (frames, flow, region masks: files of one shard share their name, e.g.
-``shard-003.h5``), lazily: it lists a split from group attributes and frame sizes from dataset shapes (no frame is
-decoded), and each process opens its own file handles on first use (handles are never pickled or shared with a
+``shard-003.h5``), lazily: it lists a split from group attributes, a frame's size from its dataset's shape (no
+frame is decoded for either), and each process opens its own file handles on first use (handles are never pickled or shared with a
 forked worker). Region sets are the mask cache's regions, plus the ground-truth instances when ``gt_regions`` is set
 (the paper's "A2D + GT" training set), boxed by their masks' extent. ``ArraySamples`` holds samples in memory
 (tests, benchmarks).
@@ -93,9 +93,9 @@ class Samples(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def read(self, i: int, rows: slice, cols: slice, *, flow_field: bool, flow_peak: bool, flow: bool) -> dict:
-        """Frame ``i``'s arrays inside ``rows`` x ``cols``: ``rgb``, ``label``, and when present ``flow_rgb`` (if
-        ``flow``), ``masks`` and full-frame ``boxes``; the flow field ``flow`` (float32) when ``flow_field``, and
-        ``flow_peak`` (2,), the frame's longest flow vector, when asked."""
+        """Frame ``i``'s arrays inside ``rows`` x ``cols``: ``rgb``, ``label``, and when present ``masks`` and
+        full-frame ``boxes``; with ``flow``, the flow image ``flow_rgb``, or, when ``flow_field``, the flow field
+        ``flow`` (float32) to re-encode it from; ``flow_peak`` (2,), the frame's longest flow vector, when asked."""
         raise NotImplementedError
 
     def __getitem__(self, view: View) -> dict:
@@ -157,6 +157,8 @@ def _mirror(data: dict, width: int, encoding: str, wheel_max: float | None) -> d
 
 def _pad(array: np.ndarray, shape: tuple[int, int], fill, axis: int = 0) -> np.ndarray:
     """``array`` padded with ``fill`` at the bottom and right to ``shape`` (axes ``axis``, ``axis + 1``)."""
+    if array.shape[axis:axis + 2] == tuple(shape):
+        return np.ascontiguousarray(array)
     pad = [(0, 0)] * array.ndim
     pad[axis] = (0, shape[0] - array.shape[axis])
     pad[axis + 1] = (0, shape[1] - array.shape[axis + 1])
@@ -222,7 +224,7 @@ class ArraySamples(Samples):
     def read(self, i, rows, cols, *, flow_field, flow_peak, flow) -> dict:
         s = self.samples[i]
         out = {"rgb": s["rgb"][rows, cols], "label": s["label"][rows, cols]}
-        if flow:
+        if flow and not flow_field:
             out["flow_rgb"] = s["flow_rgb"][rows, cols]
         if flow_field:
             out["flow"] = s["flow"][rows, cols]
@@ -253,7 +255,16 @@ def _read_window(reader, video: str, frame: int, names, rows: slice, cols: slice
         raise A2DError(f"{reader.path}: frame {group_key(video, frame)} lacks dataset(s) {missing} "
                        f"({reader.FORMAT.what} layout)")
     with reader.reading(f"frame {group_key(video, frame)}"):
-        return {name: group[name][rows, cols] for name in names}
+        return {name: _hyperslab(group[name], rows, cols) for name in names}
+
+
+def _hyperslab(dataset, rows: slice, cols: slice) -> np.ndarray:
+    """``dataset[rows, cols]``, channel by channel for an (H, W, C) image: h5py's automatic chunks of such images
+    hold one channel each, and HDF5 copies a chunk into an interleaved selection element by element (3-4x
+    slower than one contiguous plane per channel at 320 x 568)."""
+    if dataset.ndim != 3:
+        return dataset[rows, cols]
+    return np.stack([dataset[rows, cols, c] for c in range(dataset.shape[2])], axis=-1)
 
 
 def _frame_size(store, video: str, frame: int) -> tuple[int, int]:
@@ -280,8 +291,8 @@ class StoreSamples(Samples):
         gt_regions: add the frame's ground-truth instances to its regions.
         flow_encoding, wheel_max: how the flow store encoded flow (used to re-encode a mirrored flow).
 
-    Construction lists the split from group attributes and the frame sizes from dataset shapes; frames are read
-    when asked for, through file handles each process opens for itself.
+    Construction lists the split from group attributes; frame sizes come from dataset shapes when first asked
+    for, and frames are read when asked for, through file handles each process opens for itself.
     """
 
     def __init__(self, frames, *, split: str, flow=None, masks=None, gt_regions: bool = False,
@@ -297,24 +308,23 @@ class StoreSamples(Samples):
         self.gt_regions = gt_regions
         self.flow_encoding = flow_encoding
         self.wheel_max = wheel_max
-        self._index, self._sizes = self._list(split)
+        self._index = self._list(split)
+        self._sizes: dict[int, tuple[int, int]] = {}
         self._open: dict[Path, object] = {}
         self._pid = os.getpid()
 
-    def _list(self, split: str) -> tuple[list[tuple[Path, str, int]], list[tuple[int, int]]]:
+    def _list(self, split: str) -> list[tuple[Path, str, int]]:
         from a2dpipe.dataset.frames import FrameStore
 
-        index, sizes = [], []
+        index = []
         for path in self.frame_paths:
             if self.uses_flow and path.name not in self.flow_paths:
                 raise A2DError(f"{path}: no flow store for this shard")
             if self.mask_paths and path.name not in self.mask_paths:
                 raise A2DError(f"{path}: no region-mask cache for this shard")
             with FrameStore(path) as store:
-                for video, frame in store.keys(split):
-                    index.append((path, video, frame))
-                    sizes.append(_frame_size(store, video, frame))
-        return index, sizes
+                index += [(path, video, frame) for video, frame in store.keys(split)]
+        return index
 
     def __len__(self) -> int:
         return len(self._index)
@@ -324,6 +334,9 @@ class StoreSamples(Samples):
         return video, frame
 
     def size(self, i: int) -> tuple[int, int]:
+        if i not in self._sizes:  # looked up when first needed: a job's start lists the split only
+            path, video, frame = self._index[i]
+            self._sizes[i] = _frame_size(self._store(path, "frames"), video, frame)
         return self._sizes[i]
 
     def __getstate__(self) -> dict:
@@ -347,7 +360,8 @@ class StoreSamples(Samples):
         out = _read_window(self._store(path, "frames"), video, frame, ("rgb", "label"), rows, cols)
         if flow:
             store = self._store(self.flow_paths[path.name], "flow")
-            out["flow_rgb"] = _read_window(store, video, frame, ("rgb",), rows, cols)["rgb"]
+            if not flow_field:  # a mirrored window's image is re-encoded from the field instead
+                out["flow_rgb"] = _read_window(store, video, frame, ("rgb",), rows, cols)["rgb"]
             if flow_peak:  # the whole field: the wheel's scale is the frame's longest vector
                 whole = store.read_arrays(video, frame, ("flow",))["flow"].astype(np.float32)
                 out["flow"], out["flow_peak"] = whole[rows, cols], _flow_peak(whole)

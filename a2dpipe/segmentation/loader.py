@@ -33,11 +33,13 @@ LOADER_KEYS = ("loader_workers", "loader_prefetch")
 
 
 def result_settings(config: dict) -> dict:
-    """``config`` without the loader settings of its ``segmentation`` section (they change no result)."""
+    """``config`` without the loader settings of its ``segmentation`` section (they change no result), and without
+    that section when nothing else is left in it."""
     if "segmentation" not in config:
         return config
     seg = {k: v for k, v in config["segmentation"].items() if k not in LOADER_KEYS}
-    return {**config, "segmentation": seg}
+    rest = {k: v for k, v in config.items() if k != "segmentation"}
+    return {**rest, "segmentation": seg} if seg else rest
 
 
 class StepBatches(torch.utils.data.Sampler):

@@ -3,10 +3,12 @@
     python benchmarks/data_path.py [--frames 40] [--height 320] [--width 568] [--crop 320 320] [--batch 10]
                                    [--workers 0 1 2] [--steps 10] [--encoding xym] [--threads 2]
                                    [--backbone tiny] [--width-channels 24] [--listing 11926]
+                                   [--pixel-chunks ROWS COLS]
 
 Writes, in a temporary folder, a frames shard and a flow cache of ``--frames`` A2D-sized synthetic frames through
 the pipeline's own writers and filters (frames: lzf + checksum, as ``extract-frames``; flow: float16 field and
-its RGB image, gzip, as ``flow``), then measures:
+its RGB image, gzip, as ``flow``; ``--pixel-chunks`` instead stores images in chunks of ROWS x COLS pixels
+holding every channel, a layout the writers could choose), then measures:
 
 - data path: samples per second of the training loader (read the window, crop, mirror half the frames with the
   flow re-encoded, collate; pinned when CUDA is present) for each ``--workers``, two streams, over ``--steps``
@@ -35,6 +37,18 @@ from a2dpipe.segmentation.loader import StepBatches, collate, make_loader, to_de
 from a2dpipe.segmentation.samples import StoreSamples, plan_view
 
 FRAME_FILTERS = {"compression": "lzf", "fletcher32": True}  # extract-frames' default filters
+FLOW_FILTERS = {"compression": "gzip", "compression_opts": 1}  # the flow cache's
+
+
+def image_chunks(data: np.ndarray, pixels: tuple[int, int] | None) -> dict:
+    """``chunks`` of an image dataset: ``pixels`` rows x cols with every channel, or h5py's automatic guess."""
+    if pixels is None or data.ndim < 2 or data.shape[0] < 8:
+        return {}
+    if data.ndim == 3 and data.shape[2] in (2, 3):  # (H, W, C)
+        return {"chunks": (min(pixels[0], data.shape[0]), min(pixels[1], data.shape[1]), data.shape[2])}
+    if data.ndim == 2:
+        return {"chunks": (min(pixels[0], data.shape[0]), min(pixels[1], data.shape[1]))}
+    return {}
 
 
 def smooth(rng: np.random.Generator, shape: tuple[int, ...], scale: int = 16) -> np.ndarray:
@@ -47,7 +61,7 @@ def smooth(rng: np.random.Generator, shape: tuple[int, ...], scale: int = 16) ->
 
 
 def write_frame(frames: FrameWriter, flows: FlowWriter, rng, video: str, size: tuple[int, int], encoding: str,
-                split: str = "train") -> None:
+                pixel_chunks: tuple[int, int] | None = None) -> None:
     """One annotated frame with two actor instances, its neighbour and its flow."""
     h, w = size
     rgb = np.clip(smooth(rng, (h, w, 3)) * 220 + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
@@ -58,24 +72,29 @@ def write_frame(frames: FrameWriter, flows: FlowWriter, rng, video: str, size: t
         masks[k, y:y + h // 3, x:x + w // 4] = 1
         label[masks[k] > 0] = pid
     group = frames.create_group(video, 1)
-    group.attrs.update({"split": split, "neighbour_frame": 2, "direction": "next"})
+    group.attrs.update({"split": "train", "neighbour_frame": 2, "direction": "next"})
     for name, data in (("rgb", rgb), ("neighbour", rgb[:, ::-1]), ("label", label), ("instance_masks", masks),
                        ("instance_boxes", masks_to_boxes(masks)), ("instance_ids", np.uint8([11, 34]))):
-        group.create_dataset(name, data=data, **FRAME_FILTERS)
+        group.create_dataset(name, data=data, **FRAME_FILTERS, **image_chunks(data, pixel_chunks))
     flow = (smooth(rng, (h, w, 2), 32) - 0.5) * 12
-    flows.write(video, 1, flow, flow_to_rgb(flow, encoding))
+    if pixel_chunks is None:
+        flows.write(video, 1, flow, flow_to_rgb(flow, encoding))
+        return
+    group = flows.create_group(video, 1)  # FlowWriter.write's datasets, in the other chunk layout
+    for name, data in (("flow", flow.astype(np.float16)), ("rgb", flow_to_rgb(flow, encoding))):
+        group.create_dataset(name, data=data, **FLOW_FILTERS, **image_chunks(data, pixel_chunks))
 
 
-def write_shard(folder: Path, count: int, size: tuple[int, int], encoding: str, name: str = "shard-000.h5",
-                seed: int = 0) -> tuple[Path, Path]:
-    rng = np.random.default_rng(seed)
+def write_shard(folder: Path, count: int, size: tuple[int, int], encoding: str,
+                pixel_chunks: tuple[int, int] | None = None, name: str = "shard-000.h5") -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
     frames_path, flow_path = folder / "frames" / name, folder / "flow" / name
     frames_path.parent.mkdir(parents=True, exist_ok=True)
     flow_path.parent.mkdir(parents=True, exist_ok=True)
     with FrameWriter(frames_path) as frames, FlowWriter(flow_path, method="bench", encoding=encoding) as flows:
         flows.seconds_per_frame = 0.0
         for k in range(count):
-            write_frame(frames, flows, rng, f"v{k:05d}", size, encoding)
+            write_frame(frames, flows, rng, f"v{k:05d}", size, encoding, pixel_chunks)
     return frames_path, flow_path
 
 
@@ -160,18 +179,22 @@ def main() -> None:
     parser.add_argument("--width-channels", type=int, default=24, help="tiny backbone's first-stage channels")
     parser.add_argument("--listing", type=int, default=11926, help="frames of the start-up (listing) measurement")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--pixel-chunks", type=int, nargs=2, default=None,
+                        help="store images in chunks of ROWS COLS pixels holding every channel")
+    parser.add_argument("--no-step", action="store_true", help="skip the model step")
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()
-        frames, flow = write_shard(tmp, args.frames, (args.height, args.width), args.encoding)
+        chunks = tuple(args.pixel_chunks) if args.pixel_chunks else None
+        frames, flow = write_shard(tmp, args.frames, (args.height, args.width), args.encoding, chunks)
         print(f"wrote {args.frames} frames {args.height} x {args.width} in {time.perf_counter() - started:.1f} s "
               f"(frames {frames.stat().st_size / 2**20:.1f} MiB, flow {flow.stat().st_size / 2**20:.1f} MiB)")
         samples = StoreSamples([frames], split="train", flow=[flow], flow_encoding=args.encoding)
         crop = tuple(args.crop)
         print(f"data path, two streams, crop {crop[0]} x {crop[1]}, batch {args.batch}, encoding {args.encoding}, "
-              f"pinned: {device.type == 'cuda'}")
+              f"pinned: {device.type == 'cuda'}, image chunks: {chunks or 'automatic (one channel each)'}")
         for workers in args.workers:
             rate, cpu_rate = samples_per_second(samples, workers=workers, steps=args.steps, batch=args.batch,
                                                 crop=crop, device=device)
@@ -179,7 +202,7 @@ def main() -> None:
                   f"main process CPU {1000 / cpu_rate:6.2f} ms per sample")
         samples.close()
         torch.set_num_threads(args.threads)
-        seconds = step_seconds(args, device)
+        seconds = float("nan") if args.no_step else step_seconds(args, device)
         print(f"model step, stage 1 two-stream {args.backbone}, batch {args.batch}, {args.threads} threads, "
               f"{device}: {1000 * seconds:.0f} ms ({args.batch / seconds:.1f} samples/s)")
         if args.listing:

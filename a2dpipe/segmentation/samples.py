@@ -259,10 +259,11 @@ def _read_window(reader, video: str, frame: int, names, rows: slice, cols: slice
 
 
 def _hyperslab(dataset, rows: slice, cols: slice) -> np.ndarray:
-    """``dataset[rows, cols]``, channel by channel for an (H, W, C) image: h5py's automatic chunks of such images
-    hold one channel each, and HDF5 copies a chunk into an interleaved selection element by element (3-4x
-    slower than one contiguous plane per channel at 320 x 568)."""
-    if dataset.ndim != 3:
+    """``dataset[rows, cols]``; channel by channel for an (H, W, C) image chunked one channel at a time (h5py's
+    automatic chunks of such images), since HDF5 copies such a chunk into an interleaved selection element by
+    element (3-4x slower than one contiguous plane per channel at 320 x 568)."""
+    chunks = dataset.chunks
+    if dataset.ndim != 3 or chunks is None or chunks[2] != 1 or dataset.shape[2] == 1:
         return dataset[rows, cols]
     return np.stack([dataset[rows, cols, c] for c in range(dataset.shape[2])], axis=-1)
 

@@ -151,6 +151,13 @@ def planned(proc) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", proc.stdout, re.M) if m[1] != "total"}
 
 
+def shell_commands(proc) -> list[tuple[str, str]]:
+    """(rule, shell command) of every job with a command that a dry run with --printshellcmds plans, sorted."""
+    blocks = re.split(r"^(?:local)?rule (\w+):$", proc.stdout, flags=re.M)[1:]
+    return sorted((rule, m[1]) for rule, body in zip(blocks[::2], blocks[1::2])
+                  for m in [re.search(r"^Shell command: (.*)$", body, re.M)] if m and m[1] != "None")
+
+
 def test_a_seeds_run_plans_one_job_set_per_seed_in_its_own_folder(tmp_path, tiny_config, snakemake_run):
     config = yaml.safe_load(tiny_config.read_text())
     config["seeds"] = [0, 1]
@@ -173,6 +180,14 @@ def test_a_seeds_run_plans_one_job_set_per_seed_in_its_own_folder(tmp_path, tiny
     assert re.search(r"a2dpipe aggregate --seed 0 --claims results/seed-0/tables/claims.csv --evaluations "
                      r"results/seed-0/evaluation/\S+\.json .* --seed 1 --claims results/seed-1/tables/claims.csv "
                      r".* --out-dir results/aggregate", proc.stdout)
+
+
+    # seed 0's jobs and the shared ones are the one-seed run's, command for command, but for the results folder:
+    # the same settings and inputs, hence (the workflow being deterministic) the same models and tables
+    one_seed = snakemake_run(tmp_path / "one", "tables", "--dry-run", "--printshellcmds", config=tiny_config)
+    seed_0 = sorted((rule.removeprefix("seed_0_"), command.replace("results/seed-0/", "results/"))
+                    for rule, command in shell_commands(proc) if not rule.startswith(("seed_1_", "aggregate")))
+    assert seed_0 == shell_commands(one_seed) and len(seed_0) == sum(planned(one_seed).values()) == 39
 
 
 def test_the_seeds_preset_plans_three_seeds(tmp_path, snakemake_run):

@@ -70,7 +70,7 @@ def evaluation(variant: str, score: float) -> dict:
 
 def claim_run(seed: int, gain: float, verdict: str) -> SeedRun:
     """A seed in which the first claim's second variant beats its first by ``gain`` (fractions)."""
-    _, _, _, (first, second) = CLAIMS[0]
+    second = CLAIMS[0][3][1]
     variants = {v for *_, vs in CLAIMS for v in vs}
     evaluations = {v: evaluation(v, 0.5) for v in variants}
     evaluations[second] = evaluation(second, 0.5 + gain)

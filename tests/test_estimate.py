@@ -16,6 +16,7 @@ from a2dpipe.io import A2DError
 from conftest import REPO
 
 PAPER = REPO / "config" / "paper.yaml"
+REAL_METADATA = REPO.parent / "shared" / "real-data" / "a2d-metadata" / "videoset.csv"
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,18 @@ def test_flop_count_of_a_small_conv_net_is_the_hand_count():
     conv2 = 2 * (2 * 4 * 8 * 8) * 8
     linear = 2 * (2 * 10) * (4 * 8 * 8)
     assert flops == conv1 + conv2 + linear
+
+
+def test_frame_counts_and_size_are_those_of_the_a2d_release():
+    if not REAL_METADATA.exists():
+        pytest.skip("the real A2D metadata (shared/real-data/a2d-metadata) is not present")
+    videos = pd.read_csv(REAL_METADATA, header=None,
+                         names=["video", "label", "start", "end", "height", "width", "frames", "annotated", "usage"])
+    per_split = videos.groupby("usage")["annotated"].sum()
+    assert estimate.A2D_FRAMES == {"train": per_split[0], "test": per_split[1]}
+    assert (videos["height"] == estimate.A2D_FRAME_SIZE[0]).all()
+    mean_width = (videos["width"] * videos["annotated"]).sum() / videos["annotated"].sum()
+    assert estimate.A2D_FRAME_SIZE[1] == round(mean_width)
 
 
 def _by_stage(rows):

@@ -68,6 +68,7 @@ def test_estimate_scales_linearly_with_iterations_and_frames(tiny, monkeypatch):
     for stage, factor in factors.items():
         for device in estimate.DEVICES:
             assert other.loc[stage, f"{device} hours"] == pytest.approx(factor * one.loc[stage, f"{device} hours"])
+    assert not any(stage.startswith("flow") for stage in base)  # DIS runs on the CPU: nothing to count
     # two streams: twice the front-end of one
     assert base["inference baseline (rgbflow)"]["flops"] > 1.9 * base["inference baseline (rgb)"]["flops"]
 
@@ -93,6 +94,9 @@ def test_command_on_the_paper_preset_writes_the_table_in_seconds(tmp_path):
     assert table.loc["train stage 2 (rgbflow)", "units"] == paper["segmentation"]["stage2"]["iterations"]
     assert table.loc["region masks", "units"] == sum(estimate.A2D_FRAMES.values())
     assert table.loc["inference ours (rgbflow)", "paper K80 ms_per_unit"] == TIMING_MS["region"]
+    flow = f"flow ({paper['flow']['method']})"
+    assert table.loc[flow, "units"] == sum(estimate.A2D_FRAMES.values())
+    assert table.loc[flow, "paper K80 ms_per_unit"] == TIMING_MS["flow"]
     assert (table["basis"] == estimate.BASIS).all()
     # two ResNet-101 streams at 320 x 320, batch 10: trillions of FLOPs per step, hours on one K80
     assert table.loc["train stage 1 (rgbflow)", "gflop_per_unit"] > 1000

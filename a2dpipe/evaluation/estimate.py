@@ -15,6 +15,7 @@ multiply-add). Per unit of work:
   one step in the front-end's pass over every training frame and its mirror image;
 * train mask model, per step: Mask R-CNN backbone, RPN head, box head on the sampled RoIs and mask head on at most
   their positive share, 3 x forward, on ``masks.batch_size`` frames;
+* flow, per frame: the configured FlowNet or RAFT network on a frame pair (DIS, a CPU method, has no row);
 * region masks, per frame: Mask R-CNN inference (box head on every RPN proposal, mask head on every kept region);
 * inference, per frame: front-end + ASPP (baseline) or + region back-end (ours) on a whole frame.
 
@@ -96,7 +97,9 @@ DEVICES: dict[str, Device] = {
                    "H200 data sheet: 67 TFLOPS fp32, 1,979 TFLOPS bf16 tensor core with sparsity (989 dense)"),
 }
 
-TRAIN_FACTOR = 3.0  # forward + backward ~ 3 x forward (the backward computes gradients of inputs and weights)
+# forward + backward ~ 3 x forward (the backward computes gradients of inputs and weights); an upper bound where
+# layers are frozen (the fine-tuned mask model's first stages)
+TRAIN_FACTOR = 3.0
 
 
 def count_flops(fn, *args) -> int:
@@ -179,6 +182,30 @@ def _mask_flops(config: dict) -> dict[str, int]:
     return out
 
 
+def _flow_flops(config: dict) -> int | None:
+    """FLOPs of one frame pair through the configured neural flow network (``None`` for DIS, a CPU method).
+
+    FlowNet frames are resized to multiples of 64 px, RAFT's padded to multiples of 8, as the flow stage does. The
+    FlowNetC correlation is counted as this package computes it (band matrix products, a few times the FLOPs of
+    the CUDA layer, ~2% of FlowNet2's count).
+    """
+    method = config["flow"]["method"]
+    if method == "dis":
+        return None
+    with torch.device("meta"):
+        if method == "raft":
+            from torchvision.models.optical_flow import raft_large, raft_small
+
+            net, multiple = (raft_small if config["flow"]["raft_variant"] == "small" else raft_large)(), 8
+        else:
+            from a2dpipe.flow import flownet
+            from a2dpipe.flow.flownet_layers import SIZE_MULTIPLE
+
+            net, multiple = getattr(flownet, method)(), SIZE_MULTIPLE
+        x = torch.empty(1, 3, *_padded(A2D_FRAME_SIZE, multiple))
+        return count_flops(net, x, x)
+
+
 def _inputs(config: dict) -> tuple[list[str], list[str]]:
     """Inputs of the stage-1 networks and of the stage-2 (region) networks of the configuration's experiments."""
     exp = config["experiments"]
@@ -204,6 +231,10 @@ def work_units(config: dict) -> list[dict]:
         else:
             back = TRAIN_FACTOR * s2["batch_size"] * c["region_crop"] + s2["batch_size"] * c["front_crop"]
         rows.append({"stage": f"train stage 2 ({inp})", "unit": "step", "units": s2["iterations"], "flops": back})
+    flow = _flow_flops(config) if "rgbflow" in {*stage1_inputs, *stage2_inputs} else None
+    if flow is not None:  # every annotated frame's flow, train and test
+        rows.append({"stage": f"flow ({config['flow']['method']})", "unit": "frame", "units": train + test,
+                     "flops": flow})
     m = _mask_flops(config)
     step = TRAIN_FACTOR * masks["batch_size"] * (m["backbone"] + m["rpn"] + m["heads_train"])
     rows.append({"stage": "train mask model", "unit": "step", "units": masks["iterations"], "flops": step})
@@ -222,6 +253,8 @@ def work_units(config: dict) -> list[dict]:
 
 def _paper_ms(stage: str) -> float | None:
     """The paper's K80 milliseconds per frame for the stages it timed (RGB + flow networks)."""
+    if stage.startswith("flow ("):
+        return TIMING_MS["flow"]
     return {
         "region masks": TIMING_MS["masks"],
         "inference ours (rgbflow)": TIMING_MS["region"],
@@ -282,7 +315,7 @@ def _caption(amp: bool, cpu_flops_per_s: float | None) -> str:
                      f"x assumed utilisation {dev.utilisation:g} ({dev.source}).")
     if cpu_flops_per_s is not None:
         lines.append(f"this CPU: {describe_device(cpu_only=True)}, measured {cpu_flops_per_s / 1e9:.1f} GFLOP/s "
-                     "(timed forward + backward of a tiny segmenter, one thread as configured).")
+                     f"(timed forward + backward of a tiny segmenter, {torch.get_num_threads()} thread(s)).")
     lines.append(f"paper K80: the paper's measured ms per frame ({TIMING_DEVICE}).")
     return "\n\n".join(lines)
 

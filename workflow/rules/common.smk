@@ -254,7 +254,8 @@ def get_stage2_masks(wildcards):
 
 
 def get_estimate_settings():
-    """`estimate` reads the networks' architecture and work: sizes, batches, iterations, regions, experiments."""
+    """`estimate` reads the networks' architecture and work: sizes, batches, iterations, regions, experiments, and
+    the flow network (RAFT's variant only for RAFT)."""
     seg = ["backbone", "width", "aspp_rates", "crop", "amp"]
     stage1 = ["batch_size", "iterations"]
     stage2 = [*stage1, "roi_size", "fc_dim", "pool", "roi_channels", "cache_features"]
@@ -266,6 +267,8 @@ def get_estimate_settings():
         *(f"masks.{k}" for k in [*masks, "max_regions"]),
         "experiments.inputs",
         "experiments.regions",
+        "flow.method",
+        *(["flow.raft_variant"] if config["flow"]["method"] == "raft" else []),
     )
 
 

@@ -253,6 +253,25 @@ def get_stage2_masks(wildcards):
     return expand(MASK_CACHE, source=wildcards.trained_source, shard=SHARDS)
 
 
+def get_estimate_settings():
+    """`estimate` reads the networks' architecture and work: sizes, batches, iterations, regions, experiments, and
+    the flow network (RAFT's variant only for RAFT)."""
+    seg = ["backbone", "width", "aspp_rates", "crop", "amp"]
+    stage1 = ["batch_size", "iterations"]
+    stage2 = [*stage1, "roi_size", "fc_dim", "pool", "roi_channels", "cache_features"]
+    masks = ["model", "backbone", "min_size", "max_size", "batch_size", "iterations"]
+    return get_settings(
+        *(f"segmentation.{k}" for k in seg),
+        *(f"segmentation.stage1.{k}" for k in stage1),
+        *(f"segmentation.stage2.{k}" for k in stage2),
+        *(f"masks.{k}" for k in [*masks, "max_regions"]),
+        "experiments.inputs",
+        "experiments.regions",
+        "flow.method",
+        *(["flow.raft_variant"] if config["flow"]["method"] == "raft" else []),
+    )
+
+
 def get_test_sources():
     """Mask sources the configured region variants are tested with."""
     return sorted({test for _, _, test in REGION_RUNS})
@@ -305,14 +324,19 @@ def get_checkpoints():
 
 
 def get_all_targets():
-    """`all`: the tables and timings; in a seeds run those of every seed's run and their aggregate."""
+    """`all`: the tables, timings and timing estimate; in a seeds run those of every seed's run and their aggregate."""
     if SEEDS:
         return [
             *get_seed_outputs("tables", "done"),
             *get_seed_outputs("timing", "table"),
+            *get_seed_outputs("estimate", "table"),
             rules.aggregate.output.done,
         ]
-    return [res("tables", "done"), res("timing", "timing.csv")]
+    return [
+        res("tables", "done"),
+        res("timing", "timing.csv"),
+        res("timing", "estimate.csv"),
+    ]
 
 
 # A seeds run (workflow/rules/seeds.smk): this workflow once per seed, as the module `seed_<N>_`, whose rules are

@@ -90,6 +90,25 @@ rule timing:
         " --predictions {input.predictions:q} --out {output.table:q} --log {log:q}"
 
 
+# Not a measurement: FLOPs of each stage of this configuration x assumed GPU throughput (a2dpipe/evaluation/estimate.py),
+# beside the paper's K80 figures. Part of `all`, not of `tables`.
+rule estimate:
+    output:
+        table=res("timing", "estimate.csv"),
+        markdown=res("timing", "estimate.md"),
+    log:
+        res("logs", "estimate.log"),
+    benchmark:
+        res("benchmarks", "estimate.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
+    threads: 1
+    params:
+        settings=get_estimate_settings(),
+    shell:
+        "python -m a2dpipe estimate --settings {params.settings:q} --out {output.table:q} --log {log:q}"
+
+
 rule report_figures:
     input:
         evaluations=variant_paths(EVALUATION),

@@ -1,0 +1,342 @@
+"""Timing estimate of a configuration on one GPU: FLOP count x assumed throughput, beside the paper's K80 figures.
+
+Command::
+
+    a2dpipe estimate --config config/paper.yaml --out results-paper/timing/estimate.csv [--no-calibrate]
+
+The networks of the configuration are built on PyTorch's ``meta`` device (shapes only: no weights, no compute) and
+their convolutions and matrix products are counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per
+multiply-add). Per unit of work:
+
+* train stage 1, per step: front-end + ASPP baseline on ``stage1.batch_size`` crops, forward + backward taken as
+  3 x forward;
+* train stage 2, per step: the frozen front-end forward on ``stage2.batch_size`` crops plus 3 x the region back-end
+  on ``masks.max_regions`` regions per crop; with ``cache_features``, the back-end on whole frames plus the share of
+  one step in the front-end's pass over every training frame and its mirror image;
+* train mask model, per step: Mask R-CNN backbone, RPN head, box head on the sampled RoIs and mask head on at most
+  their positive share, 3 x forward, on ``masks.batch_size`` frames;
+* flow, per frame: the configured FlowNet or RAFT network on a frame pair (DIS, a CPU method, has no row);
+* region masks, per frame: Mask R-CNN inference (box head on every RPN proposal, mask head on every kept region);
+* inference, per frame: front-end + ASPP (baseline) or + region back-end (ours) on a whole frame.
+
+Counts use the A2D release's annotated frames (``A2D_FRAMES``) at its frame size (``A2D_FRAME_SIZE``), whatever the
+dataset of the configuration. Time = FLOPs / (peak x utilisation) with the per-device constants of ``DEVICES``;
+the CPU columns use the FLOP rate this machine achieves on a timed forward + backward of a tiny segmenter
+(``--no-calibrate`` leaves them out, and the table is then a pure function of the settings). What FLOPs miss
+(memory-bound layers, RoI ops, region-to-pixel, data loading) makes the estimate a lower bound of the wall time.
+
+Writes the CSV and a Markdown copy beside it (same name, ``.md``) whose caption states the assumptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from a2dpipe.config import add_config_arguments, read_settings, section_defaults
+from a2dpipe.evaluation.paper_results import TIMING_DEVICE, TIMING_MS
+from a2dpipe.evaluation.timing import describe_device
+from a2dpipe.io import A2DError, atomic_path
+
+__all__ = [
+    "A2D_FRAMES",
+    "A2D_FRAME_SIZE",
+    "BASIS",
+    "DEVICES",
+    "Device",
+    "count_flops",
+    "work_units",
+    "estimate_table",
+    "measure_cpu_flops",
+    "configure_parser",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+BASIS = "estimate: FLOP count x assumed throughput"
+
+# A2D release (videoset.csv, usage 0 / 1): annotated frames per split; 11,926 in all.
+A2D_FRAMES = {"train": 9561, "test": 2365}
+# clips320H: every frame is 320 px high; widths vary (568 for 55% of the annotated frames, 426 for 36%, ...): the
+# mean width over the annotated frames, as FLOPs grow with the area.
+A2D_FRAME_SIZE = (320, 510)
+
+
+@dataclass(frozen=True)
+class Device:
+    """A GPU's published dense peak (FLOP/s) for fp32 and, where it has one, bf16; the assumed utilisation."""
+
+    name: str
+    fp32: float
+    bf16: float | None
+    utilisation: float
+    source: str
+
+    def throughput(self, amp: bool) -> float:
+        """FLOP/s assumed: bf16 peak under ``amp`` where the device has bf16 units, else fp32 peak; x utilisation."""
+        peak = self.bf16 if amp and self.bf16 is not None else self.fp32
+        return peak * self.utilisation
+
+
+# Peaks from NVIDIA's data sheets; utilisations are assumptions in line with published ResNet-50 training rates
+# (about 50 images/s on one K80 GPU in fp32, i.e. ~30% of its peak; convolutions keep Hopper's bf16 tensor cores
+# far below their peak, a few thousand images/s, i.e. ~10%).
+DEVICES: dict[str, Device] = {
+    "K80": Device("Nvidia K80 (one GK210 GPU of the board)", 4.37e12, None, 0.30,
+                  "K80 data sheet: 8.73 TFLOPS fp32 with GPU Boost for the board's two GPUs"),
+    "V100": Device("Nvidia V100 SXM2", 15.7e12, None, 0.40,
+                   "V100 data sheet: 15.7 TFLOPS fp32; no bf16 units (autocast bf16 runs at fp32 rate or worse)"),
+    "H200": Device("Nvidia H200 SXM", 67e12, 989e12, 0.12,
+                   "H200 data sheet: 67 TFLOPS fp32, 1,979 TFLOPS bf16 tensor core with sparsity (989 dense)"),
+}
+
+# forward + backward ~ 3 x forward (the backward computes gradients of inputs and weights); an upper bound where
+# layers are frozen (the fine-tuned mask model's first stages)
+TRAIN_FACTOR = 3.0
+
+
+def count_flops(fn, *args) -> int:
+    """FLOPs of ``fn(*args)`` as ``FlopCounterMode`` counts them (convolutions and matrix products)."""
+    return _counted(fn, *args)[0]
+
+
+def _counted(fn, *args):
+    with FlopCounterMode(display=False) as counter:
+        out = fn(*args)
+    return int(counter.get_total_flops()), out
+
+
+def _padded(size: tuple[int, int], multiple: int = 32) -> tuple[int, int]:
+    return tuple(-(-s // multiple) * multiple for s in size)
+
+
+def _segmenter_flops(config: dict, inputs: list[str]) -> dict[str, dict[str, int]]:
+    """Per input, FLOPs of one crop's and one frame's pass through each part of the segmenter (meta device).
+
+    Streams are identical networks, so one stream is counted and multiplied; the back-ends are counted on fused
+    features of the input's width, built as :func:`build_segmenter` builds them.
+    """
+    from a2dpipe.segmentation.models.backends import ASPPBaseline, build_region_back_end
+    from a2dpipe.segmentation.models.frontend import build_front_end
+
+    seg = section_defaults("segmentation", config["segmentation"])
+    s2 = seg["stage2"]
+    regions = int(config["masks"]["max_regions"])
+    out = {inp: {} for inp in inputs}
+    with torch.device("meta"):
+        stream = build_front_end(backbone=seg["backbone"], width=seg["width"], streams=("rgb",))
+        for name, size in (("crop", tuple(seg["crop"])), ("frame", A2D_FRAME_SIZE)):
+            flops, features = _counted(stream, torch.empty(1, 3, *size))
+            for inp in inputs:
+                k = 2 if inp == "rgbflow" else 1
+                fused = torch.empty(1, k * features.shape[1], *features.shape[2:])
+                baseline = ASPPBaseline(fused.shape[1], seg["aspp_rates"])
+                region = build_region_back_end(fused.shape[1], roi_size=s2["roi_size"], fc_dim=s2["fc_dim"],
+                                               pool=s2["pool"], roi_channels=s2["roi_channels"])
+                classes = region.box_predictor.actor.out_features + region.box_predictor.action.out_features
+                # region-to-pixel: a max over regions of score x mask per pixel and class (not a counted operator)
+                to_pixel = 2 * regions * size[0] * size[1] * classes
+                out[inp][f"front_{name}"] = k * flops
+                out[inp][f"aspp_{name}"] = count_flops(baseline, fused, size)
+                out[inp][f"region_{name}"] = count_flops(region.region_scores, fused, [torch.empty(regions, 4)]) \
+                    + to_pixel
+    return out
+
+
+def _mask_flops(config: dict) -> dict[str, int]:
+    """FLOPs of one frame through the mask model's parts, training (sampled RoIs) and inference (all proposals)."""
+    from a2dpipe.masks.model import build_mask_model
+    from a2dpipe.masks.train import NUM_CLASSES
+
+    cfg = config["masks"]
+    if cfg["model"] != "maskrcnn":
+        raise A2DError(f"masks.model {cfg['model']!r}: the estimate counts Mask R-CNN only")
+    with torch.device("meta"):
+        net = build_mask_model(model="maskrcnn", backbone=cfg["backbone"], num_classes=NUM_CLASSES["dataset"],
+                               min_size=cfg["min_size"], max_size=cfg["max_size"],
+                               box_detections_per_img=cfg["max_regions"])
+        scale = min(cfg["min_size"] / A2D_FRAME_SIZE[0], cfg["max_size"] / A2D_FRAME_SIZE[1])
+        size = _padded((round(A2D_FRAME_SIZE[0] * scale), round(A2D_FRAME_SIZE[1] * scale)))
+        x = torch.empty(1, 3, *size)
+        out = {"backbone": count_flops(net.backbone, x)}
+        features = list(net.backbone(x).values())
+        out["rpn"] = count_flops(net.rpn.head, features)
+        heads = net.roi_heads
+        sampled = heads.fg_bg_sampler.batch_size_per_image
+        counts = {"train": (sampled, int(sampled * heads.fg_bg_sampler.positive_fraction)),
+                  "test": (net.rpn._post_nms_top_n["testing"], heads.detections_per_img)}
+        channels = net.backbone.out_channels
+        for phase, (boxes, masks) in counts.items():
+            pooled = torch.empty(boxes, channels, *heads.box_roi_pool.output_size)
+            box = count_flops(lambda p: heads.box_predictor(heads.box_head(p)), pooled)
+            pooled = torch.empty(masks, channels, *heads.mask_roi_pool.output_size)
+            mask = count_flops(lambda p: heads.mask_predictor(heads.mask_head(p)), pooled)
+            out[f"heads_{phase}"] = box + mask
+    return out
+
+
+def _flow_flops(config: dict) -> int | None:
+    """FLOPs of one frame pair through the configured neural flow network (``None`` for DIS, a CPU method).
+
+    FlowNet frames are resized to multiples of 64 px, RAFT's padded to multiples of 8, as the flow stage does. The
+    FlowNetC correlation is counted as this package computes it (band matrix products, a few times the FLOPs of
+    the CUDA layer, ~2% of FlowNet2's count).
+    """
+    method = config["flow"]["method"]
+    if method == "dis":
+        return None
+    with torch.device("meta"):
+        if method == "raft":
+            from torchvision.models.optical_flow import raft_large, raft_small
+
+            net, multiple = (raft_small if config["flow"]["raft_variant"] == "small" else raft_large)(), 8
+        else:
+            from a2dpipe.flow import flownet
+            from a2dpipe.flow.flownet_layers import SIZE_MULTIPLE
+
+            net, multiple = getattr(flownet, method)(), SIZE_MULTIPLE
+        x = torch.empty(1, 3, *_padded(A2D_FRAME_SIZE, multiple))
+        return count_flops(net, x, x)
+
+
+def _inputs(config: dict) -> tuple[list[str], list[str]]:
+    """Inputs of the stage-1 networks and of the stage-2 (region) networks of the configuration's experiments."""
+    exp = config["experiments"]
+    return sorted(set(exp["inputs"])), sorted({run[0] for run in exp["regions"]})
+
+
+def work_units(config: dict) -> list[dict]:
+    """One dict per stage: ``stage``, ``unit`` (step or frame), ``units`` (how many) and ``flops`` per unit."""
+    seg = section_defaults("segmentation", config["segmentation"])
+    s1, s2, masks = seg["stage1"], seg["stage2"], config["masks"]
+    stage1_inputs, stage2_inputs = _inputs(config)
+    train, test = A2D_FRAMES["train"], A2D_FRAMES["test"]
+    rows = []
+    counts = _segmenter_flops(config, sorted({*stage1_inputs, *stage2_inputs}))
+    for inp in stage1_inputs:
+        c = counts[inp]
+        step = TRAIN_FACTOR * s1["batch_size"] * (c["front_crop"] + c["aspp_crop"])
+        rows.append({"stage": f"train stage 1 ({inp})", "unit": "step", "units": s1["iterations"], "flops": step})
+    for inp in stage2_inputs:
+        c = counts[inp]
+        if s2["cache_features"]:  # the front-end runs once per training frame and its mirror image, not per step
+            back = TRAIN_FACTOR * s2["batch_size"] * c["region_frame"] + 2 * train * c["front_frame"] / s2["iterations"]
+        else:
+            back = TRAIN_FACTOR * s2["batch_size"] * c["region_crop"] + s2["batch_size"] * c["front_crop"]
+        rows.append({"stage": f"train stage 2 ({inp})", "unit": "step", "units": s2["iterations"], "flops": back})
+    flow = _flow_flops(config) if "rgbflow" in {*stage1_inputs, *stage2_inputs} else None
+    if flow is not None:  # every annotated frame's flow, train and test
+        rows.append({"stage": f"flow ({config['flow']['method']})", "unit": "frame", "units": train + test,
+                     "flops": flow})
+    m = _mask_flops(config)
+    step = TRAIN_FACTOR * masks["batch_size"] * (m["backbone"] + m["rpn"] + m["heads_train"])
+    rows.append({"stage": "train mask model", "unit": "step", "units": masks["iterations"], "flops": step})
+    rows.append({"stage": "region masks", "unit": "frame", "units": train + test,
+                 "flops": m["backbone"] + m["rpn"] + m["heads_test"]})
+    for inp in stage1_inputs:
+        c = counts[inp]
+        rows.append({"stage": f"inference baseline ({inp})", "unit": "frame", "units": test,
+                     "flops": c["front_frame"] + c["aspp_frame"]})
+    for inp in stage2_inputs:
+        c = counts[inp]
+        rows.append({"stage": f"inference ours ({inp})", "unit": "frame", "units": test,
+                     "flops": c["front_frame"] + c["region_frame"]})
+    return rows
+
+
+def _paper_ms(stage: str) -> float | None:
+    """The paper's K80 milliseconds per frame for the stages it timed (RGB + flow networks)."""
+    if stage.startswith("flow ("):
+        return TIMING_MS["flow"]
+    return {
+        "region masks": TIMING_MS["masks"],
+        "inference ours (rgbflow)": TIMING_MS["region"],
+        "inference baseline (rgbflow)": TIMING_MS["baseline_total"] - TIMING_MS["flow"],
+    }.get(stage)
+
+
+def estimate_table(units: list[dict], amp: bool, cpu_flops_per_s: float | None = None) -> pd.DataFrame:
+    """Per stage: GFLOP per unit, then per device ms per unit and hours in all; the paper's K80 ms per frame."""
+    rows = []
+    for u in units:
+        row = {"stage": u["stage"], "unit": u["unit"], "units": u["units"], "gflop_per_unit": u["flops"] / 1e9}
+        rates = {key: dev.throughput(amp) for key, dev in DEVICES.items()}
+        if cpu_flops_per_s is not None:
+            rates["this CPU"] = cpu_flops_per_s
+        for key, rate in rates.items():
+            seconds = u["flops"] / rate
+            row[f"{key} ms_per_unit"] = 1000.0 * seconds
+            row[f"{key} hours"] = seconds * u["units"] / 3600.0
+        row["paper K80 ms_per_unit"] = _paper_ms(u["stage"])
+        row["basis"] = BASIS
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def measure_cpu_flops(repeats: int = 3) -> float:
+    """FLOP/s this CPU achieves on a forward + backward of a tiny two-stream segmenter (best of ``repeats``)."""
+    from a2dpipe.segmentation.models.segmenter import build_segmenter
+
+    torch.manual_seed(0)
+    net = build_segmenter({"segmentation": {"backbone": "tiny", "width": 16}}, input="rgbflow",
+                          pretrained=False, regions=False)
+    x = torch.randn(2, 3, 96, 96)
+
+    def step():
+        out = net(x, x)
+        (out["actor"].sum() + out["action"].sum()).backward()
+
+    flops = count_flops(step)  # also the warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return flops / best
+
+
+def _caption(amp: bool, cpu_flops_per_s: float | None) -> str:
+    lines = [
+        f"**{BASIS}** (not a measurement). FLOPs counted by torch's FlopCounterMode on the meta device; training "
+        f"steps as {TRAIN_FACTOR:g} x forward; A2D frames: {A2D_FRAMES['train']:,} train / {A2D_FRAMES['test']:,} "
+        f"test at {A2D_FRAME_SIZE[0]} x {A2D_FRAME_SIZE[1]} px. Time = FLOPs / (peak x utilisation); FLOPs miss "
+        "memory-bound layers and data loading, so real wall time is longer.",
+    ]
+    for key, dev in DEVICES.items():
+        precision = "bf16" if amp and dev.bf16 is not None else "fp32"
+        lines.append(f"{key}: {dev.name}, {precision} peak {dev.throughput(amp) / dev.utilisation / 1e12:g} TFLOP/s "
+                     f"x assumed utilisation {dev.utilisation:g} ({dev.source}).")
+    if cpu_flops_per_s is not None:
+        lines.append(f"this CPU: {describe_device(cpu_only=True)}, measured {cpu_flops_per_s / 1e9:.1f} GFLOP/s "
+                     f"(timed forward + backward of a tiny segmenter, {torch.get_num_threads()} thread(s)).")
+    lines.append(f"paper K80: the paper's measured ms per frame ({TIMING_DEVICE}).")
+    return "\n\n".join(lines)
+
+
+def configure_parser(parser) -> None:
+    add_config_arguments(parser, "segmentation, masks and experiments keys")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="leave out the CPU columns (no timed pass: the table depends on the settings only)")
+    parser.add_argument("--out", required=True, help="CSV to write; a Markdown copy goes beside it")
+
+
+def run(args) -> None:
+    from a2dpipe.evaluation.writers import markdown_table
+
+    config = read_settings(args)
+    amp = bool(section_defaults("segmentation", config["segmentation"])["amp"])
+    cpu = None if args.no_calibrate else measure_cpu_flops()
+    table = estimate_table(work_units(config), amp, cpu)
+    out = Path(args.out)
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(markdown_table(table, digits=1, caption=_caption(amp, cpu)))
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4g")
+    log.info("estimate:\n%s", table.drop(columns="basis").to_string(index=False))

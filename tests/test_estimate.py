@@ -1,0 +1,118 @@
+import copy
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from a2dpipe.cli import main
+from a2dpipe.config import load_config
+from a2dpipe.evaluation import estimate
+from a2dpipe.evaluation.paper_results import TIMING_MS
+from a2dpipe.io import A2DError
+
+from conftest import REPO
+
+PAPER = REPO / "config" / "paper.yaml"
+REAL_METADATA = REPO.parent / "shared" / "real-data" / "a2d-metadata" / "videoset.csv"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_config(REPO / "tests" / "config.tiny.yaml")
+
+
+def test_flop_count_of_a_small_conv_net_is_the_hand_count():
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1, stride=2),
+                            nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+        flops = estimate.count_flops(net, torch.empty(2, 3, 16, 16))
+    # 2 FLOPs per multiply-add: outputs x (inputs per output)
+    conv1 = 2 * (2 * 8 * 16 * 16) * (3 * 3 * 3)
+    conv2 = 2 * (2 * 4 * 8 * 8) * 8
+    linear = 2 * (2 * 10) * (4 * 8 * 8)
+    assert flops == conv1 + conv2 + linear
+
+
+def test_frame_counts_and_size_are_those_of_the_a2d_release():
+    if not REAL_METADATA.exists():
+        pytest.skip("the real A2D metadata (shared/real-data/a2d-metadata) is not present")
+    videos = pd.read_csv(REAL_METADATA, header=None,
+                         names=["video", "label", "start", "end", "height", "width", "frames", "annotated", "usage"])
+    per_split = videos.groupby("usage")["annotated"].sum()
+    assert estimate.A2D_FRAMES == {"train": per_split[0], "test": per_split[1]}
+    assert (videos["height"] == estimate.A2D_FRAME_SIZE[0]).all()
+    mean_width = (videos["width"] * videos["annotated"]).sum() / videos["annotated"].sum()
+    assert estimate.A2D_FRAME_SIZE[1] == round(mean_width)
+
+
+def _by_stage(rows):
+    return {r["stage"]: r for r in rows}
+
+
+def test_estimate_scales_linearly_with_iterations_and_frames(tiny, monkeypatch):
+    base = _by_stage(estimate.work_units(tiny))
+    longer = copy.deepcopy(tiny)
+    longer["segmentation"]["stage1"]["iterations"] *= 2
+    longer["masks"]["iterations"] *= 3
+    monkeypatch.setattr(estimate, "A2D_FRAMES", {k: 2 * v for k, v in estimate.A2D_FRAMES.items()})
+    scaled = _by_stage(estimate.work_units(longer))
+    factors = {"train stage 1 (rgbflow)": 2, "train mask model": 3, "region masks": 2, "inference ours (rgbflow)": 2}
+    for stage, factor in factors.items():
+        assert scaled[stage]["units"] == factor * base[stage]["units"]
+        assert scaled[stage]["flops"] == base[stage]["flops"]  # the work of one unit does not change
+    one = estimate.estimate_table(list(base.values()), amp=False).set_index("stage")
+    other = estimate.estimate_table(list(scaled.values()), amp=False).set_index("stage")
+    for stage, factor in factors.items():
+        for device in estimate.DEVICES:
+            assert other.loc[stage, f"{device} hours"] == pytest.approx(factor * one.loc[stage, f"{device} hours"])
+    assert not any(stage.startswith("flow") for stage in base)  # DIS runs on the CPU: nothing to count
+    # two streams: twice the front-end of one
+    assert base["inference baseline (rgbflow)"]["flops"] > 1.9 * base["inference baseline (rgb)"]["flops"]
+
+
+def test_time_is_flops_over_peak_times_utilisation():
+    units = [{"stage": "region masks", "unit": "frame", "units": 1000, "flops": 1e12}]
+    row = estimate.estimate_table(units, amp=True, cpu_flops_per_s=1e10).iloc[0]
+    k80, h200 = estimate.DEVICES["K80"], estimate.DEVICES["H200"]
+    assert row["K80 ms_per_unit"] == pytest.approx(1000 * 1e12 / (k80.fp32 * k80.utilisation))  # no bf16 on a K80
+    assert row["H200 ms_per_unit"] == pytest.approx(1000 * 1e12 / (h200.bf16 * h200.utilisation))
+    assert row["this CPU hours"] == pytest.approx(1000 * 100 / 3600)
+    assert row["paper K80 ms_per_unit"] == TIMING_MS["masks"] and row["basis"] == estimate.BASIS
+
+
+def test_command_on_the_paper_preset_writes_the_table_in_seconds(tmp_path):
+    out = tmp_path / "timing" / "estimate.csv"
+    start = time.perf_counter()
+    assert main(["estimate", "--config", str(PAPER), "--out", str(out)]) == 0
+    assert time.perf_counter() - start < 60  # meta-device counts: seconds, even on a busy machine
+    table = pd.read_csv(out).set_index("stage")
+    paper = yaml.safe_load(PAPER.read_text())
+    assert table.loc["train stage 1 (rgbflow)", "units"] == paper["segmentation"]["stage1"]["iterations"]
+    assert table.loc["train stage 2 (rgbflow)", "units"] == paper["segmentation"]["stage2"]["iterations"]
+    assert table.loc["region masks", "units"] == sum(estimate.A2D_FRAMES.values())
+    assert table.loc["inference ours (rgbflow)", "paper K80 ms_per_unit"] == TIMING_MS["region"]
+    flow = f"flow ({paper['flow']['method']})"
+    assert table.loc[flow, "units"] == sum(estimate.A2D_FRAMES.values())
+    assert table.loc[flow, "paper K80 ms_per_unit"] == TIMING_MS["flow"]
+    assert (table["basis"] == estimate.BASIS).all()
+    # two ResNet-101 streams at 320 x 320, batch 10: trillions of FLOPs per step, hours on one K80
+    assert table.loc["train stage 1 (rgbflow)", "gflop_per_unit"] > 1000
+    assert table.loc["train stage 1 (rgbflow)", "K80 hours"] > 1
+    assert (table["this CPU ms_per_unit"] > 0).all()
+    markdown = out.with_suffix(".md").read_text()
+    assert estimate.BASIS in markdown and "this CPU" in markdown and "K80" in markdown
+
+
+def test_an_uncounted_mask_model_is_a_clear_error_and_leaves_no_table(tmp_path):
+    config = yaml.safe_load(PAPER.read_text())
+    config["masks"]["model"] = "fcis"
+    path = tmp_path / "fcis.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "estimate.csv"
+    assert main(["estimate", "--config", str(path), "--out", str(out), "--no-calibrate"]) == 1
+    assert not out.exists() and not out.with_suffix(".md").exists()
+    with pytest.raises(A2DError, match="masks.model"):
+        estimate.work_units(load_config(path))

@@ -1,4 +1,5 @@
-"""Two-stage training: loss curve, resume equality after a simulated kill, frozen front-end, augmentation."""
+"""Two-stage training: loss curve, resume equality after a simulated kill, frozen front-end, augmentation (views of
+a sample: mirrored and cropped windows, exactly as mirroring the whole frame, padding and cropping)."""
 
 import csv
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from a2dpipe.segmentation.samples import ArraySamples, augment, flip_sample
+from a2dpipe.segmentation.samples import ArraySamples, View, plan_view
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.labels import IGNORE, VALID_PAIRS
 from a2dpipe.segmentation.models import build_segmenter
@@ -113,10 +114,11 @@ def test_stage2_refuses_a_stage1_model_of_another_input(stage1, tmp_path):
 
 
 def test_flip_negates_flow_u_and_mirrors_regions():
-    sample = make_samples(1).load(0)
-    flipped = flip_sample(sample)
-    np.testing.assert_array_equal(flipped["flow"][:, ::-1, 0], -sample["flow"][..., 0])
-    np.testing.assert_array_equal(flipped["flow_rgb"], flow_to_rgb(flipped["flow"], "xym"))
+    samples = make_samples(1)
+    sample, flipped = samples.samples[0], samples[View(0, flip=True)]
+    mirrored_flow = sample["flow"][:, ::-1] * np.float32([-1, 1])
+    np.testing.assert_array_equal(flipped["flow_rgb"], flow_to_rgb(mirrored_flow, "xym"))
+    np.testing.assert_array_equal(flipped["rgb"], sample["rgb"][:, ::-1])
     ys, xs = np.nonzero(flipped["masks"][0])
     x1, y1, x2, y2 = flipped["boxes"][0]
     # the mirrored box still holds the mirrored mask (box convention: pixel indices, closed)
@@ -126,12 +128,54 @@ def test_flip_negates_flow_u_and_mirrors_regions():
 
 
 def test_crop_pads_with_ignore_and_is_deterministic():
-    sample = make_samples(1, h=30, w=40).load(0)
-    a = augment(sample, (36, 48), np.random.default_rng(3))
-    b = augment(sample, (36, 48), np.random.default_rng(3))
+    samples = make_samples(1, h=30, w=40)
+    a = samples[plan_view(0, samples.size(0), (36, 48), np.random.default_rng(3))]
+    b = samples[plan_view(0, samples.size(0), (36, 48), np.random.default_rng(3))]
     assert a["label"].shape == (36, 48) and a["rgb"].shape == (36, 48, 3) and a["masks"].shape[1:] == (36, 48)
     assert (a["label"] == IGNORE).sum() == 36 * 48 - 30 * 40
     assert all(np.array_equal(a[k], b[k]) for k in ("rgb", "label", "masks", "boxes", "flow_rgb"))
+
+
+def reference_view(sample: dict, view: View, encoding: str, wheel_max) -> dict:
+    """What a view must equal: mirror the whole frame (re-encoding the flow), pad bottom and right, crop."""
+    s = dict(sample)
+    h, w = s["label"].shape
+    if view.flip:
+        s["rgb"], s["label"] = sample["rgb"][:, ::-1], sample["label"][:, ::-1]
+        s["flow_rgb"] = flow_to_rgb(sample["flow"][:, ::-1] * np.float32([-1, 1]), encoding, wheel_max)
+        s["masks"] = sample["masks"][:, :, ::-1]
+        s["boxes"] = np.stack([w - sample["boxes"][:, 2], sample["boxes"][:, 1], w - sample["boxes"][:, 0],
+                               sample["boxes"][:, 3]], 1).astype(np.float32)
+    ch, cw = view.crop
+    ph, pw = max(ch - h, 0), max(cw - w, 0)
+    window = np.s_[view.top:view.top + ch, view.left:view.left + cw]
+    out = {key: np.pad(s[key], [(0, ph), (0, pw)] + [(0, 0)] * (s[key].ndim - 2), constant_values=fill)[window]
+           for key, fill in (("rgb", 0), ("flow_rgb", 0), ("label", IGNORE))}
+    masks = np.pad(s["masks"], [(0, 0), (0, ph), (0, pw)])[(slice(None), *window)]
+    boxes = np.clip(s["boxes"] - np.float32([view.left, view.top, view.left, view.top]), 0, [cw, ch, cw, ch])
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    out["boxes"], out["masks"] = boxes.astype(np.float32)[keep], masks[keep]
+    return out
+
+
+@pytest.mark.parametrize("encoding, wheel_max", [("xym", None), ("wheel", None), ("wheel", 2.0)])
+def test_views_read_only_their_window_yet_equal_mirroring_padding_and_cropping_the_frame(encoding, wheel_max):
+    frames = make_samples(4, h=30, w=44, seed=2).samples
+    for s in frames:  # flows of every length, so that the wheel's per-frame scale matters
+        s["flow"] = np.random.default_rng(1).normal(0, 3, s["flow"].shape).astype(np.float32)
+        s["flow_rgb"] = flow_to_rgb(s["flow"], encoding, wheel_max)
+    samples = ArraySamples(frames, flow_encoding=encoding, wheel_max=wheel_max)
+    rng = np.random.default_rng(0)
+    flips = set()
+    for crop in [(24, 32), (36, 40), (20, 50), (30, 44)]:
+        for i in range(len(samples)):
+            view = plan_view(i, samples.size(i), crop, rng)
+            flips.add(view.flip)
+            got, want = samples[view], reference_view(frames[i], view, encoding, wheel_max)
+            for key in ("rgb", "flow_rgb", "label", "masks", "boxes"):
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{key} of {view}")
+                assert got[key].dtype == want[key].dtype, key
+    assert flips == {True, False}
 
 
 @pytest.mark.parametrize("kind", ["baseline", "ours"])
@@ -186,17 +230,16 @@ def test_stage_steps_under_bfloat16_autocast_give_finite_losses_and_float32_boxe
 
     monkeypatch.setattr(backends, "roi_align", spy)
     samples = make_samples()
-    encoding = {"encoding": "xym", "wheel_max": None}
     torch.manual_seed(0)
     model = build_segmenter(CONFIG, input="rgbflow", pretrained=False)
     model.load_state_dict(stage1[1]["model"], strict=False)  # stage 1 holds no region back-end
     steps = {
         "stage 1": CropStep(model, samples, stage=1, seed=0, batch_size=2, crop=(40, 56), device=torch.device("cpu"),
-                            encoding=encoding),
+                            iterations=1),
         "stage 2 crops": CropStep(model, samples, stage=2, seed=0, batch_size=2, crop=(40, 56),
-                                  device=torch.device("cpu"), encoding=encoding),
+                                  device=torch.device("cpu"), iterations=1),
         "stage 2 cached": CachedStep(model, samples, cache_features(model.eval(), samples, torch.device("cpu"), True),
-                                     seed=0, batch_size=2, device=torch.device("cpu")),
+                                     seed=0, batch_size=2, device=torch.device("cpu"), iterations=1),
     }
     for name, step in steps.items():
         model.train()

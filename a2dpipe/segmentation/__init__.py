@@ -11,5 +11,6 @@ Rules (``workflow/rules/segmentation.smk``) and their commands:
   ``predict_validation`` the same on the validation frames.
 
 Inputs: frames shards, flow caches and region-mask caches, through their public readers. :mod:`.models` holds the
-network, :mod:`.samples` turns stored frames into training and inference samples.
+network, :mod:`.samples` turns stored frames into training and inference samples (a ``Dataset`` read lazily), and
+:mod:`.loader` batches them through a ``DataLoader`` whose workers never change a result.
 """

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from a2dpipe.segmentation.predictions import PredictionWriter
-from a2dpipe.segmentation.samples import StoreSamples, to_tensors
+from a2dpipe.segmentation.loader import collate, loader_options, make_loader, result_settings, to_device
+from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.checkpoint import load_model_file
 from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
 from a2dpipe.io import A2DError, select_device
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 def configure_parser(parser) -> None:
     add_config_arguments(parser, "device, flow.encoding and flow.wheel_max (rgbflow), segmentation.stage2's "
-                         "uncovered_background and pixel_stride (maskvote); the network is the model's")
+                         "uncovered_background and pixel_stride (maskvote), segmentation.loader_workers and "
+                         "loader_prefetch; the network is the model's")
     parser.add_argument("--kind", required=True, choices=KINDS, help="network and head (a2dpipe.variants)")
     parser.add_argument("--input", required=True, choices=INPUTS)
     parser.add_argument("--train-source", default=NONE, choices=(NONE, *TRAINED_SOURCES),
@@ -93,11 +95,10 @@ def run(args) -> None:
     predict(config, variant=v, model=args.model, samples=samples, out=args.out)
 
 
-def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: str | Path) -> float:
-    """Write the predictions of every sample to ``out`` under the variant's display name; returns seconds per
-    frame."""
+def _network(config: dict, variant: Variant, model: str | Path, device):
+    """The variant's trained network from ``model`` on ``device`` in eval mode, and its ``segmentation`` settings;
+    A2DError when the checkpoint is not the stage and input the variant needs."""
     v, name = variant, variant_name(variant)
-    device = select_device(config["device"])
     ckpt = load_model_file(model, "segmentation")  # on the CPU; load_state_dict moves it
     check_consistent({"this job": config, str(model): read_stamp(ckpt.get("provenance"))})
     want_stage = 2 if v.kind == "ours" else 1
@@ -108,33 +109,49 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
     net = build_segmenter(ckpt["config"], input=v.input, pretrained=False, regions=v.kind == "ours")
     net = net.to(device).eval()
     net.load_state_dict(ckpt["model"])
-    amp = bool(ckpt["segmentation"]["amp"]) and device.type == "cuda"
-    if v.kind == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it
+    return net, ckpt["segmentation"]
+
+
+def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: bool) -> dict[str, torch.Tensor]:
+    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of one batch of network inputs."""
+    with torch.no_grad(), torch.autocast(batch["rgb"].device.type, dtype=torch.bfloat16, enabled=amp):
+        if variant.kind == "ours":
+            outputs = net.forward_regions(batch["rgb"], batch["flow"], batch["regions"])
+        else:
+            outputs = net.forward_baseline(batch["rgb"], batch["flow"])
+        if variant.kind == "maskvote":
+            outputs = mask_vote(vote_to_pixel, outputs, batch["regions"])
+        actor, action = outputs["actor"].float(), outputs["action"].float()
+        return {"actor": actor.argmax(1), "action": action.argmax(1), "joint": joint_prediction(actor, action)}
+
+
+def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: str | Path) -> float:
+    """Write the predictions of every sample to ``out`` under the variant's display name; returns seconds per
+    frame (the network alone: reading frames, in loader workers when configured, is not counted)."""
+    name = variant_name(variant)
+    device = select_device(config["device"])
+    net, trained = _network(config, variant, model, device)
+    amp = bool(trained["amp"]) and device.type == "cuda"
+    vote_to_pixel = None
+    if variant.kind == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it
         stage2 = config["segmentation"]["stage2"]
         vote_to_pixel = RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
                                       pixel_stride=stage2["pixel_stride"]).to(device)
+    views = [[View(i, flow=net.uses_flow)] for i in range(len(samples))]
+    frames = make_loader(samples, views, collate_fn=collate, device=device, **loader_options(config))
     seconds = 0.0
-    with PredictionWriter(out, variant=name, model=Path(model).name, settings=config) as writer:
-        for i in range(len(samples)):
-            sample = samples.load(i)
-            batch = to_tensors([sample], device, with_flow=net.uses_flow)
+    with PredictionWriter(out, variant=name, model=Path(model).name, settings=result_settings(config)) as writer:
+        for loaded in frames:
+            batch = to_device(loaded, device, with_flow=net.uses_flow)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if v.kind == "ours":
-                    outputs = net.forward_regions(batch["rgb"], batch["flow"], batch["regions"])
-                else:
-                    outputs = net.forward_baseline(batch["rgb"], batch["flow"])
-                if v.kind == "maskvote":
-                    outputs = mask_vote(vote_to_pixel, outputs, batch["regions"])
-                actor, action = outputs["actor"].float(), outputs["action"].float()
-                maps = {"actor": actor.argmax(1), "action": action.argmax(1), "joint": joint_prediction(actor, action)}
+            maps = _label_maps(net, variant, batch, vote_to_pixel, amp)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - start
-            maps = {name: value[0].to(torch.uint8).cpu().numpy() for name, value in maps.items()}
-            writer.write(sample["video"], sample["frame"], maps)
+            (video, frame), = batch["keys"]
+            writer.write(video, frame, {k: value[0].to(torch.uint8).cpu().numpy() for k, value in maps.items()})
         per_frame = seconds / max(len(samples), 1)
         writer.seconds_per_frame = per_frame
     log.info("%s: %d frames, %.4f s per frame", name, len(samples), per_frame)

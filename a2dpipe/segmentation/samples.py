@@ -1,61 +1,238 @@
-"""Training and inference samples for the segmentation network.
+"""Training and inference samples for the segmentation network, as a ``torch.utils.data.Dataset``.
 
-A *sample* is one annotated frame at full size, as a dict of numpy arrays:
+A *sample* is one annotated frame, or a window of it, as a dict of numpy arrays:
 
     rgb       (H, W, 3) uint8          the frame
-    flow      (H, W, 2) float32        optional: flow field in pixels (kept so a flip can re-encode it)
     flow_rgb  (H, W, 3) uint8          optional: the flow as the motion stream sees it (config flow.encoding)
     label     (H, W) uint8             A2D id map
-    boxes     (N, 4) float32           optional: region boxes x1, y1, x2, y2 in frame pixels (N may be 0)
+    boxes     (N, 4) float32           optional: region boxes x1, y1, x2, y2 in pixels of the sample (N may be 0)
     masks     (N, H, W) float32        optional: region soft masks in [0, 1]
     video, frame                       identity
 
-``StoreSamples`` reads them from the per-shard stores (frames, flow, region masks: files of one shard share their
-name, e.g. ``shard-003.h5``); region sets are the mask cache's regions, plus the ground-truth instances when
-``gt_regions`` is set (the paper's "A2D + GT" training set), boxed by their masks' extent. ``ArraySamples``
-holds samples in memory (tests, benchmarks).
+A :class:`View` says which sample a step wants: frame ``index``, mirrored or not, and a crop window, or the whole
+frame. ``samples[view]`` delivers it (:func:`load_view`), so a ``DataLoader`` whose batch sampler yields lists of
+views (:mod:`.loader`) does the reading, cropping and mirroring in its workers, while every random choice is made
+beforehand in the main process (:func:`plan_view`): the same seed gives the same batches whatever the number of
+workers. A training crop: random window (frames smaller than the crop are padded at the bottom and right: label
+IGNORE, image 0, masks 0), mirrored with probability 1/2 -- a mirror negates the flow's u and re-encodes it, since a
+mirrored flow image would otherwise say the motion goes the wrong way. Only the window's rows and columns are read
+and re-encoded; the result is the same as mirroring the whole frame, padding it and cropping.
 
-``augment`` makes a training crop: pad to the crop size (label IGNORE, image 0, masks 0), random offset,
-horizontal flip with probability 1/2 -- a flip negates the flow's u and re-encodes it, since a mirrored flow image
-would otherwise say the motion goes the wrong way. All randomness comes from the generator passed in, which the
-trainer derives from (seed, step), so a resumed run sees the same crops.
-
-``to_tensors`` turns samples into network inputs: ImageNet-normalised (B, 3, H, W) float images (the flow stream
-starts from RGB ImageNet weights too), actor / action class maps (B, H, W) int64, and region lists.
+``StoreSamples`` reads the per-shard stores (frames, flow, region masks: files of one shard share their name, e.g.
+``shard-003.h5``), lazily: it lists a split from group attributes, a frame's size from its dataset's shape (no
+frame is decoded for either), and each process opens its own file handles on first use (handles are never pickled or shared with a
+forked worker). Region sets are the mask cache's regions, plus the ground-truth instances when ``gt_regions`` is set
+(the paper's "A2D + GT" training set), boxed by their masks' extent. ``ArraySamples`` holds samples in memory
+(tests, benchmarks).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from a2dpipe.io import A2DError
-from a2dpipe.labels import IGNORE, to_setting
+from a2dpipe.labels import IGNORE
 
-__all__ = ["ArraySamples", "StoreSamples", "augment", "flip_sample", "to_tensors", "MEAN", "STD"]
-
-MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+__all__ = ["Samples", "ArraySamples", "StoreSamples", "View", "plan_view", "load_view"]
 
 
-class ArraySamples:
-    """Samples held in memory: ``ArraySamples(list_of_sample_dicts)``; same interface as ``StoreSamples``."""
+@dataclass(frozen=True)
+class View:
+    """One sample as a step wants it: frame ``index``, mirrored left-right when ``flip``; ``crop`` (height, width)
+    the window at (``top``, ``left``) of the mirrored frame, padded at the bottom and right where the frame is smaller,
+    or None for the whole frame; ``flow`` False leaves the motion stream out."""
+
+    index: int
+    flip: bool = False
+    top: int = 0
+    left: int = 0
+    crop: tuple[int, int] | None = None
+    flow: bool = True
+
+
+def plan_view(index: int, size: tuple[int, int], crop: tuple[int, int], rng: np.random.Generator, *,
+              flip: bool = True, flow: bool = True) -> View:
+    """A random training view of frame ``index`` of ``size`` (height, width): mirrored half the time (``flip``), a
+    ``crop`` window anywhere in the frame padded to at least the crop. Draws, in order: mirror, top, left."""
+    mirrored = bool(flip and rng.random() < 0.5)
+    (h, w), (ch, cw) = size, crop
+    top = int(rng.integers(0, max(h, ch) - ch + 1))
+    left = int(rng.integers(0, max(w, cw) - cw + 1))
+    return View(index, mirrored, top, left, (int(ch), int(cw)), flow)
+
+
+class Samples(torch.utils.data.Dataset):
+    """Annotated frames by index; ``samples[view]`` is the sample of a :class:`View` and ``load(i)`` the whole frame.
+
+    Subclasses give ``len``, ``key(i)``, ``size(i)`` and ``read(i, rows, cols, ...)``, and set ``uses_flow``,
+    ``uses_regions``, ``flow_encoding`` and ``wheel_max`` (how the stored flow images were encoded).
+    """
+
+    uses_flow = False
+    uses_regions = False
+    flow_encoding = "xym"
+    wheel_max: float | None = None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def keys(self) -> list[tuple[str, int]]:
+        """(video, frame) of every sample, in index order."""
+        return [self.key(i) for i in range(len(self))]
+
+    def key(self, i: int) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def size(self, i: int) -> tuple[int, int]:
+        """(height, width) of frame ``i``, known without decoding it."""
+        raise NotImplementedError
+
+    def read(self, i: int, rows: slice, cols: slice, *, flow_field: bool, flow_peak: bool, flow: bool) -> dict:
+        """Frame ``i``'s arrays inside ``rows`` x ``cols``: ``rgb``, ``label``, and when present ``masks`` and
+        full-frame ``boxes``; with ``flow``, the flow image ``flow_rgb``, or, when ``flow_field``, the flow field
+        ``flow`` (float32) to re-encode it from; ``flow_peak`` (2,), the frame's longest flow vector, when asked."""
+        raise NotImplementedError
+
+    def __getitem__(self, view: View) -> dict:
+        return load_view(self, view)
+
+    def load(self, i: int) -> dict:
+        """The whole frame ``i`` as stored."""
+        return self[View(i)]
+
+    def close(self) -> None:
+        """Close open files (a no-op for samples held in memory)."""
+
+
+def _window(view: View, size: tuple[int, int]) -> tuple[slice, slice, tuple[int, int]]:
+    """Rows and columns of the stored frame that ``view`` shows (before mirroring), and the view's shape."""
+    h, w = size
+    if view.crop is None:
+        return slice(0, h), slice(0, w), (h, w)
+    ch, cw = view.crop
+    rows = slice(view.top, min(view.top + ch, h))
+    if view.flip:  # columns left.. of the mirrored frame are the stored columns w - 1 - left down
+        cols = slice(max(w - view.left - cw, 0), w - view.left)
+    else:
+        cols = slice(view.left, min(view.left + cw, w))
+    return rows, cols, (ch, cw)
+
+
+def _encode_flow(flow: np.ndarray, encoding: str, wheel_max: float | None, peak: np.ndarray | None) -> np.ndarray:
+    """Flow-as-RGB of a window. The wheel scaled by the frame's maximum gets the frame's longest vector as an extra
+    row, so that the window is coloured exactly as in the image of the whole frame."""
+    from a2dpipe.flow.encode import flow_to_rgb
+
+    if peak is None:
+        return flow_to_rgb(flow, encoding, wheel_max)
+    pinned = np.zeros((flow.shape[0] + 1, flow.shape[1], 2), np.float32)
+    pinned[:-1], pinned[-1, 0] = flow, peak
+    return flow_to_rgb(pinned, encoding, wheel_max)[:-1]
+
+
+def _mirror(data: dict, width: int, encoding: str, wheel_max: float | None) -> dict:
+    """Mirror a window's arrays left-right; boxes (full-frame pixels) by the frame ``width``; the flow's u changes
+    sign and the flow image is re-encoded."""
+    out = dict(data)
+    for key in ("rgb", "label", "flow_rgb"):
+        if key in data:
+            out[key] = data[key][:, ::-1]
+    if "flow" in data:
+        flow = np.array(data["flow"][:, ::-1], np.float32)
+        flow[..., 0] *= -1
+        peak = data.get("flow_peak")
+        out["flow_rgb"] = _encode_flow(flow, encoding, wheel_max, None if peak is None else peak * np.float32([-1, 1]))
+    if "masks" in data:
+        out["masks"] = data["masks"][:, :, ::-1]
+        boxes = data["boxes"].copy()
+        boxes[:, [0, 2]] = width - data["boxes"][:, [2, 0]]
+        out["boxes"] = boxes
+    return out
+
+
+def _pad(array: np.ndarray, shape: tuple[int, int], fill, axis: int = 0) -> np.ndarray:
+    """``array`` padded with ``fill`` at the bottom and right to ``shape`` (axes ``axis``, ``axis + 1``)."""
+    if array.shape[axis:axis + 2] == tuple(shape):
+        return np.ascontiguousarray(array)
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (0, shape[0] - array.shape[axis])
+    pad[axis + 1] = (0, shape[1] - array.shape[axis + 1])
+    return np.ascontiguousarray(np.pad(array, pad, constant_values=fill))
+
+
+def _crop_regions(boxes: np.ndarray, masks: np.ndarray, view: View) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the mirrored frame moved into the crop and clipped to it; regions that leave it are dropped."""
+    ch, cw = view.crop
+    boxes = boxes - np.array([view.left, view.top, view.left, view.top], np.float32)
+    boxes = np.clip(boxes, 0, [cw, ch, cw, ch]).astype(np.float32)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep], np.ascontiguousarray(masks[keep])
+
+
+def load_view(samples: Samples, view: View) -> dict:
+    """The sample ``view`` asks for (module docstring); reads only the window's rows and columns."""
+    size = samples.size(view.index)
+    rows, cols, shape = _window(view, size)
+    flow = view.flow and samples.uses_flow
+    field = flow and view.flip  # a mirrored flow image is re-encoded from the field
+    peak = field and samples.flow_encoding == "wheel" and samples.wheel_max is None
+    data = samples.read(view.index, rows, cols, flow_field=field, flow_peak=peak, flow=flow)
+    if view.flip:
+        data = _mirror(data, size[1], samples.flow_encoding, samples.wheel_max)
+    video, frame = samples.key(view.index)
+    out = {"video": video, "frame": frame, "rgb": _pad(data["rgb"], shape, 0),
+           "label": _pad(data["label"], shape, IGNORE)}
+    if flow:
+        out["flow_rgb"] = _pad(data["flow_rgb"], shape, 0)
+    if "masks" in data:
+        boxes, masks = data["boxes"].astype(np.float32), _pad(data["masks"], shape, 0.0, axis=1)
+        out["boxes"], out["masks"] = _crop_regions(boxes, masks, view) if view.crop else (boxes, masks)
+    return out
+
+
+def _flow_peak(flow: np.ndarray) -> np.ndarray:
+    """The longest vector of a (H, W, 2) flow field."""
+    vectors = flow.reshape(-1, 2)
+    return vectors[np.argmax((vectors ** 2).sum(1))].copy()
+
+
+class ArraySamples(Samples):
+    """Samples held in memory: ``ArraySamples(list_of_sample_dicts)`` with the keys of the module docstring, plus
+    ``flow`` (H, W, 2) float32 pixels beside ``flow_rgb`` (a mirror re-encodes it)."""
 
     def __init__(self, samples: list[dict], *, flow_encoding: str = "xym", wheel_max: float | None = None):
         self.samples = list(samples)
         self.flow_encoding = flow_encoding
         self.wheel_max = wheel_max
+        self.uses_flow = bool(self.samples) and "flow_rgb" in self.samples[0]
+        self.uses_regions = bool(self.samples) and "boxes" in self.samples[0]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, i: int) -> dict:
-        return dict(self.samples[i])
+    def key(self, i: int) -> tuple[str, int]:
+        return self.samples[i]["video"], int(self.samples[i]["frame"])
 
-    def keys(self) -> list[tuple[str, int]]:
-        return [(s["video"], int(s["frame"])) for s in self.samples]
+    def size(self, i: int) -> tuple[int, int]:
+        return self.samples[i]["label"].shape
+
+    def read(self, i, rows, cols, *, flow_field, flow_peak, flow) -> dict:
+        s = self.samples[i]
+        out = {"rgb": s["rgb"][rows, cols], "label": s["label"][rows, cols]}
+        if flow and not flow_field:
+            out["flow_rgb"] = s["flow_rgb"][rows, cols]
+        if flow_field:
+            out["flow"] = s["flow"][rows, cols]
+        if flow_peak:
+            out["flow_peak"] = _flow_peak(s["flow"])
+        if self.uses_regions:
+            out["boxes"], out["masks"] = s["boxes"], s["masks"][:, rows, cols]
+        return out
 
 
 def _by_shard(paths, what: str) -> dict[str, Path]:
@@ -67,7 +244,44 @@ def _by_shard(paths, what: str) -> dict[str, Path]:
     return out
 
 
-class StoreSamples:
+def _read_window(reader, video: str, frame: int, names, rows: slice, cols: slice) -> dict[str, np.ndarray]:
+    """Datasets ``names`` of one frame of an artifact, only inside ``rows`` x ``cols`` (HDF5 decodes the chunks
+    they touch); A2DError naming the file when one is missing or unreadable."""
+    from a2dpipe.stores import group_key
+
+    group = reader.group(video, frame)
+    missing = [name for name in names if name not in group]
+    if missing:
+        raise A2DError(f"{reader.path}: frame {group_key(video, frame)} lacks dataset(s) {missing} "
+                       f"({reader.FORMAT.what} layout)")
+    with reader.reading(f"frame {group_key(video, frame)}"):
+        return {name: _hyperslab(group[name], rows, cols) for name in names}
+
+
+def _hyperslab(dataset, rows: slice, cols: slice) -> np.ndarray:
+    """``dataset[rows, cols]``; channel by channel for an (H, W, C) image chunked one channel at a time (h5py's
+    automatic chunks of such images), since HDF5 copies such a chunk into an interleaved selection element by
+    element (3-4x slower than one contiguous plane per channel at 320 x 568)."""
+    chunks = dataset.chunks
+    if dataset.ndim != 3 or chunks is None or chunks[2] != 1 or dataset.shape[2] == 1:
+        return dataset[rows, cols]
+    return np.stack([dataset[rows, cols, c] for c in range(dataset.shape[2])], axis=-1)
+
+
+def _frame_size(store, video: str, frame: int) -> tuple[int, int]:
+    """(height, width) of a stored frame, from its label's shape: nothing is decoded."""
+    from a2dpipe.stores import group_key
+
+    group = store.group(video, frame)
+    if "label" not in group:
+        raise A2DError(f"{store.path}: frame {group_key(video, frame)} lacks dataset(s) ['label'] "
+                       f"({store.FORMAT.what} layout)")
+    with store.reading(f"frame {group_key(video, frame)}"):
+        height, width = group["label"].shape
+    return int(height), int(width)
+
+
+class StoreSamples(Samples):
     """Annotated frames of one split, read lazily from frames stores (+ flow stores, + region-mask caches).
 
     Args:
@@ -76,13 +290,14 @@ class StoreSamples:
         flow: flow stores of the same shards (required when the network takes flow).
         masks: region-mask caches of the same shards (the region back-end's regions).
         gt_regions: add the frame's ground-truth instances to its regions.
-        flow_encoding, wheel_max: how the flow store encoded flow (used to re-encode a flipped flow).
+        flow_encoding, wheel_max: how the flow store encoded flow (used to re-encode a mirrored flow).
+
+    Construction lists the split from group attributes; frame sizes come from dataset shapes when first asked
+    for, and frames are read when asked for, through file handles each process opens for itself.
     """
 
     def __init__(self, frames, *, split: str, flow=None, masks=None, gt_regions: bool = False,
                  flow_encoding: str = "xym", wheel_max: float | None = None):
-        from a2dpipe.dataset.frames import FrameStore
-
         self.frame_paths = [Path(p) for p in frames]
         self.flow_paths = _by_shard(flow, "flow")
         self.mask_paths = _by_shard(masks, "mask cache")
@@ -94,23 +309,43 @@ class StoreSamples:
         self.gt_regions = gt_regions
         self.flow_encoding = flow_encoding
         self.wheel_max = wheel_max
-        self._index: list[tuple[Path, str, int]] = []
+        self._index = self._list(split)
+        self._sizes: dict[int, tuple[int, int]] = {}
+        self._open: dict[Path, object] = {}
+        self._pid = os.getpid()
+
+    def _list(self, split: str) -> list[tuple[Path, str, int]]:
+        from a2dpipe.dataset.frames import FrameStore
+
+        index = []
         for path in self.frame_paths:
-            with FrameStore(path) as store:
-                self._index += [(path, video, frame) for video, frame in store.keys(split)]
             if self.uses_flow and path.name not in self.flow_paths:
                 raise A2DError(f"{path}: no flow store for this shard")
             if self.mask_paths and path.name not in self.mask_paths:
                 raise A2DError(f"{path}: no region-mask cache for this shard")
-        self._open: dict[Path, object] = {}
+            with FrameStore(path) as store:
+                index += [(path, video, frame) for video, frame in store.keys(split)]
+        return index
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def keys(self) -> list[tuple[str, int]]:
-        return [(video, frame) for _, video, frame in self._index]
+    def key(self, i: int) -> tuple[str, int]:
+        _, video, frame = self._index[i]
+        return video, frame
+
+    def size(self, i: int) -> tuple[int, int]:
+        if i not in self._sizes:  # looked up when first needed: a job's start lists the split only
+            path, video, frame = self._index[i]
+            self._sizes[i] = _frame_size(self._store(path, "frames"), video, frame)
+        return self._sizes[i]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": {}}  # open HDF5 handles do not travel to worker processes
 
     def _store(self, path: Path, kind: str):
+        if self._pid != os.getpid():  # a forked worker: the parent's handles are not this process's to use
+            self._open, self._pid = {}, os.getpid()
         if path not in self._open:
             if kind == "frames":
                 from a2dpipe.dataset.frames import FrameStore as cls
@@ -121,108 +356,41 @@ class StoreSamples:
             self._open[path] = cls(path)
         return self._open[path]
 
-    def load(self, i: int) -> dict:
+    def read(self, i, rows, cols, *, flow_field, flow_peak, flow) -> dict:
         path, video, frame = self._index[i]
-        record = self._store(path, "frames").read(video, frame)
-        sample = {"video": video, "frame": frame, "rgb": np.asarray(record.rgb), "label": np.asarray(record.label)}
-        if self.uses_flow:
-            flow, flow_rgb = self._store(self.flow_paths[path.name], "flow").read(video, frame)
-            sample["flow"] = np.asarray(flow, np.float32)
-            sample["flow_rgb"] = np.asarray(flow_rgb)
+        out = _read_window(self._store(path, "frames"), video, frame, ("rgb", "label"), rows, cols)
+        if flow:
+            store = self._store(self.flow_paths[path.name], "flow")
+            if not flow_field:  # a mirrored window's image is re-encoded from the field instead
+                out["flow_rgb"] = _read_window(store, video, frame, ("rgb",), rows, cols)["rgb"]
+            if flow_peak:  # the whole field: the wheel's scale is the frame's longest vector
+                whole = store.read_arrays(video, frame, ("flow",))["flow"].astype(np.float32)
+                out["flow"], out["flow_peak"] = whole[rows, cols], _flow_peak(whole)
+            elif flow_field:
+                out["flow"] = _read_window(store, video, frame, ("flow",), rows, cols)["flow"].astype(np.float32)
         if self.uses_regions:
-            from a2dpipe.dataset.frames import masks_to_boxes
+            out.update(self._regions(path, video, frame, rows, cols))
+        return out
 
-            h, w = sample["label"].shape
-            boxes, masks = [np.zeros((0, 4), np.float32)], [np.zeros((0, h, w), np.float32)]
-            if self.mask_paths:
-                regions = self._store(self.mask_paths[path.name], "masks").read(video, frame)
-                boxes.append(regions.boxes)
-                masks.append(regions.masks)
-            if self.gt_regions and len(record.instance_masks):
-                # boxes from the masks, as the `gt` mask source gives them at test time, not as annotated
-                boxes.append(masks_to_boxes(record.instance_masks))
-                masks.append(np.asarray(record.instance_masks, np.float32))
-            sample["boxes"] = np.concatenate(boxes).astype(np.float32)
-            sample["masks"] = np.concatenate(masks).astype(np.float32)
-        return sample
+    def _regions(self, path: Path, video: str, frame: int, rows: slice, cols: slice) -> dict:
+        """Full-frame boxes and windowed masks of the frame's regions: the mask cache's, then the ground truth's."""
+        from a2dpipe.dataset.frames import masks_to_boxes
+
+        boxes = [np.zeros((0, 4), np.float32)]
+        masks = [np.zeros((0, rows.stop - rows.start, cols.stop - cols.start), np.float32)]
+        if self.mask_paths:
+            regions = self._store(self.mask_paths[path.name], "masks").read(video, frame)
+            boxes.append(regions.boxes)
+            masks.append(regions.masks[:, rows, cols])
+        if self.gt_regions:
+            instances = self._store(path, "frames").read_arrays(video, frame, ("instance_masks",))["instance_masks"]
+            if len(instances):
+                # boxes from the whole masks, as the `gt` mask source gives them at test time, not as annotated
+                boxes.append(masks_to_boxes(instances))
+                masks.append(np.asarray(instances[:, rows, cols], np.float32))
+        return {"boxes": np.concatenate(boxes).astype(np.float32), "masks": np.concatenate(masks).astype(np.float32)}
 
     def close(self) -> None:
         for store in self._open.values():
             store.close()
         self._open.clear()
-
-
-def flip_sample(sample: dict, encoding: str = "xym", wheel_max: float | None = None) -> dict:
-    """Mirror a sample left-right: images, label, masks, boxes; the flow's u changes sign and is re-encoded."""
-    out = dict(sample)
-    w = sample["rgb"].shape[1]
-    for key in ("rgb", "label", "flow_rgb"):
-        if key in sample:
-            out[key] = np.ascontiguousarray(sample[key][:, ::-1])
-    if "flow" in sample:
-        from a2dpipe.flow.encode import flow_to_rgb
-
-        flow = np.ascontiguousarray(sample["flow"][:, ::-1])
-        flow[..., 0] *= -1
-        out["flow"] = flow
-        out["flow_rgb"] = flow_to_rgb(flow, encoding, wheel_max)
-    if "masks" in sample:
-        out["masks"] = np.ascontiguousarray(sample["masks"][:, :, ::-1])
-        boxes = sample["boxes"].copy()
-        boxes[:, [0, 2]] = w - sample["boxes"][:, [2, 0]]
-        out["boxes"] = boxes
-    return out
-
-
-def augment(sample: dict, crop: tuple[int, int], rng: np.random.Generator, *, flip: bool = True,
-            encoding: str = "xym", wheel_max: float | None = None) -> dict:
-    """Random ``crop`` (height, width) of a sample, padded where the frame is smaller, flipped half the time.
-
-    Regions whose box leaves the crop entirely are dropped; the others have their boxes clipped to it.
-    """
-    if flip and rng.random() < 0.5:
-        sample = flip_sample(sample, encoding, wheel_max)
-    ch, cw = crop
-    h, w = sample["label"].shape
-    ph, pw = max(ch - h, 0), max(cw - w, 0)
-    top = int(rng.integers(0, h + ph - ch + 1))
-    left = int(rng.integers(0, w + pw - cw + 1))
-    fills = {"rgb": 0, "flow_rgb": 0, "flow": 0.0, "label": IGNORE}
-    out = {k: v for k, v in sample.items() if k not in (*fills, "masks", "boxes")}
-    for key, fill in fills.items():
-        if key in sample:
-            arr = sample[key]
-            pad = [(0, ph), (0, pw)] + [(0, 0)] * (arr.ndim - 2)
-            out[key] = np.pad(arr, pad, constant_values=fill)[top:top + ch, left:left + cw]
-    if "masks" in sample:
-        masks = np.pad(sample["masks"], [(0, 0), (0, ph), (0, pw)])[:, top:top + ch, left:left + cw]
-        boxes = sample["boxes"] - np.array([left, top, left, top], np.float32)
-        boxes = np.clip(boxes, 0, [cw, ch, cw, ch]).astype(np.float32)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        out["masks"], out["boxes"] = np.ascontiguousarray(masks[keep]), boxes[keep]
-    return out
-
-
-def _image(arrays: list[np.ndarray]) -> torch.Tensor:
-    x = (np.stack(arrays).astype(np.float32) - MEAN) / STD
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-
-
-def to_tensors(samples: list[dict], device: torch.device | str = "cpu", *, with_flow: bool = True) -> dict:
-    """Batch same-size samples: ``rgb``, ``flow`` (or None) (B, 3, H, W); ``actor``, ``action`` (B, H, W) int64;
-    ``regions`` (list of {"boxes", "masks"} tensors, or None when the samples carry none). ``with_flow=False``
-    leaves the flow out (an RGB-only network) even when the samples carry it."""
-    labels = np.stack([s["label"] for s in samples])
-    batch = {
-        "rgb": _image([s["rgb"] for s in samples]).to(device),
-        "flow": _image([s["flow_rgb"] for s in samples]).to(device) if with_flow and "flow_rgb" in samples[0] else None,
-        "actor": torch.from_numpy(to_setting(labels, "actor").astype(np.int64)).to(device),
-        "action": torch.from_numpy(to_setting(labels, "action").astype(np.int64)).to(device),
-        "regions": None,
-    }
-    if "boxes" in samples[0]:
-        batch["regions"] = [
-            {"boxes": torch.from_numpy(s["boxes"]).to(device), "masks": torch.from_numpy(s["masks"]).to(device)}
-            for s in samples
-        ]
-    return batch

@@ -10,19 +10,24 @@ Stage 2 with ``stage2.cache_features`` computes the frozen front-end's features 
 mirror image and then trains on full frames from that cache: exactly what a frozen front-end would compute every
 step, at a fraction of the cost (the CPU default). Without it, stage 2 takes random crops like stage 1.
 
+Data: a ``DataLoader`` over the shards (:mod:`.loader`; config ``segmentation.loader_workers`` and
+``loader_prefetch``) reads, crops and mirrors the frames, in worker processes when asked; the frames of a step and
+their crops are drawn in the main process, so the workers change the speed, never the result.
+
 Outputs: ``--out model.pt`` (``{"model": state_dict, "stage", "input", "mask_source", "config",
 "segmentation", "curve"}``) and ``loss.csv`` beside it (step, loss, lr, loss_actor, loss_action). The loop is
 the shared :class:`a2dpipe.trainer.Trainer`; a step is a :class:`CropStep` or a :class:`CachedStep`.
 
 Resuming: every ``checkpoint_every`` steps ``checkpoint.pt`` beside the output holds model, optimiser, scheduler,
-step, RNG states and the loss history (:mod:`a2dpipe.checkpoint`). A rerun with the same settings continues from
-it (or from the one before, if it is unreadable). Batch composition and crops are functions of (seed, step)
+step, RNG states and the loss history (:mod:`a2dpipe.checkpoint`). A rerun with the same settings (loader settings
+aside) continues from it (or from the one before, if it is unreadable). Batch composition and crops are functions of (seed, step)
 alone -- the data sampler's state *is* the step -- so a killed and resumed run ends with exactly the weights of an
 uninterrupted one (CPU). A checkpoint written under other settings is ignored.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -31,7 +36,9 @@ import numpy as np
 import torch
 
 from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, write_curve
-from a2dpipe.segmentation.samples import StoreSamples, augment, flip_sample, to_tensors
+from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, loader_options, make_loader,
+                                         result_settings, to_device)
+from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              section_defaults, stamp)
 from a2dpipe.io import A2DError, atomic_path, select_device
@@ -92,12 +99,17 @@ def flow_encoding_settings(config: dict, input: str) -> dict:
     return {"flow_encoding": flow["encoding"], "wheel_max": flow["wheel_max"] if flow["encoding"] == "wheel" else None}
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, stage: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, stage, epoch]).permutation(n)
+
+
 def _positions(n: int, seed: int, stage: int, step: int, batch_size: int) -> list[int]:
     """Indices of the step's batch: consecutive slices of per-epoch permutations, a pure function of the step."""
     out = []
     for p in range(step * batch_size, (step + 1) * batch_size):
         epoch, offset = divmod(p, n)
-        out.append(int(np.random.default_rng([seed, stage, epoch]).permutation(n)[offset]))
+        out.append(int(_epoch_order(n, seed, stage, epoch)[offset]))
     return out
 
 
@@ -159,18 +171,24 @@ def _param_groups(model, stage: int, opts: dict) -> list[dict]:
 
 class CropStep:
     """Losses of one step on random crops: stage 1 (front-end + baseline) or stage 2 without a feature cache
-    (frozen front-end, region back-end). Batch and crops are functions of (seed, stage, step) alone."""
+    (frozen front-end, region back-end). Batch and crops are functions of (seed, stage, step) alone (:meth:`views`);
+    the batches of steps ``start .. iterations - 1`` come from one loader (``loader``: :func:`.loader_options`)."""
 
     def __init__(self, model, samples, *, stage: int, seed: int, batch_size: int, crop: tuple[int, int], device,
-                 encoding: dict):
+                 iterations: int, loader: dict | None = None):
         self.model, self.samples, self.stage, self.seed = model, samples, stage, seed
-        self.batch_size, self.crop, self.device, self.encoding = batch_size, crop, device, encoding
+        self.batch_size, self.crop, self.device = batch_size, crop, device
+        self.stream = StepStream(samples, self.views, stop=iterations, collate_fn=collate, device=device,
+                                 loader=loader)
 
-    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+    def views(self, step: int) -> list[View]:
+        """The step's frames and their crops, drawn in the main process."""
         rng = np.random.default_rng([self.seed, self.stage, step, 1])
         positions = _positions(len(self.samples), self.seed, self.stage, step, self.batch_size)
-        crops = [augment(self.samples.load(i), self.crop, rng, **self.encoding) for i in positions]
-        batch = to_tensors(crops, self.device, with_flow=self.model.uses_flow)
+        return [plan_view(i, self.samples.size(i), self.crop, rng, flow=self.model.uses_flow) for i in positions]
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        batch = to_device(self.stream.batch(step), self.device, with_flow=self.model.uses_flow)
         if self.stage == 1:
             outputs = self.model.forward_baseline(batch["rgb"], batch["flow"])
         else:
@@ -182,40 +200,43 @@ class CropStep:
 
 class CachedStep:
     """Stage-2 losses of one step on cached full-frame features of the frozen front-end (:func:`cache_features`):
-    the region back-end per frame (sizes differ), mean over the batch."""
+    the region back-end per frame (sizes differ), mean over the batch. Labels and regions come from a loader."""
 
-    def __init__(self, model, samples, cache: dict, *, seed: int, batch_size: int, device):
+    def __init__(self, model, samples, cache: dict, *, seed: int, batch_size: int, device, iterations: int,
+                 loader: dict | None = None):
         self.model, self.samples, self.cache, self.items = model, samples, cache, sorted(cache)
         self.seed, self.batch_size, self.device = seed, batch_size, device
+        self.stream = StepStream(samples, self.views, stop=iterations, collate_fn=collate_each, device=device,
+                                 loader=loader)
+
+    def views(self, step: int) -> list[View]:
+        """The step's (frame, mirrored) items, whole frames without flow (the features hold the motion stream)."""
+        positions = _positions(len(self.cache), self.seed, 2, step, self.batch_size)
+        return [View(i, flipped, flow=False) for i, flipped in (self.items[p] for p in positions)]
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
-        positions = _positions(len(self.cache), self.seed, 2, step, self.batch_size)
         totals = {}
-        for p in positions:
-            i, flipped = self.items[p]
-            sample = {k: v for k, v in self.samples.load(i).items() if k not in ("flow", "flow_rgb")}
-            if flipped:
-                sample = flip_sample(sample)
-            batch = to_tensors([sample], self.device)
-            outputs = self.model.region_heads(self.cache[(i, flipped)], tuple(sample["label"].shape),
+        frames = self.stream.batch(step)
+        for view, frame in zip(self.views(step), frames):
+            batch = to_device(frame, self.device)
+            outputs = self.model.region_heads(self.cache[(view.index, view.flip)], tuple(batch["actor"].shape[-2:]),
                                               batch["regions"])
             for key, value in segmentation_loss(outputs, batch["actor"], batch["action"]).items():
-                totals[key] = totals.get(key, 0) + value / len(positions)
+                totals[key] = totals.get(key, 0) + value / len(frames)
         return totals
 
 
-def cache_features(model, samples, device, amp: bool) -> dict[tuple[int, bool], torch.Tensor]:
+def cache_features(model, samples, device, amp: bool, loader: dict | None = None) -> dict[tuple[int, bool], torch.Tensor]:
     """Frozen front-end features (1, C, h, w) of every training frame and of its mirror image, by (index, flipped)."""
     from tqdm import tqdm
 
+    views = [[View(i, flipped, flow=model.uses_flow)] for i in range(len(samples)) for flipped in (False, True)]
+    batches = make_loader(samples, views, collate_fn=collate, device=device, **(loader or {}))
     cache = {}
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for i in tqdm(range(len(samples)), desc="front-end features", unit="frame", mininterval=2):
-            sample = samples.load(i)
-            for flipped in (False, True):
-                s = flip_sample(sample, samples.flow_encoding, samples.wheel_max) if flipped else sample
-                batch = to_tensors([s], device, with_flow=model.uses_flow)
-                cache[(i, flipped)] = model.front_end(batch["rgb"], batch["flow"]).float()
+        for (view,), batch in zip(views, tqdm(batches, desc="front-end features", unit="view", mininterval=2)):
+            batch = to_device(batch, device, with_flow=model.uses_flow)
+            cache[(view.index, view.flip)] = model.front_end(batch["rgb"], batch["flow"]).float()
     return cache
 
 
@@ -225,14 +246,12 @@ def cache_features(model, samples, device, amp: bool) -> dict[tuple[int, bool], 
 def _step_function(model, samples, config: dict, stage: int, device, amp: bool):
     seg = segmentation_config(config)
     opts = seg[f"stage{stage}"]
-    seed = int(config["seed"])
+    common = {"seed": int(config["seed"]), "batch_size": opts["batch_size"], "device": device,
+              "iterations": opts["iterations"], "loader": loader_options(config)}
     if stage == 2 and opts["cache_features"]:
-        cache = cache_features(model, samples, device, amp)
-        return CachedStep(model, samples, cache, seed=seed, batch_size=opts["batch_size"], device=device)
-    flow = flow_encoding_settings(config, "rgbflow" if model.uses_flow else "rgb")
-    encoding = {"encoding": flow["flow_encoding"], "wheel_max": flow["wheel_max"]}
-    return CropStep(model, samples, stage=stage, seed=seed, batch_size=opts["batch_size"], crop=tuple(seg["crop"]),
-                    device=device, encoding=encoding)
+        cache = cache_features(model, samples, device, amp, common["loader"])
+        return CachedStep(model, samples, cache, **common)
+    return CropStep(model, samples, stage=stage, crop=tuple(seg["crop"]), **common)
 
 
 def train(config: dict, *, stage: int, input: str, samples, out: str | Path, stage1: str | Path | None = None,
@@ -254,7 +273,8 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     optimizer = _optimizer(_param_groups(model, stage, opts), opts)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
 
-    recipe = fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed, seg=seg,
+    recorded_seg = result_settings({"segmentation": seg})["segmentation"]  # the loader's settings change no result
+    recipe = fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed, seg=recorded_seg,
                          frames=samples.keys(), stage1=s1_digest, device=device.type)
     resume, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
     start, curve = load_resume(resume, recipe, model, optimizer, scheduler) or (0, [])
@@ -272,8 +292,9 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     if not trainer.train(max_steps):
         return None
     result = {"model": model.state_dict(), "stage": stage, "input": input,
-              "mask_source": mask_source if stage == 2 else None, "config": config, "segmentation": seg,
-              "curve": trainer.history, "provenance": stamp(config)}
+              "mask_source": mask_source if stage == 2 else None, "config": result_settings(config),
+              "segmentation": recorded_seg,
+              "curve": trainer.history, "provenance": stamp(result_settings(config))}
     write_curve(curve_path, trainer.history, CURVE_COLUMNS)
     with atomic_path(out) as tmp:
         torch.save(result, tmp)

@@ -85,15 +85,16 @@ def get_train_settings(stage):
 
 
 def get_predict_settings(wildcards):
-    """`predict` reads the device, for flow inputs the flow encoding, and for the mask vote Ours' region-to-pixel
-    settings (the network is the checkpoint's)."""
+    """`predict` reads the device, the frame loader's settings, for flow inputs the flow encoding, and for the mask
+    vote Ours' region-to-pixel settings (the network is the checkpoint's)."""
     flow = get_flow_encoding_keys() if wildcards.input == "rgbflow" else []
+    loader = ["segmentation.loader_workers", "segmentation.loader_prefetch"]
     vote = [
         "segmentation.stage2.uncovered_background",
         "segmentation.stage2.pixel_stride",
     ]
     return get_settings(
-        "device", *flow, *(vote if wildcards.kind == "maskvote" else [])
+        "device", *loader, *flow, *(vote if wildcards.kind == "maskvote" else [])
     )
 
 

@@ -1,0 +1,141 @@
+"""The segmentation data path: a DataLoader over the shards whose results do not depend on its workers.
+
+Stores are written with the pipeline's own writers (frames shard + flow cache of the same shard), small frames of
+two sizes; the checks: listing a split decodes nothing, samples pickle without open files, batches normalise as
+the network expects, and training (both stages) and prediction give identical results with 0 and 2 workers.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from a2dpipe.dataset.frames import FrameWriter, masks_to_boxes
+from a2dpipe.flow import FlowWriter
+from a2dpipe.flow.encode import flow_to_rgb
+from a2dpipe.labels import VALID_PAIRS, to_setting
+from a2dpipe.segmentation.loader import MEAN, STD, collate, loader_options, to_device
+from a2dpipe.segmentation.samples import StoreSamples, View
+
+torch.set_num_threads(1)
+
+CONFIG = {
+    "seed": 0,
+    "device": "cpu",
+    "segmentation": {
+        "width": 8, "aspp_rates": [1, 2], "crop": [24, 32],
+        "stage1": {"iterations": 4, "batch_size": 3, "checkpoint_every": 2},
+        "stage2": {"iterations": 3, "batch_size": 2, "checkpoint_every": 2, "fc_dim": 16, "roi_size": 3},
+    },
+}
+
+
+def write_shard(folder, name: str, sizes, seed: int) -> tuple:
+    """A frames shard and its flow cache: one annotated frame per video, an actor instance in each."""
+    rng = np.random.default_rng(seed)
+    (folder / "frames").mkdir(exist_ok=True)
+    (folder / "flow").mkdir(exist_ok=True)
+    frames_path, flow_path = folder / "frames" / name, folder / "flow" / name
+    with FrameWriter(frames_path) as frames, FlowWriter(flow_path, method="test", encoding="xym") as flows:
+        flows.seconds_per_frame = 0.0
+        for k, (h, w) in enumerate(sizes):
+            pid = VALID_PAIRS[rng.integers(len(VALID_PAIRS))]
+            masks = np.zeros((1, h, w), np.uint8)
+            masks[0, rng.integers(0, h // 2):h - 2, rng.integers(0, w // 2):w - 3] = 1
+            group = frames.create_group(f"{name[:9]}v{k}", 1)
+            group.attrs.update({"split": "test" if k == 0 else "train", "neighbour_frame": 2, "direction": "next"})
+            rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            for key, data in (("rgb", rgb), ("neighbour", rgb), ("label", masks[0] * np.uint8(pid)),
+                              ("instance_masks", masks), ("instance_boxes", masks_to_boxes(masks)),
+                              ("instance_ids", np.uint8([pid]))):
+                group.create_dataset(key, data=data, compression="lzf", fletcher32=True)
+            flow = rng.normal(0, 3, (h, w, 2)).astype(np.float32)
+            flows.write(f"{name[:9]}v{k}", 1, flow, flow_to_rgb(flow, "xym"))
+    return frames_path, flow_path
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stores")
+    shards = [write_shard(folder, "shard-000.h5", [(30, 40), (30, 40), (28, 44), (30, 40)], 0),
+              write_shard(folder, "shard-001.h5", [(28, 44), (30, 40), (28, 44)], 1)]
+    return [f for f, _ in shards], [f for _, f in shards]
+
+
+def test_listing_a_split_decodes_no_frame_and_samples_pickle_without_open_files(stores, monkeypatch):
+    frames, flow = stores
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dataset was read while listing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(h5py.Dataset, "__getitem__", refuse)
+        patch.setattr(h5py.Dataset, "read_direct", refuse)
+        samples = StoreSamples(frames, split="train", flow=flow, gt_regions=True)
+        assert len(samples) == 5 and samples.size(1) == (28, 44)  # sizes from dataset shapes, nothing decoded
+    first = samples[View(1, flip=True)]
+    assert samples._open  # handles are open in this process ...
+    copy = pickle.loads(pickle.dumps(samples))  # ... and do not travel
+    assert not copy._open
+    again = copy[View(1, flip=True)]
+    assert all(np.array_equal(first[k], again[k]) for k in ("rgb", "flow_rgb", "label", "boxes", "masks"))
+    samples.close()
+    copy.close()
+
+
+def test_to_device_normalises_images_and_maps_labels_to_classes(stores):
+    samples = StoreSamples(stores[0], split="train", flow=stores[1])
+    items = [samples[View(i)] for i in (0, 2)]  # both 30 x 40
+    batch = to_device(collate(items), "cpu")
+    rgb = np.stack([s["rgb"] for s in items]).astype(np.float32)
+    want = torch.from_numpy((rgb - MEAN) / STD).permute(0, 3, 1, 2)
+    assert batch["rgb"].is_contiguous() and torch.equal(batch["rgb"], want)
+    labels = np.stack([s["label"] for s in items])
+    assert torch.equal(batch["actor"], torch.from_numpy(to_setting(labels, "actor").astype(np.int64)))
+    assert torch.equal(batch["action"], torch.from_numpy(to_setting(labels, "action").astype(np.int64)))
+    assert batch["flow"].shape == batch["rgb"].shape and batch["keys"] == [samples.key(0), samples.key(2)]
+    assert to_device(collate(items), "cpu", with_flow=False)["flow"] is None
+    samples.close()
+
+
+def test_loader_options_come_from_the_schema_unless_set():
+    assert loader_options({}) == {"workers": 0, "prefetch": 2}
+    assert loader_options({"segmentation": {"loader_workers": 3}}) == {"workers": 3, "prefetch": 2}
+
+
+def _run_all(stores, tmp_path, workers: int) -> dict:
+    """Stage 1, stage 2 (cached features and crops) and the Ours prediction with ``workers`` loader workers."""
+    from a2dpipe.segmentation.predict import predict
+    from a2dpipe.segmentation.train import train
+    from a2dpipe.variants import Variant
+
+    frames, flow = stores
+    seg = {**CONFIG["segmentation"], "loader_workers": workers}
+    config = {**CONFIG, "segmentation": seg}
+    train_samples = StoreSamples(frames, split="train", flow=flow, gt_regions=True)
+    out = {"stage1": train(config, stage=1, input="rgbflow", samples=train_samples, out=tmp_path / "s1" / "m.pt")}
+    for cache in (True, False):
+        cfg = {**config, "segmentation": {**seg, "stage2": {**seg["stage2"], "cache_features": cache}}}
+        out[f"stage2 cache={cache}"] = train(cfg, stage=2, input="rgbflow", samples=train_samples,
+                                             out=tmp_path / f"s2-{cache}" / "m.pt", stage1=tmp_path / "s1" / "m.pt")
+    test_samples = StoreSamples(frames, split="test", flow=flow, gt_regions=True)
+    predict(config, variant=Variant("ours", "rgbflow", "dataset", "gt"), model=tmp_path / "s2-False" / "m.pt",
+            samples=test_samples, out=tmp_path / "pred.h5")
+    with h5py.File(tmp_path / "pred.h5") as f:
+        out["predictions"] = {f"{v}/{k}/{m}": f[v][k][m][()] for v in f for k in f[v] for m in f[v][k]}
+    return out
+
+
+def test_training_and_prediction_give_the_same_results_with_or_without_workers(stores, tmp_path):
+    serial, parallel = _run_all(stores, tmp_path / "w0", 0), _run_all(stores, tmp_path / "w2", 2)
+    for name in ("stage1", "stage2 cache=True", "stage2 cache=False"):
+        a, b = serial[name], parallel[name]
+        assert a["curve"] == b["curve"], name
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
+        assert "loader_workers" not in a["segmentation"]  # the loader is no part of what a model is made with
+    assert serial["predictions"].keys() == parallel["predictions"].keys() and serial["predictions"]
+    assert all(np.array_equal(serial["predictions"][k], parallel["predictions"][k]) for k in serial["predictions"])

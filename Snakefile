@@ -3,6 +3,7 @@
 #   snakemake tables --cores 1 --resources gpu=1      # the paper's tables on the embedded default
 #   snakemake all --cores 1 --resources gpu=1         # tables, timings and every intermediate artifact
 #   snakemake validate --cores 1 --resources gpu=1    # every variant's metrics on the validation split
+#   snakemake tables --cores 1 --resources gpu=1 --configfile config/seeds.yaml   # three seeds and their aggregate
 #   snakemake --report report.html                    # HTML report of the last run
 #
 # Targets go before --resources, which takes every following word as a resource.
@@ -38,9 +39,19 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/flow.smk"
-include: "workflow/rules/masks.smk"
-include: "workflow/rules/segmentation.smk"
-include: "workflow/rules/evaluation.smk"
+
+
+# One run, or (config `seeds` a list) one run of the stages below per seed, sharing the data above, plus the
+# aggregate across seeds.
+if SEEDS:
+
+    include: "workflow/rules/seeds.smk"
+
+else:
+
+    include: "workflow/rules/masks.smk"
+    include: "workflow/rules/segmentation.smk"
+    include: "workflow/rules/evaluation.smk"
 
 
 rule all:

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("a2dpipe.segmentation.predict", "label maps for every test frame"),
     "evaluate": ("a2dpipe.evaluation.evaluate", "metrics of one prediction set"),
     "tables": ("a2dpipe.evaluation.tables", "the paper's tables from this run's metrics"),
+    "aggregate": ("a2dpipe.evaluation.aggregate", "Tables 1-3 and the claims across the runs of several seeds"),
     "timing": ("a2dpipe.evaluation.timing", "milliseconds per frame of each stage on this machine"),
     "report": ("a2dpipe.evaluation.report", "figures of the HTML report (per-category bars, loss curves, overlays)"),
     "bench": ("a2dpipe.flow.bench", "speed and accuracy benchmarks"),

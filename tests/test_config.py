@@ -11,7 +11,8 @@ from a2dpipe.io import A2DError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-PRESETS = [ROOT / "config.yaml", ROOT / "config" / "paper.yaml", ROOT / "tests" / "config.tiny.yaml"]
+PRESETS = [ROOT / "config.yaml", ROOT / "config" / "paper.yaml", ROOT / "tests" / "config.tiny.yaml",
+           ROOT / "config" / "seeds.yaml"]
 
 
 def _keys(tree, prefix=""):

@@ -9,6 +9,8 @@ Rules (``workflow/rules/evaluation.smk``) and their commands:
   written as CSV, Markdown and LaTeX (:mod:`.writers`);
 - ``evaluate_validation``, ``validate`` -> ``a2dpipe evaluate --split val``, ``a2dpipe tables --metrics-only``:
   the same metrics on the validation split (``validation/metrics.csv``);
+- ``aggregate`` (a seeds run, ``workflow/rules/seeds.smk``) -> ``a2dpipe aggregate`` (:mod:`.aggregate`): Tables 1-3
+  and the claims as mean and standard deviation across the seeds' runs;
 - ``timing`` -> ``a2dpipe timing`` (:mod:`.timing`): milliseconds per frame of each stage;
 - ``report_figures`` -> ``a2dpipe report`` (:mod:`.report`): figures for ``snakemake --report``.
 

@@ -1,7 +1,8 @@
 """Writers of the tables: CSV (full precision), Markdown and LaTeX (rounded, intervals folded into their metric).
 
 A column ``<h>`` with companions ``<h> low`` and ``<h> high`` is shown as one cell, ``15.8 [13.9, 17.6]``
-(:func:`interval_text`); a missing value is ``-``.
+(:func:`interval_text`); one with a companion ``<h> sd`` (a standard deviation) as ``15.8 ± 1.2``
+(:func:`spread_text`); a missing value is ``-``.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import pandas as pd
 
 from a2dpipe.io import atomic_path
 
-__all__ = ["LOW", "HIGH", "interval_text", "markdown_table", "latex_table", "write_table"]
+__all__ = ["LOW", "HIGH", "SD", "interval_text", "spread_text", "markdown_table", "latex_table", "write_table"]
 
-LOW, HIGH = "low", "high"
+LOW, HIGH, SD = "low", "high", "sd"
 
 
 def _cell(value, digits: int) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.{digits}f}"
-    if value is None:
+    if value is None or value is pd.NA:
         return "-"
     return str(value)
 
@@ -36,9 +37,18 @@ def interval_text(value: float, low: float, high: float, digits: int, signed: bo
     return f"{fmt.format(value)} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def spread_text(value: float, sd: float, digits: int, signed: bool = False) -> str:
+    """``15.8 ± 1.2``; the value alone without a standard deviation, ``-`` without a value."""
+    if math.isnan(value):
+        return "-"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return text if math.isnan(sd) else f"{text} ± {sd:.{digits}f}"
+
+
 def _display(df: pd.DataFrame, digits: int) -> tuple[list[str], list[bool], list[list[str]]]:
-    """Headers, right-alignment flags and text rows, each ``<h>`` folded with ``<h> low`` / ``<h> high``."""
-    folded = {f"{c} {LOW}" for c in df.columns} | {f"{c} {HIGH}" for c in df.columns}
+    """Headers, right-alignment flags and text rows, each ``<h>`` folded with ``<h> low`` / ``<h> high`` or with
+    ``<h> sd``."""
+    folded = {f"{c} {suffix}" for c in df.columns for suffix in (LOW, HIGH, SD)}
     shown = [c for c in df.columns if c not in folded]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in shown]
     rows = []
@@ -48,6 +58,8 @@ def _display(df: pd.DataFrame, digits: int) -> tuple[list[str], list[bool], list
             if f"{c} {LOW}" in df.columns and f"{c} {HIGH}" in df.columns:
                 row.append(interval_text(float(record[c]), float(record[f"{c} {LOW}"]),
                                           float(record[f"{c} {HIGH}"]), digits))
+            elif f"{c} {SD}" in df.columns:
+                row.append(spread_text(float(record[c]), float(record[f"{c} {SD}"]), digits))
             else:
                 row.append(_cell(record[c], digits))
         rows.append(row)
@@ -66,7 +78,8 @@ def markdown_table(df: pd.DataFrame, digits: int = 1, caption: str | None = None
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+                  "±": r"$\pm$"}
 
 
 def _tex(text: str) -> str:

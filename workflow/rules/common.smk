@@ -1,4 +1,5 @@
 # Helpers shared by every stage: artifact paths, shards, variants. Rules call `get_*` functions, never inline code.
+import copy
 import json
 import math
 from pathlib import Path
@@ -8,6 +9,11 @@ from a2dpipe.dataset.a2d import read_videoset
 from a2dpipe.variants import KINDS, NONE, TEST_SOURCES, Variant, check_variant
 
 RESULTS = config["results"]
+# What no training seed changes (index, frames, flow) lies here; in a seeds run every seed's run shares one copy.
+SHARED_RESULTS = config["shared_results"] or RESULTS
+SEEDS = config[
+    "seeds"
+]  # None: one run (the one-seed layout); a list: one run per seed (workflow/rules/seeds.smk)
 INPUTS = config["experiments"]["inputs"]
 REGION_RUNS = [tuple(run) for run in config["experiments"]["regions"]]
 MASK_SOURCES = ("dataset", "generic", "gt")
@@ -17,6 +23,11 @@ TRAINED_MASK_SOURCES = ("dataset", "generic")
 def res(*parts):
     """Path of an artifact under the results folder."""
     return str(Path(RESULTS, *parts))
+
+
+def shared(*parts):
+    """Path of a seed-independent artifact (index, frames, flow): under the results folder unless shared."""
+    return str(Path(SHARED_RESULTS, *parts))
 
 
 # Settings: each rule's params hold, as JSON, exactly the config values its command reads, and the command gets them
@@ -134,9 +145,9 @@ wildcard_constraints:
 
 
 # Artifact paths: the contracts between stages (formats documented in the modules that write them).
-INDEX = res("index.csv")
-FRAMES = res("frames", "shard-{shard}.h5")
-FLOW = res("flow", "{method}", "shard-{shard}.h5")
+INDEX = shared("index.csv")
+FRAMES = shared("frames", "shard-{shard}.h5")
+FLOW = shared("flow", "{method}", "shard-{shard}.h5")
 MASK_MODEL = res("masks", "models", "{trained_source}", "model.pt")
 MASK_CACHE = res("masks", "{source}", "shard-{shard}.h5")
 MASK_QUALITY = res("masks", "quality.csv")
@@ -294,7 +305,63 @@ def get_checkpoints():
 
 
 def get_all_targets():
+    """`all`: the tables and timings; in a seeds run those of every seed's run and their aggregate."""
+    if SEEDS:
+        return [
+            *get_seed_outputs("tables", "done"),
+            *get_seed_outputs("timing", "table"),
+            rules.aggregate.output.done,
+        ]
     return [res("tables", "done"), res("timing", "timing.csv")]
+
+
+# A seeds run (workflow/rules/seeds.smk): this workflow once per seed, as the module `seed_<N>_`, whose rules are
+# named `seed_<N>_<rule>`.
+
+
+def get_seed_module(seed):
+    """Name of the module that runs `seed` (also the prefix of its rules' names)."""
+    return f"seed_{seed}_"
+
+
+def get_seed_config(seed):
+    """Config of the run of `seed`: that seed for training and the bootstrap, its own results folder, and this
+    run's folder for the artifacts all seeds share (the dataset root is already one path for all).
+    """
+    run = copy.deepcopy(config)
+    run.update(
+        seed=seed,
+        seeds=None,
+        results=res(f"seed-{seed}"),
+        shared_results=SHARED_RESULTS,
+    )
+    return run
+
+
+def _seed_rule(seed, rule):
+    return getattr(rules, get_seed_module(seed) + rule)
+
+
+def get_seed_outputs(rule, key):
+    """Output `key` of `rule` in every seed's run (rules.seed_<N>_<rule>.output.<key>), in seed order."""
+    return [getattr(_seed_rule(seed, rule).output, key) for seed in SEEDS]
+
+
+def get_aggregate_arguments():
+    """`a2dpipe aggregate` arguments: per seed its number, its claims table and the evaluations of its tables."""
+    args = []
+    for seed in SEEDS:
+        tables = _seed_rule(seed, "tables")
+        args += ["--seed", str(seed), "--claims", tables.output.claims]
+        args += ["--evaluations", *tables.input.evaluations]
+    return args
+
+
+def get_aggregate_evaluations():
+    """Evaluation files behind every seed's tables."""
+    return [
+        path for seed in SEEDS for path in _seed_rule(seed, "tables").input.evaluations
+    ]
 
 
 def get_output_dir(wildcards, output):

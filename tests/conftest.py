@@ -13,15 +13,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
-def interpreter_on_path():
-    """Put this interpreter's folder first on PATH, as an activated environment would.
+def interpreter_on_path(tmp_path_factory):
+    """Put this interpreter's folder first on PATH, as an activated environment would, after a folder whose
+    ``scontrol`` answers "no controller" at once.
 
     Workflow rules call ``python -m a2dpipe`` and some tests call ``snakemake``: both must be the ones installed
-    beside the interpreter running the tests, even when the environment was not activated.
+    beside the interpreter running the tests, even when the environment was not activated. The SLURM executor
+    plugin runs ``scontrol show config`` whenever Snakemake starts, whichever executor is used; where the SLURM
+    client is installed but no controller answers, that waits ~10 s, once per Snakemake start of the suite. Only
+    the SLURM test needs the real one (its fixture takes the stand-in off PATH: :func:`real_slurm_client`).
     """
-    bin_dir = str(Path(sys.executable).parent)
+    no_controller = tmp_path_factory.mktemp("no-slurm-controller")
+    scontrol = no_controller / "scontrol"
+    scontrol.write_text("#!/bin/sh\necho 'scontrol: no SLURM controller (test stand-in)' >&2\nexit 1\n")
+    scontrol.chmod(0o755)
     old = os.environ.get("PATH", "")
-    os.environ["PATH"] = os.pathsep.join([bin_dir, old])
+    os.environ["PATH"] = os.pathsep.join([str(no_controller), str(Path(sys.executable).parent), old])
+    yield no_controller
+    os.environ["PATH"] = old
+
+
+@pytest.fixture(scope="module")
+def real_slurm_client(interpreter_on_path):
+    """PATH without the ``scontrol`` stand-in of :func:`interpreter_on_path`, for tests that talk to SLURM."""
+    old = os.environ["PATH"]
+    os.environ["PATH"] = os.pathsep.join(p for p in old.split(os.pathsep) if p != str(interpreter_on_path))
     yield
     os.environ["PATH"] = old
 

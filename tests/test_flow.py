@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -347,3 +348,21 @@ def test_bench_flow_runs_on_real_pairs():
     assert row["epe_motorcycle"] < 5.0  # the wrong sign would give about twice the mean disparity (> 20 px)
     assert row["cpu_pairs_per_s"] > 0 and row["gpu_pairs_per_s"] is None
     assert "dis-ultrafast" in format_table([row])
+
+
+def test_a_dis_job_does_not_import_torch(venus, tmp_path):
+    """DIS with the xym encoding needs no PyTorch: its import alone costs more than the flow of a small shard."""
+    import subprocess
+    import sys
+
+    small = np.ascontiguousarray(venus[0][:96, :128])
+    _write_frames_shard(tmp_path / "frames.h5", [("vidA", 1, small, np.roll(small, 1, axis=1), "next")])
+    settings = {"device": "cpu", "flow": {"method": "dis", "dis_preset": "ultrafast", "encoding": "xym"}}
+    out = tmp_path / "flow.h5"
+    code = ("import sys; from a2dpipe.cli import main; code = main(sys.argv[1:]); "
+            "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, "flow", "--settings", json.dumps(settings),
+                           "--frames", str(tmp_path / "frames.h5"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "no torch" and out.is_file()

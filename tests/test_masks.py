@@ -271,6 +271,28 @@ def test_gt_source_and_model_source_caches(shard, trained, tmp_path):
         cache_regions(config, "generic", shard, tmp_path / "g.h5", model_path=trained)
 
 
+def test_a_frames_regions_do_not_depend_on_the_frames_batched_with_it(shard, trained, tmp_path):
+    """Frames of other sizes in the same shard (so possibly in the same batch) leave a frame's regions unchanged:
+    a batch pads every frame to its largest one, which would change the features near the frame's edges."""
+    small = make_frames_shard(tmp_path / "small.h5", videos=2, frames=3, height=32, width=64, seed=2)
+    mixed = tmp_path / "mixed.h5"
+    with h5py.File(small) as a, h5py.File(shard) as b, h5py.File(mixed, "w") as m:
+        m.attrs.update(a.attrs)
+        for video in a:
+            a.copy(a[video], m, name=video)
+            b.copy(b[video], m, name=f"{video}b")  # listed right after it: 32x64 and 48x64 frames interleave
+    config = _config()  # batches of 2, and 3 frames per video: one batch would pair a 32x64 and a 48x64 frame
+    cache_regions(config, "dataset", small, tmp_path / "alone.h5", model_path=trained)
+    cache_regions(config, "dataset", mixed, tmp_path / "mixed-regions.h5", model_path=trained)
+    with MaskCache(tmp_path / "alone.h5") as alone, MaskCache(tmp_path / "mixed-regions.h5") as together:
+        assert len(together.keys()) == 12
+        for key in alone.keys():  # equal up to float rounding (batches of one or two frames); padding moved boxes 8 px
+            a, b = alone.read(*key), together.read(*key)
+            np.testing.assert_array_equal(a.labels, b.labels)
+            for field in ("boxes", "masks", "scores"):
+                np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-4, err_msg=field)
+
+
 def _write_config(tmp_path, config):
     import yaml
 

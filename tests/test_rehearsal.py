@@ -196,3 +196,11 @@ def test_real_metadata_through_synthesize_and_index(tmp_path, tiny_config, snake
         assert ok and first.shape == (320, real.loc[video, "width"], 3)
         assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == real.loc[video, "num_frames"]
         cap.release()
+
+
+def test_a_long_clip_with_a_fast_pan_keeps_its_actors_in_view(tmp_path):
+    """Real clips run to 300+ frames: the pan is capped so that the world part in view never vanishes."""
+    meta = _write_metadata(tmp_path / "meta", videos=[("long", 11, 32, 48, 240, 0), ("other", 11, 32, 48, 6, 1)],
+                           annotated={"long": {1: "11", 240: "11"}, "other": {3: "11"}})
+    synthesize({**_section(meta), "camera_motion": 8.0}, seed=1, out=tmp_path / "out")
+    assert len(list_annotated_frames(tmp_path / "out")) == 3

@@ -230,9 +230,13 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(scene + base, 0, 255).astype(np.float32)
 
 
-def _camera(rng: np.random.Generator, frames: int, max_speed: float) -> tuple[np.ndarray, int]:
-    """Top-left of the view in world pixels per frame (pan + shake), and the world margin it needs."""
-    speed = rng.uniform(0, max_speed)
+def _camera(rng: np.random.Generator, frames: int, max_speed: float, max_pan: float) -> tuple[np.ndarray, int]:
+    """Top-left of the view in world pixels per frame (pan + shake), and the world margin it needs.
+
+    The pan covers at most ``max_pan`` pixels over the clip, so that part of the world stays in view throughout
+    (a long clip would otherwise pan past its whole width).
+    """
+    speed = min(rng.uniform(0, max_speed), max_pan / max(frames - 1, 1))
     heading = rng.uniform(-0.3, 0.3) + (math.pi if rng.random() < 0.5 else 0.0)  # mostly horizontal pans
     t = np.arange(frames, dtype=np.float64)
     shake = 0.3 * max_speed * np.stack([np.sin(t * 1.7 + rng.uniform(0, 6)), np.sin(t * 2.3 + rng.uniform(0, 6))], 1)
@@ -305,7 +309,7 @@ def render_clip(
     (0 none, k = distractor k): the ground truth of the generic mask source (see :func:`distractor_path`).
     """
     height, width, frames = clip.get("height", s["height"]), clip["width"], clip.get("frames", s["frames"])
-    cam, margin = _camera(rng, frames, s["camera_motion"])
+    cam, margin = _camera(rng, frames, s["camera_motion"], 0.5 * min(height, width))
     world = _background(rng, height + 2 * margin, width + 2 * margin)
     # The world area that stays in view for the whole clip: actors live there (and bounce off its edges).
     view = (cam[:, 0].max(), cam[:, 0].min() + width, cam[:, 1].max(), cam[:, 1].min() + height)

@@ -1,5 +1,5 @@
 """Scenes of the synthetic benchmark: how each actor class looks and each action moves, the clip plan, and the
-drawing of a clip's frames with the annotations of its annotated frames (:func:`render_clip`).
+drawing of a clip's frames with the annotations of its annotated frames (:func:`draw_clip`, :func:`render_clip`).
 
 Everything is drawn from the generator it is given; :mod:`.synthetic` writes what is drawn in the A2D layout.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -301,7 +302,22 @@ def _annotation(owner: np.ndarray, pairs: list[int]) -> Annotation:
 def render_clip(
     s: dict, clip: dict, rng: np.random.Generator, distractor_maps: dict[int, np.ndarray] | None = None
 ) -> tuple[list[np.ndarray], dict[int, Annotation], list[int]]:
-    """Frames (RGB uint8, before compression), annotations of the annotated frames (1-based) and those frames.
+    """Frames (RGB uint8, before compression), annotations of the annotated frames (1-based) and those frames: all of
+    :func:`draw_clip` at once (a long 320-px clip holds a few hundred MB of frames; writers stream instead)."""
+    annotations: dict[int, Annotation] = {}
+    images = list(draw_clip(s, clip, rng, annotations, distractor_maps))
+    return images, annotations, sorted(annotations)
+
+
+def draw_clip(
+    s: dict,
+    clip: dict,
+    rng: np.random.Generator,
+    annotations: dict[int, Annotation],
+    distractor_maps: dict[int, np.ndarray] | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield the clip's frames (RGB uint8, before compression) one by one, and put the annotation of each annotated
+    frame (1-based) into ``annotations`` as it is drawn; once exhausted, ``annotations`` holds every annotated frame.
 
     The clip's size and annotated frames come from ``s`` (``height``, ``frames``, ``annotated_frames`` drawn at
     random) unless ``clip`` gives them (``height``, ``frames``, ``annotated``: the real metadata's).
@@ -339,7 +355,6 @@ def render_clip(
     else:
         annotated = sorted(int(f) for f in rng.choice(np.arange(1, frames + 1), s["annotated_frames"], replace=False))
 
-    images, annotations = [], {}
     for t in range(frames):
         cx, cy = cam[t]
         shift = np.float32([[1, 0, -cx], [0, 1, -cy]])
@@ -354,9 +369,8 @@ def render_clip(
             look = LOOKS[labels.actor_of(a["pair"])]
             _draw(canvas, owner, k + 1, look, x - cx, y - cy, a["radius"], a["angle"][t], a["limb"][t], a["mirror"])
         canvas += rng.normal(0, 3.0, size=canvas.shape).astype(np.float32)  # sensor noise
-        images.append(np.clip(canvas, 0, 255).astype(np.uint8))
         if t + 1 in annotated:
             annotations[t + 1] = _annotation(owner, clip["pairs"])
             if distractor_maps is not None:  # actors drawn later occlude distractors
                 distractor_maps[t + 1] = np.where(owner == 0, others, 0).astype(np.uint8)
-    return images, annotations, annotated
+        yield np.clip(canvas, 0, 255).astype(np.uint8)

@@ -35,10 +35,12 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import re
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -47,8 +49,8 @@ import numpy as np
 
 from a2dpipe import labels
 from a2dpipe.dataset.a2d import annotation_path, check_video_id, colour_path, read_videoset, video_path
-from a2dpipe.dataset.annotation import write_annotation
-from a2dpipe.dataset.scenes import plan_clips, render_clip
+from a2dpipe.dataset.annotation import Annotation, write_annotation
+from a2dpipe.dataset.scenes import draw_clip, plan_clips
 from a2dpipe.config import add_config_arguments, read_settings, section_defaults, stamp
 from a2dpipe.io import A2DError, atomic_path
 
@@ -97,19 +99,27 @@ def _settings(section: dict) -> dict:
 
 
 
-def _write_video(path: Path, images: list[np.ndarray], quality: int) -> None:
-    """MPEG-4 Part 2 (``mp4v``) through OpenCV, after a JPEG round trip at ``quality`` (extra lossy detail loss)."""
-    height, width = images[0].shape[:2]
+def _write_video(path: Path, frames: Iterable[np.ndarray], quality: int) -> int:
+    """MPEG-4 Part 2 (``mp4v``) through OpenCV, after a JPEG round trip at ``quality`` (extra lossy detail loss).
+
+    ``frames`` (RGB uint8) are written as they come, so a generator keeps one frame in memory; returns their count.
+    """
+    frames = iter(frames)
+    first = next(frames)
+    height, width = first.shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (width, height))
     if not writer.isOpened():
         raise A2DError(f"{path}: OpenCV cannot write mp4v video on this machine")
+    count = 0
     try:
-        for rgb in images:
+        for rgb in itertools.chain([first], frames):
             bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
             ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
             writer.write(cv2.imdecode(jpeg, cv2.IMREAD_COLOR) if ok else bgr)
+            count += 1
     finally:
         writer.release()
+    return count
 
 
 def _clock(seconds: float) -> str:
@@ -185,8 +195,9 @@ def _write_clip(root: Path, s: dict, clip: dict, clip_seed: np.random.SeedSequen
     """Draw one clip and write its video and annotations under ``root``: its ``videoset.csv`` row and frame count."""
     rng = np.random.default_rng(clip_seed)
     distractor_maps: dict[int, np.ndarray] = {}
-    images, annotations, annotated = render_clip(s, clip, rng, distractor_maps)
-    _write_video(video_path(root, clip["video"]), images, s["video_quality"])
+    annotations: dict[int, Annotation] = {}
+    frames = draw_clip(s, clip, rng, annotations, distractor_maps)  # streamed: one frame in memory at a time
+    count = _write_video(video_path(root, clip["video"]), frames, s["video_quality"])
     for frame, ann in annotations.items():
         path = annotation_path(root, clip["video"], frame)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,9 +213,9 @@ def _write_clip(root: Path, s: dict, clip: dict, clip_seed: np.random.SeedSequen
     else:
         start = int(rng.integers(0, 300))
         times, label = f"{_clock(start)},{_clock(start + s['frames'] / FPS)}", clip["pairs"][0]
-    height, frames = clip.get("height", s["height"]), clip.get("frames", s["frames"])
-    row = f"{clip['video']},{label},{times},{height},{clip['width']},{frames},{len(annotated)},{clip['usage']}"
-    return row, len(images)
+    height = clip.get("height", s["height"])
+    row = f"{clip['video']},{label},{times},{height},{clip['width']},{count},{len(annotations)},{clip['usage']}"
+    return row, count
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -265,6 +276,8 @@ def plan_from_metadata(folder: str | Path, fraction: float = 1.0, max_actors: in
         where = f"{videoset_path}: row {i + 1} (video {row.video})"
         if row.height % 2 or row.width % 2 or min(row.height, row.width) < 32:
             raise A2DError(f"{where}: frame size {row.width}x{row.height}: need even sizes of at least 32 (MPEG-4)")
+        if row.num_frames < 1:
+            raise A2DError(f"{where}: num_frames is {row.num_frames}; a clip needs at least one frame")
         frames = annotated.get(row.video, {})
         if len(frames) != row.num_annotated_frames:
             raise A2DError(

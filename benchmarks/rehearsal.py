@@ -9,7 +9,7 @@ working folder DIR (its artifacts land in ``DIR/results-rehearsal``). For each r
 frames, annotated frames, size on disk, frames per second of ``synthesize``) and, per rule, jobs, wall seconds, CPU
 seconds (summed over the rule's jobs) and peak RSS (max over them), from Snakemake's benchmark files.
 
-With two runs or more, each rule's wall time, CPU time and peak RSS are fitted as ``a + b * n`` over the runs
+With two complete runs or more (``tables`` finished), each rule's wall time, CPU time and peak RSS are fitted as ``a + b * n`` over the runs
 (least squares; ``n`` = annotated frames, or all frames for ``synthesize``) and evaluated at the whole metadata:
 a linear extrapolation, marked as such. Training rules have a fixed number of iterations, so their fitted slope
 is mostly noise; a peak RSS with a clear slope is a job whose memory grows with the data.
@@ -119,7 +119,10 @@ def main() -> None:
         print(rules.to_markdown(floatfmt=(".0f", ".0f", ".1f", ".1f", ".0f")))
         print(f"total: {rules['wall'].sum():.0f} s wall, {rules['cpu'].sum():.0f} s CPU, "
               f"peak RSS {rules['rss'].max():.0f} MB ({rules['rss'].idxmax()})")
-        runs.append((facts, rules))
+        if (results / "tables" / "done").is_file():
+            runs.append((facts, rules))
+        else:
+            print("(incomplete run: `tables` has not finished; left out of the extrapolation)")
     if len(runs) >= 2:
         whole = whole_metadata(args.metadata)
         runs.sort(key=lambda r: r[0]["annotated"])

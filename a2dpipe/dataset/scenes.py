@@ -1,5 +1,5 @@
 """Scenes of the synthetic benchmark: how each actor class looks and each action moves, the clip plan, and the
-drawing of a clip's frames with the annotations of its annotated frames (:func:`render_clip`).
+drawing of a clip's frames with the annotations of its annotated frames (:func:`draw_clip`, :func:`render_clip`).
 
 Everything is drawn from the generator it is given; :mod:`.synthetic` writes what is drawn in the A2D layout.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -190,12 +191,13 @@ def _draw(
     if mirror:  # facing left: the limb sits and swings on the other side
         u = -u
     body = _inside(look.shape, u, v, look.half)
-    tex = _texture(look.texture, u, v)
     if look.head:
         hv = v + look.half[1] + 0.3
         head = u**2 + hv**2 <= 0.35**2
         body |= head
-    shade = np.where(body, 0.8 + 0.2 * tex, 0.0)
+    # Textures are evaluated on the object's pixels only (a fraction of the square): same values, less work.
+    shade = np.zeros(u.shape)
+    shade[body] = 0.8 + 0.2 * _texture(look.texture, u[body], v[body])
     mask = body
     if look.limb is not None:
         au, av, length, half_width = look.limb
@@ -204,7 +206,7 @@ def _draw(
         along = cl * pu + sl * pv
         across = -sl * pu + cl * pv
         limb = (along >= 0) & (along <= length) & (np.abs(across) <= half_width) & ~body
-        shade = np.where(limb, 0.65 + 0.2 * _texture(look.texture, along, across), shade)
+        shade[limb] = 0.65 + 0.2 * _texture(look.texture, along[limb], across[limb])
         mask = mask | limb
     colour = np.asarray(look.colour, dtype=np.float32)
     region = canvas[y0:y1, x0:x1]
@@ -229,9 +231,13 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(scene + base, 0, 255).astype(np.float32)
 
 
-def _camera(rng: np.random.Generator, frames: int, max_speed: float) -> tuple[np.ndarray, int]:
-    """Top-left of the view in world pixels per frame (pan + shake), and the world margin it needs."""
-    speed = rng.uniform(0, max_speed)
+def _camera(rng: np.random.Generator, frames: int, max_speed: float, max_pan: float) -> tuple[np.ndarray, int]:
+    """Top-left of the view in world pixels per frame (pan + shake), and the world margin it needs.
+
+    The pan covers at most ``max_pan`` pixels over the clip, so that part of the world stays in view throughout
+    (a long clip would otherwise pan past its whole width).
+    """
+    speed = min(rng.uniform(0, max_speed), max_pan / max(frames - 1, 1))
     heading = rng.uniform(-0.3, 0.3) + (math.pi if rng.random() < 0.5 else 0.0)  # mostly horizontal pans
     t = np.arange(frames, dtype=np.float64)
     shake = 0.3 * max_speed * np.stack([np.sin(t * 1.7 + rng.uniform(0, 6)), np.sin(t * 2.3 + rng.uniform(0, 6))], 1)
@@ -296,13 +302,30 @@ def _annotation(owner: np.ndarray, pairs: list[int]) -> Annotation:
 def render_clip(
     s: dict, clip: dict, rng: np.random.Generator, distractor_maps: dict[int, np.ndarray] | None = None
 ) -> tuple[list[np.ndarray], dict[int, Annotation], list[int]]:
-    """Frames (RGB uint8, before compression), annotations of the annotated frames (1-based) and those frames.
+    """Frames (RGB uint8, before compression), annotations of the annotated frames (1-based) and those frames: all of
+    :func:`draw_clip` at once (a long 320-px clip holds a few hundred MB of frames; writers stream instead)."""
+    annotations: dict[int, Annotation] = {}
+    images = list(draw_clip(s, clip, rng, annotations, distractor_maps))
+    return images, annotations, sorted(annotations)
 
+
+def draw_clip(
+    s: dict,
+    clip: dict,
+    rng: np.random.Generator,
+    annotations: dict[int, Annotation],
+    distractor_maps: dict[int, np.ndarray] | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield the clip's frames (RGB uint8, before compression) one by one, and put the annotation of each annotated
+    frame (1-based) into ``annotations`` as it is drawn; once exhausted, ``annotations`` holds every annotated frame.
+
+    The clip's size and annotated frames come from ``s`` (``height``, ``frames``, ``annotated_frames`` drawn at
+    random) unless ``clip`` gives them (``height``, ``frames``, ``annotated``: the real metadata's).
     ``distractor_maps``, when given, receives per annotated frame the visible distractors as an (H, W) uint8 map
     (0 none, k = distractor k): the ground truth of the generic mask source (see :func:`distractor_path`).
     """
-    height, width, frames = s["height"], clip["width"], s["frames"]
-    cam, margin = _camera(rng, frames, s["camera_motion"])
+    height, width, frames = clip.get("height", s["height"]), clip["width"], clip.get("frames", s["frames"])
+    cam, margin = _camera(rng, frames, s["camera_motion"], 0.5 * min(height, width))
     world = _background(rng, height + 2 * margin, width + 2 * margin)
     # The world area that stays in view for the whole clip: actors live there (and bounce off its edges).
     view = (cam[:, 0].max(), cam[:, 0].min() + width, cam[:, 1].max(), cam[:, 1].min() + height)
@@ -327,9 +350,11 @@ def render_clip(
         r = unit * rng.uniform(0.6, 1.3)
         centre = (rng.uniform(view[0], view[1]), rng.uniform(view[2], view[3]))
         distractors.append((look, r, centre, rng.uniform(0, np.pi)))
-    annotated = sorted(int(f) for f in rng.choice(np.arange(1, frames + 1), s["annotated_frames"], replace=False))
+    if "annotated" in clip:
+        annotated = sorted(clip["annotated"])
+    else:
+        annotated = sorted(int(f) for f in rng.choice(np.arange(1, frames + 1), s["annotated_frames"], replace=False))
 
-    images, annotations = [], {}
     for t in range(frames):
         cx, cy = cam[t]
         shift = np.float32([[1, 0, -cx], [0, 1, -cy]])
@@ -344,9 +369,8 @@ def render_clip(
             look = LOOKS[labels.actor_of(a["pair"])]
             _draw(canvas, owner, k + 1, look, x - cx, y - cy, a["radius"], a["angle"][t], a["limb"][t], a["mirror"])
         canvas += rng.normal(0, 3.0, size=canvas.shape).astype(np.float32)  # sensor noise
-        images.append(np.clip(canvas, 0, 255).astype(np.uint8))
         if t + 1 in annotated:
             annotations[t + 1] = _annotation(owner, clip["pairs"])
             if distractor_maps is not None:  # actors drawn later occlude distractors
                 distractor_maps[t + 1] = np.where(owner == 0, others, 0).astype(np.uint8)
-    return images, annotations, annotated
+        yield np.clip(canvas, 0, 255).astype(np.uint8)

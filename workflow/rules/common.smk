@@ -122,6 +122,12 @@ check_synthetic_root()
 
 def count_videos():
     """Videos the index will hold: known from config for the synthetic benchmark, from videoset.csv otherwise."""
+    if config["dataset"]["synthetic"] and config["synthetic"]["metadata"] is not None:
+        from a2dpipe.dataset.synthetic import count_metadata_videos
+
+        return count_metadata_videos(
+            config["synthetic"], config["dataset"]["exclude_videos"]
+        )
     if config["dataset"]["synthetic"]:
         return config["synthetic"]["videos"]
     videos = read_videoset(Path(config["dataset"]["root"], "videoset.csv"))
@@ -161,6 +167,19 @@ EVALUATION_VIDEOS = res("evaluation", f"{VARIANT}.videos.npz")
 VAL_PREDICTIONS = res("validation", "predictions", f"{VARIANT}.h5")
 VAL_EVALUATION = res("validation", "evaluation", f"{VARIANT}.json")
 VAL_EVALUATION_VIDEOS = res("validation", "evaluation", f"{VARIANT}.videos.npz")
+
+
+def get_synthetic_metadata(wildcards):
+    """Inputs of `synthesize`: the real metadata files its A2D-shaped mode reads (none without metadata)."""
+    folder = config["synthetic"]["metadata"]
+    if folder is None:
+        return {}
+    from a2dpipe.dataset.synthetic import ANNOTATED_FILE, VIDEOSET_FILE
+
+    return {
+        "videoset": str(Path(folder, VIDEOSET_FILE)),
+        "annotated": str(Path(folder, ANNOTATED_FILE)),
+    }
 
 
 def get_dataset_root():

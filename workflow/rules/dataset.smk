@@ -6,6 +6,10 @@
 if config["dataset"]["synthetic"]:
 
     rule synthesize:
+        # With synthetic.metadata, the real videoset.csv and annotated-frames.csv are inputs: an edit reruns it.
+        # Clips are drawn in parallel (the output does not depend on the number of workers; --cores caps it).
+        input:
+            unpack(get_synthetic_metadata),
         output:
             root=directory(config["dataset"]["root"]),
         log:
@@ -14,11 +18,12 @@ if config["dataset"]["synthetic"]:
             res("benchmarks", "synthesize.tsv")
         conda:
             "../../envs/a2dpipe.yaml"
-        threads: 1
+        threads: 8
         params:
             settings=get_settings("seed", "synthetic"),
         shell:
-            "python -m a2dpipe synthesize --settings {params.settings:q} --out {output.root:q} --log {log:q}"
+            "python -m a2dpipe synthesize --settings {params.settings:q} --out {output.root:q}"
+            " --workers {threads} --log {log:q}"
 
 
 rule index:

@@ -309,6 +309,19 @@ def render_clip(
     return images, annotations, sorted(annotations)
 
 
+def _distractor(rng: np.random.Generator, unit: float, view) -> tuple:
+    """(look, radius, world centre, angle) of one static non-actor object inside the world area ``view``."""
+    look = ActorLook(
+        shape=str(rng.choice(DISTRACTOR_SHAPES)),
+        half=(float(rng.uniform(0.5, 1.1)), float(rng.uniform(0.5, 1.1))),
+        colour=tuple(int(c) for c in DISTRACTOR_COLOURS[rng.integers(len(DISTRACTOR_COLOURS))]),
+        texture=str(rng.choice(TEXTURES)),
+    )
+    r = unit * rng.uniform(0.6, 1.3)
+    centre = (rng.uniform(view[0], view[1]), rng.uniform(view[2], view[3]))
+    return look, r, centre, rng.uniform(0, np.pi)
+
+
 def draw_clip(
     s: dict,
     clip: dict,
@@ -339,17 +352,7 @@ def draw_clip(
         track, angle, limb, mirror = _actor_tracks(rng, pair, size, frames, view, near)
         actors.append({"pair": pair, "radius": size, "track": track, "angle": angle, "limb": limb, "mirror": mirror})
     depth = rng.permutation(len(actors))  # drawing order: later ones occlude earlier ones
-    distractors = []
-    for _ in range(s["distractors"]):
-        look = ActorLook(
-            shape=str(rng.choice(DISTRACTOR_SHAPES)),
-            half=(float(rng.uniform(0.5, 1.1)), float(rng.uniform(0.5, 1.1))),
-            colour=tuple(int(c) for c in DISTRACTOR_COLOURS[rng.integers(len(DISTRACTOR_COLOURS))]),
-            texture=str(rng.choice(TEXTURES)),
-        )
-        r = unit * rng.uniform(0.6, 1.3)
-        centre = (rng.uniform(view[0], view[1]), rng.uniform(view[2], view[3]))
-        distractors.append((look, r, centre, rng.uniform(0, np.pi)))
+    distractors = [_distractor(rng, unit, view) for _ in range(s["distractors"])]
     if "annotated" in clip:
         annotated = sorted(clip["annotated"])
     else:

@@ -198,10 +198,11 @@ def _flow_flops(config: dict) -> int | None:
 
             net, multiple = (raft_small if config["flow"]["raft_variant"] == "small" else raft_large)(), 8
         else:
-            from a2dpipe.flow import flownet
+            from a2dpipe.flow.flownet import flownet2, flownetc, flownets, flownetsd
             from a2dpipe.flow.flownet_layers import SIZE_MULTIPLE
 
-            net, multiple = getattr(flownet, method)(), SIZE_MULTIPLE
+            builders = {"flownet2": flownet2, "flownetc": flownetc, "flownets": flownets, "flownetsd": flownetsd}
+            net, multiple = builders[method](), SIZE_MULTIPLE
         x = torch.empty(1, 3, *_padded(A2D_FRAME_SIZE, multiple))
         return count_flops(net, x, x)
 

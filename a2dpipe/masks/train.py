@@ -35,6 +35,8 @@ from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, mask_model_options
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns
 
+__all__ = ["NUM_CLASSES", "configure_parser", "run", "train_mask_model"]
+
 log = logging.getLogger("a2dpipe.masks")
 
 LOSS_KEYS = (  # Mask R-CNN's; another model's losses get their own columns

@@ -23,7 +23,7 @@ if config["dataset"]["synthetic"]:
             settings=get_settings("seed", "synthetic"),
         shell:
             "python -m a2dpipe synthesize --settings {params.settings:q} --out {output.root:q}"
-            " --workers {threads} --log {log:q}"
+            " --workers {threads:q} --log {log:q}"
 
 
 rule index:

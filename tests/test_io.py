@@ -99,3 +99,15 @@ def test_damaged_hdf5_artifact_names_the_file_and_its_rebuild(tmp_path):
     path.write_bytes(bytes(data[:1000]))
     with pytest.raises(A2DError, match="not a readable HDF5 file .*`snakemake --forcerun extract_frames`"):
         FrameStore(path)
+
+
+def test_the_allocators_mmap_threshold_is_fixed_where_glibc_allows(caplog):
+    """Large per-frame buffers then go back to the system when freed (peak memory flat in the frames of a job)."""
+    import ctypes.util
+
+    from a2dpipe.io import fixed_mmap_threshold
+
+    with caplog.at_level("INFO", logger="a2dpipe"):
+        fixed_mmap_threshold()
+    glibc = ctypes.util.find_library("c") is not None and __import__("platform").libc_ver()[0] == "glibc"
+    assert ("could not fix" in caplog.text) is not glibc

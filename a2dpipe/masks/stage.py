@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
-from a2dpipe.io import A2DError, select_device
+from a2dpipe.io import A2DError, fixed_mmap_threshold, select_device
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, file_digest
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 
@@ -43,27 +43,6 @@ def run(args) -> None:
     check_inputs(settings, [args.frames])
     fixed_mmap_threshold()
     cache_regions(settings, args.source, args.frames, args.out, model_path=args.model)
-
-
-def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
-    """Have glibc serve every allocation of ``nbytes`` or more by its own mmap, returned to the system when freed.
-
-    By default glibc raises that threshold as large blocks are freed, so the per-batch tensors (whose sizes vary
-    with the frame widths of a shard) come to live in the heap and fragment it: a shard's peak RSS then grew with
-    its frames (2.5-3.5 GB for 64 A2D-shaped videos at 320 px). A fixed threshold keeps it flat (1.3 GB after 16
-    frames instead of 1.8-1.9 GB after 60, measured on one shard) for ~15 % more CPU time. No-op without glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None or mallopt(-3, int(nbytes)) != 1:  # -3 = M_MMAP_THRESHOLD; mallopt returns 1 on success
-        log.info("could not fix the allocator's mmap threshold (not glibc): peak memory may grow with the frames")
 
 
 def cache_regions(config: dict, source: str, frames: str | Path, out: str | Path, model_path=None) -> float:

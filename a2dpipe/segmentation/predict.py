@@ -26,7 +26,7 @@ from a2dpipe.segmentation.loader import collate, loader_options, make_loader, re
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.checkpoint import load_model_file
 from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
-from a2dpipe.io import A2DError, select_device
+from a2dpipe.io import A2DError, fixed_mmap_threshold, select_device
 from a2dpipe.segmentation.models import build_segmenter, joint_prediction
 from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel_ranges
@@ -89,6 +89,7 @@ def run(args) -> None:
     if v.kind != "baseline" and not args.masks:
         raise A2DError(f"variant {variant_name(v)} needs --masks caches of the {v.test_source} source")
     check_inputs(config, [*args.frames, *args.flow, *args.masks])
+    fixed_mmap_threshold()  # frames of many widths would otherwise grow the heap frame by frame
     samples = StoreSamples(args.frames, split=args.split, flow=args.flow if v.input == "rgbflow" else None,
                            masks=args.masks if v.kind != "baseline" else None,
                            **flow_encoding_settings(config, v.input))

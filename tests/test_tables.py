@@ -381,9 +381,10 @@ def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     _fixture_run(tmp_path)
-    allowed = ["evaluate", "timing", "report_figures", "tables"]
-    cmd = ["snakemake", "--cores", "1", "--resources", "gpu=1", "--allowed-rules", *allowed]
-    done = subprocess.run([*cmd, "tables"], cwd=tmp_path, capture_output=True, text=True)
+    # the target first: --allowed-rules (like --resources) takes every word after it
+    cmd = ["snakemake", "tables", "--cores", "1", "--resources", "gpu=1"]
+    allowed = ["--allowed-rules", "evaluate", "timing", "report_figures", "tables"]
+    done = subprocess.run([*cmd, *allowed], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     res = tmp_path / "results"
     assert (res / "tables" / "done").exists() and (res / "timing" / "timing.csv").exists()
@@ -392,6 +393,6 @@ def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
     t3 = pd.read_csv(res / "tables" / "table3.csv")
     assert (t3["source"] == "this run").sum() == 3
     assert (res / "tables" / "mask_quality.md").exists()
-    report = subprocess.run([*cmd, "--report", "report.html"], cwd=tmp_path, capture_output=True, text=True)
+    report = subprocess.run([*cmd, "--report", "report.html", *allowed], cwd=tmp_path, capture_output=True, text=True)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 10_000

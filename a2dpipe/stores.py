@@ -132,13 +132,18 @@ class ArtifactReader:
             raise A2DError(f"{self.path}: no frame {key} in this {self.FORMAT.what}")
         return self._file[key]
 
-    def read_arrays(self, video: str, frame: int, names, optional=()) -> dict[str, np.ndarray]:
-        """The datasets ``names`` (each required) and ``optional`` (those present) of one frame, by name."""
+    def group_with(self, video: str, frame: int, names):
+        """The frame's group; A2DError naming the file when it lacks one of the datasets ``names``."""
         group = self.group(video, frame)
         missing = [name for name in names if name not in group]
         if missing:
             raise A2DError(f"{self.path}: frame {group_key(video, frame)} lacks dataset(s) {missing} "
                            f"({self.FORMAT.what} layout)")
+        return group
+
+    def read_arrays(self, video: str, frame: int, names, optional=()) -> dict[str, np.ndarray]:
+        """The datasets ``names`` (each required) and ``optional`` (those present) of one frame, by name."""
+        group = self.group_with(video, frame, names)
         with self.reading(f"frame {group_key(video, frame)}"):
             return {name: group[name][()] for name in (*names, *(n for n in optional if n in group))}
 

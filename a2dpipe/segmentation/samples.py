@@ -249,11 +249,7 @@ def _read_window(reader, video: str, frame: int, names, rows: slice, cols: slice
     they touch); A2DError naming the file when one is missing or unreadable."""
     from a2dpipe.stores import group_key
 
-    group = reader.group(video, frame)
-    missing = [name for name in names if name not in group]
-    if missing:
-        raise A2DError(f"{reader.path}: frame {group_key(video, frame)} lacks dataset(s) {missing} "
-                       f"({reader.FORMAT.what} layout)")
+    group = reader.group_with(video, frame, names)
     with reader.reading(f"frame {group_key(video, frame)}"):
         return {name: _hyperslab(group[name], rows, cols) for name in names}
 

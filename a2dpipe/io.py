@@ -10,6 +10,7 @@ import contextlib
 import glob
 import logging
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["A2DError", "atomic_path", "open_hdf5", "unreadable_artifact", "reading_artifact", "setup_logging",
-           "select_device"]
+           "select_device", "describe_device"]
 
 log = logging.getLogger("a2dpipe")
 
@@ -210,6 +211,23 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
     return log
+
+
+def describe_device(device=None) -> str:
+    """Where a measurement ran, for timing tables: ``"CUDA <name>"`` for a CUDA ``device``, else ``"CPU <model>"``.
+    ``None`` names the CPU without importing torch (its import costs seconds)."""
+    if device is not None and device.type == "cuda":
+        import torch
+
+        return f"CUDA {torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return f"CPU {cpu}"
 
 
 def select_device(requested: str = "auto"):

@@ -263,6 +263,7 @@ def test_gt_source_and_model_source_caches(shard, trained, tmp_path):
     cache_regions(config, "dataset", shard, out, model_path=trained)
     with MaskCache(out) as cache:
         assert len(cache.keys()) == 12 and cache.seconds_per_frame > 0 and "sha256:" in cache.model
+        assert cache.attrs["device"].startswith("CPU ")
         for key in cache.keys():
             r = cache.read(*key)
             assert len(r) <= 10 and (r.scores >= 0.05).all() and np.isin(r.labels, range(1, 8)).all()

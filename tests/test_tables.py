@@ -264,6 +264,28 @@ def test_timing_names_a_file_without_the_attribute(tmp_path):
     assert not out.exists()
 
 
+def test_timing_imports_no_torch_when_the_files_name_their_device(tmp_path):
+    """Prediction and predicted masks record where they ran, so the timing job (a CPU job on a cluster) neither
+    names its own machine for them nor pays PyTorch's import, seconds of CPU, to ask."""
+    import subprocess
+    import sys
+
+    write_store(tmp_path / "flow.h5", {"method": "dis", "seconds_per_frame": 0.01}, [("a", 1)])
+    write_store(tmp_path / "mask.h5", {"source": "dataset", "seconds_per_frame": 0.1, "device": "CUDA H200"}, [("a", 1)])
+    write_store(tmp_path / "p.h5", {"variant": "baseline-rgbflow", "seconds_per_frame": 0.02, "device": "CUDA H200"},
+                [("a", 1)])
+    out = tmp_path / "timing.csv"
+    code = ("import sys; from a2dpipe.cli import main; code = main(sys.argv[1:]); "
+            "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, "timing", "--flow", str(tmp_path / "flow.h5"),
+                           "--masks", str(tmp_path / "mask.h5"), "--predictions", str(tmp_path / "p.h5"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "no torch"
+    t = pd.read_csv(out).set_index("item")
+    assert t.loc["baseline-rgbflow", "device"] == "CUDA H200" and t.loc["dis", "device"].startswith("CPU ")
+
+
 def test_overlay_blends_palette_colours_on_foreground_only():
     from a2dpipe.evaluation.report import overlay
 

@@ -197,6 +197,7 @@ def test_predict_writes_valid_label_maps_at_frame_size(stage1, tmp_path, kind):
     predict(CONFIG, variant=variant, model=model, samples=samples, out=out)
     with h5py.File(out) as f:
         assert f.attrs["variant"] == name and f.attrs["seconds_per_frame"] > 0
+        assert f.attrs["device"].startswith("CPU ")  # where it was measured, for the timing table
         for video, frame in samples.keys():
             g = f[f"{video}/{frame:05d}"]
             for name, top in (("actor", 7), ("action", 9)):

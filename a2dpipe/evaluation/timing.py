@@ -9,8 +9,8 @@ Each stage measures its own compute time while it runs and stores it as the root
 of its HDF5 outputs (flow: ``method``; masks: ``source``; predictions: ``variant`` name the item). This command
 averages it over shards, weighted by the number of frame groups in each file, and adds the totals the paper
 gives: *Ours* = flow + ``dataset`` masks + region network (``ours-rgbflow-dataset-dataset``), *Baseline* = flow
-+ baseline network (``baseline-rgbflow``). A file's optional root attribute ``device`` names where it was
-measured; without it the row names the device of this machine (the one running the pipeline): its CPU for DIS flow
++ baseline network (``baseline-rgbflow``). The root attribute ``device`` (written by prediction, predicted region
+masks and neural flow) names where a file was measured; without it (older files) the row names the device of this machine (the one running the pipeline): its CPU for DIS flow
 and ground-truth masks, which never use an accelerator, its CUDA device (if any) for the rest.
 
 Writes the CSV (columns ``component, item, frames, ms_per_frame, device, paper_ms``) and a Markdown copy
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 from collections import defaultdict
 from pathlib import Path
 
 import h5py
 import pandas as pd
 
+from a2dpipe import io
 from a2dpipe.io import A2DError, atomic_path, open_hdf5
 from a2dpipe.evaluation.paper_results import TIMING_MS
 
@@ -47,18 +47,10 @@ def describe_device(cpu_only: bool = False) -> str:
             import torch
 
             if torch.cuda.is_available():
-                return f"CUDA {torch.cuda.get_device_name(0)}"
+                return io.describe_device(torch.device("cuda"))
         except ImportError:  # timing tables can be made without torch
             pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}"
+    return io.describe_device()
 
 
 def _count_frames(f: h5py.File) -> int:
@@ -159,13 +151,13 @@ def configure_parser(parser) -> None:
 def run(args) -> None:
     from a2dpipe.evaluation.writers import markdown_table  # one Markdown writer for every table
 
-    table = timing_table(
-        read_timing(args.flow, "method"),
-        read_timing(args.masks, "source"),
-        read_timing(args.predictions, "variant"),
-        describe_device(),
-        describe_device(cpu_only=True),
-    )
+    flow, masks = read_timing(args.flow, "method"), read_timing(args.masks, "source")
+    predictions = read_timing(args.predictions, "variant")
+    cpu = describe_device(cpu_only=True)
+    # files written since they record their device name it; only older ones make this job ask torch for this machine's
+    unlabelled = any(e["device"] is None for d in (flow, masks, predictions) for item, e in d.items()
+                     if item not in ("dis", "gt"))
+    table = timing_table(flow, masks, predictions, describe_device() if unlabelled else cpu, cpu)
     out = Path(args.out)
     with atomic_path(out.with_suffix(".md")) as tmp:
         Path(tmp).write_text(markdown_table(table, digits=1))

@@ -22,7 +22,7 @@ from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.flow.estimators import METHODS, NEURAL_METHODS, build_estimator
 from a2dpipe.flow.store import FlowWriter
 from a2dpipe.config import add_config_arguments, read_settings
-from a2dpipe.io import A2DError
+from a2dpipe.io import A2DError, describe_device
 
 __all__ = ["configure_parser", "run", "compute_shard"]
 
@@ -93,7 +93,8 @@ def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> di
         log.info("%s on %s, batches of %d", method, estimator.device, batch_size)
     attrs = {"method": method, "encoding": encoding,
              "wheel_max": wheel_max if encoding == "wheel" else None,
-             "dis_preset": flow_cfg["dis_preset"] if method == "dis" else None}
+             "dis_preset": flow_cfg["dis_preset"] if method == "dis" else None,
+             "device": describe_device(estimator.device) if method in NEURAL_METHODS else None}
     made_with = {"flow": flow_cfg, **({"device": str(device)} if method in NEURAL_METHODS else {})}
     seconds = 0.0
     with FrameStore(frames_path) as frames, FlowWriter(out_path, settings=made_with, **attrs) as writer:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
-from a2dpipe.io import A2DError, fixed_mmap_threshold, select_device
+from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, select_device
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, file_digest
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 
@@ -108,6 +108,7 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
         seconds += time.perf_counter() - started
         for ref, frame_regions in zip(chunk, regions):
             writer.write(ref.video, ref.frame, frame_regions)
+    writer.set_attrs(device=describe_device(device))  # the timing table's device column
     return seconds
 
 

@@ -26,7 +26,7 @@ from a2dpipe.segmentation.loader import collate, loader_options, make_loader, re
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.checkpoint import load_model_file
 from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
-from a2dpipe.io import A2DError, fixed_mmap_threshold, select_device
+from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, select_device
 from a2dpipe.segmentation.models import build_segmenter, joint_prediction
 from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel_ranges
@@ -155,5 +155,6 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
             writer.write(video, frame, {k: value[0].to(torch.uint8).cpu().numpy() for k, value in maps.items()})
         per_frame = seconds / max(len(samples), 1)
         writer.seconds_per_frame = per_frame
+        writer.set_attrs(device=describe_device(device))  # the timing table's device column
     log.info("%s: %d frames, %.4f s per frame", name, len(samples), per_frame)
     return per_frame

@@ -218,6 +218,33 @@ def test_region_pooling_batched_equals_per_frame():
         torch.testing.assert_close(single["actor"][0], batched["actor"][b])
 
 
+def test_region_heads_each_equals_per_frame_on_frames_of_different_sizes():
+    """Stage 2 on cached whole frames runs the FC layers once for every frame's regions: same outputs and same
+    gradients as one frame at a time, for frames of different sizes and a frame without regions."""
+    torch.manual_seed(0)
+    model = build_segmenter(SMALL, input="rgb", regions=True)
+    sizes = [(40, 56), (32, 64), (40, 48)]
+    feats = [torch.randn(1, 64, h // 8, w // 8) for h, w in sizes]
+    regs = [_regions(40, 56), _regions(32, 64), {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 48)}]
+    targets = [torch.randint(0, 8, (1, h, w)) for h, w in sizes]
+
+    def loss_and_grad(outputs):
+        model.zero_grad()
+        loss = sum(sum(segmentation_loss(o, t, t).values()) for o, t in zip(outputs, targets))
+        loss.backward()
+        return loss.detach(), model.region.box_head.fc6.weight.grad.clone()
+
+    together = model.region_heads_each(feats, sizes, regs)
+    alone = [model.region_heads(f, size, [r]) for f, size, r in zip(feats, sizes, regs)]
+    for t, a in zip(together, alone):
+        torch.testing.assert_close(t["actor"], a["actor"])
+        torch.testing.assert_close(t["action"], a["action"])
+    assert [len(t["region_scores"][0]) for t in together] == [2, 2, 0]
+    (loss_t, grad_t), (loss_a, grad_a) = loss_and_grad(together), loss_and_grad(alone)
+    torch.testing.assert_close(loss_t, loss_a)
+    torch.testing.assert_close(grad_t, grad_a)
+
+
 def test_reduced_resolution_region_to_pixel_stays_close():
     torch.manual_seed(0)
     cfg = {"segmentation": {**SMALL["segmentation"], "stage2": {"fc_dim": 16, "roi_size": 3, "pixel_stride": 2}}}

@@ -148,7 +148,7 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
 def _optimizer(cfg: dict, params) -> torch.optim.Optimizer:
     name = cfg["optimizer"]
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-4)
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-4, fused=True)
     if name == "sgd":
         return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=1e-4)
     raise A2DError(f"config masks.optimizer: expected adamw or sgd, got {name!r}")

@@ -123,7 +123,7 @@ def _poly(iterations: int, power: float):
 def _optimizer(groups: list[dict], opts: dict) -> torch.optim.Optimizer:
     if opts["optimizer"] == "sgd":
         return torch.optim.SGD(groups, momentum=opts["momentum"], weight_decay=opts["weight_decay"])
-    return torch.optim.Adam(groups, weight_decay=opts["weight_decay"])
+    return torch.optim.Adam(groups, weight_decay=opts["weight_decay"], fused=True)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
@@ -215,13 +215,13 @@ class CachedStep:
         return [View(i, flipped, flow=False) for i, flipped in (self.items[p] for p in positions)]
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        frames = [to_device(frame, self.device) for frame in self.stream.batch(step)]
+        outputs = self.model.region_heads_each([self.cache[(v.index, v.flip)] for v in self.views(step)],
+                                               [tuple(f["actor"].shape[-2:]) for f in frames],
+                                               [f["regions"][0] for f in frames])
         totals = {}
-        frames = self.stream.batch(step)
-        for view, frame in zip(self.views(step), frames):
-            batch = to_device(frame, self.device)
-            outputs = self.model.region_heads(self.cache[(view.index, view.flip)], tuple(batch["actor"].shape[-2:]),
-                                              batch["regions"])
-            for key, value in segmentation_loss(outputs, batch["actor"], batch["action"]).items():
+        for frame, out in zip(frames, outputs):
+            for key, value in segmentation_loss(out, frame["actor"], frame["action"]).items():
                 totals[key] = totals.get(key, 0) + value / len(frames)
         return totals
 

@@ -68,6 +68,13 @@ class Segmenter(nn.Module):
             raise ValueError("a stage-1 network has no region back-end: build it with regions=True")
         return self.region(features, regions, size)
 
+    def region_heads_each(self, features: list[torch.Tensor], sizes: list[tuple[int, int]],
+                          regions: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """Region back-end on frames of different sizes (``RegionBackEnd.forward_each``)."""
+        if self.region is None:
+            raise ValueError("a stage-1 network has no region back-end: build it with regions=True")
+        return self.region.forward_each(features, regions, sizes)
+
     def forward_baseline(self, rgb: torch.Tensor, flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Stage-1 network: front-end and baseline back-end."""
         return self.baseline_heads(self.front_end(rgb, flow), tuple(rgb.shape[-2:]))

@@ -135,15 +135,23 @@ def _encode_flow(flow: np.ndarray, encoding: str, wheel_max: float | None, peak:
     return flow_to_rgb(pinned, encoding, wheel_max)[:-1]
 
 
+def _mirrored(image: np.ndarray) -> np.ndarray:
+    """``image`` (H, W) or (H, W, C) mirrored left-right: a view of a plane, a new array of an (H, W, C) image, made
+    channel by channel (numpy copies a reversed interleaved image pixel by pixel, ~6x slower at 320 x 320 x 3)."""
+    if image.ndim == 2:
+        return image[:, ::-1]
+    return np.stack([image[:, ::-1, c] for c in range(image.shape[2])], axis=-1)
+
+
 def _mirror(data: dict, width: int, encoding: str, wheel_max: float | None) -> dict:
     """Mirror a window's arrays left-right; boxes (full-frame pixels) by the frame ``width``; the flow's u changes
     sign and the flow image is re-encoded."""
     out = dict(data)
     for key in ("rgb", "label", "flow_rgb"):
         if key in data:
-            out[key] = data[key][:, ::-1]
+            out[key] = _mirrored(data[key])
     if "flow" in data:
-        flow = data["flow"][:, ::-1].astype(np.float32)  # a copy, whatever the stored precision
+        flow = data["flow"].astype(np.float32)[:, ::-1]  # a copy whatever the stored precision; cast first: 2x faster
         flow[..., 0] *= -1
         peak = data.get("flow_peak")
         out["flow_rgb"] = _encode_flow(flow, encoding, wheel_max, None if peak is None else peak * np.float32([-1, 1]))

@@ -131,6 +131,9 @@ class ArtifactReader:
         try:  # one lookup, not a membership test and then another
             return self._file[key]
         except KeyError:
+            if key in self._file:  # there, yet unreadable: a damaged object header
+                with self.reading(f"frame {key}"):
+                    return self._file[key]
             raise A2DError(f"{self.path}: no frame {key} in this {self.FORMAT.what}") from None
 
     def group_with(self, video: str, frame: int, names):
@@ -149,18 +152,21 @@ class ArtifactReader:
             except KeyError:
                 missing.append(name)
         if missing:
-            self.group(video, frame)  # a missing frame is said as such
-            raise A2DError(f"{self.path}: frame {group_key(video, frame)} lacks dataset(s) {missing} "
-                           f"({self.FORMAT.what} layout)")
-        return found
+            group = self.group(video, frame)  # a missing frame is said as such
+            with self.reading(f"frame {key}"):  # one there, yet unreadable: a damaged object header
+                found.update({name: group[name] for name in missing if name in group})
+            missing = [name for name in missing if name not in found]
+        if missing:
+            raise A2DError(f"{self.path}: frame {key} lacks dataset(s) {missing} ({self.FORMAT.what} layout)")
+        return {name: found[name] for name in names}
 
     def read_arrays(self, video: str, frame: int, names, optional=()) -> dict[str, np.ndarray]:
         """The datasets ``names`` (each required) and ``optional`` (those present) of one frame, by name."""
         found = self.datasets(video, frame, names)
-        if optional:
-            group = self.group(video, frame)
-            found.update({name: group[name] for name in optional if name in group})
         with self.reading(f"frame {group_key(video, frame)}"):
+            if optional:
+                group = self.group(video, frame)
+                found.update({name: group[name] for name in optional if name in group})
             return {name: dataset[()] for name, dataset in found.items()}
 
     def reading(self, item: str):

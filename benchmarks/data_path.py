@@ -19,6 +19,10 @@ lzf, as the frames shard, instead of gzip), then measures:
   ``resnet101`` the paper's, slow on a CPU);
 - start-up: seconds to list a split of ``--listing`` frames spread over 64-video-sized shards (tiny frames: the
   listing reads group attributes and dataset shapes, never pixels), i.e. what a job does before its first step.
+
+Measured on a busy 2-core CPU machine (``--workers 0``, CPU time of the process that reads): ~9-10 ms per sample,
+~5.5 ms of it decoding the chunks the window touches, mostly the flow cache's gzip (the frames' lzf + checksum:
+~1.7 ms); ``--flow-compression lzf``: ~8.5 ms; ``--pixel-chunks 64 64``: ~8.5-9 ms; both: ~6 ms.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ class Samples(torch.utils.data.Dataset):
     def read(self, i: int, rows: slice, cols: slice, *, flow_field: bool, flow_peak: bool, flow: bool) -> dict:
         """Frame ``i``'s arrays inside ``rows`` x ``cols``: ``rgb``, ``label``, and when present ``masks`` and
         full-frame ``boxes``; with ``flow``, the flow image ``flow_rgb``, or, when ``flow_field``, the flow field
-        ``flow`` (float32 or as stored) to re-encode it from; ``flow_peak`` (2,), the frame's longest flow vector, when asked."""
+        ``flow`` (float, as stored) to re-encode it from; ``flow_peak`` (2,), the frame's longest vector, when asked."""
         raise NotImplementedError
 
     def __getitem__(self, view: View) -> dict:
@@ -136,8 +136,8 @@ def _encode_flow(flow: np.ndarray, encoding: str, wheel_max: float | None, peak:
 
 
 def _mirrored(image: np.ndarray) -> np.ndarray:
-    """``image`` (H, W) or (H, W, C) mirrored left-right: a view of a plane, a new array of an (H, W, C) image, made
-    channel by channel (numpy copies a reversed interleaved image pixel by pixel, ~6x slower at 320 x 320 x 3)."""
+    """``image`` mirrored left-right: (H, W) as a view; (H, W, C) as a new array made channel by channel (numpy
+    copies a reversed interleaved image pixel by pixel, ~6x slower at 320 x 320 x 3)."""
     if image.ndim == 2:
         return image[:, ::-1]
     return np.stack([image[:, ::-1, c] for c in range(image.shape[2])], axis=-1)

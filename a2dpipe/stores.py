@@ -128,24 +128,46 @@ class ArtifactReader:
     def group(self, video: str, frame: int):
         """The ``h5py.Group`` of one frame; :class:`A2DError` when the file has none."""
         key = group_key(video, frame)
-        if key not in self._file:
-            raise A2DError(f"{self.path}: no frame {key} in this {self.FORMAT.what}")
-        return self._file[key]
+        try:  # one lookup, not a membership test and then another
+            return self._file[key]
+        except KeyError:
+            if key in self._file:  # there, yet unreadable: a damaged object header
+                with self.reading(f"frame {key}"):
+                    return self._file[key]
+            raise A2DError(f"{self.path}: no frame {key} in this {self.FORMAT.what}") from None
 
     def group_with(self, video: str, frame: int, names):
         """The frame's group; A2DError naming the file when it lacks one of the datasets ``names``."""
-        group = self.group(video, frame)
-        missing = [name for name in names if name not in group]
+        self.datasets(video, frame, names)
+        return self.group(video, frame)
+
+    def datasets(self, video: str, frame: int, names) -> dict:
+        """The ``h5py.Dataset`` of each of ``names`` in the frame's group, by name, each looked up once; A2DError
+        naming the file when the frame or one of the datasets is missing (what :meth:`group_with` checks)."""
+        key = group_key(video, frame)
+        found, missing = {}, []
+        for name in names:
+            try:  # by path from the root: one lookup (~0.1 ms less than the group's, then the dataset's)
+                found[name] = self._file[f"{key}/{name}"]
+            except KeyError:
+                missing.append(name)
         if missing:
-            raise A2DError(f"{self.path}: frame {group_key(video, frame)} lacks dataset(s) {missing} "
-                           f"({self.FORMAT.what} layout)")
-        return group
+            group = self.group(video, frame)  # a missing frame is said as such
+            with self.reading(f"frame {key}"):  # one there, yet unreadable: a damaged object header
+                found.update({name: group[name] for name in missing if name in group})
+            missing = [name for name in missing if name not in found]
+        if missing:
+            raise A2DError(f"{self.path}: frame {key} lacks dataset(s) {missing} ({self.FORMAT.what} layout)")
+        return {name: found[name] for name in names}
 
     def read_arrays(self, video: str, frame: int, names, optional=()) -> dict[str, np.ndarray]:
         """The datasets ``names`` (each required) and ``optional`` (those present) of one frame, by name."""
-        group = self.group_with(video, frame, names)
+        found = self.datasets(video, frame, names)
         with self.reading(f"frame {group_key(video, frame)}"):
-            return {name: group[name][()] for name in (*names, *(n for n in optional if n in group))}
+            if optional:
+                group = self.group(video, frame)
+                found.update({name: group[name] for name in optional if name in group})
+            return {name: dataset[()] for name, dataset in found.items()}
 
     def reading(self, item: str):
         """Context manager: an HDF5 failure while reading ``item`` is an error naming this file and how to

@@ -94,6 +94,20 @@ def test_xym_encoding_known_values():
     )
 
 
+def test_xym_encoding_rounds_every_flow_as_the_formula_does():
+    """Plane by plane, as computed, equals the formula on interleaved channels (np.linalg.norm for the magnitude),
+    bit for bit: half-way levels, clipping edges, infinities, float16 input, a batch, a mirrored (strided) view."""
+    rng = np.random.default_rng(0)
+    flow = rng.normal(0, 5, (2, 24, 30, 2)).astype(np.float32)
+    flow.reshape(-1)[:600] = np.round(flow.reshape(-1)[:600] * 32) / 32  # levels exactly half-way
+    flow.reshape(-1)[:10] = [8, -8, 7.96875, -8.03125, 7.97, np.inf, -np.inf, 1 / 32, -1 / 32, 0.03125]
+    for case in (flow, flow[0], flow[0, :, ::-1], flow.astype(np.float16), flow.astype(np.float64)):
+        as_float32 = np.asarray(case, np.float32)
+        magnitude = np.linalg.norm(as_float32, axis=-1, keepdims=True)
+        levels = np.concatenate([as_float32, magnitude], axis=-1) * np.float32(16) + np.float32(128)
+        np.testing.assert_array_equal(flow_to_rgb(case, "xym"), np.clip(np.rint(levels), 0, 255).astype(np.uint8))
+
+
 def test_wheel_encoding_known_flows():
     from torchvision.utils import flow_to_image
 

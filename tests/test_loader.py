@@ -34,13 +34,13 @@ CONFIG = {
 }
 
 
-def write_shard(folder, name: str, sizes, seed: int) -> tuple:
+def write_shard(folder, name: str, sizes, seed: int, encoding: str = "xym") -> tuple:
     """A frames shard and its flow cache: one annotated frame per video, an actor instance in each."""
     rng = np.random.default_rng(seed)
     (folder / "frames").mkdir(exist_ok=True)
     (folder / "flow").mkdir(exist_ok=True)
     frames_path, flow_path = folder / "frames" / name, folder / "flow" / name
-    with FrameWriter(frames_path) as frames, FlowWriter(flow_path, method="test", encoding="xym") as flows:
+    with FrameWriter(frames_path) as frames, FlowWriter(flow_path, method="test", encoding=encoding) as flows:
         flows.seconds_per_frame = 0.0
         for k, (h, w) in enumerate(sizes):
             pid = VALID_PAIRS[rng.integers(len(VALID_PAIRS))]
@@ -54,7 +54,7 @@ def write_shard(folder, name: str, sizes, seed: int) -> tuple:
                               ("instance_ids", np.uint8([pid]))):
                 group.create_dataset(key, data=data, compression="lzf", fletcher32=True)
             flow = rng.normal(0, 3, (h, w, 2)).astype(np.float32)
-            flows.write(f"{name[:9]}v{k}", 1, flow, flow_to_rgb(flow, "xym"))
+            flows.write(f"{name[:9]}v{k}", 1, flow, flow_to_rgb(flow, encoding))
     return frames_path, flow_path
 
 
@@ -85,6 +85,42 @@ def test_listing_a_split_decodes_no_frame_and_samples_pickle_without_open_files(
     assert all(np.array_equal(first[k], again[k]) for k in ("rgb", "flow_rgb", "label", "boxes", "masks"))
     samples.close()
     copy.close()
+
+
+@pytest.mark.parametrize("encoding", ["xym", "wheel"])
+def test_window_reads_equal_whole_frame_reads_cropped(tmp_path, encoding):
+    """Views read from the stores (only the window's rows and columns, the flow field only when mirrored) equal
+    the same views of the whole stored frames held in memory (whose windows are plain crops)."""
+    from a2dpipe.flow import FlowStore
+    from a2dpipe.dataset.frames import FrameStore
+    from a2dpipe.segmentation.samples import ArraySamples, plan_view
+
+    # the first frame is the test split's; then A2D's size, whose automatic chunks hold one channel each (read
+    # plane by plane), and a size whose chunks hold two
+    frames, flow = write_shard(tmp_path, "shard-000.h5", [(30, 40), (320, 568), (240, 426), (320, 568)], 3, encoding)
+    samples = StoreSamples([frames], split="train", flow=[flow], gt_regions=True, flow_encoding=encoding)
+    whole = []
+    with FrameStore(frames) as frame_store, FlowStore(flow) as flow_store:
+        for video, frame in samples.keys():
+            arrays = frame_store.read_arrays(video, frame, ("rgb", "label", "instance_masks"))
+            stored = flow_store.read_arrays(video, frame, ("rgb", "flow"))
+            whole.append({"video": video, "frame": frame, "rgb": arrays["rgb"], "label": arrays["label"],
+                          "flow_rgb": stored["rgb"], "flow": stored["flow"].astype(np.float32),
+                          "masks": arrays["instance_masks"].astype(np.float32),
+                          "boxes": masks_to_boxes(arrays["instance_masks"])})
+    in_memory = ArraySamples(whole, flow_encoding=encoding)
+    rng = np.random.default_rng(0)
+    flips = set()
+    for crop in [(320, 320), (352, 400), (200, 600), None]:
+        for i in range(len(samples)):
+            view = plan_view(i, samples.size(i), crop, rng) if crop else View(i, flip=bool(rng.random() < 0.5))
+            flips.add(view.flip)
+            got, want = samples[view], in_memory[view]
+            for key in ("rgb", "flow_rgb", "label", "masks", "boxes"):
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{key} of {view}")
+                assert got[key].dtype == want[key].dtype and got[key].flags.c_contiguous, key
+    assert flips == {True, False}
+    samples.close()
 
 
 def test_to_device_normalises_images_and_maps_labels_to_classes(stores):

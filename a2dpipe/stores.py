@@ -136,14 +136,9 @@ class ArtifactReader:
                     return self._file[key]
             raise A2DError(f"{self.path}: no frame {key} in this {self.FORMAT.what}") from None
 
-    def group_with(self, video: str, frame: int, names):
-        """The frame's group; A2DError naming the file when it lacks one of the datasets ``names``."""
-        self.datasets(video, frame, names)
-        return self.group(video, frame)
-
     def datasets(self, video: str, frame: int, names) -> dict:
         """The ``h5py.Dataset`` of each of ``names`` in the frame's group, by name, each looked up once; A2DError
-        naming the file when the frame or one of the datasets is missing (what :meth:`group_with` checks)."""
+        naming the file when the frame or one of the datasets is missing."""
         key = group_key(video, frame)
         found, missing = {}, []
         for name in names:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ["component", "item", "frames", "ms_per_frame", "device", "paper_ms"]
 MAIN_REGION_VARIANT = "ours-rgbflow-dataset-dataset"
 MAIN_BASELINE_VARIANT = "baseline-rgbflow"
+CPU_ONLY = {("flow", "dis"), ("masks", "gt")}  # (component, item) that never use an accelerator
 
 
 def describe_device(cpu_only: bool = False) -> str:
@@ -98,7 +99,7 @@ def timing_table(flow: dict, masks: dict, predictions: dict, device: str, cpu: s
     cpu = cpu or device
 
     def add(component, item, entry, paper):
-        on_cpu = (component, item) in {("flow", "dis"), ("masks", "gt")}
+        on_cpu = (component, item) in CPU_ONLY
         rows.append(
             {
                 "component": component,
@@ -155,8 +156,9 @@ def run(args) -> None:
     predictions = read_timing(args.predictions, "variant")
     cpu = describe_device(cpu_only=True)
     # files written since they record their device name it; only older ones make this job ask torch for this machine's
-    unlabelled = any(e["device"] is None for d in (flow, masks, predictions) for item, e in d.items()
-                     if item not in ("dis", "gt"))
+    unlabelled = any(e["device"] is None and (component, item) not in CPU_ONLY
+                     for component, d in (("flow", flow), ("masks", masks), ("predictions", predictions))
+                     for item, e in d.items())
     table = timing_table(flow, masks, predictions, describe_device() if unlabelled else cpu, cpu)
     out = Path(args.out)
     with atomic_path(out.with_suffix(".md")) as tmp:

@@ -64,16 +64,17 @@ class Segmenter(nn.Module):
     def region_heads(self, features: torch.Tensor, size: tuple[int, int],
                      regions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Region back-end on front-end features and each frame's regions (``RegionBackEnd``'s contract)."""
-        if self.region is None:
-            raise ValueError("a stage-1 network has no region back-end: build it with regions=True")
-        return self.region(features, regions, size)
+        return self._region_back_end()(features, regions, size)
 
     def region_heads_each(self, features: list[torch.Tensor], sizes: list[tuple[int, int]],
                           regions: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
         """Region back-end on frames of different sizes (``RegionBackEnd.forward_each``)."""
+        return self._region_back_end().forward_each(features, regions, sizes)
+
+    def _region_back_end(self):
         if self.region is None:
             raise ValueError("a stage-1 network has no region back-end: build it with regions=True")
-        return self.region.forward_each(features, regions, sizes)
+        return self.region
 
     def forward_baseline(self, rgb: torch.Tensor, flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Stage-1 network: front-end and baseline back-end."""

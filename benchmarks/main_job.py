@@ -37,6 +37,11 @@ def run_main_job(workdir: Path) -> tuple[float, float]:
     workdir.mkdir(parents=True)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "tables", "--cores", "1", "--resources", "gpu=1", "--configfile", str(REPO / "config.yaml")]
+    return timed(cmd)
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd`` from the repository; its wall seconds and the exact CPU seconds of all its processes."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)

@@ -3,11 +3,12 @@
     python benchmarks/rehearsal.py --run DIR --fraction 0.015625 --metadata M    # run the preset to `tables` in DIR
     python benchmarks/rehearsal.py DIR1 DIR2 ...                                 # tabulate and extrapolate runs
 
-A run is ``snakemake tables --cores 1 --resources gpu=1`` on ``config/rehearsal.yaml`` with ``synthetic.fraction``
+A run is ``snakemake tables --cores N --resources gpu=1`` (``--cores``, default 1) on ``config/rehearsal.yaml`` with ``synthetic.fraction``
 and ``synthetic.metadata`` (the folder holding the real videoset.csv and annotated-frames.csv) overridden, in the
 working folder DIR (its artifacts land in ``DIR/results-rehearsal``). For each run it prints the dataset (videos,
 frames, annotated frames, size on disk, frames per second of ``synthesize``) and, per rule, jobs, wall seconds, CPU
-seconds (summed over the rule's jobs) and peak RSS (max over them), from Snakemake's benchmark files.
+seconds (summed over the rule's jobs; Snakemake samples it, so a lower bound) and peak RSS (max over them), from
+Snakemake's benchmark files; ``--run`` also prints the run's exact CPU time.
 
 With two complete runs or more (``tables`` finished), each rule's wall time, CPU time and peak RSS are fitted as ``a + b * n`` over the runs
 (least squares; ``n`` = annotated frames, or all frames for ``synthesize``) and evaluated at the whole metadata:
@@ -18,16 +19,14 @@ is mostly noise; a peak RSS with a clear slope is a job whose memory grows with 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from main_job import read_benchmarks  # the sibling script (this folder is on sys.path when run as a script)
+from main_job import read_benchmarks, timed  # the sibling script (this folder is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,17 +34,15 @@ RESULTS = "results-rehearsal"
 LIMIT_MB = 4096
 
 
-def run(workdir: Path, fraction: float, metadata: Path, timeout: int) -> float:
-    """Run the preset to `tables` in ``workdir`` at ``fraction``; its wall seconds."""
+def run(workdir: Path, fraction: float, metadata: Path, timeout: int, cores: int) -> tuple[float, float]:
+    """Run the preset to `tables` in ``workdir`` at ``fraction`` on ``cores``; its wall and exact CPU seconds."""
     workdir.mkdir(parents=True, exist_ok=True)
     override = workdir / "fraction.yaml"
     override.write_text(yaml.safe_dump({"synthetic": {"metadata": str(metadata.resolve()), "fraction": fraction}}))
     cmd = ["timeout", str(timeout), sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(workdir), "tables", "--cores", "1", "--resources", "gpu=1",
+           "--directory", str(workdir), "tables", "--cores", str(cores), "--resources", "gpu=1",
            "--configfile", str(REPO / "config" / "rehearsal.yaml"), str(override)]
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
-    return time.perf_counter() - start
+    return timed(cmd)
 
 
 def dataset_facts(results: Path) -> dict[str, float]:
@@ -99,11 +96,14 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=1 / 64)
     parser.add_argument("--metadata", type=Path, default=REPO.parent / "shared" / "real-data" / "a2d-metadata")
     parser.add_argument("--timeout", type=int, default=3 * 3600, help="seconds before the run is stopped")
+    parser.add_argument("--cores", type=int, default=1, help="Snakemake --cores: with 2, two jobs run at once "
+                        "(per-job CPU and memory stay comparable; wall times grow under contention)")
     args = parser.parse_args()
     workdirs = list(args.workdirs)
     if args.run is not None:
-        seconds = run(args.run, args.fraction, args.metadata, args.timeout)
-        print(f"rehearsal at fraction {args.fraction:g}: {seconds:.0f} s wall (Snakemake included)")
+        wall, cpu = run(args.run, args.fraction, args.metadata, args.timeout, args.cores)
+        print(f"rehearsal at fraction {args.fraction:g}, --cores {args.cores}: {wall:.0f} s wall, {cpu:.0f} s CPU "
+              f"(exact, Snakemake and every job)")
         workdirs.append(args.run)
     if not workdirs:
         parser.error("give finished runs' folders, or --run")

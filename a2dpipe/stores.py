@@ -30,7 +30,19 @@ import numpy as np
 from a2dpipe.config import stamp_attrs
 from a2dpipe.io import A2DError, atomic_path, open_hdf5, reading_artifact
 
-__all__ = ["ArtifactFormat", "ArtifactReader", "ArtifactWriter", "group_key", "parse_key"]
+__all__ = ["ArtifactFormat", "ArtifactReader", "ArtifactWriter", "group_key", "parse_key", "pixel_chunks", "PIXEL_CHUNK"]
+
+PIXEL_CHUNK = 64  # rows and columns of an image chunk: a training crop decodes only the chunks it overlaps
+
+
+def pixel_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """HDF5 chunk shape of an image dataset (H, W[, C]): ``PIXEL_CHUNK`` x ``PIXEL_CHUNK`` pixels, every channel.
+
+    A crop window then decodes little beyond itself, with one read for all channels (h5py's automatic chunks of a
+    320 x 568 image are 80 x 142 pixels of one channel: read plane by plane, each plane's tiles decoded apart).
+    Readers need not know: HDF5 reads any chunking, and files written before read the same.
+    """
+    return (min(PIXEL_CHUNK, shape[0]), min(PIXEL_CHUNK, shape[1]), *shape[2:])
 
 
 def group_key(video: str, frame: int) -> str:

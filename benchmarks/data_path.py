@@ -3,13 +3,13 @@
     python benchmarks/data_path.py [--frames 40] [--height 320] [--width 568] [--crop 320 320] [--batch 10]
                                    [--workers 0 1 2] [--steps 10] [--encoding xym] [--threads 2]
                                    [--backbone tiny] [--width-channels 24] [--listing 11926]
-                                   [--pixel-chunks ROWS COLS] [--flow-compression gzip]
+                                   [--pixel-chunks 64 64] [--flow-compression lzf]
 
-Writes, in a temporary folder, a frames shard and a flow cache of ``--frames`` A2D-sized synthetic frames through
-the pipeline's own writers and filters (frames: lzf + checksum, as ``extract-frames``; flow: float16 field and
-its RGB image, gzip, as ``flow``; ``--pixel-chunks`` instead stores images in chunks of ROWS x COLS pixels
-holding every channel, a layout the writers could choose; ``--flow-compression lzf`` stores the flow cache with
-lzf, as the frames shard, instead of gzip), then measures:
+Writes, in a temporary folder, a frames shard and a flow cache of ``--frames`` A2D-sized synthetic frames in the
+pipeline's own layout (frames: lzf + checksum, as ``extract-frames``; flow: float16 field and its RGB image, lzf,
+as ``flow``; images of both in 64 x 64-pixel chunks, :func:`a2dpipe.stores.pixel_chunks`). ``--pixel-chunks 0 0``
+leaves the chunks to h5py (whole rows, the layout before) and ``--flow-compression gzip`` stores the flow cache
+with gzip level 1 (the compression before), so that layouts can be compared; then measures:
 
 - data path: samples per second of the training loader (read the window, crop, mirror half the frames with the
   flow re-encoded, collate; pinned when CUDA is present) for each ``--workers``, two streams, over ``--steps``
@@ -20,9 +20,10 @@ lzf, as the frames shard, instead of gzip), then measures:
 - start-up: seconds to list a split of ``--listing`` frames spread over 64-video-sized shards (tiny frames: the
   listing reads group attributes and dataset shapes, never pixels), i.e. what a job does before its first step.
 
-Measured on a busy 2-core CPU machine (``--workers 0``, CPU time of the process that reads): ~9-10 ms per sample,
-~5.5 ms of it decoding the chunks the window touches, mostly the flow cache's gzip (the frames' lzf + checksum:
-~1.7 ms); ``--flow-compression lzf``: ~8.5 ms; ``--pixel-chunks 64 64``: ~8.5-9 ms; both: ~6 ms.
+Measured on a busy 2-core CPU machine (``--workers 0``, CPU time of the process that reads) in the layout before
+(automatic chunks, gzip flow): ~9-10 ms per sample, ~5.5 ms of it decoding the chunks the window touches, mostly
+the flow cache's gzip (the frames' lzf + checksum: ~1.7 ms); lzf flow: ~8.5 ms; 64 x 64 chunks: ~8.5-9 ms; both
+(the layout now): ~6 ms.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from a2dpipe.flow import FlowWriter
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.segmentation.loader import StepBatches, collate, make_loader, to_device
 from a2dpipe.segmentation.samples import StoreSamples, plan_view
+from a2dpipe.stores import PIXEL_CHUNK
 
 FRAME_FILTERS = {"compression": "lzf", "fletcher32": True}  # extract-frames' default filters
 FLOW_FILTERS = {"gzip": {"compression": "gzip", "compression_opts": 1},  # the flow cache's
@@ -48,7 +50,7 @@ FLOW_FILTERS = {"gzip": {"compression": "gzip", "compression_opts": 1},  # the f
 
 def image_chunks(data: np.ndarray, pixels: tuple[int, int] | None) -> dict:
     """``chunks`` of an image dataset: ``pixels`` rows x cols with every channel, or h5py's automatic guess."""
-    if pixels is None or data.ndim < 2 or data.shape[0] < 8:
+    if pixels is None or data.ndim < 2 or data.shape[0] < 8 or min(pixels) <= 0:
         return {}
     if data.ndim == 3 and data.shape[2] in (2, 3):  # (H, W, C)
         return {"chunks": (min(pixels[0], data.shape[0]), min(pixels[1], data.shape[1]), data.shape[2])}
@@ -67,7 +69,7 @@ def smooth(rng: np.random.Generator, shape: tuple[int, ...], scale: int = 16) ->
 
 
 def write_frame(frames: FrameWriter, flows: FlowWriter, rng, video: str, size: tuple[int, int], encoding: str,
-                pixel_chunks: tuple[int, int] | None = None, flow_compression: str = "gzip") -> None:
+                pixel_chunks: tuple[int, int] | None = None, flow_compression: str = "lzf") -> None:
     """One annotated frame with two actor instances, its neighbour and its flow."""
     h, w = size
     rgb = np.clip(smooth(rng, (h, w, 3)) * 220 + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
@@ -79,11 +81,13 @@ def write_frame(frames: FrameWriter, flows: FlowWriter, rng, video: str, size: t
         label[masks[k] > 0] = pid
     group = frames.create_group(video, 1)
     group.attrs.update({"split": "train", "neighbour_frame": 2, "direction": "next"})
-    for name, data in (("rgb", rgb), ("neighbour", rgb[:, ::-1]), ("label", label), ("instance_masks", masks),
-                       ("instance_boxes", masks_to_boxes(masks)), ("instance_ids", np.uint8([11, 34]))):
+    for name, data in (("rgb", rgb), ("neighbour", rgb[:, ::-1]), ("label", label)):
         group.create_dataset(name, data=data, **FRAME_FILTERS, **image_chunks(data, pixel_chunks))
+    for name, data in (("instance_masks", masks), ("instance_boxes", masks_to_boxes(masks)),
+                       ("instance_ids", np.uint8([11, 34]))):
+        group.create_dataset(name, data=data, **FRAME_FILTERS)
     flow = (smooth(rng, (h, w, 2), 32) - 0.5) * 12
-    if pixel_chunks is None and flow_compression == "gzip":
+    if pixel_chunks == (PIXEL_CHUNK, PIXEL_CHUNK) and flow_compression == "lzf":  # the pipeline's own writer
         flows.write(video, 1, flow, flow_to_rgb(flow, encoding))
         return
     group = flows.create_group(video, 1)  # FlowWriter.write's datasets, in the other layout or compression
@@ -93,7 +97,7 @@ def write_frame(frames: FrameWriter, flows: FlowWriter, rng, video: str, size: t
 
 def write_shard(folder: Path, count: int, size: tuple[int, int], encoding: str,
                 pixel_chunks: tuple[int, int] | None = None, name: str = "shard-000.h5",
-                flow_compression: str = "gzip") -> tuple[Path, Path]:
+                flow_compression: str = "lzf") -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     frames_path, flow_path = folder / "frames" / name, folder / "flow" / name
     frames_path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,17 +190,18 @@ def main() -> None:
     parser.add_argument("--width-channels", type=int, default=24, help="tiny backbone's first-stage channels")
     parser.add_argument("--listing", type=int, default=11926, help="frames of the start-up (listing) measurement")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--pixel-chunks", type=int, nargs=2, default=None,
-                        help="store images in chunks of ROWS COLS pixels holding every channel")
-    parser.add_argument("--flow-compression", choices=tuple(FLOW_FILTERS), default="gzip",
-                        help="filter of the flow cache's datasets (the flow stage writes gzip)")
+    parser.add_argument("--pixel-chunks", type=int, nargs=2, default=[PIXEL_CHUNK, PIXEL_CHUNK],
+                        help="store images in chunks of ROWS COLS pixels holding every channel (0 0: h5py's "
+                             "automatic chunks, the layout before)")
+    parser.add_argument("--flow-compression", choices=tuple(FLOW_FILTERS), default="lzf",
+                        help="filter of the flow cache's datasets (the flow stage writes lzf; gzip before)")
     parser.add_argument("--no-step", action="store_true", help="skip the model step")
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()
-        chunks = tuple(args.pixel_chunks) if args.pixel_chunks else None
+        chunks = tuple(args.pixel_chunks) if min(args.pixel_chunks) > 0 else None
         frames, flow = write_shard(tmp, args.frames, (args.height, args.width), args.encoding, chunks,
                                    flow_compression=args.flow_compression)
         print(f"wrote {args.frames} frames {args.height} x {args.width} in {time.perf_counter() - started:.1f} s "

@@ -20,6 +20,7 @@ from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.labels import VALID_PAIRS, to_setting
 from a2dpipe.segmentation.loader import MEAN, STD, collate, loader_options, to_device
 from a2dpipe.segmentation.samples import StoreSamples, View
+from a2dpipe.stores import pixel_chunks
 
 torch.set_num_threads(1)
 
@@ -34,8 +35,12 @@ CONFIG = {
 }
 
 
-def write_shard(folder, name: str, sizes, seed: int, encoding: str = "xym") -> tuple:
-    """A frames shard and its flow cache: one annotated frame per video, an actor instance in each."""
+def write_shard(folder, name: str, sizes, seed: int, encoding: str = "xym", layout: str = "pipeline") -> tuple:
+    """A frames shard and its flow cache: one annotated frame per video, an actor instance in each.
+
+    ``layout``: ``pipeline`` writes the images as the writers do now (64 x 64-pixel chunks, lzf flow);
+    ``before`` as files written earlier still are (h5py's automatic chunks, the flow cache gzip level 1).
+    """
     rng = np.random.default_rng(seed)
     (folder / "frames").mkdir(exist_ok=True)
     (folder / "flow").mkdir(exist_ok=True)
@@ -52,9 +57,16 @@ def write_shard(folder, name: str, sizes, seed: int, encoding: str = "xym") -> t
             for key, data in (("rgb", rgb), ("neighbour", rgb), ("label", masks[0] * np.uint8(pid)),
                               ("instance_masks", masks), ("instance_boxes", masks_to_boxes(masks)),
                               ("instance_ids", np.uint8([pid]))):
-                group.create_dataset(key, data=data, compression="lzf", fletcher32=True)
+                image = layout == "pipeline" and key in ("rgb", "neighbour", "label")
+                group.create_dataset(key, data=data, compression="lzf", fletcher32=True,
+                                     chunks=pixel_chunks(data.shape) if image else None)
             flow = rng.normal(0, 3, (h, w, 2)).astype(np.float32)
-            flows.write(f"{name[:9]}v{k}", 1, flow, flow_to_rgb(flow, encoding))
+            if layout == "pipeline":
+                flows.write(f"{name[:9]}v{k}", 1, flow, flow_to_rgb(flow, encoding))
+                continue
+            old = flows.create_group(f"{name[:9]}v{k}", 1)
+            old.create_dataset("flow", data=flow.astype(np.float16), compression="gzip", compression_opts=1)
+            old.create_dataset("rgb", data=flow_to_rgb(flow, encoding), compression="gzip", compression_opts=1)
     return frames_path, flow_path
 
 
@@ -87,17 +99,25 @@ def test_listing_a_split_decodes_no_frame_and_samples_pickle_without_open_files(
     copy.close()
 
 
-@pytest.mark.parametrize("encoding", ["xym", "wheel"])
-def test_window_reads_equal_whole_frame_reads_cropped(tmp_path, encoding):
+@pytest.mark.parametrize("encoding, layout", [("xym", "pipeline"), ("wheel", "pipeline"), ("xym", "before")])
+def test_window_reads_equal_whole_frame_reads_cropped(tmp_path, encoding, layout):
     """Views read from the stores (only the window's rows and columns, the flow field only when mirrored) equal
-    the same views of the whole stored frames held in memory (whose windows are plain crops)."""
+    the same views of the whole stored frames held in memory (whose windows are plain crops), in the writers'
+    layout and in the one before it (automatic chunks, gzip flow)."""
     from a2dpipe.flow import FlowStore
     from a2dpipe.dataset.frames import FrameStore
     from a2dpipe.segmentation.samples import ArraySamples, plan_view
 
-    # the first frame is the test split's; then A2D's size, whose automatic chunks hold one channel each (read
-    # plane by plane), and a size whose chunks hold two
-    frames, flow = write_shard(tmp_path, "shard-000.h5", [(30, 40), (320, 568), (240, 426), (320, 568)], 3, encoding)
+    # the first frame is the test split's; then A2D's sizes: 64 x 64-pixel chunks with partial tiles at the edges,
+    # or (layout before) automatic chunks of one channel each (read plane by plane) and of two
+    frames, flow = write_shard(tmp_path, "shard-000.h5", [(30, 40), (320, 568), (240, 426), (320, 568)], 3, encoding,
+                               layout)
+    with h5py.File(frames) as f, h5py.File(flow) as g:  # the layout is what the test says it is
+        image, flow_image = f["shard-000v1/00001/rgb"], g["shard-000v1/00001/rgb"]
+        if layout == "pipeline":
+            assert image.chunks == flow_image.chunks == (64, 64, 3) and flow_image.compression == "lzf"
+        else:
+            assert image.chunks[2] == flow_image.chunks[2] == 1 and flow_image.compression == "gzip"
     samples = StoreSamples([frames], split="train", flow=[flow], gt_regions=True, flow_encoding=encoding)
     whole = []
     with FrameStore(frames) as frame_store, FlowStore(flow) as flow_store:

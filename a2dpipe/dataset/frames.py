@@ -16,6 +16,8 @@ dataset            shape, type  content
 ================== ============ ======================================================================
 
 Every non-empty dataset carries a Fletcher-32 checksum: a flipped bit is an error naming the file when it is read.
+The three images are stored in 64 x 64-pixel chunks (:func:`a2dpipe.stores.pixel_chunks`), so that a training
+crop decodes only the tiles it overlaps; shards written with other chunks read the same.
 On the synthetic benchmark a group also holds ``distractor_masks`` (M, H, W) u8 0/1: the visible non-actor
 objects, which the generic mask source is trained on (read from the benchmark's sidecar files; absent on A2D).
 
@@ -43,7 +45,7 @@ from a2dpipe.dataset.index import read_index
 from a2dpipe.config import add_config_arguments, read_settings
 from a2dpipe.io import A2DError
 from a2dpipe.dataset.synthetic import distractor_path, read_distractors
-from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter
+from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, pixel_chunks
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +208,8 @@ def _write_frame(f: FrameWriter, root: Path, row, decoded: dict, partner: tuple[
         )
     g = f.create_group(video, frame)
     g.attrs.update({"split": row.split, "neighbour_frame": partner[0], "direction": partner[1]})
-    g.create_dataset("rgb", data=rgb, **opts)
-    g.create_dataset("neighbour", data=decoded[partner[0]], **opts)
-    g.create_dataset("label", data=ann.id_map, **opts)
+    for name, image in (("rgb", rgb), ("neighbour", decoded[partner[0]]), ("label", ann.id_map)):
+        g.create_dataset(name, data=image, chunks=pixel_chunks(image.shape), **opts)
     masks = (ann.masks >= 0.5).astype(np.uint8)
     g.create_dataset("instance_masks", data=masks, **(opts if masks.size else {}))
     g.create_dataset("instance_boxes", data=ann.boxes.astype(np.float32), **(opts if masks.size else {}))

@@ -1,7 +1,8 @@
 """The flow cache of one shard: ``results/flow/<method>/shard-NNN.h5``.
 
 Layout: one group per annotated frame, ``"{video}/{frame:05d}"``, holding ``flow`` (H, W, 2) float16 (u, v in
-pixels; half precision keeps 1/32 px up to 64 px) and ``rgb`` (H, W, 3) uint8 (the configured encoding). Root
+pixels; half precision keeps 1/32 px up to 64 px) and ``rgb`` (H, W, 3) uint8 (the configured encoding), lzf in
+64 x 64-pixel chunks (:func:`a2dpipe.stores.pixel_chunks`; files written with gzip and row chunks read the same). Root
 attributes: ``schema`` (``"a2dpipe.flow/1"``, :data:`FORMAT`), ``method``, ``encoding``, ``dis_preset`` (DIS
 only), ``wheel_max`` (wheel only; absent when per-frame), ``seconds_per_frame`` (estimator time per frame, measured
 while computing) and ``frames`` (groups written). The flow of a group is from the annotated frame to its
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from a2dpipe.io import A2DError
-from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter
+from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, pixel_chunks
 
 __all__ = ["FORMAT", "FlowStore", "FlowWriter"]
 
@@ -66,8 +67,8 @@ class FlowWriter(ArtifactWriter):
 
     def write(self, video: str, frame: int, flow: np.ndarray, rgb: np.ndarray, **attrs) -> None:
         group = self.create_group(video, frame)
-        group.create_dataset("flow", data=np.asarray(flow, np.float16), compression="gzip", compression_opts=1)
-        group.create_dataset("rgb", data=np.asarray(rgb, np.uint8), compression="gzip", compression_opts=1)
+        for name, data in (("flow", np.asarray(flow, np.float16)), ("rgb", np.asarray(rgb, np.uint8))):
+            group.create_dataset(name, data=data, compression="lzf", chunks=pixel_chunks(data.shape))
         for key, value in attrs.items():
             group.attrs[key] = value
 

@@ -3,8 +3,7 @@
 Layout: one group per annotated frame, ``"{video}/{frame:05d}"``, holding ``flow`` (H, W, 2) float16 (u, v in
 pixels; half precision keeps 1/32 px up to 64 px) and ``rgb`` (H, W, 3) uint8 (the configured encoding), lzf in
 64 x 64-pixel chunks (:func:`a2dpipe.stores.pixel_chunks`; caches written before, gzip in automatic chunks, read the
-same). Root
-attributes: ``schema`` (``"a2dpipe.flow/1"``, :data:`FORMAT`), ``method``, ``encoding``, ``dis_preset`` (DIS
+same). Root attributes: ``schema`` (``"a2dpipe.flow/1"``, :data:`FORMAT`), ``method``, ``encoding``, ``dis_preset`` (DIS
 only), ``wheel_max`` (wheel only; absent when per-frame), ``seconds_per_frame`` (estimator time per frame, measured
 while computing) and ``frames`` (groups written). The flow of a group is from the annotated frame to its
 neighbour, or from the neighbour to it when the group's ``direction`` is 'previous' (copied from the frames store

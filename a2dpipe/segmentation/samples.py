@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from a2dpipe.flow.encode import longest_vector
 from a2dpipe.io import A2DError
 from a2dpipe.labels import IGNORE
 
@@ -203,12 +204,6 @@ def load_view(samples: Samples, view: View) -> dict:
     return out
 
 
-def _flow_peak(flow: np.ndarray) -> np.ndarray:
-    """The longest vector of a (H, W, 2) flow field."""
-    vectors = flow.reshape(-1, 2)
-    return vectors[np.argmax((vectors ** 2).sum(1))].copy()
-
-
 class ArraySamples(Samples):
     """Samples held in memory: ``ArraySamples(list_of_sample_dicts)`` with the keys of the module docstring, plus
     ``flow`` (H, W, 2) float32 pixels beside ``flow_rgb`` (a mirror re-encodes it)."""
@@ -237,7 +232,7 @@ class ArraySamples(Samples):
         if flow_field:
             out["flow"] = s["flow"][rows, cols]
         if flow_peak:
-            out["flow_peak"] = _flow_peak(s["flow"])
+            out["flow_peak"] = longest_vector(s["flow"])
         if self.uses_regions:
             out["boxes"], out["masks"] = s["boxes"], s["masks"][:, rows, cols]
         return out
@@ -367,11 +362,14 @@ class StoreSamples(Samples):
             store = self._store(self.flow_paths[path.name], "flow")
             if not flow_field:  # a mirrored window's image is re-encoded from the field instead
                 out["flow_rgb"] = _read_window(store, video, frame, ("rgb",), rows, cols)["rgb"]
-            if flow_peak:  # the whole field: the wheel's scale is the frame's longest vector
+            peak = store.peak(video, frame) if flow_peak else None  # the wheel's scale: the frame's longest vector
+            if flow_peak and peak is None:  # a cache without the attribute: from the whole field
                 whole = store.read_arrays(video, frame, ("flow",))["flow"].astype(np.float32)
-                out["flow"], out["flow_peak"] = whole[rows, cols], _flow_peak(whole)
+                out["flow"], out["flow_peak"] = whole[rows, cols], longest_vector(whole)
             elif flow_field:
                 out["flow"] = _read_window(store, video, frame, ("flow",), rows, cols)["flow"]  # float16
+                if peak is not None:
+                    out["flow_peak"] = peak
         if self.uses_regions:
             out.update(self._regions(path, video, frame, rows, cols))
         return out

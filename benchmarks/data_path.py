@@ -20,10 +20,14 @@ with gzip level 1 (the compression before), so that layouts can be compared; the
 - start-up: seconds to list a split of ``--listing`` frames spread over 64-video-sized shards (tiny frames: the
   listing reads group attributes and dataset shapes, never pixels), i.e. what a job does before its first step.
 
-Measured on a busy 2-core CPU machine (``--workers 0``, CPU time of the process that reads) in the layout before
-(automatic chunks, gzip flow): ~9-10 ms per sample, ~5.5 ms of it decoding the chunks the window touches, mostly
-the flow cache's gzip (the frames' lzf + checksum: ~1.7 ms); lzf flow: ~8.5 ms; 64 x 64 chunks: ~8.5-9 ms; both
-(the layout now): ~6 ms.
+Measured on a quiet 2-core CPU machine, 320 x 320 crops of 320 x 568 frames, batch 10, ``--steps 20``, CPU time of
+the reading process with ``--workers 0`` and samples per second of wall time with ``--workers 2``:
+
+- xym flow images: 6.1-6.7 ms per sample, 226-244 samples/s (the layout before, automatic chunks and a gzip flow
+  cache: 7.8-8.3 ms, 212 samples/s);
+- wheel flow images (the paper preset's): 18-21 ms, 126-140 samples/s. A mirrored sample is re-encoded from its
+  window of the field (~8 ms for 320 x 320 on one thread); before the ``peak`` attribute it decoded the whole
+  field first (24.5 ms, 100 samples/s).
 """
 
 from __future__ import annotations

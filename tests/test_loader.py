@@ -104,8 +104,8 @@ def test_listing_a_split_decodes_no_frame_and_samples_pickle_without_open_files(
 def test_window_reads_equal_whole_frame_reads_cropped(tmp_path, encoding, layout):
     """Views read from the stores (only the window's rows and columns, the flow field only when mirrored) equal
     the same views of the whole stored frames held in memory (whose windows are plain crops), in the writers'
-    layout and in the one before it (automatic chunks, gzip flow, no ``peak`` attribute: a mirrored wheel window
-    then takes the frame's scale from the whole field)."""
+    layout (mirrored windows read from ``rgb_mirror``) and in the one before it (automatic chunks, gzip flow, no
+    mirror image: mirrored windows re-encoded from the field, on the wheel's per-frame scale from the whole field)."""
     from a2dpipe.flow import FlowStore
     from a2dpipe.dataset.frames import FrameStore
     from a2dpipe.segmentation.samples import ArraySamples, plan_view
@@ -116,11 +116,11 @@ def test_window_reads_equal_whole_frame_reads_cropped(tmp_path, encoding, layout
                                layout)
     with h5py.File(frames) as f, h5py.File(flow) as g:  # the layout is what the test says it is
         image, flow_image = f["shard-000v1/00001/rgb"], g["shard-000v1/00001/rgb"]
-        has_peak = "peak" in g["shard-000v1/00001"].attrs
+        has_mirror = "rgb_mirror" in g["shard-000v1/00001"]
         if layout == "pipeline":
-            assert image.chunks == flow_image.chunks == (64, 64, 3) and flow_image.compression == "lzf" and has_peak
+            assert image.chunks == flow_image.chunks == (64, 64, 3) and flow_image.compression == "lzf" and has_mirror
         else:
-            assert image.chunks[2] == flow_image.chunks[2] == 1 and flow_image.compression == "gzip" and not has_peak
+            assert image.chunks[2] == flow_image.chunks[2] == 1 and flow_image.compression == "gzip" and not has_mirror
     samples = StoreSamples([frames], split="train", flow=[flow], gt_regions=True, flow_encoding=encoding)
     whole = []
     with FrameStore(frames) as frame_store, FlowStore(flow) as flow_store:

@@ -14,9 +14,10 @@ frame. ``samples[view]`` delivers it (:func:`load_view`), so a ``DataLoader`` wh
 views (:mod:`.loader`) does the reading, cropping and mirroring in its workers, while every random choice is made
 beforehand in the main process (:func:`plan_view`): the same seed gives the same batches whatever the number of
 workers. A training crop: random window (frames smaller than the crop are padded at the bottom and right: label
-IGNORE, image 0, masks 0), mirrored with probability 1/2 -- a mirror negates the flow's u and re-encodes it, since a
-mirrored flow image would otherwise say the motion goes the wrong way. Only the window's rows and columns are read
-and re-encoded; the result is the same as mirroring the whole frame, padding it and cropping.
+IGNORE, image 0, masks 0), mirrored with probability 1/2 -- a mirror negates the flow's u, since a mirrored flow
+image would otherwise say the motion goes the wrong way: its image is the flow cache's ``rgb_mirror`` (or, in caches
+written before it, the stored field re-encoded). Only the window's rows and columns are read; the result is the same
+as mirroring the whole frame, padding it and cropping.
 
 ``StoreSamples`` reads the per-shard stores (frames, flow, region masks: files of one shard share their name, e.g.
 ``shard-003.h5``), lazily: it lists a split from group attributes, a frame's size from its dataset's shape (no
@@ -95,8 +96,10 @@ class Samples(torch.utils.data.Dataset):
 
     def read(self, i: int, rows: slice, cols: slice, *, flow_field: bool, flow_peak: bool, flow: bool) -> dict:
         """Frame ``i``'s arrays inside ``rows`` x ``cols``: ``rgb``, ``label``, and when present ``masks`` and
-        full-frame ``boxes``; with ``flow``, the flow image ``flow_rgb``, or, when ``flow_field``, the flow field
-        ``flow`` (float, as stored) to re-encode it from; ``flow_peak`` (2,), the frame's longest vector, when asked."""
+        full-frame ``boxes``; with ``flow``, the flow image ``flow_rgb``. ``flow_field``: the view is mirrored, so
+        ``flow_rgb`` is the image of the field with u negated, or, where none is stored, the flow field ``flow``
+        (float, as stored) is given to re-encode it from, with ``flow_peak`` (2,), the frame's longest vector, when
+        asked."""
         raise NotImplementedError
 
     def __getitem__(self, view: View) -> dict:
@@ -188,7 +191,7 @@ def load_view(samples: Samples, view: View) -> dict:
     size = samples.size(view.index)
     rows, cols, shape = _window(view, size)
     flow = view.flow and samples.uses_flow
-    field = flow and view.flip  # a mirrored flow image is re-encoded from the field
+    field = flow and view.flip  # a mirrored view's flow image: of the field with u negated
     peak = field and samples.flow_encoding == "wheel" and samples.wheel_max is None
     data = samples.read(view.index, rows, cols, flow_field=field, flow_peak=peak, flow=flow)
     if view.flip:
@@ -360,16 +363,14 @@ class StoreSamples(Samples):
         out = _read_window(self._store(path, "frames"), video, frame, ("rgb", "label"), rows, cols)
         if flow:
             store = self._store(self.flow_paths[path.name], "flow")
-            if not flow_field:  # a mirrored window's image is re-encoded from the field instead
-                out["flow_rgb"] = _read_window(store, video, frame, ("rgb",), rows, cols)["rgb"]
-            peak = store.peak(video, frame) if flow_peak else None  # the wheel's scale: the frame's longest vector
-            if flow_peak and peak is None:  # a cache without the attribute: from the whole field
+            if not flow_field or store.has_mirror_images:  # a mirrored window: the stored mirror image
+                name = "rgb_mirror" if flow_field else "rgb"
+                out["flow_rgb"] = _read_window(store, video, frame, (name,), rows, cols)[name]
+            elif flow_peak:  # re-encoded on the wheel's scale, the frame's longest vector: the whole field
                 whole = store.read_arrays(video, frame, ("flow",))["flow"].astype(np.float32)
                 out["flow"], out["flow_peak"] = whole[rows, cols], longest_vector(whole)
-            elif flow_field:
+            else:
                 out["flow"] = _read_window(store, video, frame, ("flow",), rows, cols)["flow"]  # float16
-                if peak is not None:
-                    out["flow_peak"] = peak
         if self.uses_regions:
             out.update(self._regions(path, video, frame, rows, cols))
         return out

@@ -23,11 +23,11 @@ with gzip level 1 (the compression before), so that layouts can be compared; the
 Measured on a quiet 2-core CPU machine, 320 x 320 crops of 320 x 568 frames, batch 10, ``--steps 20``, CPU time of
 the reading process with ``--workers 0`` and samples per second of wall time with ``--workers 2``:
 
-- xym flow images: 6.1-6.7 ms per sample, 226-244 samples/s (the layout before, automatic chunks and a gzip flow
-  cache: 7.8-8.3 ms, 212 samples/s);
-- wheel flow images (the paper preset's): 18-21 ms, 126-140 samples/s. A mirrored sample is re-encoded from its
-  window of the field (~8 ms for 320 x 320 on one thread); before the ``peak`` attribute it decoded the whole
-  field first (24.5 ms, 100 samples/s).
+- now (64 x 64-pixel chunks, lzf flow cache holding ``rgb_mirror``): xym 6.4-8.1 ms per sample, 218-258 samples/s;
+  wheel (the paper preset's encoding) 5.4-5.5 ms, 260-271 samples/s;
+- before (automatic chunks, gzip flow cache, mirrored windows re-encoded from the field): xym 7.8-8.3 ms,
+  212 samples/s; wheel 24.5 ms, 100 samples/s (re-encoding a 320 x 320 wheel image is ~8 ms of CPU, and on the
+  wheel's per-frame scale it decoded the whole field first). The mirror images make the flow cache ~40 % larger.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 Every rule writes a Snakemake benchmark file (``results/benchmarks/<rule>/...tsv``: wall seconds ``s``,
 ``cpu_time``, ``max_rss`` in MB). This sums them per rule, sorted by wall time, with each rule's share of the
 total, so that the cost of a change is visible rule by rule. With ``--run`` it first runs the README's main command
-(``snakemake tables --cores 1 --resources gpu=1`` on ``config.yaml``) with ``DIR`` as its working directory,
-so its results land in ``DIR/results``, and also prints the command's own wall time, which includes Snakemake's
+(``snakemake tables --cores 1 --resources gpu=1`` on ``config.yaml``; ``--cores N`` to compare) with ``DIR`` as its
+working directory, so its results land in ``DIR/results``, and also prints the command's own wall time, which includes Snakemake's
 start-up and scheduling, and its exact CPU time, Snakemake's and every job's (the operating system's account of
 all the processes it waited for).
 
@@ -30,13 +30,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_main_job(workdir: Path) -> tuple[float, float]:
+def run_main_job(workdir: Path, cores: int = 1) -> tuple[float, float]:
     """Run the main job in ``workdir`` (which must not exist, so that every job runs); its wall and CPU seconds."""
     if workdir.exists():
         sys.exit(f"{workdir} exists: --run needs a fresh folder, so that every job runs")
     workdir.mkdir(parents=True)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "tables", "--cores", "1", "--resources", "gpu=1", "--configfile", str(REPO / "config.yaml")]
+           "tables", "--cores", str(cores), "--resources", "gpu=1", "--configfile", str(REPO / "config.yaml")]
     return timed(cmd)
 
 
@@ -90,10 +90,11 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "results", help="results folder of a finished run")
     parser.add_argument("--run", action="store_true", help="run the main job in --workdir first")
     parser.add_argument("--workdir", type=Path, help="with --run: a fresh working directory for the run")
+    parser.add_argument("--cores", type=int, default=1, help="with --run: Snakemake's --cores (the README's: 1)")
     args = parser.parse_args()
     if args.run and args.workdir is None:
         parser.error("--run needs --workdir")
-    command = run_main_job(args.workdir.resolve()) if args.run else None
+    command = run_main_job(args.workdir.resolve(), args.cores) if args.run else None
     results = args.workdir.resolve() / "results" if args.run else args.results.resolve()
     print(format_table(read_benchmarks(results)))
     if command is not None:

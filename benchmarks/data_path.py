@@ -8,12 +8,12 @@
 Writes, in a temporary folder, a frames shard and a flow cache of ``--frames`` A2D-sized synthetic frames in the
 pipeline's own layout (frames: lzf + checksum, as ``extract-frames``; flow: float16 field and its RGB image, lzf,
 as ``flow``; images of both in 64 x 64-pixel chunks, :func:`a2dpipe.stores.pixel_chunks`). ``--pixel-chunks 0 0``
-leaves the chunks to h5py (whole rows, the layout before) and ``--flow-compression gzip`` stores the flow cache
+leaves the chunks to h5py (one channel each, the layout before) and ``--flow-compression gzip`` stores the flow cache
 with gzip level 1 (the compression before), so that layouts can be compared; then measures:
 
-- data path: samples per second of the training loader (read the window, crop, mirror half the frames with the
-  flow re-encoded, collate; pinned when CUDA is present) for each ``--workers``, two streams, over ``--steps``
-  batches after a warm-up batch that starts the workers; the main process only takes the batches;
+- data path: samples per second of the training loader (read the window, crop, mirror half the frames, their flow
+  image read from ``rgb_mirror`` or, in another layout, re-encoded; collate; pinned when CUDA is present) for
+  each ``--workers``, two streams, over ``--steps`` batches after a warm-up batch that starts the workers; the main process only takes the batches;
 - model step: seconds per stage-1 training step (forward, backward, optimiser) of the two-stream network at the
   same batch and crop on this machine, with ``--threads`` torch threads (``--backbone tiny`` is the CPU default;
   ``resnet101`` the paper's, slow on a CPU);

@@ -5,7 +5,7 @@
         --try stage1.batch_size=16 --try masks.score_threshold=0.5
 
 Each ``--try`` is one or more ``section.key=value`` (``stage1.``/``stage2.`` keys of ``segmentation``, or
-``masks.score_threshold``), joined by commas; the config's own settings are the first row. For each, with the
+``masks``), joined by commas; the config's own settings are the first row. For each, with the
 pipeline's own code and the run's frames, flow and models (the first two rows score the run's own Ours and
 Baseline models, retraining nothing):
 
@@ -13,10 +13,13 @@ Baseline models, retraining nothing):
 - ``stage2.*``: stage 2 is retrained on the ``--source`` regions (from the run's stage-1 model) and Ours predicts
   the validation frames with the same source's regions;
 - ``masks.score_threshold``: the run's ``--source`` mask model re-caches every shard's regions at that threshold,
-  then stage 2 trains and predicts on them as above.
+  then stage 2 trains and predicts on them as above;
+- any other ``masks.*`` key (``masks.iterations=200``): the ``--source`` mask model is retrained with it, re-caches
+  every shard's regions, then stage 2 trains and predicts on them as above.
 
-Prints one row per setting: which network was scored, training CPU seconds, mean class accuracy (actor, action,
-actor-action) and actor-action mean IoU on the validation split, in percent. The validation split is small (10
+Prints one row per setting: which network was scored, training CPU seconds (mask model included), mean class
+accuracy (actor, action, actor-action) and actor-action mean IoU on the validation split, in percent, and for rows
+that score Ours, the class-agnostic mask AP of the regions it used on the validation frames. The validation split is small (10
 videos on the embedded default): a point or two is noise. This catches a clearly worse setting; it is not a tuner.
 """
 
@@ -33,7 +36,9 @@ import torch
 
 from a2dpipe.config import load_config
 from a2dpipe.evaluation.evaluate import evaluate
+from a2dpipe.masks.quality import mask_quality
 from a2dpipe.masks.stage import cache_regions
+from a2dpipe.masks.train import train_mask_model
 from a2dpipe.segmentation.predict import predict
 from a2dpipe.segmentation.samples import StoreSamples
 from a2dpipe.segmentation.train import flow_encoding_settings, train
@@ -48,7 +53,7 @@ def parse_try(text: str) -> dict[str, object]:
     for item in text.split(","):
         key, _, value = item.partition("=")
         if key.split(".")[0] not in ("stage1", "stage2", "masks") or not value:
-            raise SystemExit(f"--try {text!r}: expected stage1.KEY=VALUE, stage2.KEY=VALUE or masks.score_threshold=V")
+            raise SystemExit(f"--try {text!r}: expected stage1.KEY=VALUE, stage2.KEY=VALUE or masks.KEY=VALUE")
         out[key.strip()] = json.loads(value)
     return out
 
@@ -84,8 +89,12 @@ def score(config: dict, over: dict, args, work: Path, kind: str = "ours") -> dic
             stage1 = out / "stage1.pt"
         model = stage1
     elif over:
-        if "masks.score_threshold" in over:  # the run's mask model, its regions kept at another score
+        mask_keys = {k for k in over if k.startswith("masks.")}
+        if mask_keys:  # regions cached anew: by the run's mask model at another score, or by one retrained
             model_file = results / "masks" / "models" / args.source / "model.pt"
+            if mask_keys - {"masks.score_threshold"}:
+                model_file = out / "mask_model.pt"
+                train_mask_model(config, args.source, frames, model_file)
             masks = [str(out / "masks" / Path(m).name) for m in masks]
             for shard, cache in zip(frames, masks):
                 cache_regions(config, args.source, shard, cache, model_path=model_file)
@@ -103,6 +112,9 @@ def score(config: dict, over: dict, args, work: Path, kind: str = "ours") -> dic
     for setting in ("actor", "action", "actor_action"):
         row[f"{setting} mca"] = round(100 * m[setting]["mean_class_accuracy"], 1)
     row["actor_action mIoU"] = round(100 * m["actor_action"]["mean_iou"], 1)
+    if kind == "ours":
+        ap = mask_quality(frames, {args.source: masks}, split="val")
+        row["val mask AP"] = float(ap.loc[ap["categories"] == "agnostic", "AP"].iloc[0])
     return row
 
 

@@ -56,15 +56,15 @@ def run(args) -> None:
     log.info("mask quality:\n%s", table.to_string(index=False))
 
 
-def mask_quality(frames: list[str | Path], caches: dict[str, list[str | Path]]) -> pd.DataFrame:
-    """AP table of the given sources (see the module docstring) over the test frames of ``frames``.
+def mask_quality(frames: list[str | Path], caches: dict[str, list[str | Path]], split: str = "test") -> pd.DataFrame:
+    """AP table of the given sources (see the module docstring) over the ``split`` frames of ``frames``.
 
     Streams frame by frame: each frame's instances and regions are read, run-length encoded at once and dropped, so
     memory holds only the compact encodings (a full-size A2D test split as float masks would need tens of GB).
     """
-    refs = list_frames(frames, split="test")
+    refs = list_frames(frames, split=split)
     if not refs:
-        raise A2DError(f"{frames[0]}: no test-split frames to measure mask quality on")
+        raise A2DError(f"{frames[0]}: no {split}-split frames to measure mask quality on")
     sources = {source: paths for source, paths in caches.items() if paths}
     truth, found = _encode_frames(frames, refs, sources)
     rows = []

@@ -68,7 +68,7 @@ import torch
 
 from a2dpipe.config import load_config
 from a2dpipe.flow.encode import flow_to_rgb
-from a2dpipe.io import atomic_path, describe_device
+from a2dpipe.io import A2DError, atomic_path, describe_device, select_device
 from a2dpipe.labels import VALID_PAIRS
 from a2dpipe.segmentation.loader import collate, to_device
 from a2dpipe.segmentation.models import backends as model_backends
@@ -483,7 +483,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[dict]:
     """Run the checks of ``argv`` (the command line's when None), print the table, write ``--out``; the rows."""
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = select_device(args.device)  # A2DError when CUDA is asked for and absent
     config = check_config(args.config, device, args.tiny, args.lr_scale)
     started = time.perf_counter()
     rows: list[dict] = []
@@ -508,4 +508,7 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if all(r["ok"] is not False for r in main()) else 1)
+    try:
+        sys.exit(0 if all(r["ok"] is not False for r in main()) else 1)
+    except A2DError as err:  # a config or device that cannot be checked: the reason, no traceback
+        sys.exit(f"gpu_check: {err}")

@@ -12,8 +12,9 @@ Inference (prediction, stage 2's feature cache) runs whole frames in batches of 
 A2D's frames are 320 pixels high but of several widths, and only frames of one size stack into one tensor.
 
 Settings (config ``segmentation``): ``loader_workers`` worker processes (0: read in the main process),
-``loader_prefetch`` batches each worker prepares ahead, ``inference_batch`` frames per forward pass at inference. Neither changes a result, so neither is recorded in an
-artifact's provenance nor in a training run's resume fingerprint (:func:`result_settings`).
+``loader_prefetch`` batches each worker prepares ahead. Neither changes a result, so neither is recorded in an
+artifact's provenance nor in a training run's resume fingerprint (:func:`result_settings`). ``inference_batch``,
+frames per forward pass at inference, is: a batch may add floats up in another order.
 """
 
 from __future__ import annotations
@@ -77,10 +78,8 @@ def collate(samples: list[dict]) -> dict:
 def same_size_batches(samples: Samples, views: list[View], batch_size: int) -> list[list[View]]:
     """``views`` of whole frames in batches of at most ``batch_size`` views of one frame size (``samples.size``:
     dataset shapes, nothing decoded). Sizes come in the order of their first view, views keep their order within a
-    size, so the batches are a function of ``views`` alone.
-
-    >>> # sizes of frames 0..3: (320, 568), (320, 426), (320, 568), (320, 568); batch_size 2
-    >>> # -> [[View(0), View(2)], [View(3)], [View(1)]]
+    size, so the batches are a function of ``views`` alone. Example: frames 0-3 of sizes (320, 568), (320, 426),
+    (320, 568), (320, 568) and ``batch_size`` 2 give [[View(0), View(2)], [View(3)], [View(1)]].
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -175,5 +174,5 @@ def inference_batch_size(config: dict) -> int:
     where the section leaves it out)."""
     from a2dpipe.config import section_defaults
 
-    seg = config.get("segmentation", {})
-    return section_defaults("segmentation", {k: v for k, v in seg.items() if k == "inference_batch"})["inference_batch"]
+    seg = {k: v for k, v in config.get("segmentation", {}).items() if k == "inference_batch"}
+    return section_defaults("segmentation", seg)["inference_batch"]

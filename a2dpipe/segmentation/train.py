@@ -8,7 +8,8 @@ the ground-truth instances. Optimiser SGD (paper) or Adam, poly learning-rate de
 
 Stage 2 with ``stage2.cache_features`` computes the frozen front-end's features once per training frame and its
 mirror image (in batches of one size, config ``segmentation.inference_batch``) and then trains on full frames from
-that cache: what a frozen front-end would compute every step, at a fraction of the cost (the CPU default). Without it, stage 2 takes random crops like stage 1.
+that cache: what a frozen front-end would compute every step, at a fraction of the cost (the CPU default). Without
+it, stage 2 takes random crops like stage 1.
 
 Data: a ``DataLoader`` over the shards (:mod:`.loader`; config ``segmentation.loader_workers`` and
 ``loader_prefetch``) reads, crops and mirrors the frames, in worker processes when asked; the frames of a step and
@@ -36,8 +37,8 @@ import numpy as np
 import torch
 
 from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, write_curve
-from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, inference_batch_size, loader_options,
-                                         make_loader, result_settings, same_size_batches, to_device)
+from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, loader_options, make_loader,
+                                         result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              section_defaults, stamp)

@@ -10,7 +10,8 @@ for each round and each batch size, back to back so that machine load hits every
 - :func:`a2dpipe.segmentation.train.cache_features` with the stage-1 rgbflow front-end on the training frames and
   their mirrors, as ``train_stage2`` runs it (regions of the ``dataset`` source plus ground truth are read too).
 
-Prints the median of each over the rounds and its ratio to the first batch size. Predictions go under ``--out``.
+Prints the median and the minimum of each over the rounds (on a loaded machine the minimum is the least disturbed)
+and their ratios to the first batch size. Predictions go under ``--out``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, required=True, help="results folder of a finished run (read only)")
     parser.add_argument("--config", default="config.yaml", help="the configuration that run was made with")
     parser.add_argument("--out", type=Path, required=True, help="folder for the predictions this writes")
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+    parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS),
                         default=["baseline-rgbflow", "ours-rgbflow-dataset-dataset"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=3)
@@ -102,14 +103,15 @@ def main() -> None:
             if not args.no_cache:
                 times.setdefault(("stage-2 feature cache (wall, per view)", batch), []).append(
                     time_cache(cfg, args.results, batch))
-    print(f"{'what':<52} {'batch':>5} {'ms/frame':>9} {'ratio':>6}   rounds (ms)")
+    print(f"{'what (ms per frame)':<52} {'batch':>5} {'median':>7} {'ratio':>6} {'min':>7} {'ratio':>6}   rounds")
     for what in dict.fromkeys(what for what, _ in times):
-        base = statistics.median(times[(what, args.batches[0])])
+        first = times[(what, args.batches[0])]
         for batch in args.batches:
             values = times[(what, batch)]
+            median, least = statistics.median(values), min(values)
             rounds = " ".join(f"{1000 * x:.1f}" for x in values)
-            print(f"{what:<52} {batch:>5} {1000 * statistics.median(values):>9.1f} "
-                  f"{statistics.median(values) / base:>6.2f}   {rounds}")
+            print(f"{what:<52} {batch:>5} {1000 * median:>7.1f} {median / statistics.median(first):>6.2f} "
+                  f"{1000 * least:>7.1f} {least / min(first):>6.2f}   {rounds}")
 
 
 if __name__ == "__main__":

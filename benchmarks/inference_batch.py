@@ -1,6 +1,6 @@
 """Inference batch: prediction and stage 2's feature cache with ``segmentation.inference_batch`` 1 against larger.
 
-    python benchmarks/inference_batch.py --results results --out /tmp/inference-batch [--batches 1 8] [--rounds 3]
+    python benchmarks/inference_batch.py --results results --out inference-batch [--batches 1 8] [--rounds 3]
 
 On a finished run's artifacts (``--results``: frames, flow, region masks, stage-1 and stage-2 models; read only),
 for each round and each batch size, back to back so that machine load hits every size alike:

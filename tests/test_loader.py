@@ -18,7 +18,8 @@ from a2dpipe.dataset.frames import FrameWriter, masks_to_boxes
 from a2dpipe.flow import FlowWriter
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.labels import VALID_PAIRS, to_setting
-from a2dpipe.segmentation.loader import MEAN, STD, collate, loader_options, to_device
+from a2dpipe.segmentation.loader import (MEAN, STD, collate, inference_batch_size, loader_options,
+                                         same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.stores import pixel_chunks
 
@@ -159,6 +160,32 @@ def test_to_device_normalises_images_and_maps_labels_to_classes(stores):
     assert batch["flow"].shape == batch["rgb"].shape and batch["keys"] == [samples.key(0), samples.key(2)]
     assert to_device(collate(items), "cpu", with_flow=False)["flow"] is None
     samples.close()
+
+
+def test_inference_batches_hold_frames_of_one_size_in_order_up_to_the_cap(stores, monkeypatch):
+    """Train split: shard 0's frames 30 x 40, 28 x 44, 30 x 40, shard 1's 30 x 40, 28 x 44; each with its mirror."""
+    frames, flow = stores
+    samples = StoreSamples(frames, split="train", flow=flow)
+    views = [View(i, flipped) for i in range(len(samples)) for flipped in (False, True)]
+    with monkeypatch.context() as patch:  # sizes come from dataset shapes: nothing is decoded
+        patch.setattr(h5py.Dataset, "__getitem__", lambda *a, **k: pytest.fail("a dataset was read while grouping"))
+        by_three = same_size_batches(samples, views, 3)
+        by_eight = same_size_batches(samples, views, 8)
+    ids = [[(v.index, v.flip) for v in batch] for batch in by_three]
+    assert ids == [[(0, False), (0, True), (2, False)], [(2, True), (3, False), (3, True)],
+                   [(1, False), (1, True), (4, False)], [(4, True)]]
+    assert [len(b) for b in by_eight] == [6, 4] and sum(by_eight, []) == sum(by_three, [])
+    assert all(len({samples.size(v.index) for v in batch}) == 1 for batch in by_three + by_eight)
+    assert same_size_batches(samples, views, 1) == [[v] for v in sum(by_three, [])]
+    assert same_size_batches(samples, views, 3) == by_three  # a function of the views alone
+    with pytest.raises(ValueError, match="at least 1"):
+        same_size_batches(samples, views, 0)
+    samples.close()
+
+
+def test_inference_batch_comes_from_the_schema_unless_set():
+    assert inference_batch_size({}) == 8
+    assert inference_batch_size({"segmentation": {"inference_batch": 3, "loader_workers": 1}}) == 3
 
 
 def test_loader_options_come_from_the_schema_unless_set():

@@ -206,6 +206,8 @@ RERUNS = {
                                     "evaluate": 6, **FINAL}),
     "segmentation.stage1.iterations": (5, {"train_stage1": 2, "train_stage2": 3, "predict": 8, "evaluate": 8, **FINAL}),
     "segmentation.stage2.fc_dim": (32, {"train_stage2": 3, "predict": 4, "evaluate": 4, **FINAL}),
+    # frames per forward pass: every prediction and stage 2's feature cache, never stage 1
+    "segmentation.inference_batch": (1, {"train_stage2": 3, "predict": 8, "evaluate": 8, **FINAL}),
     # the region-to-pixel settings are Ours' and the mask vote's
     "segmentation.stage2.uncovered_background": (0.5, {"train_stage2": 3, "predict": 6, "evaluate": 6, **FINAL}),
     "evaluation.boundary_width": (10, {"evaluate": 8, "report_figures": 1, "tables": 1}),
@@ -273,6 +275,7 @@ def test_every_artifact_records_its_settings_and_the_version(tiny_run, tiny_conf
         assert stamp["a2dpipe_version"] == a2dpipe.__version__ and stamp["settings"]["seed"] == 0, path
         segmentation = stamp["settings"].get("segmentation", {})
         assert ("stage2" in segmentation) == ("stage2" in path.parts), path  # stage 1 reads no stage-2 setting
+        assert ("inference_batch" in segmentation) == ("stage2" in path.parts), path  # nor the inference batch
     for path in results.glob("evaluation/*/*/*/*.json"):
         assert json.loads(path.read_text())["provenance"]["settings"] == {"evaluation": {
             "boundary_width": 15, "settings_from": "heads"}}

@@ -178,18 +178,29 @@ def test_views_read_only_their_window_yet_equal_mirroring_padding_and_cropping_t
     assert flips == {True, False}
 
 
+def mixed_size_samples():
+    """Five frames of two sizes, interleaved (44 x 60, 40 x 56, 44 x 60, 40 x 56, 44 x 60)."""
+    large, small = make_samples(3, h=44, w=60, seed=5).samples, make_samples(2, h=40, w=56, seed=6).samples
+    frames = [large[0], small[0], large[1], small[1], large[2]]
+    return ArraySamples([{**f, "video": f"v{k}"} for k, f in enumerate(frames)])
+
+
+@pytest.fixture(scope="module")
+def stage2(stage1, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage2") / "model.pt"
+    train(CONFIG, stage=2, input="rgbflow", samples=make_samples(), out=out, stage1=stage1[0])
+    return out
+
+
 @pytest.mark.parametrize("kind", ["baseline", "ours"])
-def test_predict_writes_valid_label_maps_at_frame_size(stage1, tmp_path, kind):
+def test_predict_writes_valid_label_maps_at_frame_size(stage1, stage2, tmp_path, kind):
     import h5py
 
     from a2dpipe.labels import is_valid
     from a2dpipe.segmentation.predict import predict
     from a2dpipe.variants import Variant
 
-    model = stage1[0]
-    if kind == "ours":
-        model = tmp_path / "s2" / "model.pt"
-        train(CONFIG, stage=2, input="rgbflow", samples=make_samples(), out=model, stage1=stage1[0])
+    model = stage2 if kind == "ours" else stage1[0]
     samples = make_samples(3, h=44, w=60, seed=5)
     variant, name = ((Variant("baseline", "rgbflow"), "baseline-rgbflow") if kind == "baseline"
                      else (Variant("ours", "rgbflow", "dataset", "gt"), "ours-rgbflow-dataset-gt"))
@@ -206,6 +217,54 @@ def test_predict_writes_valid_label_maps_at_frame_size(stage1, tmp_path, kind):
     with pytest.raises(Exception, match="stage-"):
         predict(CONFIG, variant=Variant("ours", "rgb", "dataset", "gt"), model=model, samples=samples,
                 out=tmp_path / "x.h5")
+
+
+@pytest.mark.parametrize("kind", ["baseline", "maskvote", "ours"])
+def test_batched_prediction_equals_prediction_one_frame_at_a_time(stage1, stage2, tmp_path, kind):
+    """Frames of two sizes, predicted one at a time, in batches of at most 2 (a size's frames split 2 + 1) and of
+    at most 8: every label map is the same."""
+    import h5py
+
+    from a2dpipe.segmentation.predict import predict
+    from a2dpipe.variants import NONE, Variant
+
+    variant = {"baseline": Variant("baseline", "rgbflow"), "maskvote": Variant("maskvote", "rgbflow", NONE, "gt"),
+               "ours": Variant("ours", "rgbflow", "dataset", "gt")}[kind]
+    model = stage2 if kind == "ours" else stage1[0]
+    samples = mixed_size_samples()
+    maps = {}
+    for batch in (1, 2, 8):
+        seg = CONFIG["segmentation"]
+        vote = {"uncovered_background": 1.0, "pixel_stride": 1}  # what the mask vote reads of stage 2's settings
+        config = {**CONFIG, "segmentation": {**seg, "inference_batch": batch, "stage2": {**seg["stage2"], **vote}}}
+        out = tmp_path / f"pred-{batch}.h5"
+        predict(config, variant=variant, model=model, samples=samples, out=out)
+        with h5py.File(out) as f:
+            assert f.attrs["seconds_per_frame"] > 0
+            maps[batch] = {f"{v}/{frame:05d}/{m}": f[f"{v}/{frame:05d}/{m}"][()] for v, frame in samples.keys()
+                           for m in ("actor", "action", "joint")}
+    assert maps[1]["v1/00001/actor"].shape == (40, 56) and maps[1]["v0/00001/actor"].shape == (44, 60)
+    assert any(len(np.unique(m)) > 1 for m in maps[1].values())  # not all background: there is something to compare
+    for batch in (2, 8):
+        assert maps[batch].keys() == maps[1].keys()
+        for key, want in maps[1].items():
+            np.testing.assert_array_equal(maps[batch][key], want, err_msg=f"{key}, inference_batch {batch}")
+
+
+def test_batched_feature_cache_equals_the_cache_of_one_view_at_a_time(stage1):
+    from a2dpipe.segmentation.train import cache_features
+
+    torch.manual_seed(0)
+    model = build_segmenter(CONFIG, input="rgbflow", pretrained=False)
+    model.load_state_dict(stage1[1]["model"], strict=False)
+    model.eval()
+    samples = mixed_size_samples()
+    one, batched = (cache_features(model, samples, torch.device("cpu"), False, batch_size=b) for b in (1, 4))
+    assert sorted(one) == sorted(batched) == [(i, flip) for i in range(5) for flip in (False, True)]
+    for key, want in one.items():
+        assert batched[key].shape == want.shape and want.shape[0] == 1, key
+        torch.testing.assert_close(batched[key], want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{key}: {m}")
+    assert not torch.equal(one[(0, False)], one[(0, True)])  # a mirror is a view of its own
 
 
 def test_stage2_refuses_a_stage1_model_of_another_backbone(stage1, tmp_path):
@@ -239,7 +298,8 @@ def test_stage_steps_under_bfloat16_autocast_give_finite_losses_and_float32_boxe
                             iterations=1),
         "stage 2 crops": CropStep(model, samples, stage=2, seed=0, batch_size=2, crop=(40, 56),
                                   device=torch.device("cpu"), iterations=1),
-        "stage 2 cached": CachedStep(model, samples, cache_features(model.eval(), samples, torch.device("cpu"), True),
+        "stage 2 cached": CachedStep(model, samples,
+                                     cache_features(model.eval(), samples, torch.device("cpu"), True, batch_size=4),
                                      seed=0, batch_size=2, device=torch.device("cpu"), iterations=1),
     }
     for name, step in steps.items():

@@ -8,9 +8,13 @@ batches in sampler order, so the batches -- and the trained weights -- are the s
 Batches cross the process boundary as compact CPU tensors (:func:`collate`: uint8 images and labels, pinned when the
 device is CUDA) and become network inputs on the device (:func:`to_device`: ImageNet normalisation, class maps).
 
+Inference (prediction, stage 2's feature cache) runs whole frames in batches of one size (:func:`same_size_batches`):
+A2D's frames are 320 pixels high but of several widths, and only frames of one size stack into one tensor.
+
 Settings (config ``segmentation``): ``loader_workers`` worker processes (0: read in the main process),
 ``loader_prefetch`` batches each worker prepares ahead. Neither changes a result, so neither is recorded in an
-artifact's provenance nor in a training run's resume fingerprint (:func:`result_settings`).
+artifact's provenance nor in a training run's resume fingerprint (:func:`result_settings`). ``inference_batch``,
+frames per forward pass at inference, is: a batch may add floats up in another order.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from a2dpipe.labels import to_setting
 from a2dpipe.segmentation.samples import Samples, View
 
 __all__ = ["StepBatches", "StepStream", "collate", "collate_each", "to_device", "make_loader", "loader_options",
-           "LOADER_KEYS", "result_settings", "MEAN", "STD"]
+           "same_size_batches", "inference_batch_size", "LOADER_KEYS", "result_settings", "MEAN", "STD"]
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -69,6 +73,20 @@ def collate(samples: list[dict]) -> dict:
         batch["regions"] = [{"boxes": torch.from_numpy(s["boxes"]), "masks": torch.from_numpy(s["masks"])}
                             for s in samples]
     return batch
+
+
+def same_size_batches(samples: Samples, views: list[View], batch_size: int) -> list[list[View]]:
+    """``views`` of whole frames in batches of at most ``batch_size`` views of one frame size (``samples.size``:
+    dataset shapes, nothing decoded). Sizes come in the order of their first view, views keep their order within a
+    size, so the batches are a function of ``views`` alone. Example: frames 0-3 of sizes (320, 568), (320, 426),
+    (320, 568), (320, 568) and ``batch_size`` 2 give [[View(0), View(2)], [View(3)], [View(1)]].
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    by_size: dict[tuple[int, int], list[View]] = {}
+    for view in views:
+        by_size.setdefault(tuple(samples.size(view.index)), []).append(view)
+    return [same[k:k + batch_size] for same in by_size.values() for k in range(0, len(same), batch_size)]
 
 
 def collate_each(samples: list[dict]) -> list[dict]:
@@ -149,3 +167,12 @@ def loader_options(config: dict) -> dict:
     seg = section_defaults("segmentation", {k: v for k, v in config.get("segmentation", {}).items()
                                             if k in LOADER_KEYS})
     return {"workers": seg["loader_workers"], "prefetch": seg["loader_prefetch"]}
+
+
+def inference_batch_size(config: dict) -> int:
+    """Frames per forward pass at inference: the config's ``segmentation.inference_batch`` (the schema's default
+    where the section leaves it out)."""
+    from a2dpipe.config import section_defaults
+
+    seg = {k: v for k, v in config.get("segmentation", {}).items() if k == "inference_batch"}
+    return section_defaults("segmentation", seg)["inference_batch"]

@@ -8,6 +8,9 @@ inside each test region (mask-weighted, within its box) stand in for the region 
 same region-to-pixel layer as Ours (:func:`mask_vote`). It separates what Ours gains from making labels consistent
 within masks from what its region classifier adds. ``--split val`` predicts the validation frames instead.
 
+Frames go through the network in batches of one size (config ``segmentation.inference_batch``,
+:func:`.loader.same_size_batches`); each frame's maps are then written on their own.
+
 Output: a predictions file (Predictions contract), written by :class:`.predictions.PredictionWriter`, whose
 module describes the layout: ``actor``, ``action`` and ``joint`` maps per test frame, ``seconds_per_frame``, and the
 variant's display name (:func:`a2dpipe.variants.variant_name`).
@@ -22,7 +25,8 @@ from pathlib import Path
 import torch
 
 from a2dpipe.segmentation.predictions import PredictionWriter
-from a2dpipe.segmentation.loader import collate, loader_options, make_loader, result_settings, to_device
+from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, result_settings,
+                                         same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.checkpoint import load_model_file
 from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
@@ -40,8 +44,8 @@ log = logging.getLogger(__name__)
 
 def configure_parser(parser) -> None:
     add_config_arguments(parser, "device, flow.encoding and flow.wheel_max (rgbflow), segmentation.stage2's "
-                         "uncovered_background and pixel_stride (maskvote), segmentation.loader_workers and "
-                         "loader_prefetch; the network is the model's")
+                         "uncovered_background and pixel_stride (maskvote), segmentation.loader_workers, "
+                         "loader_prefetch and inference_batch; the network is the model's")
     parser.add_argument("--kind", required=True, choices=KINDS, help="network and head (a2dpipe.variants)")
     parser.add_argument("--input", required=True, choices=INPUTS)
     parser.add_argument("--train-source", default=NONE, choices=(NONE, *TRAINED_SOURCES),
@@ -101,7 +105,7 @@ def _network(config: dict, variant: Variant, model: str | Path, device):
     A2DError when the checkpoint is not the stage and input the variant needs."""
     v, name = variant, variant_name(variant)
     ckpt = load_model_file(model, "segmentation")  # on the CPU; load_state_dict moves it
-    check_consistent({"this job": config, str(model): read_stamp(ckpt.get("provenance"))})
+    check_consistent({"this job": _without_inference_batch(config), str(model): read_stamp(ckpt.get("provenance"))})
     want_stage = 2 if v.kind == "ours" else 1
     if ckpt["stage"] != want_stage or ckpt["input"] != v.input:
         raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {name} needs a "
@@ -111,6 +115,15 @@ def _network(config: dict, variant: Variant, model: str | Path, device):
     net = net.to(device).eval()
     net.load_state_dict(ckpt["model"])
     return net, ckpt["segmentation"]
+
+
+def _without_inference_batch(config: dict) -> dict:
+    """``config`` less ``segmentation.inference_batch``: the batch stage 2 cached its features in need not be the one
+    this job predicts in."""
+    seg = config.get("segmentation")
+    if not seg or "inference_batch" not in seg:
+        return config
+    return {**config, "segmentation": {k: v for k, v in seg.items() if k != "inference_batch"}}
 
 
 def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: bool) -> dict[str, torch.Tensor]:
@@ -128,7 +141,9 @@ def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: bool) ->
 
 def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: str | Path) -> float:
     """Write the predictions of every sample to ``out`` under the variant's display name; returns seconds per
-    frame (the network alone: reading frames, in loader workers when configured, is not counted)."""
+    frame: the network's time over all batches divided by the number of frames, i.e. the per-frame throughput at
+    the configured ``segmentation.inference_batch`` (reading frames, in loader workers when configured, is not
+    counted)."""
     name = variant_name(variant)
     device = select_device(config["device"])
     net, trained = _network(config, variant, model, device)
@@ -138,8 +153,9 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
         stage2 = config["segmentation"]["stage2"]
         vote_to_pixel = RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
                                       pixel_stride=stage2["pixel_stride"]).to(device)
-    views = [[View(i, flow=net.uses_flow)] for i in range(len(samples))]
-    frames = make_loader(samples, views, collate_fn=collate, device=device, **loader_options(config))
+    views = [View(i, flow=net.uses_flow) for i in range(len(samples))]
+    batches = same_size_batches(samples, views, inference_batch_size(config))
+    frames = make_loader(samples, batches, collate_fn=collate, device=device, **loader_options(config))
     seconds = 0.0
     with PredictionWriter(out, variant=name, model=Path(model).name, settings=result_settings(config)) as writer:
         for loaded in frames:
@@ -151,10 +167,11 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - start
-            (video, frame), = batch["keys"]
-            writer.write(video, frame, {k: value[0].to(torch.uint8).cpu().numpy() for k, value in maps.items()})
+            maps = {k: value.to(torch.uint8).cpu().numpy() for k, value in maps.items()}
+            for j, (video, frame) in enumerate(batch["keys"]):
+                writer.write(video, frame, {k: value[j] for k, value in maps.items()})
         per_frame = seconds / max(len(samples), 1)
         writer.seconds_per_frame = per_frame
         writer.set_attrs(device=describe_device(device))  # the timing table's device column
-    log.info("%s: %d frames, %.4f s per frame", name, len(samples), per_frame)
+    log.info("%s: %d frames in %d batches, %.4f s per frame", name, len(samples), len(batches), per_frame)
     return per_frame

@@ -7,8 +7,9 @@ the ground-truth instances. Optimiser SGD (paper) or Adam, poly learning-rate de
 ``segmentation`` section.
 
 Stage 2 with ``stage2.cache_features`` computes the frozen front-end's features once per training frame and its
-mirror image and then trains on full frames from that cache: exactly what a frozen front-end would compute every
-step, at a fraction of the cost (the CPU default). Without it, stage 2 takes random crops like stage 1.
+mirror image (in batches of one size, config ``segmentation.inference_batch``) and then trains on full frames from
+that cache: what a frozen front-end would compute every step, at a fraction of the cost (the CPU default). Without
+it, stage 2 takes random crops like stage 1.
 
 Data: a ``DataLoader`` over the shards (:mod:`.loader`; config ``segmentation.loader_workers`` and
 ``loader_prefetch``) reads, crops and mirrors the frames, in worker processes when asked; the frames of a step and
@@ -37,7 +38,7 @@ import torch
 
 from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, write_curve
 from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, loader_options, make_loader,
-                                         result_settings, to_device)
+                                         result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              section_defaults, stamp)
@@ -54,8 +55,8 @@ CURVE_COLUMNS = curve_columns(("loss_actor", "loss_action"))
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, device, segmentation (stage 1: all but stage2), flow.encoding and "
-                                 "flow.wheel_max (rgbflow)")
+    add_config_arguments(parser, "seed, device, segmentation (stage 1: all but stage2 and inference_batch), "
+                                 "flow.encoding and flow.wheel_max (rgbflow)")
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
     parser.add_argument("--input", choices=("rgb", "rgbflow"), required=True)
     parser.add_argument("--mask-source", choices=("dataset", "generic"), default="dataset",
@@ -226,17 +227,24 @@ class CachedStep:
         return totals
 
 
-def cache_features(model, samples, device, amp: bool, loader: dict | None = None) -> dict[tuple[int, bool], torch.Tensor]:
-    """Frozen front-end features (1, C, h, w) of every training frame and of its mirror image, by (index, flipped)."""
+def cache_features(model, samples, device, amp: bool, loader: dict | None = None, *,
+                   batch_size: int) -> dict[tuple[int, bool], torch.Tensor]:
+    """Frozen front-end features (1, C, h, w) of every training frame and of its mirror image, by (index, flipped),
+    computed ``batch_size`` views of one size at a time (:func:`.loader.same_size_batches`)."""
     from tqdm import tqdm
 
-    views = [[View(i, flipped, flow=model.uses_flow)] for i in range(len(samples)) for flipped in (False, True)]
-    batches = make_loader(samples, views, collate_fn=collate, device=device, **(loader or {}))
+    views = [View(i, flipped, flow=model.uses_flow) for i in range(len(samples)) for flipped in (False, True)]
+    batches = same_size_batches(samples, views, batch_size)
+    loaded = make_loader(samples, batches, collate_fn=collate, device=device, **(loader or {}))
     cache = {}
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for (view,), batch in zip(views, tqdm(batches, desc="front-end features", unit="view", mininterval=2)):
+    with (torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp),
+          tqdm(total=len(views), desc="front-end features", unit="view", mininterval=2) as progress):
+        for group, batch in zip(batches, loaded):
             batch = to_device(batch, device, with_flow=model.uses_flow)
-            cache[(view.index, view.flip)] = model.front_end(batch["rgb"], batch["flow"]).float()
+            features = model.front_end(batch["rgb"], batch["flow"]).float()
+            for view, one in zip(group, features.split(1)):
+                cache[(view.index, view.flip)] = one
+            progress.update(len(group))
     return cache
 
 
@@ -249,7 +257,7 @@ def _step_function(model, samples, config: dict, stage: int, device, amp: bool):
     common = {"seed": int(config["seed"]), "batch_size": opts["batch_size"], "device": device,
               "iterations": opts["iterations"], "loader": loader_options(config)}
     if stage == 2 and opts["cache_features"]:
-        cache = cache_features(model, samples, device, amp, common["loader"])
+        cache = cache_features(model, samples, device, amp, common["loader"], batch_size=seg["inference_batch"])
         return CachedStep(model, samples, cache, **common)
     return CropStep(model, samples, stage=stage, crop=tuple(seg["crop"]), **common)
 

@@ -83,12 +83,14 @@ def get_region_mask_settings(wildcards):
 
 
 def get_train_settings(stage):
-    """Params function of `train_stage<stage>`: seed, device, segmentation (stage 1 without stage2), flow encoding."""
+    """Params function of `train_stage<stage>`: seed, device, segmentation (stage 1 without stage2 and the
+    inference batch, which only stage 2's feature cache reads), flow encoding."""
 
     def settings(wildcards):
         seg = [f"segmentation.{k}" for k in config["segmentation"]]
         if stage == 1:
             seg.remove("segmentation.stage2")
+            seg.remove("segmentation.inference_batch")
         flow = get_flow_encoding_keys() if wildcards.input == "rgbflow" else []
         return get_settings("seed", "device", *seg, *flow)
 
@@ -96,10 +98,15 @@ def get_train_settings(stage):
 
 
 def get_predict_settings(wildcards):
-    """`predict` reads the device, the frame loader's settings, for flow inputs the flow encoding, and for the mask
-    vote Ours' region-to-pixel settings (the network is the checkpoint's)."""
+    """`predict` reads the device, the frame loader's settings and inference batch, for flow inputs the flow
+    encoding, and for the mask vote Ours' region-to-pixel settings (the network is the
+    checkpoint's)."""
     flow = get_flow_encoding_keys() if wildcards.input == "rgbflow" else []
-    loader = ["segmentation.loader_workers", "segmentation.loader_prefetch"]
+    loader = [
+        "segmentation.loader_workers",
+        "segmentation.loader_prefetch",
+        "segmentation.inference_batch",
+    ]
     vote = [
         "segmentation.stage2.uncovered_background",
         "segmentation.stage2.pixel_stride",

@@ -4,10 +4,16 @@
 #   tests/slurm/start_slurm.sh      # idempotent; prints the state folder; PIDs in $A2DPIPE_SLURM_DIR/*.pid
 #   tests/slurm/stop_slurm.sh       # stops exactly the daemons this script started
 #
-# Installs Debian's slurm-wlm when missing (needs root and the package registry). The node offers every CPU of the
-# machine, most of its memory and one fake GPU (a `gpu` GRES backed by /dev/null, enough for scheduling without
-# cgroups), in two partitions, `cpu` (default) and `gpu`, the names the slurm profile uses. Accounting is off, so
-# jobs stay visible to squeue for MinJobAge seconds after they end: the profile polls with squeue.
+# Installs Debian's slurm-wlm when missing (needs root and the package registry). The node offers two job slots per
+# CPU of the machine (A2DPIPE_SLURM_CPUS overrides), most of its memory and two fake GPUs (A2DPIPE_SLURM_GPUS
+# overrides: a `gpu` GRES whose device files are links to /dev/null, enough for scheduling without cgroups), in two
+# partitions, `cpu` (default) and `gpu`, the names the slurm profile uses. Accounting is off, so jobs stay visible
+# to squeue for MinJobAge seconds after they end: the profile polls with squeue.
+#
+# Why more slots than cores: a SLURM job of the tiny test run spends most of its time starting Snakemake twice (the
+# batch script's and the srun step's, single-threaded) and waiting for the next status poll (idle); with one slot
+# per core and one GPU, a two-core machine ran the tiny DAG one job at a time with a core mostly idle. Jobs still
+# ask SLURM for their threads and GPU, so a job asking for more than the node offers still stays PENDING.
 set -euo pipefail
 
 STATE=${A2DPIPE_SLURM_DIR:-/tmp/a2dpipe-slurm}
@@ -37,7 +43,9 @@ fi
 
 mkdir -p "$STATE"/{ctld,spool,log} /run/munge "$CONF_DIR"
 NODE=$(hostname -s)
-CPUS=$(getconf _NPROCESSORS_ONLN)  # not nproc: it honours OMP_NUM_THREADS, which test runs set to 1
+CORES=$(getconf _NPROCESSORS_ONLN)  # not nproc: it honours OMP_NUM_THREADS, which test runs set to 1
+CPUS=${A2DPIPE_SLURM_CPUS:-$((2 * CORES))}
+GPUS=${A2DPIPE_SLURM_GPUS:-2}
 MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
 REAL_MB=$((MEM_MB > 4096 ? MEM_MB - 2048 : MEM_MB / 2))   # leave room for the daemons and the OS
 
@@ -69,13 +77,14 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 SlurmctldTimeout=30
 SlurmdTimeout=60
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$REAL_MB Gres=gpu:1 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$REAL_MB Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
 CONF
+for ((i = 0; i < GPUS; i++)); do ln -sfn /dev/null "$STATE/fake-gpu$i"; done
 cat >"$CONF_DIR/gres.conf" <<CONF
 $MARKER
-NodeName=$NODE Name=gpu File=/dev/null
+NodeName=$NODE Name=gpu File=$STATE/fake-gpu[0-$((GPUS - 1))]
 CONF
 
 # $! of a background `setsid prog` is prog itself (setsid execs when it is not a group leader), so the PID files hold
@@ -104,7 +113,7 @@ start slurmd slurmd -D
 
 for _ in $(seq 100); do
     if sinfo -h -N -o "%t" 2>/dev/null | grep -qE "^(idle|mix|alloc)"; then
-        echo "start_slurm: node $NODE up ($CPUS CPUs, ${REAL_MB} MB, 1 gpu); state in $STATE"
+        echo "start_slurm: node $NODE up ($CPUS CPUs on $CORES cores, ${REAL_MB} MB, $GPUS gpu); state in $STATE"
         sinfo
         exit 0
     fi

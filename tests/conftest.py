@@ -80,11 +80,14 @@ def tiny_run(tmp_path_factory, tiny_config, snakemake_run) -> Path:
     Made once per test session and shared by the end-to-end checks (the run costs a few minutes): treat it as
     read-only; dry runs (``-n``) against it are fine, anything that writes needs its own folder.
 
-    Two cores: each job then gets the threads its rule asks for, as on a SLURM node, so the SLURM run can be
-    compared with this one bit for bit (the thread count changes the order of floating-point sums in training).
+    Each job gets the threads its rule asks for (at most 2; synthesize 2, as the SLURM test sets it), as on a SLURM
+    node, so the SLURM run can be compared with this one bit for bit (the thread count changes the order of
+    floating-point sums in training). Four cores and two GPU slots let two jobs run side by side, as on the SLURM
+    test's node: most jobs are short, and one job's start-up (imports) overlaps another's work.
     """
     workdir = tmp_path_factory.mktemp("tiny-run")
-    snakemake_run(workdir, "tables", "--cores", "2", "--resources", "gpu=1", config=tiny_config, timeout=1800)
+    snakemake_run(workdir, "tables", "--cores", "4", "--resources", "gpu=2", "--set-threads", "synthesize=2",
+                  config=tiny_config, timeout=1800)
     return workdir
 
 

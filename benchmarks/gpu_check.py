@@ -80,7 +80,7 @@ from a2dpipe.segmentation.train import load_checkpoint, train
 from a2dpipe.trainer import Trainer
 from a2dpipe.variants import Variant
 
-from backends import random_regions  # the regions benchmarks/backends.py times
+from backends import _time, random_regions  # the regions benchmarks/backends.py times, and its timer
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("check", "value", "unit", "ok", "note")
@@ -152,23 +152,15 @@ def random_batch(count: int, size: tuple[int, int], device, regions: int = 0, se
 # -- timing --------------------------------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device, warmup: int, count: int) -> list[float]:
     """Seconds of each of ``count`` calls of ``fn`` after ``warmup`` untimed ones, synchronised; fewer when the
     budget runs out after at least one timed call."""
     times = []
     try:
         for k in range(warmup + count):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
+            seconds = _time(fn, device)
             if k >= warmup:
-                times.append(time.perf_counter() - start)
+                times.append(seconds)
     except OutOfBudget:
         if not times:
             raise

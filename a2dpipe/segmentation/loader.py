@@ -159,20 +159,22 @@ class StepStream:
         return next(self._iterator)
 
 
+def _segmentation_keys(config: dict, keys) -> dict:
+    """The config's ``segmentation`` values of ``keys``, schema defaults where the section leaves them out (a job's
+    settings hold only the keys its rule declares)."""
+    from a2dpipe.config import section_defaults
+
+    return section_defaults("segmentation", {k: v for k, v in config.get("segmentation", {}).items() if k in keys})
+
+
 def loader_options(config: dict) -> dict:
     """``{"workers", "prefetch"}`` of :func:`make_loader` from the config's ``segmentation`` section (its loader
     keys, schema defaults where the section leaves them out)."""
-    from a2dpipe.config import section_defaults
-
-    seg = section_defaults("segmentation", {k: v for k, v in config.get("segmentation", {}).items()
-                                            if k in LOADER_KEYS})
+    seg = _segmentation_keys(config, LOADER_KEYS)
     return {"workers": seg["loader_workers"], "prefetch": seg["loader_prefetch"]}
 
 
 def inference_batch_size(config: dict) -> int:
     """Frames per forward pass at inference: the config's ``segmentation.inference_batch`` (the schema's default
     where the section leaves it out)."""
-    from a2dpipe.config import section_defaults
-
-    seg = {k: v for k, v in config.get("segmentation", {}).items() if k == "inference_batch"}
-    return section_defaults("segmentation", seg)["inference_batch"]
+    return _segmentation_keys(config, ("inference_batch",))["inference_batch"]

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
 from a2dpipe.config import load_config
 from a2dpipe.evaluation.evaluate import evaluate
@@ -48,13 +48,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_try(text: str) -> dict[str, object]:
-    """``"stage2.iterations=200,stage2.lr=0.002"`` -> ``{"stage2.iterations": 200, "stage2.lr": 0.002}``."""
+    """``"stage2.iterations=200,masks.model=fcis"`` -> ``{"stage2.iterations": 200, "masks.model": "fcis"}``: values
+    read as YAML, as in the config file."""
     out = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
         if key.split(".")[0] not in ("stage1", "stage2", "masks") or not value:
             raise SystemExit(f"--try {text!r}: expected stage1.KEY=VALUE, stage2.KEY=VALUE or masks.KEY=VALUE")
-        out[key.strip()] = json.loads(value)
+        out[key.strip()] = yaml.safe_load(value)
     return out
 
 

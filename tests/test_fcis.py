@@ -16,6 +16,7 @@ from torchvision.models import resnet50
 from a2dpipe.io import A2DError
 from a2dpipe.masks import MaskCache
 from a2dpipe.masks import train as train_module
+from a2dpipe.masks.backbones import DilatedTinyBody, TinyBody
 from a2dpipe.masks.fcis import FCIS, assemble, assemble_naive, fcis, mask_voting
 from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mask_model, mask_model_options
 from a2dpipe.masks.stage import cache_regions
@@ -77,7 +78,7 @@ def test_roi_outputs_follow_the_joint_formulation():
     hidden = heads.reduce(features)
     maps = heads.inside_outside(hidden), heads.box_maps(hidden)
     class_logits, mask_logits, deltas = heads._roi_outputs(maps, boxes)
-    assembled = assemble(maps[0], torch.cat([torch.zeros(2, 1), boxes[0]], 1), 3, heads.roi_size, 1 / 8)
+    assembled = assemble(maps[0], torch.cat([torch.zeros(2, 1), boxes[0]], 1), 3, heads.roi_size, heads.spatial_scale)
     inside, outside = assembled[:, 0], assembled[:, 1]
     torch.testing.assert_close(class_logits, torch.maximum(inside, outside).mean((2, 3)))
     torch.testing.assert_close(mask_logits.sigmoid(), torch.stack([inside, outside], 1).softmax(1)[:, 0])
@@ -143,6 +144,15 @@ def test_train_and_eval_returns_follow_maskrcnn_and_empty_frames_are_normal():
         assert (out["scores"][:-1] >= out["scores"][1:]).all()
     with pytest.raises(ValueError, match="needs targets"):
         model.train()([torch.rand(3, 48, 64)])
+
+
+def test_tiny_backbone_keeps_stride_4_for_fcis_and_16_for_mask_rcnn():
+    image = torch.zeros(1, 3, 96, 128)
+    rpn_features, head_features = DilatedTinyBody(8)(image)
+    assert rpn_features.shape == (1, 16, 24, 32) and head_features.shape == (1, 32, 24, 32)
+    assert TinyBody(8)(image).shape == (1, 32, 6, 8)  # Mask R-CNN's body, unchanged
+    with pytest.raises(ValueError, match="output_stride"):
+        TinyBody(8, output_stride=2)
 
 
 def test_builder_dispatches_on_model_and_rejects_conflicting_arguments():

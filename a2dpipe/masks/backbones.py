@@ -42,14 +42,15 @@ class BasicBlock(nn.Module):
 
 
 class TinyBody(nn.Module):
-    """Narrow ResNet body for small frames: ``layer1`` at stride 4, ``layer2`` at 8, ``layer3`` at 16, or at 8 and
-    dilated by 2 with ``dilate_last`` (FCIS's way of growing the receptive field without losing resolution).
+    """Narrow ResNet body for small frames: ``layer1`` at stride 4, ``layer2`` at 8, ``layer3`` at 16. A smaller
+    ``output_stride`` (8 or 4) dilates the stages that would go beyond it instead of striding them (FCIS's way of
+    growing the receptive field without losing resolution).
 
     Channels are ``width``, ``2 * width``, ``4 * width``. Input (B, 3, H, W); returns the last stage (Mask R-CNN takes
     intermediate stages through :class:`BackboneWithFPN`).
     """
 
-    def __init__(self, width: int = 24, *, dilate_last: bool = False):
+    def __init__(self, width: int = 24, *, output_stride: int = 16):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(3, width // 2, 3, 2, 1, bias=False),
@@ -59,10 +60,11 @@ class TinyBody(nn.Module):
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )
+        if output_stride not in (4, 8, 16):
+            raise ValueError(f"output_stride must be 4, 8 or 16, got {output_stride}")
         self.layer1 = BasicBlock(width, width)
-        self.layer2 = BasicBlock(width, 2 * width, stride=2)
-        last = {"dilation": 2} if dilate_last else {"stride": 2}
-        self.layer3 = BasicBlock(2 * width, 4 * width, **last)
+        self.layer2 = BasicBlock(width, 2 * width, **_stride_or_dilation(8, output_stride))
+        self.layer3 = BasicBlock(2 * width, 4 * width, **_stride_or_dilation(16, output_stride))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -71,14 +73,25 @@ class TinyBody(nn.Module):
         return self.layer3(self.layer2(self.layer1(self.stem(x))))
 
 
-class DilatedTinyBody(TinyBody):
-    """:class:`TinyBody` with its last stage dilated (stride 8), for FCIS: returns ``(layer2, layer3)``, the RPN's
-    and the heads' features."""
+def _stride_or_dilation(stride: int, output_stride: int) -> dict:
+    """A stage that would reach ``stride``: strided by 2 if that stays within ``output_stride``, else dilated by
+    as much as the strides it gives up."""
+    return {"stride": 2} if stride <= output_stride else {"dilation": stride // output_stride}
 
-    stride = 8
+
+class DilatedTinyBody(TinyBody):
+    """:class:`TinyBody` at stride 4, ``layer2`` and ``layer3`` dilated (by 2 and 4), for FCIS: returns
+    ``(layer2, layer3)``, the RPN's and the heads' features.
+
+    Stride 4, not FCIS's 16: on 96-px frames an actor of 24 px spans 3 cells at stride 8, too few for a 7 x 7
+    position-sensitive grid to place its bins in. Measured on the validation split (dataset source, 300 steps, one
+    thread, mask AP at score threshold 0.05, actor / class-agnostic): stride 8 3.6 / 4.8, stride 4 10.6 / 8.8.
+    """
+
+    stride = 4
 
     def __init__(self, width: int = 24):
-        super().__init__(width, dilate_last=True)
+        super().__init__(width, output_stride=4)
         self.rpn_channels, self.out_channels = 2 * width, 4 * width
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -146,13 +146,18 @@ def test_train_and_eval_returns_follow_maskrcnn_and_empty_frames_are_normal():
         model.train()([torch.rand(3, 48, 64)])
 
 
-def test_tiny_backbone_keeps_stride_4_for_fcis_and_16_for_mask_rcnn():
+def test_tiny_backbone_runs_fcis_at_stride_4_or_8_and_mask_rcnn_at_16():
     image = torch.zeros(1, 3, 96, 128)
     rpn_features, head_features = DilatedTinyBody(8)(image)
     assert rpn_features.shape == (1, 16, 24, 32) and head_features.shape == (1, 32, 24, 32)
+    rpn_features, head_features = DilatedTinyBody(8, 8)(image)  # for 320-px frames
+    assert rpn_features.shape == (1, 16, 12, 16) and head_features.shape == (1, 32, 12, 16)
     assert TinyBody(8)(image).shape == (1, 32, 6, 8)  # Mask R-CNN's body, unchanged
     with pytest.raises(ValueError, match="output_stride"):
         TinyBody(8, output_stride=2)
+    with pytest.raises(ValueError, match="4 or 8"):
+        DilatedTinyBody(8, 16)
+    assert fcis(num_classes=3, min_size=48, max_size=64, tiny_stride=8).roi_heads.spatial_scale == 1 / 8
 
 
 def test_builder_dispatches_on_model_and_rejects_conflicting_arguments():
@@ -167,7 +172,7 @@ def test_builder_dispatches_on_model_and_rejects_conflicting_arguments():
         fcis(num_classes=3, min_size=48, max_size=64, imagenet_weights="w.pth")
     assert mask_model_options({"model": "maskrcnn", "fcis_k": 3}) == {"model": "maskrcnn"}
     assert mask_model_options(_tiny_config()["masks"]) == {
-        "model": "fcis", "k": 3, "mask_voting": True, "imagenet_weights": None}
+        "model": "fcis", "k": 3, "mask_voting": True, "imagenet_weights": None, "tiny_stride": 4}
 
 
 @pytest.fixture(scope="module")

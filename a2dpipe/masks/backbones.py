@@ -80,18 +80,19 @@ def _stride_or_dilation(stride: int, output_stride: int) -> dict:
 
 
 class DilatedTinyBody(TinyBody):
-    """:class:`TinyBody` at stride 4, ``layer2`` and ``layer3`` dilated (by 2 and 4), for FCIS: returns
-    ``(layer2, layer3)``, the RPN's and the heads' features.
+    """:class:`TinyBody` at ``stride`` 4 (``layer2`` and ``layer3`` dilated by 2 and 4) or 8 (``layer3`` dilated by
+    2), for FCIS: returns ``(layer2, layer3)``, the RPN's and the heads' features.
 
-    Stride 4, not FCIS's 16: on 96-px frames an actor of 24 px spans 3 cells at stride 8, too few for a 7 x 7
-    position-sensitive grid to place its bins in. Measured on the validation split (dataset source, 300 steps, one
-    thread, mask AP at score threshold 0.05, actor / class-agnostic): stride 8 3.6 / 4.8, stride 4 10.6 / 8.8.
+    Stride 4 for the synthetic benchmark's 96-px frames: an actor of 24 px spans 3 cells at stride 8, too few for a
+    7 x 7 position-sensitive grid to place its bins in. Measured on the validation split (dataset source, 300 steps,
+    one thread, mask AP at score threshold 0.05, actor / class-agnostic): stride 8 3.6 / 4.8, stride 4 10.6 / 8.8.
     """
 
-    stride = 4
-
-    def __init__(self, width: int = 24):
-        super().__init__(width, output_stride=4)
+    def __init__(self, width: int = 24, stride: int = 4):
+        if stride not in (4, 8):
+            raise ValueError(f"the tiny FCIS backbone's stride must be 4 or 8, got {stride}")
+        super().__init__(width, output_stride=stride)
+        self.stride = stride
         self.rpn_channels, self.out_channels = 2 * width, 4 * width
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,9 +12,9 @@ region cache writer take either model):
   ``model.roi_heads.score_thresh`` and ``model.roi_heads.detections_per_img`` are the inference cut, as in
   torchvision.
 
-Network. A ResNet whose last stage is dilated (stride kept, receptive field grown), as FCIS does: the RPN reads the
-second-to-last stage, the heads read the last one through a 1x1 convolution (``reduce``), then two sibling 1x1
-convolutions make the score maps:
+Network. A ResNet whose last stage is dilated (stride kept, receptive field grown), as FCIS does (the tiny CPU
+backbone at stride 4 dilates its last two, for 96-px frames): the RPN reads the second-to-last stage, the heads
+read the last one through a 1x1 convolution (``reduce``), then two sibling 1x1 convolutions make the score maps:
 
 - ``inside_outside``: 2 x (C + 1) x k^2 channels (C + 1 classes counting the background), one inside map and one
   outside map per class and per cell of a k x k grid over the RoI;
@@ -270,14 +270,15 @@ def fcis(
     imagenet_weights: str | Path | None = None,
     pretrained_layout: bool = False,
     width: int = 24,
+    tiny_stride: int = 4,
     box_detections_per_img: int = 100,
     box_score_thresh: float = 0.05,
 ) -> FCIS:
     """An FCIS of ``num_classes`` classes (with the background) on ``backbone`` in ``FCIS_BACKBONES``.
 
-    ``tiny``: :class:`DilatedTinyBody` (stride 4), anchors 12..96 px, 200 training RoIs per image of which OHEM
-    keeps 64, 100 test proposals (the tiny Mask R-CNN's 100), 128-channel ``reduce``, 14 x 14 RoI masks (objects
-    of 8..90 px); ``resnet50`` / ``resnet101``: :class:`DilatedResNet` (stride 16), anchors 32..512 px, 300
+    ``tiny``: :class:`DilatedTinyBody` (``tiny_stride`` 4 or 8), anchors 12..96 px, 200 training RoIs per image
+    of which OHEM keeps 64, 100 test proposals (the tiny Mask R-CNN's 100), 128-channel ``reduce``, 14 x 14 RoI
+    masks (objects of 8..90 px); ``resnet50`` / ``resnet101``: :class:`DilatedResNet` (stride 16), anchors 32..512 px, 300
     training RoIs of which OHEM keeps 128, 300 test proposals, 1024-channel ``reduce``, 21 x 21 RoI masks (FCIS's
     sizes), optionally from ``imagenet_weights`` (frozen batch norm, stem and ``layer1`` then, as also with
     ``pretrained_layout``). ``k`` is the position-sensitive grid, ``roi_size`` the assembled mask size (default:
@@ -286,7 +287,7 @@ def fcis(
     if backbone == "tiny":
         if imagenet_weights is not None:
             raise ValueError("imagenet_weights applies to the resnet50 / resnet101 FCIS backbones, not tiny")
-        body: nn.Module = DilatedTinyBody(width)
+        body: nn.Module = DilatedTinyBody(width, tiny_stride)
         anchors = AnchorGenerator(sizes=((12, 24, 48, 96),), aspect_ratios=((0.5, 1.0, 2.0),))
         mid, rpn_counts = 128, dict(pre_train=600, post_train=200, pre_test=300, post_test=100, batch=128)
         # OHEM keeps 64 RoIs per frame, not 32: validation mask AP (dataset source, 300 steps, lr 0.005, actor /

@@ -159,7 +159,7 @@ def mask_model_options(cfg: dict) -> dict:
     if cfg["model"] != "fcis":
         return {"model": "maskrcnn"}
     return {"model": "fcis", "k": cfg["fcis_k"], "mask_voting": cfg["fcis_mask_voting"],
-            "imagenet_weights": cfg["fcis_imagenet_weights"]}
+            "imagenet_weights": cfg["fcis_imagenet_weights"], "tiny_stride": cfg["fcis_tiny_stride"]}
 
 
 def load_coco_checkpoint(model: nn.Module, path: str | Path) -> list[str]:

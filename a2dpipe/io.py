@@ -184,9 +184,10 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
 
     By default glibc raises that threshold as large blocks are freed, so per-frame tensors (whose sizes vary with
     the frame widths) come to live in the heap and fragment it: peak RSS then grows with the frames a job handles.
-    Measured on A2D-shaped 320-px frames: region-masks of a 64-video shard reached 2.5-3.5 GB (1.3 GB after 16
-    frames with the fixed threshold, instead of 1.8-1.9 GB after 60); predict (mask vote, RGB + flow) went from
-    1.3 GB at 31 test frames to 2.3 GB at 178, and stays at 1.0 GB at 178 with it, for ~10-15 % more CPU time.
+    Measured on A2D-shaped 320-px frames: predict (mask vote, RGB + flow) went from 1.3 GB at 31 test frames to
+    2.3 GB at 178, and stays at 1.0 GB at 178 with it, for ~10-15 % more CPU time. The price is kernel time: every
+    block above the threshold is faulted in afresh, so a job that frees and remakes large arrays every frame wants
+    a higher ``nbytes`` (region-masks, a per-shard job, uses 32 MB: :mod:`a2dpipe.masks.stage`).
     No-op (logged) without glibc.
     """
     import ctypes

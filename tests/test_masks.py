@@ -19,7 +19,8 @@ from a2dpipe.masks import train as train_module
 from a2dpipe.masks.data import masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mask_model
 from a2dpipe.masks.quality import EncodedFrame, coco_mask_ap, mask_quality
-from a2dpipe.masks.stage import cache_regions
+from a2dpipe.masks.cache import _quantise
+from a2dpipe.masks.stage import _to_regions, cache_regions
 
 # actor -> colour of its synthetic shape; distractors are grey
 _COLOURS = {1: (230, 40, 40), 3: (40, 200, 40), 5: (40, 60, 230)}
@@ -360,3 +361,22 @@ def test_generic_from_a_coco_checkpoint_is_used_as_is_and_labels_nothing(shard, 
     with MaskCache(tmp_path / "generic.h5") as cache:
         labels = np.concatenate([cache.read(*k).labels for k in cache.keys()])
     assert len(labels) and (labels == 0).all()
+
+
+def test_quantised_masks_and_kept_regions_do_not_depend_on_how_they_are_computed():
+    """The one-temporary quantisation equals the textbook formula (values outside [0, 1] clipped), and the regions
+    kept from best-first detections (taken as a view) equal those from the same detections in another order."""
+    rng = np.random.default_rng(0)
+    masks = (rng.random((5, 9, 11), dtype=np.float32) * 1.4 - 0.2)
+    assert np.array_equal(_quantise(masks), np.rint(np.clip(masks, 0.0, 1.0) * 255.0).astype(np.uint8))
+
+    scores = torch.tensor([0.9, 0.7, 0.5, 0.2])
+    output = {"boxes": torch.rand(4, 4) * 8, "labels": torch.tensor([1, 2, 3, 1]), "scores": scores,
+              "masks": torch.rand(4, 1, 9, 11)}
+    shuffle = torch.tensor([2, 0, 3, 1])
+    shuffled = {key: value[shuffle] for key, value in output.items()}
+    cfg = {"score_threshold": 0.4, "max_regions": 20}
+    best_first, reordered = _to_regions(output, (9, 11), cfg, False), _to_regions(shuffled, (9, 11), cfg, False)
+    assert len(best_first) == 3
+    for field in ("boxes", "scores", "labels", "masks"):
+        assert np.array_equal(getattr(best_first, field), getattr(reordered, field))

@@ -17,9 +17,9 @@ Baseline models, retraining nothing):
 - any other ``masks.*`` key (``masks.iterations=200``): the ``--source`` mask model is retrained with it, re-caches
   every shard's regions, then stage 2 trains and predicts on them as above.
 
-Prints one row per setting: which network was scored, training CPU seconds (mask model included), mean class
-accuracy (actor, action, actor-action) and actor-action mean IoU on the validation split, in percent, and for rows
-that score Ours, the class-agnostic mask AP of the regions it used on the validation frames. The validation split is small (10
+Prints one row per setting: which network was scored, training CPU seconds (mask model included), mean class accuracy
+(actor, action, actor-action) and actor-action mean IoU on the validation split, in percent, and for rows that score
+Ours, the class-agnostic mask AP of the regions it used on the validation frames. The validation split is small (10
 videos on the embedded default): a point or two is noise. This catches a clearly worse setting; it is not a tuner.
 """
 

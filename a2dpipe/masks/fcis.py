@@ -279,13 +279,12 @@ def fcis(
 ) -> FCIS:
     """An FCIS of ``num_classes`` classes (with the background) on ``backbone`` in ``FCIS_BACKBONES``.
 
-    ``tiny``: :class:`DilatedTinyBody` (``tiny_stride`` 4 or 8), anchors 12..96 px, 200 training RoIs per image
-    of which OHEM keeps 64, 100 test proposals (the tiny Mask R-CNN's 100), 128-channel ``reduce``, 14 x 14 RoI
-    masks (objects of 8..90 px); ``resnet50`` / ``resnet101``: :class:`DilatedResNet` (stride 16), anchors 32..512 px, 300
-    training RoIs of which OHEM keeps 128, 300 test proposals, 1024-channel ``reduce``, 21 x 21 RoI masks (FCIS's
-    sizes), optionally from ``imagenet_weights`` (frozen batch norm, stem and ``layer1`` then, as also with
-    ``pretrained_layout``). ``k`` is the position-sensitive grid, ``roi_size`` the assembled mask size (default:
-    per backbone, as above).
+    ``tiny``: :class:`DilatedTinyBody` (``tiny_stride`` 4 or 8), anchors 12..96 px, 200 training RoIs per image of which
+    OHEM keeps 64, 100 test proposals (the tiny Mask R-CNN's 100), 128-channel ``reduce``, 14 x 14 RoI masks (objects of
+    8..90 px); ``resnet50`` / ``resnet101``: :class:`DilatedResNet` (stride 16), anchors 32..512 px, 300 training RoIs
+    of which OHEM keeps 128, 300 test proposals, 1024-channel ``reduce``, 21 x 21 RoI masks (FCIS's sizes), optionally
+    from ``imagenet_weights`` (frozen batch norm, stem and ``layer1`` then, as also with ``pretrained_layout``). ``k``
+    is the position-sensitive grid, ``roi_size`` the assembled mask size (default: per backbone, as above).
     """
     if backbone == "tiny":
         if imagenet_weights is not None:

@@ -7,6 +7,7 @@ killed or failed job never leaves a file that looks finished.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import logging
 import os
@@ -185,23 +186,39 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
     By default glibc raises that threshold as large blocks are freed, so per-frame tensors (whose sizes vary with
     the frame widths) come to live in the heap and fragment it: peak RSS then grows with the frames a job handles.
     Measured on A2D-shaped 320-px frames: predict (mask vote, RGB + flow) went from 1.3 GB at 31 test frames to
-    2.3 GB at 178, and stays at 1.0 GB at 178 with it, for ~10-15 % more CPU time. The price is kernel time: every
-    block above the threshold is faulted in afresh, so a job that frees and remakes large arrays every frame wants
-    a higher ``nbytes`` (region-masks, a per-shard job, uses 32 MB: :mod:`a2dpipe.masks.stage`).
-    No-op (logged) without glibc.
+    2.3 GB at 178, and stays at 1.0 GB at 178 with it. The price is kernel time: every block above the threshold is
+    faulted in afresh, so a job that frees and remakes large arrays every frame wants a higher ``nbytes`` and, if it
+    runs long, :func:`release_free_memory` now and then (region-masks and predict use 32 MB). No-op (logged)
+    without glibc.
     """
+    mallopt = getattr(_glibc(), "mallopt", None)
+    if mallopt is None or mallopt(-3, int(nbytes)) != 1:  # -3 = M_MMAP_THRESHOLD; mallopt returns 1 on success
+        log.info(
+            "could not fix the allocator's mmap threshold (not glibc): peak memory may grow with the frames")
+
+
+def release_free_memory() -> None:
+    """Return the free pages of glibc's heap to the system (``malloc_trim(0)``); no-op without glibc.
+
+    Blocks under the mmap threshold are freed into the heap, where blocks of varying sizes leave holes that the
+    process keeps: called once per batch, it keeps a long job's peak at its working set.
+    """
+    trim = getattr(_glibc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _glibc():
+    """The C library as a ctypes handle, or None where it cannot be loaded."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None or mallopt(-3, int(nbytes)) != 1:  # -3 = M_MMAP_THRESHOLD; mallopt returns 1 on success
-        log.info(
-            "could not fix the allocator's mmap threshold (not glibc): peak memory may grow with the frames")
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:

@@ -282,11 +282,11 @@ def test_joint_prediction_never_invalid_even_when_heads_disagree():
 
 def test_joint_prediction_matches_brute_force():
     torch.manual_seed(1)
-    actor = torch.log_softmax(torch.randn(1, 8, 2, 3), 1)
-    action = torch.log_softmax(torch.randn(1, 10, 2, 3), 1)
-    ids = joint_prediction(actor, action)[0]
-    for y in range(2):
-        for x in range(3):
-            cands = {0: actor[0, 0, y, x] + action[0, 0, y, x]}
-            cands.update({p: actor[0, p // 10, y, x] + action[0, p % 10, y, x] for p in VALID_PAIRS})
-            assert ids[y, x].item() == max(cands, key=lambda k: cands[k].item())
+    actor = torch.log_softmax(torch.randn(2, 8, 2, 3), 1)  # two frames: the batch is taken frame by frame
+    action = torch.log_softmax(torch.randn(2, 10, 2, 3), 1)
+    ids = joint_prediction(actor, action)
+    assert ids.shape == (2, 2, 3)
+    for b, y, x in np.ndindex(2, 2, 3):
+        cands = {0: actor[b, 0, y, x] + action[b, 0, y, x]}
+        cands.update({p: actor[b, p // 10, y, x] + action[b, p % 10, y, x] for p in VALID_PAIRS})
+        assert ids[b, y, x].item() == max(cands, key=lambda k: cands[k].item())

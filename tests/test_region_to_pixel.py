@@ -63,6 +63,15 @@ def test_backward_equals_reference(seed, chunk_pixels):
     assert gs.abs().sum() > 0 and gm.abs().sum() > 0
 
 
+def test_uncovered_pixels_take_every_class_of_the_uncovered_vector():
+    scores, masks, boxes, _ = random_regions(4, n=3, k=5, height=9, width=11)
+    masks[:, :, :3] = 0  # the first columns are covered by no region
+    uncovered = torch.tensor([0.5, 0.0, 2.0, 0.0, 0.25], dtype=scores.dtype)
+    out = region_to_pixel(scores, masks, boxes, uncovered)
+    assert torch.equal(out, region_to_pixel_reference(scores, masks, boxes, uncovered))
+    assert torch.equal(out[:, :, 0], uncovered[:, None].expand(5, 9))
+
+
 def test_gradcheck_without_zero_masks():
     scores, masks, boxes, uncovered = random_regions(3, n=4, k=3, height=6, width=7)
     masks = masks * 0.9 + 0.05  # strictly positive: a small step never changes which pixels are covered

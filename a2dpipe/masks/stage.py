@@ -41,8 +41,8 @@ def run(args) -> None:
     if args.source != "gt" and not args.model:
         raise A2DError(f"--model is required for the {args.source} mask source")
     check_inputs(settings, [args.frames])
-    # 32 MB, not predict's 1 MB: a job reads one shard, so its memory is bounded anyway, and a frame's masks at A2D
-    # size (50 x 320 x 568) are freed and made again every frame. On a 212-frame A2D-shaped shard, one thread:
+    # 32 MB: a frame's masks at A2D size (50 x 320 x 568) are freed and made again every frame, and a job reads one
+    # shard, so its memory is bounded without a trim. On a 212-frame A2D-shaped shard, one thread:
     # 1 MB 430 ms per frame (182 of them in the kernel, faulting fresh pages in), peak 1.17 GB; 32 MB 269 ms,
     # 1.55 GB; glibc's own sliding threshold 265 ms, 1.62 GB
     fixed_mmap_threshold(32 << 20)

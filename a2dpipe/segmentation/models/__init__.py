@@ -14,6 +14,7 @@ from a2dpipe.segmentation.models.frontend import OUTPUT_STRIDE, FrontEnd, build_
 from a2dpipe.segmentation.models.segmenter import (
     Segmenter,
     build_segmenter,
+    class_argmax,
     joint_prediction,
     segmentation_config,
     segmentation_loss,
@@ -31,6 +32,7 @@ __all__ = [
     "load_imagenet_checkpoint",
     "Segmenter",
     "build_segmenter",
+    "class_argmax",
     "joint_prediction",
     "segmentation_config",
     "segmentation_loss",

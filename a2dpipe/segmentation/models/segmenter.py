@@ -31,6 +31,7 @@ __all__ = [
     "build_segmenter",
     "segmentation_config",
     "segmentation_loss",
+    "class_argmax",
     "joint_prediction",
     "VALID_PAIRS",
 ]
@@ -139,8 +140,21 @@ _JOINT_ACTION = torch.tensor([0, *(action_of(p) for p in VALID_PAIRS)])
 _JOINT_ID = torch.tensor([0, *VALID_PAIRS], dtype=torch.uint8)
 
 
+def class_argmax(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``scores.argmax(dim)``, the same indices (the first of tied maxima), through ``max``: on the CPU ``argmax`` over
+    a class dimension that is not the innermost runs 3-9x slower (a fifth of a prediction job's time)."""
+    return scores.max(dim).indices
+
+
 def joint_prediction(actor_logp: torch.Tensor, action_logp: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) uint8 A2D ids: argmax of log p(actor) + log p(action) over background and the 43 valid pairs."""
+    """(B, H, W) uint8 A2D ids: argmax of log p(actor) + log p(action) over background and the 43 valid pairs.
+
+    Frame by frame: the 44 joint scores of a whole batch of 320 x 568 frames would take 256 MB per tensor."""
     device = actor_logp.device
-    joint = actor_logp[:, _JOINT_ACTOR.to(device)] + action_logp[:, _JOINT_ACTION.to(device)]
-    return _JOINT_ID.to(device)[joint.argmax(1)]
+    actors, actions, ids = _JOINT_ACTOR.to(device), _JOINT_ACTION.to(device), _JOINT_ID.to(device)
+    out = torch.empty((actor_logp.shape[0], *actor_logp.shape[2:]), dtype=torch.uint8, device=device)
+    for b in range(actor_logp.shape[0]):
+        joint = actor_logp[b].index_select(0, actors)  # index_select: 10x faster than indexing on the CPU
+        joint += action_logp[b].index_select(0, actions)
+        out[b] = ids[class_argmax(joint, 0)]
+    return out

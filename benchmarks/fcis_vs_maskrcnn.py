@@ -2,10 +2,12 @@
 
     python benchmarks/fcis_vs_maskrcnn.py --config config.yaml --frames results/frames/shard-*.h5 --work /tmp/x
 
-For each model (``masks.model`` = maskrcnn, fcis) and trained source (dataset, generic) the config's recipe trains a
-mask model on the train split (``train_mask_model``: the pipeline's own code), the region cache of every shard is
+For each model (``masks.model`` = maskrcnn, fcis) and trained source (dataset, generic) the model's own recipe trains
+a mask model on the train split (``train_mask_model``: the pipeline's own code), the region cache of every shard is
 written (``cache_regions``), and mask AP is measured on the test split (``mask_quality``: the rows of
 ``results/masks/quality.csv``). The four trainings alternate model by model so that machine load hits both alike.
+Recipes: Mask R-CNN's is the config's; FCIS's is the config's with ``--fcis-lr`` and ``--fcis-score-threshold``
+(defaults 0.005 and 0.1, chosen on the validation split: README), since one learning rate does not suit both.
 
 Speed: each trained ``dataset`` model re-run at ``--height`` x ``--width`` (test frames resized to it; the input
 transform set to keep that size), one thread, median over ``--repeats`` forward passes interleaved model by model
@@ -38,14 +40,20 @@ MODELS = ("maskrcnn", "fcis")
 SOURCES = ("dataset", "generic")
 
 
-def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES, models=MODELS):
+def model_config(config: dict, model: str, fcis_recipe: dict) -> dict:
+    """The config with ``masks.model`` set to ``model`` and, for FCIS, its own ``masks`` keys (lr, score threshold)."""
+    cfg = copy.deepcopy(config)
+    cfg["masks"].update(model=model, **(fcis_recipe if model == "fcis" else {}))
+    return cfg
+
+
+def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES, models=MODELS, fcis_recipe=None):
     """Train the models of ``sources`` (alternating), cache regions; return training seconds and caches per
     (model, source)."""
     seconds, caches = {}, {}
     for source in sources:
         for model in models:
-            cfg = copy.deepcopy(config)
-            cfg["masks"]["model"] = model
+            cfg = model_config(config, model, fcis_recipe or {})
             out = work / model / source / "model.pt"
             out.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
@@ -60,11 +68,12 @@ def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES
     return seconds, caches
 
 
-def recache(config: dict, frames: list[str], work: Path) -> dict:
-    """Region caches of the trained models at the config's (overridden) score threshold, beside the models."""
-    threshold = config["masks"]["score_threshold"]
+def recache(config: dict, frames: list[str], work: Path, fcis_recipe: dict) -> dict:
+    """Region caches of the trained models at each model's (overridden) score threshold, beside the models."""
     caches = {}
     for model in MODELS:
+        cfg = model_config(config, model, fcis_recipe)
+        threshold = cfg["masks"]["score_threshold"]
         for source in SOURCES:
             folder = work / model / source / f"threshold-{threshold}"
             folder.mkdir(exist_ok=True)
@@ -72,12 +81,13 @@ def recache(config: dict, frames: list[str], work: Path) -> dict:
             for shard in frames:
                 cache = folder / f"{Path(shard).stem}.h5"
                 cache.unlink(missing_ok=True)
-                cache_regions(config, source, shard, cache, model_path=work / model / source / "model.pt")
+                cache_regions(cfg, source, shard, cache, model_path=work / model / source / "model.pt")
                 caches[model, source].append(cache)
     return caches
 
 
-def speed(work: Path, frames: list[str], config: dict, height: int, width: int, repeats: int) -> dict[str, float]:
+def speed(work: Path, frames: list[str], config: dict, height: int, width: int, repeats: int,
+          fcis_recipe: dict) -> dict[str, float]:
     """Median ms per frame of each trained dataset model at height x width (FCIS with and without voting)."""
     refs = list_frames(frames, split="test")[:repeats]
     with InstanceReader(frames) as reader:
@@ -87,7 +97,7 @@ def speed(work: Path, frames: list[str], config: dict, height: int, width: int, 
     for model in MODELS:
         net, _ = load_mask_model(work / model / "dataset" / "model.pt")
         net.transform.min_size, net.transform.max_size = (height,), width
-        net.roi_heads.score_thresh = config["masks"]["score_threshold"]
+        net.roi_heads.score_thresh = model_config(config, model, fcis_recipe)["masks"]["score_threshold"]
         runs[model] = net
     runs["fcis (no voting)"] = copy.deepcopy(runs["fcis"])
     runs["fcis (no voting)"].roi_heads.mask_voting = False
@@ -103,7 +113,7 @@ def speed(work: Path, frames: list[str], config: dict, height: int, width: int, 
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
-def step_speed(frames: list[str], config: dict, steps: int) -> dict[str, float]:
+def step_speed(frames: list[str], config: dict, steps: int, fcis_recipe: dict) -> dict[str, float]:
     """Median seconds per training step (forward, backward, update) of fresh dataset models, interleaved step by
     step on the same batches: a ratio the machine's load hits alike, unlike whole trainings run one after another."""
     cfg = config["masks"]
@@ -111,8 +121,9 @@ def step_speed(frames: list[str], config: dict, steps: int) -> dict[str, float]:
     runs = {}
     for model in MODELS:
         torch.manual_seed(0)
-        net = build_mask_model(**train_arch({**cfg, "model": model}, "dataset", NUM_CLASSES["dataset"])).train()
-        runs[model] = net, torch.optim.AdamW(net.parameters(), lr=cfg["lr"])
+        own = model_config(config, model, fcis_recipe)["masks"]
+        net = build_mask_model(**train_arch(own, "dataset", NUM_CLASSES["dataset"])).train()
+        runs[model] = net, torch.optim.AdamW(net.parameters(), lr=own["lr"])
     times = {name: [] for name in runs}
     with InstanceReader(frames) as reader:
         for step in range(steps + 1):
@@ -141,10 +152,13 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
                         help="sources to train (one per process lets two shares of a busy machine work at once)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to train")
-    parser.add_argument("--lr", type=float, help="override masks.lr (the recipe of every model)")
+    parser.add_argument("--lr", type=float, help="override masks.lr (Mask R-CNN's recipe)")
+    parser.add_argument("--fcis-lr", type=float, default=0.005, help="FCIS's masks.lr")
+    parser.add_argument("--fcis-score-threshold", type=float, default=0.1, help="FCIS's masks.score_threshold")
     parser.add_argument("--train-only", action="store_true", help="stop after training and caching")
     parser.add_argument("--score-threshold", type=float,
-                        help="with --skip-training: re-cache the regions at this masks.score_threshold")
+                        help="with --skip-training: re-cache Mask R-CNN's regions at this masks.score_threshold"
+                        " (FCIS's at --fcis-score-threshold)")
     parser.add_argument("--no-speed", action="store_true", help="mask AP and training times only")
     parser.add_argument("--skip-training", action="store_true", help="reuse the models and caches in --work")
     args = parser.parse_args()
@@ -154,15 +168,16 @@ def main() -> None:
     if args.lr:
         config["masks"]["lr"] = args.lr
     work = Path(args.work)
+    fcis_recipe = {"lr": args.fcis_lr, "score_threshold": args.fcis_score_threshold}
     if args.skip_training:
         seconds = {tuple(name.split()): t for f in work.glob("train_seconds-*.csv")
                    for name, t in pd.read_csv(f, index_col=0)["train_s"].items()}
         caches = {(m, s): sorted((work / m / s).glob("*.h5")) for m in MODELS for s in SOURCES}
         if args.score_threshold is not None:
             config["masks"]["score_threshold"] = args.score_threshold
-            caches = recache(config, args.frames, work)
+            caches = recache(config, args.frames, work, fcis_recipe)
     else:
-        seconds, caches = train_and_cache(config, args.frames, work, args.sources, args.models)
+        seconds, caches = train_and_cache(config, args.frames, work, args.sources, args.models, fcis_recipe)
         pd.Series({f"{m} {s}": t for (m, s), t in seconds.items()}, name="train_s").to_csv(
             work / f"train_seconds-{'-'.join(args.models + args.sources)}.csv")
         if args.train_only:
@@ -177,12 +192,12 @@ def main() -> None:
     summary.to_csv(work / "summary.csv", index=False, float_format="%.3f")
     if args.no_speed:
         return
-    ms = speed(work, args.frames, config, args.height, args.width, args.repeats)
+    ms = speed(work, args.frames, config, args.height, args.width, args.repeats, fcis_recipe)
     print(f"ms per frame at {args.height} x {args.width}, {torch.get_num_threads()} thread(s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
           + f"; fcis / maskrcnn {ms['fcis'] / ms['maskrcnn']:.2f}")
     pd.Series(ms, name="ms_per_frame").to_csv(work / "speed.csv")
-    step = step_speed(args.frames, config, args.steps)
+    step = step_speed(args.frames, config, args.steps, fcis_recipe)
     print(f"training step ({args.steps} interleaved, {torch.get_num_threads()} thread(s)): "
           + ", ".join(f"{k} {v:.2f} s" for k, v in step.items())
           + f"; fcis / maskrcnn {step['fcis'] / step['maskrcnn']:.2f}")

@@ -160,6 +160,16 @@ def test_tiny_backbone_runs_fcis_at_stride_4_or_8_and_mask_rcnn_at_16():
     assert fcis(num_classes=3, min_size=48, max_size=64, tiny_stride=8).roi_heads.spatial_scale == 1 / 8
 
 
+def test_a_tiny_fcis_file_from_before_the_stride_key_loads_at_its_stride_8(tmp_path):
+    arch = dict(model="fcis", backbone="tiny", num_classes=3, min_size=48, max_size=64, k=3, mask_voting=True,
+                imagenet_weights=None)  # no tiny_stride: such files were trained at stride 8
+    trained = build_mask_model(**arch, tiny_stride=8)
+    torch.save({"model": trained.state_dict(), "arch": arch, "source": "dataset", "class_agnostic": False,
+                "config": {}}, tmp_path / "model.pt")
+    model, _ = load_mask_model(tmp_path / "model.pt")
+    assert model.backbone.stride == 8 and model.roi_heads.spatial_scale == 1 / 8
+
+
 def test_builder_dispatches_on_model_and_rejects_conflicting_arguments():
     assert isinstance(build_mask_model(model="fcis", num_classes=3, min_size=48, max_size=64), FCIS)
     with pytest.raises(ValueError, match="FCIS backbone"):

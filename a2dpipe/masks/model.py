@@ -181,6 +181,9 @@ def load_mask_model(path: str | Path, device: torch.device | str = "cpu") -> tup
     """
     checkpoint = load_model_file(path, "mask")
     arch = dict(checkpoint["arch"])
+    if arch.get("model") == "fcis" and arch.get("backbone") == "tiny":
+        # written before masks.fcis_tiny_stride existed, at stride 8: the same weights load at any stride
+        arch.setdefault("tiny_stride", 8)
     if arch.get("imagenet_weights"):  # the trained weights replace them; only their frozen layout matters
         arch.update(imagenet_weights=None, pretrained_layout=True)
     model = build_mask_model(**arch)

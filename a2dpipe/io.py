@@ -180,7 +180,7 @@ def reading_artifact(path: str | os.PathLike, what: str, item: str):
         raise unreadable_artifact(path, what, f"cannot read {item}: {err}") from None
 
 
-def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
+def fixed_mmap_threshold(nbytes: int) -> None:
     """Have glibc serve every allocation of ``nbytes`` or more by its own mmap, returned to the system when freed.
 
     By default glibc raises that threshold as large blocks are freed, so per-frame tensors (whose sizes vary with

@@ -127,6 +127,6 @@ def test_the_allocators_mmap_threshold_is_fixed_where_glibc_allows(caplog):
     from a2dpipe.io import fixed_mmap_threshold
 
     with caplog.at_level("INFO", logger="a2dpipe"):
-        fixed_mmap_threshold()
+        fixed_mmap_threshold(32 << 20)
     glibc = ctypes.util.find_library("c") is not None and __import__("platform").libc_ver()[0] == "glibc"
     assert ("could not fix" in caplog.text) is not glibc

@@ -8,8 +8,10 @@ are imported only when their command runs, so ``a2dpipe --help`` stays instant a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import types
 
 from a2dpipe.io import A2DError, setup_logging
 
@@ -34,6 +36,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DYNAMO_UTILS = "torch._dynamo.utils"
+
+
+@contextlib.contextmanager
+def dynamo_deferred():
+    """Within it, importing torchvision does not import ``torch._dynamo``.
+
+    ``torchvision.ops.roi_align`` imports ``is_compile_supported`` from ``torch._dynamo.utils`` when it loads, and
+    so all of the compiler: ~3 CPU-s in each of the main job's 17 torchvision jobs, for a helper it calls only when
+    its compiled ops are missing or deterministic CUDA is asked for. A stand-in module lends it a helper that
+    imports the real one on first call; the stand-in leaves ``sys.modules`` on exit, so later imports get the real
+    module.
+    """
+    if "torch._dynamo" in sys.modules:
+        yield
+        return
+    stand_in = types.ModuleType(DYNAMO_UTILS)
+
+    def is_compile_supported(device_type):
+        from torch._dynamo.utils import is_compile_supported as real
+
+        return real(device_type)
+
+    stand_in.is_compile_supported = is_compile_supported
+    sys.modules[DYNAMO_UTILS] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get(DYNAMO_UTILS) is stand_in:
+            del sys.modules[DYNAMO_UTILS]
+
+
+def import_command(name: str) -> types.ModuleType:
+    """The stage module of command ``name`` (a key of :data:`COMMANDS`)."""
+    with dynamo_deferred():
+        return importlib.import_module(COMMANDS[name][0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2dpipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
@@ -48,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().parse_args(argv)  # prints help or the "invalid choice" error
         return 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
+    module = import_command(name)
     parser = argparse.ArgumentParser(prog=f"a2dpipe {name}", description=COMMANDS[name][1])
     parser.add_argument("--log", help="also write the log to this file")
     module.configure_parser(parser)

@@ -49,15 +49,18 @@ def model_config(config: dict, model: str, fcis_recipe: dict) -> dict:
 
 def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES, models=MODELS, fcis_recipe=None):
     """Train the models of ``sources`` (alternating), cache regions; return training seconds and caches per
-    (model, source)."""
+    (model, source). As in the pipeline, the generic model trains first and the dataset one is fine-tuned from it
+    (from scratch for ``masks.iterations`` steps when ``--work`` holds no generic model of that kind)."""
     seconds, caches = {}, {}
-    for source in sources:
+    for source in sorted(sources, key=lambda s: s != "generic"):
         for model in models:
             cfg = model_config(config, model, fcis_recipe or {})
             out = work / model / source / "model.pt"
             out.parent.mkdir(parents=True, exist_ok=True)
+            generic = work / model / "generic" / "model.pt"
+            start = generic if source == "dataset" and generic.exists() else None
             started = time.perf_counter()
-            train_mask_model(cfg, source, frames, out)
+            train_mask_model(cfg, source, frames, out, start=start)
             seconds[model, source] = time.perf_counter() - started
             caches[model, source] = []
             for shard in frames:

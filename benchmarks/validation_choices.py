@@ -14,8 +14,9 @@ Baseline models, retraining nothing):
   the validation frames with the same source's regions;
 - ``masks.score_threshold``: the run's ``--source`` mask model re-caches every shard's regions at that threshold,
   then stage 2 trains and predicts on them as above;
-- any other ``masks.*`` key (``masks.iterations=200``): the ``--source`` mask model is retrained with it, re-caches
-  every shard's regions, then stage 2 trains and predicts on them as above.
+- any other ``masks.*`` key (``masks.finetune_iterations=100``): the ``--source`` mask model is retrained with it
+  (the dataset one from the run's generic model, or from one retrained too when the key is one the generic model
+  reads), re-caches every shard's regions, then stage 2 trains and predicts on them as above.
 
 Prints one row per setting: which network was scored, training CPU seconds (mask model included), mean class accuracy
 (actor, action, actor-action) and actor-action mean IoU on the validation split, in percent, and for rows that score
@@ -95,7 +96,8 @@ def score(config: dict, over: dict, args, work: Path, kind: str = "ours") -> dic
             model_file = results / "masks" / "models" / args.source / "model.pt"
             if mask_keys - {"masks.score_threshold"}:
                 model_file = out / "mask_model.pt"
-                train_mask_model(config, args.source, frames, model_file)
+                start = _mask_start(config, args.source, mask_keys, frames, results, out)
+                train_mask_model(config, args.source, frames, model_file, start=start)
             masks = [str(out / "masks" / Path(m).name) for m in masks]
             for shard, cache in zip(frames, masks):
                 cache_regions(config, args.source, shard, cache, model_path=model_file)
@@ -117,6 +119,19 @@ def score(config: dict, over: dict, args, work: Path, kind: str = "ours") -> dic
         ap = mask_quality(frames, {args.source: masks}, split="val")
         row["val mask AP"] = float(ap.loc[ap["categories"] == "agnostic", "AP"].iloc[0])
     return row
+
+
+def _mask_start(config: dict, source: str, keys: set[str], frames: list[str], results: Path,
+                out: Path) -> Path | None:
+    """The model a retrained mask model starts from, as in the pipeline: the dataset one from the generic one (the
+    run's, or one retrained here when a changed key is one the generic model reads), the generic one from none."""
+    if source != "dataset":
+        return None
+    if not keys - {"masks.score_threshold", "masks.finetune_iterations"}:
+        return results / "masks" / "models" / "generic" / "model.pt"
+    start = out / "generic_model.pt"
+    train_mask_model(config, "generic", frames, start)
+    return start
 
 
 def main() -> None:

@@ -248,6 +248,28 @@ def test_generic_needs_distractors_and_trains_one_class(tmp_path):
     assert checkpoint["class_agnostic"] and checkpoint["arch"]["num_classes"] == 2
 
 
+def test_dataset_model_fine_tunes_from_its_start_model_class_heads_aside(shard, tmp_path):
+    torch.set_num_threads(1)
+    generic = tmp_path / "g" / "model.pt"
+    config = _config(iterations=2, finetune_iterations=1)
+    start = train_module.train_mask_model(config, "generic", [shard], generic)
+    arch = train_module._arch(config["masks"], "dataset", train_module.NUM_CLASSES["dataset"])
+    model = build_mask_model(**arch)
+    train_module._load_start(model, generic, arch, config)
+    heads = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+    for key, value in model.state_dict().items():
+        if key.startswith(heads):
+            assert value.shape != start["model"][key].shape, key  # 8 actor classes, not 1 object class
+        else:
+            torch.testing.assert_close(value, start["model"][key], msg=key)
+    tuned = train_module.train_mask_model(config, "dataset", [shard], tmp_path / "d" / "model.pt", start=generic)
+    assert tuned["steps"] == 1 and tuned["start"].startswith(f"{generic.as_posix()} sha256:")
+    fcis = _config(model="fcis", iterations=2, finetune_iterations=1)
+    with pytest.raises(A2DError, match="g/model.pt: made with masks.model = 'maskrcnn', while this job has "
+                                       "masks.model = 'fcis'"):
+        train_module.train_mask_model(fcis, "dataset", [shard], tmp_path / "f" / "model.pt", start=generic)
+
+
 def test_gt_source_and_model_source_caches(shard, trained, tmp_path):
     config = _config()
     gt_path = tmp_path / "gt.h5"

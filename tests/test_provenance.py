@@ -202,6 +202,12 @@ RERUNS = {
     # masks: training keys retrain the models, inference keys only recompute the model sources' caches
     "masks.lr": (0.02, {"train_mask_model": 2, "region_masks": 4, "mask_quality": 1, "train_stage2": 3, "predict": 6,
                         "evaluate": 6, **FINAL}),
+    # the generic model's steps retrain both (the dataset model starts from it); the dataset model's, only its own
+    # (its caches, the stage-2 models trained on them, two Ours and two mask votes that test on them, Ours on gt)
+    "masks.iterations": (5, {"train_mask_model": 2, "region_masks": 4, "mask_quality": 1, "train_stage2": 3,
+                             "predict": 6, "evaluate": 6, **FINAL}),
+    "masks.finetune_iterations": (2, {"train_mask_model": 1, "region_masks": 2, "mask_quality": 1, "train_stage2": 2,
+                                      "predict": 5, "evaluate": 5, **FINAL}),
     "masks.score_threshold": (0.1, {"region_masks": 4, "mask_quality": 1, "train_stage2": 3, "predict": 6,
                                     "evaluate": 6, **FINAL}),
     "segmentation.stage1.iterations": (5, {"train_stage1": 2, "train_stage2": 3, "predict": 8, "evaluate": 8, **FINAL}),

@@ -1,10 +1,14 @@
 """``a2dpipe train-mask-model``: train the Mask R-CNN behind the ``dataset`` or ``generic`` mask source.
 
-- ``dataset``: actor classes (8 with background) on the train split's actor instances; initialised from
-  ``masks.coco_checkpoint`` when one is given (class heads re-initialised).
 - ``generic``: with ``masks.coco_checkpoint`` set, that COCO model used as is (no training: the paper's COCO-trained
-  FCIS); otherwise (synthetic benchmark) one "object" class trained on every object of the train split, actors and
-  non-actor distractors alike, so it proposes irrelevant objects too. Its regions carry no actor label (0).
+  FCIS); otherwise (synthetic benchmark) one "object" class trained from scratch for ``masks.iterations`` steps on
+  every object of the train split, actors and non-actor distractors alike, so it proposes irrelevant objects too.
+  Its regions carry no actor label (0).
+- ``dataset``: actor classes (8 with background) on the train split's actor instances, fine-tuned for
+  ``masks.finetune_iterations`` steps from the generic model (``--start``; class heads re-initialised), as the
+  paper fine-tunes its COCO FCIS on A2D. On the synthetic benchmark the generic model plays COCO's part: 200 steps
+  from it match 300 from scratch on validation at two thirds of the CPU (README). Without ``--start``: from
+  ``masks.coco_checkpoint`` when one is given, else from scratch, for ``masks.iterations`` steps.
 
 Writes ``--out`` (``model``, ``arch``, ``source``, ``class_agnostic``, ``config``, ``steps``; read it with
 :func:`a2dpipe.masks.model.load_mask_model`). Beside it: ``checkpoint.pt`` every ``masks.checkpoint_every`` steps
@@ -28,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from a2dpipe.checkpoint import fingerprint, load_resume, remove_resume, write_curve
-from a2dpipe.config import add_config_arguments, check_inputs, read_settings, stamp
+from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, load_weights, remove_resume, write_curve
+from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp
 from a2dpipe.io import A2DError, atomic_path, select_device
+from a2dpipe.masks.cache import file_digest
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, mask_model_options
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns
@@ -46,16 +51,21 @@ NUM_CLASSES = {"dataset": 8, "generic": 2}
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, device, masks (all but score_threshold)")
+    add_config_arguments(parser, "seed, device, masks (all but score_threshold; iterations without --start, "
+                         "finetune_iterations with it)")
     parser.add_argument("--source", required=True, choices=("dataset", "generic"), help="mask source to train")
     parser.add_argument("--frames", required=True, nargs="+", help="frames stores (every shard)")
+    parser.add_argument("--start", nargs="*", default=[],
+                        help="mask model to fine-tune from (the pipeline's dataset model: the generic one)")
     parser.add_argument("--out", required=True, help="model checkpoint to write (model.pt)")
 
 
 def run(args) -> None:
     settings = read_settings(args)
+    if len(args.start) > 1:
+        raise A2DError(f"--start takes one mask model, got {len(args.start)}")
     check_inputs(settings, args.frames)
-    train_mask_model(settings, args.source, args.frames, args.out)
+    train_mask_model(settings, args.source, args.frames, args.out, start=args.start[0] if args.start else None)
 
 
 def _arch(cfg: dict, source: str, num_classes: int) -> dict:
@@ -70,11 +80,14 @@ def _arch(cfg: dict, source: str, num_classes: int) -> dict:
     )
 
 
-def train_mask_model(config: dict, source: str, frames: list[str], out: str | Path) -> dict:
+def train_mask_model(config: dict, source: str, frames: list[str], out: str | Path,
+                     start: str | Path | None = None) -> dict:
     """Train (or, for ``generic`` with a COCO checkpoint, wrap) the mask model; return the saved checkpoint dict.
 
-    Any model with torchvision's detection contract (train: ``model(images, targets) -> loss dict``) trains here:
-    the step returns the model's losses as they come, and the curve has one column per loss.
+    ``start``: a mask model of the same architecture whose weights, class heads aside, begin the training, which
+    then runs ``masks.finetune_iterations`` steps (``masks.iterations`` without it). Any model with torchvision's
+    detection contract (train: ``model(images, targets) -> loss dict``) trains here: the step returns the model's
+    losses as they come, and the curve has one column per loss.
     """
     cfg = config["masks"]
     out = Path(out)
@@ -83,21 +96,22 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     seed = int(config["seed"])
     device = select_device(config["device"])
     arch = _arch(cfg, source, NUM_CLASSES[source])
+    iterations = cfg["finetune_iterations"] if start else cfg["iterations"]
 
     refs = list_frames(frames, split="train")
     if not refs:
         raise A2DError(f"{frames[0]}: no train-split frames in the frames stores to train the mask model on")
-    recipe = _fingerprint(arch, cfg, source, seed, refs)
-    log.info("training the %s mask model (%s) on %d train frames, %d steps", source, cfg["backbone"], len(refs),
-             cfg["iterations"])
+    recipe = _fingerprint(arch, cfg, source, seed, refs, iterations, start)
+    log.info("training the %s mask model (%s) on %d train frames, %d steps from %s", source, cfg["backbone"],
+             len(refs), iterations, start or cfg["coco_checkpoint"] or "scratch")
 
     torch.manual_seed(seed)
-    model = build_mask_model(**arch, coco_checkpoint=cfg["coco_checkpoint"]).to(device).train()
+    model = _initial_model(arch, config, start).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, params)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg["iterations"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(iterations))
     resume_path, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
-    start, history = load_resume(resume_path, recipe, model, optimizer, scheduler) or (0, [])
+    first_step, history = load_resume(resume_path, recipe, model, optimizer, scheduler) or (0, [])
 
     with InstanceReader(frames) as reader:
         def step_fn(step: int) -> dict:
@@ -106,7 +120,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
 
         hooks = [Progress(f"{source} mask model"),
                  PeriodicCheckpointer(resume_path, recipe, cfg["checkpoint_every"], curve_path)]
-        trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=cfg["iterations"], start=start,
+        trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=iterations, start=first_step,
                           history=history, hint=f"; lower config masks.lr={cfg['lr']}", hooks=hooks)
         trainer.train()
 
@@ -114,12 +128,8 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     write_curve(curve_path, history, columns_of(history))
     checkpoint = {
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
-        "arch": arch,
-        "source": source,
-        "class_agnostic": source == "generic",
-        "config": cfg,
-        "seed": seed,
-        "steps": cfg["iterations"],
+        "arch": arch, "source": source, "class_agnostic": source == "generic", "config": cfg, "seed": seed,
+        "steps": iterations, "start": _start_provenance(start),
         "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else float("nan"),
         "provenance": stamp(config),
     }
@@ -127,6 +137,37 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
         torch.save(checkpoint, tmp)
     remove_resume(resume_path)  # finished: a forced rerun trains afresh
     return checkpoint
+
+
+# architecture keys a start model must share (the class count, input size and detection cap may differ)
+_SHARED_ARCH = ("model", "backbone", "pretrained_layout", "k", "tiny_stride")
+
+
+def _initial_model(arch: dict, config: dict, start: str | Path | None):
+    """The mask model before its first step: ``start``'s weights, else the COCO checkpoint's, else fresh ones."""
+    if not start:
+        return build_mask_model(**arch, coco_checkpoint=config["masks"]["coco_checkpoint"])
+    model = build_mask_model(**arch)
+    _load_start(model, start, arch, config)
+    return model
+
+
+def _load_start(model, start: str | Path, arch: dict, config: dict) -> None:
+    """Load the weights of mask model ``start`` into ``model`` (built with ``arch``), class heads aside; A2DError
+    when ``start`` is not a mask model of the same architecture or was made with settings that disagree with
+    ``config``."""
+    checkpoint = load_model_file(start, "mask")
+    check_consistent({"this job": config, str(start): read_stamp(checkpoint.get("provenance"))})
+    theirs = checkpoint["arch"]
+    differ = [f"{k} {theirs.get(k)!r}, not {arch.get(k)!r}" for k in _SHARED_ARCH if theirs.get(k) != arch.get(k)]
+    if differ:
+        raise A2DError(f"{start}: a mask model of another architecture ({'; '.join(differ)}): it cannot start "
+                       "this one")
+    load_weights(model, start, name=type(model).__name__, partial=True, what="start mask model")
+
+
+def _start_provenance(start: str | Path | None) -> str:
+    return f"{Path(start).as_posix()} sha256:{file_digest(start)}" if start else ""
 
 
 def _save_coco_as_generic(config: dict, out: Path) -> dict:
@@ -185,8 +226,8 @@ def _batch(reader, refs, source, seed, step, batch_size, device):
     return images, targets
 
 
-def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs) -> str:
+def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs, iterations: int, start) -> str:
     """What a resumable checkpoint must agree on (inference-only keys such as score_threshold are left out)."""
-    training = {k: cfg[k] for k in ("coco_checkpoint", "iterations", "batch_size", "optimizer", "lr")}
-    return fingerprint(arch=arch, training=training, source=source, seed=seed,
-                       frames=[(r.video, r.frame) for r in refs])
+    training = {k: cfg[k] for k in ("coco_checkpoint", "batch_size", "optimizer", "lr")}
+    return fingerprint(arch=arch, training=training, iterations=iterations, start=_start_provenance(start),
+                       source=source, seed=seed, frames=[(r.video, r.frame) for r in refs])

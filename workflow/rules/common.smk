@@ -63,15 +63,25 @@ def get_flow_settings():
 
 
 def get_mask_model_settings(wildcards):
-    """`train_mask_model` reads every masks key except the inference-only score threshold (and FCIS's keys only
-    for FCIS)."""
+    """`train_mask_model` reads every masks key except the inference-only score threshold, FCIS's keys only for
+    FCIS, and the step count of its start: `finetune_iterations` for the dataset model (fine-tuned from the
+    generic one), `iterations` for the generic one."""
     fcis = config["masks"]["model"] == "fcis"
+    unread = {"score_threshold", "iterations" if wildcards.trained_source == "dataset" else "finetune_iterations"}
     masks = [
         f"masks.{k}"
         for k in config["masks"]
-        if k != "score_threshold" and (fcis or not k.startswith("fcis_"))
+        if k not in unread and (fcis or not k.startswith("fcis_"))
     ]
     return get_settings("seed", "device", *masks)
+
+
+def get_mask_model_start(wildcards):
+    """The dataset mask model is fine-tuned from the generic one (COCO's on real data); the generic one starts
+    from scratch."""
+    if wildcards.trained_source == "dataset":
+        return MASK_MODEL.format(trained_source="generic")
+    return []
 
 
 def get_region_mask_settings(wildcards):

@@ -4,6 +4,7 @@
 rule train_mask_model:
     input:
         frames=expand(FRAMES, shard=SHARDS),
+        start=get_mask_model_start,
     output:
         model=MASK_MODEL,
     log:
@@ -19,7 +20,8 @@ rule train_mask_model:
         settings=get_mask_model_settings,
     shell:
         "python -m a2dpipe train-mask-model --settings {params.settings:q}"
-        " --source {wildcards.trained_source:q} --frames {input.frames:q} --out {output.model:q} --log {log:q}"
+        " --source {wildcards.trained_source:q} --frames {input.frames:q} --start {input.start:q}"
+        " --out {output.model:q} --log {log:q}"
 
 
 rule region_masks:

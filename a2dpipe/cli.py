@@ -45,21 +45,27 @@ def dynamo_deferred():
 
     ``torchvision.ops.roi_align`` imports ``is_compile_supported`` from ``torch._dynamo.utils`` when it loads, and
     so all of the compiler: ~3 CPU-s in each of the main job's 17 torchvision jobs, for a helper it calls only when
-    its compiled ops are missing or deterministic CUDA is asked for. A stand-in module lends it a helper that
-    imports the real one on first call; the stand-in leaves ``sys.modules`` on exit, so later imports get the real
-    module.
+    its compiled ops are missing or deterministic CUDA is asked for. A stand-in takes the module's place in
+    ``sys.modules``: its helper, and any other name asked of it, import the real module first (the stand-in steps
+    aside for it), so code that does need the compiler gets it. The stand-in leaves on exit.
     """
-    if "torch._dynamo" in sys.modules:
+    if "torch._dynamo" in sys.modules or DYNAMO_UTILS in sys.modules:  # loaded, or deferred by an outer call
         yield
         return
     stand_in = types.ModuleType(DYNAMO_UTILS)
 
-    def is_compile_supported(device_type):
-        from torch._dynamo.utils import is_compile_supported as real
+    def real() -> types.ModuleType:
+        if sys.modules.get(DYNAMO_UTILS) is stand_in:
+            del sys.modules[DYNAMO_UTILS]
+        return importlib.import_module(DYNAMO_UTILS)
 
-        return real(device_type)
+    def module_getattr(name: str):
+        if name.startswith("__"):  # the import system's probes (__path__, ...) must not load the compiler
+            raise AttributeError(name)
+        return getattr(real(), name)
 
-    stand_in.is_compile_supported = is_compile_supported
+    stand_in.__getattr__ = module_getattr
+    stand_in.is_compile_supported = lambda device_type: real().is_compile_supported(device_type)
     sys.modules[DYNAMO_UTILS] = stand_in
     try:
         yield
@@ -88,17 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().parse_args(argv)  # prints help or the "invalid choice" error
         return 2
     name, rest = argv[0], argv[1:]
-    module = import_command(name)
-    parser = argparse.ArgumentParser(prog=f"a2dpipe {name}", description=COMMANDS[name][1])
-    parser.add_argument("--log", help="also write the log to this file")
-    module.configure_parser(parser)
-    args = parser.parse_args(rest)
-    setup_logging(args.log)
-    try:
-        module.run(args)
-    except A2DError as err:
-        print(f"a2dpipe {name}: error: {err}", file=sys.stderr)
-        return 1
+    with dynamo_deferred():  # stages import torchvision lazily too (a mask model only when one is used)
+        module = import_command(name)
+        parser = argparse.ArgumentParser(prog=f"a2dpipe {name}", description=COMMANDS[name][1])
+        parser.add_argument("--log", help="also write the log to this file")
+        module.configure_parser(parser)
+        args = parser.parse_args(rest)
+        setup_logging(args.log)
+        try:
+            module.run(args)
+        except A2DError as err:
+            print(f"a2dpipe {name}: error: {err}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -46,24 +46,37 @@ def test_unknown_command_is_an_error():
 
 _DEFERRED_DYNAMO = """import sys
 import torch
-from a2dpipe.cli import import_command
-for command in ("train-mask-model", "region-masks", "train", "predict"):
-    import_command(command)
-assert "torch._dynamo" not in sys.modules, "a stage module imported the compiler"
-assert "torch._dynamo.utils" not in sys.modules, "the stand-in outlived the import"
-from torchvision.ops import roi_align
-pooled = roi_align(torch.ones(1, 2, 8, 8), [torch.tensor([[0.0, 0.0, 4.0, 4.0]])], 2)
-assert pooled.shape == (1, 2, 2, 2) and bool((pooled == 1).all())
-helper = sys.modules["torchvision.ops.roi_align"].is_compile_supported
-assert helper("cpu") is True and "torch._dynamo" in sys.modules  # the real helper, imported on first call
-import torch._dynamo.utils
-assert torch._dynamo.utils.is_compile_supported is not helper
+from a2dpipe.cli import dynamo_deferred, import_command
+with dynamo_deferred():
+    for command in ("train-mask-model", "region-masks", "train", "predict"):
+        import_command(command)
+    import a2dpipe.masks.model  # region-masks imports its model only when it runs one
+    assert "torch._dynamo" not in sys.modules, "a stage imported the compiler"
+    from torchvision.ops import roi_align
+    pooled = roi_align(torch.ones(1, 2, 8, 8), [torch.tensor([[0.0, 0.0, 4.0, 4.0]])], 2)
+    assert pooled.shape == (1, 2, 2, 2) and bool((pooled == 1).all())
+    helper = sys.modules["torchvision.ops.roi_align"].is_compile_supported
+    assert helper("cpu") is True and "torch._dynamo" in sys.modules  # the real helper, imported on first call
+import torch._dynamo.utils as utils
+assert utils.is_compile_supported is not helper and sys.modules["torch._dynamo.utils"] is utils
+"""
+
+_COMPILER_INSIDE = """import sys
+import torch
+from a2dpipe.cli import dynamo_deferred
+with dynamo_deferred():
+    import torchvision.ops
+    import torch._dynamo  # code that needs the compiler gets all of it
+    from torch._dynamo.utils import counters
+    assert sys.modules["torch._dynamo.utils"].counters is counters
+    assert torch.compile(lambda x: x + 1, backend="eager")(torch.ones(2)).tolist() == [2.0, 2.0]
 """
 
 
 def test_stage_modules_load_torchvision_without_the_compiler():
     # torchvision imports torch._dynamo for one rarely called helper: ~3 CPU-s in each torch job
     subprocess.run([sys.executable, "-c", _DEFERRED_DYNAMO], check=True)
+    subprocess.run([sys.executable, "-c", _COMPILER_INSIDE], check=True)
 
 
 # The only way a job's `python` finds a2dpipe here is PYTHONPATH: -S skips the environment's .pth files (the

@@ -67,7 +67,8 @@ def get_mask_model_settings(wildcards):
     FCIS, and the step count of its start: `finetune_iterations` for the dataset model (fine-tuned from the
     generic one), `iterations` for the generic one."""
     fcis = config["masks"]["model"] == "fcis"
-    unread = {"score_threshold", "iterations" if wildcards.trained_source == "dataset" else "finetune_iterations"}
+    other_steps = {"dataset": "iterations", "generic": "finetune_iterations"}
+    unread = ("score_threshold", other_steps[wildcards.trained_source])
     masks = [
         f"masks.{k}"
         for k in config["masks"]

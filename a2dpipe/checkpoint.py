@@ -132,6 +132,13 @@ def load_weights(model: nn.Module, path: str | Path, *, name: str, what: str = "
         load_state_strict(model, state, path, name)
         log.info("loaded %s from %s", name, path)
         return []
+    return load_state_partial(model, state, path, name)
+
+
+def load_state_partial(model: nn.Module, state: dict, path, name: str) -> list[str]:
+    """Load the tensors of ``state`` whose name and shape match ``model`` (``path`` names their file, ``name``
+    the network expected); log the rest and return the model's names left as initialised. ``A2DError`` when
+    nothing matches."""
     own = model.state_dict()
     loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not loaded:

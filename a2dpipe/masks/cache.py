@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -181,6 +182,13 @@ class MaskCache(ArtifactReader):
         arrays = self.read_arrays(video, frame, ("boxes", "scores", "labels", "masks"))
         masks = arrays.pop("masks")
         return Regions(**arrays, masks=masks.astype(np.float32) * np.float32(1.0 / _QUANT))
+
+
+def model_provenance(path: os.PathLike | None) -> str:
+    """``"<path> sha256:<digest>"`` of the model file an artifact was made from; ``""`` for none."""
+    if not path:
+        return ""
+    return f"{Path(path).as_posix()} sha256:{file_digest(path)}"
 
 
 def file_digest(path: os.PathLike, length: int = 12) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 
 from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
 from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, select_device
-from a2dpipe.masks.cache import MaskCacheWriter, Regions, file_digest
+from a2dpipe.masks.cache import MaskCacheWriter, Regions, model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 
 log = logging.getLogger("a2dpipe.masks")
@@ -53,7 +53,7 @@ def cache_regions(config: dict, source: str, frames: str | Path, out: str | Path
     """Write the region cache of one shard; return seconds per frame. ``gt`` reads no setting of ``config``."""
     refs = list_frames([frames])
     with InstanceReader([frames]) as reader, MaskCacheWriter(
-        out, source=source, model=_provenance(model_path), config=config.get("masks", {}), settings=config
+        out, source=source, model=model_provenance(model_path), config=config.get("masks", {}), settings=config
     ) as writer:
         if source == "gt":
             seconds = _write_gt(reader, refs, writer)
@@ -62,12 +62,6 @@ def cache_regions(config: dict, source: str, frames: str | Path, out: str | Path
         writer.seconds_per_frame = seconds / max(1, len(refs))
     log.info("%s: %d frames, %.4f s per frame (%s)", out, len(refs), seconds / max(1, len(refs)), source)
     return seconds / max(1, len(refs))
-
-
-def _provenance(model_path) -> str:
-    if not model_path:
-        return ""
-    return f"{Path(model_path).as_posix()} sha256:{file_digest(model_path)}"
 
 
 def gt_regions(masks: np.ndarray, labels: np.ndarray) -> Regions:

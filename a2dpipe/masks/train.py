@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, load_weights, remove_resume, write_curve
+from a2dpipe.checkpoint import (fingerprint, load_model_file, load_resume, load_state_partial, remove_resume,
+                                write_curve)
 from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp
 from a2dpipe.io import A2DError, atomic_path, select_device
-from a2dpipe.masks.cache import file_digest
+from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, mask_model_options
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns
@@ -97,11 +98,12 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     device = select_device(config["device"])
     arch = _arch(cfg, source, NUM_CLASSES[source])
     iterations = cfg["finetune_iterations"] if start else cfg["iterations"]
+    start_provenance = model_provenance(start)  # hashed once: the resume fingerprint and the checkpoint record it
 
     refs = list_frames(frames, split="train")
     if not refs:
         raise A2DError(f"{frames[0]}: no train-split frames in the frames stores to train the mask model on")
-    recipe = _fingerprint(arch, cfg, source, seed, refs, iterations, start)
+    recipe = _fingerprint(arch, cfg, source, seed, refs, iterations, start_provenance)
     log.info("training the %s mask model (%s) on %d train frames, %d steps from %s", source, cfg["backbone"],
              len(refs), iterations, start or cfg["coco_checkpoint"] or "scratch")
 
@@ -129,7 +131,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     checkpoint = {
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "arch": arch, "source": source, "class_agnostic": source == "generic", "config": cfg, "seed": seed,
-        "steps": iterations, "start": _start_provenance(start),
+        "steps": iterations, "start": start_provenance,
         "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else float("nan"),
         "provenance": stamp(config),
     }
@@ -163,11 +165,7 @@ def _load_start(model, start: str | Path, arch: dict, config: dict) -> None:
     if differ:
         raise A2DError(f"{start}: a mask model of another architecture ({'; '.join(differ)}): it cannot start "
                        "this one")
-    load_weights(model, start, name=type(model).__name__, partial=True, what="start mask model")
-
-
-def _start_provenance(start: str | Path | None) -> str:
-    return f"{Path(start).as_posix()} sha256:{file_digest(start)}" if start else ""
+    load_state_partial(model, checkpoint["model"], start, type(model).__name__)  # the file read once
 
 
 def _save_coco_as_generic(config: dict, out: Path) -> dict:
@@ -226,8 +224,8 @@ def _batch(reader, refs, source, seed, step, batch_size, device):
     return images, targets
 
 
-def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs, iterations: int, start) -> str:
+def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs, iterations: int, start: str) -> str:
     """What a resumable checkpoint must agree on (inference-only keys such as score_threshold are left out)."""
     training = {k: cfg[k] for k in ("coco_checkpoint", "batch_size", "optimizer", "lr")}
-    return fingerprint(arch=arch, training=training, iterations=iterations, start=_start_provenance(start),
+    return fingerprint(arch=arch, training=training, iterations=iterations, start=start,
                        source=source, seed=seed, frames=[(r.video, r.frame) for r in refs])

@@ -75,9 +75,9 @@ def dynamo_deferred():
 
 
 def import_command(name: str) -> types.ModuleType:
-    """The stage module of command ``name`` (a key of :data:`COMMANDS`)."""
-    with dynamo_deferred():
-        return importlib.import_module(COMMANDS[name][0])
+    """The stage module of command ``name`` (a key of :data:`COMMANDS`); :func:`main` imports it, as it runs it,
+    within :func:`dynamo_deferred`."""
+    return importlib.import_module(COMMANDS[name][0])
 
 
 def build_parser() -> argparse.ArgumentParser:

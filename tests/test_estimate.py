@@ -1,4 +1,5 @@
 import copy
+import math
 import time
 
 import pandas as pd
@@ -11,7 +12,6 @@ from a2dpipe.cli import main
 from a2dpipe.config import load_config
 from a2dpipe.evaluation import estimate
 from a2dpipe.evaluation.paper_results import TIMING_MS
-from a2dpipe.io import A2DError
 
 from conftest import REPO
 
@@ -57,9 +57,10 @@ def test_estimate_scales_linearly_with_iterations_and_frames(tiny, monkeypatch):
     longer = copy.deepcopy(tiny)
     longer["segmentation"]["stage1"]["iterations"] *= 2
     longer["masks"]["iterations"] *= 3
+    longer["masks"]["finetune_iterations"] *= 3
     monkeypatch.setattr(estimate, "A2D_FRAMES", {k: 2 * v for k, v in estimate.A2D_FRAMES.items()})
     scaled = _by_stage(estimate.work_units(longer))
-    factors = {"train stage 1 (rgbflow)": 2, "train mask model": 3, "region masks": 2, "inference ours (rgbflow)": 2}
+    factors = {"train stage 1 (rgbflow)": 2, "train mask models": 3, "region masks": 2, "inference ours (rgbflow)": 2}
     for stage, factor in factors.items():
         assert scaled[stage]["units"] == factor * base[stage]["units"]
         assert scaled[stage]["flops"] == base[stage]["flops"]  # the work of one unit does not change
@@ -106,13 +107,16 @@ def test_command_on_the_paper_preset_writes_the_table_in_seconds(tmp_path):
     assert estimate.BASIS in markdown and "this CPU" in markdown and "K80" in markdown
 
 
-def test_an_uncounted_mask_model_is_a_clear_error_and_leaves_no_table(tmp_path):
-    config = yaml.safe_load(PAPER.read_text())
-    config["masks"]["model"] = "fcis"
-    path = tmp_path / "fcis.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = tmp_path / "estimate.csv"
-    assert main(["estimate", "--config", str(path), "--out", str(out), "--no-calibrate"]) == 1
-    assert not out.exists() and not out.with_suffix(".md").exists()
-    with pytest.raises(A2DError, match="masks.model"):
-        estimate.work_units(load_config(path))
+def test_fcis_counts_its_score_maps_over_the_frame_and_mask_rcnn_its_heads_per_roi():
+    config = load_config(PAPER)
+    config["masks"].update(model="fcis", backbone="resnet101")
+    fcis = estimate._mask_flops(config)
+    assert fcis["heads_train"] == fcis["heads_test"] > 0  # score maps over the frame; per RoI only gathers
+    # at least the 1 x 1 score-map convolutions from 1024 channels at stride 16: 2 x 8 class maps and 4 box maps per
+    # cell of the k x k grid
+    k, (height, width) = config["masks"]["fcis_k"], estimate._padded(estimate.A2D_FRAME_SIZE)
+    assert fcis["heads_test"] >= 2 * 1024 * (2 * 8 + 4) * k * k * math.ceil(height / 16) * math.ceil(width / 16)
+    config["masks"].update(model="maskrcnn", backbone="resnet50_fpn")
+    maskrcnn = estimate._mask_flops(config)
+    assert 0 < maskrcnn["heads_test"] != maskrcnn["heads_train"] > 0  # per RoI: test proposals against sampled ones
+    assert fcis["backbone"] > maskrcnn["backbone"]  # ResNet-101 at stride 16 against ResNet-50 + FPN

@@ -13,10 +13,12 @@ multiply-add). Per unit of work:
 * train stage 2, per step: the frozen front-end forward on ``stage2.batch_size`` crops plus 3 x the region back-end
   on ``masks.max_regions`` regions per crop; with ``cache_features``, the back-end on whole frames plus the share of
   one step in the front-end's pass over every training frame and its mirror image;
-* train mask model, per step: Mask R-CNN backbone, RPN head, box head on the sampled RoIs and mask head on at most
-  their positive share, 3 x forward, on ``masks.batch_size`` frames;
+* train mask models, per step (the generic model's from scratch unless COCO's is it, then the dataset model's
+  fine-tuning): backbone, RPN head, and Mask R-CNN's box head on the sampled RoIs and mask head on at
+  most their positive share, or FCIS's score maps over the frame, 3 x forward, on ``masks.batch_size`` frames;
 * flow, per frame: the configured FlowNet or RAFT network on a frame pair (DIS, a CPU method, has no row);
-* region masks, per frame: Mask R-CNN inference (box head on every RPN proposal, mask head on every kept region);
+* region masks, per frame: inference (Mask R-CNN: box head on every RPN proposal, mask head on every kept region;
+  FCIS: its score maps, then gathers);
 * inference, per frame: front-end + ASPP (baseline) or + region back-end (ours) on a whole frame.
 
 Counts use the A2D release's annotated frames (``A2D_FRAMES``) at its frame size (``A2D_FRAME_SIZE``), whatever the
@@ -42,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from a2dpipe.config import add_config_arguments, read_settings, section_defaults
 from a2dpipe.evaluation.paper_results import TIMING_DEVICE, TIMING_MS
 from a2dpipe.evaluation.timing import describe_device
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.io import atomic_path
 
 __all__ = [
     "A2D_FRAMES",
@@ -152,20 +154,21 @@ def _segmenter_flops(config: dict, inputs: list[str]) -> dict[str, dict[str, int
 
 def _mask_flops(config: dict) -> dict[str, int]:
     """FLOPs of one frame through the mask model's parts, training (sampled RoIs) and inference (all proposals)."""
-    from a2dpipe.masks.model import build_mask_model
+    from a2dpipe.masks.model import build_mask_model, mask_model_options
     from a2dpipe.masks.train import NUM_CLASSES
 
     cfg = config["masks"]
-    if cfg["model"] != "maskrcnn":
-        raise A2DError(f"masks.model {cfg['model']!r}: the estimate counts Mask R-CNN only")
+    options = {**mask_model_options(cfg), "imagenet_weights": None} if cfg["model"] == "fcis" else {"model": "maskrcnn"}
     with torch.device("meta"):
-        net = build_mask_model(model="maskrcnn", backbone=cfg["backbone"], num_classes=NUM_CLASSES["dataset"],
+        net = build_mask_model(**options, backbone=cfg["backbone"], num_classes=NUM_CLASSES["dataset"],
                                min_size=cfg["min_size"], max_size=cfg["max_size"],
                                box_detections_per_img=cfg["max_regions"])
         scale = min(cfg["min_size"] / A2D_FRAME_SIZE[0], cfg["max_size"] / A2D_FRAME_SIZE[1])
         size = _padded((round(A2D_FRAME_SIZE[0] * scale), round(A2D_FRAME_SIZE[1] * scale)))
         x = torch.empty(1, 3, *size)
         out = {"backbone": count_flops(net.backbone, x)}
+        if cfg["model"] == "fcis":
+            return {**out, **_fcis_head_flops(net, x)}
         features = list(net.backbone(x).values())
         out["rpn"] = count_flops(net.rpn.head, features)
         heads = net.roi_heads
@@ -180,6 +183,15 @@ def _mask_flops(config: dict) -> dict[str, int]:
             mask = count_flops(lambda p: heads.mask_predictor(heads.mask_head(p)), pooled)
             out[f"heads_{phase}"] = box + mask
     return out
+
+
+def _fcis_head_flops(net, x: torch.Tensor) -> dict[str, int]:
+    """FCIS's RPN and score maps. Its heads are convolutions over the whole frame, the same in training and
+    inference; per RoI it only gathers (assembling, pooling): no FLOPs."""
+    rpn_features, head_features = net.backbone(x)
+    heads = net.roi_heads
+    maps = count_flops(lambda f: (heads.inside_outside(h := heads.reduce(f)), heads.box_maps(h)), head_features)
+    return {"rpn": count_flops(net.rpn.head, [rpn_features]), "heads_train": maps, "heads_test": maps}
 
 
 def _flow_flops(config: dict) -> int | None:
@@ -238,7 +250,9 @@ def work_units(config: dict) -> list[dict]:
                      "flops": flow})
     m = _mask_flops(config)
     step = TRAIN_FACTOR * masks["batch_size"] * (m["backbone"] + m["rpn"] + m["heads_train"])
-    rows.append({"stage": "train mask model", "unit": "step", "units": masks["iterations"], "flops": step})
+    # the dataset model's fine-tuning, after the generic one's training from scratch unless COCO's model is it
+    steps = masks["finetune_iterations"] + (0 if masks["coco_checkpoint"] else masks["iterations"])
+    rows.append({"stage": "train mask models", "unit": "step", "units": steps, "flops": step})
     rows.append({"stage": "region masks", "unit": "frame", "units": train + test,
                  "flops": m["backbone"] + m["rpn"] + m["heads_test"]})
     for inp in stage1_inputs:

@@ -291,17 +291,22 @@ def get_stage2_masks(wildcards):
 
 
 def get_estimate_settings():
-    """`estimate` reads the networks' architecture and work: sizes, batches, iterations, regions, experiments, and
-    the flow network (RAFT's variant only for RAFT)."""
+    """`estimate` reads the networks' architecture and work: sizes, batches, iterations, regions, experiments, the
+    mask model (FCIS's keys only for FCIS) and the flow network (RAFT's variant only for RAFT).
+    """
     seg = ["backbone", "width", "aspp_rates", "crop", "amp"]
     stage1 = ["batch_size", "iterations"]
     stage2 = [*stage1, "roi_size", "fc_dim", "pool", "roi_channels", "cache_features"]
-    masks = ["model", "backbone", "min_size", "max_size", "batch_size", "iterations"]
+    masks = ["model", "backbone", "min_size", "max_size", "batch_size", "max_regions"]
+    # steps: the generic model's from scratch (none when COCO's model is it), the dataset model's fine-tuning
+    masks += ["iterations", "finetune_iterations", "coco_checkpoint"]
+    if config["masks"]["model"] == "fcis":
+        masks += [k for k in config["masks"] if k.startswith("fcis_")]
     return get_settings(
         *(f"segmentation.{k}" for k in seg),
         *(f"segmentation.stage1.{k}" for k in stage1),
         *(f"segmentation.stage2.{k}" for k in stage2),
-        *(f"masks.{k}" for k in [*masks, "max_regions"]),
+        *(f"masks.{k}" for k in masks),
         "experiments.inputs",
         "experiments.regions",
         "flow.method",

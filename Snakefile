@@ -53,6 +53,11 @@ else:
     include: "workflow/rules/segmentation.smk"
     include: "workflow/rules/evaluation.smk"
 
+    # A second mask model's run beside this one (config experiments.compare_masks; target compare_masks).
+    if COMPARE_MASKS:
+
+        include: "workflow/rules/compare.smk"
+
 
 rule all:
     default_target: True

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("a2dpipe.evaluation.evaluate", "metrics of one prediction set"),
     "tables": ("a2dpipe.evaluation.tables", "the paper's tables from this run's metrics"),
     "aggregate": ("a2dpipe.evaluation.aggregate", "Tables 1-3 and the claims across the runs of several seeds"),
+    "compare-masks": ("a2dpipe.evaluation.mask_models", "Table 3 and mask AP of runs with different mask models"),
     "timing": ("a2dpipe.evaluation.timing", "milliseconds per frame of each stage on this machine"),
     "estimate": ("a2dpipe.evaluation.estimate", "wall time of each stage on one GPU: FLOP count x assumed throughput"),
     "report": ("a2dpipe.evaluation.report", "figures of the HTML report (per-category bars, loss curves, overlays)"),

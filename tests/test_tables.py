@@ -156,6 +156,44 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     assert "12.5" in (out / "timing.md").read_text()
 
 
+def test_compare_masks_puts_each_runs_table3_rows_beside_its_test_mask_ap(tmp_path, evaluation_files):
+    table3_files = [p for p in evaluation_files if p.stem.startswith("ours-rgbflow-")]
+    other = tmp_path / "other"
+    other.mkdir()
+    for k, path in enumerate(table3_files):  # the second run: lower accuracy everywhere
+        doc, acc = fake_evaluation(path.stem, ACCURACY[path.stem] - 0.2, 50 + k)
+        (other / path.name).write_text(json.dumps(doc))
+        write_per_video(_per_video_path(other / path.name), path.stem, *acc.video_matrices())
+    qualities = []
+    for name, ap in (("this", 30.0), ("other", 20.0)):
+        qualities.append(tmp_path / f"{name}-quality.csv")
+        pd.DataFrame([{"source": "dataset", "categories": "actor", "AP": ap + 5},
+                      {"source": "dataset", "categories": "agnostic", "AP": ap},
+                      {"source": "generic", "categories": "agnostic", "AP": ap / 2}]).to_csv(qualities[-1], index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text("seed: 0\nevaluation: {bootstrap_resamples: 200}\n")
+    out = tmp_path / "tables" / "mask_models.csv"
+    argv = ["compare-masks", "--config", str(config), "--out", str(out)]
+    for label, quality, folder in (("model=fcis", qualities[0], None), ("model=maskrcnn", qualities[1], other)):
+        files = [p if folder is None else folder / p.name for p in table3_files]
+        argv += ["--model", label, "--quality", str(quality), "--evaluations", *map(str, files),
+                 "--per-video", *(str(_per_video_path(p)) for p in files)]
+    assert main(argv) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns[:4]) == ["mask model", "training masks", "test masks", "test mask AP"]
+    assert len(table) == 6 and list(table["mask model"]) == ["model=fcis"] * 3 + ["model=maskrcnn"] * 3
+    rows = table.set_index(["mask model", "training masks", "test masks"]).sort_index()
+    assert rows.loc[("model=fcis", "dataset + gt", "dataset"), "test mask AP"] == 30.0  # class-agnostic, not actor
+    assert rows.loc[("model=maskrcnn", "generic + gt", "generic"), "test mask AP"] == 10.0
+    assert math.isnan(rows.loc[("model=fcis", "dataset + gt", "gt"), "test mask AP"])
+    metric = "mean class acc. actor-action"
+    for key in rows.index:  # each run's own evaluations and intervals
+        assert rows.loc[key, f"{metric} low"] <= rows.loc[key, metric] <= rows.loc[key, f"{metric} high"]
+    assert (rows.loc["model=fcis", metric] > rows.loc["model=maskrcnn", metric]).all()
+    assert "[" in out.with_suffix(".md").read_text() and out.with_suffix(".tex").exists()
+    assert main([*argv, "--model", "model=third"]) == 1  # a label without its files is an error
+
+
 def test_missing_variants_leave_their_rows_out(tmp_path, evaluation_files):
     evals = tables.load_evaluations(evaluation_files[:2])  # baselines only
     intervals = claims.load_intervals([_per_video_path(p) for p in evaluation_files[:2]], evals, resamples=200)

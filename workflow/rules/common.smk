@@ -14,6 +14,9 @@ SHARED_RESULTS = config["shared_results"] or RESULTS
 SEEDS = config[
     "seeds"
 ]  # None: one run (the one-seed layout); a list: one run per seed (workflow/rules/seeds.smk)
+# The stage-1 models lie here; a mask-model comparison run (workflow/rules/compare.smk) reads this run's.
+STAGE1_RESULTS = config["stage1_results"] or RESULTS
+COMPARE_MASKS = config["experiments"]["compare_masks"]
 INPUTS = config["experiments"]["inputs"]
 REGION_RUNS = [tuple(run) for run in config["experiments"]["regions"]]
 MASK_SOURCES = ("dataset", "generic", "gt")
@@ -175,7 +178,7 @@ FLOW = shared("flow", "{method}", "shard-{shard}.h5")
 MASK_MODEL = res("masks", "models", "{trained_source}", "model.pt")
 MASK_CACHE = res("masks", "{source}", "shard-{shard}.h5")
 MASK_QUALITY = res("masks", "quality.csv")
-STAGE1 = res("models", "stage1", "{input}", "model.pt")
+STAGE1 = str(Path(STAGE1_RESULTS, "models", "stage1", "{input}", "model.pt"))
 STAGE2 = res("models", "stage2", "{input}-{trained_source}", "model.pt")
 # A prediction variant is four wildcards, one folder each (a2dpipe.variants; `none` for a source a kind does not use).
 VARIANT = "{kind}/{input}/{train_source}/{test_source}"
@@ -401,6 +404,8 @@ def get_seed_config(seed):
         results=res(f"seed-{seed}"),
         shared_results=SHARED_RESULTS,
     )
+    # a seed's run has no mask-model comparison of its own
+    run["experiments"]["compare_masks"] = None
     return run
 
 
@@ -433,3 +438,44 @@ def get_aggregate_evaluations():
 def get_output_dir(wildcards, output):
     """Folder of a rule's first output, for commands that write several files into one folder."""
     return str(Path(output[0]).parent)
+
+
+# The mask-model comparison (workflow/rules/compare.smk): this run again with the masks keys of
+# experiments.compare_masks, as the module `compare_masks_`.
+
+
+def get_compare_config():
+    """Config of the comparison run: this one with the other mask model's keys, its own results folder, and this
+    run's data and stage-1 models (stage 1 reads no mask setting)."""
+    run = copy.deepcopy(config)
+    run["masks"].update(copy.deepcopy(COMPARE_MASKS))
+    run["experiments"]["compare_masks"] = None
+    run.update(
+        results=res("compare-masks"),
+        shared_results=SHARED_RESULTS,
+        stage1_results=STAGE1_RESULTS,
+    )
+    return run
+
+
+def get_compare_labels():
+    """(this run, the comparison run) as the masks keys they differ in: `model=fcis, lr=0.005` beside
+    `model=maskrcnn, lr=0.001`."""
+    keys = sorted(COMPARE_MASKS)
+    label = lambda masks: ", ".join(f"{k}={masks.get(k)}" for k in keys)
+    return label(config["masks"]), label(COMPARE_MASKS)
+
+
+def get_table3_variants():
+    """The configured region runs that Table 3 shows: RGB + flow, by training and test mask source."""
+    return [
+        Variant("ours", inp, train, test)
+        for inp, train, test in REGION_RUNS
+        if inp == "rgbflow"
+    ]
+
+
+def get_compare_outputs(key):
+    """`key` (evaluation, per_video) of the comparison run's `evaluate` for each Table 3 variant."""
+    pattern = getattr(rules.compare_masks_evaluate.output, key)
+    return [pattern.format(**v._asdict()) for v in get_table3_variants()]

@@ -1,0 +1,48 @@
+# Mask-model comparison (config experiments.compare_masks; target `compare_masks`): this run again with another
+# mask model, as the module `compare_masks_` (rules `compare_masks_<rule>`, results in <results>/compare-masks/).
+# It reads this run's dataset, frames, flow and stage-1 models, whose rules are therefore left out of the module
+# (stage 1 reads no mask setting), and trains its own mask models, region caches and stage 2. Not part of `tables`.
+
+
+module compare_masks:
+    snakefile:
+        "../../Snakefile"
+    config:
+        get_compare_config()
+
+
+use rule * from compare_masks exclude synthesize, index, extract_frames, frames, flow, train_stage1, all as compare_masks_*
+
+
+# Both runs' Table 3 rows beside the mask AP of their test masks.
+rule compare_masks:
+    input:
+        quality=MASK_QUALITY,
+        evaluations=variant_paths(EVALUATION, get_table3_variants()),
+        per_video=variant_paths(EVALUATION_VIDEOS, get_table3_variants()),
+        other_quality=rules.compare_masks_mask_quality.output.table,
+        other_evaluations=get_compare_outputs("evaluation"),
+        other_per_video=get_compare_outputs("per_video"),
+    output:
+        table=report(
+            res("tables", "mask_models.csv"),
+            caption="../report/mask_models.rst",
+            category="Tables",
+        ),
+    log:
+        res("logs", "compare_masks.log"),
+    benchmark:
+        res("benchmarks", "compare_masks.tsv")
+    conda:
+        "../../envs/a2dpipe.yaml"
+    threads: 1
+    params:
+        settings=get_settings("seed", "evaluation.bootstrap_resamples"),
+        this=get_compare_labels()[0],
+        other=get_compare_labels()[1],
+    shell:
+        "python -m a2dpipe compare-masks --settings {params.settings:q}"
+        " --model {params.this:q} --quality {input.quality:q} --evaluations {input.evaluations:q}"
+        " --per-video {input.per_video:q}"
+        " --model {params.other:q} --quality {input.other_quality:q} --evaluations {input.other_evaluations:q}"
+        " --per-video {input.other_per_video:q} --out {output.table:q} --log {log:q}"

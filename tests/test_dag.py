@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
@@ -41,6 +44,40 @@ def test_local_profile_plans_the_main_job(tmp_path, tiny_config, snakemake_run):
     proc = snakemake_run(tmp_path, "--profile", REPO / "workflow/profiles/local", "tables", "--dry-run", "--quiet",
                          "rules", config=tiny_config)
     assert re.search(r"^tables\s+1$", proc.stdout, re.M), proc.stdout[-2000:]
+
+
+def test_compare_masks_runs_the_other_mask_model_on_this_runs_data_and_stage1(tmp_path, tiny_config, tiny_run,
+                                                                             snakemake_run):
+    """Target `compare_masks` on a copy of the shared run: the comparison module trains its own mask models,
+    region caches, stage 2 and Table 3's predictions with the other mask model, and nothing else."""
+    work = tmp_path / "run"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    proc = snakemake_run(work, "compare_masks", "--dry-run", "--quiet", "rules", config=tiny_config)
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", proc.stdout, re.M) if m[1] != "total"}
+    module = {"train_mask_model": 2, "region_masks": 6, "mask_quality": 1, "train_stage2": 2, "predict": 3,
+              "evaluate": 3}  # 2 shards x (dataset, generic, gt); Table 3's three variants on two stage-2 models
+    assert counts == {**{f"compare_masks_{rule}": n for rule, n in module.items()}, "compare_masks": 1}
+
+    snakemake_run(work, "compare_masks", "--cores", "2", "--resources", "gpu=1", config=tiny_config)
+    results = work / "results"
+    assert not (results / "compare-masks" / "models" / "stage1").exists()  # stage 1 is this run's
+    other = yaml.safe_load(tiny_config.read_text())["experiments"]["compare_masks"]
+    assert other["model"] == "maskrcnn"
+    for folder, model in ((results, "fcis"), (results / "compare-masks", "maskrcnn")):
+        for source in ("dataset", "generic"):
+            checkpoint = torch.load(folder / "masks" / "models" / source / "model.pt", weights_only=True)
+            assert checkpoint["arch"]["model"] == model
+    table = pd.read_csv(results / "tables" / "mask_models.csv")
+    assert table["mask model"].tolist() == [
+        "lr=0.01, model=fcis, score_threshold=0.0", *["lr=0.01, model=fcis, score_threshold=0.0"] * 2,
+        *["lr=0.01, model=maskrcnn, score_threshold=0.0"] * 3,
+    ]
+    for folder, rows in ((results, table[:3]), (results / "compare-masks", table[3:])):
+        quality = pd.read_csv(folder / "masks" / "quality.csv")
+        agnostic = quality[quality["categories"] == "agnostic"].set_index("source")["AP"]
+        for _, row in rows.iterrows():
+            if row["test masks"] != "gt":
+                assert row["test mask AP"] == pytest.approx(agnostic[row["test masks"]], abs=0.01)
 
 
 def test_lint_reports_nothing():

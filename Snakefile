@@ -3,6 +3,7 @@
 #   snakemake tables --cores 1 --resources gpu=1      # the paper's tables on the embedded default
 #   snakemake all --cores 1 --resources gpu=1         # tables, timings and every intermediate artifact
 #   snakemake validate --cores 1 --resources gpu=1    # every variant's metrics on the validation split
+#   snakemake compare_masks --cores 1 --resources gpu=1   # Table 3 and mask AP with a second mask model
 #   snakemake tables --cores 1 --resources gpu=1 --configfile config/seeds.yaml   # three seeds and their aggregate
 #   snakemake --report report.html                    # HTML report of the last run
 #

@@ -369,7 +369,8 @@ def get_checkpoints():
 
 
 def get_all_targets():
-    """`all`: the tables, timings and timing estimate; in a seeds run those of every seed's run and their aggregate."""
+    """`all`: the tables, timings, timing estimate and mask-model comparison; in a seeds run the first three of
+    every seed's run and their aggregate."""
     if SEEDS:
         return [
             *get_seed_outputs("tables", "done"),
@@ -381,6 +382,7 @@ def get_all_targets():
         res("tables", "done"),
         res("timing", "timing.csv"),
         res("timing", "estimate.csv"),
+        *([res("tables", "mask_models.csv")] if COMPARE_MASKS else []),
     ]
 
 

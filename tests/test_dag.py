@@ -80,6 +80,15 @@ def test_compare_masks_runs_the_other_mask_model_on_this_runs_data_and_stage1(tm
                 assert row["test mask AP"] == pytest.approx(agnostic[row["test masks"]], abs=0.01)
 
 
+def test_a_compare_masks_key_that_masks_lacks_is_named(tmp_path, tiny_config, snakemake_run):
+    config = yaml.safe_load(tiny_config.read_text())
+    config["experiments"]["compare_masks"] = {"modle": "maskrcnn"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake_run(tmp_path, "compare_masks", "--dry-run", config=path, check=False)
+    assert proc.returncode != 0 and "experiments.compare_masks: modle is not a masks key" in proc.stdout
+
+
 def test_lint_reports_nothing():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
     lints = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(("Lints for", "    *"))]

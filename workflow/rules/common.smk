@@ -449,6 +449,12 @@ def get_output_dir(wildcards, output):
 def get_compare_config():
     """Config of the comparison run: this one with the other mask model's keys, its own results folder, and this
     run's data and stage-1 models (stage 1 reads no mask setting)."""
+    unknown = sorted(set(COMPARE_MASKS) - set(config["masks"]))
+    if unknown:  # said here: the module's own validation would blame its masks section
+        raise ValueError(
+            f"config experiments.compare_masks: {', '.join(unknown)} is not a masks key "
+            f"(masks keys: {', '.join(config['masks'])})"
+        )
     run = copy.deepcopy(config)
     run["masks"].update(copy.deepcopy(COMPARE_MASKS))
     run["experiments"]["compare_masks"] = None

@@ -6,8 +6,9 @@ For each model (``masks.model`` = maskrcnn, fcis) and trained source (dataset, g
 a mask model on the train split (``train_mask_model``: the pipeline's own code), the region cache of every shard is
 written (``cache_regions``), and mask AP is measured on the test split (``mask_quality``: the rows of
 ``results/masks/quality.csv``). The four trainings alternate model by model so that machine load hits both alike.
-Recipes: Mask R-CNN's is the config's; FCIS's is the config's with ``--fcis-lr`` and ``--fcis-score-threshold``
-(defaults 0.005 and 0.1, chosen on the validation split: README), since one learning rate does not suit both.
+Recipes: each model's is the config's with its own learning rate and score threshold (``--fcis-lr``,
+``--fcis-score-threshold``: 0.005 and 0.1; ``--maskrcnn-lr``, ``--maskrcnn-score-threshold``: 0.001 and 0.3; all
+chosen on the validation split: README), since one learning rate does not suit both.
 
 Speed: each trained ``dataset`` model re-run at ``--height`` x ``--width`` (test frames resized to it; the input
 transform set to keep that size), one thread, median over ``--repeats`` forward passes interleaved model by model
@@ -40,21 +41,21 @@ MODELS = ("maskrcnn", "fcis")
 SOURCES = ("dataset", "generic")
 
 
-def model_config(config: dict, model: str, fcis_recipe: dict) -> dict:
-    """The config with ``masks.model`` set to ``model`` and, for FCIS, its own ``masks`` keys (lr, score threshold)."""
+def model_config(config: dict, model: str, recipes: dict) -> dict:
+    """The config with ``masks.model`` set to ``model`` and that model's own ``masks`` keys (``recipes[model]``)."""
     cfg = copy.deepcopy(config)
-    cfg["masks"].update(model=model, **(fcis_recipe if model == "fcis" else {}))
+    cfg["masks"].update(model=model, **recipes.get(model, {}))
     return cfg
 
 
-def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES, models=MODELS, fcis_recipe=None):
+def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES, models=MODELS, recipes=None):
     """Train the models of ``sources`` (alternating), cache regions; return training seconds and caches per
     (model, source). As in the pipeline, the generic model trains first and the dataset one is fine-tuned from it
     (from scratch for ``masks.iterations`` steps when ``--work`` holds no generic model of that kind)."""
     seconds, caches = {}, {}
     for source in sorted(sources, key=lambda s: s != "generic"):
         for model in models:
-            cfg = model_config(config, model, fcis_recipe or {})
+            cfg = model_config(config, model, recipes or {})
             out = work / model / source / "model.pt"
             out.parent.mkdir(parents=True, exist_ok=True)
             generic = work / model / "generic" / "model.pt"
@@ -71,11 +72,11 @@ def train_and_cache(config: dict, frames: list[str], work: Path, sources=SOURCES
     return seconds, caches
 
 
-def recache(config: dict, frames: list[str], work: Path, fcis_recipe: dict) -> dict:
+def recache(config: dict, frames: list[str], work: Path, recipes: dict) -> dict:
     """Region caches of the trained models at each model's (overridden) score threshold, beside the models."""
     caches = {}
     for model in MODELS:
-        cfg = model_config(config, model, fcis_recipe)
+        cfg = model_config(config, model, recipes)
         threshold = cfg["masks"]["score_threshold"]
         for source in SOURCES:
             folder = work / model / source / f"threshold-{threshold}"
@@ -90,7 +91,7 @@ def recache(config: dict, frames: list[str], work: Path, fcis_recipe: dict) -> d
 
 
 def speed(work: Path, frames: list[str], config: dict, height: int, width: int, repeats: int,
-          fcis_recipe: dict) -> dict[str, float]:
+          recipes: dict) -> dict[str, float]:
     """Median ms per frame of each trained dataset model at height x width (FCIS with and without voting)."""
     refs = list_frames(frames, split="test")[:repeats]
     with InstanceReader(frames) as reader:
@@ -100,7 +101,7 @@ def speed(work: Path, frames: list[str], config: dict, height: int, width: int, 
     for model in MODELS:
         net, _ = load_mask_model(work / model / "dataset" / "model.pt")
         net.transform.min_size, net.transform.max_size = (height,), width
-        net.roi_heads.score_thresh = model_config(config, model, fcis_recipe)["masks"]["score_threshold"]
+        net.roi_heads.score_thresh = model_config(config, model, recipes)["masks"]["score_threshold"]
         runs[model] = net
     runs["fcis (no voting)"] = copy.deepcopy(runs["fcis"])
     runs["fcis (no voting)"].roi_heads.mask_voting = False
@@ -116,7 +117,7 @@ def speed(work: Path, frames: list[str], config: dict, height: int, width: int, 
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
-def step_speed(frames: list[str], config: dict, steps: int, fcis_recipe: dict) -> dict[str, float]:
+def step_speed(frames: list[str], config: dict, steps: int, recipes: dict) -> dict[str, float]:
     """Median seconds per training step (forward, backward, update) of fresh dataset models, interleaved step by
     step on the same batches: a ratio the machine's load hits alike, unlike whole trainings run one after another."""
     cfg = config["masks"]
@@ -124,7 +125,7 @@ def step_speed(frames: list[str], config: dict, steps: int, fcis_recipe: dict) -
     runs = {}
     for model in MODELS:
         torch.manual_seed(0)
-        own = model_config(config, model, fcis_recipe)["masks"]
+        own = model_config(config, model, recipes)["masks"]
         net = build_mask_model(**train_arch(own, "dataset", NUM_CLASSES["dataset"])).train()
         runs[model] = net, torch.optim.AdamW(net.parameters(), lr=own["lr"])
     times = {name: [] for name in runs}
@@ -155,7 +156,9 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
                         help="sources to train (one per process lets two shares of a busy machine work at once)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to train")
-    parser.add_argument("--lr", type=float, help="override masks.lr (Mask R-CNN's recipe)")
+    parser.add_argument("--maskrcnn-lr", type=float, default=0.001, help="Mask R-CNN's masks.lr")
+    parser.add_argument("--maskrcnn-score-threshold", type=float, default=0.3,
+                        help="Mask R-CNN's masks.score_threshold")
     parser.add_argument("--fcis-lr", type=float, default=0.005, help="FCIS's masks.lr")
     parser.add_argument("--fcis-score-threshold", type=float, default=0.1, help="FCIS's masks.score_threshold")
     parser.add_argument("--train-only", action="store_true", help="stop after training and caching")
@@ -168,19 +171,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     config["device"] = "cpu"
-    if args.lr:
-        config["masks"]["lr"] = args.lr
     work = Path(args.work)
-    fcis_recipe = {"lr": args.fcis_lr, "score_threshold": args.fcis_score_threshold}
+    recipes = {"fcis": {"lr": args.fcis_lr, "score_threshold": args.fcis_score_threshold},
+               "maskrcnn": {"lr": args.maskrcnn_lr, "score_threshold": args.maskrcnn_score_threshold}}
     if args.skip_training:
         seconds = {tuple(name.split()): t for f in work.glob("train_seconds-*.csv")
                    for name, t in pd.read_csv(f, index_col=0)["train_s"].items()}
         caches = {(m, s): sorted((work / m / s).glob("*.h5")) for m in MODELS for s in SOURCES}
         if args.score_threshold is not None:
-            config["masks"]["score_threshold"] = args.score_threshold
-            caches = recache(config, args.frames, work, fcis_recipe)
+            recipes["maskrcnn"]["score_threshold"] = args.score_threshold
+            caches = recache(config, args.frames, work, recipes)
     else:
-        seconds, caches = train_and_cache(config, args.frames, work, args.sources, args.models, fcis_recipe)
+        seconds, caches = train_and_cache(config, args.frames, work, args.sources, args.models, recipes)
         pd.Series({f"{m} {s}": t for (m, s), t in seconds.items()}, name="train_s").to_csv(
             work / f"train_seconds-{'-'.join(args.models + args.sources)}.csv")
         if args.train_only:
@@ -195,12 +197,12 @@ def main() -> None:
     summary.to_csv(work / "summary.csv", index=False, float_format="%.3f")
     if args.no_speed:
         return
-    ms = speed(work, args.frames, config, args.height, args.width, args.repeats, fcis_recipe)
+    ms = speed(work, args.frames, config, args.height, args.width, args.repeats, recipes)
     print(f"ms per frame at {args.height} x {args.width}, {torch.get_num_threads()} thread(s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
           + f"; fcis / maskrcnn {ms['fcis'] / ms['maskrcnn']:.2f}")
     pd.Series(ms, name="ms_per_frame").to_csv(work / "speed.csv")
-    step = step_speed(args.frames, config, args.steps, fcis_recipe)
+    step = step_speed(args.frames, config, args.steps, recipes)
     print(f"training step ({args.steps} interleaved, {torch.get_num_threads()} thread(s)): "
           + ", ".join(f"{k} {v:.2f} s" for k, v in step.items())
           + f"; fcis / maskrcnn {step['fcis'] / step['maskrcnn']:.2f}")

@@ -73,7 +73,8 @@ def _regions(n, height=20, width=30, seed=0):
 
 
 def _config(**masks):
-    cfg = dict(backbone="tiny", coco_checkpoint=None, min_size=48, max_size=64, iterations=30, batch_size=2,
+    """Mask R-CNN's settings (tests/test_fcis.py covers FCIS, the default), at test sizes."""
+    cfg = dict(model="maskrcnn", backbone="tiny", coco_checkpoint=None, min_size=48, max_size=64, iterations=30, batch_size=2,
                optimizer="sgd", lr=0.01, checkpoint_every=10, score_threshold=0.05, max_regions=10)
     cfg.update(masks)
     return {"seed": 0, "device": "cpu", "masks": section_defaults("masks", cfg)}  # the schema fills the rest

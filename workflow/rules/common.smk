@@ -399,15 +399,16 @@ def get_seed_config(seed):
     """Config of the run of `seed`: that seed for training and the bootstrap, its own results folder, and this
     run's folder for the artifacts all seeds share (the dataset root is already one path for all).
     """
+    return get_module_config(f"seed-{seed}", seed=seed, seeds=None)
+
+
+def get_module_config(folder, **keys):
+    """This config for a run of this workflow as a module (a seed's, the mask-model comparison): its results in
+    <results>/`folder`, this run's folder for the artifacts it shares, no mask-model comparison of its own, and
+    `keys` on top."""
     run = copy.deepcopy(config)
-    run.update(
-        seed=seed,
-        seeds=None,
-        results=res(f"seed-{seed}"),
-        shared_results=SHARED_RESULTS,
-    )
-    # a seed's run has no mask-model comparison of its own
     run["experiments"]["compare_masks"] = None
+    run.update(results=res(folder), shared_results=SHARED_RESULTS, **keys)
     return run
 
 
@@ -455,14 +456,8 @@ def get_compare_config():
             f"config experiments.compare_masks: {', '.join(unknown)} is not a masks key "
             f"(masks keys: {', '.join(config['masks'])})"
         )
-    run = copy.deepcopy(config)
+    run = get_module_config("compare-masks", stage1_results=STAGE1_RESULTS)
     run["masks"].update(copy.deepcopy(COMPARE_MASKS))
-    run["experiments"]["compare_masks"] = None
-    run.update(
-        results=res("compare-masks"),
-        shared_results=SHARED_RESULTS,
-        stage1_results=STAGE1_RESULTS,
-    )
     return run
 
 

@@ -158,7 +158,9 @@ def _mask_flops(config: dict) -> dict[str, int]:
     from a2dpipe.masks.train import NUM_CLASSES
 
     cfg = config["masks"]
-    options = {**mask_model_options(cfg), "imagenet_weights": None} if cfg["model"] == "fcis" else {"model": "maskrcnn"}
+    options = mask_model_options(cfg)
+    if cfg["model"] == "fcis":
+        options["imagenet_weights"] = None  # shapes only: a weights file would be read for nothing
     with torch.device("meta"):
         net = build_mask_model(**options, backbone=cfg["backbone"], num_classes=NUM_CLASSES["dataset"],
                                min_size=cfg["min_size"], max_size=cfg["max_size"],

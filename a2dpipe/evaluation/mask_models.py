@@ -26,7 +26,7 @@ import pandas as pd
 
 from a2dpipe.config import add_config_arguments, read_settings
 from a2dpipe.evaluation.claims import Intervals, load_intervals
-from a2dpipe.evaluation.tables import THIS_RUN, _read_csv, load_evaluations, table3
+from a2dpipe.evaluation.tables import THIS_RUN, load_evaluations, read_csv_table, table3
 from a2dpipe.evaluation.writers import write_table
 from a2dpipe.io import A2DError
 
@@ -82,7 +82,7 @@ def run(args) -> None:
     for label, quality, evaluations, per_video in zip(*groups):
         evals = load_evaluations(evaluations)
         intervals = load_intervals(per_video, evals, resamples=resamples, seed=seed)
-        runs.append((label, _test_mask_ap(_read_csv(quality, "mask quality"), quality), evals, intervals))
+        runs.append((label, _test_mask_ap(read_csv_table(quality, "mask quality"), quality), evals, intervals))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = write_table(mask_models_table(runs), out.parent, out.stem, CAPTION)

@@ -52,6 +52,7 @@ from a2dpipe.labels import class_names
 __all__ = [
     "METRIC_HEADERS",
     "load_evaluations",
+    "read_csv_table",
     "table1",
     "table2",
     "table3",
@@ -204,7 +205,8 @@ def table5(evals: dict) -> pd.DataFrame:
 # --- writing every table --------------------------------------------------------------------------------------
 
 
-def _read_csv(path, what: str) -> pd.DataFrame:
+def read_csv_table(path, what: str) -> pd.DataFrame:
+    """The CSV table at ``path``; ``A2DError`` naming the file and ``what`` it should hold when it cannot be read."""
     try:
         return pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -243,9 +245,9 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals:
         table = build(evals) if build is table5 else build(evals, intervals)
         written += write_table(table, out_dir, name, f"{TITLES[name]}. {captions[name]}")
     if timing:
-        written += write_table(_read_csv(timing, "timing"), out_dir, "timing", f"Timing. {captions['timing']}")
+        written += write_table(read_csv_table(timing, "timing"), out_dir, "timing", f"Timing. {captions['timing']}")
     if mask_quality:
-        written += write_table(_read_csv(mask_quality, "mask quality"), out_dir, "mask_quality",
+        written += write_table(read_csv_table(mask_quality, "mask quality"), out_dir, "mask_quality",
                                f"Mask quality. {captions['mask_quality']}", digits=2)
     with atomic_path(done) as tmp:
         Path(tmp).write_text("\n".join(p.name for p in written) + "\n")

@@ -68,10 +68,8 @@ def test_compare_masks_runs_the_other_mask_model_on_this_runs_data_and_stage1(tm
             checkpoint = torch.load(folder / "masks" / "models" / source / "model.pt", weights_only=True)
             assert checkpoint["arch"]["model"] == model
     table = pd.read_csv(results / "tables" / "mask_models.csv")
-    assert table["mask model"].tolist() == [
-        "lr=0.01, model=fcis, score_threshold=0.0", *["lr=0.01, model=fcis, score_threshold=0.0"] * 2,
-        *["lr=0.01, model=maskrcnn, score_threshold=0.0"] * 3,
-    ]
+    assert table["mask model"].tolist() == (["lr=0.01, model=fcis, score_threshold=0.0"] * 3
+                                            + ["lr=0.01, model=maskrcnn, score_threshold=0.0"] * 3)
     for folder, rows in ((results, table[:3]), (results / "compare-masks", table[3:])):
         quality = pd.read_csv(folder / "masks" / "quality.csv")
         agnostic = quality[quality["categories"] == "agnostic"].set_index("source")["AP"]

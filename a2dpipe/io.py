@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["A2DError", "atomic_path", "open_hdf5", "unreadable_artifact", "reading_artifact", "setup_logging",
-           "select_device", "describe_device", "flush_denormals"]
+           "select_device", "describe_device"]
 
 log = logging.getLogger("a2dpipe")
 
@@ -251,12 +251,13 @@ def describe_device(device=None) -> str:
 def select_device(requested: str = "auto"):
     """``'auto'`` picks CUDA when present, else CPU, and says so once in the log.
 
-    Every torch stage starts here, so this also sets :func:`flush_denormals` (call it after
-    ``torch.set_num_threads``).
+    Every torch stage starts here, so this also flushes denormal floats to zero on the CPU: training drives some
+    gradients and optimiser moments into the denormal range, where each operation costs ~100 cycles, and that
+    doubled the time of a stage-1 step on one thread. Such values (below 1.2e-38) move no float32 weight.
     """
     import torch
 
-    flush_denormals()
+    torch.set_flush_denormal(True)
     if requested == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if device.type == "cpu":
@@ -266,34 +267,3 @@ def select_device(requested: str = "auto"):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise A2DError(f"config asks for device {requested!r} but CUDA is not available")
     return device
-
-
-def flush_denormals() -> None:
-    """Flush denormal floats to zero on the CPU, in this thread and in the threads of torch's OpenMP team.
-
-    A trained network is confident: 5-10 % of a stage-1 batch's class probabilities fall below float32's normal range
-    (1.2e-38), and the loss gradients through them stay there. On the CPU each operation on such a number costs
-    ~100 cycles: a stage-1 step on one thread took twice as long. Values that small move no float32 weight.
-    ``torch.set_flush_denormal`` sets the calling thread only; with libgomp (Linux wheels) every thread of a team of
-    ``torch.get_num_threads()`` sets it too, since libgomp reuses that team for torch's operations.
-    """
-    import ctypes
-
-    import torch
-
-    torch.set_flush_denormal(True)
-    threads = torch.get_num_threads()
-    if threads > 1:
-        each_thread = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: torch.set_flush_denormal(True))
-        for gomp in _loaded_libraries("libgomp"):
-            ctypes.CDLL(gomp).GOMP_parallel(each_thread, None, threads, 0)
-
-
-def _loaded_libraries(name: str) -> list[str]:
-    """Paths of the shared libraries ``name`` (e.g. ``libgomp``) this process has loaded; none where ``/proc``
-    does not say."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return sorted({line.split()[-1] for line in maps if f"/{name}" in line})
-    except OSError:
-        return []

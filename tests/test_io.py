@@ -130,22 +130,3 @@ def test_the_allocators_mmap_threshold_is_fixed_where_glibc_allows(caplog):
         fixed_mmap_threshold(32 << 20)
     glibc = ctypes.util.find_library("c") is not None and __import__("platform").libc_ver()[0] == "glibc"
     assert ("could not fix" in caplog.text) is not glibc
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_torch_stages_flush_denormals_in_every_thread(threads):
-    """A stage's device choice makes denormal floats zero on the CPU, in torch's worker threads too (each one is
-    ~100 cycles per operation: stage-1 training ran twice as long), even when the workers started before."""
-    import subprocess
-    import sys
-
-    script = (
-        "import torch; from a2dpipe.io import select_device\n"
-        f"torch.set_num_threads({threads})\n"
-        "x = torch.full((1 << 20,), 1e-39)\n"
-        "assert int((x * 1.0).count_nonzero()) == x.numel()  # denormal, and kept, before\n"
-        "select_device('cpu')\n"
-        "print(int((x * 1.0).count_nonzero()))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "0"

@@ -41,9 +41,43 @@ def test_dag_of_the_full_a2d_builds(tmp_path, tiny_config, snakemake_run):
 def test_local_profile_plans_the_main_job(tmp_path, tiny_config, snakemake_run):
     """The profile of one machine is valid Snakemake profile syntax and plans `tables` (it is not run here: the
     session's shared tiny run and the SLURM test already run the whole DAG)."""
-    proc = snakemake_run(tmp_path, "--profile", REPO / "workflow/profiles/local", "tables", "--dry-run", "--quiet",
+    proc = snakemake_run(tmp_path, "--workflow-profile", REPO / "workflow/profiles/local", "tables", "--dry-run", "--quiet",
                          "rules", config=tiny_config)
     assert re.search(r"^tables\s+1$", proc.stdout, re.M), proc.stdout[-2000:]
+
+
+def parsed_command_line(monkeypatch, *argv):
+    """Snakemake's options for ``snakemake *argv`` typed in the repository's root, profiles included."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(REPO)
+    return parse_args([str(a) for a in argv])[1]
+
+
+def test_default_profile_makes_the_target_alone_the_main_job(monkeypatch):
+    """`snakemake tables` reads profiles/default: one core, one accelerator slot, as the documented command
+    `snakemake tables --cores 1 --resources gpu=1` says; the command line still wins over the profile."""
+    plain = parsed_command_line(monkeypatch, "tables")
+    card = parsed_command_line(monkeypatch, "tables", "--cores", "1", "--resources", "gpu=1")
+    for args in (plain, card):
+        assert args.targets == ["tables"] and args.cores == 1 and args.resources["gpu"].value == 1
+        assert args.rerun_incomplete and not args.keep_going  # the first failure stops a run
+    wider = parsed_command_line(monkeypatch, "tables", "--cores", "2", "--resources", "gpu=2")
+    assert wider.cores == 2 and wider.resources["gpu"].value == 2
+
+
+def test_other_profiles_replace_the_default_one(monkeypatch):
+    """--workflow-profile replaces profiles/default: the SLURM profile's jobs are not capped at one core."""
+    local = parsed_command_line(monkeypatch, "tables", "--workflow-profile", REPO / "workflow/profiles/local")
+    assert local.cores != 1 and local.keep_going
+    slurm = parsed_command_line(monkeypatch, "tables", "--workflow-profile", REPO / "workflow/profiles/slurm")
+    assert slurm.executor == "slurm" and slurm.cores is None and "gpu" not in slurm.resources
+
+
+def test_default_profile_runs_a_target_given_alone(tmp_path, tiny_config, snakemake_run):
+    """No --cores: the default profile supplies it (Snakemake refuses to run locally without one)."""
+    snakemake_run(tmp_path, "index", config=tiny_config)
+    assert (tmp_path / "results" / "index.csv").is_file()
 
 
 def test_compare_masks_runs_the_other_mask_model_on_this_runs_data_and_stage1(tmp_path, tiny_config, tiny_run,

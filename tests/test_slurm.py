@@ -84,7 +84,7 @@ def test_slurm_profile_matches_local_run(slurm, tmp_path, tiny_config, tiny_run,
     # offers two job slots per core (start_slurm.sh): a job asking for more CPUs than it has (synthesize's 8 workers
     # on a 2-core machine) would stay PENDING (PartitionConfig) for ever.
     proc = snakemake_run(
-        cluster, "--profile", REPO / "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "2",
+        cluster, "--workflow-profile", REPO / "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "2",
         "--latency-wait", "10", TARGET, "--set-threads", "synthesize=2", config=tiny_config, timeout=1500,
     )
     print(f"SLURM end-to-end run of `{TARGET}`: {time.monotonic() - start:.0f} s")

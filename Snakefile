@@ -12,7 +12,9 @@
 
 import shlex
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from a2dpipe.config import resolve
 
 min_version("9.0")
 
@@ -31,7 +33,9 @@ shell.prefix(
 configfile: "config.yaml"
 
 
-validate(config, schema="workflow/schemas/config.schema.yaml")
+# The schema (workflow/schemas/config.schema.yaml) checks every key and fills in the defaults; a mistake is one line
+# naming the key (a typo'd key: the keys its section takes), not a dump of the schema.
+config.update(resolve(config, "config"))
 
 
 report: "workflow/report/workflow.rst"

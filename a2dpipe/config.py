@@ -73,8 +73,22 @@ def _message(error, source: str) -> str:
     if isinstance(error.instance, str) and any(ord(c) < 32 or ord(c) == 127 for c in error.instance):
         return f"{source}: {key}: {error.instance!r} holds a control character; a path may not"
     if error.validator == "additionalProperties":
-        return f"{source}: {key}: unknown key(s) ({error.message}); the schema lists every key"
+        return _unknown_keys_message(error, source, key)
     return f"{source}: {key}: {error.message}"
+
+
+def _unknown_keys_message(error, source: str, section: str) -> str:
+    """One line naming the unknown keys, the nearest allowed one, and the keys the section allows (in schema order)."""
+    import difflib
+
+    allowed = list(error.schema.get("properties", {}))
+    unknown = [k for k in error.instance if k not in allowed]
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), allowed, n=1)
+        hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    return (f"{source}: {section}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+            f"{section} takes {', '.join(allowed)} (docs/configuration.md describes each)")
 
 
 def resolve(config: Mapping, source: str = "config", *, partial: bool = False, fill_defaults: bool = True) -> dict:

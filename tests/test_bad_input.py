@@ -214,7 +214,8 @@ def test_config_value_of_wrong_type_or_range(tmp_path, tiny_config, snakemake_ru
     proc = snakemake_run(tmp_path, "--cores", "1", "--dry-run", "index", config=bad, check=False)
     assert proc.returncode != 0
     assert phrase in proc.stdout, proc.stdout[-3000:]
-    assert f"On instance['{section}']['{key}']" in proc.stdout, proc.stdout[-3000:]  # names the key
+    assert f"{section}.{key}: {phrase}" in proc.stdout, proc.stdout[-3000:]  # names the key
+    assert "properties" not in proc.stdout, proc.stdout[-3000:]  # one line, not the schema
     assert not (tmp_path / "results").exists()  # rejected before any job
 
 

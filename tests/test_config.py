@@ -45,3 +45,26 @@ def test_load_config_names_the_file(tmp_path):
         load_config(bad)
     with pytest.raises(A2DError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_typo_names_the_key_the_nearest_one_and_the_keys_of_its_section():
+    from a2dpipe.config import resolve
+
+    config = yaml.safe_load(PRESETS[0].read_text())
+    config["segmentation"]["stage1"]["iterationz"] = 5
+    with pytest.raises(A2DError) as caught:
+        resolve(config, "config.yaml")
+    message = str(caught.value)
+    assert message.startswith("config.yaml: segmentation.stage1: unknown key 'iterationz' (did you mean 'iterations'?)")
+    allowed = ", ".join(SCHEMA["properties"]["segmentation"]["properties"]["stage1"]["properties"])
+    assert f"segmentation.stage1 takes {allowed} (" in message and "\n" not in message
+
+
+def test_the_workflow_reports_a_typo_in_a_few_lines(tmp_path, snakemake_run):
+    config = yaml.safe_load((ROOT / "tests" / "config.tiny.yaml").read_text())
+    config["masks"]["lrr"] = config["masks"].pop("lr")
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake_run(tmp_path, "index", "--dry-run", config=path, check=False)
+    assert proc.returncode != 0 and "masks: unknown key 'lrr' (did you mean 'lr'?); masks takes model," in proc.stdout
+    assert len(proc.stdout.splitlines()) < 10, proc.stdout  # not the schema (it printed 279 lines)

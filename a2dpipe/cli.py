@@ -13,6 +13,7 @@ import importlib
 import sys
 import types
 
+from a2dpipe import __version__
 from a2dpipe.io import A2DError, setup_logging
 
 # command -> (module, one-line help)
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": ("a2dpipe.evaluation.estimate", "wall time of each stage on one GPU: FLOP count x assumed throughput"),
     "report": ("a2dpipe.evaluation.report", "figures of the HTML report (per-category bars, loss curves, overlays)"),
     "bench": ("a2dpipe.flow.bench", "speed and accuracy benchmarks"),
+    "config-reference": ("a2dpipe.config_reference", "the configuration reference page, from the config schema"),
 }
 
 
@@ -83,6 +85,7 @@ def import_command(name: str) -> types.ModuleType:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2dpipe", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"a2dpipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

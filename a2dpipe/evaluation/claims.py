@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from a2dpipe.evaluation.bootstrap import Bootstrap, per_video_key, percentile_interval, read_per_video
+from a2dpipe.evaluation.bootstrap import CONFIDENCE, Bootstrap, normal_interval, per_video_key, point_score, read_per_video
 from a2dpipe.evaluation.writers import interval_text
 from a2dpipe.io import A2DError
 from a2dpipe.variants import NONE, Variant, variant_name as _display_name
@@ -70,16 +70,23 @@ class Intervals:
             self._samples[key] = self.bootstrap.score_samples(self._matrices(variant, region, setting))
         return self._samples[key]
 
-    def interval(self, variant: str, score: str, setting: str, region: str = "whole") -> tuple[float, float]:
-        """(low, high) of one metric, in [0, 1]."""
-        return percentile_interval(self.samples(variant, region, setting)[score])
+    def point(self, variant: str, score: str, setting: str, region: str = "whole") -> float:
+        """One metric on all test videos (what the evaluation reports), in [0, 1]."""
+        return point_score(self._matrices(variant, region, setting), score)
 
-    def difference(self, first: str, second: str, score: str, setting: str,
-                   region: str = "whole") -> tuple[float, float]:
-        """(low, high) of ``second - first``, paired draws."""
+    def interval(self, variant: str, score: str, setting: str, region: str = "whole") -> tuple[float, float]:
+        """(low, high) of one metric, in [0, 1] (:func:`.bootstrap.normal_interval`)."""
+        point = self.point(variant, score, setting, region)
+        return normal_interval(point, self.samples(variant, region, setting)[score], bounds=(0.0, 1.0))
+
+    def difference(self, first: str, second: str, score: str, setting: str, region: str = "whole",
+                   confidence: float = CONFIDENCE) -> tuple[float, float]:
+        """(low, high) of ``second - first``, paired draws; a two-sided ``confidence`` interval (each end a
+        one-sided test at half the rest)."""
         a = self.samples(first, region, setting)[score]
         b = self.samples(second, region, setting)[score]
-        return percentile_interval(b - a)
+        point = self.point(second, score, setting, region) - self.point(first, score, setting, region)
+        return normal_interval(point, b - a, confidence)
 
 
 def load_intervals(paths, evals: dict, *, resamples: int = 1000, seed: int = 0) -> Intervals:

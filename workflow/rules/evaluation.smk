@@ -198,7 +198,9 @@ rule tables:
     threads: 1
     params:
         out_dir=get_output_dir,
-        settings=get_settings("seed", "evaluation.bootstrap_resamples"),
+        settings=get_settings(
+            "seed", "evaluation.bootstrap_resamples", "evaluation.claims_correction"
+        ),
     shell:
         "python -m a2dpipe tables --settings {params.settings:q} --evaluations {input.evaluations:q}"
         " --per-video {input.per_video:q} --timing {input.timing:q} --mask-quality {input.mask_quality:q}"

@@ -226,10 +226,21 @@ def make_metrics_table(evals: dict, out_dir, intervals: Intervals | None = None)
     return write_table(metrics_table(evals, intervals), Path(out_dir), "metrics", caption)
 
 
+FINAL_FIT = {
+    "train": "Models trained on the train split, the validation videos held out (dataset.final_fit: train).",
+    "train+val": "Models trained on the train and validation splits, after settings were chosen on validation "
+    "(dataset.final_fit: train+val).",
+}
+
+
+RUN_TABLES = ("table1", "table2", "table3", "table4", "table5", "claims")  # this run's results (not copied ones)
+
+
 def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals: Intervals | None = None,
-                correction: str = "none") -> list[Path]:
+                correction: str = "none", final_fit: str = "train") -> list[Path]:
     """Write every table into ``out_dir``, then ``done``; returns the paths written (``done`` last). ``correction``:
-    the claims' family-wise correction (:func:`.claims.claim_levels`)."""
+    the claims' family-wise correction (:func:`.claims.claim_levels`); ``final_fit``: the splits the models trained
+    on (config ``dataset.final_fit``), said in every caption of this run's results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = out_dir / "done"
@@ -239,6 +250,8 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals:
     captions["table2"] = captions["table2"].format(width="/".join(map(str, widths)) or "?")
     captions["table4"] = captions["table4"].format(cited=paper.TABLE4_CITED)
     captions["claims"] = claims_caption(correction)
+    for name in RUN_TABLES:
+        captions[name] = f"{captions[name]} {FINAL_FIT[final_fit]}"
     builders = {"table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
                 "claims": claims}
     written = []
@@ -259,8 +272,8 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals:
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples, evaluation.claims_correction (not with "
-                                 "--metrics-only)")
+    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples; evaluation.claims_correction and "
+                                 "dataset.final_fit, but not with --metrics-only")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files of every variant")
     parser.add_argument("--per-video", nargs="*", default=[],
                         help="per-video confusion matrices (.npz) of the variants: bootstrap intervals and claims")
@@ -288,7 +301,8 @@ def run(args) -> None:
     write_made_from(Path(args.out_dir, "provenance.json"),
                     {p: e.get("provenance") for p, e in zip(args.evaluations, evals.values())})
     written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality,
-                          intervals=intervals, correction=config["evaluation"]["claims_correction"])
+                          intervals=intervals, correction=config["evaluation"]["claims_correction"],
+                          final_fit=config["dataset"]["final_fit"])
     log.info("wrote %d table files into %s", len(written), args.out_dir)
     claims_md = Path(args.out_dir, "claims.md").read_text()
     log.info("claims:\n%s", claims_md)

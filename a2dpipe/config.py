@@ -132,6 +132,13 @@ def section_defaults(name: str, section: Mapping | None = None) -> dict:
     return resolve({name: dict(section or {})}, f"config {name}", partial=True)[name]
 
 
+def training_splits(settings: Mapping) -> tuple[str, ...]:
+    """Splits the final models train on (config ``dataset.final_fit``): ``("train",)`` while settings are chosen on
+    validation, ``("train", "val")`` once they are; settings without the key (older models) mean ``train``."""
+    fit = (settings.get("dataset") or {}).get("final_fit", "train")
+    return ("train", "val") if fit == "train+val" else ("train",)
+
+
 def settings_slice(config: Mapping, keys: Iterable[str]) -> dict:
     """The values of dotted ``keys`` (``"seed"``, ``"segmentation.stage2"``) as a nested dict shaped like ``config``.
 

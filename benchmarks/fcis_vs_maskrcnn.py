@@ -4,8 +4,10 @@
 
 For each model (``masks.model`` = maskrcnn, fcis) and trained source (dataset, generic) the model's own recipe trains
 a mask model on the train split (``train_mask_model``: the pipeline's own code), the region cache of every shard is
-written (``cache_regions``), and mask AP is measured on the test split (``mask_quality``: the rows of
-``results/masks/quality.csv``). The four trainings alternate model by model so that machine load hits both alike.
+written (``cache_regions``), and mask AP is measured on the validation split (``--split val``, the default: the
+split where choices such as the recipes below are made; ``mask_quality``: the rows of ``results/masks/quality.csv``).
+``--split test`` measures the test split instead, for reporting beside the tables only: the summary's ``split``
+column says which, and test-split numbers are printed under a line saying they must not be used for choices. The four trainings alternate model by model so that machine load hits both alike.
 Recipes: each model's is the config's with its own learning rate and score threshold (``--fcis-lr``,
 ``--fcis-score-threshold``: 0.005 and 0.1; ``--maskrcnn-lr``, ``--maskrcnn-score-threshold``: 0.001 and 0.3; all
 chosen on the validation split: README), since one learning rate does not suit both.
@@ -165,12 +167,15 @@ def main() -> None:
     parser.add_argument("--score-threshold", type=float,
                         help="with --skip-training: re-cache Mask R-CNN's regions at this masks.score_threshold"
                         " (FCIS's at --fcis-score-threshold)")
+    parser.add_argument("--split", default="val", choices=("val", "test"),
+                        help="frames mask AP is measured on: val (choices are made there) or test (reporting only)")
     parser.add_argument("--no-speed", action="store_true", help="mask AP and training times only")
     parser.add_argument("--skip-training", action="store_true", help="reuse the models and caches in --work")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     config["device"] = "cpu"
+    config["dataset"]["final_fit"] = "train"  # the mask models train on the train split, never on what scores them
     work = Path(args.work)
     recipes = {"fcis": {"lr": args.fcis_lr, "score_threshold": args.fcis_score_threshold},
                "maskrcnn": {"lr": args.maskrcnn_lr, "score_threshold": args.maskrcnn_score_threshold}}
@@ -189,10 +194,13 @@ def main() -> None:
             return
     rows = []
     for model in MODELS:
-        table = mask_quality(args.frames, {s: caches[model, s] for s in SOURCES})
+        table = mask_quality(args.frames, {s: caches[model, s] for s in SOURCES}, split=args.split)
         for row in table.to_dict("records"):
-            rows.append({"model": model, **row, "train_s": seconds.get((model, row["source"]), float("nan"))})
+            rows.append({"model": model, "split": args.split, **row,
+                         "train_s": seconds.get((model, row["source"]), float("nan"))})
     summary = pd.DataFrame(rows)
+    if args.split == "test":
+        print("test-split mask AP: for reporting beside the tables only, not to choose settings by (use --split val)")
     print(summary.to_string(index=False, float_format="%.2f"))
     summary.to_csv(work / "summary.csv", index=False, float_format="%.3f")
     if args.no_speed:

@@ -62,6 +62,7 @@ def parse_try(text: str) -> dict[str, object]:
 
 def apply(config: dict, over: dict) -> dict:
     config = copy.deepcopy(config)
+    config["dataset"]["final_fit"] = "train"  # the models this script trains see the train split only
     for key, value in over.items():
         section, name = key.split(".", 1)
         target = config["masks"] if section == "masks" else config["segmentation"][section]
@@ -107,7 +108,7 @@ def score(config: dict, over: dict, args, work: Path, kind: str = "ours") -> dic
     cpu = time.process_time() - started
     variant = Variant(kind, args.input, *((args.source, args.source) if kind == "ours" else ()))
     val = StoreSamples(frames, split="val", flow=flow, masks=masks, **encoding)
-    predict(config, variant=variant, model=model, samples=val, out=out / f"{kind}-val.h5")
+    predict(config, variant=variant, model=model, samples=val, out=out / f"{kind}-val.h5", split="val")
     section = config["evaluation"]
     m = evaluate(out / f"{kind}-val.h5", frames, boundary_width=int(section["boundary_width"]),
                  settings_from=section["settings_from"], split="val")["metrics"]["whole"]

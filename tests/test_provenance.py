@@ -219,6 +219,10 @@ RERUNS = {
     "evaluation.boundary_width": (10, {"evaluate": 8, "report_figures": 1, "tables": 1}),
     "evaluation.qualitative_frames": (3, {"report_figures": 1, "tables": 1}),
     "evaluation.bootstrap_resamples": (300, {"tables": 1}),
+    "evaluation.claims_correction": ("none", {"tables": 1}),
+    # the final fit on train + val: every trained model and what follows it, never the index or the frames
+    "dataset.final_fit": ("train+val", {"train_mask_model": 2, "region_masks": 4, "mask_quality": 1,
+                                        "train_stage1": 2, "train_stage2": 3, "predict": 8, "evaluate": 8, **FINAL}),
     # read by no job of this configuration (DIS reads no RAFT size; the xym encoding no wheel saturation)
     "flow.raft_variant": ("large", {}),
     "flow.wheel_max": (20.0, {}),
@@ -334,3 +338,38 @@ def test_tables_refuse_evaluations_made_with_different_settings(tiny_run, tmp_pa
     assert f"{evaluations[-1]}: made with evaluation.boundary_width = 10, while {evaluations[0]} has " \
            f"evaluation.boundary_width = 15" in proc.stderr
     assert not (tmp_path / "tables" / "done").exists()
+
+
+# -- the final fit on train + val -------------------------------------------------------------------------------------
+
+
+def test_a_final_fit_trains_on_train_and_val_and_cannot_be_validated(tiny_run, tmp_path):
+    import torch
+
+    from a2dpipe.segmentation.samples import StoreSamples
+
+    results = tiny_run / "results"
+    frames = sorted(results.glob("frames/*.h5"))
+    counts = {split: len(StoreSamples(frames, split=split)) for split in ("train", "val")}
+    assert counts["train"] and counts["val"]
+    assert len(StoreSamples(frames, split=("train", "val"))) == counts["train"] + counts["val"]
+    # a model whose settings say it trained on train + val is refused on the validation split, not on test
+    model = torch.load(results / "models/stage1/rgb/model.pt", weights_only=True)
+    model["config"]["dataset"] = {"final_fit": "train+val"}
+    torch.save(model, tmp_path / "final.pt")
+    args = ["predict", "--settings", json.dumps({"device": "cpu"}), "--kind", "baseline", "--input", "rgb",
+            "--model", tmp_path / "final.pt", "--frames", *frames]
+    proc = _a2dpipe(*args, "--split", "val", "--out", tmp_path / "val.h5")
+    assert proc.returncode == 1 and "trained on train + val" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "val.h5").exists()
+    proc = _a2dpipe(*args, "--out", tmp_path / "test.h5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_validate_target_refuses_a_final_fit_on_train_and_val(tmp_path, tiny_config, snakemake_run):
+    config = yaml.safe_load(tiny_config.read_text())
+    config["dataset"]["final_fit"] = "train+val"
+    proc = snakemake_run(tmp_path, "validate", "--dry-run", config=_write(config, tmp_path / "c.yaml"), check=False)
+    assert proc.returncode != 0 and "the validate target cannot score them" in proc.stdout, proc.stdout[-3000:]
+    config["dataset"]["final_fit"] = "train"
+    snakemake_run(tmp_path, "validate", "--dry-run", config=_write(config, tmp_path / "c.yaml"))

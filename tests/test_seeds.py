@@ -84,6 +84,8 @@ def test_claims_across_seeds_count_the_seeds_that_say_yes():
     assert first["mean over seeds (expected to increase left to right)"] == "50.0 / 52.0"
     assert first["difference (mean ± sd over seeds)"] == "+2.0 ± 2.0"
     assert first["seeds"] == 3 and first["seeds saying yes"] == 2
+    assert first["verdict across seeds"] == "split: yes 2, no 1 (of 3 seeds)"
+    assert (out["verdict across seeds"].iloc[1:] == "not resolved in 3 of 3 seeds").all()
     assert first["verdict of each seed"] == "seed 0: yes; seed 1: yes; seed 2: no"
     assert (out["seeds saying yes"].iloc[1:] == 0).all()
 

@@ -146,7 +146,7 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
 
     claims_table = pd.read_csv(out / "claims.csv")
     assert list(claims_table["holds"]) == ["yes"] * 7  # the fake accuracies are ordered as claimed, far apart
-    assert claims_table["difference [95% interval]"].str.fullmatch(r"(\+\d+\.\d \[\d+\.\d, \d+\.\d\](; )?)+").all()
+    assert claims_table["difference [two-sided interval]"].str.fullmatch(r"(\+\d+\.\d \[\d+\.\d, \d+\.\d\](; )?)+").all()
 
     md = (out / "table1.md").read_text()
     assert "| Baseline (RGB only) | paper | 95.7 |" in md
@@ -221,10 +221,51 @@ def test_claims_say_yes_no_or_not_resolved_by_the_interval_of_the_difference(tmp
     same = {v: evals["baseline-rgb"] | {"variant": v} for v in ("baseline-rgb", "baseline-rgbflow")}
     tie = claims.load_intervals([_per_video_path(docs["baseline-rgb"])], evals, resamples=50)
     tie.per_video["baseline-rgbflow"] = tie.per_video["baseline-rgb"]
-    assert claims.claims(same, tie).iloc[1]["holds"] == "no"  # an exact tie is not an improvement
+    tied = claims.claims(same, tie).iloc[1]
+    assert tied["holds"] == "not resolved"  # an exact tie ([0.0, 0.0]) resolves nothing either way
+    assert tied["difference [two-sided interval]"] == "+0.0 [0.0, 0.0]"
     assert claims.verdict([(0.1, 0.3), (0.2, 0.4)]) == "yes"
     assert claims.verdict([(0.1, 0.3), (-0.2, 0.4)]) == "not resolved"
     assert claims.verdict([(0.1, 0.3), (-0.4, -0.2)]) == "no"
+    assert claims.verdict([(0.0, 0.0)]) == "not resolved" and claims.verdict([(-0.2, 0.0)]) == "not resolved"
+
+
+def test_family_wise_levels_bonferroni_and_holm():
+    p = [0.001, 0.02, math.nan, 0.004, 0.3]  # four claims tested
+    levels, allowed = claims.claim_levels(p, "none")
+    assert levels == pytest.approx([0.025] * 5) and all(allowed)
+    levels, allowed = claims.claim_levels(p, "bonferroni")
+    assert levels == pytest.approx([0.025 / 4] * 5) and all(allowed)
+    levels, allowed = claims.claim_levels(p, "holm")
+    # ranks: 0.001 (0.025/4), 0.004 (0.025/3), 0.02 (0.025/2), 0.3 (0.025/1)
+    assert [levels[i] for i in (0, 3, 1, 4)] == pytest.approx([0.025 / 4, 0.025 / 3, 0.025 / 2, 0.025])
+    # 0.001 and 0.004 pass their levels, 0.02 fails 0.0125: the step-down stops there, so 0.3 (and anything
+    # ranked after 0.02) may not say yes, whatever its own interval
+    assert allowed == [True, True, True, True, False]
+    levels, allowed = claims.claim_levels([0.001, 0.02, 0.015], "holm")
+    assert levels == pytest.approx([0.025 / 3, 0.025, 0.025 / 2]) and allowed == [True, False, True]
+    with pytest.raises(Exception, match="claims_correction"):
+        claims.claim_levels(p, "fdr")
+
+
+def test_claims_under_a_family_wise_correction_widen_and_say_so(tmp_path, evaluation_files):
+    evals = tables.load_evaluations(evaluation_files)
+    intervals = claims.load_intervals([_per_video_path(p) for p in evaluation_files], evals, resamples=300)
+    plain = claims.claims(evals, intervals, "none")
+    bonferroni = claims.claims(evals, intervals, "bonferroni")
+    assert set(plain["interval"]) == {"95% (2.5% one-sided per step)"}
+    assert set(bonferroni["interval"]) == {"99.3% (0.36% one-sided per step)"}
+    assert (bonferroni["lowest interval end (points)"] < plain["lowest interval end (points)"]).all()
+    # a family-wise yes is a per-claim yes, never the other way round
+    assert not ((bonferroni["holds"] == "yes") & (plain["holds"] != "yes")).any()
+    holm = claims.claims(evals, intervals, "holm")
+    assert not ((holm["holds"] == "yes") & (plain["holds"] != "yes")).any()
+    assert (holm["holds"] == "yes").sum() >= (bonferroni["holds"] == "yes").sum()
+    for correction, words in (("none", "no correction across the 7 claims"), ("holm", "Holm"),
+                              ("bonferroni", "Bonferroni")):
+        caption = claims.claims_caption(correction)
+        assert words.lower() in caption.lower() and "conditional on the trained models" in caption
+        assert "seeds run" in caption
 
 
 def test_stale_or_mismatched_per_video_files_are_named(tmp_path, evaluation_files):

@@ -23,11 +23,12 @@ Every table has a ``source`` column (``paper`` or ``this run``) and is written t
 
 Uncertainty (:mod:`.claims`, on :mod:`.bootstrap`; files written by :mod:`.writers`): with ``--per-video`` files
 every metric of this run in Tables 1-4 gets a 95% paired-bootstrap interval over test videos
-(``evaluation.bootstrap_resamples`` resamples, seeded by ``seed``): the CSV has ``<metric> low`` and
-``<metric> high`` columns beside each metric, Markdown and LaTeX show ``15.8 [13.9, 17.6]``. A claim compares
-variants through the interval of their difference: ``yes`` when the whole interval lies above zero, ``no`` when
-none of it does, ``not resolved`` when it straddles zero (``n/a`` when a variant or its per-video matrices are
-missing).
+(``evaluation.bootstrap_resamples`` resamples, seeded by ``seed``; the normal interval over the point estimate's
+classes): the CSV has ``<metric> low`` and ``<metric> high`` columns beside each metric, Markdown and LaTeX show
+``15.8 [13.9, 17.6]``. A claim compares variants through the interval of their difference, each step a one-sided
+test at 2.5% or at the family-wise level of ``evaluation.claims_correction`` (none | holm | bonferroni): ``yes``
+when the whole interval lies above zero, ``no`` when it lies below, ``not resolved`` otherwise (``n/a`` when a
+variant or its per-video matrices are missing); the caption says what the verdicts control and what not.
 
 A row of this run whose variant was not evaluated (not configured in ``experiments``) is left out with a warning.
 ``DIR/done`` is written last, so its presence means every table is complete.
@@ -44,7 +45,7 @@ import pandas as pd
 
 from a2dpipe.config import add_config_arguments, read_settings, write_made_from
 from a2dpipe.evaluation import paper_results as paper
-from a2dpipe.evaluation.claims import Intervals, claims, load_intervals, percent, variant_name
+from a2dpipe.evaluation.claims import Intervals, claims, claims_caption, load_intervals, percent, variant_name
 from a2dpipe.evaluation.writers import HIGH, LOW, write_table
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import class_names
@@ -89,9 +90,6 @@ CAPTIONS = {
     "(in brackets: 95% bootstrap interval over test videos).",
     "table5": "Per-category accuracy (actor-action setting): background, the 43 actor-action pairs and their "
     "average (the mean class accuracy). The paper's table has no dog-none column. Percentages.",
-    "claims": "The paper's qualitative claims and the mask-vote control, checked on this run's numbers: each "
-    "difference with its 95% paired-bootstrap interval over test videos; yes when the interval lies above zero, "
-    "no when none of it does, not resolved when it straddles zero.",
     "timing": "Milliseconds per frame of each stage on this run's device, beside the paper's (one Nvidia K80). "
     "The paper's baseline network time is its baseline total minus its flow time.",
     "mask_quality": "Quality of the region masks of each source on the test split (COCO-style mask AP).",
@@ -228,8 +226,21 @@ def make_metrics_table(evals: dict, out_dir, intervals: Intervals | None = None)
     return write_table(metrics_table(evals, intervals), Path(out_dir), "metrics", caption)
 
 
-def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals: Intervals | None = None) -> list[Path]:
-    """Write every table into ``out_dir``, then ``done``; returns the paths written (``done`` last)."""
+FINAL_FIT = {
+    "train": "Models trained on the train split, the validation videos held out (dataset.final_fit: train).",
+    "train+val": "Models trained on the train and validation splits, after settings were chosen on validation "
+    "(dataset.final_fit: train+val).",
+}
+
+
+RUN_TABLES = ("table1", "table2", "table3", "table4", "table5", "claims")  # this run's results (not copied ones)
+
+
+def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals: Intervals | None = None,
+                correction: str = "none", final_fit: str = "train") -> list[Path]:
+    """Write every table into ``out_dir``, then ``done``; returns the paths written (``done`` last). ``correction``:
+    the claims' family-wise correction (:func:`.claims.claim_levels`); ``final_fit``: the splits the models trained
+    on (config ``dataset.final_fit``), said in every caption of this run's results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = out_dir / "done"
@@ -238,11 +249,17 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals:
     captions = dict(CAPTIONS)
     captions["table2"] = captions["table2"].format(width="/".join(map(str, widths)) or "?")
     captions["table4"] = captions["table4"].format(cited=paper.TABLE4_CITED)
+    captions["claims"] = claims_caption(correction)
+    for name in RUN_TABLES:
+        captions[name] = f"{captions[name]} {FINAL_FIT[final_fit]}"
     builders = {"table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
                 "claims": claims}
     written = []
     for name, build in builders.items():
-        table = build(evals) if build is table5 else build(evals, intervals)
+        if build is table5:
+            table = build(evals)
+        else:
+            table = build(evals, intervals, correction) if build is claims else build(evals, intervals)
         written += write_table(table, out_dir, name, f"{TITLES[name]}. {captions[name]}")
     if timing:
         written += write_table(read_csv_table(timing, "timing"), out_dir, "timing", f"Timing. {captions['timing']}")
@@ -255,7 +272,8 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals:
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples")
+    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples; evaluation.claims_correction and "
+                                 "dataset.final_fit, but not with --metrics-only")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files of every variant")
     parser.add_argument("--per-video", nargs="*", default=[],
                         help="per-video confusion matrices (.npz) of the variants: bootstrap intervals and claims")
@@ -283,7 +301,8 @@ def run(args) -> None:
     write_made_from(Path(args.out_dir, "provenance.json"),
                     {p: e.get("provenance") for p, e in zip(args.evaluations, evals.values())})
     written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality,
-                          intervals=intervals)
+                          intervals=intervals, correction=config["evaluation"]["claims_correction"],
+                          final_fit=config["dataset"]["final_fit"])
     log.info("wrote %d table files into %s", len(written), args.out_dir)
     claims_md = Path(args.out_dir, "claims.md").read_text()
     log.info("claims:\n%s", claims_md)

@@ -42,17 +42,18 @@ class FrameRef:
 
 
 
-def list_frames(paths: list[str | Path], split: str | None = None) -> list[FrameRef]:
-    """Every annotated frame of the stores (in store, video, frame order), optionally only one split.
+def list_frames(paths: list[str | Path], split: str | tuple[str, ...] | None = None) -> list[FrameRef]:
+    """Every annotated frame of the stores (in store, video, frame order), optionally only one split or several.
 
     Reads group names and attributes only, no frame data.
     """
+    splits = (split,) if isinstance(split, str) else split
     refs = []
     for index, path in enumerate(paths):
         with FrameStore(path) as store:
             for video, frame in store.keys():
                 frame_split = store.split_of(video, frame)
-                if split is None or frame_split == split:
+                if splits is None or frame_split in splits:
                     refs.append(FrameRef(index, video, frame, frame_split))
     return refs
 

@@ -34,7 +34,8 @@ import torch
 
 from a2dpipe.checkpoint import (fingerprint, load_model_file, load_resume, load_state_partial, remove_resume,
                                 write_curve)
-from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp
+from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp,
+                             training_splits)
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
@@ -52,8 +53,8 @@ NUM_CLASSES = {"dataset": 8, "generic": 2}
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, device, masks (all but score_threshold; iterations without --start, "
-                         "finetune_iterations with it)")
+    add_config_arguments(parser, "seed, device, dataset.final_fit, masks (all but score_threshold; iterations "
+                         "without --start, finetune_iterations with it)")
     parser.add_argument("--source", required=True, choices=("dataset", "generic"), help="mask source to train")
     parser.add_argument("--frames", required=True, nargs="+", help="frames stores (every shard)")
     parser.add_argument("--start", nargs="*", default=[],
@@ -100,12 +101,13 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     iterations = cfg["finetune_iterations"] if start else cfg["iterations"]
     start_provenance = model_provenance(start)  # hashed once: the resume fingerprint and the checkpoint record it
 
-    refs = list_frames(frames, split="train")
+    splits = training_splits(config)
+    refs = list_frames(frames, split=splits)
     if not refs:
-        raise A2DError(f"{frames[0]}: no train-split frames in the frames stores to train the mask model on")
+        raise A2DError(f"{frames[0]}: no {'/'.join(splits)} frames in the frames stores to train the mask model on")
     recipe = _fingerprint(arch, cfg, source, seed, refs, iterations, start_provenance)
-    log.info("training the %s mask model (%s) on %d train frames, %d steps from %s", source, cfg["backbone"],
-             len(refs), iterations, start or cfg["coco_checkpoint"] or "scratch")
+    log.info("training the %s mask model (%s) on %d %s frames, %d steps from %s", source, cfg["backbone"],
+             len(refs), " + ".join(splits), iterations, start or cfg["coco_checkpoint"] or "scratch")
 
     torch.manual_seed(seed)
     model = _initial_model(arch, config, start).to(device).train()

@@ -29,7 +29,8 @@ from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_o
                                          same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.checkpoint import load_model_file
-from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
+from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
+                             training_splits)
 from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, release_free_memory, select_device
 from a2dpipe.segmentation.models import build_segmenter, class_argmax, joint_prediction
 from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
@@ -101,15 +102,19 @@ def run(args) -> None:
     samples = StoreSamples(args.frames, split=args.split, flow=args.flow if v.input == "rgbflow" else None,
                            masks=args.masks if v.kind != "baseline" else None,
                            **flow_encoding_settings(config, v.input))
-    predict(config, variant=v, model=args.model, samples=samples, out=args.out)
+    predict(config, variant=v, model=args.model, samples=samples, out=args.out, split=args.split)
 
 
-def _network(config: dict, variant: Variant, model: str | Path, device):
+def _network(config: dict, variant: Variant, model: str | Path, device, split: str = "test"):
     """The variant's trained network from ``model`` on ``device`` in eval mode, and its ``segmentation`` settings;
-    A2DError when the checkpoint is not the stage and input the variant needs."""
+    A2DError when the checkpoint is not the stage and input the variant needs, or trained on the ``split`` to
+    predict."""
     v, name = variant, variant_name(variant)
     ckpt = load_model_file(model, "segmentation")  # on the CPU; load_state_dict moves it
     check_consistent({"this job": _without_inference_batch(config), str(model): read_stamp(ckpt.get("provenance"))})
+    if split == "val" and "val" in training_splits(ckpt.get("config") or {}):
+        raise A2DError(f"{model}: trained on train + val (dataset.final_fit: train+val), so the validation split "
+                       "cannot score it; choose settings with dataset.final_fit: train, then fit on train + val")
     want_stage = 2 if v.kind == "ours" else 1
     if ckpt["stage"] != want_stage or ckpt["input"] != v.input:
         raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {name} needs a "
@@ -143,14 +148,16 @@ def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: bool) ->
         return {"actor": class_argmax(actor), "action": class_argmax(action), "joint": joint_prediction(actor, action)}
 
 
-def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: str | Path) -> float:
-    """Write the predictions of every sample to ``out`` under the variant's display name; returns seconds per
+def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: str | Path,
+            split: str = "test") -> float:
+    """Write the predictions of every sample (frames of ``split``) to ``out`` under the variant's display name; A2DError
+    for a model that trained on that split (:func:`_network`). Returns seconds per
     frame: the network's time over all batches divided by the number of frames, i.e. the per-frame throughput at
     the configured ``segmentation.inference_batch`` (reading frames, in loader workers when configured, is not
     counted)."""
     name = variant_name(variant)
     device = select_device(config["device"])
-    net, trained = _network(config, variant, model, device)
+    net, trained = _network(config, variant, model, device, split)
     amp = bool(trained["amp"]) and device.type == "cuda"
     vote_to_pixel = None
     if variant.kind == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it

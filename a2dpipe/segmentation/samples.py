@@ -288,7 +288,8 @@ class StoreSamples(Samples):
 
     Args:
         frames: frames store paths (``shard-NNN.h5``).
-        split: ``"train"``, ``"val"`` or ``"test"`` (trainers take ``"train"`` only).
+        split: ``"train"``, ``"val"`` or ``"test"``, or several of them (trainers take ``"train"``, or ``"train"``
+            and ``"val"`` for a final fit: config ``dataset.final_fit``).
         flow: flow stores of the same shards (required when the network takes flow).
         masks: region-mask caches of the same shards (the region back-end's regions).
         gt_regions: add the frame's ground-truth instances to its regions.
@@ -298,7 +299,7 @@ class StoreSamples(Samples):
     for, and frames are read when asked for, through file handles each process opens for itself.
     """
 
-    def __init__(self, frames, *, split: str, flow=None, masks=None, gt_regions: bool = False,
+    def __init__(self, frames, *, split: str | tuple[str, ...], flow=None, masks=None, gt_regions: bool = False,
                  flow_encoding: str = "xym", wheel_max: float | None = None):
         self.frame_paths = [Path(p) for p in frames]
         self.flow_paths = _by_shard(flow, "flow")
@@ -316,9 +317,10 @@ class StoreSamples(Samples):
         self._open: dict[Path, object] = {}
         self._pid = os.getpid()
 
-    def _list(self, split: str) -> list[tuple[Path, str, int]]:
+    def _list(self, split: str | tuple[str, ...]) -> list[tuple[Path, str, int]]:
         from a2dpipe.dataset.frames import FrameStore
 
+        splits = (split,) if isinstance(split, str) else tuple(split)
         index = []
         for path in self.frame_paths:
             if self.uses_flow and path.name not in self.flow_paths:
@@ -326,7 +328,8 @@ class StoreSamples(Samples):
             if self.mask_paths and path.name not in self.mask_paths:
                 raise A2DError(f"{path}: no region-mask cache for this shard")
             with FrameStore(path) as store:
-                index += [(path, video, frame) for video, frame in store.keys(split)]
+                keys = sorted(key for one in splits for key in store.keys(one))
+                index += [(path, video, frame) for video, frame in keys]
         return index
 
     def __len__(self) -> int:

@@ -41,7 +41,7 @@ from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, load
                                          result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
-                             section_defaults, stamp)
+                             section_defaults, stamp, training_splits)
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns
@@ -55,8 +55,8 @@ CURVE_COLUMNS = curve_columns(("loss_actor", "loss_action"))
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, device, segmentation (stage 1: all but stage2 and inference_batch), "
-                                 "flow.encoding and flow.wheel_max (rgbflow)")
+    add_config_arguments(parser, "seed, device, dataset.final_fit, segmentation (stage 1: all but stage2 and "
+                                 "inference_batch), flow.encoding and flow.wheel_max (rgbflow)")
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
     parser.add_argument("--input", choices=("rgb", "rgbflow"), required=True)
     parser.add_argument("--mask-source", choices=("dataset", "generic"), default="dataset",
@@ -78,13 +78,15 @@ def run(args) -> None:
     if args.stage == 2 and not args.stage1:
         raise A2DError("--stage 2 needs --stage1 CHECKPOINT")
     check_inputs(config, [*args.frames, *args.flow, *args.masks])
+    splits = training_splits(config)
     samples = StoreSamples(
-        args.frames, split="train", flow=args.flow if args.input == "rgbflow" else None,
+        args.frames, split=splits, flow=args.flow if args.input == "rgbflow" else None,
         masks=args.masks if args.stage == 2 else None, gt_regions=args.stage == 2,
         **flow_encoding_settings(config, args.input),
     )
     if not len(samples):
-        raise A2DError(f"{args.frames[0]}: no training frames in the frames stores")
+        raise A2DError(f"{args.frames[0]}: no {'/'.join(splits)} frames in the frames stores to train on")
+    log.info("training on the %s frames (dataset.final_fit)", " + ".join(splits))
     train(config, stage=args.stage, input=args.input, samples=samples, out=args.out, stage1=args.stage1,
           mask_source=args.mask_source)
 

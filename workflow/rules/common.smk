@@ -44,8 +44,13 @@ def get_settings(*keys):
 
 
 def get_index_settings():
-    """`index` reads the dataset keys other than where it lies and whether it is synthetic (root is its input)."""
-    keys = [f"dataset.{k}" for k in config["dataset"] if k not in ("root", "synthetic")]
+    """`index` reads the dataset keys other than where it lies, whether it is synthetic (root is its input) and
+    which splits the final models train on (the trainers read that)."""
+    keys = [
+        f"dataset.{k}"
+        for k in config["dataset"]
+        if k not in ("root", "synthetic", "final_fit")
+    ]
     return get_settings(*keys)
 
 
@@ -77,7 +82,7 @@ def get_mask_model_settings(wildcards):
         for k in config["masks"]
         if k not in unread and (fcis or not k.startswith("fcis_"))
     ]
-    return get_settings("seed", "device", *masks)
+    return get_settings("seed", "device", "dataset.final_fit", *masks)
 
 
 def get_mask_model_start(wildcards):
@@ -106,7 +111,7 @@ def get_train_settings(stage):
             seg.remove("segmentation.stage2")
             seg.remove("segmentation.inference_batch")
         flow = get_flow_encoding_keys() if wildcards.input == "rgbflow" else []
-        return get_settings("seed", "device", *seg, *flow)
+        return get_settings("seed", "device", "dataset.final_fit", *seg, *flow)
 
     return settings
 
@@ -234,6 +239,21 @@ def variant_paths(pattern, variants=None):
         pattern.format(**variant._asdict())
         for variant in (get_variants() if variants is None else variants)
     ]
+
+
+def get_validation_outputs(pattern):
+    """Input function of `validate`: `pattern` (VAL_EVALUATION, ...) of every variant; refused when the final models
+    train on train + val, as then none of them can be validated on the videos it trained on."""
+
+    def paths(wildcards):
+        if config["dataset"]["final_fit"] == "train+val":
+            raise ValueError(
+                "config dataset.final_fit is train+val: the models train on the validation videos, so the validate "
+                "target cannot score them; choose settings with final_fit: train, then set train+val"
+            )
+        return variant_paths(pattern)
+
+    return paths
 
 
 def get_flow_gpus():

@@ -47,8 +47,8 @@ rule evaluate_validation:
 # Target `validate`: every variant's metrics on the validation split, with bootstrap intervals over its videos.
 rule validate:
     input:
-        evaluations=variant_paths(VAL_EVALUATION),
-        per_video=variant_paths(VAL_EVALUATION_VIDEOS),
+        evaluations=get_validation_outputs(VAL_EVALUATION),
+        per_video=get_validation_outputs(VAL_EVALUATION_VIDEOS),
     output:
         table=res("validation", "metrics.csv"),
     log:
@@ -198,7 +198,12 @@ rule tables:
     threads: 1
     params:
         out_dir=get_output_dir,
-        settings=get_settings("seed", "evaluation.bootstrap_resamples"),
+        settings=get_settings(
+            "seed",
+            "dataset.final_fit",
+            "evaluation.bootstrap_resamples",
+            "evaluation.claims_correction",
+        ),
     shell:
         "python -m a2dpipe tables --settings {params.settings:q} --evaluations {input.evaluations:q}"
         " --per-video {input.per_video:q} --timing {input.timing:q} --mask-quality {input.mask_quality:q}"

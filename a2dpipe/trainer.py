@@ -110,21 +110,27 @@ class Trainer:
                 hook.after_train()
 
     def run_step(self) -> dict:
-        """One optimiser step; returns its curve row."""
+        """One optimiser step; returns its curve row.
+
+        The host waits for the device once per step: the losses come back together, after the backward pass is
+        queued and before the optimiser changes a weight, so a non-finite loss still leaves the weights as they
+        were.
+        """
         with torch.autocast(self.amp_device or "cpu", dtype=torch.bfloat16, enabled=self.amp_device is not None):
             losses = self.step_fn(self.step)
         total = functools.reduce(operator.add, losses.values())
-        values = {k: v.item() for k, v in losses.items()}
-        if not math.isfinite(total.item()):
-            named = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise A2DError(f"the loss is not finite at step {self.step + 1} ({named}){self.hint}")
         self.optimizer.zero_grad(set_to_none=True)
         if total.requires_grad:  # a stage-2 batch without regions has nothing to learn from
             total.backward()
+        numbers = torch.stack([total.detach().float(), *(v.detach().float() for v in losses.values())]).tolist()
+        values = dict(zip(losses, numbers[1:]))
+        if not math.isfinite(numbers[0]):
+            named = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            raise A2DError(f"the loss is not finite at step {self.step + 1} ({named}){self.hint}")
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
-        return {"step": self.step + 1, "loss": total.item(), "lr": lr, **values}
+        return {"step": self.step + 1, "loss": numbers[0], "lr": lr, **values}
 
 
 class Progress(HookBase):

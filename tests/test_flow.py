@@ -132,6 +132,46 @@ def test_wheel_encoding_known_flows():
     np.testing.assert_array_equal(batch[0], batch[1])
 
 
+def _torchvision_wheel(flow: np.ndarray, wheel_max: float | None) -> np.ndarray:
+    """The wheel image as the encoder made it before (torchvision's ``flow_to_image``, a pinning row for a fixed
+    maximum): the reference the vectorised encoder must equal byte for byte."""
+    from torchvision.utils import flow_to_image
+
+    tensor = torch.from_numpy(np.ascontiguousarray(flow, np.float32)).permute(2, 0, 1)
+    if wheel_max is None:
+        return flow_to_image(tensor).permute(1, 2, 0).numpy()
+    norm = tensor.pow(2).sum(0, keepdim=True).sqrt()
+    tensor = tensor * torch.clamp(wheel_max / norm.clamp_min(1e-12), max=1.0)
+    pin = torch.zeros(2, 1, tensor.shape[2])
+    pin[0, 0, 0] = wheel_max
+    return flow_to_image(torch.cat([tensor, pin], dim=1))[:, :-1].permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("wheel_max", [None, 0.3, 4.0, 7.77])
+def test_wheel_and_mirror_images_equal_torchvision_byte_for_byte(wheel_max):
+    from a2dpipe.flow.encode import flow_images
+
+    rng = np.random.default_rng(5)
+    for scale in (0.01, 1.0, 3.0, 20.0):  # fields in float16, as the cache stores them; a still patch
+        flow = (rng.standard_normal((60, 90, 2)) * scale).astype(np.float16).astype(np.float32)
+        flow[:5, :7] = 0
+        image, mirror = flow_images(flow, "wheel", wheel_max)
+        np.testing.assert_array_equal(image, _torchvision_wheel(flow, wheel_max))
+        np.testing.assert_array_equal(mirror, _torchvision_wheel(flow * np.float32([-1, 1]), wheel_max))
+        np.testing.assert_array_equal(flow_to_rgb(flow, "wheel", wheel_max), image)
+
+
+def test_xym_mirror_image_is_the_image_of_the_negated_field():
+    from a2dpipe.flow.encode import flow_images
+
+    rng = np.random.default_rng(6)
+    flow = (rng.standard_normal((40, 50, 2)) * 6).astype(np.float32)
+    flow[0, :4, 0] = [7.96875, -7.96875, 8.03125, 0.03125]  # half-way levels and the clipping edges
+    image, mirror = flow_images(flow, "xym")
+    np.testing.assert_array_equal(image, flow_to_rgb(flow, "xym"))
+    np.testing.assert_array_equal(mirror, flow_to_rgb(flow * np.float32([-1, 1]), "xym"))
+
+
 # --- DIS --------------------------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from a2dpipe.dataset.frames import FrameWriter, masks_to_boxes
 from a2dpipe.flow import FlowWriter
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.labels import VALID_PAIRS, to_setting
+from a2dpipe.masks import MaskCache
 from a2dpipe.segmentation.loader import (MEAN, STD, collate, inference_batch_size, loader_options,
                                          same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
@@ -71,6 +72,29 @@ def write_shard(folder, name: str, sizes, seed: int, encoding: str = "xym", layo
     return frames_path, flow_path
 
 
+def write_region_cache(folder, frames_path):
+    """A region-mask cache of the shard: per frame a few soft elliptical masks around random boxes (some reaching
+    past the frame edge, so the stored rectangles are clipped), and a frame without regions."""
+    from a2dpipe.dataset.frames import FrameStore
+    from a2dpipe.masks import MaskCacheWriter, Regions
+
+    rng = np.random.default_rng(9)
+    path = folder / "regions" / frames_path.name
+    path.parent.mkdir(exist_ok=True)
+    with FrameStore(frames_path) as frames, MaskCacheWriter(path, source="dataset") as writer:
+        for k, (video, frame) in enumerate(frames.keys()):
+            h, w = frames.read_arrays(video, frame, ("label",))["label"].shape
+            n = 0 if k == 2 else int(rng.integers(1, 6))
+            yy, xx = np.mgrid[:h, :w].astype(np.float32)
+            centre, half = rng.uniform(0, 1, (n, 2)) * [w, h], rng.uniform(0.1, 0.6, (n, 2)) * [w, h]
+            d2 = sum(((grid[None] - centre[:, i, None, None]) / half[:, i, None, None]) ** 2
+                     for i, grid in enumerate((xx, yy)))
+            masks = np.exp(-d2) * (d2 < 2)
+            boxes = np.clip(np.concatenate([centre - half, centre + half], 1), 0, [w, h, w, h])
+            writer.write(video, frame, Regions(boxes, rng.uniform(0, 1, n), rng.integers(0, 8, n), masks))
+    return path
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stores")
@@ -122,16 +146,19 @@ def test_window_reads_equal_whole_frame_reads_cropped(tmp_path, encoding, layout
             assert image.chunks == flow_image.chunks == (64, 64, 3) and flow_image.compression == "lzf" and has_mirror
         else:
             assert image.chunks[2] == flow_image.chunks[2] == 1 and flow_image.compression == "gzip" and not has_mirror
-    samples = StoreSamples([frames], split="train", flow=[flow], gt_regions=True, flow_encoding=encoding)
+    regions = write_region_cache(tmp_path, frames)
+    samples = StoreSamples([frames], split="train", flow=[flow], masks=[regions], gt_regions=True,
+                           flow_encoding=encoding)
     whole = []
-    with FrameStore(frames) as frame_store, FlowStore(flow) as flow_store:
+    with FrameStore(frames) as frame_store, FlowStore(flow) as flow_store, MaskCache(regions) as cache:
         for video, frame in samples.keys():
             arrays = frame_store.read_arrays(video, frame, ("rgb", "label", "instance_masks"))
             stored = flow_store.read_arrays(video, frame, ("rgb", "flow"))
+            cached = cache.read(video, frame)  # full-frame masks, then the ground truth's
             whole.append({"video": video, "frame": frame, "rgb": arrays["rgb"], "label": arrays["label"],
                           "flow_rgb": stored["rgb"], "flow": stored["flow"].astype(np.float32),
-                          "masks": arrays["instance_masks"].astype(np.float32),
-                          "boxes": masks_to_boxes(arrays["instance_masks"])})
+                          "masks": np.concatenate([cached.masks, arrays["instance_masks"].astype(np.float32)]),
+                          "boxes": np.concatenate([cached.boxes, masks_to_boxes(arrays["instance_masks"])])})
     in_memory = ArraySamples(whole, flow_encoding=encoding)
     rng = np.random.default_rng(0)
     flips = set()

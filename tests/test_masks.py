@@ -19,7 +19,7 @@ from a2dpipe.masks import train as train_module
 from a2dpipe.masks.data import masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mask_model
 from a2dpipe.masks.quality import EncodedFrame, coco_mask_ap, mask_quality
-from a2dpipe.masks.cache import _quantise
+from a2dpipe.masks.cache import CroppedMasks
 from a2dpipe.masks.stage import _to_regions, cache_regions
 
 # actor -> colour of its synthetic shape; distractors are grey
@@ -138,6 +138,142 @@ def test_truncated_foreign_and_non_hdf5_files_are_clear_errors(tmp_path):
         MaskCache(text)
     with pytest.raises(A2DError, match="missing.h5: region-mask cache not found"):
         MaskCache(tmp_path / "missing.h5")
+
+
+def _version_1_masks(masks: np.ndarray) -> np.ndarray:
+    """Masks as a version-1 cache returned them: full frame, rint(clip(m) * 255) as uint8, times 1/255."""
+    levels = np.multiply(masks, np.float32(255.0), dtype=np.float32)
+    np.clip(levels, 0.0, 255.0, out=levels)
+    return np.rint(levels).astype(np.uint8).astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def _soft_regions(height=40, width=60, seed=0) -> Regions:
+    """Regions as mask models give them: soft masks fading to 0 around their boxes (some crossing the frame
+    edge), a binary mask, an all-zero one, one below the first quantised level, values outside [0, 1], and a
+    mask whose only non-zero level sits in a frame corner."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    masks, boxes = [], []
+    for _ in range(6):
+        cy, cx = rng.uniform(-5, height + 5), rng.uniform(-5, width + 5)
+        ry, rx = rng.uniform(3, height / 2), rng.uniform(3, width / 2)
+        d2 = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+        masks.append((1 / (1 + np.exp(-4 * (1 - np.minimum(d2, 2))))) * (d2 < 1.5))
+        boxes.append([cx - rx, cy - ry, cx + rx, cy + ry])
+    binary = np.zeros((height, width), np.float32)
+    binary[5:17, 9:30] = 1
+    faint = np.full((height, width), 0.5 / 255 * 0.99, np.float32)  # every pixel quantises to 0
+    outside = rng.uniform(-0.3, 1.3, (height, width)).astype(np.float32)
+    corner = np.zeros((height, width), np.float32)
+    corner[-1, -1] = 0.5 / 255 * 1.01
+    masks += [binary, np.zeros((height, width), np.float32), faint, outside, corner]
+    boxes += [[9, 5, 29, 16], [0, 0, 1, 1], [0, 0, width, height], [0, 0, width, height], [width - 1] * 2 + [width, height]]
+    boxes = np.clip(np.float32(boxes), 0, [width, height, width, height])
+    n = len(masks)
+    return Regions(boxes, rng.uniform(0, 1, n), rng.integers(0, 8, n), np.stack(masks).astype(np.float32))
+
+
+def test_cropped_cache_gives_version_1_masks_pixel_for_pixel_in_any_window(tmp_path):
+    """Masks stored cropped to their rectangles read back exactly as the full-frame format gave them, whole and in
+    any window (stage 2 reads windows), from files written with and without the writer thread."""
+    stored = {("v", 1): _soft_regions(seed=1), ("v", 2): _soft_regions(seed=2), ("w", 3): Regions.empty(40, 60)}
+    for threaded in (True, False):
+        path = tmp_path / f"shard-{threaded}.h5"
+        with MaskCacheWriter(path, source="dataset", threaded=threaded) as writer:
+            for key, regions in stored.items():
+                writer.write(*key, regions)
+        with MaskCache(path) as cache:
+            for key, regions in stored.items():
+                want = _version_1_masks(regions.masks)
+                got = cache.read(*key)
+                assert got.masks.dtype == np.float32 and np.array_equal(got.masks, want), key
+                cropped = cache.read_cropped(*key)
+                for mask, (top, left, height, width) in zip(want, cropped.extents.tolist()):  # tight rectangles
+                    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+                    tight = (rows[0], cols[0], rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) if len(rows) else (0,) * 4
+                    assert (top, left, height, width) == tuple(map(int, tight)), key
+                for rows, cols in ((slice(0, 40), slice(0, 60)), (slice(3, 31), slice(10, 60)),
+                                   (slice(39, 40), slice(0, 1)), (slice(20, 20), slice(5, 9))):
+                    assert np.array_equal(cropped.window(rows, cols), want[:, rows, cols]), (key, rows, cols)
+
+
+def test_a_cache_is_written_off_the_calling_thread_and_its_failures_reach_the_caller(tmp_path, monkeypatch):
+    import threading
+
+    from a2dpipe.masks import cache as cache_module
+
+    threads = []
+    original = cache_module.CroppedMasks.from_regions
+
+    def recording(regions):
+        threads.append(threading.current_thread())
+        if len(threads) == 3:
+            raise RuntimeError("disk on fire")
+        return original(regions)
+
+    monkeypatch.setattr(cache_module.CroppedMasks, "from_regions", staticmethod(recording))
+    path = tmp_path / "c.h5"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with MaskCacheWriter(path, source="gt") as writer:
+            for frame in range(1, 9):
+                writer.write("v", frame, _regions(2, seed=frame))
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_version_1_caches_are_refused_with_the_rebuilding_rule(tmp_path):
+    old = tmp_path / "shard-000.h5"
+    with h5py.File(old, "w") as f:
+        f.attrs.update(schema="a2dpipe.masks/1", source="gt", model="", config="{}", frames=1)
+        f.create_dataset("v/00001/masks", data=np.zeros((1, 4, 4), np.uint8))
+    with pytest.raises(A2DError) as err:
+        MaskCache(old)
+    message = str(err.value)
+    assert message.startswith(f"{old}: not a region-mask cache of schema 'a2dpipe.masks/2'"), message
+    assert "'a2dpipe.masks/1'" in message and "snakemake --forcerun region_masks" in message, message
+
+
+def test_every_dataset_is_checksummed_and_a_flipped_byte_names_the_file(tmp_path):
+    path = tmp_path / "shard-000.h5"
+    with MaskCacheWriter(path, source="dataset") as writer:
+        writer.write("v", 1, _soft_regions())
+        writer.write("v", 2, Regions.empty(40, 60))
+    with h5py.File(path) as f:
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+        assert len(datasets) == 10 and all(d.fletcher32 for d in datasets), [d.name for d in datasets]
+        chunk = f["v/00001/masks"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + chunk.size // 2] ^= 0xFF
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(bytes(data))
+    with MaskCache(damaged) as cache:
+        cache.read("v", 2)  # an intact frame still reads
+        with pytest.raises(A2DError, match="damaged.h5.*v/00001"):
+            cache.read("v", 1)
+
+
+@pytest.mark.parametrize("dataset, value, problem", [
+    ("scores", 1.5, r"scores outside \[0, 1\]"),
+    ("scores", np.nan, r"scores outside \[0, 1\]"),
+    ("boxes", np.inf, "boxes not finite or outside the 60 x 40 frame"),
+    ("boxes", 61.0, "boxes not finite or outside the 60 x 40 frame"),
+    ("boxes", -0.5, "boxes not finite or outside the 60 x 40 frame"),
+    ("extents", 45, "mask rectangles outside the frame"),
+])
+def test_values_out_of_range_are_errors_naming_file_frame_and_rule(tmp_path, dataset, value, problem):
+    path = tmp_path / "shard-000.h5"
+    with MaskCacheWriter(path, source="dataset") as writer:
+        writer.write("v", 1, _soft_regions())
+    with h5py.File(path, "r+") as f:  # h5py recomputes the checksum: only the range check can notice
+        values = f[f"v/00001/{dataset}"][()]
+        values.flat[2] = value
+        f[f"v/00001/{dataset}"][...] = values
+    with MaskCache(path) as cache, pytest.raises(A2DError) as err:
+        cache.read("v", 1)
+    message = str(err.value)
+    assert message.startswith(f"{path}: frame v/00001: ") and "snakemake --forcerun region_masks" in message
+    assert __import__("re").search(problem, message), message
 
 
 def test_masks_to_boxes_is_tight_and_exclusive():
@@ -391,7 +527,9 @@ def test_quantised_masks_and_kept_regions_do_not_depend_on_how_they_are_computed
     kept from best-first detections (taken as a view) equal those from the same detections in another order."""
     rng = np.random.default_rng(0)
     masks = (rng.random((5, 9, 11), dtype=np.float32) * 1.4 - 0.2)
-    assert np.array_equal(_quantise(masks), np.rint(np.clip(masks, 0.0, 1.0) * 255.0).astype(np.uint8))
+    cropped = CroppedMasks.from_regions(Regions(np.zeros((5, 4)), np.ones(5), np.ones(5), masks))
+    levels = np.rint(np.clip(masks, 0.0, 1.0) * 255.0).astype(np.uint8)
+    assert np.array_equal(cropped.window(), levels.astype(np.float32) * np.float32(1 / 255))
 
     scores = torch.tensor([0.9, 0.7, 0.5, 0.2])
     output = {"boxes": torch.rand(4, 4) * 8, "labels": torch.tensor([1, 2, 3, 1]), "scores": scores,

@@ -199,3 +199,95 @@ def test_region_log_probs_normalises_safely():
 
 def test_docstring_example():
     assert doctest.testmod(r2p_module).failed == 0
+
+
+# --- the dense formulation (CUDA's path) --------------------------------------------------------------------------
+
+
+def _batch(seeds, counts, k=5, height=13, width=17, dtype=torch.float64):
+    """Per-frame regions of one frame size, ``counts[i]`` regions in frame i (0 allowed)."""
+    frames = []
+    for seed, n in zip(seeds, counts):
+        scores, masks, boxes, uncovered = random_regions(seed, n=max(n, 1), k=k, height=height, width=width,
+                                                         dtype=dtype)
+        frames.append((scores[:n], masks[:n], boxes[:n]))
+    return frames, uncovered
+
+
+@pytest.mark.parametrize("counts", [(7,), (7, 3, 0, 5), (0, 0), (1, 9)])
+def test_dense_batch_equals_the_loop_frame_by_frame_in_values_and_gradients(counts):
+    from a2dpipe.segmentation.models.region_to_pixel import pad_regions, region_to_pixel_dense
+
+    frames, uncovered = _batch(range(20, 20 + len(counts)), counts)
+    upstream = torch.randn(len(counts), 5, 13, 17, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    loop = [with_grads(region_to_pixel, s, m, b, uncovered, u) for (s, m, b), u in zip(frames, upstream)]
+    leaves = [(s.clone().requires_grad_(True), m.clone().requires_grad_(True)) for s, m, _ in frames]
+    scores, masks, boxes = pad_regions([s for s, _ in leaves], [m for _, m in leaves], [b for _, _, b in frames])
+    out = region_to_pixel_dense(scores, masks, boxes, uncovered)
+    if out.requires_grad:
+        (out * upstream).sum().backward()
+    for i, (want, (s, m)) in enumerate(zip(loop, leaves)):
+        assert torch.equal(out[i].detach(), want[0]), f"frame {i}"
+        if len(s):
+            torch.testing.assert_close(s.grad, want[1], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(m.grad, want[2], rtol=1e-12, atol=1e-12)
+
+
+def test_dense_gradient_goes_to_the_winner_and_ties_to_the_lowest_index():
+    from a2dpipe.segmentation.models.region_to_pixel import region_to_pixel_dense
+
+    boxes = torch.tensor([[[0.0, 0.0, 3.0, 0.0], [2.0, 0.0, 5.0, 0.0], [2.0, 0.0, 5.0, 0.0]]])
+    masks = torch.tensor([[[[1.0, 1, 1, 1, 0, 0]], [[0.0, 0, 0.5, 0.5, 0.5, 0.5]], [[0.0, 0, 0.5, 0.5, 0.5, 0.5]]]])
+    s = torch.tensor([[[0.6, 0.4], [0.3, 0.7], [0.3, 0.7]]], requires_grad=True)
+    m = masks.clone().requires_grad_(True)
+    out = region_to_pixel_dense(s, m, boxes, torch.tensor([1.0, 0.0]))
+    out[0, :, 0, 4].sum().backward()  # regions 1 and 2 tie exactly: all to region 1
+    assert torch.equal(s.grad[0], torch.tensor([[0.0, 0.0], [0.5, 0.5], [0, 0]]))
+    assert torch.equal(m.grad[0, :, 0, 4], torch.tensor([0.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("pixel_stride", [1, 2])
+def test_region_to_pixel_layer_paths_agree_on_a_batch(pixel_stride):
+    """The layer forced onto each path on the CPU: equal log-probabilities, gradients equal to rounding."""
+    from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel
+
+    frames, _ = _batch((31, 32, 33), (6, 0, 4), k=18, height=14, width=18, dtype=torch.float32)
+    grads, outputs = {}, {}
+    for path in ("loop", "dense"):
+        layer = RegionToPixel(8, 10, pixel_stride=pixel_stride, path=path)
+        leaves = [s.clone().requires_grad_(True) for s, _, _ in frames]
+        out = layer.forward_batch(leaves, [m for _, m, _ in frames], [b for _, _, b in frames], (14, 18))
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outputs[path], grads[path] = out.detach(), [s.grad for s in leaves if len(s)]
+    torch.testing.assert_close(outputs["dense"], outputs["loop"], rtol=1e-6, atol=1e-6)
+    for dense, loop in zip(grads["dense"], grads["loop"]):
+        torch.testing.assert_close(dense, loop, rtol=1e-5, atol=1e-5)
+    assert RegionToPixel(8, 10).dense_on(torch.device("cuda")) and not RegionToPixel(8, 10).dense_on("cpu")
+    with pytest.raises(ValueError, match="path must be one of"):
+        RegionToPixel(8, 10, path="gpu")
+
+
+def _operator_calls(fn) -> int:
+    """Operator calls that ``fn`` makes which launch a kernel on a device (:func:`count_kernel_calls`)."""
+    from a2dpipe.segmentation.models.region_to_pixel import count_kernel_calls
+
+    return count_kernel_calls(fn)
+
+
+def test_dense_operator_count_grows_with_neither_regions_nor_frames_and_the_loops_does():
+    from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel
+
+    def step(path, counts):
+        frames, _ = _batch(range(len(counts)), counts, k=18, height=24, width=30, dtype=torch.float32)
+        layer = RegionToPixel(8, 10, path=path)
+        leaves = [s.clone().requires_grad_(True) for s, _, _ in frames]
+        return lambda: layer.forward_batch(leaves, [m for _, m, _ in frames], [b for _, _, b in frames],
+                                           (24, 30)).sum().backward()
+
+    dense = {counts: _operator_calls(step("dense", counts)) for counts in ((5, 5), (50, 50), (50, 50, 50, 50))}
+    loop = {counts: _operator_calls(step("loop", counts)) for counts in ((5, 5), (50, 50))}
+    # padding copies one tensor per frame and input, and each frame's scores get their gradient: a few calls
+    # per frame, none per region
+    assert dense[(5, 5)] == dense[(50, 50)], dense
+    assert dense[(50, 50, 50, 50)] - dense[(50, 50)] <= 2 * 8, dense
+    assert loop[(50, 50)] > 5 * loop[(5, 5)] / 2 and loop[(50, 50)] > 10 * dense[(50, 50)], (loop, dense)

@@ -114,7 +114,7 @@ def test_reader_refuses_other_kinds_and_versions_naming_file_and_rebuild(tmp_pat
         assert message.startswith(f"{path}: not a toy cache of schema 'a2dpipe.toy/2'"), message
         assert problem in message and message.endswith("rebuild it with `a2dpipe toy (rule toy)`"), message
     for reader, rebuild in ((FrameStore, "a2dpipe extract-frames"), (FlowStore, "a2dpipe flow"),
-                            (MaskCache, "a2dpipe region-masks"), (PredictionStore, "a2dpipe predict")):
+                            (MaskCache, "snakemake --forcerun region_masks"), (PredictionStore, "a2dpipe predict")):
         with pytest.raises(A2DError, match=f"old.h5: not a .* rebuild it with `{rebuild}"):
             reader(tmp_path / "old.h5")
     with pytest.raises(A2DError, match="missing.h5: toy cache not found"):

@@ -332,3 +332,51 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_the_loss():
         trainer.train()
     assert [row["step"] for row in trainer.history] == [1, 2]
     assert list(trainer.history[0]) == ["step", "loss", "lr", "loss_good", "loss_bad"]
+    assert weight.item() == pytest.approx(0.64)  # the failing step changed no weight
+
+
+def _in_optimizer(event) -> bool:
+    """Whether a profiled event runs inside ``optimizer.step``: the CPU kernels of fused Adam read the step count
+    on the host (the CUDA ones read it on the device), so the CPU cannot stand in for the GPU there."""
+    while event is not None:
+        if event.name.startswith("Optimizer.step#"):
+            return True
+        event = event.cpu_parent
+    return False
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("path", ["loop", "dense"])
+def test_a_stage2_training_step_asks_the_device_for_its_numbers_once(stage1, monkeypatch, path, optimizer):
+    """At most one host sync per step: no ``item``/``bool`` of a tensor (``aten::_local_scalar_dense``) nor
+    ``nonzero`` anywhere in the step on the dense (CUDA) path, and one ``tolist`` of the losses together. The loop,
+    the CPU's path, reads its boxes on the host (free there)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from a2dpipe.segmentation.train import CropStep, _optimizer
+    from a2dpipe.trainer import Trainer
+
+    samples = make_samples()
+    torch.manual_seed(0)
+    model = build_segmenter(CONFIG, input="rgbflow", pretrained=False, regions=True)
+    model.load_state_dict(stage1[1]["model"], strict=False)
+    model.region.region_to_pixel.path = path
+    step = CropStep(model, samples, stage=2, seed=0, batch_size=2, crop=(40, 56), device=torch.device("cpu"),
+                    iterations=3)
+    optimizer = _optimizer([{"params": list(model.region.parameters()), "lr": 1e-3}],
+                           {"optimizer": optimizer, "momentum": 0.9, "weight_decay": 1e-4})  # the stages' own
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    trainer = Trainer(model, optimizer, scheduler, step, iterations=3)
+    trainer.run_step()  # the loader starts
+    lists = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: lists.append(self.shape) or original(self))
+    trainer.step = 1
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        row = trainer.run_step()
+    syncing = [e.name for e in prof.events()
+               if e.name in ("aten::_local_scalar_dense", "aten::nonzero", "aten::item") and not _in_optimizer(e)]
+    assert lists[-1] == (3,), lists  # the total and both losses, in one call
+    if path == "dense":
+        assert syncing == [] and lists == [(3,)], (syncing, lists)
+    assert set(row) == {"step", "loss", "lr", "loss_actor", "loss_action"} and np.isfinite(row["loss"])

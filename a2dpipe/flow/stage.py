@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.flow.estimators import METHODS, NEURAL_METHODS, build_estimator
 from a2dpipe.flow.store import FlowWriter
 from a2dpipe.config import add_config_arguments, read_settings
@@ -104,11 +103,10 @@ def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> di
             start = time.perf_counter()
             flows = estimator(np.stack(sources), np.stack(targets))
             seconds += time.perf_counter() - start
-            # encode what is stored (half precision), so that a reader can re-derive the image from the field
-            flows = flows.astype(np.float16).astype(np.float32)
-            images = flow_to_rgb(flows, encoding, wheel_max)
-            for record, flow, image in zip(batch, flows, images):
-                writer.write(record.video, record.frame, flow, image,
+            # the writer encodes what it stores (half precision), so that a reader can re-derive the image from
+            # the field, and makes the mirror image with it (flow_images: the two share most of their work)
+            for record, flow in zip(batch, flows):
+                writer.write(record.video, record.frame, flow,
                              direction=record.direction, neighbour_frame=int(record.neighbour_frame))
             log.info("%d / %d frames", writer.count, len(keys))
         writer.seconds_per_frame = seconds / writer.count if writer.count else 0.0

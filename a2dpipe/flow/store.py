@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 
-from a2dpipe.flow.encode import flow_to_rgb
+from a2dpipe.flow.encode import flow_images
 from a2dpipe.io import A2DError
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, pixel_chunks
 
@@ -81,13 +81,14 @@ class FlowWriter(ArtifactWriter):
         super().__init__(path, attrs=attrs, settings=settings)
         self.seconds_per_frame = None
 
-    def write(self, video: str, frame: int, flow: np.ndarray, rgb: np.ndarray, **attrs) -> None:
-        """One frame: its field ``flow`` (stored float16), its flow image ``rgb`` in the cache's ``encoding``, and
-        ``rgb_mirror`` made here from the stored field; ``attrs`` become group attributes."""
+    def write(self, video: str, frame: int, flow: np.ndarray, rgb: np.ndarray | None = None, **attrs) -> None:
+        """One frame: its field ``flow`` (stored float16), its flow image ``rgb`` in the cache's ``encoding`` and
+        ``rgb_mirror``, both made here from the stored field when ``rgb`` is None (:func:`flow_images`: the image
+        of the stored field with u negated); ``attrs`` become group attributes."""
         group = self.create_group(video, frame)
         field = np.asarray(flow, np.float16)
-        negated = field.astype(np.float32) * np.float32([-1, 1])  # as a mirror image's flow, columns unreversed
-        mirror = flow_to_rgb(negated, self._attrs["encoding"], self._attrs.get("wheel_max"))
+        image, mirror = flow_images(field.astype(np.float32), self._attrs["encoding"], self._attrs.get("wheel_max"))
+        rgb = image if rgb is None else rgb
         for name, data in (("flow", field), ("rgb", np.asarray(rgb, np.uint8)), ("rgb_mirror", mirror)):
             group.create_dataset(name, data=data, compression="lzf", chunks=pixel_chunks(data.shape))
         for key, value in attrs.items():

@@ -6,6 +6,6 @@ mask-model targets), ``train`` (``a2dpipe train-mask-model``), ``stage`` (``a2dp
 ``quality`` (``a2dpipe mask-quality``).
 """
 
-from a2dpipe.masks.cache import MaskCache, MaskCacheWriter, Regions
+from a2dpipe.masks.cache import CroppedMasks, MaskCache, MaskCacheWriter, Regions
 
-__all__ = ["MaskCache", "MaskCacheWriter", "Regions"]
+__all__ = ["CroppedMasks", "MaskCache", "MaskCacheWriter", "Regions"]

@@ -95,15 +95,22 @@ def collate_each(samples: list[dict]) -> list[dict]:
 
 
 @functools.cache
-def _class_lookup(setting: str) -> torch.Tensor:
-    """(256,) int64: A2D id -> class of ``setting`` (:func:`a2dpipe.labels.to_setting`)."""
-    return torch.from_numpy(to_setting(np.arange(256, dtype=np.uint8), setting).astype(np.int64))
+def _class_lookup(setting: str, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """(256,) int64 on ``device``: A2D id -> class of ``setting`` (:func:`a2dpipe.labels.to_setting`). Made once per
+    device: copying a table from pageable memory to a GPU every step would make the host wait for the device."""
+    table = torch.from_numpy(to_setting(np.arange(256, dtype=np.uint8), setting).astype(np.int64))
+    return table.to(device)
+
+
+@functools.cache
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std (1, 3, 1, 1) on ``device``, made once per device (see :func:`_class_lookup`)."""
+    return (torch.from_numpy(MEAN).to(device).view(1, 3, 1, 1), torch.from_numpy(STD).to(device).view(1, 3, 1, 1))
 
 
 def _image(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous().float()
-    mean = torch.from_numpy(MEAN).to(device).view(1, 3, 1, 1)
-    std = torch.from_numpy(STD).to(device).view(1, 3, 1, 1)
+    mean, std = _normalisation(device)
     return (x - mean) / std
 
 
@@ -120,8 +127,8 @@ def to_device(batch: dict, device: torch.device | str, *, with_flow: bool = True
         "keys": batch["keys"],
         "rgb": _image(batch["rgb"], device),
         "flow": _image(batch["flow"], device) if with_flow and batch["flow"] is not None else None,
-        "actor": _class_lookup("actor").to(device)[label],
-        "action": _class_lookup("action").to(device)[label],
+        "actor": _class_lookup("actor", device)[label],
+        "action": _class_lookup("action", device)[label],
         "regions": regions,
     }
 

@@ -183,6 +183,8 @@ def _crop_regions(boxes: np.ndarray, masks: np.ndarray, view: View) -> tuple[np.
     boxes = boxes - np.array([view.left, view.top, view.left, view.top], np.float32)
     boxes = np.clip(boxes, 0, [cw, ch, cw, ch]).astype(np.float32)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if keep.all():  # no copy of (N, crop) masks for nothing
+        return boxes, np.ascontiguousarray(masks)
     return boxes[keep], np.ascontiguousarray(masks[keep])
 
 
@@ -379,22 +381,27 @@ class StoreSamples(Samples):
         return out
 
     def _regions(self, path: Path, video: str, frame: int, rows: slice, cols: slice) -> dict:
-        """Full-frame boxes and windowed masks of the frame's regions: the mask cache's, then the ground truth's."""
+        """Full-frame boxes and windowed masks of the frame's regions: the mask cache's, then the ground truth's,
+        pasted into one zeroed array (the cache stores each mask cropped: only the window's part is dequantised)."""
         from a2dpipe.dataset.frames import masks_to_boxes
 
-        boxes = [np.zeros((0, 4), np.float32)]
-        masks = [np.zeros((0, rows.stop - rows.start, cols.stop - cols.start), np.float32)]
+        cached = instances = None
         if self.mask_paths:
-            regions = self._store(self.mask_paths[path.name], "masks").read(video, frame)
-            boxes.append(regions.boxes)
-            masks.append(regions.masks[:, rows, cols])
+            cached = self._store(self.mask_paths[path.name], "masks").read_cropped(video, frame)
         if self.gt_regions:
             instances = self._store(path, "frames").read_arrays(video, frame, ("instance_masks",))["instance_masks"]
-            if len(instances):
-                # boxes from the whole masks, as the `gt` mask source gives them at test time, not as annotated
-                boxes.append(masks_to_boxes(instances))
-                masks.append(np.asarray(instances[:, rows, cols], np.float32))
-        return {"boxes": np.concatenate(boxes).astype(np.float32), "masks": np.concatenate(masks).astype(np.float32)}
+        n_cached = len(cached) if cached is not None else 0
+        n_truth = len(instances) if instances is not None else 0
+        boxes = np.zeros((n_cached + n_truth, 4), np.float32)
+        masks = np.zeros((n_cached + n_truth, rows.stop - rows.start, cols.stop - cols.start), np.float32)
+        if n_cached:
+            boxes[:n_cached] = cached.boxes
+            cached.paste(masks[:n_cached], rows, cols)
+        if n_truth:
+            # boxes from the whole masks, as the `gt` mask source gives them at test time, not as annotated
+            boxes[n_cached:] = masks_to_boxes(instances)
+            masks[n_cached:] = instances[:, rows, cols]
+        return {"boxes": boxes, "masks": masks}
 
     def close(self) -> None:
         for store in self._open.values():

@@ -198,12 +198,9 @@ def pixel_log_probs(region_to_pixel: RegionToPixel, scores: list[torch.Tensor],
                     regions: list[dict[str, torch.Tensor]], size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Region-to-pixel and normalisation: per frame (N, 18) region probabilities -> ``{"actor", "action"}``
     (B, K, H, W) log-probabilities."""
-    actor, action = [], []
-    for s, r in zip(scores, regions):
-        logp = region_to_pixel(s, r["masks"], r["boxes"].float(), size)
-        actor.append(logp[:NUM_ACTORS])
-        action.append(logp[NUM_ACTORS:])
-    return {"actor": torch.stack(actor), "action": torch.stack(action)}
+    logp = region_to_pixel.forward_batch(list(scores), [r["masks"] for r in regions],
+                                         [r["boxes"].float() for r in regions], size)
+    return {"actor": logp[:, :NUM_ACTORS].contiguous(), "action": logp[:, NUM_ACTORS:].contiguous()}
 
 
 def _rename_legacy(module, state_dict, prefix, *args) -> None:

@@ -123,15 +123,14 @@ def segmentation_loss(outputs: dict[str, torch.Tensor], actor: torch.Tensor,
     """Eq. 1: mean per-pixel NLL of each head; targets (B, H, W) int64 class maps with ``IGNORE`` left out.
 
     Returns ``{"loss_actor", "loss_action"}``; a batch with no labelled pixel gives zero losses (with gradient
-    paths intact), not NaN.
+    paths intact), not NaN. The mean is the sum over labelled pixels divided by their count (at least 1), as
+    ``nll_loss``'s own mean computes it, bit for bit, without asking the host whether any pixel is labelled (a
+    device sync per head and step).
     """
     losses = {}
     for name, target in (("actor", actor), ("action", action)):
-        logp = outputs[name]
-        if (target != IGNORE).any():
-            losses[f"loss_{name}"] = F.nll_loss(logp, target, ignore_index=IGNORE)
-        else:
-            losses[f"loss_{name}"] = logp.sum() * 0.0
+        total = F.nll_loss(outputs[name], target, ignore_index=IGNORE, reduction="sum")
+        losses[f"loss_{name}"] = total / (target != IGNORE).sum().clamp_min(1)
     return losses
 
 

@@ -8,7 +8,7 @@ drawn deterministically from ``step`` alone. :class:`Trainer` does the rest, the
   ``zero_grad``, ``backward``, ``optimizer.step``, ``scheduler.step``;
 - records one loss-curve row per step, ``{"step", "loss", "lr", <each loss>}`` (``lr``: the first parameter
   group's learning rate *used by* the step), written as ``loss.csv`` with :data:`CURVE_COLUMNS` + loss names;
-- hooks: :class:`Progress` (a tqdm bar and a closing log line) and :class:`PeriodicCheckpointer` (every
+- hooks: :class:`Progress` (a progress bar, :mod:`a2dpipe.progress`, and a closing log line) and :class:`PeriodicCheckpointer` (every
   ``every`` steps the resumable state of :mod:`a2dpipe.checkpoint` and the curve so far).
 
 Exact resume: :func:`a2dpipe.checkpoint.load_resume` restores model, optimiser, scheduler, RNG states and curve;
@@ -30,6 +30,7 @@ import torch
 
 from a2dpipe.checkpoint import save_resume, write_curve
 from a2dpipe.io import A2DError
+from a2dpipe.progress import progress
 
 __all__ = ["Trainer", "HookBase", "Progress", "PeriodicCheckpointer", "CURVE_COLUMNS", "curve_columns", "columns_of"]
 
@@ -134,15 +135,13 @@ class Progress(HookBase):
         self.desc = desc
 
     def before_train(self) -> None:
-        from tqdm import tqdm
-
         t = self.trainer
-        self.bar = tqdm(total=t.iterations, initial=t.step, desc=self.desc, unit="it", mininterval=2)
+        self.bar = progress(total=t.iterations, initial=t.step, desc=self.desc, unit="it")
         self.started = time.perf_counter()
 
     def after_step(self) -> None:
+        self.bar.set_postfix(loss=f"{self.trainer.history[-1]['loss']:.3f}", refresh=False)  # drawn by update
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{self.trainer.history[-1]['loss']:.3f}")
 
     def after_train(self) -> None:
         self.bar.close()

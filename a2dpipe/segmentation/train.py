@@ -45,7 +45,7 @@ from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.progress import progress
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
-from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns
+from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns, tensorboard_hooks
 
 __all__ = ["configure_parser", "run", "train", "load_checkpoint", "CropStep", "CachedStep", "cache_features",
            "CURVE_COLUMNS"]
@@ -292,7 +292,8 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
         model.baseline.eval()
     step_fn = _step_function(model, samples, config, stage, device, amp)
     hooks = [Progress(f"stage {stage} {input}"),
-             PeriodicCheckpointer(resume, recipe, opts["checkpoint_every"], curve_path)]
+             PeriodicCheckpointer(resume, recipe, opts["checkpoint_every"], curve_path),
+             *tensorboard_hooks(curve_path)]
     trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"], start=start,
                       history=curve, hint=f"; lower the learning rates of config segmentation.stage{stage}",
                       amp_device=device.type if amp else None, hooks=hooks)

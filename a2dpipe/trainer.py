@@ -8,8 +8,9 @@ drawn deterministically from ``step`` alone. :class:`Trainer` does the rest, the
   ``zero_grad``, ``backward``, ``optimizer.step``, ``scheduler.step``;
 - records one loss-curve row per step, ``{"step", "loss", "lr", <each loss>}`` (``lr``: the first parameter
   group's learning rate *used by* the step), written as ``loss.csv`` with :data:`CURVE_COLUMNS` + loss names;
-- hooks: :class:`Progress` (a tqdm bar and a closing log line) and :class:`PeriodicCheckpointer` (every
-  ``every`` steps the resumable state of :mod:`a2dpipe.checkpoint` and the curve so far).
+- hooks: :class:`Progress` (a progress bar, :mod:`a2dpipe.progress`, and a closing log line) and :class:`PeriodicCheckpointer` (every
+  ``every`` steps the resumable state of :mod:`a2dpipe.checkpoint` and the curve so far), and with
+  ``A2DPIPE_TENSORBOARD=1`` :class:`TensorBoard` (event files of the curve beside ``loss.csv``).
 
 Exact resume: :func:`a2dpipe.checkpoint.load_resume` restores model, optimiser, scheduler, RNG states and curve;
 ``Trainer(start=step, history=curve)`` continues from there, and since a step's data depend on the step alone
@@ -19,9 +20,12 @@ the run ends with the weights of an uninterrupted one.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import math
 import operator
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,8 +34,10 @@ import torch
 
 from a2dpipe.checkpoint import save_resume, write_curve
 from a2dpipe.io import A2DError
+from a2dpipe.progress import progress
 
-__all__ = ["Trainer", "HookBase", "Progress", "PeriodicCheckpointer", "CURVE_COLUMNS", "curve_columns", "columns_of"]
+__all__ = ["Trainer", "HookBase", "Progress", "PeriodicCheckpointer", "TensorBoard", "tensorboard_hooks",
+           "CURVE_COLUMNS", "curve_columns", "columns_of"]
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +146,13 @@ class Progress(HookBase):
         self.desc = desc
 
     def before_train(self) -> None:
-        from tqdm import tqdm
-
         t = self.trainer
-        self.bar = tqdm(total=t.iterations, initial=t.step, desc=self.desc, unit="it", mininterval=2)
+        self.bar = progress(total=t.iterations, initial=t.step, desc=self.desc, unit="it")
         self.started = time.perf_counter()
 
     def after_step(self) -> None:
+        self.bar.set_postfix(loss=f"{self.trainer.history[-1]['loss']:.3f}", refresh=False)  # drawn by update
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{self.trainer.history[-1]['loss']:.3f}")
 
     def after_train(self) -> None:
         self.bar.close()
@@ -157,6 +161,54 @@ class Progress(HookBase):
         last = t.history[-1]["loss"] if t.history else float("nan")
         log.info("%s: %d steps in %.1f s this run; loss %.4f -> %.4f", self.desc, t.step - t.start,
                  time.perf_counter() - self.started, first, last)
+
+
+TENSORBOARD_ENV = "A2DPIPE_TENSORBOARD"  # "1": the trainers also write TensorBoard event files
+TENSORBOARD_FOLDER = "tensorboard"
+
+
+class TensorBoard(HookBase):
+    """TensorBoard event files of the loss curve in ``folder``: per step the total loss, each loss term and the
+    learning rate (the columns of ``loss.csv``), as they are recorded.
+
+    A run from step 0 replaces the folder's earlier events; a resumed run drops those after the step it resumes
+    from (``purge_step``), so that the curve has each step once.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def before_train(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        t = self.trainer
+        if t.step == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.writer = SummaryWriter(str(self.folder), purge_step=t.step + 1 if t.step else None)
+
+    def after_step(self) -> None:
+        row = self.trainer.history[-1]
+        for key, value in row.items():
+            if key != "step":
+                self.writer.add_scalar(key if key == "lr" else f"train/{key}", value, row["step"])
+
+    def after_train(self) -> None:
+        self.writer.close()
+
+
+def tensorboard_hooks(curve: str | Path) -> list[HookBase]:
+    """``[TensorBoard]`` writing into ``tensorboard/`` beside the curve file when the environment variable
+    ``A2DPIPE_TENSORBOARD`` is ``1``, else none. Event files are for watching training, not a result: no config key,
+    so that turning them on or off reruns nothing. A2DError with the fix when the package is missing."""
+    if os.environ.get(TENSORBOARD_ENV, "0") in ("", "0"):
+        return []
+    if os.environ[TENSORBOARD_ENV] != "1":
+        raise A2DError(f"environment variable {TENSORBOARD_ENV}={os.environ[TENSORBOARD_ENV]!r}: expected 1 (write "
+                       "TensorBoard event files) or 0")
+    if importlib.util.find_spec("tensorboard") is None:
+        raise A2DError(f"{TENSORBOARD_ENV}=1 asks for TensorBoard event files, but the tensorboard package is not "
+                       "installed: pip install 'a2dpipe[tensorboard]', or unset the variable")
+    return [TensorBoard(Path(curve).with_name(TENSORBOARD_FOLDER))]
 
 
 class PeriodicCheckpointer(HookBase):

@@ -185,7 +185,7 @@ def write_predictions(path, preds, variant="baseline-rgb", seconds=0.01):
             g.create_dataset("action", data=(joint % 10).astype(np.uint8))
 
 
-def test_evaluate_command_accumulates_all_test_frames(tmp_path):
+def test_evaluate_command_accumulates_all_test_frames(tmp_path, capsys):
     rng = np.random.default_rng(3)
     frames, preds = {}, {}
     for v, video in enumerate(["vidA", "vidB", "vidC"]):
@@ -207,6 +207,9 @@ def test_evaluate_command_accumulates_all_test_frames(tmp_path):
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert result["variant"] == "baseline-rgb" and result["frames"] == 4
+    # off a terminal the progress bar writes plain lines (the log shares stderr): it starts at 0/4, ends at 4/4
+    bar = [line for line in capsys.readouterr().err.splitlines() if line.startswith("evaluate baseline-rgb: ")]
+    assert "0/4" in bar[0] and bar[-1].startswith("evaluate baseline-rgb: 100%") and "4/4" in bar[-1]
     acc = metrics.ConfusionAccumulator(3)
     for (video, frame, split), gt in frames.items():
         if split == "test":

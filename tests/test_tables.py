@@ -104,7 +104,7 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     assert main(argv) == 0
     names = ["table1", "table2", "table3", "table4", "table5", "claims", "timing", "mask_quality"]
     for name in names:
-        for suffix in (".csv", ".md", ".tex"):
+        for suffix in (".csv", ".md", ".tex", ".html"):
             assert (out / f"{name}{suffix}").stat().st_size > 0, f"{name}{suffix}"
     assert (out / "done").exists()
 
@@ -122,6 +122,11 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     cell = f"{row['mean IoU actor']:.1f} [{row['mean IoU actor low']:.1f}, {row['mean IoU actor high']:.1f}]"
     assert "| Baseline (RGB + flow) | this run |" in md and cell in md
     assert cell in (out / "table1.tex").read_text()
+    page = (out / "table1.html").read_text()  # what the report shows: the cell with its interval, and the CSV
+    value, interval = cell.split(" [")
+    assert "<h2>Table 1</h2>" in page and f'<td class="num">{value} <span class="ci">[{interval}</span></td>' in page
+    assert "mean IoU actor low" not in page.split("<a download")[0]
+    assert 'download="table1.csv" href="data:text/csv;base64,' in page
 
     t2 = pd.read_csv(out / "table2.csv")
     assert t2.iloc[1]["global acc. actor"] == pytest.approx(
@@ -409,6 +414,41 @@ def test_report_command_draws_the_three_figures(tmp_path, evaluation_files):
     from a2dpipe.evaluation.report import loss_curves_figure
 
     assert loss_curves_figure([tmp_path / "models/stage1/rgb/model.pt"], tmp_path / "one.png") == 1
+
+
+def test_overlay_columns_are_titled_by_variant(tmp_path):
+    from a2dpipe.evaluation.report import variant_title
+
+    layout = tmp_path / "results" / "predictions"
+    assert variant_title(layout / "ours/rgbflow/dataset/gt.h5") == "Ours (RGB + flow), masks: dataset -> gt"
+    assert variant_title(layout / "baseline/rgb/none/none.h5") == "Baseline (RGB only)"
+    assert variant_title(layout / "maskvote/rgbflow/none/dataset.h5") == "Mask vote (RGB + flow), dataset masks"
+    flat = tmp_path / "mine.h5"  # outside the workflow's layout: the variant the file records
+    with h5py.File(flat, "w") as f:
+        f.attrs.update(schema=PREDICTIONS.schema, variant="ours-rgb-dataset-dataset")
+    assert variant_title(flat) == "ours-rgb-dataset-dataset"
+
+
+def test_loss_curves_draw_each_loss_and_the_learning_rate_on_whole_steps():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from a2dpipe.evaluation.report import _draw_curve
+
+    df = pd.DataFrame({"step": [1, 2, 3], "loss": [2.0, 1.5, 1.2], "lr": [0.1, 0.05, 0.01],
+                       "loss_actor": [1.2, 0.9, 0.7], "loss_action": [0.8, 0.6, 0.5]})
+    fig, ax = plt.subplots()
+    _draw_curve(ax, "stage1/rgb", df)
+    fig.canvas.draw()
+    assert [line.get_label() for line in ax.lines] == ["loss", "loss_actor", "loss_action"]
+    (lr_ax,) = [other for other in fig.axes if other is not ax]
+    np.testing.assert_array_equal(lr_ax.lines[0].get_ydata(), df["lr"])
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "learning rate"
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    plt.close(fig)
 
 
 # --- the evaluation rules and `snakemake --report` on hand-made upstream artifacts --------------------------------

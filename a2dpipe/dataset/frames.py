@@ -45,6 +45,7 @@ from a2dpipe.dataset.index import read_index
 from a2dpipe.config import add_config_arguments, read_settings
 from a2dpipe.io import A2DError
 from a2dpipe.dataset.synthetic import distractor_path, read_distractors
+from a2dpipe.progress import progress
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, pixel_chunks
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,8 @@ def extract_shard(
     started = time.perf_counter()
     count = 0
     made_with = {"frames": {"neighbour": neighbour, "compression": compression}}
-    with FrameWriter(out, attrs={"shard": shard, "neighbour": neighbour, "compression": compression},
-                     settings=made_with) as f:
+    with (FrameWriter(out, attrs={"shard": shard, "neighbour": neighbour, "compression": compression},
+                      settings=made_with) as f, progress(total=len(rows), desc=f"frames shard {shard}") as bar):
         for video, clip in rows.groupby("video", sort=False):
             num_frames = int(clip["num_frames"].iloc[0])
             frames = [int(x) for x in clip["frame"]]
@@ -177,6 +178,7 @@ def extract_shard(
             for row in clip.itertuples(index=False):
                 _write_frame(f, root, row, decoded, partners[int(row.frame)], opts)
                 count += 1
+            bar.update(len(clip))
     log.info(
         "shard %s: %d frames of %d videos in %.1f s -> %s",
         shard,

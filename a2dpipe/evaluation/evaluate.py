@@ -40,6 +40,7 @@ from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
+from a2dpipe.progress import progress
 from a2dpipe.segmentation.predictions import MAPS, PredictionStore
 from a2dpipe.stores import group_key
 
@@ -84,7 +85,8 @@ def evaluate(pred_path, frame_paths, boundary_width: int = 15, settings_from: st
     with PredictionStore(pred_path) as store:
         variant = store.variant
         spf = store.attrs.get("seconds_per_frame")
-        for video, frame, label in iter_test_labels(frame_paths, split):
+        labels = progress(iter_test_labels(frame_paths, split), total=len(store.keys()), desc=f"evaluate {variant}")
+        for video, frame, label in labels:
             pred = _read_prediction(store, video, frame, settings_from, label.shape)
             try:
                 acc.add(label, pred, video=video)

@@ -12,9 +12,11 @@ Writes three PNG files (matplotlib, Agg back-end) into the output folder:
 * ``per_category.png`` — per-category accuracy (background + 43 pairs) of the Baseline and Ours variants of
   Table 5 that were evaluated, with the paper's Ours (RGB + flow) as black ticks;
 * ``loss_curves.png`` — every ``*.csv`` training curve found beside the given checkpoints (the trainers write
-  ``loss.csv``: a ``step`` column and one or more loss columns; the ``loss`` or ``total`` column is drawn);
+  ``loss.csv``: ``step``, the total ``loss``, ``lr`` and each loss term): every loss column, and the learning
+  rate on a second axis, against whole-number steps;
 * ``qualitative.png`` — ``evaluation.qualitative_frames`` test frames evenly spread over the sorted test frames
-  (not chosen by score), one row each: frame, ground truth, Baseline, Ours, labels blended over the frame in
+  (not chosen by score), one row each: frame, ground truth, Baseline, Ours (columns titled by variant,
+  :func:`variant_title`), labels blended over the frame in
   the A2D palette (``a2dpipe.labels.PALETTE``), with a legend of the pairs shown.
 """
 
@@ -31,11 +33,13 @@ from a2dpipe.evaluation import paper_results
 from a2dpipe.config import add_config_arguments, read_settings
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import BACKGROUND, IGNORE, PALETTE, VALID_PAIRS, class_names, pair_name
-from a2dpipe.evaluation.tables import load_evaluations
+from a2dpipe.evaluation.tables import INPUT_NAMES, METHOD_NAMES, load_evaluations
 from a2dpipe.segmentation.predictions import PredictionStore
 from a2dpipe.stores import group_key
+from a2dpipe.variants import Variant, check_variant
 
-__all__ = ["per_category_figure", "loss_curves_figure", "qualitative_figure", "overlay", "configure_parser", "run"]
+__all__ = ["per_category_figure", "loss_curves_figure", "qualitative_figure", "overlay", "variant_title",
+           "configure_parser", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -91,29 +95,52 @@ def _curve_label(path: Path) -> str:
     return "/".join(parts[-3:]) if "masks" in parts else "/".join(parts[-2:])
 
 
+def _read_curve(csv_path: Path) -> pd.DataFrame | None:
+    """A training curve: ``step``, then ``loss`` (or ``total``), ``lr`` and each loss term when written."""
+    try:
+        df = pd.read_csv(csv_path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise A2DError(f"{csv_path}: cannot read the training curve: {err}") from None
+    if "step" not in df.columns or not {"loss", "total"} & set(df.columns):
+        log.warning("%s: no 'step' and 'loss'/'total' columns; not drawn", csv_path)
+        return None
+    return df
+
+
+def _draw_curve(ax, label: str, df: pd.DataFrame) -> None:
+    """Every loss column against the step (the total drawn thickest), the learning rate on a second axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    losses = [c for c in df.columns if c not in ("step", "lr")]
+    total = next(c for c in ("loss", "total") if c in losses)
+    for column in [total, *(c for c in losses if c != total)]:
+        ax.plot(df["step"], df[column], lw=1.6 if column == total else 0.9, label=column)
+    ax.set_title(label, fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, names = ax.get_legend_handles_labels()
+    if "lr" in df.columns:
+        lr_ax = ax.twinx()
+        (line,) = lr_ax.plot(df["step"], df["lr"], color="grey", ls="--", lw=0.9, label="learning rate")
+        lr_ax.set_ylabel("learning rate", fontsize=8)
+        lr_ax.tick_params(labelsize=7)
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        handles, names = handles + [line], names + ["learning rate"]
+    ax.legend(handles, names, fontsize=7, loc="upper right")
+
+
 def loss_curves_figure(checkpoints, path) -> int:
-    """One panel per training-curve CSV beside the checkpoints; returns the number of curves drawn."""
+    """One panel per training-curve CSV beside the checkpoints: each loss term and the total against the step,
+    and the learning rate on a second axis; returns the number of curves drawn."""
     import matplotlib.pyplot as plt
 
-    curves = []
-    for csv_path in _curve_files(checkpoints):
-        try:
-            df = pd.read_csv(csv_path)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise A2DError(f"{csv_path}: cannot read the training curve: {err}") from None
-        column = next((c for c in ("loss", "total") if c in df.columns), None)
-        if "step" not in df.columns or column is None:
-            log.warning("%s: no 'step' and 'loss'/'total' columns; not drawn", csv_path)
-            continue
-        curves.append((_curve_label(csv_path), df["step"].to_numpy(), df[column].to_numpy(), column))
+    curves = [(_curve_label(p), df) for p in _curve_files(checkpoints) if (df := _read_curve(p)) is not None]
     cols = min(3, max(1, len(curves)))
     rows = max(1, -(-len(curves) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
-    for ax, (label, step, loss, column) in zip(axes.flat, curves):
-        ax.plot(step, loss, lw=1)
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_ylabel(column)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.4 * rows), squeeze=False)
+    for ax, (label, df) in zip(axes.flat, curves):
+        _draw_curve(ax, label, df)
     for ax in axes.flat[len(curves):]:
         ax.axis("off")
     if not curves:
@@ -141,6 +168,22 @@ def _test_keys(frame_paths) -> list[tuple[Path, str, int]]:
     return sorted(keys, key=lambda k: group_key(k[1], k[2]))
 
 
+def variant_title(predictions) -> str:
+    """Display name of a prediction file's variant, as the tables name it: ``Ours (RGB + flow), masks: dataset ->
+    dataset``. The variant comes from the workflow's layout (``<kind>/<input>/<train>/<test>.h5``), else from
+    the file's ``variant`` attribute (the joined name, shown as it is)."""
+    path = Path(predictions)
+    try:
+        variant = check_variant(Variant(*path.parts[-4:-1], path.stem))
+    except (A2DError, TypeError):
+        with PredictionStore(path) as store:
+            return store.variant
+    title = f"{METHOD_NAMES[variant.kind]} ({INPUT_NAMES[variant.input]})"
+    if variant.kind == "ours":
+        return f"{title}, masks: {variant.train_source} -> {variant.test_source}"
+    return f"{title}, {variant.test_source} masks" if variant.kind == "maskvote" else title
+
+
 def _read(reader, path, video: str, frame: int, dataset: str) -> np.ndarray:
     with reader(path) as store:
         return store.read_arrays(video, frame, (dataset,))[dataset]
@@ -155,8 +198,8 @@ def qualitative_figure(frame_paths, baseline, ours, count: int, path) -> list[st
     if not keys:
         raise A2DError(f"{frame_paths[0]}: no test frames to show")
     picks = [keys[i] for i in np.unique(np.linspace(0, len(keys) - 1, min(count, len(keys))).round().astype(int))]
-    columns = [("frame", None), ("ground truth", None), (f"Baseline: {Path(baseline).stem}", baseline),
-               (f"Ours: {Path(ours).stem}", ours)]
+    columns = [("frame", None), ("ground truth", None), (variant_title(baseline), baseline),
+               (variant_title(ours), ours)]
     fig, axes = plt.subplots(len(picks), 4, figsize=(14, 2.9 * len(picks)), squeeze=False)
     shown: set[int] = set()
     for row, (frames_path, video, frame) in enumerate(picks):

@@ -1,4 +1,5 @@
-"""Writers of the tables: CSV (full precision), Markdown and LaTeX (rounded, intervals folded into their metric).
+"""Writers of the tables: CSV (full precision), Markdown, LaTeX and HTML (rounded, intervals folded into their
+metric). The HTML page is what the Snakemake report shows: the table itself, its caption, and its CSV as a download.
 
 A column ``<h>`` with companions ``<h> low`` and ``<h> high`` is shown as one cell, ``15.8 [13.9, 17.6]``
 (:func:`interval_text`); one with a companion ``<h> sd`` (a standard deviation) as ``15.8 ± 1.2``
@@ -7,6 +8,8 @@ A column ``<h>`` with companions ``<h> low`` and ``<h> high`` is shown as one ce
 
 from __future__ import annotations
 
+import base64
+import html
 import math
 from pathlib import Path
 
@@ -14,7 +17,8 @@ import pandas as pd
 
 from a2dpipe.io import atomic_path
 
-__all__ = ["LOW", "HIGH", "SD", "interval_text", "spread_text", "markdown_table", "latex_table", "write_table"]
+__all__ = ["LOW", "HIGH", "SD", "interval_text", "spread_text", "markdown_table", "latex_table", "html_table",
+           "write_table"]
 
 LOW, HIGH, SD = "low", "high", "sd"
 
@@ -103,13 +107,70 @@ def latex_table(df: pd.DataFrame, digits: int = 1, caption: str | None = None, l
     return "\n".join(lines) + "\n"
 
 
+# A page shown inside the report's frame: readable without the report's style sheet; wide tables scroll.
+_HTML_STYLE = """
+body { font-family: system-ui, sans-serif; font-size: 14px; margin: 12px; color: #222; }
+p.caption { max-width: 70em; line-height: 1.4; }
+div.scroll { overflow-x: auto; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; white-space: nowrap; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+span.ci { color: #666; font-size: 90%; }
+tbody tr:nth-child(even) { background: #fafafa; }
+"""
+
+
+def _html_cell(text: str, numeric: bool) -> str:
+    """One ``<td>``; an interval ``15.8 [13.9, 17.6]`` with its bracket in a muted span."""
+    value, bracket, rest = text.partition(" [")
+    body = html.escape(value) + (f' <span class="ci">[{html.escape(rest)}</span>' if bracket else "")
+    return f'<td class="num">{body}</td>' if numeric else f"<td>{body}</td>"
+
+
+def _csv_text(df: pd.DataFrame) -> str:
+    return df.to_csv(index=False, float_format="%.2f")
+
+
+def html_table(df: pd.DataFrame, digits: int = 1, caption: str | None = None, title: str | None = None,
+               csv_name: str | None = None) -> str:
+    """A self-contained HTML page: ``title``, ``caption``, the table (intervals folded in, as in Markdown) and,
+    with ``csv_name``, a link that downloads the CSV (embedded, so that the page works on its own)."""
+    headers, numeric, rows = _display(df, digits)
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "\n".join("<tr>" + "".join(_html_cell(v, n) for v, n in zip(row, numeric)) + "</tr>" for row in rows)
+    parts = ['<!DOCTYPE html>\n<html><head><meta charset="utf-8">',
+             f"<title>{html.escape(title or csv_name or 'table')}</title><style>{_HTML_STYLE}</style></head><body>"]
+    if title:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+    if caption:
+        parts.append(f'<p class="caption">{html.escape(caption)}</p>')
+    parts.append(f'<div class="scroll"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>'
+                 "</table></div>")
+    if csv_name:
+        data = base64.b64encode(_csv_text(df).encode()).decode()
+        parts.append(f'<p><a download="{html.escape(csv_name)}" href="data:text/csv;base64,{data}">'
+                     f"{html.escape(csv_name)}</a>: every column, intervals as separate low and high columns</p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _title(caption: str | None) -> tuple[str | None, str | None]:
+    """(title, rest) of a caption that opens with a short title sentence (``"Table 1. Baseline ..."``)."""
+    title, _, rest = (caption or "").partition(". ")
+    return (title, rest) if rest and len(title) <= 40 else (None, caption)
+
+
 def write_table(df: pd.DataFrame, out_dir: Path, name: str, caption: str | None = None, digits: int = 1) -> list[Path]:
-    """``out_dir/<name>.csv``, ``.md`` and ``.tex``, each written atomically; returns the paths."""
+    """``out_dir/<name>.csv``, ``.md``, ``.tex`` and ``.html`` (:func:`html_table`, headed by the caption's title
+    sentence), each written atomically; returns the paths."""
+    title, text = _title(caption)
     paths = []
     for suffix, render in (
-        (".csv", lambda: df.to_csv(index=False, float_format="%.2f")),
+        (".csv", lambda: _csv_text(df)),
         (".md", lambda: markdown_table(df, digits, caption)),
         (".tex", lambda: latex_table(df, digits, caption, f"tab:{name}")),
+        (".html", lambda: html_table(df, digits, text, title, f"{name}.csv")),
     ):
         path = out_dir / f"{name}{suffix}"
         with atomic_path(path) as tmp:

@@ -22,6 +22,7 @@ from a2dpipe.flow.estimators import METHODS, NEURAL_METHODS, build_estimator
 from a2dpipe.flow.store import FlowWriter
 from a2dpipe.config import add_config_arguments, read_settings
 from a2dpipe.io import A2DError, describe_device
+from a2dpipe.progress import progress
 
 __all__ = ["configure_parser", "run", "compute_shard"]
 
@@ -98,6 +99,7 @@ def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> di
     seconds = 0.0
     with FrameStore(frames_path) as frames, FlowWriter(out_path, settings=made_with, **attrs) as writer:
         keys = frames.keys()
+        bar = progress(total=len(keys), desc=f"flow {method}")
         for batch in _batches(frames, keys, batch_size):
             sources, targets = zip(*(_pair(r) for r in batch))
             start = time.perf_counter()
@@ -108,7 +110,8 @@ def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> di
             for record, flow in zip(batch, flows):
                 writer.write(record.video, record.frame, flow,
                              direction=record.direction, neighbour_frame=int(record.neighbour_frame))
-            log.info("%d / %d frames", writer.count, len(keys))
+            bar.update(len(batch))
+        bar.close()
         writer.seconds_per_frame = seconds / writer.count if writer.count else 0.0
         attrs = {**attrs, "seconds_per_frame": seconds / max(writer.count, 1), "frames": writer.count}
     log.info("wrote %s: %d frames, %.4f s per frame (%s)", out_path, attrs["frames"], attrs["seconds_per_frame"], method)

@@ -24,6 +24,7 @@ from a2dpipe.config import add_config_arguments, check_consistent, check_inputs,
 from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, select_device
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
+from a2dpipe.progress import progress
 
 log = logging.getLogger("a2dpipe.masks")
 
@@ -71,7 +72,7 @@ def gt_regions(masks: np.ndarray, labels: np.ndarray) -> Regions:
 
 def _write_gt(reader, refs, writer) -> float:
     seconds = 0.0
-    for ref in refs:
+    for ref in progress(refs, desc="region masks gt"):
         _, masks, labels = reader.read(ref, "dataset")
         started = time.perf_counter()
         regions = gt_regions(masks, labels)
@@ -95,6 +96,7 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
     model.roi_heads.detections_per_img = cfg["max_regions"]
     model.roi_heads.score_thresh = cfg["score_threshold"]  # the config decides, not torchvision's 0.05
     seconds = 0.0
+    bar = progress(total=len(refs), desc=f"region masks {source}")
     for chunk, rgbs in _same_size_batches(reader, refs, max(1, cfg["batch_size"])):
         images = [torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device) for rgb in rgbs]
         started = time.perf_counter()
@@ -106,6 +108,8 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
         seconds += time.perf_counter() - started
         for ref, frame_regions in zip(chunk, regions):
             writer.write(ref.video, ref.frame, frame_regions)
+        bar.update(len(chunk))
+    bar.close()
     writer.set_attrs(device=describe_device(device))  # the timing table's device column
     return seconds
 

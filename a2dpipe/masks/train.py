@@ -40,7 +40,8 @@ from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, mask_model_options
-from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns
+from a2dpipe.trainer import (PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns,
+                             tensorboard_hooks)
 
 __all__ = ["NUM_CLASSES", "configure_parser", "run", "train_mask_model"]
 
@@ -123,7 +124,8 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
             return model(images, targets)
 
         hooks = [Progress(f"{source} mask model"),
-                 PeriodicCheckpointer(resume_path, recipe, cfg["checkpoint_every"], curve_path)]
+                 PeriodicCheckpointer(resume_path, recipe, cfg["checkpoint_every"], curve_path),
+                 *tensorboard_hooks(curve_path)]
         trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=iterations, start=first_step,
                           history=history, hint=f"; lower config masks.lr={cfg['lr']}", hooks=hooks)
         trainer.train()

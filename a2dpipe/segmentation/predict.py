@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from a2dpipe.progress import progress
 from a2dpipe.segmentation.predictions import PredictionWriter
 from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, result_settings,
                                          same_size_batches, to_device)
@@ -168,7 +169,8 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
     batches = same_size_batches(samples, views, inference_batch_size(config))
     frames = make_loader(samples, batches, collate_fn=collate, device=device, **loader_options(config))
     seconds = 0.0
-    with PredictionWriter(out, variant=name, model=Path(model).name, settings=result_settings(config)) as writer:
+    with (PredictionWriter(out, variant=name, model=Path(model).name, settings=result_settings(config)) as writer,
+          progress(total=len(samples), desc=f"predict {name}") as bar):
         for loaded in frames:
             batch = to_device(loaded, device, with_flow=net.uses_flow)
             if device.type == "cuda":
@@ -181,6 +183,7 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
             maps = {k: value.to(torch.uint8).cpu().numpy() for k, value in maps.items()}
             for j, (video, frame) in enumerate(batch["keys"]):
                 writer.write(video, frame, {k: value[j] for k, value in maps.items()})
+            bar.update(len(batch["keys"]))
             release_free_memory()
         per_frame = seconds / max(len(samples), 1)
         writer.seconds_per_frame = per_frame

@@ -43,8 +43,9 @@ from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              section_defaults, stamp, training_splits)
 from a2dpipe.io import A2DError, atomic_path, select_device
+from a2dpipe.progress import progress
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
-from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns
+from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns, tensorboard_hooks
 
 __all__ = ["configure_parser", "run", "train", "load_checkpoint", "CropStep", "CachedStep", "cache_features",
            "CURVE_COLUMNS"]
@@ -233,20 +234,18 @@ def cache_features(model, samples, device, amp: bool, loader: dict | None = None
                    batch_size: int) -> dict[tuple[int, bool], torch.Tensor]:
     """Frozen front-end features (1, C, h, w) of every training frame and of its mirror image, by (index, flipped),
     computed ``batch_size`` views of one size at a time (:func:`.loader.same_size_batches`)."""
-    from tqdm import tqdm
-
     views = [View(i, flipped, flow=model.uses_flow) for i in range(len(samples)) for flipped in (False, True)]
     batches = same_size_batches(samples, views, batch_size)
     loaded = make_loader(samples, batches, collate_fn=collate, device=device, **(loader or {}))
     cache = {}
     with (torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp),
-          tqdm(total=len(views), desc="front-end features", unit="view", mininterval=2) as progress):
+          progress(total=len(views), desc="front-end features", unit="view") as bar):
         for group, batch in zip(batches, loaded):
             batch = to_device(batch, device, with_flow=model.uses_flow)
             features = model.front_end(batch["rgb"], batch["flow"]).float()
             for view, one in zip(group, features.split(1)):
                 cache[(view.index, view.flip)] = one
-            progress.update(len(group))
+            bar.update(len(group))
     return cache
 
 
@@ -295,7 +294,8 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
         model.baseline.eval()
     step_fn = _step_function(model, samples, config, stage, device, amp)
     hooks = [Progress(f"stage {stage} {input}"),
-             PeriodicCheckpointer(resume, recipe, opts["checkpoint_every"], curve_path)]
+             PeriodicCheckpointer(resume, recipe, opts["checkpoint_every"], curve_path),
+             *tensorboard_hooks(curve_path)]
     trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"], start=start,
                       history=curve, hint=f"; lower the learning rates of config segmentation.stage{stage}",
                       amp_device=device.type if amp else None, hooks=hooks)

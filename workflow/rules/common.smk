@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from a2dpipe.config import settings_slice
+from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.dataset.a2d import read_videoset
 from a2dpipe.variants import KINDS, NONE, TEST_SOURCES, Variant, check_variant
 
@@ -36,6 +37,10 @@ def shared(*parts):
 # Settings: each rule's params hold, as JSON, exactly the config values its command reads, and the command gets them
 # as `--settings`. Snakemake's params rerun trigger then reruns a rule (and what depends on it) when one of them
 # changes and never otherwise, and no job reads a file that a later parse of the Snakefile could rewrite.
+
+
+# Snakemake's reason for such a rerun would print the settings whole, before and now: it names the changed keys.
+use_short_params_reason()
 
 
 def get_settings(*keys):
@@ -361,6 +366,36 @@ def get_mask_quality_table():
     )
 
 
+# The HTML report (`snakemake --report report.html`) shows the pages of the DAG of `all` that are marked for it, and
+# stops at a marked file that does not exist. What `tables` makes is marked as it is; what only `all` adds (the
+# mask-model comparison, the validation metrics) is marked once it exists, so that the report of a run of `tables`
+# shows what that run made, and the report of a run of `all` everything.
+
+
+def report_page(path, title, caption, category):
+    """`path` (an HTML page or a figure) marked for the report, listed under `category` by its `title`."""
+    return report(path, caption=caption, category=category, labels={"page": title})
+
+
+def report_page_if_made(path, title, caption, category):
+    """`path` marked for the report when it exists (see above), else as it is."""
+    if Path(path).exists():
+        return report_page(path, title, caption, category)
+    return path
+
+
+def get_mask_quality_page():
+    """`tables`'s page of the mask AP table, when it writes one (get_mask_quality_table)."""
+    if not get_mask_quality_table():
+        return {}
+    page = res("tables", "mask_quality.html")
+    return {
+        "mask_quality": report_page(
+            page, "Mask quality", "../report/mask_quality.rst", "Masks"
+        )
+    }
+
+
 def get_report_variant(kind):
     """Prediction set shown in the overlays: the paper's main one (RGB + flow, dataset masks) when configured."""
     preferred = {
@@ -389,19 +424,21 @@ def get_checkpoints():
 
 
 def get_all_targets():
-    """`all`: the tables, timings, timing estimate and mask-model comparison; in a seeds run the first three of
-    every seed's run and their aggregate."""
+    """`all`: the tables, timings, timing estimate, validation metrics and mask-model comparison; in a seeds run
+    the first four of every seed's run and their aggregate."""
     if SEEDS:
         return [
             *get_seed_outputs("tables", "done"),
             *get_seed_outputs("timing", "table"),
             *get_seed_outputs("estimate", "table"),
+            *get_seed_outputs("validate", "table"),
             rules.aggregate.output.done,
         ]
     return [
         res("tables", "done"),
         res("timing", "timing.csv"),
         res("timing", "estimate.csv"),
+        res("validation", "metrics.csv"),
         *([res("tables", "mask_models.csv")] if COMPARE_MASKS else []),
     ]
 

@@ -24,10 +24,12 @@ rule compare_masks:
         other_evaluations=get_compare_outputs("evaluation"),
         other_per_video=get_compare_outputs("per_video"),
     output:
-        table=report(
-            res("tables", "mask_models.csv"),
-            caption="../report/mask_models.rst",
-            category="Tables",
+        table=res("tables", "mask_models.csv"),
+        page=report_page_if_made(
+            res("tables", "mask_models.html"),
+            "Mask models",
+            "../report/mask_models.rst",
+            "Masks",
         ),
     log:
         res("logs", "compare_masks.log"),

@@ -51,6 +51,12 @@ rule validate:
         per_video=get_validation_outputs(VAL_EVALUATION_VIDEOS),
     output:
         table=res("validation", "metrics.csv"),
+        page=report_page_if_made(
+            res("validation", "metrics.html"),
+            "Validation metrics",
+            "../report/validation.rst",
+            "Validation",
+        ),
     log:
         res("logs", "validate.log"),
     benchmark:
@@ -72,11 +78,7 @@ rule timing:
         masks=get_timing_masks(),
         predictions=variant_paths(PREDICTIONS),
     output:
-        table=report(
-            res("timing", "timing.csv"),
-            caption="../report/timing.rst",
-            category="Timing",
-        ),
+        table=res("timing", "timing.csv"),
         markdown=res("timing", "timing.md"),
     log:
         res("logs", "timing.log"),
@@ -117,20 +119,23 @@ rule report_figures:
         baseline=get_report_variant("baseline"),
         ours=get_report_variant("ours"),
     output:
-        per_category=report(
+        per_category=report_page(
             res("figures", "per_category.png"),
-            caption="../report/per_category.rst",
-            category="Figures",
+            "Per-category accuracy",
+            "../report/per_category.rst",
+            "Figures",
         ),
-        qualitative=report(
+        qualitative=report_page(
             res("figures", "qualitative.png"),
-            caption="../report/qualitative.rst",
-            category="Figures",
+            "Qualitative results",
+            "../report/qualitative.rst",
+            "Figures",
         ),
-        loss_curves=report(
+        loss_curves=report_page(
             res("figures", "loss_curves.png"),
-            caption="../report/loss_curves.rst",
-            category="Figures",
+            "Training curves",
+            "../report/loss_curves.rst",
+            "Figures",
         ),
     log:
         res("logs", "report_figures.log"),
@@ -157,35 +162,54 @@ rule tables:
         mask_quality=get_mask_quality_table(),
         figures=rules.report_figures.output,
     output:
-        table1=report(
-            res("tables", "table1.csv"),
-            caption="../report/table1.rst",
-            category="Tables",
+        **get_mask_quality_page(),
+        table1=res("tables", "table1.csv"),
+        table2=res("tables", "table2.csv"),
+        table3=res("tables", "table3.csv"),
+        table4=res("tables", "table4.csv"),
+        table5=res("tables", "table5.csv"),
+        claims=res("tables", "claims.csv"),
+        table1_page=report_page(
+            res("tables", "table1.html"),
+            "Table 1",
+            "../report/table1.rst",
+            "Tables",
         ),
-        table2=report(
-            res("tables", "table2.csv"),
-            caption="../report/table2.rst",
-            category="Tables",
+        table2_page=report_page(
+            res("tables", "table2.html"),
+            "Table 2",
+            "../report/table2.rst",
+            "Tables",
         ),
-        table3=report(
-            res("tables", "table3.csv"),
-            caption="../report/table3.rst",
-            category="Tables",
+        table3_page=report_page(
+            res("tables", "table3.html"),
+            "Table 3",
+            "../report/table3.rst",
+            "Tables",
         ),
-        table4=report(
-            res("tables", "table4.csv"),
-            caption="../report/table4.rst",
-            category="Tables",
+        table4_page=report_page(
+            res("tables", "table4.html"),
+            "Table 4",
+            "../report/table4.rst",
+            "Tables",
         ),
-        table5=report(
-            res("tables", "table5.csv"),
-            caption="../report/table5.rst",
-            category="Tables",
+        table5_page=report_page(
+            res("tables", "table5.html"),
+            "Table 5",
+            "../report/table5.rst",
+            "Tables",
         ),
-        claims=report(
-            res("tables", "claims.csv"),
-            caption="../report/claims.rst",
-            category="Tables",
+        claims_page=report_page(
+            res("tables", "claims.html"),
+            "Claims",
+            "../report/claims.rst",
+            "Tables",
+        ),
+        timing_page=report_page(
+            res("tables", "timing.html"),
+            "Timing",
+            "../report/timing.rst",
+            "Timing",
         ),
         provenance=res("tables", "provenance.json"),
         done=res("tables", "done"),

@@ -22,25 +22,33 @@ rule aggregate:
         claims=get_seed_outputs("tables", "claims"),
         evaluations=get_aggregate_evaluations(),
     output:
-        table1=report(
-            res("aggregate", "table1.csv"),
-            caption="../report/aggregate.rst",
-            category="Seeds",
+        table1=res("aggregate", "table1.csv"),
+        table2=res("aggregate", "table2.csv"),
+        table3=res("aggregate", "table3.csv"),
+        claims=res("aggregate", "claims.csv"),
+        table1_page=report_page(
+            res("aggregate", "table1.html"),
+            "Table 1 over seeds",
+            "../report/aggregate.rst",
+            "Seeds",
         ),
-        table2=report(
-            res("aggregate", "table2.csv"),
-            caption="../report/aggregate.rst",
-            category="Seeds",
+        table2_page=report_page(
+            res("aggregate", "table2.html"),
+            "Table 2 over seeds",
+            "../report/aggregate.rst",
+            "Seeds",
         ),
-        table3=report(
-            res("aggregate", "table3.csv"),
-            caption="../report/aggregate.rst",
-            category="Seeds",
+        table3_page=report_page(
+            res("aggregate", "table3.html"),
+            "Table 3 over seeds",
+            "../report/aggregate.rst",
+            "Seeds",
         ),
-        claims=report(
-            res("aggregate", "claims.csv"),
-            caption="../report/aggregate.rst",
-            category="Seeds",
+        claims_page=report_page(
+            res("aggregate", "claims.html"),
+            "Claims over seeds",
+            "../report/aggregate.rst",
+            "Seeds",
         ),
         done=res("aggregate", "done"),
     log:

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from a2dpipe.segmentation.predictions import PredictionWriter
-from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, result_settings,
-                                         same_size_batches, to_device)
+from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, network_threads,
+                                         result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.checkpoint import load_model_file
 from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
@@ -86,7 +86,7 @@ def mask_vote(to_pixel: RegionToPixel, outputs: dict[str, torch.Tensor],
 def run(args) -> None:
     config = read_settings(args)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(network_threads(args.threads, config))
     v = check_variant(Variant(args.kind, args.input, args.train_source, args.test_source))
     if v.input == "rgbflow" and not args.flow:
         raise A2DError(f"variant {variant_name(v)} needs --flow stores")

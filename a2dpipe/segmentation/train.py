@@ -38,7 +38,7 @@ import torch
 
 from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, write_curve
 from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, loader_options, make_loader,
-                                         result_settings, same_size_batches, to_device)
+                                         network_threads, result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              section_defaults, stamp)
@@ -66,13 +66,14 @@ def configure_parser(parser) -> None:
     parser.add_argument("--masks", nargs="*", default=[], help="stage 2: region-mask caches of the same shards")
     parser.add_argument("--stage1", help="stage 2: the stage-1 checkpoint")
     parser.add_argument("--out", required=True, help="model checkpoint to write")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPUs of the job: loader workers + torch in this process (0: torch's default)")
 
 
 def run(args) -> None:
     config = read_settings(args)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(network_threads(args.threads, config))
     if args.input == "rgbflow" and not args.flow:
         raise A2DError("--input rgbflow needs --flow stores")
     if args.stage == 2 and not args.stage1:

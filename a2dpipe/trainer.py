@@ -73,13 +73,16 @@ class Trainer:
         iterations: total optimiser steps of the run.
         start, history: where a resumed run continues (step done, curve rows so far).
         hint: what to tell the user when the loss stops being finite (e.g. the config key of the learning rate).
-        amp_device: device type to run ``step_fn`` under bfloat16 autocast on; None: no autocast.
+        amp_device: device type to run ``step_fn`` under autocast on; None: no autocast.
+        amp_dtype: the autocast precision (:func:`a2dpipe.accelerator.autocast_dtype`); float16 scales the loss
+            with a ``GradScaler`` (float16's range would flush small gradients to zero).
         hooks: :class:`HookBase` instances, called in order.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer, scheduler, step_fn: Callable[[int], dict], *,
                  iterations: int, start: int = 0, history: list | None = None, hint: str = "",
-                 amp_device: str | None = None, hooks: Sequence[HookBase] = ()):
+                 amp_device: str | None = None, amp_dtype: torch.dtype = torch.bfloat16,
+                 hooks: Sequence[HookBase] = ()):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.step_fn = step_fn
         self.iterations = iterations
@@ -87,7 +90,9 @@ class Trainer:
         self.start = start
         self.history = list(history or [])
         self.hint = hint
-        self.amp_device = amp_device
+        self.amp_device, self.amp_dtype = amp_device, amp_dtype
+        scaled = amp_device is not None and amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(amp_device or "cpu", enabled=scaled)  # disabled: a pass-through
         self.hooks = list(hooks)
         for hook in self.hooks:
             hook.trainer = self
@@ -111,7 +116,7 @@ class Trainer:
 
     def run_step(self) -> dict:
         """One optimiser step; returns its curve row."""
-        with torch.autocast(self.amp_device or "cpu", dtype=torch.bfloat16, enabled=self.amp_device is not None):
+        with torch.autocast(self.amp_device or "cpu", dtype=self.amp_dtype, enabled=self.amp_device is not None):
             losses = self.step_fn(self.step)
         total = functools.reduce(operator.add, losses.values())
         values = {k: v.item() for k, v in losses.items()}
@@ -119,10 +124,13 @@ class Trainer:
             named = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
             raise A2DError(f"the loss is not finite at step {self.step + 1} ({named}){self.hint}")
         self.optimizer.zero_grad(set_to_none=True)
-        if total.requires_grad:  # a stage-2 batch without regions has nothing to learn from
-            total.backward()
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        if total.requires_grad:  # a stage-2 batch without regions has nothing to learn from
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)  # skipped when a scaled gradient overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         return {"step": self.step + 1, "loss": total.item(), "lr": lr, **values}
 

@@ -66,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from a2dpipe.accelerator import autocast_dtype
 from a2dpipe.config import load_config
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.io import A2DError, atomic_path, describe_device, select_device
@@ -199,15 +200,17 @@ def step_rows(name: str, trainer: Trainer, times: list[float], batch: int, note:
             row(f"{name} per frame", 1000 * step / batch, "ms", finite)]
 
 
-def _trainer(model, stage: int, config: dict, step_fn, amp_device: str | None) -> Trainer:
-    """The training loop of ``a2dpipe train --stage S``: its parameter groups, optimiser and poly schedule."""
+def _trainer(model, stage: int, config: dict, step_fn, device, amp: torch.dtype | None) -> Trainer:
+    """The training loop of ``a2dpipe train --stage S``: its parameter groups, optimiser, poly schedule, autocast
+    and (float16) loss scaling."""
     opts = segmentation_config(config)[f"stage{stage}"]
     optimizer = _optimizer(_param_groups(model, stage, opts), opts)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
-    return Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"], amp_device=amp_device)
+    return Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"],
+                   amp_device=device.type if amp else None, amp_dtype=amp or torch.bfloat16)
 
 
-def stage1_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
+def stage1_rows(model, config: dict, device, amp: torch.dtype | None, args) -> list[dict]:
     seg = segmentation_config(config)
     batch_size, crop = seg["stage1"]["batch_size"], tuple(seg["crop"])
     batch = random_batch(batch_size, crop, device)
@@ -218,7 +221,7 @@ def stage1_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
                                  batch["action"])
 
     reset_peak_memory(model, device)
-    trainer = _trainer(model, 1, config, step_fn, device.type if amp else None)
+    trainer = _trainer(model, 1, config, step_fn, device, amp)
     times = timed_steps(trainer, device, args.warmup, args.steps)
     note = f"batch {batch_size}, crop {crop[0]}x{crop[1]}, {seg['backbone']} two-stream"
     return step_rows("stage 1", trainer, times, batch_size, note, args) + peak_memory_rows("stage 1", device)
@@ -240,7 +243,7 @@ def roi_align_dtypes():
         model_backends.roi_align = original
 
 
-def stage2_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
+def stage2_rows(model, config: dict, device, amp: torch.dtype | None, args) -> list[dict]:
     seg = segmentation_config(config)
     batch_size, size = seg["stage2"]["batch_size"], tuple(args.frame)
     batch = random_batch(batch_size, size, device, regions=args.regions)
@@ -252,7 +255,7 @@ def stage2_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
         return segmentation_loss(outputs, batch["actor"], batch["action"])
 
     reset_peak_memory(model, device)
-    trainer = _trainer(model, 2, config, step_fn, device.type if amp else None)
+    trainer = _trainer(model, 2, config, step_fn, device, amp)
     model.train()
     model.front_end.eval()  # frozen parts keep their batch-norm statistics, as in training
     model.baseline.eval()
@@ -267,7 +270,7 @@ def stage2_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
     return rows + peak_memory_rows("stage 2", device)
 
 
-def inference_rows(model, device, amp: bool, args) -> list[dict]:
+def inference_rows(model, device, amp: torch.dtype | None, args) -> list[dict]:
     size = tuple(args.frame)
     batch = random_batch(1, size, device, regions=args.regions)
     model.eval()
@@ -399,9 +402,13 @@ def _on_alarm(signum, frame):
     raise OutOfBudget("budget spent")
 
 
-def uses_autocast(config: dict, device: torch.device, tiny: bool) -> bool:
-    """bfloat16 autocast where training would use it (``amp`` on CUDA), and on the CPU with ``--tiny``."""
-    return bool(config["segmentation"]["amp"]) and (device.type == "cuda" or tiny)
+def uses_autocast(config: dict, device: torch.device, tiny: bool) -> torch.dtype | None:
+    """The autocast precision training would use (``amp`` on CUDA: bf16 or fp16 by the GPU's compute capability,
+    :func:`a2dpipe.accelerator.autocast_dtype`), and bfloat16 on the CPU with ``--tiny``; None: float32."""
+    amp = bool(config["segmentation"]["amp"])
+    if device.type == "cpu" and tiny and amp:
+        return torch.bfloat16
+    return autocast_dtype(device, amp)
 
 
 def run_checks(args, config: dict, device: torch.device, started: float, rows: list[dict]) -> None:
@@ -490,7 +497,8 @@ def main(argv=None) -> list[dict]:
         signal.signal(signal.SIGALRM, previous)
     elapsed = time.perf_counter() - started
     rows.append(row("elapsed", elapsed, "s", elapsed <= args.budget + 1, f"budget {args.budget:g} s"))
-    autocast = "bfloat16" if uses_autocast(config, device, args.tiny) else "off"
+    dtype = uses_autocast(config, device, args.tiny)
+    autocast = str(dtype).removeprefix("torch.") if dtype is not None else "off"
     print(f"{describe_device(device)}, torch {torch.__version__}, config {args.config}"
           f"{' (tiny)' if args.tiny else ''}, autocast {autocast}, learning rates x {args.lr_scale:g}")
     print(markdown(rows))

@@ -110,5 +110,6 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 
 
 def autocast(device_type: str, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on ``device_type``; disabled (float32) when ``dtype`` is None."""
-    return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    """``torch.autocast`` to ``dtype`` on ``device_type``; disabled (float32) when ``dtype`` is None (or False)."""
+    enabled = isinstance(dtype, torch.dtype)
+    return torch.autocast(device_type, dtype=dtype if enabled else torch.bfloat16, enabled=enabled)

@@ -324,9 +324,10 @@ def get_stage2_masks(wildcards):
 
 def get_estimate_settings():
     """`estimate` reads the networks' architecture and work: sizes, batches, iterations, regions, experiments, the
-    mask model (FCIS's keys only for FCIS) and the flow network (RAFT's variant only for RAFT).
+    mask model (FCIS's keys only for FCIS) and the flow network (RAFT's variant only for RAFT); for the CPU side
+    the loader workers and the flow encoding.
     """
-    seg = ["backbone", "width", "aspp_rates", "crop", "amp"]
+    seg = ["backbone", "width", "aspp_rates", "crop", "amp", "loader_workers"]
     stage1 = ["batch_size", "iterations"]
     stage2 = [*stage1, "roi_size", "fc_dim", "pool", "roi_channels", "cache_features"]
     masks = ["model", "backbone", "min_size", "max_size", "batch_size", "max_regions"]
@@ -343,6 +344,7 @@ def get_estimate_settings():
         "experiments.regions",
         "flow.method",
         *(["flow.raft_variant"] if config["flow"]["method"] == "raft" else []),
+        *get_flow_encoding_keys(),
     )
 
 

@@ -1,0 +1,156 @@
+"""CPU-side cost per unit of work, measured on this machine with the package's own readers and writers.
+
+The GPU does the networks; the CPU reads frames, crops and mirrors them, encodes flow images and writes and reads
+region-mask caches. :func:`measure_cpu_costs` times those steps, in CPU milliseconds of one thread, on synthetic
+arrays of the configuration's shapes: A2D-sized frames, the training crop, ``masks.max_regions`` soft masks per
+frame, the flow encoding. It writes a few frames through the pipeline's writers into a temporary folder
+(``FrameWriter`` with extract-frames' filters, ``FlowWriter``, ``MaskCacheWriter``) and reads them back through
+``StoreSamples`` and ``load_view``, the training and prediction loader's path, so that a change to any of them
+(a faster cache format, another compression) shows here without a change to this module.
+
+Per unit (milliseconds of CPU):
+
+* ``sample_crop[input]``: one training sample: a crop window of the frame (and its flow image for ``rgbflow``),
+  half of them mirrored;
+* ``sample_crop_regions[input]``: the same with the frame's region masks read from the cache and cropped (stage 2);
+* ``sample_frame[input]``, ``sample_frame_regions[input]``: one whole frame, as prediction reads it;
+* ``mask_write``: one frame's ``max_regions`` soft masks written to a region-mask cache;
+* ``flow_write``: one frame's flow image encoded, its mirror image encoded, both stored (what a flow job adds per
+  frame to the network's work).
+
+Region masks are blobs inside their boxes, zero outside (as a mask model's are), images smooth noise: compressors
+see data of the kind they get in a run, not white noise.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["measure_cpu_costs"]
+
+FRAMES = 4  # frames written and read back: enough for stable medians, a few seconds in all
+
+
+def _smooth(rng: np.random.Generator, shape: tuple[int, int, int], scale: int = 16) -> np.ndarray:
+    """A smooth random field in [0, 1) of ``shape`` (H, W, C): coarse noise, bilinearly enlarged."""
+    import cv2
+
+    h, w, c = shape
+    coarse = rng.random((h // scale + 2, w // scale + 2, c)).astype(np.float32)
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR).reshape(shape)
+
+
+def _regions(rng: np.random.Generator, size: tuple[int, int], count: int):
+    """``count`` soft masks: a blob inside a random box covering 5-50 % of each side, zero outside."""
+    from a2dpipe.masks.cache import Regions
+
+    h, w = size
+    boxes = np.zeros((count, 4), np.float32)
+    masks = np.zeros((count, h, w), np.float32)
+    for k in range(count):
+        bh, bw = int(rng.uniform(0.05, 0.5) * h), int(rng.uniform(0.05, 0.5) * w)
+        y, x = int(rng.integers(0, h - bh)), int(rng.integers(0, w - bw))
+        rows = ((np.arange(bh) + 0.5) / bh - 0.5)[:, None]
+        cols = ((np.arange(bw) + 0.5) / bw - 0.5)[None, :]
+        masks[k, y:y + bh, x:x + bw] = np.exp(-8 * (rows ** 2 + cols ** 2))
+        boxes[k] = (x, y, x + bw - 1, y + bh - 1)
+    return Regions(boxes, rng.random(count), rng.integers(1, 8, count), masks)
+
+
+def _write_frame(frames, rng, video: str, size: tuple[int, int]) -> None:
+    """One annotated frame in extract-frames' layout: image, neighbour, labels, two actor instances."""
+    from a2dpipe.stores import pixel_chunks
+
+    h, w = size
+    filters = {"compression": "lzf", "fletcher32": True}  # extract-frames' default (config frames.compression)
+    rgb = (_smooth(rng, (h, w, 3)) * 255).astype(np.uint8)
+    label = np.zeros((h, w), np.uint8)
+    instances = np.zeros((2, h, w), np.uint8)
+    for k, pair in enumerate((11, 34)):
+        y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+        instances[k, y:y + h // 3, x:x + w // 4] = 1
+        label[instances[k] > 0] = pair
+    group = frames.create_group(video, 1)
+    group.attrs.update({"split": "train", "neighbour_frame": 2, "direction": "next"})
+    for name, data in (("rgb", rgb), ("neighbour", rgb[:, ::-1]), ("label", label)):
+        group.create_dataset(name, data=data, chunks=pixel_chunks(data.shape), **filters)
+    boxes = np.float32([[0, 0, w // 4, h // 3]] * 2)
+    for name, data in (("instance_masks", instances), ("instance_boxes", boxes), ("instance_ids", np.uint8([11, 34]))):
+        group.create_dataset(name, data=data, **filters)
+
+
+def _cpu_ms(fn, items) -> float:
+    """Median CPU milliseconds (this process, every thread) of ``fn(item)`` over ``items``."""
+    times = []
+    for item in items:
+        start = time.process_time()
+        fn(item)
+        times.append(1000 * (time.process_time() - start))
+    return float(np.median(times))
+
+
+def measure_cpu_costs(*, frame_size: tuple[int, int], crop: tuple[int, int], regions: int, encoding: str,
+                      wheel_max: float | None = None, seed: int = 0) -> dict:
+    """CPU milliseconds per unit of work (module docstring) at these shapes; one thread of this machine, as a
+    loader worker runs (torch's DataLoader workers run torch on one thread)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _measure(frame_size, crop, regions, encoding, wheel_max, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
+    from a2dpipe.dataset.frames import FrameWriter
+    from a2dpipe.flow import FlowWriter
+    from a2dpipe.flow.encode import flow_to_rgb
+    from a2dpipe.masks.cache import MaskCacheWriter
+    from a2dpipe.segmentation.samples import StoreSamples, View, load_view, plan_view
+
+    rng = np.random.default_rng(seed)
+    videos = [f"v{k:03d}" for k in range(FRAMES)]
+    fields = [(_smooth(rng, (*frame_size, 2), 32) - 0.5) * 12 for _ in videos]
+    masks = [_regions(rng, frame_size, regions) for _ in videos]
+    costs: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = {kind: folder / kind / "shard-000.h5" for kind in ("frames", "flow", "masks")}
+        for path in paths.values():
+            path.parent.mkdir()
+        with FrameWriter(paths["frames"]) as frames:
+            for video in videos:
+                _write_frame(frames, rng, video, frame_size)
+        flow_to_rgb(fields[0], encoding, wheel_max)  # warm-up: the wheel's first call imports torchvision
+        with FlowWriter(paths["flow"], method="estimate", encoding=encoding, wheel_max=wheel_max) as flows:
+            flows.seconds_per_frame = 0.0
+            costs["flow_write"] = _cpu_ms(
+                lambda k: flows.write(videos[k], 1, fields[k], flow_to_rgb(fields[k], encoding, wheel_max)),
+                range(FRAMES))
+        with MaskCacheWriter(paths["masks"], source="dataset") as cache:
+            cache.seconds_per_frame = 0.0
+            costs["mask_write"] = _cpu_ms(lambda k: cache.write(videos[k], 1, masks[k]), range(FRAMES))
+
+        views = [View(k) for k in range(FRAMES)]
+        for name in ("sample_crop", "sample_crop_regions", "sample_frame", "sample_frame_regions"):
+            costs[name] = {}
+        for input in ("rgb", "rgbflow"):
+            flow = [paths["flow"]] if input == "rgbflow" else None
+            for with_regions in (False, True):
+                samples = StoreSamples([paths["frames"]], split="train", flow=flow, flow_encoding=encoding,
+                                       wheel_max=wheel_max, masks=[paths["masks"]] if with_regions else None,
+                                       gt_regions=with_regions)
+                load_view(samples, View(0, flow=flow is not None))  # opens the files: not per sample
+                suffix = "_regions" if with_regions else ""
+                crops = [plan_view(v.index, samples.size(v.index), crop, rng) for v in views]
+                costs[f"sample_crop{suffix}"][input] = _cpu_ms(lambda v: load_view(samples, v), crops)
+                whole = [View(v.index, flow=flow is not None) for v in views]
+                costs[f"sample_frame{suffix}"][input] = _cpu_ms(lambda v: load_view(samples, v), whole)
+                samples.close()
+    return costs

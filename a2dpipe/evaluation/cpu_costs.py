@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["measure_cpu_costs"]
+__all__ = ["measure_cpu_costs", "synthetic_regions", "write_synthetic_frames"]
 
 FRAMES = 4  # frames written and read back: enough for stable medians, a few seconds in all
 
@@ -44,7 +44,7 @@ def _smooth(rng: np.random.Generator, shape: tuple[int, int, int], scale: int = 
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR).reshape(shape)
 
 
-def _regions(rng: np.random.Generator, size: tuple[int, int], count: int):
+def synthetic_regions(rng: np.random.Generator, size: tuple[int, int], count: int):
     """``count`` soft masks: a blob inside a random box covering 5-50 % of each side, zero outside."""
     from a2dpipe.masks.cache import Regions
 
@@ -59,6 +59,16 @@ def _regions(rng: np.random.Generator, size: tuple[int, int], count: int):
         masks[k, y:y + bh, x:x + bw] = np.exp(-8 * (rows ** 2 + cols ** 2))
         boxes[k] = (x, y, x + bw - 1, y + bh - 1)
     return Regions(boxes, rng.random(count), rng.integers(1, 8, count), masks)
+
+
+def write_synthetic_frames(path: Path, videos: list[str], size: tuple[int, int], rng: np.random.Generator) -> Path:
+    """A frames store at ``path`` holding one annotated train frame per video (extract-frames' layout)."""
+    from a2dpipe.dataset.frames import FrameWriter
+
+    with FrameWriter(path) as frames:
+        for video in videos:
+            _write_frame(frames, rng, video, size)
+    return path
 
 
 def _write_frame(frames, rng, video: str, size: tuple[int, int]) -> None:
@@ -108,7 +118,6 @@ def measure_cpu_costs(*, frame_size: tuple[int, int], crop: tuple[int, int], reg
 
 
 def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
-    from a2dpipe.dataset.frames import FrameWriter
     from a2dpipe.flow import FlowWriter
     from a2dpipe.flow.encode import flow_to_rgb
     from a2dpipe.masks.cache import MaskCacheWriter
@@ -117,16 +126,14 @@ def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
     rng = np.random.default_rng(seed)
     videos = [f"v{k:03d}" for k in range(FRAMES)]
     fields = [(_smooth(rng, (*frame_size, 2), 32) - 0.5) * 12 for _ in videos]
-    masks = [_regions(rng, frame_size, regions) for _ in videos]
+    masks = [synthetic_regions(rng, frame_size, regions) for _ in videos]
     costs: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = {kind: folder / kind / "shard-000.h5" for kind in ("frames", "flow", "masks")}
         for path in paths.values():
             path.parent.mkdir()
-        with FrameWriter(paths["frames"]) as frames:
-            for video in videos:
-                _write_frame(frames, rng, video, frame_size)
+        write_synthetic_frames(paths["frames"], videos, frame_size, rng)
         flow_to_rgb(fields[0], encoding, wheel_max)  # warm-up: the wheel's first call imports torchvision
         with FlowWriter(paths["flow"], method="estimate", encoding=encoding, wheel_max=wheel_max) as flows:
             flows.seconds_per_frame = 0.0

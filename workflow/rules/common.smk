@@ -267,7 +267,8 @@ def get_mask_gpus(wildcards):
 
 def get_job_resources(size, gpu=0):
     """Resources of a rule's jobs: `gpu` (an int or a function of the wildcards), the partition that follows from
-    it, and the runtime (minutes) and host memory of `size`, a key of config cluster.sizes."""
+    it, and the runtime (minutes) and host memory of `size`, a key of config cluster.sizes.
+    """
     cluster = config["cluster"]
     gpus = gpu if callable(gpu) else (lambda wildcards: gpu)
 

@@ -77,8 +77,8 @@ def _value(text: str):
 
 
 def _jobs(dry_run: str) -> list[tuple[str, dict, int, dict]]:
-    """(rule, wildcards, threads, resources) of every job with a command that a dry run's output lists (a rule without one,
-    such as `all`, is no job for the cluster)."""
+    """(rule, wildcards, threads, resources) of every job with a command that a dry run's output lists (a rule
+    without one, such as `all`, is no job for the cluster)."""
     blocks = re.split(r"^(?:local)?rule (\w+):$", dry_run, flags=re.M)[1:]
     jobs = []
     for rule, body in zip(blocks[::2], blocks[1::2]):

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["measure_cpu_costs", "synthetic_regions", "write_synthetic_frames"]
+__all__ = ["measure_cpu_costs", "measure_config_cpu_costs", "synthetic_regions", "write_synthetic_frames",
+           "cpu_ms_per_unit", "cpu_processes", "wall_ms", "cpu_caption"]
 
 FRAMES = 4  # frames written and read back: enough for stable medians, a few seconds in all
 
@@ -161,3 +162,50 @@ def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
                 costs[f"sample_frame{suffix}"][input] = _cpu_ms(lambda v: load_view(samples, v), whole)
                 samples.close()
     return costs
+
+
+def measure_config_cpu_costs(config: dict, frame_size: tuple[int, int]) -> dict:
+    """:func:`measure_cpu_costs` at the configuration's shapes: frames of ``frame_size``, the training crop,
+    ``masks.max_regions`` regions, the flow encoding."""
+    from a2dpipe.config import section_defaults
+
+    seg = section_defaults("segmentation", config["segmentation"])
+    flow = section_defaults("flow", config.get("flow"))
+    wheel_max = flow["wheel_max"] if flow["encoding"] == "wheel" else None
+    return measure_cpu_costs(frame_size=frame_size, crop=tuple(seg["crop"]),
+                             regions=int(config["masks"]["max_regions"]), encoding=flow["encoding"],
+                             wheel_max=wheel_max)
+
+
+def cpu_ms_per_unit(unit: dict, costs: dict) -> float:
+    """CPU milliseconds of one unit of a stage (one thread) from measured ``costs`` (:func:`measure_cpu_costs`);
+    ``unit`` a row of :func:`a2dpipe.evaluation.estimate.work_units`."""
+    return sum(count * (costs[kind][inp] if inp else costs[kind]) for kind, inp, count in unit["cpu"])
+
+
+def cpu_processes(unit: dict, workers: int) -> int:
+    """Processes that do a stage's CPU work: the loader's ``workers`` (0: the job's own process), else one."""
+    return max(workers, 1) if unit["fed_by"] == "loader" else 1
+
+
+def wall_ms(unit: dict, gpu_ms: float, cpu_ms: float, workers: int) -> tuple[float, str]:
+    """Milliseconds of one unit with the CPU side, and the stage's bound (``GPU`` or ``CPU``). Loader workers
+    prepare the next units while the GPU runs: the slower of the two sets the pace. Without workers (and in the
+    stages whose one process reads and writes between the GPU's passes) the two add up."""
+    cpu_share = cpu_ms / cpu_processes(unit, workers)
+    bound = "CPU" if cpu_share > gpu_ms else "GPU"
+    overlapped = unit["fed_by"] == "loader" and workers > 0
+    return (max(gpu_ms, cpu_share) if overlapped else gpu_ms + cpu_share), bound
+
+
+def cpu_caption(table, devices: list[str], workers: int) -> str:
+    """The estimate caption's paragraph on the CPU side, with each device's hours in all with and without it."""
+    totals = ", ".join(f"{key} {table[f'{key} wall hours'].sum():.1f} h "
+                       f"(FLOPs alone {table[f'{key} hours'].sum():.1f} h)" for key in devices)
+    return ("cpu ms_per_unit: the CPU side of a unit, measured on this machine on one thread with the package's "
+            "readers and writers on synthetic A2D-sized arrays (a2dpipe/evaluation/cpu_costs.py): reading and "
+            "cropping samples, region-mask cache writes and reads, flow image encoding. cpu processes: the "
+            f"loader's {workers} worker(s) (segmentation.loader_workers) where they feed the stage, else the job's "
+            "one process. wall hours: the GPU's and the CPU's time per unit overlapped where loader workers run "
+            "beside the GPU, added where one process does both; bound: the side that sets the pace. Stages in all, "
+            f"with the CPU side: {totals}.")

@@ -30,10 +30,10 @@ flow image encoding) is measured on this machine, one thread, with the package's
 synthetic arrays of the configuration's shapes (:mod:`a2dpipe.evaluation.cpu_costs`), and set against the
 processes that do it: ``segmentation.loader_workers`` for the stages the frame loader feeds (training, prediction),
 whose workers run beside the GPU, else the job's one process, whose reads and writes add to the GPU's time. Per
-device, ``wall hours`` counts both and ``bound`` names the side that sets the pace (:func:`wall_ms`). The CPU is
-this machine's: a cluster node's cores may be faster or slower. ``--no-calibrate`` leaves every measured column
-out, and the table is then a pure function of the settings. What FLOPs miss (memory-bound layers, RoI ops,
-region-to-pixel kernels) still makes the GPU side a lower bound.
+device, ``wall hours`` counts both and ``bound`` names the side that sets the pace (:func:`.cpu_costs.wall_ms`).
+The CPU is this machine's: a cluster node's cores may be faster or slower. ``--no-calibrate`` leaves every
+measured column out, and the table is then a pure function of the settings. What FLOPs miss (memory-bound layers,
+RoI ops, region-to-pixel kernels) still makes the GPU side a lower bound.
 
 Writes the CSV and a Markdown copy beside it (same name, ``.md``) whose caption states the assumptions.
 """
@@ -50,6 +50,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from a2dpipe.config import add_config_arguments, read_settings, section_defaults
+from a2dpipe.evaluation.cpu_costs import (cpu_caption, cpu_ms_per_unit, cpu_processes, measure_config_cpu_costs,
+                                         wall_ms)
 from a2dpipe.evaluation.paper_results import TIMING_DEVICE, TIMING_MS
 from a2dpipe.evaluation.timing import describe_device
 from a2dpipe.io import atomic_path
@@ -64,9 +66,6 @@ __all__ = [
     "work_units",
     "estimate_table",
     "measure_cpu_flops",
-    "measure_config_cpu_costs",
-    "cpu_ms_per_unit",
-    "wall_ms",
     "configure_parser",
     "run",
 ]
@@ -304,31 +303,11 @@ def _paper_ms(stage: str) -> float | None:
     }.get(stage)
 
 
-def cpu_ms_per_unit(unit: dict, costs: dict) -> float:
-    """CPU milliseconds of one unit of a stage (one thread) from measured ``costs`` (:func:`measure_cpu_costs`)."""
-    return sum(count * (costs[kind][inp] if inp else costs[kind]) for kind, inp, count in unit["cpu"])
-
-
-def cpu_processes(unit: dict, workers: int) -> int:
-    """Processes that do a stage's CPU work: the loader's ``workers`` (0: the job's own process), else one."""
-    return max(workers, 1) if unit["fed_by"] == "loader" else 1
-
-
-def wall_ms(unit: dict, gpu_ms: float, cpu_ms: float, workers: int) -> tuple[float, str]:
-    """Milliseconds of one unit with the CPU side, and the stage's bound (``GPU`` or ``CPU``). Loader workers
-    prepare the next units while the GPU runs: the slower of the two sets the pace. Without workers (and in the
-    stages whose one process reads and writes between the GPU's passes) the two add up."""
-    cpu_share = cpu_ms / cpu_processes(unit, workers)
-    bound = "CPU" if cpu_share > gpu_ms else "GPU"
-    overlapped = unit["fed_by"] == "loader" and workers > 0
-    return (max(gpu_ms, cpu_share) if overlapped else gpu_ms + cpu_share), bound
-
-
 def estimate_table(units: list[dict], amp: bool, cpu_flops_per_s: float | None = None,
                    cpu_costs: dict | None = None, workers: int = 0) -> pd.DataFrame:
     """Per stage: GFLOP per unit, then per device ms per unit and hours in all; the paper's K80 ms per frame.
     With measured ``cpu_costs``: the CPU milliseconds per unit, the processes doing them (``workers`` of the
-    loader), and per device the hours with the CPU side and the stage's bound (:func:`wall_ms`)."""
+    loader), and per device the hours with the CPU side and the stage's bound (:func:`.cpu_costs.wall_ms`)."""
     rows = []
     for u in units:
         row = {"stage": u["stage"], "unit": u["unit"], "units": u["units"], "gflop_per_unit": u["flops"] / 1e9}
@@ -375,19 +354,6 @@ def measure_cpu_flops(repeats: int = 3) -> float:
     return flops / best
 
 
-def measure_config_cpu_costs(config: dict) -> dict:
-    """CPU costs per unit (:func:`a2dpipe.evaluation.cpu_costs.measure_cpu_costs`) at the configuration's shapes:
-    A2D's frame size, the training crop, ``masks.max_regions`` regions, the flow encoding."""
-    from a2dpipe.evaluation.cpu_costs import measure_cpu_costs
-
-    seg = section_defaults("segmentation", config["segmentation"])
-    flow = section_defaults("flow", config.get("flow"))
-    wheel_max = flow["wheel_max"] if flow["encoding"] == "wheel" else None
-    return measure_cpu_costs(frame_size=A2D_FRAME_SIZE, crop=tuple(seg["crop"]),
-                             regions=int(config["masks"]["max_regions"]), encoding=flow["encoding"],
-                             wheel_max=wheel_max)
-
-
 def _caption(amp: bool, cpu_flops_per_s: float | None, table: pd.DataFrame | None = None,
              workers: int = 0) -> str:
     lines = [
@@ -404,16 +370,7 @@ def _caption(amp: bool, cpu_flops_per_s: float | None, table: pd.DataFrame | Non
         lines.append(f"this CPU: {describe_device(cpu_only=True)}, measured {cpu_flops_per_s / 1e9:.1f} GFLOP/s "
                      f"(timed forward + backward of a tiny segmenter, {torch.get_num_threads()} thread(s)).")
     if table is not None and "cpu ms_per_unit" in table:
-        totals = ", ".join(f"{key} {table[f'{key} wall hours'].sum():.1f} h "
-                           f"(FLOPs alone {table[f'{key} hours'].sum():.1f} h)" for key in DEVICES)
-        lines.append(
-            "cpu ms_per_unit: the CPU side of a unit, measured on this machine on one thread with the package's "
-            "readers and writers on synthetic A2D-sized arrays (a2dpipe/evaluation/cpu_costs.py): reading and "
-            "cropping samples, region-mask cache writes and reads, flow image encoding. cpu processes: the loader's "
-            f"{workers} worker(s) (segmentation.loader_workers) where they feed the stage, else the job's one "
-            "process. wall hours: the GPU's and the CPU's time per unit overlapped where loader workers run beside "
-            "the GPU, added where one process does both; bound: the side that sets the pace. Stages in all, with "
-            f"the CPU side: {totals}.")
+        lines.append(cpu_caption(table, list(DEVICES), workers))
     lines.append(f"paper K80: the paper's measured ms per frame ({TIMING_DEVICE}).")
     return "\n\n".join(lines)
 
@@ -433,7 +390,7 @@ def run(args) -> None:
     seg = section_defaults("segmentation", config["segmentation"])
     amp, workers = bool(seg["amp"]), int(seg["loader_workers"])
     cpu = None if args.no_calibrate else measure_cpu_flops()
-    costs = None if args.no_calibrate else measure_config_cpu_costs(config)
+    costs = None if args.no_calibrate else measure_config_cpu_costs(config, A2D_FRAME_SIZE)
     table = estimate_table(work_units(config), amp, cpu, costs, workers)
     out = Path(args.out)
     with atomic_path(out.with_suffix(".md")) as tmp:

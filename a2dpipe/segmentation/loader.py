@@ -29,7 +29,8 @@ from a2dpipe.labels import to_setting
 from a2dpipe.segmentation.samples import Samples, View
 
 __all__ = ["StepBatches", "StepStream", "collate", "collate_each", "to_device", "make_loader", "loader_options",
-           "same_size_batches", "inference_batch_size", "network_threads", "LOADER_KEYS", "result_settings", "MEAN", "STD"]
+           "same_size_batches", "inference_batch_size", "network_threads", "LOADER_KEYS", "result_settings", "MEAN",
+           "STD"]
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255

@@ -95,9 +95,9 @@ def test_slurm_profile_matches_local_run(slurm, tmp_path, tiny_config, tiny_run,
     run_id = re.search(r"SLURM run ID: (\S+)", proc.stdout).group(1)
     jobs = _submitted_jobs(run_id)
     assert jobs and all(job["State"] == "COMPLETED" for job in jobs), jobs
-    for job in jobs:  # GPU jobs went to the gpu partition; the cpu partition got only jobs without a GPU
+    for job in jobs:  # GPU jobs went to the gpu partition, jobs without a GPU to the cpu partition
         wants_gpu = job["tres-per-job"] not in ("", "N/A")
-        assert job["Partition"] == "gpu" if wants_gpu else job["Partition"] in ("cpu", "gpu"), job
+        assert job["Partition"] == ("gpu" if wants_gpu else "cpu"), job
     assert any(job["Partition"] == "cpu" for job in jobs), "no job ran on the cpu partition"
     assert any(job["tres-per-job"].endswith("gpu:1") for job in jobs), "no job asked SLURM for a GPU"
 

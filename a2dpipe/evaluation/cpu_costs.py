@@ -46,14 +46,15 @@ def _smooth(rng: np.random.Generator, shape: tuple[int, int, int], scale: int = 
 
 
 def synthetic_regions(rng: np.random.Generator, size: tuple[int, int], count: int):
-    """``count`` soft masks: a blob inside a random box covering 5-50 % of each side, zero outside."""
+    """``count`` soft masks: a smooth blob inside a random box covering 10-40 % of each side (as
+    benchmarks/backends.py draws boxes), zero outside, as a mask model pastes them."""
     from a2dpipe.masks.cache import Regions
 
     h, w = size
     boxes = np.zeros((count, 4), np.float32)
     masks = np.zeros((count, h, w), np.float32)
     for k in range(count):
-        bh, bw = int(rng.uniform(0.05, 0.5) * h), int(rng.uniform(0.05, 0.5) * w)
+        bh, bw = max(int(rng.uniform(0.1, 0.4) * h), 1), max(int(rng.uniform(0.1, 0.4) * w), 1)
         y, x = int(rng.integers(0, h - bh)), int(rng.integers(0, w - bw))
         rows = ((np.arange(bh) + 0.5) / bh - 0.5)[:, None]
         cols = ((np.arange(bw) + 0.5) / bw - 0.5)[None, :]

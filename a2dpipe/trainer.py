@@ -79,13 +79,16 @@ class Trainer:
         iterations: total optimiser steps of the run.
         start, history: where a resumed run continues (step done, curve rows so far).
         hint: what to tell the user when the loss stops being finite (e.g. the config key of the learning rate).
-        amp_device: device type to run ``step_fn`` under bfloat16 autocast on; None: no autocast.
+        amp_device: device type to run ``step_fn`` under autocast on; None: no autocast.
+        amp_dtype: the autocast precision (:func:`a2dpipe.accelerator.autocast_dtype`); float16 scales the loss
+            with a ``GradScaler`` (float16's range would flush small gradients to zero).
         hooks: :class:`HookBase` instances, called in order.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer, scheduler, step_fn: Callable[[int], dict], *,
                  iterations: int, start: int = 0, history: list | None = None, hint: str = "",
-                 amp_device: str | None = None, hooks: Sequence[HookBase] = ()):
+                 amp_device: str | None = None, amp_dtype: torch.dtype = torch.bfloat16,
+                 hooks: Sequence[HookBase] = ()):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.step_fn = step_fn
         self.iterations = iterations
@@ -93,7 +96,9 @@ class Trainer:
         self.start = start
         self.history = list(history or [])
         self.hint = hint
-        self.amp_device = amp_device
+        self.amp_device, self.amp_dtype = amp_device, amp_dtype
+        scaled = amp_device is not None and amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(amp_device or "cpu", enabled=scaled)  # disabled: a pass-through
         self.hooks = list(hooks)
         for hook in self.hooks:
             hook.trainer = self
@@ -122,19 +127,23 @@ class Trainer:
         queued and before the optimiser changes a weight, so a non-finite loss still leaves the weights as they
         were.
         """
-        with torch.autocast(self.amp_device or "cpu", dtype=torch.bfloat16, enabled=self.amp_device is not None):
+        with torch.autocast(self.amp_device or "cpu", dtype=self.amp_dtype, enabled=self.amp_device is not None):
             losses = self.step_fn(self.step)
         total = functools.reduce(operator.add, losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         if total.requires_grad:  # a stage-2 batch without regions has nothing to learn from
-            total.backward()
+            self.scaler.scale(total).backward()
         numbers = torch.stack([total.detach().float(), *(v.detach().float() for v in losses.values())]).tolist()
         values = dict(zip(losses, numbers[1:]))
         if not math.isfinite(numbers[0]):
             named = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
             raise A2DError(f"the loss is not finite at step {self.step + 1} ({named}){self.hint}")
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        if total.requires_grad:
+            self.scaler.step(self.optimizer)  # skipped when a scaled gradient overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         return {"step": self.step + 1, "loss": numbers[0], "lr": lr, **values}
 

@@ -2,7 +2,8 @@
 
     python benchmarks/gpu_check.py [--config config/paper.yaml] [--device cuda] [--budget 270] [--out check.csv]
                                    [--frame 320 568] [--regions 50] [--steps 5] [--warmup 2] [--repeats 10]
-                                   [--checks stage1 stage2 inference resume] [--lr-scale 0.01]
+                                   [--checks stage1 stage2 inference data fcis flownet2 cache devices resume]
+                                   [--lr-scale 0.01] [--workers N]
     python benchmarks/gpu_check.py --tiny --device cpu    # the same checks on a tiny network, seconds on a CPU
 
 The network and its training settings are the config's (by default the paper preset: two-stream dilated
@@ -11,7 +12,7 @@ ResNet-101, 320 x 320 crops, batch 10, SGD, bfloat16 autocast with ``amp: true``
 config's learning rates times ``--lr-scale`` (0.01): the paper's rates suit ImageNet weights, and from random ones
 they make the loss climb (ResNet-101, 96 x 96 crops, batch 2: 8.1 to 252 in 8 steps). Inputs are random
 frames made once and moved to the device once (``collate`` and ``to_device``, the loader's own functions): the
-timings are the network's, and ``benchmarks/data_path.py`` measures the data path alone. Four checks, in order:
+timings are the network's; the data path check times reading them. The checks, in order:
 
 1. stage 1 -- training steps of front-end + ASPP baseline on random crops (config ``crop``) at the stage-1 batch,
    through the shared :class:`a2dpipe.trainer.Trainer` (autocast, loss sum, the finite-loss check, backward,
@@ -21,7 +22,19 @@ timings are the network's, and ``benchmarks/data_path.py`` measures the data pat
    soft masks per ``--frame`` (the regions ``benchmarks/backends.py`` times) at the stage-2 batch; checks that the
    boxes reach ``roi_align`` as float32 under autocast;
 3. inference -- ms per frame of the Baseline and Ours forward passes of ``a2dpipe predict`` on one ``--frame``;
-4. kill and resume -- a short stage-1 training (the real ``a2dpipe.segmentation.train.train``, resume checkpoint
+4. data path -- training batches through the real data path: a frames store and a wheel flow cache in the
+   pipeline's layout (16 frames of ``--frame``), ``StoreSamples``, the loader with ``--workers`` worker processes
+   (default: the config's ``loader_workers``), pinned and moved to the device; samples per second, and whether that
+   keeps up with what the stage-1 step above consumes;
+5. FCIS step -- training steps of the config's FCIS (random weights, float32) on ``masks.batch_size`` random frames
+   of ``--frame`` with two instances each, through the shared Trainer;
+6. FlowNet2 -- ms per frame pair of FlowNet2 (random weights) as the flow stage runs it (``TorchEstimator``);
+7. region-mask cache write -- ms per frame of ``MaskCacheWriter.write`` with ``--regions`` soft masks of
+   ``--frame`` (whatever the cache's format), read back equal;
+8. two-job device assignment -- two processes pick their device at once as every stage does
+   (``select_device('auto')``, :mod:`a2dpipe.accelerator`): distinct GPUs where the machine has several; without
+   CUDA, torch is made to report two GPUs;
+9. kill and resume -- a short stage-1 training (the real ``a2dpipe.segmentation.train.train``, resume checkpoint
    every 2 of 8 steps) run uninterrupted in one process; run again in another, run in 5 ms slices
    (SIGSTOP/SIGCONT) until its first checkpoint exists and then SIGKILLed; resumed in a third. The resumed process
    must say it resumed from the checkpoint and end with the uninterrupted run's weights: bitwise on the CPU. On
@@ -38,7 +51,10 @@ timings are the network's, and ``benchmarks/data_path.py`` measures the data pat
 ``--budget`` seconds (default 270) is a hard limit: a check still running then is stopped (SIGALRM; a training
 child is killed) and the figures measured so far are printed. ``--tiny`` swaps in the tiny backbone, 48 x 64
 crops and 48 x 88 frames (``TINY``) and runs the stages under bfloat16 autocast on the CPU too, so that the script's
-every path runs here in seconds (tests/test_gpu_check.py).
+every path runs here in seconds (tests/test_gpu_check.py); FCIS is the tiny one at the frame's size, FlowNet2 (which
+has no tiny form) is timed once. Autocast on CUDA is the precision training picks for the GPU (bf16 from compute
+capability 8.0, fp16 with loss scaling on 7.x, none below). Run it from the repository root with
+``PYTHONPATH=.`` so that this checkout's package is the one imported.
 
 Prints one markdown table (check, value, unit, ok, note) and writes it as CSV to ``--out``; exits non-zero when a
 check fails. Progress goes to stderr as each check starts and ends. At exit, multiprocessing's resource tracker may
@@ -66,6 +82,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from a2dpipe.accelerator import autocast_dtype
 from a2dpipe.config import load_config
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.io import A2DError, atomic_path, describe_device, select_device
@@ -84,7 +101,10 @@ from backends import _time, random_regions  # the regions benchmarks/backends.py
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("check", "value", "unit", "ok", "note")
-CHECKS = {"stage1": "stage 1", "stage2": "stage 2", "inference": "inference", "resume": "kill and resume"}  # --checks
+CHECKS = {"stage1": "stage 1", "stage2": "stage 2", "inference": "inference", "data": "data path",  # --checks
+          "fcis": "FCIS step", "flownet2": "FlowNet2", "cache": "region-mask cache write",
+          "devices": "two-job device assignment", "resume": "kill and resume"}
+DATA_FRAMES = 16  # frames of the data path's shard (cycled through by the batches)
 # --tiny: config overrides and shapes under which every check runs on a CPU in seconds
 TINY = {"backbone": "tiny", "width": 8, "aspp_rates": [1, 2], "crop": [48, 64],
         "stage2": {"fc_dim": 16, "roi_channels": 16}}
@@ -199,15 +219,17 @@ def step_rows(name: str, trainer: Trainer, times: list[float], batch: int, note:
             row(f"{name} per frame", 1000 * step / batch, "ms", finite)]
 
 
-def _trainer(model, stage: int, config: dict, step_fn, amp_device: str | None) -> Trainer:
-    """The training loop of ``a2dpipe train --stage S``: its parameter groups, optimiser and poly schedule."""
+def _trainer(model, stage: int, config: dict, step_fn, device, amp: torch.dtype | None) -> Trainer:
+    """The training loop of ``a2dpipe train --stage S``: its parameter groups, optimiser, poly schedule, autocast
+    and (float16) loss scaling."""
     opts = segmentation_config(config)[f"stage{stage}"]
     optimizer = _optimizer(_param_groups(model, stage, opts), opts)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
-    return Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"], amp_device=amp_device)
+    return Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"],
+                   amp_device=device.type if amp else None, amp_dtype=amp or torch.bfloat16)
 
 
-def stage1_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
+def stage1_rows(model, config: dict, device, amp: torch.dtype | None, args) -> list[dict]:
     seg = segmentation_config(config)
     batch_size, crop = seg["stage1"]["batch_size"], tuple(seg["crop"])
     batch = random_batch(batch_size, crop, device)
@@ -218,7 +240,7 @@ def stage1_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
                                  batch["action"])
 
     reset_peak_memory(model, device)
-    trainer = _trainer(model, 1, config, step_fn, device.type if amp else None)
+    trainer = _trainer(model, 1, config, step_fn, device, amp)
     times = timed_steps(trainer, device, args.warmup, args.steps)
     note = f"batch {batch_size}, crop {crop[0]}x{crop[1]}, {seg['backbone']} two-stream"
     return step_rows("stage 1", trainer, times, batch_size, note, args) + peak_memory_rows("stage 1", device)
@@ -240,7 +262,7 @@ def roi_align_dtypes():
         model_backends.roi_align = original
 
 
-def stage2_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
+def stage2_rows(model, config: dict, device, amp: torch.dtype | None, args) -> list[dict]:
     seg = segmentation_config(config)
     batch_size, size = seg["stage2"]["batch_size"], tuple(args.frame)
     batch = random_batch(batch_size, size, device, regions=args.regions)
@@ -252,7 +274,7 @@ def stage2_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
         return segmentation_loss(outputs, batch["actor"], batch["action"])
 
     reset_peak_memory(model, device)
-    trainer = _trainer(model, 2, config, step_fn, device.type if amp else None)
+    trainer = _trainer(model, 2, config, step_fn, device, amp)
     model.train()
     model.front_end.eval()  # frozen parts keep their batch-norm statistics, as in training
     model.baseline.eval()
@@ -267,7 +289,7 @@ def stage2_rows(model, config: dict, device, amp: bool, args) -> list[dict]:
     return rows + peak_memory_rows("stage 2", device)
 
 
-def inference_rows(model, device, amp: bool, args) -> list[dict]:
+def inference_rows(model, device, amp: torch.dtype | None, args) -> list[dict]:
     size = tuple(args.frame)
     batch = random_batch(1, size, device, regions=args.regions)
     model.eval()
@@ -285,6 +307,181 @@ def inference_rows(model, device, amp: bool, args) -> list[dict]:
         if len(times) < args.repeats:
             break
     return rows + peak_memory_rows("inference", device)
+
+
+# -- the CPU side and the other GPU stages ----------------------------------------------------------------------
+
+
+def data_rows(config: dict, device, args, folder: Path, rows: list[dict]) -> list[dict]:
+    """Training batches through the real data path: a frames store and a flow cache in the pipeline's layout
+    (a2dpipe.evaluation.cpu_costs' writers), ``StoreSamples``, the loader with ``--workers`` worker processes,
+    pinned and moved to the device; samples per second against what the stage-1 step measured above consumes."""
+    from a2dpipe.evaluation.cpu_costs import write_synthetic_frames
+    from a2dpipe.flow import FlowWriter
+    from a2dpipe.segmentation.loader import StepBatches, make_loader
+    from a2dpipe.segmentation.samples import StoreSamples, plan_view
+
+    seg = segmentation_config(config)
+    batch_size, crop, size = seg["stage1"]["batch_size"], tuple(seg["crop"]), tuple(args.frame)
+    rng = np.random.default_rng(0)
+    videos = [f"v{k:03d}" for k in range(DATA_FRAMES)]
+    for kind in ("frames", "flow"):
+        (folder / kind).mkdir(parents=True)
+    frames = write_synthetic_frames(folder / "frames" / "shard-000.h5", videos, size, rng)
+    with FlowWriter(folder / "flow" / "shard-000.h5", method="check", encoding="wheel") as flows:
+        flows.seconds_per_frame = 0.0
+        for video in videos:
+            field = rng.normal(0, 3, (*size, 2)).astype(np.float32)
+            flows.write(video, 1, field, flow_to_rgb(field, "wheel"))
+    samples = StoreSamples([frames], split="train", flow=[folder / "flow" / "shard-000.h5"], flow_encoding="wheel")
+
+    def views(step):
+        step_rng = np.random.default_rng([0, step])
+        return [plan_view(int(i), size, crop, step_rng) for i in step_rng.integers(0, len(samples), batch_size)]
+
+    steps = args.steps + 1
+    loader = make_loader(samples, StepBatches(views, 0, steps + 1), collate_fn=collate, device=device,
+                         workers=args.workers, prefetch=2)
+    batches = iter(loader)
+    to_device(next(batches), device)  # starts the workers
+    start = time.perf_counter()
+    for _ in range(steps):
+        to_device(next(batches), device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    supply = steps * batch_size / (time.perf_counter() - start)
+    samples.close()
+    stage1 = next((r for r in rows if r["check"] == "stage 1 per frame" and math.isfinite(r["value"])), None)
+    demand = 1000 / stage1["value"] if stage1 else None
+    note = (f"{args.workers} loader worker(s), batch {batch_size}, crop {crop[0]}x{crop[1]} of {size[0]}x{size[1]} "
+            f"frames and their wheel flow images, half mirrored; {steps} batches")
+    if demand is not None:
+        note += f"; the stage-1 step consumes {demand:.0f} samples/s: the data path keeps up: " + \
+            ("yes" if supply >= demand else "NO")
+    return [row("data path", supply, "samples/s", supply > 0 and (demand is None or supply >= demand), note)]
+
+
+def fcis_rows(config: dict, device, amp: torch.dtype | None, args) -> list[dict]:
+    """Training steps of the config's FCIS (random weights) on ``masks.batch_size`` random frames with random
+    instances, through the shared Trainer (as ``a2dpipe train-mask-model``)."""
+    from a2dpipe.masks.model import build_mask_model
+
+    cfg = config["masks"]
+    size = tuple(args.frame)
+    torch.manual_seed(0)
+    # --tiny: frames at their own size (the config's min_size would enlarge them to 320 px)
+    min_size, max_size = (min(size), max(size)) if args.tiny else (cfg["min_size"], cfg["max_size"])
+    model = build_mask_model(model="fcis", backbone="tiny" if args.tiny else cfg["backbone"], num_classes=8,
+                             min_size=min_size, max_size=max_size, k=cfg["fcis_k"],
+                             mask_voting=cfg["fcis_mask_voting"], imagenet_weights=None,
+                             tiny_stride=cfg["fcis_tiny_stride"]).to(device).train()
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, *size, generator=gen).to(device) for _ in range(cfg["batch_size"])]
+    targets = []
+    for _ in images:
+        masks = torch.zeros(2, *size, dtype=torch.uint8)
+        masks[0, : size[0] // 2, : size[1] // 3] = 1
+        masks[1, size[0] // 3:, size[1] // 2:] = 1
+        boxes = torch.tensor([[0, 0, size[1] // 3 - 1, size[0] // 2 - 1],
+                              [size[1] // 2, size[0] // 3, size[1] - 1, size[0] - 1]], dtype=torch.float32)
+        targets.append({"boxes": boxes.to(device), "labels": torch.tensor([1, 3]).to(device),
+                        "masks": masks.to(device)})
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"] * args.lr_scale,
+                                momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    trainer = Trainer(model, optimizer, scheduler, lambda step: model(images, targets), iterations=10 ** 6)
+    times = timed_steps(trainer, device, args.warmup, args.steps)
+    note = (f"FCIS {'tiny' if args.tiny else cfg['backbone']}, k {cfg['fcis_k']}, batch {cfg['batch_size']} frames "
+            f"of {size[0]}x{size[1]}, float32 (mask training does not autocast)")
+    return step_rows("FCIS", trainer, times, cfg["batch_size"], note, args)
+
+
+def flownet2_rows(device, args) -> list[dict]:
+    """Milliseconds per frame pair of FlowNet2 (random weights) as the flow stage runs it (TorchEstimator:
+    resized to multiples of 64, batch 1), on a ``--frame`` pair."""
+    from a2dpipe.flow.estimators import TorchEstimator
+    from a2dpipe.flow.flownet import flownet2
+
+    torch.manual_seed(0)
+    estimator = TorchEstimator(flownet2(), kind="flownet", device=device, batch_size=1)
+    rng = np.random.default_rng(0)
+    pair = [rng.integers(0, 256, (1, *args.frame, 3), dtype=np.uint8) for _ in range(2)]
+    flows = []
+    # FlowNet2 has no tiny form: --tiny times one pass (seconds on a CPU)
+    warmup, repeats = (0, 1) if args.tiny else (args.warmup, args.repeats)
+    times = timed(lambda: flows.append(estimator(*pair)), device, warmup, repeats)
+    ok = flows[-1].shape == (1, *args.frame, 2) and bool(np.isfinite(flows[-1]).all())
+    return [row("FlowNet2 per frame", 1000 * statistics.median(times), "ms", ok,
+                f"frame pair {args.frame[0]}x{args.frame[1]}; {len(times)} timed passes"
+                f"{budget_note(times, repeats)}")]
+
+
+def cache_rows(args, folder: Path) -> list[dict]:
+    """Milliseconds of the main process per frame to write ``--regions`` soft masks to a region-mask cache
+    (``MaskCacheWriter.write``, whatever its format), wall time of the call."""
+    from a2dpipe.evaluation.cpu_costs import synthetic_regions
+    from a2dpipe.masks.cache import MaskCache, MaskCacheWriter
+
+    rng = np.random.default_rng(0)
+    frames = [synthetic_regions(rng, tuple(args.frame), args.regions) for _ in range(max(args.repeats, 1) + 1)]
+    path = folder / "masks.h5"
+    times = []
+    with MaskCacheWriter(path, source="dataset") as writer:
+        writer.seconds_per_frame = 0.0
+        for k, regions in enumerate(frames):
+            start = time.perf_counter()
+            writer.write(f"v{k:03d}", 1, regions)
+            times.append(time.perf_counter() - start)
+    with MaskCache(path) as cache:
+        back = cache.read("v000", 1)
+    ok = back.boxes.shape == frames[0].boxes.shape and np.allclose(back.masks, frames[0].masks, atol=1 / 255)
+    return [row("region-mask cache write per frame", 1000 * statistics.median(times[1:]), "ms", ok,
+                f"{args.regions} regions of {args.frame[0]}x{args.frame[1]}; read back equal: "
+                f"{'yes' if ok else 'NO'}")]
+
+
+def claim_child(folder: str, fake_gpus: int, ready, report) -> None:
+    """A job of the device check: picks its device as every stage does (``select_device('auto')``), reports it,
+    and holds it until the other job has picked too. ``fake_gpus``: torch.cuda made to report that many GPUs
+    (the CPU's stand-in for a multi-GPU machine)."""
+    os.environ["A2DPIPE_GPU_LOCKS"] = folder
+    if fake_gpus:
+        from types import SimpleNamespace
+
+        torch.cuda.is_available = lambda: True
+        torch.cuda.device_count = lambda: fake_gpus
+        torch.cuda.get_device_properties = lambda i: SimpleNamespace(uuid=f"fake-{i}")
+        torch.cuda.set_device = lambda device: None
+    report.put(str(select_device("auto")))
+    ready.wait(60)
+
+
+def devices_rows(device, args, folder: Path) -> list[dict]:
+    """Two jobs started at once on this machine: distinct GPUs where it has several (a lock file per GPU,
+    a2dpipe.accelerator); on a machine without CUDA, torch made to report two."""
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    fake = 0 if count else 2
+    context = multiprocessing.get_context(args.start_method)
+    ready, report = context.Event(), context.Queue()
+    procs = [context.Process(target=claim_child, args=(str(folder / "locks"), fake, ready, report), daemon=True)
+             for _ in range(2)]
+    try:
+        for proc in procs:
+            proc.start()
+        picked = sorted(report.get(timeout=120) for _ in procs)
+        ready.set()
+        for proc in procs:
+            proc.join(60)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+    gpus = count or fake
+    distinct = len(set(picked)) == len(picked)
+    ok = distinct if gpus >= 2 else picked == ["cuda:0", "cuda:0"]
+    note = (f"{gpus} GPU(s) visible{' (torch.cuda faked: no CUDA here)' if fake else ''}; the jobs ran on "
+            f"{' and '.join(picked)}")
+    return [row("two-job device assignment", len(set(picked)), "distinct devices", ok, note)]
 
 
 # -- kill and resume -----------------------------------------------------------------------------------------------
@@ -399,9 +596,13 @@ def _on_alarm(signum, frame):
     raise OutOfBudget("budget spent")
 
 
-def uses_autocast(config: dict, device: torch.device, tiny: bool) -> bool:
-    """bfloat16 autocast where training would use it (``amp`` on CUDA), and on the CPU with ``--tiny``."""
-    return bool(config["segmentation"]["amp"]) and (device.type == "cuda" or tiny)
+def uses_autocast(config: dict, device: torch.device, tiny: bool) -> torch.dtype | None:
+    """The autocast precision training would use (``amp`` on CUDA: bf16 or fp16 by the GPU's compute capability,
+    :func:`a2dpipe.accelerator.autocast_dtype`), and bfloat16 on the CPU with ``--tiny``; None: float32."""
+    amp = bool(config["segmentation"]["amp"])
+    if device.type == "cpu" and tiny and amp:
+        return torch.bfloat16
+    return autocast_dtype(device, amp)
 
 
 def run_checks(args, config: dict, device: torch.device, started: float, rows: list[dict]) -> None:
@@ -411,10 +612,16 @@ def run_checks(args, config: dict, device: torch.device, started: float, rows: l
     torch.manual_seed(int(config["seed"]))
     model = build_segmenter(config, input="rgbflow", pretrained=False).to(device)
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
         checks = {"stage1": lambda: stage1_rows(model, config, device, amp, args),
                   "stage2": lambda: stage2_rows(model, config, device, amp, args),
                   "inference": lambda: inference_rows(model, device, amp, args),
-                  "resume": lambda: resume_rows(config, device, args, Path(tmp))}
+                  "data": lambda: data_rows(config, device, args, folder / "data", rows),
+                  "fcis": lambda: fcis_rows(config, device, amp, args),
+                  "flownet2": lambda: flownet2_rows(device, args),
+                  "cache": lambda: cache_rows(args, folder),
+                  "devices": lambda: devices_rows(device, args, folder),
+                  "resume": lambda: resume_rows(config, device, args, folder)}
         for key, name in CHECKS.items():
             if key not in args.checks:
                 continue
@@ -463,8 +670,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--start-method", choices=("spawn", "fork"), default=None,
                         help="how the resume check starts its training processes (default: spawn where CUDA "
                              "exists, fork elsewhere)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="loader workers of the data path check (default: the config's loader_workers; 2 with "
+                             "--tiny)")
     parser.add_argument("--out", help="CSV of the table")
     args = parser.parse_args(argv)
+    if args.workers is None:
+        args.workers = 2 if args.tiny else int(load_config(args.config)["segmentation"]["loader_workers"])
     if args.start_method is None:
         args.start_method = "spawn" if torch.cuda.is_available() else "fork"
     if args.frame is None:
@@ -490,7 +702,8 @@ def main(argv=None) -> list[dict]:
         signal.signal(signal.SIGALRM, previous)
     elapsed = time.perf_counter() - started
     rows.append(row("elapsed", elapsed, "s", elapsed <= args.budget + 1, f"budget {args.budget:g} s"))
-    autocast = "bfloat16" if uses_autocast(config, device, args.tiny) else "off"
+    dtype = uses_autocast(config, device, args.tiny)
+    autocast = str(dtype).removeprefix("torch.") if dtype is not None else "off"
     print(f"{describe_device(device)}, torch {torch.__version__}, config {args.config}"
           f"{' (tiny)' if args.tiny else ''}, autocast {autocast}, learning rates x {args.lr_scale:g}")
     print(markdown(rows))

@@ -1,6 +1,7 @@
-"""The tiny pipeline through the `slurm` profile on a real (single-node) SLURM gives what a local run gives.
+"""The `slurm` profile: every job's sbatch arguments (a dry run, no cluster needed), and the tiny pipeline through
+the profile on a real (single-node) SLURM, which gives what a local run gives.
 
-Needs a SLURM controller. When none answers and the tests run as root, the fixture starts one with
+The end-to-end test needs a SLURM controller. When none answers and the tests run as root, the fixture starts one with
 ``tests/slurm/start_slurm.sh`` (Debian's slurm-wlm, one node, a fake `gpu` GRES) and stops it afterwards with
 ``tests/slurm/stop_slurm.sh``. Elsewhere the test is skipped, except under CI (``CI`` set), where it must run.
 """
@@ -15,9 +16,9 @@ import time
 
 import pytest
 
-from conftest import REPO
+import yaml
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+from conftest import REPO
 
 TARGET = "tables"
 
@@ -74,6 +75,8 @@ def _submitted_jobs(run_id: str) -> list[dict]:
     return [dict(zip(fields, (v.strip() for v in line.split("|")))) for line in out.splitlines() if line.strip()]
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_slurm_profile_matches_local_run(slurm, tmp_path, tiny_config, tiny_run, snakemake_run, assert_same_outputs):
     # the local run is the session's shared one (tiny_run): the same config, so the same artifacts
     cluster = tmp_path / "slurm"
@@ -92,11 +95,81 @@ def test_slurm_profile_matches_local_run(slurm, tmp_path, tiny_config, tiny_run,
     run_id = re.search(r"SLURM run ID: (\S+)", proc.stdout).group(1)
     jobs = _submitted_jobs(run_id)
     assert jobs and all(job["State"] == "COMPLETED" for job in jobs), jobs
-    for job in jobs:  # GPU jobs went to the gpu partition; the cpu partition got only jobs without a GPU
+    for job in jobs:  # GPU jobs went to the gpu partition, jobs without a GPU to the cpu partition
         wants_gpu = job["tres-per-job"] not in ("", "N/A")
-        assert job["Partition"] == "gpu" if wants_gpu else job["Partition"] in ("cpu", "gpu"), job
+        assert job["Partition"] == ("gpu" if wants_gpu else "cpu"), job
     assert any(job["Partition"] == "cpu" for job in jobs), "no job ran on the cpu partition"
     assert any(job["tres-per-job"].endswith("gpu:1") for job in jobs), "no job asked SLURM for a GPU"
 
     compared = assert_same_outputs(tiny_run / "results", cluster / "results")
     assert any(name.startswith("tables") for name in compared), compared
+
+
+# -- sbatch arguments of every job (benchmarks/slurm_plan.py builds them with the plugin's own functions) --------
+
+# rules whose jobs use an accelerator in the tiny preset (DIS flow runs on the CPU; region masks of ground truth
+# need no model)
+GPU_RULES = {"train_mask_model", "region_masks", "train_stage1", "train_stage2", "predict", "predict_validation"}
+SIZES = {"synthesize": "pass", "index": "small", "extract_frames": "shard", "flow": "shard",
+         "train_mask_model": "train", "region_masks": "shard", "mask_quality": "pass", "train_stage1": "train",
+         "train_stage2": "train", "predict": "pass", "predict_validation": "pass", "evaluate": "small",
+         "evaluate_validation": "small", "validate": "small", "timing": "small", "estimate": "small",
+         "report_figures": "small", "tables": "small", "compare_masks": "small", "aggregate": "small"}
+LOADER_RULES = {"train_stage1", "train_stage2", "predict", "predict_validation"}
+
+
+@pytest.fixture(scope="module")
+def slurm_plan():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO / "benchmarks"))
+        import slurm_plan
+
+        yield slurm_plan
+
+
+def _base_rule(rule: str) -> str:
+    """The workflow rule behind a module's copy (compare_masks_predict, seed_2_predict: predict)."""
+    return re.sub(r"^(compare_masks_|seed_\d+_)(?=.)", "", rule)
+
+
+def _check_jobs(jobs, config: dict) -> None:
+    cluster, workers = config["cluster"], config["segmentation"]["loader_workers"]
+    for job in jobs:
+        rule = _base_rule(job.rule)
+        wants_gpu = rule in GPU_RULES and job.wildcards.get("source") != "gt"
+        assert job.gpus == int(wants_gpu), job
+        assert job.partition == cluster["gpu_partition" if wants_gpu else "cpu_partition"], job
+        size = cluster["sizes"][SIZES[rule]]
+        assert re.search(rf" -t '?{size['runtime']}'? .*--mem {size['mem_mb']} ", job.sbatch), job
+        assert job.cpus == job.threads, job
+        if rule in LOADER_RULES:  # the loader's workers and the process that drives the accelerator
+            assert job.threads == max(workers + 1, 2), job
+
+
+def test_every_job_of_the_tiny_preset_asks_slurm_for_what_it_needs(tmp_path, tiny_config, slurm_plan):
+    config = yaml.safe_load(tiny_config.read_text())
+    config["segmentation"]["loader_workers"] = 3
+    config["cluster"]["gpu_partition"] = "accel"
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for target in ("tables", "all"):
+        jobs = slurm_plan.plan(target, [path], tmp_path / target)
+        assert not slurm_plan.problems(jobs, "accel")
+        _check_jobs(jobs, config)
+        rules = {job.rule for job in jobs}
+        assert GPU_RULES - {"predict_validation"} <= rules and "extract_frames" in rules
+        if target == "all":  # the mask-model comparison's rules are copies with the same needs
+            assert {"compare_masks_region_masks", "compare_masks_train_stage2", "compare_masks_predict"} <= rules
+        # ground truth's region masks use no model: CPU partition; the model sources' want the accelerator
+        masks = {(job.wildcards["source"], job.partition) for job in jobs if job.rule == "region_masks"}
+        assert masks == {("gt", "cpu"), ("dataset", "accel"), ("generic", "accel")}
+        assert {job.cpus for job in jobs if job.rule in LOADER_RULES} == {4}
+
+
+def test_every_job_of_the_seeds_preset_asks_slurm_for_what_it_needs(tmp_path, slurm_plan):
+    jobs = slurm_plan.plan("all", [REPO / "config" / "seeds.yaml"], tmp_path)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert not slurm_plan.problems(jobs, config["cluster"]["gpu_partition"])
+    _check_jobs(jobs, config)
+    assert {_base_rule(j.rule) for j in jobs if j.rule.startswith("seed_2_") and j.gpus} == \
+        {"train_mask_model", "region_masks", "train_stage1", "train_stage2", "predict"}

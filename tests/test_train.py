@@ -299,7 +299,8 @@ def test_stage_steps_under_bfloat16_autocast_give_finite_losses_and_float32_boxe
         "stage 2 crops": CropStep(model, samples, stage=2, seed=0, batch_size=2, crop=(40, 56),
                                   device=torch.device("cpu"), iterations=1),
         "stage 2 cached": CachedStep(model, samples,
-                                     cache_features(model.eval(), samples, torch.device("cpu"), True, batch_size=4),
+                                     cache_features(model.eval(), samples, torch.device("cpu"), torch.bfloat16,
+                                                    batch_size=4),
                                      seed=0, batch_size=2, device=torch.device("cpu"), iterations=1),
     }
     for name, step in steps.items():

@@ -23,9 +23,17 @@ multiply-add). Per unit of work:
 
 Counts use the A2D release's annotated frames (``A2D_FRAMES``) at its frame size (``A2D_FRAME_SIZE``), whatever the
 dataset of the configuration. Time = FLOPs / (peak x utilisation) with the per-device constants of ``DEVICES``;
-the CPU columns use the FLOP rate this machine achieves on a timed forward + backward of a tiny segmenter
-(``--no-calibrate`` leaves them out, and the table is then a pure function of the settings). What FLOPs miss
-(memory-bound layers, RoI ops, region-to-pixel, data loading) makes the estimate a lower bound of the wall time.
+the CPU columns use the FLOP rate this machine achieves on a timed forward + backward of a tiny segmenter.
+
+The CPU side: each stage's CPU work per unit (reading and cropping samples, region-mask cache writes and reads,
+flow image encoding) is measured on this machine, one thread, with the package's own readers and writers on
+synthetic arrays of the configuration's shapes (:mod:`a2dpipe.evaluation.cpu_costs`), and set against the
+processes that do it: ``segmentation.loader_workers`` for the stages the frame loader feeds (training, prediction),
+whose workers run beside the GPU, else the job's one process, whose reads and writes add to the GPU's time. Per
+device, ``wall hours`` counts both and ``bound`` names the side that sets the pace (:func:`.cpu_costs.wall_ms`).
+The CPU is this machine's: a cluster node's cores may be faster or slower. ``--no-calibrate`` leaves every
+measured column out, and the table is then a pure function of the settings. What FLOPs miss (memory-bound layers,
+RoI ops, region-to-pixel kernels) still makes the GPU side a lower bound.
 
 Writes the CSV and a Markdown copy beside it (same name, ``.md``) whose caption states the assumptions.
 """
@@ -42,6 +50,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from a2dpipe.config import add_config_arguments, read_settings, section_defaults
+from a2dpipe.evaluation.cpu_costs import (cpu_caption, cpu_ms_per_unit, cpu_processes, measure_config_cpu_costs,
+                                         wall_ms)
 from a2dpipe.evaluation.paper_results import TIMING_DEVICE, TIMING_MS
 from a2dpipe.evaluation.timing import describe_device
 from a2dpipe.io import atomic_path
@@ -228,7 +238,10 @@ def _inputs(config: dict) -> tuple[list[str], list[str]]:
 
 
 def work_units(config: dict) -> list[dict]:
-    """One dict per stage: ``stage``, ``unit`` (step or frame), ``units`` (how many) and ``flops`` per unit."""
+    """One dict per stage: ``stage``, ``unit`` (step or frame), ``units`` (how many), ``flops`` per unit, ``cpu``
+    (the CPU work per unit: (kind of :func:`.cpu_costs.measure_cpu_costs`, input, count) triples) and ``fed_by``:
+    ``loader`` where the frame loader's workers do that work beside the GPU, ``job`` where the job's one process
+    does it between the GPU's passes."""
     seg = section_defaults("segmentation", config["segmentation"])
     s1, s2, masks = seg["stage1"], seg["stage2"], config["masks"]
     stage1_inputs, stage2_inputs = _inputs(config)
@@ -238,33 +251,44 @@ def work_units(config: dict) -> list[dict]:
     for inp in stage1_inputs:
         c = counts[inp]
         step = TRAIN_FACTOR * s1["batch_size"] * (c["front_crop"] + c["aspp_crop"])
-        rows.append({"stage": f"train stage 1 ({inp})", "unit": "step", "units": s1["iterations"], "flops": step})
+        rows.append({"stage": f"train stage 1 ({inp})", "unit": "step", "units": s1["iterations"], "flops": step,
+                     "cpu": [("sample_crop", inp, s1["batch_size"])], "fed_by": "loader"})
     for inp in stage2_inputs:
         c = counts[inp]
         if s2["cache_features"]:  # the front-end runs once per training frame and its mirror image, not per step
             back = TRAIN_FACTOR * s2["batch_size"] * c["region_frame"] + 2 * train * c["front_frame"] / s2["iterations"]
+            # steps read whole frames' labels and regions (features come from the cache); the cache's pass reads
+            # every frame twice
+            cpu = [("sample_frame_regions", "rgb", s2["batch_size"]),
+                   ("sample_frame", inp, 2 * train / s2["iterations"])]
         else:
             back = TRAIN_FACTOR * s2["batch_size"] * c["region_crop"] + s2["batch_size"] * c["front_crop"]
-        rows.append({"stage": f"train stage 2 ({inp})", "unit": "step", "units": s2["iterations"], "flops": back})
+            cpu = [("sample_crop_regions", inp, s2["batch_size"])]
+        rows.append({"stage": f"train stage 2 ({inp})", "unit": "step", "units": s2["iterations"], "flops": back,
+                     "cpu": cpu, "fed_by": "loader"})
     flow = _flow_flops(config) if "rgbflow" in {*stage1_inputs, *stage2_inputs} else None
     if flow is not None:  # every annotated frame's flow, train and test
         rows.append({"stage": f"flow ({config['flow']['method']})", "unit": "frame", "units": train + test,
-                     "flops": flow})
+                     "flops": flow, "cpu": [("sample_frame", "rgb", 1), ("flow_write", None, 1)], "fed_by": "job"})
     m = _mask_flops(config)
     step = TRAIN_FACTOR * masks["batch_size"] * (m["backbone"] + m["rpn"] + m["heads_train"])
     # the dataset model's fine-tuning, after the generic one's training from scratch unless COCO's model is it
     steps = masks["finetune_iterations"] + (0 if masks["coco_checkpoint"] else masks["iterations"])
-    rows.append({"stage": "train mask models", "unit": "step", "units": steps, "flops": step})
+    rows.append({"stage": "train mask models", "unit": "step", "units": steps, "flops": step,
+                 "cpu": [("sample_frame", "rgb", masks["batch_size"])], "fed_by": "job"})
     rows.append({"stage": "region masks", "unit": "frame", "units": train + test,
-                 "flops": m["backbone"] + m["rpn"] + m["heads_test"]})
+                 "flops": m["backbone"] + m["rpn"] + m["heads_test"],
+                 "cpu": [("sample_frame", "rgb", 1), ("mask_write", None, 1)], "fed_by": "job"})
     for inp in stage1_inputs:
         c = counts[inp]
         rows.append({"stage": f"inference baseline ({inp})", "unit": "frame", "units": test,
-                     "flops": c["front_frame"] + c["aspp_frame"]})
+                     "flops": c["front_frame"] + c["aspp_frame"], "cpu": [("sample_frame", inp, 1)],
+                     "fed_by": "loader"})
     for inp in stage2_inputs:
         c = counts[inp]
         rows.append({"stage": f"inference ours ({inp})", "unit": "frame", "units": test,
-                     "flops": c["front_frame"] + c["region_frame"]})
+                     "flops": c["front_frame"] + c["region_frame"], "cpu": [("sample_frame_regions", inp, 1)],
+                     "fed_by": "loader"})
     return rows
 
 
@@ -279,8 +303,11 @@ def _paper_ms(stage: str) -> float | None:
     }.get(stage)
 
 
-def estimate_table(units: list[dict], amp: bool, cpu_flops_per_s: float | None = None) -> pd.DataFrame:
-    """Per stage: GFLOP per unit, then per device ms per unit and hours in all; the paper's K80 ms per frame."""
+def estimate_table(units: list[dict], amp: bool, cpu_flops_per_s: float | None = None,
+                   cpu_costs: dict | None = None, workers: int = 0) -> pd.DataFrame:
+    """Per stage: GFLOP per unit, then per device ms per unit and hours in all; the paper's K80 ms per frame.
+    With measured ``cpu_costs``: the CPU milliseconds per unit, the processes doing them (``workers`` of the
+    loader), and per device the hours with the CPU side and the stage's bound (:func:`.cpu_costs.wall_ms`)."""
     rows = []
     for u in units:
         row = {"stage": u["stage"], "unit": u["unit"], "units": u["units"], "gflop_per_unit": u["flops"] / 1e9}
@@ -291,6 +318,14 @@ def estimate_table(units: list[dict], amp: bool, cpu_flops_per_s: float | None =
             seconds = u["flops"] / rate
             row[f"{key} ms_per_unit"] = 1000.0 * seconds
             row[f"{key} hours"] = seconds * u["units"] / 3600.0
+        if cpu_costs is not None:
+            cpu = cpu_ms_per_unit(u, cpu_costs)
+            row["cpu ms_per_unit"] = cpu
+            row["cpu processes"] = cpu_processes(u, workers)
+            for key in DEVICES:
+                ms, bound = wall_ms(u, row[f"{key} ms_per_unit"], cpu, workers)
+                row[f"{key} wall hours"] = ms * u["units"] / 3.6e6
+                row[f"{key} bound"] = bound
         row["paper K80 ms_per_unit"] = _paper_ms(u["stage"])
         row["basis"] = BASIS
         rows.append(row)
@@ -319,7 +354,8 @@ def measure_cpu_flops(repeats: int = 3) -> float:
     return flops / best
 
 
-def _caption(amp: bool, cpu_flops_per_s: float | None) -> str:
+def _caption(amp: bool, cpu_flops_per_s: float | None, table: pd.DataFrame | None = None,
+             workers: int = 0) -> str:
     lines = [
         f"**{BASIS}** (not a measurement). FLOPs counted by torch's FlopCounterMode on the meta device; training "
         f"steps as {TRAIN_FACTOR:g} x forward; A2D frames: {A2D_FRAMES['train']:,} train / {A2D_FRAMES['test']:,} "
@@ -333,6 +369,8 @@ def _caption(amp: bool, cpu_flops_per_s: float | None) -> str:
     if cpu_flops_per_s is not None:
         lines.append(f"this CPU: {describe_device(cpu_only=True)}, measured {cpu_flops_per_s / 1e9:.1f} GFLOP/s "
                      f"(timed forward + backward of a tiny segmenter, {torch.get_num_threads()} thread(s)).")
+    if table is not None and "cpu ms_per_unit" in table:
+        lines.append(cpu_caption(table, list(DEVICES), workers))
     lines.append(f"paper K80: the paper's measured ms per frame ({TIMING_DEVICE}).")
     return "\n\n".join(lines)
 
@@ -340,7 +378,8 @@ def _caption(amp: bool, cpu_flops_per_s: float | None) -> str:
 def configure_parser(parser) -> None:
     add_config_arguments(parser, "segmentation, masks and experiments keys")
     parser.add_argument("--no-calibrate", action="store_true",
-                        help="leave out the CPU columns (no timed pass: the table depends on the settings only)")
+                        help="leave out the measured columns (this CPU's FLOP rate, the CPU side of each stage): "
+                             "the table then depends on the settings only")
     parser.add_argument("--out", required=True, help="CSV to write; a Markdown copy goes beside it")
 
 
@@ -348,12 +387,14 @@ def run(args) -> None:
     from a2dpipe.evaluation.writers import markdown_table
 
     config = read_settings(args)
-    amp = bool(section_defaults("segmentation", config["segmentation"])["amp"])
+    seg = section_defaults("segmentation", config["segmentation"])
+    amp, workers = bool(seg["amp"]), int(seg["loader_workers"])
     cpu = None if args.no_calibrate else measure_cpu_flops()
-    table = estimate_table(work_units(config), amp, cpu)
+    costs = None if args.no_calibrate else measure_config_cpu_costs(config, A2D_FRAME_SIZE)
+    table = estimate_table(work_units(config), amp, cpu, costs, workers)
     out = Path(args.out)
     with atomic_path(out.with_suffix(".md")) as tmp:
-        Path(tmp).write_text(markdown_table(table, digits=1, caption=_caption(amp, cpu)))
+        Path(tmp).write_text(markdown_table(table, digits=1, caption=_caption(amp, cpu, table, workers)))
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4g")
     log.info("estimate:\n%s", table.drop(columns="basis").to_string(index=False))

@@ -29,7 +29,8 @@ from a2dpipe.labels import to_setting
 from a2dpipe.segmentation.samples import Samples, View
 
 __all__ = ["StepBatches", "StepStream", "collate", "collate_each", "to_device", "make_loader", "loader_options",
-           "same_size_batches", "inference_batch_size", "LOADER_KEYS", "result_settings", "MEAN", "STD"]
+           "same_size_batches", "inference_batch_size", "network_threads", "LOADER_KEYS", "result_settings", "MEAN",
+           "STD"]
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -179,6 +180,13 @@ def loader_options(config: dict) -> dict:
     keys, schema defaults where the section leaves them out)."""
     seg = _segmentation_keys(config, LOADER_KEYS)
     return {"workers": seg["loader_workers"], "prefetch": seg["loader_prefetch"]}
+
+
+def network_threads(threads: int, config: dict) -> int:
+    """Torch threads of a job's main process given the job's ``threads`` (its rule's, the CPUs SLURM grants):
+    what the loader's worker processes leave, at least 1. Each worker reads on one thread (a torch DataLoader
+    worker runs torch on one)."""
+    return max(threads - loader_options(config)["workers"], 1)
 
 
 def inference_batch_size(config: dict) -> int:

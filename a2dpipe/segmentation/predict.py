@@ -26,10 +26,11 @@ import torch
 
 from a2dpipe.progress import progress
 from a2dpipe.segmentation.predictions import PredictionWriter
-from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, result_settings,
-                                         same_size_batches, to_device)
+from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, network_threads,
+                                         result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.checkpoint import load_model_file
+from a2dpipe.accelerator import autocast, autocast_dtype
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              training_splits)
 from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, release_free_memory, select_device
@@ -88,7 +89,7 @@ def mask_vote(to_pixel: RegionToPixel, outputs: dict[str, torch.Tensor],
 def run(args) -> None:
     config = read_settings(args)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(network_threads(args.threads, config))
     v = check_variant(Variant(args.kind, args.input, args.train_source, args.test_source))
     if v.input == "rgbflow" and not args.flow:
         raise A2DError(f"variant {variant_name(v)} needs --flow stores")
@@ -136,9 +137,10 @@ def _without_inference_batch(config: dict) -> dict:
     return {**config, "segmentation": {k: v for k, v in seg.items() if k != "inference_batch"}}
 
 
-def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: bool) -> dict[str, torch.Tensor]:
-    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of one batch of network inputs."""
-    with torch.no_grad(), torch.autocast(batch["rgb"].device.type, dtype=torch.bfloat16, enabled=amp):
+def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of one batch of network inputs, under autocast to
+    ``amp`` (None: float32)."""
+    with torch.no_grad(), autocast(batch["rgb"].device.type, amp):
         if variant.kind == "ours":
             outputs = net.forward_regions(batch["rgb"], batch["flow"], batch["regions"])
         else:
@@ -159,7 +161,7 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
     name = variant_name(variant)
     device = select_device(config["device"])
     net, trained = _network(config, variant, model, device, split)
-    amp = bool(trained["amp"]) and device.type == "cuda"
+    amp = autocast_dtype(device, bool(trained["amp"]))  # bf16, fp16 or None (float32) for this GPU
     vote_to_pixel = None
     if variant.kind == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it
         stage2 = config["segmentation"]["stage2"]

@@ -38,8 +38,9 @@ import torch
 
 from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, write_curve
 from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, loader_options, make_loader,
-                                         result_settings, same_size_batches, to_device)
+                                         network_threads, result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
+from a2dpipe.accelerator import autocast, autocast_dtype
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              section_defaults, stamp, training_splits)
 from a2dpipe.io import A2DError, atomic_path, select_device
@@ -67,13 +68,14 @@ def configure_parser(parser) -> None:
     parser.add_argument("--masks", nargs="*", default=[], help="stage 2: region-mask caches of the same shards")
     parser.add_argument("--stage1", help="stage 2: the stage-1 checkpoint")
     parser.add_argument("--out", required=True, help="model checkpoint to write")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPUs of the job: loader workers + torch in this process (0: torch's default)")
 
 
 def run(args) -> None:
     config = read_settings(args)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(network_threads(args.threads, config))
     if args.input == "rgbflow" and not args.flow:
         raise A2DError("--input rgbflow needs --flow stores")
     if args.stage == 2 and not args.stage1:
@@ -230,15 +232,16 @@ class CachedStep:
         return totals
 
 
-def cache_features(model, samples, device, amp: bool, loader: dict | None = None, *,
+def cache_features(model, samples, device, amp: torch.dtype | None, loader: dict | None = None, *,
                    batch_size: int) -> dict[tuple[int, bool], torch.Tensor]:
     """Frozen front-end features (1, C, h, w) of every training frame and of its mirror image, by (index, flipped),
-    computed ``batch_size`` views of one size at a time (:func:`.loader.same_size_batches`)."""
+    computed ``batch_size`` views of one size at a time (:func:`.loader.same_size_batches`), under autocast to
+    ``amp`` (None: float32)."""
     views = [View(i, flipped, flow=model.uses_flow) for i in range(len(samples)) for flipped in (False, True)]
     batches = same_size_batches(samples, views, batch_size)
     loaded = make_loader(samples, batches, collate_fn=collate, device=device, **(loader or {}))
     cache = {}
-    with (torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp),
+    with (torch.no_grad(), autocast(device.type, amp),
           progress(total=len(views), desc="front-end features", unit="view") as bar):
         for group, batch in zip(batches, loaded):
             batch = to_device(batch, device, with_flow=model.uses_flow)
@@ -252,7 +255,7 @@ def cache_features(model, samples, device, amp: bool, loader: dict | None = None
 # -- training ----------------------------------------------------------------------------------------------------
 
 
-def _step_function(model, samples, config: dict, stage: int, device, amp: bool):
+def _step_function(model, samples, config: dict, stage: int, device, amp: torch.dtype | None):
     seg = segmentation_config(config)
     opts = seg[f"stage{stage}"]
     common = {"seed": int(config["seed"]), "batch_size": opts["batch_size"], "device": device,
@@ -275,7 +278,7 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     opts = seg[f"stage{stage}"]
     seed = int(config["seed"])
     device = select_device(config["device"])
-    amp = bool(seg["amp"]) and device.type == "cuda"
+    amp = autocast_dtype(device, bool(seg["amp"]))  # bf16, fp16 or None (float32) for this GPU
     torch.manual_seed(seed)
     model = build_segmenter(config, input=input, pretrained=stage == 1, regions=stage == 2).to(device)
     s1_digest = _load_stage1(model, stage1, input, config) if stage == 2 else None
@@ -298,7 +301,7 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
              *tensorboard_hooks(curve_path)]
     trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"], start=start,
                       history=curve, hint=f"; lower the learning rates of config segmentation.stage{stage}",
-                      amp_device=device.type if amp else None, hooks=hooks)
+                      amp_device=device.type if amp else None, amp_dtype=amp or torch.bfloat16, hooks=hooks)
     if not trainer.train(max_steps):
         return None
     result = {"model": model.state_dict(), "stage": stage, "input": input,

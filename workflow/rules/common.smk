@@ -285,6 +285,36 @@ def get_mask_gpus(wildcards):
     return 0 if wildcards.source == "gt" else 1
 
 
+# Cluster resources (workflow/profiles/slurm): every rule declares them with get_job_resources, so that rules
+# renamed by a module (compare_masks_*, seed_<N>_*) keep them. The partition follows the job's `gpu` resource,
+# runtime and host memory its size (config cluster).
+
+
+def get_job_resources(size, gpu=0):
+    """Resources of a rule's jobs: `gpu` (an int or a function of the wildcards), the partition that follows from
+    it, and the runtime (minutes) and host memory of `size`, a key of config cluster.sizes.
+    """
+    cluster = config["cluster"]
+    gpus = gpu if callable(gpu) else (lambda wildcards: gpu)
+
+    def partition(wildcards):
+        return cluster["gpu_partition"] if gpus(wildcards) else cluster["cpu_partition"]
+
+    return dict(
+        gpu=gpus,
+        slurm_partition=partition,
+        runtime=cluster["sizes"][size]["runtime"],
+        mem_mb=cluster["sizes"][size]["mem_mb"],
+    )
+
+
+def get_loader_threads():
+    """CPUs of a job that feeds a network through the frame loader: one per worker process and one for the main
+    process, which drives the accelerator; at least 2, which a network on the CPU (no workers) runs on. The job
+    gives its own torch what the workers leave."""
+    return max(config["segmentation"]["loader_workers"] + 1, 2)
+
+
 def _variant(wildcards):
     """The variant of a predict or evaluate job; A2DError for a path no variant has (a source its kind lacks)."""
     return check_variant(
@@ -320,9 +350,10 @@ def get_stage2_masks(wildcards):
 
 def get_estimate_settings():
     """`estimate` reads the networks' architecture and work: sizes, batches, iterations, regions, experiments, the
-    mask model (FCIS's keys only for FCIS) and the flow network (RAFT's variant only for RAFT).
+    mask model (FCIS's keys only for FCIS) and the flow network (RAFT's variant only for RAFT); for the CPU side
+    the loader workers and the flow encoding.
     """
-    seg = ["backbone", "width", "aspp_rates", "crop", "amp"]
+    seg = ["backbone", "width", "aspp_rates", "crop", "amp", "loader_workers"]
     stage1 = ["batch_size", "iterations"]
     stage2 = [*stage1, "roi_size", "fc_dim", "pool", "roi_channels", "cache_features"]
     masks = ["model", "backbone", "min_size", "max_size", "batch_size", "max_regions"]
@@ -339,6 +370,7 @@ def get_estimate_settings():
         "experiments.regions",
         "flow.method",
         *(["flow.raft_variant"] if config["flow"]["method"] == "raft" else []),
+        *get_flow_encoding_keys(),
     )
 
 

@@ -38,6 +38,8 @@ rule compare_masks:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     params:
         settings=get_settings("seed", "evaluation.bootstrap_resamples"),
         this=get_compare_labels()[0],

@@ -19,6 +19,8 @@ if config["dataset"]["synthetic"]:
         conda:
             "../../envs/a2dpipe.yaml"
         threads: 8
+        resources:
+            **get_job_resources("pass"),
         params:
             settings=get_settings("seed", "synthetic"),
         shell:
@@ -38,6 +40,8 @@ rule index:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     params:
         settings=get_index_settings(),
     shell:
@@ -58,6 +62,8 @@ rule extract_frames:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("shard"),
     params:
         settings=get_settings("frames"),
     shell:

@@ -16,6 +16,8 @@ rule evaluate:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     params:
         settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
     shell:
@@ -37,6 +39,8 @@ rule evaluate_validation:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     params:
         settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
     shell:
@@ -64,6 +68,8 @@ rule validate:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     params:
         settings=get_settings("seed", "evaluation.bootstrap_resamples"),
         out_dir=get_output_dir,
@@ -87,6 +93,8 @@ rule timing:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     shell:
         "python -m a2dpipe timing --flow {input.flow:q} --masks {input.masks:q}"
         " --predictions {input.predictions:q} --out {output.table:q} --log {log:q}"
@@ -105,6 +113,8 @@ rule estimate:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     params:
         settings=get_estimate_settings(),
     shell:
@@ -144,6 +154,8 @@ rule report_figures:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     params:
         settings=get_settings("evaluation.qualitative_frames"),
         out_dir=get_output_dir,
@@ -220,6 +232,8 @@ rule tables:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     params:
         out_dir=get_output_dir,
         settings=get_settings(

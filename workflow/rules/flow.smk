@@ -17,7 +17,7 @@ rule flow:
         "../../envs/a2dpipe.yaml"
     threads: 1
     resources:
-        gpu=get_flow_gpus(),
+        **get_job_resources("shard", gpu=get_flow_gpus()),
     params:
         settings=get_flow_settings(),
     shell:

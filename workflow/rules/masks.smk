@@ -15,7 +15,7 @@ rule train_mask_model:
         "../../envs/a2dpipe.yaml"
     threads: 2
     resources:
-        gpu=1,
+        **get_job_resources("train", gpu=1),
     params:
         settings=get_mask_model_settings,
     shell:
@@ -38,7 +38,7 @@ rule region_masks:
         "../../envs/a2dpipe.yaml"
     threads: 1
     resources:
-        gpu=get_mask_gpus,
+        **get_job_resources("shard", gpu=get_mask_gpus),
     params:
         settings=get_region_mask_settings,
     shell:
@@ -60,6 +60,8 @@ rule mask_quality:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("pass"),
     shell:
         "python -m a2dpipe mask-quality --frames {input.frames:q} --dataset {input.dataset:q}"
         " --generic {input.generic:q} --out {output.table:q} --log {log:q}"

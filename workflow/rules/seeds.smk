@@ -58,6 +58,8 @@ rule aggregate:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    resources:
+        **get_job_resources("small"),
     params:
         runs=get_aggregate_arguments(),
         out_dir=get_output_dir,

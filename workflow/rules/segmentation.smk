@@ -15,9 +15,9 @@ rule train_stage1:
         res("benchmarks", "train_stage1", "{input}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
-    threads: 2
+    threads: get_loader_threads()
     resources:
-        gpu=1,
+        **get_job_resources("train", gpu=1),
     params:
         settings=get_train_settings(1),
     shell:
@@ -41,9 +41,9 @@ rule train_stage2:
         res("benchmarks", "train_stage2", "{input}-{trained_source}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
-    threads: 2
+    threads: get_loader_threads()
     resources:
-        gpu=1,
+        **get_job_resources("train", gpu=1),
     params:
         settings=get_train_settings(2),
     shell:
@@ -67,9 +67,9 @@ rule predict:
         res("benchmarks", "predict", f"{VARIANT}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
-    threads: 2
+    threads: get_loader_threads()
     resources:
-        gpu=1,
+        **get_job_resources("pass", gpu=1),
     params:
         settings=get_predict_settings,
     shell:
@@ -94,9 +94,9 @@ rule predict_validation:
         res("benchmarks", "predict_validation", f"{VARIANT}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
-    threads: 2
+    threads: get_loader_threads()
     resources:
-        gpu=1,
+        **get_job_resources("pass", gpu=1),
     params:
         settings=get_predict_settings,
     shell:

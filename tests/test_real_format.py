@@ -70,6 +70,12 @@ def test_a_region_run_on_the_missing_generic_source_fails_when_the_dag_is_built(
     assert proc.returncode != 0
     assert "config experiments.regions: [rgbflow, generic, generic] uses the generic mask source" in proc.stdout
     assert "set masks.coco_checkpoint" in proc.stdout and "train_mask_model" not in proc.stdout
+    # asked for by path, its mask model or caches are refused as well, before any job runs
+    without = yaml.safe_load(config.read_text())
+    without["experiments"]["regions"] = WITHOUT_GENERIC
+    config.write_text(yaml.safe_dump(without))
+    proc = snakemake_run(tmp_path, "results/masks/generic/shard-000.h5", "--dry-run", config=config, check=False)
+    assert proc.returncode != 0 and "no generic mask model in this run: dataset.synthetic is false" in proc.stdout
 
     # with a COCO file the generic source is that model as is, and the dataset model starts from it
     coco = _write_config(tiny_config, tmp_path / "coco.yaml", real_format, coco_checkpoint="coco.pth")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from a2dpipe.config import settings_slice
 from a2dpipe.dataset.a2d import read_videoset
+from a2dpipe.io import A2DError
 from a2dpipe.variants import (
     KINDS,
     NONE,
@@ -93,7 +94,13 @@ def get_mask_model_settings(wildcards):
 
 def get_mask_model_start(wildcards):
     """The dataset mask model is fine-tuned from the generic one (COCO's on real data) where the run has one,
-    else starts from ImageNet weights or from scratch; the generic one has no start."""
+    else starts from ImageNet weights or from scratch; the generic one has no start. A model of a source the run
+    lacks, asked for by path, is an error when the DAG is built."""
+    if wildcards.trained_source in UNAVAILABLE_SOURCES:
+        raise A2DError(
+            f"no {wildcards.trained_source} mask model in this run: "
+            f"{UNAVAILABLE_SOURCES[wildcards.trained_source]} (docs/real-a2d.md)"
+        )
     if wildcards.trained_source == "dataset" and "generic" not in UNAVAILABLE_SOURCES:
         return MASK_MODEL.format(trained_source="generic")
     return []

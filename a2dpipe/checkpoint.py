@@ -5,7 +5,9 @@ allowed because older third-party files pickle them beside their weights; a file
 as a crafted pickle that would run code, is refused with an ``A2DError`` naming it):
 
 - :func:`load_weights` -- third-party weights (ImageNet ResNets, COCO Mask R-CNN, FlowNet and RAFT) into a module,
-  strictly or by matching names and shapes, saying what it could not match;
+  strictly or by matching names and shapes, saying what it could not match. Batch norm's ``num_batches_tracked``
+  counters are not weights: older torchvision files lack them, frozen batch norm has none, so a file with or
+  without them loads the same (a missing counter keeps the model's value, one the model lacks is ignored);
 - :func:`load_model_file` -- a model written by ``a2dpipe train`` (stage 1 or 2) or ``a2dpipe train-mask-model``;
 - :func:`load_resume` / :func:`save_resume` -- the resumable training state a trainer keeps beside its output::
 
@@ -40,7 +42,8 @@ from torch import nn
 from a2dpipe.io import A2DError, atomic_path
 
 __all__ = [
-    "read_checkpoint", "state_dict_of", "load_weights", "load_state_strict", "load_model_file",
+    "read_checkpoint", "state_dict_of", "load_weights", "load_state_strict", "load_state_partial",
+    "describe_mismatch", "load_model_file",
     "rng_state", "set_rng_state", "fingerprint", "load_resume", "save_resume", "remove_resume", "write_curve",
     "MODEL_KEYS",
 ]
@@ -96,6 +99,10 @@ def state_dict_of(obj: object, path: str | Path, keys: Sequence[str] = ("state_d
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+_COUNTER = "num_batches_tracked"  # batch norm's step counter: a buffer, not a weight
+_NAMED = 8  # names listed per kind of mismatch in an error (the count says how many there are)
+
+
 def _mismatch(own: dict, state: dict) -> tuple[list, list, list]:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -103,16 +110,43 @@ def _mismatch(own: dict, state: dict) -> tuple[list, list, list]:
     return missing, unexpected, wrong
 
 
+def _with_counters(own: dict, state: dict) -> dict:
+    """``state`` with batch norm's counters made to agree with ``own`` (the model's state dict): those the file
+    lacks (older torchvision files) get the model's value, those the model lacks (frozen batch norm) are dropped."""
+    state = {k: v for k, v in state.items() if not k.endswith(_COUNTER) or k in own}
+    return {**{k: v for k, v in own.items() if k.endswith(_COUNTER) and k not in state}, **state}
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "(" + ", ".join(map(str, tensor.shape)) + ")"
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:_NAMED]) + (f" and {len(names) - _NAMED} more" if len(names) > _NAMED else "")
+
+
+def describe_mismatch(own: dict, state: dict) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``own``, in words: the model's tensors the
+    file lacks, the file's tensors the model has no place for, and those of another shape with both shapes (listed
+    once, not as both missing and unused); empty when everything agrees."""
+    missing, unexpected, wrong = _mismatch(own, state)
+    parts = [f"{len(missing)} of the model's tensors missing from the file: {_listed(missing)}" if missing else "",
+             f"{len(unexpected)} tensors of the file unused: {_listed(unexpected)}" if unexpected else "",
+             f"{len(wrong)} of another shape: " + _listed([f"{k} {_shape(state[k])} in the file, "
+                                                          f"{_shape(own[k])} in the model" for k in wrong])
+             if wrong else ""]
+    return "; ".join(p for p in parts if p)
+
+
 def load_state_strict(model: nn.Module, state: dict, path, name: str) -> None:
-    """Load ``state`` into ``model`` when keys and shapes all agree (a ``module.`` prefix is stripped first);
-    otherwise raise ``A2DError`` naming the file, the expected network and the first mismatching keys."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected, wrong = _mismatch(model.state_dict(), state)
-    if missing or unexpected or wrong:
-        raise A2DError(
-            f"{path}: not a {name} checkpoint: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of another shape {wrong[:3]}"
-        )
+    """Load ``state`` into ``model`` when keys and shapes all agree (a ``module.`` prefix is stripped first, batch
+    norm counters reconciled as the module docstring says); otherwise raise ``A2DError`` naming the file, the
+    expected network and every mismatch (:func:`describe_mismatch`)."""
+    own = model.state_dict()
+    state = _with_counters(own, {k.removeprefix("module."): v for k, v in state.items()})
+    problems = describe_mismatch(own, state)
+    if problems:
+        raise A2DError(f"{path}: not a {name} checkpoint: {problems}")
     model.load_state_dict(state)
 
 
@@ -137,18 +171,17 @@ def load_weights(model: nn.Module, path: str | Path, *, name: str, what: str = "
 
 def load_state_partial(model: nn.Module, state: dict, path, name: str) -> list[str]:
     """Load the tensors of ``state`` whose name and shape match ``model`` (``path`` names their file, ``name``
-    the network expected); log the rest and return the model's names left as initialised. ``A2DError`` when
-    nothing matches."""
+    the network expected); log the rest (:func:`describe_mismatch`) and return the model's names left as
+    initialised. ``A2DError`` when nothing matches."""
     own = model.state_dict()
     loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not loaded:
         raise A2DError(f"{path}: no tensor matches the {name} being built (wrong backbone?)")
+    state, loaded = _with_counters(own, state), _with_counters(own, loaded)
     model.load_state_dict(loaded, strict=False)
-    # batch-norm counters are absent from torchvision's files (frozen batch norm has none)
-    fresh = [k for k in own if k not in loaded and not k.endswith("num_batches_tracked")]
-    unused = sorted(set(state) - set(loaded))
-    log.info("%s: loaded %d tensors into %s; %d left as initialised %s; %d of the file unused %s", path,
-             len(loaded), name, len(fresh), fresh[:8], len(unused), unused[:8])
+    fresh = [k for k in own if k not in loaded]
+    log.info("%s: loaded %d of the %d tensors of %s; the rest: %s", path, len(loaded), len(own), name,
+             describe_mismatch(own, state) or "none")
     return fresh
 
 

@@ -15,6 +15,11 @@ Each part is a Snakemake wildcard of the prediction and evaluation paths
 option: nothing splits a joined name. The one joined name, :func:`variant_name`, is for display: the
 ``variant`` of the prediction and evaluation files, on which tables, claims and the report key.
 
+Which mask sources a run has (:func:`unavailable_sources`): ``dataset`` and ``gt`` always; ``generic`` with a COCO
+model (``masks.coco_checkpoint``, used as is) or on the synthetic benchmark (trained on its non-actor objects).
+A real-format dataset without a COCO file has no generic source: its dataset mask model then starts from ImageNet
+weights or from scratch, and the workflow refuses, when it builds the DAG, a region run that names ``generic``.
+
 Example:
     >>> variant_name(Variant("ours", "rgbflow", "dataset", "gt"))
     'ours-rgbflow-dataset-gt'
@@ -28,7 +33,8 @@ from typing import NamedTuple
 
 from a2dpipe.io import A2DError
 
-__all__ = ["NONE", "KINDS", "INPUTS", "TRAINED_SOURCES", "TEST_SOURCES", "Variant", "check_variant", "variant_name"]
+__all__ = ["NONE", "KINDS", "INPUTS", "TRAINED_SOURCES", "TEST_SOURCES", "Variant", "check_variant", "variant_name",
+           "unavailable_sources", "check_region_runs"]
 
 NONE = "none"  # placeholder of a source a kind does not use: keeps every path four parts deep
 KINDS = ("baseline", "maskvote", "ours")
@@ -73,3 +79,32 @@ def variant_name(variant: Variant) -> str:
     """The display name: the parts a kind uses, joined by dashes (``baseline-rgb``, ``maskvote-rgbflow-dataset``,
     ``ours-rgbflow-dataset-gt``)."""
     return "-".join(part for part in check_variant(variant) if part != NONE)
+
+
+def unavailable_sources(config: dict) -> dict[str, str]:
+    """``{source: why this run lacks it}`` for the mask sources ``config`` cannot make (empty: all of them).
+
+    ``generic`` needs a COCO model (``masks.coco_checkpoint``) or the synthetic benchmark's non-actor objects, which
+    real A2D does not annotate (``dataset.synthetic: false``).
+    """
+    if config["masks"]["coco_checkpoint"] or config["dataset"]["synthetic"]:
+        return {}
+    return {"generic": "dataset.synthetic is false and masks.coco_checkpoint is null: a real-format dataset "
+                       "annotates no non-actor objects to train a generic model on, and no COCO model is given"}
+
+
+def check_region_runs(runs, config: dict) -> None:
+    """A2DError naming each ``experiments.regions`` entry (``[input, train source, test source]``) that uses a mask
+    source :func:`unavailable_sources` says this run lacks, why, and the two ways out."""
+    missing = unavailable_sources(config)
+    bad = [run for run in runs if missing.keys() & set(run[1:])]
+    if not bad:
+        return
+    entries = ", ".join("[" + ", ".join(run) + "]" for run in bad)
+    sources = sorted(missing.keys() & {s for run in bad for s in run[1:]})
+    reasons = "; ".join(f"{s}: {missing[s]}" for s in sources)
+    raise A2DError(
+        f"config experiments.regions: {entries} use{'s' if len(bad) == 1 else ''} the {' and '.join(sources)} mask "
+        f"source, which this run lacks ({reasons}). Remove {'that entry' if len(bad) == 1 else 'those entries'} or "
+        "set masks.coco_checkpoint to a COCO model file (docs/real-a2d.md)"
+    )

@@ -26,6 +26,18 @@ def test_preset_validates(path):
     jsonschema.validate(yaml.safe_load(path.read_text()), SCHEMA)
 
 
+def test_paper_overlay_validates_on_the_paper_preset():
+    """config/paper-coco.yaml goes on top of the paper preset (`--configfile config/paper.yaml
+    config/paper-coco.yaml`, merged key by key as Snakemake merges config files)."""
+    from snakemake.utils import update_config
+
+    config, overlay = (yaml.safe_load((ROOT / "config" / f).read_text()) for f in ("paper.yaml", "paper-coco.yaml"))
+    update_config(config, overlay)
+    jsonschema.validate(config, SCHEMA)
+    assert config["masks"]["coco_checkpoint"] and config["experiments"]["compare_masks"] is None
+    assert ["rgbflow", "generic", "generic"] in config["experiments"]["regions"]
+
+
 def test_tiny_preset_names_every_key_of_the_default():
     default, tiny = (yaml.safe_load(p.read_text()) for p in (PRESETS[0], PRESETS[2]))
     assert _keys(tiny) == _keys(default)

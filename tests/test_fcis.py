@@ -249,7 +249,10 @@ def test_resnet_backbone_starts_from_a_torchvision_imagenet_file(tmp_path):
     torch.testing.assert_close(body.bn1.running_var, net.bn1.running_var)
     assert body.layer4[1].conv2.dilation == (2, 2) and not body.layer1[0].conv1.weight.requires_grad
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(A2DError, match="other.pth: not this ResNet's weights"):
+    shapes = r"conv1.weight \(3\) in the file, \(64, 3, 7, 7\) in the model"  # said once, with both shapes
+    with pytest.raises(A2DError, match=r"other.pth: not a ResNet-50 \(ImageNet, torchvision layout\) checkpoint: "
+                                       r"264 of the model's tensors missing from the file: .*; 1 of another shape: "
+                                       + shapes):
         fcis(backbone="resnet50", num_classes=3, min_size=64, max_size=96, imagenet_weights=tmp_path / "other.pth")
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(A2DError, match="junk.pth: ImageNet ResNet weights .* is not a readable torch checkpoint"):

@@ -92,7 +92,8 @@ CAPTIONS = {
     "average (the mean class accuracy). The paper's table has no dog-none column. Percentages.",
     "timing": "Milliseconds per frame of each stage on this run's device, beside the paper's (one Nvidia K80). "
     "The paper's baseline network time is its baseline total minus its flow time.",
-    "mask_quality": "Quality of the region masks of each source on the test split (COCO-style mask AP).",
+    "mask_quality": "Quality of the region masks of each source on the test split (COCO-style mask AP); a source "
+    "without figures is not part of this run, its note says why.",
 }
 
 

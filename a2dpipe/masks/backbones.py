@@ -13,8 +13,7 @@ from torchvision.models import resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import misc as misc_nn_ops
 
-from a2dpipe.checkpoint import read_checkpoint, state_dict_of
-from a2dpipe.io import A2DError
+from a2dpipe.checkpoint import load_weights
 
 __all__ = ["BasicBlock", "TinyBody", "DilatedTinyBody", "DilatedResNet", "load_imagenet_weights"]
 
@@ -111,6 +110,7 @@ class DilatedResNet(nn.Module):
 
     def __init__(self, depth: int, frozen: bool = False):
         super().__init__()
+        self.depth = depth
         norm = misc_nn_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
         net = {50: resnet50, 101: resnet101}[depth](
             weights=None, norm_layer=norm, replace_stride_with_dilation=[False, False, True]
@@ -127,15 +127,7 @@ class DilatedResNet(nn.Module):
 
 
 def load_imagenet_weights(backbone: DilatedResNet, path: str | Path) -> None:
-    """Initialise a :class:`DilatedResNet` from a local torchvision ImageNet ResNet state dict (``fc`` ignored)."""
-    what = "ImageNet ResNet weights (config masks.fcis_imagenet_weights)"
-    state = state_dict_of(read_checkpoint(path, what), path)
-    target = backbone.body.state_dict()
-    state = {k: v for k, v in state.items()  # frozen batch norm keeps no batch counter
-             if not k.startswith("fc.") and (k in target or not k.endswith("num_batches_tracked"))}
-    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
-    wrong = [k for k, v in state.items() if k not in target or tuple(v.shape) != tuple(target[k].shape)]
-    if missing or wrong:
-        raise A2DError(f"{path}: not this ResNet's weights (missing {missing[:4]}, unexpected or misshapen "
-                       f"{wrong[:4]})")
-    backbone.body.load_state_dict(state, strict=False)
+    """Initialise a :class:`DilatedResNet` from a local torchvision ImageNet ResNet state dict (``fc`` ignored),
+    strictly, with or without batch norm counters (:func:`a2dpipe.checkpoint.load_weights`)."""
+    load_weights(backbone.body, path, name=f"ResNet-{backbone.depth} (ImageNet, torchvision layout)",
+                 what="ImageNet ResNet weights (config masks.fcis_imagenet_weights)", drop=("fc.",))

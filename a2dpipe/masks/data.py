@@ -92,7 +92,8 @@ class InstanceReader:
                 raise A2DError(
                     f"{path}: frame {group_key(ref.video, ref.frame)} has no 'distractor_masks': the generic mask "
                     "source is trained on every object, so it needs the synthetic benchmark's non-actor objects; on "
-                    "real A2D set masks.coco_checkpoint to use a COCO model instead"
+                    "real A2D set masks.coco_checkpoint to use a COCO model, or leave generic out of "
+                    "experiments.regions (docs/real-a2d.md)"
                 )
             others = arrays["distractor_masks"].astype(np.uint8).reshape(-1, *rgb.shape[:2])
             masks = np.concatenate([masks, others])

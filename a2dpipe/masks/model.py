@@ -9,9 +9,11 @@ All are torchvision :class:`~torchvision.models.detection.MaskRCNN` models or fo
 - eval: ``model(images) -> [{"boxes", "labels", "scores", "masks" (N, 1, H, W) float in [0, 1]}]`` at input size.
 
 ``num_classes`` counts the background: 8 for the A2D actors, 2 for a class-agnostic "object" model, 91 for COCO.
-A local COCO checkpoint in torchvision's format (``maskrcnn_resnet50_fpn`` state dict) can initialise any model of
-the same architecture: tensors whose shape differs (the class-specific heads when the class count differs) keep
-their fresh initialisation, everything else is loaded. Nothing is downloaded.
+A local COCO checkpoint in torchvision's format (``maskrcnn_resnet50_fpn`` state dict, such as torchvision's
+published ``maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth``) can initialise any model of the same architecture: tensors
+whose shape differs (the class-specific heads when the class count differs) keep their fresh initialisation,
+everything else is loaded. A model used as is, untrained (the generic source), loads it strictly instead: a tensor
+missing, unused or of another shape is an error naming it. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -162,14 +164,16 @@ def mask_model_options(cfg: dict) -> dict:
             "imagenet_weights": cfg["fcis_imagenet_weights"], "tiny_stride": cfg["fcis_tiny_stride"]}
 
 
-def load_coco_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
-    """Load every tensor of ``path`` whose name and shape match ``model``; return the names left as initialised.
+def load_coco_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = False) -> list[str]:
+    """Load the COCO checkpoint ``path`` into ``model``; return the names left as initialised.
 
-    Class-specific heads (``roi_heads.box_predictor.*``, ``roi_heads.mask_predictor.mask_fcn_logits.*``) differ in
-    shape when the class count differs and are re-initialised; a checkpoint that matches nothing is an error
-    (:func:`a2dpipe.checkpoint.load_weights`, which also logs what it could not match).
+    ``strict=False`` (a start for training): every tensor whose name and shape match; class-specific heads
+    (``roi_heads.box_predictor.*``, ``roi_heads.mask_predictor.mask_fcn_logits.*``) differ in shape when the class
+    count differs and are re-initialised; a checkpoint that matches nothing is an error. ``strict=True`` (a model
+    used as is): every tensor of the model and of the file must match, or ``A2DError`` names each one that does not
+    (:func:`a2dpipe.checkpoint.load_weights`).
     """
-    return load_weights(model, path, name=type(model).__name__, partial=True,
+    return load_weights(model, path, name=f"COCO {type(model).__name__}", partial=not strict,
                         what="COCO checkpoint (config masks.coco_checkpoint)")
 
 

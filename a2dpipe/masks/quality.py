@@ -12,8 +12,10 @@ Two ways of counting, one row each in ``results/masks/quality.csv``:
   row, so ``dataset`` and ``generic`` are compared on equal terms; a generic region on a non-actor object is a false
   positive, which is exactly the cost of generic masks.
 
-Columns: ``source, categories, AP, AP50, AP75, frames, regions_per_frame`` (AP in percent, COCO's
-AP@[.5:.95], 100 detections per frame).
+Columns: ``source, categories, AP, AP50, AP75, frames, regions_per_frame, note`` (AP in percent, COCO's
+AP@[.5:.95], 100 detections per frame). A trained source the run leaves out (``--left-out "generic: why"``: no
+generic source on a real-format dataset without a COCO file, or no region run tests with it) gets one ``agnostic``
+row without figures, its ``note`` saying why; measured rows have an empty note.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from a2dpipe.stores import group_key
 
 log = logging.getLogger("a2dpipe.masks")
 
-COLUMNS = ["source", "categories", "AP", "AP50", "AP75", "frames", "regions_per_frame"]
+COLUMNS = ["source", "categories", "AP", "AP50", "AP75", "frames", "regions_per_frame", "note"]
 
 
 def configure_parser(parser) -> None:
@@ -46,18 +48,22 @@ def configure_parser(parser) -> None:
     parser.add_argument("--frames", required=True, nargs="+", help="frames stores (every shard)")
     parser.add_argument("--dataset", nargs="*", default=[], help="dataset-source caches (every shard)")
     parser.add_argument("--generic", nargs="*", default=[], help="generic-source caches (every shard)")
+    parser.add_argument("--left-out", nargs="*", default=[], metavar="SOURCE: WHY",
+                        help="a source not measured and why: a row without figures that says so")
     parser.add_argument("--out", required=True, help="CSV table to write (results/masks/quality.csv)")
 
 
 def run(args) -> None:
-    table = mask_quality(args.frames, {"dataset": args.dataset, "generic": args.generic})
+    table = mask_quality(args.frames, {"dataset": args.dataset, "generic": args.generic}, left_out=args.left_out)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.2f")
     log.info("mask quality:\n%s", table.to_string(index=False))
 
 
-def mask_quality(frames: list[str | Path], caches: dict[str, list[str | Path]], split: str = "test") -> pd.DataFrame:
-    """AP table of the given sources (see the module docstring) over the ``split`` frames of ``frames``.
+def mask_quality(frames: list[str | Path], caches: dict[str, list[str | Path]], split: str = "test",
+                 left_out: list[str] = ()) -> pd.DataFrame:
+    """AP table of the given sources (see the module docstring) over the ``split`` frames of ``frames``, and a row
+    without figures for each ``left_out`` note (``"source: why"``).
 
     Streams frame by frame: each frame's instances and regions are read, run-length encoded at once and dropped, so
     memory holds only the compact encodings (a full-size A2D test split as float masks would need tens of GB).
@@ -72,7 +78,13 @@ def mask_quality(frames: list[str | Path], caches: dict[str, list[str | Path]], 
         for categories in (("agnostic",) if source == "generic" else ("actor", "agnostic")):
             ap = coco_mask_ap(truth, detections, agnostic=categories == "agnostic")
             rows.append({"source": source, "categories": categories, **ap, "frames": len(refs),
-                         "regions_per_frame": float(np.mean([len(d) for d in detections]))})
+                         "regions_per_frame": float(np.mean([len(d) for d in detections])), "note": ""})
+    for note in left_out:
+        source, _, why = note.partition(":")
+        if not why.strip() or source.strip() in sources:
+            raise A2DError(f"--left-out {note!r}: expected 'source: why' for a source not measured")
+        rows.append({"source": source.strip(), "categories": "agnostic", "frames": len(refs),
+                     "note": f"not measured: {why.strip()}"})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

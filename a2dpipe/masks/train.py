@@ -1,14 +1,16 @@
 """``a2dpipe train-mask-model``: train the Mask R-CNN behind the ``dataset`` or ``generic`` mask source.
 
 - ``generic``: with ``masks.coco_checkpoint`` set, that COCO model used as is (no training: the paper's COCO-trained
-  FCIS); otherwise (synthetic benchmark) one "object" class trained from scratch for ``masks.iterations`` steps on
-  every object of the train split, actors and non-actor distractors alike, so it proposes irrelevant objects too.
-  Its regions carry no actor label (0).
+  FCIS), loaded strictly (a tensor missing, unused or of another shape is an error naming it); otherwise (synthetic
+  benchmark) one "object" class trained from scratch for ``masks.iterations`` steps on every object of the train
+  split, actors and non-actor distractors alike, so it proposes irrelevant objects too. Its regions carry no actor
+  label (0). A real-format dataset without a COCO file has no generic source (:mod:`a2dpipe.variants`).
 - ``dataset``: actor classes (8 with background) on the train split's actor instances, fine-tuned for
   ``masks.finetune_iterations`` steps from the generic model (``--start``; class heads re-initialised), as the
   paper fine-tunes its COCO FCIS on A2D. On the synthetic benchmark the generic model plays COCO's part: 200 steps
-  from it match 300 from scratch on validation at two thirds of the CPU (README). Without ``--start``: from
-  ``masks.coco_checkpoint`` when one is given, else from scratch, for ``masks.iterations`` steps.
+  from it match 300 from scratch on validation at two thirds of the CPU (README). Without ``--start`` (the
+  workflow gives none when the run has no generic source): from ``masks.coco_checkpoint`` when one is given, else
+  from ImageNet weights (``masks.fcis_imagenet_weights``) or from scratch, for ``masks.iterations`` steps.
 
 Writes ``--out`` (``model``, ``arch``, ``source``, ``class_agnostic``, ``config``, ``steps``; read it with
 :func:`a2dpipe.masks.model.load_mask_model`). Beside it: ``checkpoint.pt`` every ``masks.checkpoint_every`` steps
@@ -39,7 +41,7 @@ from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
-from a2dpipe.masks.model import build_mask_model, mask_model_options
+from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, mask_model_options
 from a2dpipe.trainer import (PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns,
                              tensorboard_hooks)
 
@@ -176,7 +178,8 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
     """The generic source on real data: the COCO checkpoint as is (91 COCO classes, regions labelled 0)."""
     cfg = config["masks"]
     arch = _arch(cfg, "generic", 91)
-    model = build_mask_model(**arch, coco_checkpoint=cfg["coco_checkpoint"])
+    model = build_mask_model(**arch)
+    load_coco_checkpoint(model, cfg["coco_checkpoint"], strict=True)  # untrained: nothing may stay random
     log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])
     checkpoint = {
         "model": model.state_dict(), "arch": arch, "source": "generic", "class_agnostic": True,

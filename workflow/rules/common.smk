@@ -7,7 +7,16 @@ from pathlib import Path
 from a2dpipe.config import settings_slice
 from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.dataset.a2d import read_videoset
-from a2dpipe.variants import KINDS, NONE, TEST_SOURCES, Variant, check_variant
+from a2dpipe.io import A2DError
+from a2dpipe.variants import (
+    KINDS,
+    NONE,
+    TEST_SOURCES,
+    Variant,
+    check_region_runs,
+    check_variant,
+    unavailable_sources,
+)
 
 RESULTS = config["results"]
 # What no training seed changes (index, frames, flow) lies here; in a seeds run every seed's run shares one copy.
@@ -22,6 +31,8 @@ INPUTS = config["experiments"]["inputs"]
 REGION_RUNS = [tuple(run) for run in config["experiments"]["regions"]]
 MASK_SOURCES = ("dataset", "generic", "gt")
 TRAINED_MASK_SOURCES = ("dataset", "generic")
+# Mask sources this run cannot make, and why: generic on a real-format dataset without a COCO file.
+UNAVAILABLE_SOURCES = unavailable_sources(config)
 
 
 def res(*parts):
@@ -77,11 +88,12 @@ def get_flow_settings():
 
 def get_mask_model_settings(wildcards):
     """`train_mask_model` reads every masks key except the inference-only score threshold, FCIS's keys only for
-    FCIS, and the step count of its start: `finetune_iterations` for the dataset model (fine-tuned from the
-    generic one), `iterations` for the generic one."""
+    FCIS, and one step count: `finetune_iterations` for a model with a start (the dataset model, fine-tuned from
+    the generic one), `iterations` for one without (the generic model; the dataset model when there is no
+    generic source)."""
     fcis = config["masks"]["model"] == "fcis"
-    other_steps = {"dataset": "iterations", "generic": "finetune_iterations"}
-    unread = ("score_threshold", other_steps[wildcards.trained_source])
+    started = bool(get_mask_model_start(wildcards))
+    unread = ("score_threshold", "iterations" if started else "finetune_iterations")
     masks = [
         f"masks.{k}"
         for k in config["masks"]
@@ -91,9 +103,15 @@ def get_mask_model_settings(wildcards):
 
 
 def get_mask_model_start(wildcards):
-    """The dataset mask model is fine-tuned from the generic one (COCO's on real data); the generic one starts
-    from scratch."""
-    if wildcards.trained_source == "dataset":
+    """The dataset mask model is fine-tuned from the generic one (COCO's on real data) where the run has one,
+    else starts from ImageNet weights or from scratch; the generic one has no start. A model of a source the run
+    lacks, asked for by path, is an error when the DAG is built."""
+    if wildcards.trained_source in UNAVAILABLE_SOURCES:
+        raise A2DError(
+            f"no {wildcards.trained_source} mask model in this run: "
+            f"{UNAVAILABLE_SOURCES[wildcards.trained_source]} (docs/real-a2d.md)"
+        )
+    if wildcards.trained_source == "dataset" and "generic" not in UNAVAILABLE_SOURCES:
         return MASK_MODEL.format(trained_source="generic")
     return []
 
@@ -149,6 +167,8 @@ def check_synthetic_root():
 
 
 check_synthetic_root()
+# A region run that names a mask source this run lacks fails here, not in a job minutes later.
+check_region_runs(REGION_RUNS, config)
 
 
 def count_videos():
@@ -357,7 +377,8 @@ def get_estimate_settings():
     stage1 = ["batch_size", "iterations"]
     stage2 = [*stage1, "roi_size", "fc_dim", "pool", "roi_channels", "cache_features"]
     masks = ["model", "backbone", "min_size", "max_size", "batch_size", "max_regions"]
-    # steps: the generic model's from scratch (none when COCO's model is it), the dataset model's fine-tuning
+    # steps: the generic model's from scratch (none when COCO's model is it), the dataset model's fine-tuning; with
+    # no generic source (real-format data, no COCO file) the dataset model's from its start
     masks += ["iterations", "finetune_iterations", "coco_checkpoint"]
     if config["masks"]["model"] == "fcis":
         masks += [k for k in config["masks"] if k.startswith("fcis_")]
@@ -368,6 +389,7 @@ def get_estimate_settings():
         *(f"masks.{k}" for k in masks),
         "experiments.inputs",
         "experiments.regions",
+        "dataset.synthetic",
         "flow.method",
         *(["flow.raft_variant"] if config["flow"]["method"] == "raft" else []),
         *get_flow_encoding_keys(),
@@ -392,10 +414,33 @@ def get_timing_masks():
 
 
 def get_mask_quality_table():
-    """Mask AP table, when both trained sources are part of the run (it needs both caches)."""
-    return (
-        [MASK_QUALITY] if set(TRAINED_MASK_SOURCES) <= set(get_test_sources()) else []
-    )
+    """Mask AP table, when a trained source is a test source of the run."""
+    return [MASK_QUALITY] if get_quality_sources() else []
+
+
+def get_quality_sources():
+    """Trained mask sources whose mask AP the run measures: those it tests with."""
+    return [s for s in TRAINED_MASK_SOURCES if s in get_test_sources()]
+
+
+def get_quality_caches(source):
+    """Input function of `mask_quality`: the region caches of `source`, when its mask AP is measured."""
+
+    def caches(wildcards):
+        if source not in get_quality_sources():
+            return []
+        return expand(MASK_CACHE, source=source, shard=SHARDS)
+
+    return caches
+
+
+def get_quality_left_out():
+    """`mask_quality`'s notes on the trained sources it leaves out, as `source: why` (a row with no figures)."""
+    return [
+        f"{s}: {UNAVAILABLE_SOURCES.get(s, 'no experiments.regions entry tests with it')}"
+        for s in TRAINED_MASK_SOURCES
+        if s not in get_quality_sources()
+    ]
 
 
 # The HTML report (`snakemake --report report.html`) shows the pages of the DAG of `all` that are marked for it, and

@@ -49,8 +49,8 @@ rule region_masks:
 rule mask_quality:
     input:
         frames=expand(FRAMES, shard=SHARDS),
-        dataset=expand(MASK_CACHE, source="dataset", shard=SHARDS),
-        generic=expand(MASK_CACHE, source="generic", shard=SHARDS),
+        dataset=get_quality_caches("dataset"),
+        generic=get_quality_caches("generic"),
     output:
         table=MASK_QUALITY,
     log:
@@ -62,6 +62,8 @@ rule mask_quality:
     threads: 1
     resources:
         **get_job_resources("pass"),
+    params:
+        left_out=get_quality_left_out(),
     shell:
         "python -m a2dpipe mask-quality --frames {input.frames:q} --dataset {input.dataset:q}"
-        " --generic {input.generic:q} --out {output.table:q} --log {log:q}"
+        " --generic {input.generic:q} --left-out {params.left_out:q} --out {output.table:q} --log {log:q}"

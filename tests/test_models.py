@@ -290,3 +290,31 @@ def test_joint_prediction_matches_brute_force():
         cands = {0: actor[b, 0, y, x] + action[b, 0, y, x]}
         cands.update({p: actor[b, p // 10, y, x] + action[b, p % 10, y, x] for p in VALID_PAIRS})
         assert ids[b, y, x].item() == max(cands, key=lambda k: cands[k].item())
+
+
+def test_loss_is_nll_losss_mean_bit_for_bit_and_zero_without_labelled_pixels():
+    """The loss divides the sum by the labelled pixels' count on the device (no host check per head): the same
+    bits as ``nll_loss``'s mean, values and gradients, and 0 with a zero gradient when nothing is labelled."""
+    import torch.nn.functional as F
+
+    from a2dpipe.labels import IGNORE
+
+    g = torch.Generator().manual_seed(4)
+    for height in (9, 31, 64):
+        actor = torch.log_softmax(torch.randn(2, 8, height, 23, generator=g), 1).requires_grad_(True)
+        action = torch.log_softmax(torch.randn(2, 10, height, 23, generator=g), 1).requires_grad_(True)
+        targets = [torch.randint(0, k, (2, height, 23), generator=g) for k in (8, 10)]
+        for t in targets:
+            t[torch.rand(t.shape, generator=g) < 0.3] = IGNORE
+        losses = segmentation_loss({"actor": actor, "action": action}, *targets)
+        for name, logp, target in (("actor", actor, targets[0]), ("action", action, targets[1])):
+            want = F.nll_loss(logp, target, ignore_index=IGNORE)
+            assert torch.equal(losses[f"loss_{name}"], want), name
+            got_grad, = torch.autograd.grad(losses[f"loss_{name}"], logp)
+            want_grad, = torch.autograd.grad(want, logp)
+            assert torch.equal(got_grad, want_grad), name
+    nothing = torch.full((1, 4, 5), IGNORE)
+    logp = torch.log_softmax(torch.randn(1, 8, 4, 5), 1).requires_grad_(True)
+    loss = segmentation_loss({"actor": logp, "action": logp[:, :8]}, nothing, nothing)["loss_actor"]
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logp.grad, torch.zeros_like(logp))

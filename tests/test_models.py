@@ -218,14 +218,18 @@ def test_region_pooling_batched_equals_per_frame():
         torch.testing.assert_close(single["actor"][0], batched["actor"][b])
 
 
-def test_region_heads_each_equals_per_frame_on_frames_of_different_sizes():
+@pytest.mark.parametrize("path", ["loop", "dense"])
+def test_region_heads_each_equals_per_frame_on_frames_of_different_sizes(path):
     """Stage 2 on cached whole frames runs the FC layers once for every frame's regions: same outputs and same
-    gradients as one frame at a time, for frames of different sizes and a frame without regions."""
+    gradients as one frame at a time, for frames of different sizes and a frame without regions; on the dense
+    path (CUDA's, forced here) frames of one size share one region-to-pixel call."""
     torch.manual_seed(0)
     model = build_segmenter(SMALL, input="rgb", regions=True)
-    sizes = [(40, 56), (32, 64), (40, 48)]
+    model.region.region_to_pixel.path = path
+    sizes = [(40, 56), (32, 64), (40, 48), (40, 56)]
     feats = [torch.randn(1, 64, h // 8, w // 8) for h, w in sizes]
-    regs = [_regions(40, 56), _regions(32, 64), {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 48)}]
+    regs = [_regions(40, 56), _regions(32, 64), {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 48)},
+            {k: v[:1] for k, v in _regions(40, 56).items()}]
     targets = [torch.randint(0, 8, (1, h, w)) for h, w in sizes]
 
     def loss_and_grad(outputs):
@@ -239,7 +243,7 @@ def test_region_heads_each_equals_per_frame_on_frames_of_different_sizes():
     for t, a in zip(together, alone):
         torch.testing.assert_close(t["actor"], a["actor"])
         torch.testing.assert_close(t["action"], a["action"])
-    assert [len(t["region_scores"][0]) for t in together] == [2, 2, 0]
+    assert [len(t["region_scores"][0]) for t in together] == [2, 2, 0, 1]
     (loss_t, grad_t), (loss_a, grad_a) = loss_and_grad(together), loss_and_grad(alone)
     torch.testing.assert_close(loss_t, loss_a)
     torch.testing.assert_close(grad_t, grad_a)

@@ -4,8 +4,9 @@
 A trainer supplies ``step_fn(step) -> {"loss_x": tensor, ...}``: the losses of optimiser step ``step`` (0-based),
 drawn deterministically from ``step`` alone. :class:`Trainer` does the rest, the same way for all of them:
 
-- sums the losses (in the dict's order), refuses a non-finite total naming the step and each loss, then
-  ``zero_grad``, ``backward``, ``optimizer.step``, ``scheduler.step``;
+- sums the losses (in the dict's order), ``zero_grad``, ``backward``, then reads the total and every loss back
+  together (the step's one host sync), refuses a non-finite total naming the step and each loss (no weight has
+  changed yet), then ``optimizer.step``, ``scheduler.step``;
 - records one loss-curve row per step, ``{"step", "loss", "lr", <each loss>}`` (``lr``: the first parameter
   group's learning rate *used by* the step), written as ``loss.csv`` with :data:`CURVE_COLUMNS` + loss names;
 - hooks: :class:`Progress` (a progress bar, :mod:`a2dpipe.progress`, and a closing log line) and :class:`PeriodicCheckpointer` (every

@@ -2,7 +2,7 @@
 
     python benchmarks/region_to_pixel.py [--regions 50] [--classes 44] [--height 320] [--width 568]
                                          [--max-side 0.5] [--threads 1] [--repeats 5] [--device cpu]
-                                         [--alternatives]
+                                         [--alternatives] [--count-calls [--batch 1]]
 
 Regions imitate an instance segmenter's candidates: box sides uniform in [0.05, max_side] of the frame, centres
 anywhere (so some boxes cross the frame edge), soft elliptical masks that fade to exactly 0 outside about 1.2 box
@@ -12,6 +12,11 @@ Outputs must be identical and gradients equal to rounding, or the script fails. 
 areas x classes, the loop's N x frame area x classes: the speed-up falls as boxes grow (try ``--max-side 0.9``).
 ``--alternatives`` also times a vectorised (pixel, region)-pair gather + ``scatter_reduce('amax')`` forward, the
 design the layer replaced.
+
+``--count-calls`` instead counts, with ``torch.profiler`` on the CPU, the operator calls that would each launch a
+kernel on a GPU (:func:`count_kernel_calls`) in one stage-2 training step of the region back-end (RoI pooling, FC
+layers, region-to-pixel, loss, backward) on ``--batch`` frames of ``--regions`` regions each, for both paths of
+the layer (``loop``: the CPU's; ``dense``: CUDA's), and times that step on this CPU.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import time
 
 import torch
 
-from a2dpipe.segmentation.models.region_to_pixel import box_pixel_ranges, region_to_pixel, region_to_pixel_reference
+from a2dpipe.segmentation.models.region_to_pixel import (box_pixel_ranges, count_kernel_calls, region_to_pixel,
+                                                         region_to_pixel_reference)
 
 
 def make_regions(n, k, height, width, max_side, seed=0, device="cpu"):
@@ -86,6 +92,39 @@ def memory_estimate(n, k, height, width, chunk_pixels=1 << 18):
     return forward, backward
 
 
+def stage2_step_calls(regions: int, batch: int, height: int, width: int, repeats: int) -> None:
+    """Operator calls and CPU time of one stage-2 step of the region back-end, per region-to-pixel path."""
+    from a2dpipe.segmentation.models import segmentation_loss
+    from a2dpipe.segmentation.models.backends import build_region_back_end
+
+    torch.manual_seed(0)
+    back_end = build_region_back_end(64, roi_size=7, fc_dim=256, roi_channels=32)
+    features = torch.randn(batch, 64, -(-height // 8), -(-width // 8))
+    frames = []
+    for b in range(batch):
+        _, masks, boxes, _ = make_regions(regions, 2, height, width, 0.5, seed=b)
+        frames.append({"boxes": boxes.clamp(min=0), "masks": masks})
+    target = torch.randint(0, 8, (batch, height, width), generator=torch.Generator().manual_seed(2))
+
+    def step():
+        back_end.zero_grad(set_to_none=True)
+        out = back_end(features, frames, (height, width))
+        sum(segmentation_loss(out, target, target).values()).backward()
+
+    print(f"stage-2 step of the region back-end: {batch} frame(s) of {height} x {width}, {regions} regions each")
+    for path in ("loop", "dense"):
+        back_end.region_to_pixel.path = path
+        step()
+        calls = count_kernel_calls(step)
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            step()
+            times.append(time.process_time() - start)
+        print(f"  {path:5s}: {calls:6d} operator calls per step ({calls / (batch * regions):5.1f} per region), "
+              f"CPU {1000 * statistics.median(times):7.1f} ms per step")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--regions", type=int, default=50)
@@ -97,8 +136,13 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--alternatives", action="store_true")
+    p.add_argument("--count-calls", action="store_true", help="operator calls of a stage-2 step, both paths")
+    p.add_argument("--batch", type=int, default=1, help="frames per step of --count-calls")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.count_calls:
+        stage2_step_calls(a.regions, a.batch, a.height, a.width, a.repeats)
+        return
     scores, masks, boxes, uncovered = make_regions(a.regions, a.classes, a.height, a.width, a.max_side,
                                                    device=a.device)
     upstream = torch.randn(a.classes, a.height, a.width, generator=torch.Generator().manual_seed(1)).to(a.device)

@@ -167,7 +167,8 @@ def _soft_regions(height=40, width=60, seed=0) -> Regions:
     corner = np.zeros((height, width), np.float32)
     corner[-1, -1] = 0.5 / 255 * 1.01
     masks += [binary, np.zeros((height, width), np.float32), faint, outside, corner]
-    boxes += [[9, 5, 29, 16], [0, 0, 1, 1], [0, 0, width, height], [0, 0, width, height], [width - 1] * 2 + [width, height]]
+    boxes += [[9, 5, 29, 16], [0, 0, 1, 1], [0, 0, width, height], [0, 0, width, height],
+              [width - 1, height - 1, width, height]]
     boxes = np.clip(np.float32(boxes), 0, [width, height, width, height])
     n = len(masks)
     return Regions(boxes, rng.uniform(0, 1, n), rng.integers(0, 8, n), np.stack(masks).astype(np.float32))
@@ -190,7 +191,8 @@ def test_cropped_cache_gives_version_1_masks_pixel_for_pixel_in_any_window(tmp_p
                 cropped = cache.read_cropped(*key)
                 for mask, (top, left, height, width) in zip(want, cropped.extents.tolist()):  # tight rectangles
                     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-                    tight = (rows[0], cols[0], rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) if len(rows) else (0,) * 4
+                    tight = ((rows[0], cols[0], rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) if len(rows)
+                             else (0, 0, 0, 0))
                     assert (top, left, height, width) == tuple(map(int, tight)), key
                 for rows, cols in ((slice(0, 40), slice(0, 60)), (slice(3, 31), slice(10, 60)),
                                    (slice(39, 40), slice(0, 1)), (slice(20, 20), slice(5, 9))):

@@ -218,14 +218,18 @@ def test_region_pooling_batched_equals_per_frame():
         torch.testing.assert_close(single["actor"][0], batched["actor"][b])
 
 
-def test_region_heads_each_equals_per_frame_on_frames_of_different_sizes():
+@pytest.mark.parametrize("path", ["loop", "dense"])
+def test_region_heads_each_equals_per_frame_on_frames_of_different_sizes(path):
     """Stage 2 on cached whole frames runs the FC layers once for every frame's regions: same outputs and same
-    gradients as one frame at a time, for frames of different sizes and a frame without regions."""
+    gradients as one frame at a time, for frames of different sizes and a frame without regions; on the dense
+    path (CUDA's, forced here) frames of one size share one region-to-pixel call."""
     torch.manual_seed(0)
     model = build_segmenter(SMALL, input="rgb", regions=True)
-    sizes = [(40, 56), (32, 64), (40, 48)]
+    model.region.region_to_pixel.path = path
+    sizes = [(40, 56), (32, 64), (40, 48), (40, 56)]
     feats = [torch.randn(1, 64, h // 8, w // 8) for h, w in sizes]
-    regs = [_regions(40, 56), _regions(32, 64), {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 48)}]
+    regs = [_regions(40, 56), _regions(32, 64), {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 48)},
+            {k: v[:1] for k, v in _regions(40, 56).items()}]
     targets = [torch.randint(0, 8, (1, h, w)) for h, w in sizes]
 
     def loss_and_grad(outputs):
@@ -239,7 +243,7 @@ def test_region_heads_each_equals_per_frame_on_frames_of_different_sizes():
     for t, a in zip(together, alone):
         torch.testing.assert_close(t["actor"], a["actor"])
         torch.testing.assert_close(t["action"], a["action"])
-    assert [len(t["region_scores"][0]) for t in together] == [2, 2, 0]
+    assert [len(t["region_scores"][0]) for t in together] == [2, 2, 0, 1]
     (loss_t, grad_t), (loss_a, grad_a) = loss_and_grad(together), loss_and_grad(alone)
     torch.testing.assert_close(loss_t, loss_a)
     torch.testing.assert_close(grad_t, grad_a)
@@ -290,3 +294,31 @@ def test_joint_prediction_matches_brute_force():
         cands = {0: actor[b, 0, y, x] + action[b, 0, y, x]}
         cands.update({p: actor[b, p // 10, y, x] + action[b, p % 10, y, x] for p in VALID_PAIRS})
         assert ids[b, y, x].item() == max(cands, key=lambda k: cands[k].item())
+
+
+def test_loss_is_nll_losss_mean_bit_for_bit_and_zero_without_labelled_pixels():
+    """The loss divides the sum by the labelled pixels' count on the device (no host check per head): the same
+    bits as ``nll_loss``'s mean, values and gradients, and 0 with a zero gradient when nothing is labelled."""
+    import torch.nn.functional as F
+
+    from a2dpipe.labels import IGNORE
+
+    g = torch.Generator().manual_seed(4)
+    for height in (9, 31, 64):
+        actor = torch.log_softmax(torch.randn(2, 8, height, 23, generator=g), 1).requires_grad_(True)
+        action = torch.log_softmax(torch.randn(2, 10, height, 23, generator=g), 1).requires_grad_(True)
+        targets = [torch.randint(0, k, (2, height, 23), generator=g) for k in (8, 10)]
+        for t in targets:
+            t[torch.rand(t.shape, generator=g) < 0.3] = IGNORE
+        losses = segmentation_loss({"actor": actor, "action": action}, *targets)
+        for name, logp, target in (("actor", actor, targets[0]), ("action", action, targets[1])):
+            want = F.nll_loss(logp, target, ignore_index=IGNORE)
+            assert torch.equal(losses[f"loss_{name}"], want), name
+            got_grad, = torch.autograd.grad(losses[f"loss_{name}"], logp)
+            want_grad, = torch.autograd.grad(want, logp)
+            assert torch.equal(got_grad, want_grad), name
+    nothing = torch.full((1, 4, 5), IGNORE)
+    logp = torch.log_softmax(torch.randn(1, 8, 4, 5), 1).requires_grad_(True)
+    loss = segmentation_loss({"actor": logp, "action": logp[:, :8]}, nothing, nothing)["loss_actor"]
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logp.grad, torch.zeros_like(logp))

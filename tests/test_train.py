@@ -381,3 +381,29 @@ def test_a_stage2_training_step_asks_the_device_for_its_numbers_once(stage1, mon
     if path == "dense":
         assert syncing == [] and lists == [(3,)], (syncing, lists)
     assert set(row) == {"step", "loss", "lr", "loss_actor", "loss_action"} and np.isfinite(row["loss"])
+
+
+def test_a_stage2_batch_gives_the_same_losses_and_gradients_on_both_region_to_pixel_paths(stage1):
+    """A stage-2 step on a batch of 2 crops: the CUDA path (one dense call for the batch) forced on the CPU equals
+    the CPU's loop, losses to rounding and every region back-end gradient to rounding."""
+    from a2dpipe.segmentation.train import CropStep
+
+    samples = make_samples()
+    results = {}
+    for path in ("loop", "dense"):
+        torch.manual_seed(0)
+        model = build_segmenter(CONFIG, input="rgbflow", pretrained=False, regions=True)
+        model.load_state_dict(stage1[1]["model"], strict=False)
+        model.region.region_to_pixel.path = path
+        step = CropStep(model, samples, stage=2, seed=0, batch_size=2, crop=(40, 56), device=torch.device("cpu"),
+                        iterations=1)
+        losses = step(0)
+        sum(losses.values()).backward()
+        results[path] = ({k: v.detach() for k, v in losses.items()},
+                         {n: p.grad.clone() for n, p in model.region.named_parameters() if p.grad is not None})
+    (loop_losses, loop_grads), (dense_losses, dense_grads) = results["loop"], results["dense"]
+    assert loop_grads and set(loop_grads) == set(dense_grads)
+    for key in loop_losses:
+        torch.testing.assert_close(dense_losses[key], loop_losses[key], rtol=1e-6, atol=1e-7)
+    for name in loop_grads:
+        torch.testing.assert_close(dense_grads[name], loop_grads[name], rtol=1e-4, atol=1e-6)

@@ -18,7 +18,8 @@ import functools
 
 import numpy as np
 
-__all__ = ["ENCODINGS", "XYM_SCALE", "flow_to_rgb", "flow_to_xym", "flow_to_wheel", "wheel_images", "flow_images", "longest_vector"]
+__all__ = ["ENCODINGS", "XYM_SCALE", "flow_to_rgb", "flow_to_xym", "flow_to_wheel", "wheel_images", "flow_images",
+           "longest_vector"]
 
 ENCODINGS = ("xym", "wheel")
 XYM_SCALE = 16.0

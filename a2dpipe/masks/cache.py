@@ -188,15 +188,13 @@ class CroppedMasks:
 
 def _extents(masks: np.ndarray) -> np.ndarray:
     """(N, 4) int64 top, left, height, width of the smallest rectangle holding each mask's non-zero quantised
-    pixels (all 0 for a mask with none). Row and column maxima, then one comparison: no (N, H, W) temporary
-    (the row maxima by torch, 2x faster than numpy's at 320 x 568; the column maxima by numpy, 2x faster there)."""
-    import torch
-
+    pixels (all 0 for a mask with none). Row and column maxima, each compared with the first non-zero level: no
+    (N, H, W) temporary, and no torch (the ground-truth source runs without importing it)."""
     n, height, width = masks.shape
     extents = np.zeros((n, 4), np.int64)
     if n == 0:
         return extents
-    rows = torch.from_numpy(np.ascontiguousarray(masks)).amax(dim=2).numpy() >= _NONZERO  # (N, H)
+    rows = masks.max(axis=2) >= _NONZERO  # (N, H)
     cols = masks.max(axis=1) >= _NONZERO  # (N, W)
     present = rows.any(axis=1)
     top, left = rows.argmax(axis=1), cols.argmax(axis=1)

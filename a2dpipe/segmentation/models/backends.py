@@ -190,8 +190,22 @@ class RegionBackEnd(nn.Module):
             scores = self.box_predictor(self.box_head(pooled)).split(counts)
         else:
             scores = [features[0].new_zeros((0, NUM_ACTORS + NUM_ACTIONS), dtype=torch.float32)] * len(boxes)
-        return [{**pixel_log_probs(self.region_to_pixel, [s], [r], size), "region_scores": [s]}
-                for s, r, size in zip(scores, regions, sizes)]
+        if not self.region_to_pixel.dense_on(features[0].device):  # the CPU's loop: frame by frame
+            return [{**pixel_log_probs(self.region_to_pixel, [s], [r], size), "region_scores": [s]}
+                    for s, r, size in zip(scores, regions, sizes)]
+        # dense (CUDA): one call per frame size, each frame's slice of it (a frame's values do not depend on the
+        # frames padded beside it)
+        out: list[dict | None] = [None] * len(regions)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            by_size.setdefault(tuple(size), []).append(i)
+        for size, members in by_size.items():
+            logp = pixel_log_probs(self.region_to_pixel, [scores[i] for i in members], [regions[i] for i in members],
+                                   size)
+            for j, i in enumerate(members):
+                out[i] = {"actor": logp["actor"][j:j + 1], "action": logp["action"][j:j + 1],
+                          "region_scores": [scores[i]]}
+        return out
 
 
 def pixel_log_probs(region_to_pixel: RegionToPixel, scores: list[torch.Tensor],

@@ -106,7 +106,8 @@ def region_to_pixel_dense(scores: torch.Tensor, masks: torch.Tensor, boxes: torc
     Differentiable w.r.t. ``scores`` and ``masks``. Nothing is copied to the host: the boxes are compared with
     pixel coordinates on the device (a non-finite coordinate holds no pixel instead of being refused).
     """
-    if masks.dim() != 4 or scores.dim() != 3 or scores.shape[:2] != masks.shape[:2] or boxes.shape != (*masks.shape[:2], 4):
+    batch_regions = masks.shape[:2]
+    if masks.dim() != 4 or scores.dim() != 3 or scores.shape[:2] != batch_regions or boxes.shape != (*batch_regions, 4):
         raise ValueError(f"want scores (B, N, K), masks (B, N, H, W), boxes (B, N, 4); got {tuple(scores.shape)}, "
                          f"{tuple(masks.shape)}, {tuple(boxes.shape)}")
     if uncovered.shape != (scores.shape[2],):

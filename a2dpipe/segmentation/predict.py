@@ -37,7 +37,8 @@ from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel
 from a2dpipe.segmentation.train import flow_encoding_settings
 from a2dpipe.variants import INPUTS, KINDS, NONE, TEST_SOURCES, TRAINED_SOURCES, Variant, check_variant, variant_name
 
-__all__ = ["configure_parser", "run", "predict", "mask_vote", "region_average"]
+__all__ = ["configure_parser", "run", "predict", "load_network", "log_probs", "label_maps", "mask_vote",
+           "region_average", "vote_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def run(args) -> None:
     predict(config, variant=v, model=args.model, samples=samples, out=args.out)
 
 
-def _network(config: dict, variant: Variant, model: str | Path, device):
+def load_network(config: dict, variant: Variant, model: str | Path, device):
     """The variant's trained network from ``model`` on ``device`` in eval mode, and its ``segmentation`` settings;
     A2DError when the checkpoint is not the stage and input the variant needs."""
     v, name = variant, variant_name(variant)
@@ -121,6 +122,16 @@ def _network(config: dict, variant: Variant, model: str | Path, device):
     return net, ckpt["segmentation"]
 
 
+def vote_layer(config: dict, variant: Variant, device) -> RegionToPixel | None:
+    """The mask vote's region-to-pixel layer: Ours' (config ``segmentation.stage2``'s ``uncovered_background`` and
+    ``pixel_stride``) on ``device``; None for the other kinds."""
+    if variant.kind != "maskvote":
+        return None
+    stage2 = config["segmentation"]["stage2"]
+    return RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
+                         pixel_stride=stage2["pixel_stride"]).to(device)
+
+
 def _without_inference_batch(config: dict) -> dict:
     """``config`` less ``segmentation.inference_batch``: the batch stage 2 cached its features in need not be the one
     this job predicts in."""
@@ -130,8 +141,9 @@ def _without_inference_batch(config: dict) -> dict:
     return {**config, "segmentation": {k: v for k, v in seg.items() if k != "inference_batch"}}
 
 
-def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: bool) -> dict[str, torch.Tensor]:
-    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of one batch of network inputs."""
+def log_probs(net, variant: Variant, batch: dict, vote_to_pixel, amp: bool) -> dict[str, torch.Tensor]:
+    """``actor`` and ``action`` float32 log-probabilities (B, K, H, W) of one batch of network inputs
+    (:func:`.loader.to_device`); ``vote_to_pixel`` is the mask vote's region-to-pixel layer (None otherwise)."""
     with torch.no_grad(), torch.autocast(batch["rgb"].device.type, dtype=torch.bfloat16, enabled=amp):
         if variant.kind == "ours":
             outputs = net.forward_regions(batch["rgb"], batch["flow"], batch["regions"])
@@ -139,8 +151,19 @@ def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: bool) ->
             outputs = net.forward_baseline(batch["rgb"], batch["flow"])
         if variant.kind == "maskvote":
             outputs = mask_vote(vote_to_pixel, outputs, batch["regions"])
-        actor, action = outputs["actor"].float(), outputs["action"].float()
+        return {"actor": outputs["actor"].float(), "action": outputs["action"].float()}
+
+
+def label_maps(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of :func:`log_probs`' ``outputs``."""
+    actor, action = outputs["actor"], outputs["action"]
+    with torch.no_grad():
         return {"actor": class_argmax(actor), "action": class_argmax(action), "joint": joint_prediction(actor, action)}
+
+
+def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: bool) -> dict[str, torch.Tensor]:
+    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of one batch of network inputs."""
+    return label_maps(log_probs(net, variant, batch, vote_to_pixel, amp))
 
 
 def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: str | Path) -> float:
@@ -150,13 +173,9 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
     counted)."""
     name = variant_name(variant)
     device = select_device(config["device"])
-    net, trained = _network(config, variant, model, device)
+    net, trained = load_network(config, variant, model, device)
     amp = bool(trained["amp"]) and device.type == "cuda"
-    vote_to_pixel = None
-    if variant.kind == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it
-        stage2 = config["segmentation"]["stage2"]
-        vote_to_pixel = RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
-                                      pixel_stride=stage2["pixel_stride"]).to(device)
+    vote_to_pixel = vote_layer(config, variant, device)
     views = [View(i, flow=net.uses_flow) for i in range(len(samples))]
     batches = same_size_batches(samples, views, inference_batch_size(config))
     frames = make_loader(samples, batches, collate_fn=collate, device=device, **loader_options(config))

@@ -1,0 +1,468 @@
+"""Segment any video with a run's models: ``a2dpipe segment VIDEO... --run RESULTS [--variant V] --out DIR``.
+
+``VIDEO`` is a video OpenCV reads (mp4, avi, mkv, webm, ...) or a folder of frame images, of any size and with no
+annotation. One process runs the variant's whole chain on it, streaming, in chunks of frames (memory does not grow
+with the video's length): frames resized to the height the run's networks were trained at, flow with the run's
+estimator (rgbflow), region masks with the run's mask model (``ours``, ``maskvote``), the network, the joint
+actor-action map, and the maps taken back to the frame's own size. The parts and their settings come from the run
+(:mod:`.run_parts`), and each step is the pipeline's own code (flow estimators and encodings, the masks stage's
+model and region selection, ``predict``'s network and label maps), with the flow and the masks rounded as the
+flow and mask caches store them: a frame the pipeline annotated gets exactly ``predict``'s label maps.
+
+Outputs, in ``DIR/<name>/`` (``<name>``: the video's file stem or the folder's name), written to a temporary
+folder and renamed when complete, so ``DIR`` never holds a partial result:
+
+- ``overlay.mp4``: every frame at its own size and the video's frame rate, the joint labels blended in in the
+  report's legend colours (:data:`a2dpipe.labels.PALETTE`) and each actor-action's name on its largest region;
+  with ``--every N`` a frame between two segmented ones shows the last segmented frame's labels;
+- ``labels.h5`` (``--maps h5``, the predictions format, :mod:`.predictions`: schema ``a2dpipe.predictions/1``,
+  one group ``<name>/<frame:05d>`` per segmented frame, 1-based, with uint8 ``actor``, ``action`` and ``joint``
+  maps at the frame's size) or ``labels/{actor,action,joint}/<frame:05d>.png`` (``--maps png``);
+- ``summary.json``: the video, the variant, frames decoded and segmented, sizes, seconds per stage and frames per
+  second, and per actor-action found: its frames (count and spans), mean area (fraction of the frame and pixels
+  where it appears) and mean score (the joint probability of its pixels).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from a2dpipe.io import A2DError, atomic_path, release_free_memory, select_device
+from a2dpipe.segmentation.frames_in import FrameSource, open_frames
+from a2dpipe.segmentation.run_parts import DEFAULT_VARIANT, RunParts, find_parts, parse_variant
+
+__all__ = ["configure_parser", "run", "Chain", "segment_source", "SCHEMA", "STAGES"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "a2dpipe.segment/1"  # of summary.json
+STAGES = ("decode", "flow", "masks", "network", "output")
+ALPHA = 0.6  # label colour over the frame, as in the report's overlays
+PIXEL_BUDGET = 24 * 640 * 360  # original pixels held per chunk: 24 frames of 640 x 360, 2 of 4K
+MAP_NAMES = ("actor", "action", "joint")
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("videos", nargs="+", help="video files (any OpenCV reads) or folders of frame images")
+    parser.add_argument("--run", required=True, help="results folder of a finished run (its models and stamps)")
+    parser.add_argument("--shared", help="the run's shared_results folder (frames, flow), when it set one")
+    parser.add_argument("--variant", default=DEFAULT_VARIANT,
+                        help="kind/input[/train source[/test source]], e.g. ours/rgbflow/dataset, baseline/rgb, "
+                             "maskvote/rgbflow/dataset (default %(default)s)")
+    parser.add_argument("--out", required=True, help="folder receiving one folder per video")
+    parser.add_argument("--every", type=int, default=1, help="segment one frame in N (default 1: every frame)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's device setting)")
+    parser.add_argument("--maps", choices=("h5", "png"), default="h5", help="per-frame label maps format")
+    parser.add_argument("--chunk", type=int, default=16, help="frames decoded and segmented together (default 16; "
+                        "fewer for large frames, so that memory stays bounded)")
+    parser.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 25) or override")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and OpenCV (0: their default)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> None:
+    if args.every < 1:
+        raise A2DError(f"--every {args.every}: give a positive number of frames")
+    if args.chunk < 1:
+        raise A2DError(f"--chunk {args.chunk}: give a positive number of frames")
+    parts = find_parts(args.run, parse_variant(args.variant), args.shared)
+    sources = [open_frames(path, args.fps) for path in args.videos]  # every input checked before any output
+    names = Counter(source.name for source in sources)
+    twice = [name for name, count in names.items() if count > 1]
+    if twice:
+        raise A2DError(f"{twice[0]}: two inputs share this name, and so the output folder {Path(args.out, twice[0])}; "
+                       f"rename one")
+    if args.threads:
+        import cv2
+        import torch
+
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+    chain = Chain(parts, select_device(args.device or parts.settings["device"]))
+    for source in sources:
+        segment_source(chain, source, Path(args.out), every=args.every, maps=args.maps, chunk=args.chunk,
+                       progress=not args.no_progress)
+
+
+class Chain:
+    """The variant's chain, loaded once: ``chain(frames, partners)`` -> per frame ``actor``, ``action``, ``joint``
+    (uint8) and ``score`` (float32) maps, at the size of the frames given (the model's height).
+
+    ``frames``: (H, W, 3) uint8 RGB frames of one size; ``partners``: per frame its flow partner and the direction
+    (``"next"``: flow from the frame to the partner; ``"previous"``: from the partner to the frame), as
+    :func:`a2dpipe.dataset.frames.neighbour_of` pairs them; None when the input has no flow. ``seconds`` adds up
+    the time of each stage.
+    """
+
+    def __init__(self, parts: RunParts, device):
+        from a2dpipe.flow.estimators import build_estimator
+        from a2dpipe.segmentation.predict import load_network, vote_layer
+        from a2dpipe.segmentation.train import flow_encoding_settings
+
+        self.parts, self.device, settings, v = parts, device, parts.settings, parts.variant
+        self.seconds: Counter = Counter()
+        self.height = parts.height
+        self.neighbour = settings["frames"]["neighbour"]
+        self.estimator, self.encoding = None, flow_encoding_settings(settings, v.input)
+        if v.input == "rgbflow":
+            flow = settings["flow"]
+            neural = flow["method"] != "dis"  # DIS runs on the CPU whatever the device, as the flow stage runs it
+            self.estimator = build_estimator(flow["method"], **{**flow, "device": device if neural else "cpu"})
+        self.mask_model = None
+        if v.kind != "baseline":
+            from a2dpipe.masks.stage import load_region_model
+
+            self.masks = settings["masks"]
+            self.mask_model, self.agnostic = load_region_model(parts.mask_model, settings, v.test_source, device)
+        self.net, trained = load_network(settings, v, parts.network, device)
+        self.amp = bool(trained["amp"]) and device.type == "cuda"
+        self.vote = vote_layer(settings, v, device)
+        self.batch = int(settings["segmentation"]["inference_batch"])
+
+    @property
+    def uses_flow(self) -> bool:
+        return self.estimator is not None
+
+    def __call__(self, frames: list[np.ndarray], partners) -> list[dict[str, np.ndarray]]:
+        samples = [{"video": "", "frame": i, "rgb": rgb, "label": np.zeros(rgb.shape[:2], np.uint8)}
+                   for i, rgb in enumerate(frames)]
+        if self.uses_flow:
+            for sample, image in zip(samples, self._flow_images(frames, partners)):
+                sample["flow_rgb"] = image
+        if self.mask_model is not None:
+            for sample, regions in zip(samples, self._regions(frames)):
+                sample["boxes"], sample["masks"] = regions
+        return self._network(samples)
+
+    def _timed(self, stage: str, started: float) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        self.seconds[stage] += time.perf_counter() - started
+
+    def _flow_images(self, frames, partners) -> list[np.ndarray]:
+        """Flow-as-RGB of each frame, from the field rounded to half precision as the flow cache stores it."""
+        from a2dpipe.flow.encode import flow_to_rgb
+
+        started = time.perf_counter()
+        sources = [rgb if direction == "next" else partner for rgb, (partner, direction) in zip(frames, partners)]
+        targets = [partner if direction == "next" else rgb for rgb, (partner, direction) in zip(frames, partners)]
+        flows = self.estimator(np.stack(sources), np.stack(targets)).astype(np.float16).astype(np.float32)
+        images = flow_to_rgb(flows, self.encoding["flow_encoding"], self.encoding["wheel_max"])
+        self._timed("flow", started)
+        return list(images)
+
+    def _regions(self, frames) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(boxes, masks) of each frame's regions, the masks quantised as the region-mask cache stores them."""
+        from a2dpipe.masks.stage import predict_regions
+
+        started = time.perf_counter()
+        out = []
+        size = max(1, int(self.masks["batch_size"]))
+        for k in range(0, len(frames), size):
+            for regions in predict_regions(self.mask_model, frames[k:k + size], self.masks, self.agnostic,
+                                           self.device):
+                out.append((regions.boxes.astype(np.float32), _as_cached(regions.masks)))
+        self._timed("masks", started)
+        return out
+
+    def _network(self, samples: list[dict]) -> list[dict[str, np.ndarray]]:
+        import torch
+
+        from a2dpipe.segmentation.loader import collate, to_device
+        from a2dpipe.segmentation.predict import label_maps, log_probs
+
+        started = time.perf_counter()
+        out = []
+        for k in range(0, len(samples), self.batch):
+            batch = to_device(collate(samples[k:k + self.batch]), self.device, with_flow=self.net.uses_flow)
+            outputs = log_probs(self.net, self.parts.variant, batch, self.vote, self.amp)
+            maps = label_maps(outputs)
+            with torch.no_grad():
+                joint = maps["joint"].long()
+                score = (outputs["actor"].gather(1, (joint // 10)[:, None])
+                         + outputs["action"].gather(1, (joint % 10)[:, None]))[:, 0].exp()
+            maps = {name: value.to(torch.uint8).cpu().numpy() for name, value in maps.items()}
+            score = score.float().cpu().numpy()
+            out += [{**{name: maps[name][j] for name in MAP_NAMES}, "score": score[j]} for j in range(len(score))]
+        self._timed("network", started)
+        return out
+
+
+def _as_cached(masks: np.ndarray) -> np.ndarray:
+    """Soft masks as a region-mask cache gives them back: uint8 ``rint(mask * 255)``, then float32 times 1/255."""
+    scaled = np.rint(np.clip(np.multiply(masks, np.float32(255.0), dtype=np.float32), 0.0, 255.0))
+    return scaled.astype(np.uint8).astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+# -- streaming -----------------------------------------------------------------------------------------------------
+
+
+def _model_size(size: tuple[int, int], height: int) -> tuple[int, int]:
+    h, w = size
+    return (h, w) if h == height else (height, max(8, int(round(w * height / h))))
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    if rgb.shape[:2] == size:
+        return rgb
+    shrink = size[0] < rgb.shape[0]
+    return cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _with_partners(frames, neighbour: str):
+    """``(number, original, small, partner)`` per frame, ``partner`` (small frame, direction) as
+    :func:`a2dpipe.dataset.frames.neighbour_of` pairs frames: one frame of look-ahead."""
+    previous = current = None
+    for item in frames:
+        if current is not None:
+            yield (*current, _partner(previous, current, item, neighbour))
+        previous, current = current, item
+    if current is None:
+        return
+    yield (*current, _partner(previous, current, None, neighbour))
+
+
+def _partner(previous, current, following, neighbour: str):
+    if following is not None and (neighbour == "next" or previous is None):
+        return following[2], "next"
+    if previous is not None:
+        return previous[2], "previous"
+    return None  # a one-frame video
+
+
+def _chunks(items, limit: int, pixels: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= limit or len(chunk) * pixels >= PIXEL_BUDGET:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def segment_source(chain: Chain, source: FrameSource, out: Path, *, every: int = 1, maps: str = "h5",
+                   chunk: int = 16, progress: bool = True) -> Path:
+    """Segment every ``every``-th frame of ``source`` (from the first) and write ``out/<name>/`` (module
+    docstring), atomically; returns that folder."""
+    final = Path(out) / source.name
+    small_size = _model_size(source.size, chain.height)
+    if small_size != source.size:
+        log.info("%s: %dx%d frames, segmented at %dx%d (the run's frame height) and mapped back", source.path,
+                 source.size[1], source.size[0], small_size[1], small_size[0])
+    chain.seconds.clear()
+    started = time.perf_counter()
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        with Outputs(tmp, source, chain.parts, maps=maps, every=every) as outputs:
+            decoded = _decoded(source, small_size, chain)
+            items = _with_partners(decoded, chain.neighbour) if chain.uses_flow else (
+                (*item, None) for item in decoded)
+            limit = max(1, min(chunk, PIXEL_BUDGET // (source.size[0] * source.size[1])))
+            bar = _progress(source, progress)
+            for part in _chunks(items, limit, source.size[0] * source.size[1]):
+                todo = [item for item in part if (item[0] - 1) % every == 0]
+                if todo and chain.uses_flow and todo[0][3] is None:
+                    raise A2DError(f"{source.path}: one frame only; flow needs two (use an rgb variant)")
+                results = chain([item[2] for item in todo], [item[3] for item in todo]) if todo else []
+                by_number = dict(zip((item[0] for item in todo), results))
+                t0 = time.perf_counter()
+                for number, original, _, _ in part:
+                    outputs.add(number, original, by_number.get(number))
+                    bar.update(1)
+                chain.seconds["output"] += time.perf_counter() - t0
+                del part, todo, results, by_number
+                release_free_memory()
+            bar.close()
+            if not outputs.count:
+                raise A2DError(f"{source.path}: no frame decoded")
+            outputs.finish(chain.seconds, time.perf_counter() - started)
+    return final
+
+
+def _decoded(source: FrameSource, small_size, chain: Chain):
+    """``(number, original, small)`` per frame, the time spent decoding and resizing counted as ``decode``."""
+    frames = iter(source)
+    while True:
+        t0 = time.perf_counter()
+        item = next(frames, None)
+        if item is None:
+            chain.seconds["decode"] += time.perf_counter() - t0
+            return
+        number, rgb = item
+        small = _resize(rgb, small_size)
+        chain.seconds["decode"] += time.perf_counter() - t0
+        yield number, rgb, small
+
+
+def _progress(source: FrameSource, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=source.expected or None, desc=source.name, unit="frame", mininterval=1, disable=not show)
+
+
+# -- outputs -------------------------------------------------------------------------------------------------------
+
+
+class Outputs:
+    """The overlay video, the label maps and the summary of one video, written into ``folder``."""
+
+    def __init__(self, folder: Path, source: FrameSource, parts: RunParts, *, maps: str, every: int):
+        self.folder, self.source, self.parts, self.maps, self.every = folder, source, parts, maps, every
+        self.count = self.segmented = 0
+        self.found: dict[int, dict] = {}
+        self._last = None  # the latest segmented frame's joint map and names, shown until the next one
+        self._video = self._labels = None
+
+    def __enter__(self):
+        import cv2
+
+        h, w = self.source.size
+        path = self.folder / "overlay.mp4"
+        self._video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.source.fps, (w, h))
+        if not self._video.isOpened():
+            raise A2DError(f"{path}: OpenCV cannot write an mp4 video here (codec mp4v missing from its build?)")
+        if self.maps == "h5":
+            from a2dpipe.segmentation.predictions import PredictionWriter
+
+            self._labels = PredictionWriter(self.folder / "labels.h5", variant=self.parts.name,
+                                            model=self.parts.network.name, settings=self.parts.settings)
+            self._labels.__enter__()
+        return self
+
+    def __exit__(self, kind, error, trace):
+        self._video.release()
+        if self._labels is not None:
+            self._labels.__exit__(kind, error, trace)
+        return False
+
+    def add(self, number: int, original: np.ndarray, result: dict | None) -> None:
+        """One decoded frame; ``result`` its maps at the model's size (None: not segmented)."""
+        import cv2
+
+        self.count += 1
+        if result is not None:
+            self.segmented += 1
+            full = {name: _to_size(result[name], original.shape[:2]) for name in MAP_NAMES}
+            self._write_maps(number, full)
+            self._tally(number, full["joint"], result)
+            self._last = (full["joint"], _name_positions(result["joint"], original.shape[:2]))
+        joint, names = self._last
+        self._video.write(cv2.cvtColor(overlay(original, joint, names), cv2.COLOR_RGB2BGR))
+
+    def _write_maps(self, number: int, full: dict) -> None:
+        import cv2
+
+        if self._labels is not None:
+            self._labels.write(self.source.name, number, full)
+            return
+        for name, image in full.items():
+            path = self.folder / "labels" / name / f"{number:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(path), image):
+                raise A2DError(f"{path}: could not write the label map")
+
+    def _tally(self, number: int, joint: np.ndarray, result: dict) -> None:
+        pixels = np.bincount(joint.ravel(), minlength=256)
+        small = result["joint"].ravel()
+        scores = np.bincount(small, weights=result["score"].ravel(), minlength=256)
+        small_pixels = np.bincount(small, minlength=256)
+        for pid in np.flatnonzero(pixels[1:]) + 1:
+            entry = self.found.setdefault(int(pid), {"frames": 0, "spans": [], "pixels": 0.0, "score": 0.0,
+                                                    "score_pixels": 0})
+            entry["frames"] += 1
+            if entry["spans"] and entry["spans"][-1][1] == number - self.every:
+                entry["spans"][-1][1] = number
+            else:
+                entry["spans"].append([number, number])
+            entry["pixels"] += float(pixels[pid])
+            entry["score"] += float(scores[pid])
+            entry["score_pixels"] += int(small_pixels[pid])
+
+    def finish(self, seconds: Counter, wall: float) -> None:
+        from a2dpipe import __version__
+        from a2dpipe.labels import pair_name
+
+        if self._labels is not None:
+            self._labels.seconds_per_frame = seconds["network"] / max(self.segmented, 1)
+        h, w = self.source.size
+        area = float(h * w)
+        found = []
+        for pid, e in sorted(self.found.items()):
+            found.append({"id": pid, "name": pair_name(pid), "frames": e["frames"], "spans": e["spans"],
+                          "area": e["pixels"] / e["frames"] / area, "pixels": e["pixels"] / e["frames"],
+                          "mean_score": e["score"] / max(e["score_pixels"], 1)})
+        busy = sum(seconds[s] for s in STAGES) or 1.0
+        summary = {
+            "schema": SCHEMA, "a2dpipe_version": __version__, "video": str(self.source.path),
+            "name": self.source.name, "variant": self.parts.name, "run_files": sorted(self.parts.stamped),
+            "fps": self.source.fps, "frames": self.count, "frames_in_header": self.source.expected,
+            "segmented": self.segmented, "every": self.every, "size": [h, w],
+            "model_size": list(_model_size((h, w), self.parts.height)),
+            "seconds": {s: round(seconds[s], 4) for s in STAGES}, "wall_seconds": round(wall, 3),
+            "stage_shares": {s: round(seconds[s] / busy, 4) for s in STAGES},
+            "segmented_per_second": self.segmented / wall if wall else None,
+            "found": found,
+        }
+        (self.folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        log.info("%s: %d frames, %d segmented in %.1f s (%.2f frames/s); %s", self.source.path, self.count,
+                 self.segmented, wall, self.segmented / wall if wall else 0.0,
+                 ", ".join(f"{s} {summary['stage_shares'][s]:.0%}" for s in STAGES))
+
+
+def _to_size(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    if label.shape == tuple(size):
+        return label
+    return cv2.resize(label, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def _name_positions(joint: np.ndarray, size: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(id, x, y) in ``size`` pixels: each actor-action's name goes at the centre of its largest region."""
+    import cv2
+
+    scale_x, scale_y = size[1] / joint.shape[1], size[0] / joint.shape[0]
+    out = []
+    for pid in np.unique(joint):
+        if pid == 0:
+            continue
+        count, _, stats, centres = cv2.connectedComponentsWithStats((joint == pid).astype(np.uint8), connectivity=8)
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        x, y = centres[largest]
+        out.append((int(pid), int(x * scale_x), int(y * scale_y)))
+    return out
+
+
+def overlay(rgb: np.ndarray, joint: np.ndarray, names: list[tuple[int, int, int]]) -> np.ndarray:
+    """(H, W, 3) uint8: ``rgb`` with each labelled pixel blended with its legend colour and each actor-action's
+    name on a box of its colour at ``names``' positions."""
+    import cv2
+
+    from a2dpipe.labels import PALETTE, pair_name
+
+    colour = PALETTE[joint]
+    blended = cv2.addWeighted(rgb, 1 - ALPHA, colour, ALPHA, 0)
+    out = np.where((joint > 0)[..., None], blended, rgb)
+    scale = max(0.35, rgb.shape[0] / 600)
+    thickness = max(1, int(round(scale * 1.5)))
+    for pid, x, y in names:
+        text = pair_name(pid)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        x0 = int(np.clip(x - tw // 2, 0, max(rgb.shape[1] - tw, 0)))
+        y0 = int(np.clip(y + th // 2, th, rgb.shape[0] - base))
+        box = tuple(int(c) for c in PALETTE[pid])
+        cv2.rectangle(out, (x0, y0 - th - 1), (x0 + tw, y0 + base), box, cv2.FILLED)
+        ink = (0, 0, 0) if sum(box) > 380 else (255, 255, 255)
+        cv2.putText(out, text, (x0, y0), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, thickness, cv2.LINE_AA)
+    return out

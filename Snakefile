@@ -53,6 +53,7 @@ else:
     include: "workflow/rules/masks.smk"
     include: "workflow/rules/segmentation.smk"
     include: "workflow/rules/evaluation.smk"
+    include: "workflow/rules/segment.smk"
 
     # A second mask model's run beside this one (config experiments.compare_masks; target compare_masks).
     if COMPARE_MASKS:

@@ -36,6 +36,7 @@ import numpy as np
 from a2dpipe.io import A2DError, atomic_path, release_free_memory, select_device
 from a2dpipe.segmentation.frames_in import FrameSource, open_frames
 from a2dpipe.segmentation.run_parts import DEFAULT_VARIANT, RunParts, find_parts, parse_variant
+from a2dpipe.variants import variant_name
 
 __all__ = ["configure_parser", "run", "Chain", "segment_source", "SCHEMA", "STAGES"]
 
@@ -84,52 +85,76 @@ def run(args) -> None:
 
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
-    chain = Chain(parts, select_device(args.device or parts.settings["device"]))
+    chain = Chain.from_parts(parts, select_device(args.device or parts.settings["device"]))
     for source in sources:
         segment_source(chain, source, Path(args.out), every=args.every, maps=args.maps, chunk=args.chunk,
                        progress=not args.no_progress)
 
 
 class Chain:
-    """The variant's chain, loaded once: ``chain(frames, partners)`` -> per frame ``actor``, ``action``, ``joint``
-    (uint8) and ``score`` (float32) maps, at the size of the frames given (the model's height).
+    """The variant's chain: ``chain(frames, partners)`` -> per frame ``actor``, ``action``, ``joint`` (uint8) and
+    ``score`` (float32, the joint probability of the pixel's label) maps, at the size of the frames given.
 
-    ``frames``: (H, W, 3) uint8 RGB frames of one size; ``partners``: per frame its flow partner and the direction
-    (``"next"``: flow from the frame to the partner; ``"previous"``: from the partner to the frame), as
-    :func:`a2dpipe.dataset.frames.neighbour_of` pairs them; None when the input has no flow. ``seconds`` adds up
-    the time of each stage.
+    ``frames``: (H, W, 3) uint8 RGB frames of one size (the model's height); ``partners``: per frame its flow
+    partner and the direction (``"next"``: flow from the frame to the partner; ``"previous"``: from the partner to
+    the frame), as :func:`a2dpipe.dataset.frames.neighbour_of` pairs them; None without flow. Parts are injected
+    (:meth:`from_parts` loads a run's): ``net`` a trained segmenter in eval mode; ``estimator`` a flow estimator
+    (:func:`a2dpipe.flow.build_estimator`) or None; ``mask_model`` from :func:`a2dpipe.masks.stage.load_region_model`
+    or None; ``settings`` shaped like a config (frames.neighbour, flow.encoding / wheel_max, masks inference keys,
+    segmentation.inference_batch and, for the mask vote, stage2). ``seconds`` and ``cpu_seconds`` add up the wall
+    and process CPU time of each stage.
     """
 
-    def __init__(self, parts: RunParts, device):
-        from a2dpipe.flow.estimators import build_estimator
-        from a2dpipe.segmentation.predict import load_network, vote_layer
+    def __init__(self, variant, *, net, settings: dict, height: int, device, amp: bool = False, estimator=None,
+                 mask_model=None, agnostic: bool = False):
+        from a2dpipe.segmentation.predict import vote_layer
         from a2dpipe.segmentation.train import flow_encoding_settings
 
-        self.parts, self.device, settings, v = parts, device, parts.settings, parts.variant
-        self.seconds: Counter = Counter()
-        self.height = parts.height
+        self.variant, self.net, self.settings, self.height, self.device = variant, net, settings, height, device
+        self.amp, self.estimator, self.mask_model, self.agnostic = amp, estimator, mask_model, agnostic
         self.neighbour = settings["frames"]["neighbour"]
-        self.estimator, self.encoding = None, flow_encoding_settings(settings, v.input)
+        self.encoding = flow_encoding_settings(settings, variant.input)
+        self.masks = settings.get("masks", {})
+        self.vote = vote_layer(settings, variant, device)
+        self.batch = int(settings["segmentation"]["inference_batch"])
+        self.seconds: Counter = Counter()
+        self.cpu_seconds: Counter = Counter()
+        self.parts: RunParts | None = None
+
+    @classmethod
+    def from_parts(cls, parts: RunParts, device) -> "Chain":
+        """The chain of a run's variant (:func:`.run_parts.find_parts`) on ``device``."""
+        from a2dpipe.flow.estimators import build_estimator
+        from a2dpipe.segmentation.predict import load_network
+
+        settings, v = parts.settings, parts.variant
+        estimator = mask_model = None
+        agnostic = False
         if v.input == "rgbflow":
             flow = settings["flow"]
             neural = flow["method"] != "dis"  # DIS runs on the CPU whatever the device, as the flow stage runs it
-            self.estimator = build_estimator(flow["method"], **{**flow, "device": device if neural else "cpu"})
-        self.mask_model = None
+            estimator = build_estimator(flow["method"], **{**flow, "device": device if neural else "cpu"})
         if v.kind != "baseline":
             from a2dpipe.masks.stage import load_region_model
 
-            self.masks = settings["masks"]
-            self.mask_model, self.agnostic = load_region_model(parts.mask_model, settings, v.test_source, device)
-        self.net, trained = load_network(settings, v, parts.network, device)
-        self.amp = bool(trained["amp"]) and device.type == "cuda"
-        self.vote = vote_layer(settings, v, device)
-        self.batch = int(settings["segmentation"]["inference_batch"])
+            mask_model, agnostic = load_region_model(parts.mask_model, settings, v.test_source, device)
+        net, trained = load_network(settings, v, parts.network, device)
+        chain = cls(v, net=net, settings=settings, height=parts.height, device=device,
+                    amp=bool(trained["amp"]) and device.type == "cuda", estimator=estimator, mask_model=mask_model,
+                    agnostic=agnostic)
+        chain.parts = parts
+        return chain
 
     @property
     def uses_flow(self) -> bool:
         return self.estimator is not None
 
     def __call__(self, frames: list[np.ndarray], partners) -> list[dict[str, np.ndarray]]:
+        return self.network(self.samples(frames, partners))
+
+    def samples(self, frames: list[np.ndarray], partners) -> list[dict]:
+        """The network's inputs, as :class:`.samples.StoreSamples` gives a stored frame's: ``rgb``, ``flow_rgb``
+        (rgbflow), ``boxes`` and ``masks`` (with regions), and an empty ``label``."""
         samples = [{"video": "", "frame": i, "rgb": rgb, "label": np.zeros(rgb.shape[:2], np.uint8)}
                    for i, rgb in enumerate(frames)]
         if self.uses_flow:
@@ -138,20 +163,21 @@ class Chain:
         if self.mask_model is not None:
             for sample, regions in zip(samples, self._regions(frames)):
                 sample["boxes"], sample["masks"] = regions
-        return self._network(samples)
+        return samples
 
-    def _timed(self, stage: str, started: float) -> None:
+    def _timed(self, stage: str, started: tuple[float, float]) -> None:
         if self.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize()
-        self.seconds[stage] += time.perf_counter() - started
+        self.seconds[stage] += time.perf_counter() - started[0]
+        self.cpu_seconds[stage] += time.process_time() - started[1]
 
     def _flow_images(self, frames, partners) -> list[np.ndarray]:
         """Flow-as-RGB of each frame, from the field rounded to half precision as the flow cache stores it."""
         from a2dpipe.flow.encode import flow_to_rgb
 
-        started = time.perf_counter()
+        started = _now()
         sources = [rgb if direction == "next" else partner for rgb, (partner, direction) in zip(frames, partners)]
         targets = [partner if direction == "next" else rgb for rgb, (partner, direction) in zip(frames, partners)]
         flows = self.estimator(np.stack(sources), np.stack(targets)).astype(np.float16).astype(np.float32)
@@ -163,7 +189,7 @@ class Chain:
         """(boxes, masks) of each frame's regions, the masks quantised as the region-mask cache stores them."""
         from a2dpipe.masks.stage import predict_regions
 
-        started = time.perf_counter()
+        started = _now()
         out = []
         size = max(1, int(self.masks["batch_size"]))
         for k in range(0, len(frames), size):
@@ -173,17 +199,18 @@ class Chain:
         self._timed("masks", started)
         return out
 
-    def _network(self, samples: list[dict]) -> list[dict[str, np.ndarray]]:
+    def network(self, samples: list[dict]) -> list[dict[str, np.ndarray]]:
+        """Label maps and scores of :meth:`samples`' frames, through ``predict``'s batches and forward pass."""
         import torch
 
         from a2dpipe.segmentation.loader import collate, to_device
         from a2dpipe.segmentation.predict import label_maps, log_probs
 
-        started = time.perf_counter()
+        started = _now()
         out = []
         for k in range(0, len(samples), self.batch):
             batch = to_device(collate(samples[k:k + self.batch]), self.device, with_flow=self.net.uses_flow)
-            outputs = log_probs(self.net, self.parts.variant, batch, self.vote, self.amp)
+            outputs = log_probs(self.net, self.variant, batch, self.vote, self.amp)
             maps = label_maps(outputs)
             with torch.no_grad():
                 joint = maps["joint"].long()
@@ -194,6 +221,10 @@ class Chain:
             out += [{**{name: maps[name][j] for name in MAP_NAMES}, "score": score[j]} for j in range(len(score))]
         self._timed("network", started)
         return out
+
+
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
 
 
 def _as_cached(masks: np.ndarray) -> np.ndarray:
@@ -261,10 +292,11 @@ def segment_source(chain: Chain, source: FrameSource, out: Path, *, every: int =
         log.info("%s: %dx%d frames, segmented at %dx%d (the run's frame height) and mapped back", source.path,
                  source.size[1], source.size[0], small_size[1], small_size[0])
     chain.seconds.clear()
+    chain.cpu_seconds.clear()
     started = time.perf_counter()
     with atomic_path(final) as tmp:
         tmp.mkdir()
-        with Outputs(tmp, source, chain.parts, maps=maps, every=every) as outputs:
+        with Outputs(tmp, source, chain, maps=maps, every=every) as outputs:
             decoded = _decoded(source, small_size, chain)
             items = _with_partners(decoded, chain.neighbour) if chain.uses_flow else (
                 (*item, None) for item in decoded)
@@ -276,17 +308,17 @@ def segment_source(chain: Chain, source: FrameSource, out: Path, *, every: int =
                     raise A2DError(f"{source.path}: one frame only; flow needs two (use an rgb variant)")
                 results = chain([item[2] for item in todo], [item[3] for item in todo]) if todo else []
                 by_number = dict(zip((item[0] for item in todo), results))
-                t0 = time.perf_counter()
+                t0 = _now()
                 for number, original, _, _ in part:
                     outputs.add(number, original, by_number.get(number))
                     bar.update(1)
-                chain.seconds["output"] += time.perf_counter() - t0
+                chain._timed("output", t0)
                 del part, todo, results, by_number
                 release_free_memory()
             bar.close()
             if not outputs.count:
                 raise A2DError(f"{source.path}: no frame decoded")
-            outputs.finish(chain.seconds, time.perf_counter() - started)
+            outputs.finish(chain.seconds, chain.cpu_seconds, time.perf_counter() - started)
     return final
 
 
@@ -294,14 +326,14 @@ def _decoded(source: FrameSource, small_size, chain: Chain):
     """``(number, original, small)`` per frame, the time spent decoding and resizing counted as ``decode``."""
     frames = iter(source)
     while True:
-        t0 = time.perf_counter()
+        t0 = _now()
         item = next(frames, None)
         if item is None:
-            chain.seconds["decode"] += time.perf_counter() - t0
+            chain._timed("decode", t0)
             return
         number, rgb = item
         small = _resize(rgb, small_size)
-        chain.seconds["decode"] += time.perf_counter() - t0
+        chain._timed("decode", t0)
         yield number, rgb, small
 
 
@@ -317,8 +349,12 @@ def _progress(source: FrameSource, show: bool):
 class Outputs:
     """The overlay video, the label maps and the summary of one video, written into ``folder``."""
 
-    def __init__(self, folder: Path, source: FrameSource, parts: RunParts, *, maps: str, every: int):
-        self.folder, self.source, self.parts, self.maps, self.every = folder, source, parts, maps, every
+    def __init__(self, folder: Path, source: FrameSource, chain: Chain, *, maps: str, every: int):
+        self.folder, self.source, self.maps, self.every = folder, source, maps, every
+        self.variant = variant_name(chain.variant)
+        self.model = chain.parts.network.name if chain.parts else type(chain.net).__name__
+        self.settings, self.height = chain.settings, chain.height
+        self.run_files = sorted(chain.parts.stamped) if chain.parts else []
         self.count = self.segmented = 0
         self.found: dict[int, dict] = {}
         self._last = None  # the latest segmented frame's joint map and names, shown until the next one
@@ -335,8 +371,8 @@ class Outputs:
         if self.maps == "h5":
             from a2dpipe.segmentation.predictions import PredictionWriter
 
-            self._labels = PredictionWriter(self.folder / "labels.h5", variant=self.parts.name,
-                                            model=self.parts.network.name, settings=self.parts.settings)
+            self._labels = PredictionWriter(self.folder / "labels.h5", variant=self.variant, model=self.model,
+                                            settings=self.settings)
             self._labels.__enter__()
         return self
 
@@ -389,7 +425,7 @@ class Outputs:
             entry["score"] += float(scores[pid])
             entry["score_pixels"] += int(small_pixels[pid])
 
-    def finish(self, seconds: Counter, wall: float) -> None:
+    def finish(self, seconds: Counter, cpu_seconds: Counter, wall: float) -> None:
         from a2dpipe import __version__
         from a2dpipe.labels import pair_name
 
@@ -405,11 +441,12 @@ class Outputs:
         busy = sum(seconds[s] for s in STAGES) or 1.0
         summary = {
             "schema": SCHEMA, "a2dpipe_version": __version__, "video": str(self.source.path),
-            "name": self.source.name, "variant": self.parts.name, "run_files": sorted(self.parts.stamped),
+            "name": self.source.name, "variant": self.variant, "run_files": self.run_files,
             "fps": self.source.fps, "frames": self.count, "frames_in_header": self.source.expected,
             "segmented": self.segmented, "every": self.every, "size": [h, w],
-            "model_size": list(_model_size((h, w), self.parts.height)),
+            "model_size": list(_model_size((h, w), self.height)),
             "seconds": {s: round(seconds[s], 4) for s in STAGES}, "wall_seconds": round(wall, 3),
+            "cpu_seconds": {s: round(cpu_seconds[s], 4) for s in STAGES},
             "stage_shares": {s: round(seconds[s] / busy, 4) for s in STAGES},
             "segmented_per_second": self.segmented / wall if wall else None,
             "found": found,

@@ -6,6 +6,7 @@
 #   snakemake compare_masks --cores 1 --resources gpu=1   # Table 3 and mask AP with a second mask model
 #   snakemake tables --cores 1 --resources gpu=1 --configfile config/seeds.yaml   # three seeds and their aggregate
 #   snakemake --report report.html                    # HTML report of the last run
+#   snakemake segment --cores 2 --resources gpu=1     # config segment.videos through this run's models (docs/segment.md)
 #
 # Targets go before --resources, which takes every following word as a resource.
 

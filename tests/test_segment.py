@@ -287,8 +287,8 @@ def test_the_segment_rule_segments_configured_videos_and_stays_out_of_tables(tin
     configfile.write_text(yaml.safe_dump(config))
     plan = snakemake_run(work, "segment", "--dry-run", "--quiet", "rules", config=configfile).stdout
     assert "segment_video" in plan and "train_stage" not in plan and "predict " not in plan
-    tables = snakemake_run(work, "tables", "--dry-run", config=configfile).stdout
-    assert "segment" not in tables
+    tables = snakemake_run(work, "tables", "--dry-run", "--quiet", "rules", config=configfile).stdout
+    assert "segment_video" not in tables
     snakemake_run(work, "segment", "--cores", "2", "--resources", "gpu=1", config=configfile)
     summary = json.loads((work / "results" / "segment" / "short" / "summary.json").read_text())
     assert (summary["frames"], summary["segmented"]) == (12, 4)

@@ -119,6 +119,7 @@ class Chain:
         self.batch = int(settings["segmentation"]["inference_batch"])
         self.seconds: Counter = Counter()
         self.cpu_seconds: Counter = Counter()
+        self.regions = 0  # regions the mask model kept, over all frames
         self.parts: RunParts | None = None
 
     @classmethod
@@ -196,6 +197,7 @@ class Chain:
             for regions in predict_regions(self.mask_model, frames[k:k + size], self.masks, self.agnostic,
                                            self.device):
                 out.append((regions.boxes.astype(np.float32), _as_cached(regions.masks)))
+                self.regions += len(regions)
         self._timed("masks", started)
         return out
 
@@ -293,6 +295,7 @@ def segment_source(chain: Chain, source: FrameSource, out: Path, *, every: int =
                  source.size[1], source.size[0], small_size[1], small_size[0])
     chain.seconds.clear()
     chain.cpu_seconds.clear()
+    chain.regions = 0
     started = time.perf_counter()
     with atomic_path(final) as tmp:
         tmp.mkdir()
@@ -318,7 +321,7 @@ def segment_source(chain: Chain, source: FrameSource, out: Path, *, every: int =
             bar.close()
             if not outputs.count:
                 raise A2DError(f"{source.path}: no frame decoded")
-            outputs.finish(chain.seconds, chain.cpu_seconds, time.perf_counter() - started)
+            outputs.finish(chain.seconds, chain.cpu_seconds, time.perf_counter() - started, chain.regions)
     return final
 
 
@@ -425,7 +428,7 @@ class Outputs:
             entry["score"] += float(scores[pid])
             entry["score_pixels"] += int(small_pixels[pid])
 
-    def finish(self, seconds: Counter, cpu_seconds: Counter, wall: float) -> None:
+    def finish(self, seconds: Counter, cpu_seconds: Counter, wall: float, regions: int = 0) -> None:
         from a2dpipe import __version__
         from a2dpipe.labels import pair_name
 
@@ -449,6 +452,7 @@ class Outputs:
             "cpu_seconds": {s: round(cpu_seconds[s], 4) for s in STAGES},
             "stage_shares": {s: round(seconds[s] / busy, 4) for s in STAGES},
             "segmented_per_second": self.segmented / wall if wall else None,
+            "regions_per_frame": regions / max(self.segmented, 1),
             "found": found,
         }
         (self.folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -133,7 +133,7 @@ def test_a_real_video_gives_overlay_maps_and_summary_at_its_own_size_and_rate(ti
 
 def test_summary_counts_each_actor_action_found(tmp_path):
     """The tally and the overlay on a made-up result: frames, spans, area and mean score per actor-action."""
-    from a2dpipe.segmentation.segment import Outputs, overlay
+    from a2dpipe.segmentation.segment_outputs import Outputs, overlay
 
     class Source:
         name, path, fps, size, expected = "clip", Path("clip.mp4"), 10.0, (4, 6), 3

@@ -25,6 +25,8 @@ from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, select_d
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 
+__all__ = ["configure_parser", "run", "cache_regions", "gt_regions", "load_region_model", "predict_regions"]
+
 log = logging.getLogger("a2dpipe.masks")
 
 

@@ -10,7 +10,8 @@ and its outputs (overlay, label maps, summary), after a warm-up of a few frames.
 architecture, untrained (seeded): their speed does not depend on their weights, except through the number of
 regions, so the mask model keeps every region up to ``masks.max_regions`` (score threshold 0: the most work the
 region head can get). Printed per run: frames per second (wall and per CPU-second), CPU-seconds per frame of each
-stage and its share, regions per frame and the process's peak RSS.
+stage and its share, regions per frame and the process's peak RSS. ``--every N`` segments one frame in N (every
+frame is still decoded, paired for flow and drawn into the overlay): a long clip's memory in less time.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def build_chain(variant_text: str, height: int):
                  mask_model=mask_model, agnostic=False)
 
 
-def measure(clip: str, variant: str, height: int, threads: int, out: str) -> dict:
+def measure(clip: str, variant: str, height: int, threads: int, out: str, every: int = 1) -> dict:
     """One run in this process (the child's side)."""
     import cv2
     import torch
@@ -106,12 +107,13 @@ def measure(clip: str, variant: str, height: int, threads: int, out: str) -> dic
     first = [_resize(rgb, size) for _, (_, rgb) in zip(range(3), source)]
     with torch.no_grad():
         chain(first, [(first[1], "next")] * 3)  # warm-up: one-time costs out of the measurement
-    folder = segment_source(chain, source, Path(out), progress=False)
+    folder = segment_source(chain, source, Path(out), every=every, progress=False)
     summary = json.loads((folder / "summary.json").read_text())
     frames = summary["segmented"]
     cpu = summary["cpu_seconds"]
     total = sum(cpu.values())
-    return {"variant": variant, "height": height, "size": summary["model_size"], "frames": frames,
+    return {"variant": variant, "height": height, "size": summary["model_size"], "frames": summary["frames"],
+            "segmented": frames,
             "fps_wall": frames / summary["wall_seconds"], "fps_cpu": frames / total,
             "ms_per_frame_cpu": {k: round(1000 * v / frames, 2) for k, v in cpu.items()},
             "shares_cpu": {k: round(v / total, 3) for k, v in cpu.items()},
@@ -125,22 +127,24 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["baseline/rgb", "ours/rgbflow/dataset"])
     parser.add_argument("--heights", type=int, nargs="+", default=[96, 320])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--every", type=int, default=1, help="segment one frame in N (all are decoded and drawn)")
     parser.add_argument("--child", nargs=4, metavar=("CLIP", "VARIANT", "HEIGHT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         clip, variant, height, out = args.child
-        print(json.dumps(measure(clip, variant, int(height), args.threads, out)))
+        print(json.dumps(measure(clip, variant, int(height), args.threads, out, args.every)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         for seconds in args.seconds:
             for height in args.heights:
                 clip = write_clip(Path(tmp) / f"bikes-{seconds:g}s-{height}.avi", seconds, height)
                 for variant in args.variants:
-                    done = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child",
+                    done = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
+                                           "--every", str(args.every), "--child",
                                            str(clip), variant, str(height), str(Path(tmp) / "out")],
                                           capture_output=True, text=True, check=True)
                     row = json.loads(done.stdout.strip().splitlines()[-1])
-                    print(json.dumps({"seconds": seconds, **row}), flush=True)
+                    print(json.dumps({"seconds": seconds, "every": args.every, **row}), flush=True)
 
 
 if __name__ == "__main__":

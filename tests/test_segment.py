@@ -102,7 +102,7 @@ def test_network_inputs_of_an_annotated_frame_equal_the_stored_ones(tiny_run):
 
 def test_a_real_video_gives_overlay_maps_and_summary_at_its_own_size_and_rate(tiny_run, tmp_path, bikes):
     out = tmp_path / "out"
-    assert segment(bikes, "--run", tiny_run / "results", "--out", out, "--every", "10", "--chunk", "7") == 0
+    assert segment(bikes, "--run", tiny_run / "results", "--out", out, "--every", "25", "--chunk", "7") == 0
     folder = out / "bikes"
     assert sorted(p.name for p in folder.iterdir()) == ["labels.h5", "overlay.mp4", "summary.json"]
     video = cv2.VideoCapture(str(folder / "overlay.mp4"))
@@ -117,17 +117,17 @@ def test_a_real_video_gives_overlay_maps_and_summary_at_its_own_size_and_rate(ti
     assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0)
     with PredictionStore(folder / "labels.h5") as store:
         keys = store.keys()
-        assert keys == [("bikes", n) for n in range(1, 251, 10)]
-        maps = store.read("bikes", 241)
+        assert keys == [("bikes", n) for n in range(1, 251, 25)]
+        maps = store.read("bikes", 226)
         assert {k: v.shape for k, v in maps.items()} == {k: (272, 640) for k in ("actor", "action", "joint")}
         assert store.attrs["schema"] == "a2dpipe.predictions/1"
         assert store.variant == "ours-rgbflow-dataset-dataset"
     summary = json.loads((folder / "summary.json").read_text())
-    assert (summary["frames"], summary["segmented"], summary["every"]) == (250, 25, 10)
+    assert (summary["frames"], summary["segmented"], summary["every"]) == (250, 10, 25)
     assert summary["size"] == [272, 640] and summary["model_size"] == [48, 113]
     assert set(summary["stage_shares"]) == {"decode", "flow", "masks", "network", "output"}
     for found in summary["found"]:
-        assert 1 <= found["frames"] <= 25 and 0 < found["area"] <= 1 and 0 <= found["mean_score"] <= 1
+        assert 1 <= found["frames"] <= 10 and 0 < found["area"] <= 1 and 0 <= found["mean_score"] <= 1
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
 
 

@@ -498,18 +498,25 @@ def get_segment_videos():
     if isinstance(videos, str):
         folder = Path(videos)
         if not folder.is_dir():
-            raise ValueError(f"config segment.videos: {folder} is not a folder (give a folder or a list of videos)")
+            raise ValueError(
+                f"config segment.videos: {folder} is not a folder (give a folder or a list of videos)"
+            )
         videos = [
             p
             for p in sorted(folder.iterdir())
             if p.suffix.lower() in VIDEO_SUFFIXES
-            or (p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir()))
+            or (
+                p.is_dir()
+                and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir())
+            )
         ]
     named = {}
     for path in map(Path, videos):
         name = path.name if path.is_dir() else path.stem
         if name in named:
-            raise ValueError(f"config segment.videos: {named[name]} and {path} share the name {name!r}; rename one")
+            raise ValueError(
+                f"config segment.videos: {named[name]} and {path} share the name {name!r}; rename one"
+            )
         named[name] = str(path)
     return named
 
@@ -518,7 +525,9 @@ def get_segment_outputs(wildcards):
     """Target `segment`: one results folder per configured video."""
     videos = get_segment_videos()
     if not videos:
-        raise ValueError("config segment.videos is null or names no video: set it to a folder or a list of videos")
+        raise ValueError(
+            "config segment.videos is null or names no video: set it to a folder or a list of videos"
+        )
     return [res("segment", name) for name in videos]
 
 
@@ -529,6 +538,16 @@ def get_segment_name_pattern():
     return "|".join(map(re.escape, get_segment_videos())) or "(?!)"
 
 
+def get_segment_run(wildcards):
+    """The run whose models segment reads: this one."""
+    return RESULTS
+
+
+def get_segment_shared(wildcards):
+    """Where this run's frames and flow lie (its shared_results)."""
+    return SHARED_RESULTS
+
+
 def get_segment_video(wildcards):
     return get_segment_videos()[wildcards.name]
 
@@ -536,7 +555,8 @@ def get_segment_video(wildcards):
 def get_segment_parts(wildcards):
     """The run's files `a2dpipe segment` reads for the configured variant: its network, for regions the mask
     model and one region cache (its inference settings), one frames shard (frame height, flow partner), for
-    rgbflow one flow cache (the flow settings), and the variant's predictions when the run makes them."""
+    rgbflow one flow cache (the flow settings), and the variant's predictions when the run makes them.
+    """
     from a2dpipe.segmentation.run_parts import parse_variant
 
     v = parse_variant(config["segment"]["variant"])

@@ -27,9 +27,9 @@ rule segment_video:
     resources:
         gpu=1,
     params:
-        run=RESULTS,
-        shared=SHARED_RESULTS,
-        out=res("segment"),
+        run=get_segment_run,
+        shared=get_segment_shared,
+        out=get_output_dir,
         variant=config["segment"]["variant"],
         every=config["segment"]["every"],
         maps=config["segment"]["maps"],

@@ -6,6 +6,7 @@
 #   snakemake compare_masks --cores 1 --resources gpu=1   # Table 3 and mask AP with a second mask model
 #   snakemake tables --cores 1 --resources gpu=1 --configfile config/seeds.yaml   # three seeds and their aggregate
 #   snakemake --report report.html                    # HTML report of the last run
+#   snakemake segment --cores 2 --resources gpu=1     # config segment.videos through this run's models (docs/segment.md)
 #
 # Targets go before --resources, which takes every following word as a resource.
 
@@ -57,6 +58,7 @@ else:
     include: "workflow/rules/masks.smk"
     include: "workflow/rules/segmentation.smk"
     include: "workflow/rules/evaluation.smk"
+    include: "workflow/rules/segment.smk"
 
     # A second mask model's run beside this one (config experiments.compare_masks; target compare_masks).
     if COMPARE_MASKS:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mask-quality": ("a2dpipe.masks.quality", "COCO mask AP of the mask sources on the test split"),
     "train": ("a2dpipe.segmentation.train", "train the segmentation network (stage 1 or stage 2)"),
     "predict": ("a2dpipe.segmentation.predict", "label maps for every test frame"),
+    "segment": ("a2dpipe.segmentation.segment", "segment any video with a run's models: overlay, label maps, summary"),
     "evaluate": ("a2dpipe.evaluation.evaluate", "metrics of one prediction set"),
     "tables": ("a2dpipe.evaluation.tables", "the paper's tables from this run's metrics"),
     "aggregate": ("a2dpipe.evaluation.aggregate", "Tables 1-3 and the claims across the runs of several seeds"),

@@ -26,6 +26,8 @@ from a2dpipe.masks.cache import MaskCacheWriter, Regions, model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.progress import progress
 
+__all__ = ["configure_parser", "run", "cache_regions", "gt_regions", "load_region_model", "predict_regions"]
+
 log = logging.getLogger("a2dpipe.masks")
 
 
@@ -84,25 +86,14 @@ def _write_gt(reader, refs, writer) -> float:
 def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
     import torch  # here, so that the gt source starts without torch
 
-    from a2dpipe.masks.model import load_mask_model
-
     cfg = config["masks"]
     device = select_device(config["device"])
-    model, checkpoint = load_mask_model(model_path, device)
-    check_consistent({"this job": config, str(model_path): read_stamp(checkpoint.get("provenance"))})
-    if checkpoint["source"] != source:
-        raise A2DError(f"{model_path}: a {checkpoint['source']} mask model, but --source is {source}")
-    agnostic = bool(checkpoint["class_agnostic"])
-    model.roi_heads.detections_per_img = cfg["max_regions"]
-    model.roi_heads.score_thresh = cfg["score_threshold"]  # the config decides, not torchvision's 0.05
+    model, agnostic = load_region_model(model_path, config, source, device)
     seconds = 0.0
     bar = progress(total=len(refs), desc=f"region masks {source}")
     for chunk, rgbs in _same_size_batches(reader, refs, max(1, cfg["batch_size"])):
-        images = [torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device) for rgb in rgbs]
         started = time.perf_counter()
-        with torch.inference_mode():
-            outputs = model(images)
-        regions = [_to_regions(o, image.shape[1:], cfg, agnostic) for o, image in zip(outputs, images)]
+        regions = predict_regions(model, rgbs, cfg, agnostic, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - started
@@ -112,6 +103,35 @@ def _write_predicted(reader, refs, writer, config, source, model_path) -> float:
     bar.close()
     writer.set_attrs(device=describe_device(device))  # the timing table's device column
     return seconds
+
+
+def load_region_model(model_path, config: dict, source: str, device):
+    """(mask model in eval mode on ``device``, whether it is class-agnostic) of mask source ``source``, keeping the
+    regions ``config``'s ``masks.score_threshold`` and ``masks.max_regions`` let through; A2DError when the model
+    was made with other settings than ``config`` or for another source."""
+    from a2dpipe.masks.model import load_mask_model
+
+    cfg = config["masks"]
+    model, checkpoint = load_mask_model(model_path, device)
+    check_consistent({"this job": config, str(model_path): read_stamp(checkpoint.get("provenance"))})
+    if checkpoint["source"] != source:
+        raise A2DError(f"{model_path}: a {checkpoint['source']} mask model, but --source is {source}")
+    model.roi_heads.detections_per_img = cfg["max_regions"]
+    model.roi_heads.score_thresh = cfg["score_threshold"]  # the config decides, not torchvision's 0.05
+    return model, bool(checkpoint["class_agnostic"])
+
+
+def predict_regions(model, rgbs, cfg: dict, agnostic: bool, device) -> list[Regions]:
+    """The regions kept (config ``masks`` section ``cfg``) of each (H, W, 3) uint8 RGB frame of ``rgbs``, one
+    forward pass of ``model`` (:func:`load_region_model`) over them all: give frames of one size (see
+    :func:`_same_size_batches`)."""
+    import torch
+
+    images = [torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255).to(device)
+              for rgb in rgbs]
+    with torch.inference_mode():
+        outputs = model(images)
+    return [_to_regions(o, image.shape[1:], cfg, agnostic) for o, image in zip(outputs, images)]
 
 
 def _same_size_batches(reader, refs, batch_size: int):

@@ -40,7 +40,8 @@ from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel
 from a2dpipe.segmentation.train import flow_encoding_settings
 from a2dpipe.variants import INPUTS, KINDS, NONE, TEST_SOURCES, TRAINED_SOURCES, Variant, check_variant, variant_name
 
-__all__ = ["configure_parser", "run", "predict", "mask_vote", "region_average"]
+__all__ = ["configure_parser", "run", "predict", "load_network", "log_probs", "label_maps", "mask_vote",
+           "region_average", "vote_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def run(args) -> None:
     predict(config, variant=v, model=args.model, samples=samples, out=args.out, split=args.split)
 
 
-def _network(config: dict, variant: Variant, model: str | Path, device, split: str = "test"):
+def load_network(config: dict, variant: Variant, model: str | Path, device, split: str = "test"):
     """The variant's trained network from ``model`` on ``device`` in eval mode, and its ``segmentation`` settings;
     A2DError when the checkpoint is not the stage and input the variant needs, or trained on the ``split`` to
     predict."""
@@ -128,6 +129,16 @@ def _network(config: dict, variant: Variant, model: str | Path, device, split: s
     return net, ckpt["segmentation"]
 
 
+def vote_layer(config: dict, variant: Variant, device) -> RegionToPixel | None:
+    """The mask vote's region-to-pixel layer: Ours' (config ``segmentation.stage2``'s ``uncovered_background`` and
+    ``pixel_stride``) on ``device``; None for the other kinds."""
+    if variant.kind != "maskvote":
+        return None
+    stage2 = config["segmentation"]["stage2"]
+    return RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
+                         pixel_stride=stage2["pixel_stride"]).to(device)
+
+
 def _without_inference_batch(config: dict) -> dict:
     """``config`` less ``segmentation.inference_batch``: the batch stage 2 cached its features in need not be the one
     this job predicts in."""
@@ -137,9 +148,10 @@ def _without_inference_batch(config: dict) -> dict:
     return {**config, "segmentation": {k: v for k, v in seg.items() if k != "inference_batch"}}
 
 
-def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of one batch of network inputs, under autocast to
-    ``amp`` (None: float32)."""
+def log_probs(net, variant: Variant, batch: dict, vote_to_pixel, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """``actor`` and ``action`` float32 log-probabilities (B, K, H, W) of one batch of network inputs
+    (:func:`.loader.to_device`), under autocast to ``amp`` (None: float32); ``vote_to_pixel`` is the mask vote's
+    region-to-pixel layer (None otherwise)."""
     with torch.no_grad(), autocast(batch["rgb"].device.type, amp):
         if variant.kind == "ours":
             outputs = net.forward_regions(batch["rgb"], batch["flow"], batch["regions"])
@@ -147,26 +159,33 @@ def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: torch.dt
             outputs = net.forward_baseline(batch["rgb"], batch["flow"])
         if variant.kind == "maskvote":
             outputs = mask_vote(vote_to_pixel, outputs, batch["regions"])
-        actor, action = outputs["actor"].float(), outputs["action"].float()
+        return {"actor": outputs["actor"].float(), "action": outputs["action"].float()}
+
+
+def label_maps(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of :func:`log_probs`' ``outputs``."""
+    actor, action = outputs["actor"], outputs["action"]
+    with torch.no_grad():
         return {"actor": class_argmax(actor), "action": class_argmax(action), "joint": joint_prediction(actor, action)}
+
+
+def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of one batch of network inputs."""
+    return label_maps(log_probs(net, variant, batch, vote_to_pixel, amp))
 
 
 def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: str | Path,
             split: str = "test") -> float:
     """Write the predictions of every sample (frames of ``split``) to ``out`` under the variant's display name; A2DError
-    for a model that trained on that split (:func:`_network`). Returns seconds per
+    for a model that trained on that split (:func:`load_network`). Returns seconds per
     frame: the network's time over all batches divided by the number of frames, i.e. the per-frame throughput at
     the configured ``segmentation.inference_batch`` (reading frames, in loader workers when configured, is not
     counted)."""
     name = variant_name(variant)
     device = select_device(config["device"])
-    net, trained = _network(config, variant, model, device, split)
+    net, trained = load_network(config, variant, model, device, split)
     amp = autocast_dtype(device, bool(trained["amp"]))  # bf16, fp16 or None (float32) for this GPU
-    vote_to_pixel = None
-    if variant.kind == "maskvote":  # Ours' region-to-pixel layer, as the stage-2 settings make it
-        stage2 = config["segmentation"]["stage2"]
-        vote_to_pixel = RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
-                                      pixel_stride=stage2["pixel_stride"]).to(device)
+    vote_to_pixel = vote_layer(config, variant, device)
     views = [View(i, flow=net.uses_flow) for i in range(len(samples))]
     batches = same_size_batches(samples, views, inference_batch_size(config))
     frames = make_loader(samples, batches, collate_fn=collate, device=device, **loader_options(config))

@@ -216,7 +216,7 @@ def _batch(seeds, counts, k=5, height=13, width=17, dtype=torch.float64):
 
 @pytest.mark.parametrize("counts", [(7,), (7, 3, 0, 5), (0, 0), (1, 9)])
 def test_dense_batch_equals_the_loop_frame_by_frame_in_values_and_gradients(counts):
-    from a2dpipe.segmentation.models.region_to_pixel import pad_regions, region_to_pixel_dense
+    from a2dpipe.segmentation.models.region_to_pixel_dense import pad_regions, region_to_pixel_dense
 
     frames, uncovered = _batch(range(20, 20 + len(counts)), counts)
     upstream = torch.randn(len(counts), 5, 13, 17, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -234,7 +234,7 @@ def test_dense_batch_equals_the_loop_frame_by_frame_in_values_and_gradients(coun
 
 
 def test_dense_gradient_goes_to_the_winner_and_ties_to_the_lowest_index():
-    from a2dpipe.segmentation.models.region_to_pixel import region_to_pixel_dense
+    from a2dpipe.segmentation.models.region_to_pixel_dense import region_to_pixel_dense
 
     boxes = torch.tensor([[[0.0, 0.0, 3.0, 0.0], [2.0, 0.0, 5.0, 0.0], [2.0, 0.0, 5.0, 0.0]]])
     masks = torch.tensor([[[[1.0, 1, 1, 1, 0, 0]], [[0.0, 0, 0.5, 0.5, 0.5, 0.5]], [[0.0, 0, 0.5, 0.5, 0.5, 0.5]]]])

@@ -14,8 +14,9 @@ multiply-add). Per unit of work:
   on ``masks.max_regions`` regions per crop; with ``cache_features``, the back-end on whole frames plus the share of
   one step in the front-end's pass over every training frame and its mirror image;
 * train mask models, per step (the generic model's from scratch unless COCO's is it, then the dataset model's
-  fine-tuning; on a real-format dataset without a COCO file only the dataset model's, without a start): backbone, RPN head, and Mask R-CNN's box head on the sampled RoIs and mask head on at
-  most their positive share, or FCIS's score maps over the frame, 3 x forward, on ``masks.batch_size`` frames;
+  fine-tuning; without a generic source only the dataset model's, from no start): backbone, RPN head, and Mask
+  R-CNN's box head on the sampled RoIs and mask head on at most their positive share, or FCIS's score maps over the
+  frame, 3 x forward, on ``masks.batch_size`` frames;
 * flow, per frame: the configured FlowNet or RAFT network on a frame pair (DIS, a CPU method, has no row);
 * region masks, per frame: inference (Mask R-CNN: box head on every RPN proposal, mask head on every kept region;
   FCIS: its score maps, then gathers);
@@ -57,19 +58,8 @@ from a2dpipe.evaluation.timing import describe_device
 from a2dpipe.io import atomic_path
 from a2dpipe.variants import unavailable_sources
 
-__all__ = [
-    "A2D_FRAMES",
-    "A2D_FRAME_SIZE",
-    "BASIS",
-    "DEVICES",
-    "Device",
-    "count_flops",
-    "work_units",
-    "estimate_table",
-    "measure_cpu_flops",
-    "configure_parser",
-    "run",
-]
+__all__ = ["A2D_FRAMES", "A2D_FRAME_SIZE", "BASIS", "DEVICES", "Device", "count_flops", "work_units", "estimate_table",
+           "measure_cpu_flops", "configure_parser", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -273,12 +263,10 @@ def work_units(config: dict) -> list[dict]:
                      "flops": flow, "cpu": [("sample_frame", "rgb", 1), ("flow_write", None, 1)], "fed_by": "job"})
     m = _mask_flops(config)
     step = TRAIN_FACTOR * masks["batch_size"] * (m["backbone"] + m["rpn"] + m["heads_train"])
-    # the dataset model's fine-tuning, after the generic one's training from scratch unless COCO's model is it; with
-    # no generic source (a2dpipe.variants) the dataset model trains alone, without a start
-    if unavailable_sources(config):
-        steps = masks["iterations"]
-    else:
-        steps = masks["finetune_iterations"] + (0 if masks["coco_checkpoint"] else masks["iterations"])
+    # the dataset model alone without a generic source (a2dpipe.variants); else its fine-tuning after the generic
+    # model's training from scratch, unless COCO's model is the generic one
+    generic_steps = 0 if masks["coco_checkpoint"] else masks["iterations"]
+    steps = masks["iterations"] if unavailable_sources(config) else masks["finetune_iterations"] + generic_steps
     rows.append({"stage": "train mask models", "unit": "step", "units": steps, "flops": step,
                  "cpu": [("sample_frame", "rgb", masks["batch_size"])], "fed_by": "job"})
     rows.append({"stage": "region masks", "unit": "frame", "units": train + test,

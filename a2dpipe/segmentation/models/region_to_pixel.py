@@ -28,15 +28,15 @@ because the gathered (pairs, K) tensor costs more memory traffic than in-place c
 (K, H, W) output, an (H, W) coverage map and a K x ``chunk_pixels`` buffer; backward adds one (K, H, W) copy of the
 incoming gradient, the (N, H, W) mask gradient and three crop-sized buffers. Never an N x K x H x W tensor.
 
-A second formulation, :func:`region_to_pixel_dense`, computes the same contract for a batch of frames at once with
-a fixed number of operator calls (~20 forward, ~15 backward), whatever the number of regions or frames: all
-products as one (B, N, K, H, W) tensor with -inf where a region does not cover a pixel, a max over regions that
-returns the winner's index, and a backward that scatters each (pixel, class) gradient to that winner (torch's
-``max`` returns the first of tied maxima: ties go to the lowest index, as in the loop). It does N x K x H x W work
-and holds that many values at once (430 MB at 55 regions, 19 channels, 320 x 320): the right trade on a GPU, where
-the loop would launch ~15 kernels per region and copy every box to the host, and the wrong one on a CPU, where the
-loop's box-sized crops do a fraction of the work. :class:`RegionToPixel` takes the dense formulation for tensors on
-CUDA and the loop elsewhere (``path`` forces either; tests compare both).
+A second formulation, :func:`.region_to_pixel_dense.region_to_pixel_dense`, computes the same contract for a batch
+of frames at once with a fixed number of operator calls (~20 forward, ~15 backward), whatever the number of regions
+or frames: all products as one (B, N, K, H, W) tensor with -inf where a region does not cover a pixel, a max over
+regions that returns the winner's index, and a backward that scatters each (pixel, class) gradient to that winner
+(torch's ``max`` returns the first of tied maxima: ties go to the lowest index, as in the loop). It does N x K x H x
+W work and holds that many values at once (430 MB at 55 regions, 19 channels, 320 x 320): the right trade on a GPU,
+where the loop would launch ~15 kernels per region and copy every box to the host, and the wrong one on a CPU, where
+the loop's box-sized crops do a fraction of the work. :class:`RegionToPixel` takes the dense formulation for tensors
+on CUDA and the loop elsewhere (``path`` forces either; tests compare both).
 
 >>> s = torch.tensor([[0.2, 0.8], [0.9, 0.1]]); m = torch.ones(2, 1, 3)
 >>> b = torch.tensor([[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 2.0, 0.0]])
@@ -51,8 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RegionToPixel", "region_to_pixel", "region_to_pixel_dense", "region_to_pixel_reference", "region_log_probs",
-           "box_pixel_ranges", "pad_regions", "count_kernel_calls", "PATHS"]
+from a2dpipe.segmentation.models.region_to_pixel_dense import pad_regions, region_to_pixel_dense
+
+__all__ = ["RegionToPixel", "region_to_pixel", "region_to_pixel_reference", "region_log_probs", "box_pixel_ranges",
+           "count_kernel_calls", "PATHS"]
 
 DEFAULT_CHUNK_PIXELS = 1 << 18  # 262,144 pixels: a whole 320 x 568 box in one step, 46 MB of temporary at K = 44
 PATHS = ("auto", "loop", "dense")  # RegionToPixel.path: auto = dense on CUDA, the loop elsewhere
@@ -89,91 +91,6 @@ def region_log_probs(pixel_scores: torch.Tensor, eps: float = 1e-6) -> torch.Ten
         raise ValueError(f"eps must be positive, not {eps}")
     shifted = pixel_scores + eps
     return torch.log(shifted) - torch.log(shifted.sum(dim=-3, keepdim=True))
-
-
-def region_to_pixel_dense(scores: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
-                          uncovered: torch.Tensor) -> torch.Tensor:
-    """Pixel scores (B, K, H, W) of a batch of frames in one pass (module docstring): the contract of
-    :func:`region_to_pixel` for each frame, with a number of operator calls that depends on neither N nor B.
-
-    Args:
-        scores: (B, N, K) non-negative region class scores; frames with fewer regions are padded
-            (:func:`pad_regions`: boxes that hold no pixel, zero masks).
-        masks: (B, N, H, W) soft masks in [0, 1].
-        boxes: (B, N, 4) x1, y1, x2, y2 in frame pixels; a box holding no pixel (e.g. all -1) is padding.
-        uncovered: (K,) the scores of a pixel covered by no region.
-
-    Differentiable w.r.t. ``scores`` and ``masks``. Nothing is copied to the host: the boxes are compared with
-    pixel coordinates on the device (a non-finite coordinate holds no pixel instead of being refused).
-    """
-    batch_regions = masks.shape[:2]
-    if masks.dim() != 4 or scores.dim() != 3 or scores.shape[:2] != batch_regions or boxes.shape != (*batch_regions, 4):
-        raise ValueError(f"want scores (B, N, K), masks (B, N, H, W), boxes (B, N, 4); got {tuple(scores.shape)}, "
-                         f"{tuple(masks.shape)}, {tuple(boxes.shape)}")
-    if uncovered.shape != (scores.shape[2],):
-        raise ValueError(f"uncovered must be (K={scores.shape[2]},), got shape {tuple(uncovered.shape)}")
-    dtype = torch.promote_types(scores.dtype, masks.dtype)
-    uncovered = uncovered.to(scores.device, dtype)
-    if masks.shape[1] == 0:  # no region in any frame: every pixel uncovered (a max over no region is undefined)
-        b, _, height, width = masks.shape
-        return uncovered[None, :, None, None].expand(b, -1, height, width).clone()
-    return _DenseRegionToPixel.apply(scores.to(dtype), masks.to(dtype), boxes, uncovered)
-
-
-def pad_regions(scores: list[torch.Tensor], masks: list[torch.Tensor],
-                boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-frame (N_b, K), (N_b, H, W), (N_b, 4) -> (B, N, K), (B, N, H, W), (B, N, 4), N = max N_b: padded with
-    zero scores, zero masks and boxes at -1 (holding no pixel), so a padded region covers nothing."""
-    from torch.nn.utils.rnn import pad_sequence
-
-    return (pad_sequence(scores, batch_first=True), pad_sequence(masks, batch_first=True),
-            pad_sequence(boxes, batch_first=True, padding_value=-1.0))
-
-
-def _covering(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """(B, N, H, W) bool: the region's box holds the pixel (closed box, pixel indices) and its mask is > 0."""
-    height, width = masks.shape[-2:]
-    rows = torch.arange(height, device=masks.device, dtype=boxes.dtype)
-    cols = torch.arange(width, device=masks.device, dtype=boxes.dtype)
-    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # (B, N, 1) each
-    in_rows = (rows >= y1) & (rows <= y2)  # (B, N, H)
-    in_cols = (cols >= x1) & (cols <= x2)  # (B, N, W)
-    return (in_rows[..., :, None] & in_cols[..., None, :]) & (masks > 0)
-
-
-class _DenseRegionToPixel(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, scores, masks, boxes, uncovered):
-        covering = _covering(masks, boxes)  # (B, N, H, W)
-        product = masks[:, :, None] * scores[:, :, :, None, None]  # (B, N, K, H, W)
-        product.masked_fill_(~covering[:, :, None], float("-inf"))
-        best, winner = product.max(dim=1)  # (B, K, H, W): the first of tied maxima
-        del product
-        covered = covering.any(dim=1)[:, None]  # (B, 1, H, W)
-        # an in-box pixel outside a mask counts as 0 in the loop: negative products lose to it there
-        out = torch.where(covered, best.clamp_min(0), uncovered[None, :, None, None])
-        ctx.save_for_backward(scores, masks, winner, covered & (best >= 0))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        scores, masks, winner, claimed = ctx.saved_tensors
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            return None, None, None, None
-        b, n, k = scores.shape
-        g = (grad * claimed).flatten(2)  # (B, K, HW): the gradient each winner gets
-        index = winner.flatten(2)  # (B, K, HW)
-        grad_scores = grad_masks = None
-        if ctx.needs_input_grad[0]:  # d/ds[i, k] = sum over pixels won by i in class k of g * m_i
-            won_mask = masks.flatten(2).gather(1, index)  # (B, K, HW): m of the winner
-            classes = torch.arange(k, device=scores.device)[None, :, None]
-            grad_scores = scores.new_zeros((b, n * k)).scatter_add_(1, (index * k + classes).flatten(1),
-                                                                   (g * won_mask).flatten(1)).view(b, n, k)
-        if ctx.needs_input_grad[1]:  # d/dm[i, j] = sum over classes won by i at pixel j of g * s_i
-            won_score = scores.transpose(1, 2).gather(2, index)  # (B, K, HW): s of the winner
-            grad_masks = masks.new_zeros(masks.flatten(2).shape).scatter_add_(1, index, g * won_score)
-            grad_masks = grad_masks.view_as(masks)
-        return grad_scores, grad_masks, None, None
 
 
 class RegionToPixel(nn.Module):

@@ -243,7 +243,8 @@ def variant_paths(pattern, variants=None):
 
 def get_validation_outputs(pattern):
     """Input function of `validate`: `pattern` (VAL_EVALUATION, ...) of every variant; refused when the final models
-    train on train + val, as then none of them can be validated on the videos it trained on."""
+    train on train + val, as then none of them can be validated on the videos it trained on.
+    """
 
     def paths(wildcards):
         if config["dataset"]["final_fit"] == "train+val":

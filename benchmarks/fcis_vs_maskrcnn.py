@@ -7,7 +7,8 @@ a mask model on the train split (``train_mask_model``: the pipeline's own code),
 written (``cache_regions``), and mask AP is measured on the validation split (``--split val``, the default: the
 split where choices such as the recipes below are made; ``mask_quality``: the rows of ``results/masks/quality.csv``).
 ``--split test`` measures the test split instead, for reporting beside the tables only: the summary's ``split``
-column says which, and test-split numbers are printed under a line saying they must not be used for choices. The four trainings alternate model by model so that machine load hits both alike.
+column says which, and test-split numbers are printed under a line saying they must not be used for choices.
+The four trainings alternate model by model so that machine load hits both alike.
 Recipes: each model's is the config's with its own learning rate and score threshold (``--fcis-lr``,
 ``--fcis-score-threshold``: 0.005 and 0.1; ``--maskrcnn-lr``, ``--maskrcnn-score-threshold``: 0.001 and 0.3; all
 chosen on the validation split: README), since one learning rate does not suit both.

@@ -12,7 +12,9 @@ classes (mean class accuracy, mean IoU) of ``--setting``, prints the point estim
   bootstrap``), and the share of its resamples below the point;
 
 on the same draws (``--seed``, ``--resamples``: the tables use ``seed`` and ``evaluation.bootstrap_resamples``).
-Percentages. Reads files only; trains and predicts nothing.
+Then every step of the claims (``a2dpipe.evaluation.claims.CLAIMS``) whose variants were evaluated: the difference
+with the earlier interval and the tables' 95% interval (no family-wise correction). Percentages. Reads files
+only; trains and predicts nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from a2dpipe.evaluation.bootstrap import Bootstrap, per_video_key, percentile_interval, read_per_video
+from a2dpipe.evaluation.bootstrap import (Bootstrap, normal_interval, per_video_key, percentile_interval,
+                                          point_score, read_per_video)
+from a2dpipe.evaluation.claims import CLAIMS
 
 SCORES = ("mean_class_accuracy", "mean_iou")
 
@@ -44,6 +48,24 @@ def compare(doc: dict, boot: Bootstrap, setting: str) -> list[dict]:
     return rows
 
 
+def claim_steps(docs: dict, boot: Bootstrap) -> list[dict]:
+    """Each claim step's difference (second - first) with the earlier and the tables' interval."""
+    rows = []
+    for claim, score, setting, variants in CLAIMS:
+        for first, second in zip(variants, variants[1:]):
+            if first not in docs or second not in docs:
+                continue
+            a, b = (docs[v][per_video_key("whole", setting)] for v in (first, second))
+            point = point_score(b, score) - point_score(a, score)
+            plain = [boot.score_samples(m, point_classes=False)[score] for m in (a, b)]
+            matched = [boot.score_samples(m)[score] for m in (a, b)]
+            before, after = percentile_interval(plain[1] - plain[0]), normal_interval(point, matched[1] - matched[0])
+            rows.append({"claim": claim[:60], "step": f"{first} -> {second}", "difference": 100 * point,
+                         "before low": 100 * before[0], "before high": 100 * before[1],
+                         "after low": 100 * after[0], "after high": 100 * after[1]})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results", help="results folder of a finished run")
@@ -57,6 +79,9 @@ def main() -> None:
     boot = Bootstrap(docs[0]["videos"], resamples=args.resamples, seed=args.seed)  # the tables' draws
     rows = [row for doc in docs for row in compare(doc, boot, args.setting)]
     print(pd.DataFrame(rows).to_string(index=False, float_format="%.2f"))
+    steps = claim_steps({doc["variant"]: doc for doc in docs}, boot)
+    if steps:
+        print(pd.DataFrame(steps).to_string(index=False, float_format="%.2f"))
 
 
 if __name__ == "__main__":

@@ -100,24 +100,29 @@ def test_index_split_is_disjoint_by_video(stores):
     assert build_index(stores["frames"][0].parents[1] / "a2d", 4, val_fraction=0.25).equals(index)
 
 
+FITS = {"train": ("train",), "train+val": ("train", "val")}
+
+
+@pytest.mark.parametrize("fit", list(FITS))
 @pytest.mark.parametrize("stage", [1, 2])
-def test_segmentation_trainer_samples_hold_training_videos_only(stores, stage, monkeypatch, tmp_path):
+def test_segmentation_trainer_samples_hold_training_videos_only(stores, stage, fit, monkeypatch, tmp_path):
     from a2dpipe.segmentation import train as trainer
 
     seen = {}
     monkeypatch.setattr(trainer, "train", lambda config, *, samples, **kw: seen.setdefault("keys", samples.keys()))
     args = argparse.Namespace(
-        config=str(_config(tmp_path)), settings=None, threads=0, input="rgb", stage=stage, flow=[],
+        config=str(_config(tmp_path, fit)), settings=None, threads=0, input="rgb", stage=stage, flow=[],
         frames=stores["frames"],
         masks=stores["masks"] if stage == 2 else [], stage1="stage1.pt" if stage == 2 else None,
         out=str(tmp_path / "model.pt"), mask_source="dataset",
     )
     trainer.run(args)
     videos = {video for video, _ in seen["keys"]}
-    assert videos == stores["videos"]["train"]
+    assert videos == set().union(*(stores["videos"][split] for split in FITS[fit]))
 
 
-def test_mask_model_trainer_samples_hold_training_videos_only(stores, monkeypatch, tmp_path):
+@pytest.mark.parametrize("fit", list(FITS))
+def test_mask_model_trainer_samples_hold_training_videos_only(stores, fit, monkeypatch, tmp_path):
     from a2dpipe.masks import train as mask_trainer
 
     class Stop(Exception):
@@ -130,16 +135,16 @@ def test_mask_model_trainer_samples_hold_training_videos_only(stores, monkeypatc
         raise Stop
 
     monkeypatch.setattr(mask_trainer, "_batch", record)
-    config = {"seed": 0, "device": "cpu", "masks": MASKS}
+    config = {"seed": 0, "device": "cpu", "dataset": {"final_fit": fit}, "masks": MASKS}
     with pytest.raises(Stop):
         mask_trainer.train_mask_model(config, "dataset", [str(p) for p in stores["frames"]], tmp_path / "m.pt")
-    assert seen["videos"] == stores["videos"]["train"]
+    assert seen["videos"] == set().union(*(stores["videos"][split] for split in FITS[fit]))
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, fit: str = "train") -> Path:
     """The config of the stores (commands refuse inputs made with other settings than theirs)."""
     import yaml
 
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"seed": 0, "device": "cpu", "masks": MASKS}))
+    path.write_text(yaml.safe_dump({"seed": 0, "device": "cpu", "dataset": {"final_fit": fit}, "masks": MASKS}))
     return path

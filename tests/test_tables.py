@@ -151,7 +151,8 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
 
     claims_table = pd.read_csv(out / "claims.csv")
     assert list(claims_table["holds"]) == ["yes"] * 7  # the fake accuracies are ordered as claimed, far apart
-    assert claims_table["difference [two-sided interval]"].str.fullmatch(r"(\+\d+\.\d \[\d+\.\d, \d+\.\d\](; )?)+").all()
+    steps = r"(\+\d+\.\d \[\d+\.\d, \d+\.\d\](; )?)+"
+    assert claims_table["difference [two-sided interval]"].str.fullmatch(steps).all()
 
     md = (out / "table1.md").read_text()
     assert "| Baseline (RGB only) | paper | 95.7 |" in md

@@ -13,7 +13,8 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from a2dpipe.evaluation.bootstrap import CONFIDENCE, Bootstrap, normal_interval, per_video_key, point_score, read_per_video
+from a2dpipe.evaluation.bootstrap import (CONFIDENCE, Bootstrap, normal_interval, per_video_key, point_score,
+                                          read_per_video)
 from a2dpipe.evaluation.writers import interval_text
 from a2dpipe.io import A2DError
 from a2dpipe.variants import NONE, Variant, variant_name as _display_name

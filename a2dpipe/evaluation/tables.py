@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe.config import add_config_arguments, read_settings, write_made_from
+from a2dpipe.config import add_config_arguments, read_settings, section_defaults, write_made_from
 from a2dpipe.evaluation import paper_results as paper
 from a2dpipe.evaluation.claims import Intervals, claims, claims_caption, load_intervals, percent, variant_name
 from a2dpipe.evaluation.writers import HIGH, LOW, write_table
@@ -302,8 +302,9 @@ def run(args) -> None:
     write_made_from(Path(args.out_dir, "provenance.json"),
                     {p: e.get("provenance") for p, e in zip(args.evaluations, evals.values())})
     written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality,
-                          intervals=intervals, correction=config["evaluation"]["claims_correction"],
-                          final_fit=config["dataset"]["final_fit"])
+                          intervals=intervals,
+                          correction=section_defaults("evaluation", config.get("evaluation"))["claims_correction"],
+                          final_fit=section_defaults("dataset", config.get("dataset"))["final_fit"])
     log.info("wrote %d table files into %s", len(written), args.out_dir)
     claims_md = Path(args.out_dir, "claims.md").read_text()
     log.info("claims:\n%s", claims_md)

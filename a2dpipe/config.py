@@ -87,8 +87,9 @@ def _unknown_keys_message(error, source: str, section: str) -> str:
     for name in unknown:
         close = difflib.get_close_matches(str(name), allowed, n=1)
         hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    owner = "the top level" if section == "(top level)" else section
     return (f"{source}: {section}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
-            f"{section} takes {', '.join(allowed)} (docs/configuration.md describes each)")
+            f"{owner} takes {', '.join(allowed)} (docs/configuration.md describes each)")
 
 
 def resolve(config: Mapping, source: str = "config", *, partial: bool = False, fill_defaults: bool = True) -> dict:

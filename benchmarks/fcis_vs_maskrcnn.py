@@ -11,7 +11,7 @@ column says which, and test-split numbers are printed under a line saying they m
 The four trainings alternate model by model so that machine load hits both alike.
 Recipes: each model's is the config's with its own learning rate and score threshold (``--fcis-lr``,
 ``--fcis-score-threshold``: 0.005 and 0.1; ``--maskrcnn-lr``, ``--maskrcnn-score-threshold``: 0.001 and 0.3; all
-chosen on the validation split: README), since one learning rate does not suit both.
+chosen on the validation split: docs/validation.md), since one learning rate does not suit both.
 
 Speed: each trained ``dataset`` model re-run at ``--height`` x ``--width`` (test frames resized to it; the input
 transform set to keep that size), one thread, median over ``--repeats`` forward passes interleaved model by model

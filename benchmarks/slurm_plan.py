@@ -2,7 +2,7 @@
 
     python benchmarks/slurm_plan.py all --configfile config/paper.yaml [--a2d-metadata DIR]
 
-Runs ``snakemake -n TARGET --profile workflow/profiles/slurm`` (a dry run: nothing is submitted), reads each
+Runs ``snakemake -n TARGET --workflow-profile workflow/profiles/slurm`` (a dry run: nothing is submitted), reads each
 planned job's rule, threads and resources from its output, and builds the job's ``sbatch`` command with the
 installed snakemake-executor-plugin-slurm's own functions (``get_submit_command``, ``set_gres_string``), as the
 plugin does on submission. ``--a2d-metadata`` plans the configuration over an A2D-sized synthetic dataset (the real
@@ -112,7 +112,7 @@ def sbatch_command(rule: str, threads: int, resources: dict) -> str:
 def plan(target: str, configfiles: list[Path], workdir: Path, extra: tuple[str, ...] = ()) -> list[PlannedJob]:
     """Every job of ``target`` as the SLURM profile would submit it (a dry run in ``workdir``)."""
     # --cores: a dry run caps threads at the local cores; on SLURM every job gets its rule's threads
-    cmd = [sys.executable, "-m", "snakemake", "-n", target, "--profile", str(PROFILE), "--snakefile",
+    cmd = [sys.executable, "-m", "snakemake", "-n", target, "--workflow-profile", str(PROFILE), "--snakefile",
            str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "1024", *extra,
            "--configfile", *map(str, configfiles)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

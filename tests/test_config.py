@@ -70,6 +70,9 @@ def test_a_typo_names_the_key_the_nearest_one_and_the_keys_of_its_section():
     assert message.startswith("config.yaml: segmentation.stage1: unknown key 'iterationz' (did you mean 'iterations'?)")
     allowed = ", ".join(SCHEMA["properties"]["segmentation"]["properties"]["stage1"]["properties"])
     assert f"segmentation.stage1 takes {allowed} (" in message and "\n" not in message
+    with pytest.raises(A2DError, match=r"config.yaml: \(top level\): unknown keys 'sede' \(did you mean 'seed'\?\), "
+                                       r"'zzz'; the top level takes results, seed, "):
+        resolve({**config, "sede": 1, "zzz": 2}, "config.yaml")
 
 
 def test_the_workflow_reports_a_typo_in_a_few_lines(tmp_path, snakemake_run):

@@ -8,7 +8,7 @@
 - ``dataset``: actor classes (8 with background) on the train split's actor instances, fine-tuned for
   ``masks.finetune_iterations`` steps from the generic model (``--start``; class heads re-initialised), as the
   paper fine-tunes its COCO FCIS on A2D. On the synthetic benchmark the generic model plays COCO's part: 200 steps
-  from it match 300 from scratch on validation at two thirds of the CPU (README). Without ``--start`` (the
+  from it match 300 from scratch on validation at two thirds of the CPU (docs/validation.md). Without ``--start`` (the
   workflow gives none when the run has no generic source): from ``masks.coco_checkpoint`` when one is given, else
   from ImageNet weights (``masks.fcis_imagenet_weights``) or from scratch, for ``masks.iterations`` steps.
 

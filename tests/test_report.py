@@ -39,7 +39,7 @@ def check_page_contents(pages: dict[str, dict]) -> None:
         assert entry["labels"] == {"page": {**TABLES_PAGES, **ALL_PAGES}[name]}, name
     table1 = page_text(pages["table1.html"])
     assert "<h2>Table 1</h2>" in table1 and "<td>this run</td>" in table1
-    assert re.search(r'<td class="num">\d+\.\d <span class="ci">\[\d+\.\d, \d+\.\d\]</span></td>', table1)
+    assert re.search(r'<td class="num">\d+\.\d<br><span class="ci">\[\d+\.\d, \d+\.\d\]</span></td>', table1)
     assert 'download="table1.csv"' in table1
 
 

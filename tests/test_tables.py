@@ -124,7 +124,7 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     assert cell in (out / "table1.tex").read_text()
     page = (out / "table1.html").read_text()  # what the report shows: the cell with its interval, and the CSV
     value, interval = cell.split(" [")
-    assert "<h2>Table 1</h2>" in page and f'<td class="num">{value} <span class="ci">[{interval}</span></td>' in page
+    assert "<h2>Table 1</h2>" in page and f'<td class="num">{value}<br><span class="ci">[{interval}</span></td>' in page
     assert "mean IoU actor low" not in page.split("<a download")[0]
     assert 'download="table1.csv" href="data:text/csv;base64,' in page
 

@@ -5,8 +5,8 @@ import math
 from pathlib import Path
 
 from a2dpipe.config import settings_slice
-from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.dataset.a2d import read_videoset
+from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.variants import KINDS, NONE, TEST_SOURCES, Variant, check_variant
 
 RESULTS = config["results"]

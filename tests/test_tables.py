@@ -474,6 +474,7 @@ def _fixture_run(root: Path) -> dict:
 
 @pytest.mark.slow
 def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
+    import os
     import shutil
     import subprocess
 
@@ -484,7 +485,8 @@ def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
     # the target first: --allowed-rules (like --resources) takes every word after it
     cmd = ["snakemake", "tables", "--cores", "1", "--resources", "gpu=1"]
     allowed = ["--allowed-rules", "evaluate", "timing", "report_figures", "tables"]
-    done = subprocess.run([*cmd, *allowed], cwd=tmp_path, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))  # the copied workflow imports this checkout's package
+    done = subprocess.run([*cmd, *allowed], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     res = tmp_path / "results"
     assert (res / "tables" / "done").exists() and (res / "timing" / "timing.csv").exists()
@@ -493,6 +495,7 @@ def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
     t3 = pd.read_csv(res / "tables" / "table3.csv")
     assert (t3["source"] == "this run").sum() == 3
     assert (res / "tables" / "mask_quality.md").exists()
-    report = subprocess.run([*cmd, "--report", "report.html", *allowed], cwd=tmp_path, capture_output=True, text=True)
+    report = subprocess.run([*cmd, "--report", "report.html", *allowed], cwd=tmp_path, capture_output=True, text=True,
+                            env=env)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 10_000

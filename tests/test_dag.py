@@ -85,7 +85,9 @@ def test_default_profile_runs_a_target_given_alone(tmp_path, tiny_config, snakem
 def test_compare_masks_runs_the_other_mask_model_on_this_runs_data_and_stage1(tmp_path, tiny_config, tiny_run,
                                                                              snakemake_run):
     """Target `compare_masks` on a copy of the shared run: the comparison module trains its own mask models,
-    region caches, stage 2 and Table 3's predictions with the other mask model, and nothing else."""
+    region caches, stage 2 and Table 3's predictions with the other mask model, and nothing else. The copy then
+    runs on to `all` (the comparison, the estimate, the validation metrics), after which the bare report shows
+    what `all` adds (tests/test_report.py checks it after `tables`)."""
     work = tmp_path / "run"
     shutil.copytree(tiny_run, work, symlinks=True)
     proc = snakemake_run(work, "compare_masks", "--dry-run", "--quiet", "rules", config=tiny_config)
@@ -94,7 +96,7 @@ def test_compare_masks_runs_the_other_mask_model_on_this_runs_data_and_stage1(tm
               "evaluate": 3}  # 2 shards x (dataset, generic, gt); Table 3's three variants on two stage-2 models
     assert counts == {**{f"compare_masks_{rule}": n for rule, n in module.items()}, "compare_masks": 1}
 
-    snakemake_run(work, "compare_masks", "--cores", "2", "--resources", "gpu=1", config=tiny_config)
+    snakemake_run(work, "all", "--cores", "2", "--resources", "gpu=1", config=tiny_config)
     results = work / "results"
     assert not (results / "compare-masks" / "models" / "stage1").exists()  # stage 1 is this run's
     other = yaml.safe_load(tiny_config.read_text())["experiments"]["compare_masks"]
@@ -112,6 +114,14 @@ def test_compare_masks_runs_the_other_mask_model_on_this_runs_data_and_stage1(tm
         for _, row in rows.iterrows():
             if row["test masks"] != "gt":
                 assert row["test mask AP"] == pytest.approx(agnostic[row["test masks"]], abs=0.01)
+
+    # after `all`, the bare report shows the comparison and the validation metrics too
+    from test_report import ALL_PAGES, TABLES_PAGES, bare_report, check_page_contents, page_text
+
+    pages = bare_report(snakemake_run, work, tiny_config, tmp_path / "report.html")
+    assert set(pages) == set(TABLES_PAGES) | set(ALL_PAGES)
+    check_page_contents(pages)
+    assert "maskrcnn" in page_text(pages["mask_models.html"]) and "<td>val</td>" in page_text(pages["metrics.html"])
 
 
 def test_a_compare_masks_key_that_masks_lacks_is_named(tmp_path, tiny_config, snakemake_run):
@@ -172,3 +182,4 @@ def test_the_quoting_lint_sees_an_unquoted_substitution():
     rule = 'rule x:\n    shell:\n        "tool --in {input.a:q} --out {output}"\n        " --opt {params.b} {{literal}}"\n'
     (command,) = shell_commands(rule)
     assert unquoted_substitutions(command) == ["{output}", "{params.b}"]
+

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import yaml
 
 from a2dpipe.progress import LOG_INTERVAL, progress
 from a2dpipe.rerun import describe_params_change, settings_changes
@@ -72,6 +73,19 @@ def test_a_params_change_is_described_by_its_keys_and_other_params_by_their_valu
     text = describe_params_change(old, new)
     assert text == "masks.lr: 0.01 -> 0.02; other params: 'model=fcis' -> 'model=maskrcnn'"
     assert describe_params_change({repr("a")}, {repr("b")}) is None  # no settings: Snakemake's own words
+
+
+def test_a_dry_run_after_a_change_names_the_key_in_each_params_reason(tiny_run, tiny_config, snakemake_run, tmp_path):
+    config = yaml.safe_load(tiny_config.read_text())
+    assert config["segmentation"]["stage2"]["fc_dim"] == 16
+    config["segmentation"]["stage2"]["fc_dim"] = 32
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    proc = snakemake_run(tiny_run, "tables", "--dry-run", config=changed)
+    reasons = [line.strip() for line in proc.stdout.splitlines() if "Params have changed" in line]
+    assert len(reasons) == 3  # the three stage-2 models; what reads them reruns for its updated input
+    for reason in reasons:
+        assert reason == "reason: Params have changed since last execution: segmentation.stage2.fc_dim: 16 -> 32"
 
 
 # -- TensorBoard ----------------------------------------------------------------------------------------------------

@@ -119,12 +119,13 @@ def test_aggregate_command_writes_every_table(tmp_path):
     out = tmp_path / "aggregate"
     assert main(["aggregate", *args, "--out-dir", str(out)]) == 0
     names = {"table1", "table2", "table3", "claims"}
-    assert {p.name for p in out.iterdir()} == {f"{n}.{s}" for n in names for s in ("csv", "md", "tex")} | {"done"}
+    assert {p.name for p in out.iterdir()} == {f"{n}.{s}" for n in names for s in ("csv", "md", "tex", "html")} | {"done"}
     table1 = pd.read_csv(out / "table1.csv")
     ours = table1[(table1["method"] == "Ours (RGB + flow)") & (table1["source"] == AGGREGATE)].iloc[0]
     assert ours["seeds"] == 2 and ours["mean IoU actor-action"] == pytest.approx(61.0)
     assert ours["mean IoU actor-action sd"] == pytest.approx(np.std([60, 62], ddof=1), abs=0.01)
     assert "61.0 ± 1.4" in (out / "table1.md").read_text() and r"61.0 $\pm$ 1.4" in (out / "table1.tex").read_text()
+    assert '<td class="num">61.0 ± 1.4</td>' in (out / "table1.html").read_text()  # the report's page
     claims = pd.read_csv(out / "claims.csv")
     assert (claims["seeds saying yes"] == 2).all() and (claims["seeds"] == 2).all()
 

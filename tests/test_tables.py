@@ -124,7 +124,7 @@ def test_tables_command_writes_every_table_beside_the_paper(tmp_path, evaluation
     assert cell in (out / "table1.tex").read_text()
     page = (out / "table1.html").read_text()  # what the report shows: the cell with its interval, and the CSV
     value, interval = cell.split(" [")
-    assert "<h2>Table 1</h2>" in page and f'<td class="num">{value} <span class="ci">[{interval}</span></td>' in page
+    assert "<h2>Table 1</h2>" in page and f'<td class="num">{value}<br><span class="ci">[{interval}</span></td>' in page
     assert "mean IoU actor low" not in page.split("<a download")[0]
     assert 'download="table1.csv" href="data:text/csv;base64,' in page
 
@@ -516,6 +516,7 @@ def _fixture_run(root: Path) -> dict:
 
 @pytest.mark.slow
 def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
+    import os
     import shutil
     import subprocess
 
@@ -526,7 +527,8 @@ def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
     # the target first: --allowed-rules (like --resources) takes every word after it
     cmd = ["snakemake", "tables", "--cores", "1", "--resources", "gpu=1"]
     allowed = ["--allowed-rules", "evaluate", "timing", "report_figures", "tables"]
-    done = subprocess.run([*cmd, *allowed], cwd=tmp_path, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))  # the copied workflow imports this checkout's package
+    done = subprocess.run([*cmd, *allowed], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     res = tmp_path / "results"
     assert (res / "tables" / "done").exists() and (res / "timing" / "timing.csv").exists()
@@ -535,6 +537,7 @@ def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
     t3 = pd.read_csv(res / "tables" / "table3.csv")
     assert (t3["source"] == "this run").sum() == 3
     assert (res / "tables" / "mask_quality.md").exists()
-    report = subprocess.run([*cmd, "--report", "report.html", *allowed], cwd=tmp_path, capture_output=True, text=True)
+    report = subprocess.run([*cmd, "--report", "report.html", *allowed], cwd=tmp_path, capture_output=True, text=True,
+                            env=env)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 10_000

@@ -114,17 +114,18 @@ p.caption { max-width: 70em; line-height: 1.4; }
 div.scroll { overflow-x: auto; }
 table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; white-space: nowrap; }
-th { background: #f0f0f0; }
+th { background: #f0f0f0; white-space: normal; vertical-align: bottom; min-width: 5em; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-span.ci { color: #666; font-size: 90%; }
+span.ci { color: #666; font-size: 85%; }
 tbody tr:nth-child(even) { background: #fafafa; }
 """
 
 
 def _html_cell(text: str, numeric: bool) -> str:
-    """One ``<td>``; an interval ``15.8 [13.9, 17.6]`` with its bracket in a muted span."""
+    """One ``<td>``; an interval ``15.8 [13.9, 17.6]`` as the value over its bracket (muted), so that a wide table
+    such as Table 1 fits the report's frame."""
     value, bracket, rest = text.partition(" [")
-    body = html.escape(value) + (f' <span class="ci">[{html.escape(rest)}</span>' if bracket else "")
+    body = html.escape(value) + (f'<br><span class="ci">[{html.escape(rest)}</span>' if bracket else "")
     return f'<td class="num">{body}</td>' if numeric else f"<td>{body}</td>"
 
 

@@ -5,9 +5,9 @@ import math
 from pathlib import Path
 
 from a2dpipe.config import settings_slice
-from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.dataset.a2d import read_videoset
 from a2dpipe.io import A2DError
+from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.variants import (
     KINDS,
     NONE,

@@ -352,7 +352,6 @@ def test_mask_that_is_all_nan(dataset, tiny_config, tmp_path):
     [
         ("outside the frame", lambda b, w, h: [w + 5, h + 5, w + 20, h + 20]),
         ("inverted", lambda b, w, h: [b[2], b[1], b[0], b[3]]),
-        ("of zero area", lambda b, w, h: [b[0], b[1], b[0], b[3]]),
     ],
 )
 def test_degenerate_box_drops_its_instance_and_is_logged(dataset, tiny_config, tmp_path, case, box):
@@ -364,11 +363,28 @@ def test_degenerate_box_drops_its_instance_and_is_logged(dataset, tiny_config, t
     rewrite_field(path, "reBBox", boxes)
     proc, out, log = extract(dataset, tiny_config, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"{path}: dropped instance 1 (id {ann.ids[0]}): its box is empty once clipped to the frame" in log.read_text()
+    assert f"{path}: dropped instance 1 (id {ann.ids[0]}): its box lies outside the frame or is inverted" in log.read_text()
     with FrameStore(out) as store:
         record = store.read(video, frame)
     np.testing.assert_array_equal(record.instance_ids, ann.ids[1:])
     np.testing.assert_array_equal(record.instance_boxes, ann.boxes[1:])
+
+
+def test_one_pixel_wide_box_keeps_its_instance(dataset, tiny_config, tmp_path):
+    # MATLAB's box corners are inclusive: x1 == x2 is one pixel wide, and later stages box instances by their masks
+    video, frame = annotated_with_instances(dataset, 2)
+    path = annotation_path(dataset, video, frame)
+    ann = read_annotation(path)
+    _, boxes, _ = read_fields(path)
+    boxes[2, 0] = boxes[0, 0]  # x2 = x1
+    rewrite_field(path, "reBBox", boxes)
+    proc, out, log = extract(dataset, tiny_config, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped instance" not in log.read_text()
+    with FrameStore(out) as store:
+        record = store.read(video, frame)
+    np.testing.assert_array_equal(record.instance_ids, ann.ids)
+    assert record.instance_boxes[0, 0] == record.instance_boxes[0, 2]
 
 
 def test_box_partly_outside_is_clipped_and_its_disagreement_with_the_mask_logged(dataset, tiny_config, tmp_path):

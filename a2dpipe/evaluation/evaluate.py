@@ -38,6 +38,7 @@ from pathlib import Path
 from a2dpipe.config import add_config_arguments, read_settings, stamp
 from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation.bootstrap import write_per_video
+from a2dpipe.integrity import with_digest
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 from a2dpipe.segmentation.predictions import MAPS, PredictionStore
@@ -151,5 +152,5 @@ def run(args) -> None:
         per_video=args.per_video,
     )
     result["provenance"] = stamp(settings)
-    with atomic_path(args.out) as tmp:
-        Path(tmp).write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False))
+    with atomic_path(args.out) as tmp:  # with the digest of its content: readers check it (tables)
+        Path(tmp).write_text(json.dumps(with_digest(_json_safe(result)), indent=1, allow_nan=False))

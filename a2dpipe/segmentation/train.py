@@ -29,7 +29,6 @@ uninterrupted one (CPU). A checkpoint written under other settings is ignored.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, load
 from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              section_defaults, stamp)
+from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns
@@ -77,7 +77,7 @@ def run(args) -> None:
         raise A2DError("--input rgbflow needs --flow stores")
     if args.stage == 2 and not args.stage1:
         raise A2DError("--stage 2 needs --stage1 CHECKPOINT")
-    check_inputs(config, [*args.frames, *args.flow, *args.masks])
+    check_inputs(config, {"frames shard": args.frames, "flow cache": args.flow, "region-mask cache": args.masks})
     samples = StoreSamples(
         args.frames, split="train", flow=args.flow if args.input == "rgbflow" else None,
         masks=args.masks if args.stage == 2 else None, gt_regions=args.stage == 2,
@@ -85,8 +85,9 @@ def run(args) -> None:
     )
     if not len(samples):
         raise A2DError(f"{args.frames[0]}: no training frames in the frames stores")
+    inputs = [*args.frames, *(args.flow if args.input == "rgbflow" else []), *(args.masks if args.stage == 2 else [])]
     train(config, stage=args.stage, input=args.input, samples=samples, out=args.out, stage1=args.stage1,
-          mask_source=args.mask_source)
+          mask_source=args.mask_source, inputs={str(path): file_digest(path) for path in inputs})
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def _load_stage1(model, stage1: str | Path | None, input: str, config: dict) -> 
     if unexpected or any(not k.startswith("region.") for k in missing):
         raise A2DError(f"{stage1}: does not fit the configured front-end (missing {missing[:3]}, "
                        f"unexpected {unexpected[:3]})")
-    return hashlib.sha256(Path(stage1).read_bytes()).hexdigest()[:16]
+    return file_digest(stage1)
 
 
 def _param_groups(model, stage: int, opts: dict) -> list[dict]:
@@ -263,11 +264,13 @@ def _step_function(model, samples, config: dict, stage: int, device, amp: bool):
 
 
 def train(config: dict, *, stage: int, input: str, samples, out: str | Path, stage1: str | Path | None = None,
-          mask_source: str = "dataset", max_steps: int | None = None) -> dict | None:
+          mask_source: str = "dataset", max_steps: int | None = None, inputs: dict | None = None) -> dict | None:
     """Train one stage; returns the written model dict, or None when stopped early by ``max_steps``.
 
     ``samples``: ``StoreSamples`` or ``ArraySamples`` of the training split (with regions for stage 2).
     ``max_steps`` stops after that many steps without writing the model (simulates a kill; tests use it).
+    ``inputs``: ``{file: content digest}`` of the files ``samples`` reads; a resume checkpoint made from other
+    inputs (or settings, or another stage-1 model) is ignored, and the log names what changed.
     """
     out = Path(out)
     seg = segmentation_config(config)
@@ -282,8 +285,11 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
 
     recorded_seg = result_settings({"segmentation": seg})["segmentation"]  # the loader's settings change no result
-    recipe = fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed, seg=recorded_seg,
-                         frames=samples.keys(), stage1=s1_digest, device=device.type)
+    recipe = {"settings": fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed,
+                                      seg=recorded_seg, device=device.type),
+              "frame list": fingerprint(frames=samples.keys()), **(inputs or {})}
+    if stage1 is not None:
+        recipe[f"stage-1 model {stage1}"] = s1_digest
     resume, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
     start, curve = load_resume(resume, recipe, model, optimizer, scheduler) or (0, [])
 

@@ -37,6 +37,7 @@ rule compare_masks:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("compare-masks"),
         settings=get_settings("seed", "evaluation.bootstrap_resamples"),
         this=get_compare_labels()[0],
         other=get_compare_labels()[1],

@@ -20,6 +20,7 @@ if config["dataset"]["synthetic"]:
             "../../envs/a2dpipe.yaml"
         threads: 8
         params:
+            code=get_code("synthesize"),
             settings=get_settings("seed", "synthetic"),
         shell:
             "python -m a2dpipe synthesize --settings {params.settings:q} --out {output.root:q}"
@@ -39,6 +40,7 @@ rule index:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("index"),
         settings=get_index_settings(),
     shell:
         "python -m a2dpipe index --settings {params.settings:q} --root {input.root:q} --out {output.index:q}"
@@ -59,6 +61,7 @@ rule extract_frames:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("extract-frames"),
         settings=get_settings("frames"),
     shell:
         "python -m a2dpipe extract-frames --settings {params.settings:q} --root {input.root:q}"

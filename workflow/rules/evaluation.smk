@@ -17,6 +17,7 @@ rule evaluate:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("evaluate"),
         settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
     shell:
         "python -m a2dpipe evaluate --settings {params.settings:q} --predictions {input.predictions:q}"
@@ -38,6 +39,7 @@ rule evaluate_validation:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("evaluate"),
         settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
     shell:
         "python -m a2dpipe evaluate --settings {params.settings:q} --split val --predictions {input.predictions:q}"
@@ -59,6 +61,7 @@ rule validate:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("tables"),
         settings=get_settings("seed", "evaluation.bootstrap_resamples"),
         out_dir=get_output_dir,
     shell:
@@ -85,6 +88,8 @@ rule timing:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    params:
+        code=get_code("timing"),
     shell:
         "python -m a2dpipe timing --flow {input.flow:q} --masks {input.masks:q}"
         " --predictions {input.predictions:q} --out {output.table:q} --log {log:q}"
@@ -104,6 +109,7 @@ rule estimate:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("estimate"),
         settings=get_estimate_settings(),
     shell:
         "python -m a2dpipe estimate --settings {params.settings:q} --out {output.table:q} --log {log:q}"
@@ -140,6 +146,7 @@ rule report_figures:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("report"),
         settings=get_settings("evaluation.qualitative_frames"),
         out_dir=get_output_dir,
     shell:
@@ -197,6 +204,7 @@ rule tables:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("tables"),
         out_dir=get_output_dir,
         settings=get_settings("seed", "evaluation.bootstrap_resamples"),
     shell:

@@ -17,6 +17,7 @@ rule train_mask_model:
     resources:
         gpu=1,
     params:
+        code=get_code("train-mask-model"),
         settings=get_mask_model_settings,
     shell:
         "python -m a2dpipe train-mask-model --settings {params.settings:q}"
@@ -40,6 +41,7 @@ rule region_masks:
     resources:
         gpu=get_mask_gpus,
     params:
+        code=get_code("region-masks"),
         settings=get_region_mask_settings,
     shell:
         "python -m a2dpipe region-masks --settings {params.settings:q} --source {wildcards.source:q}"
@@ -60,6 +62,8 @@ rule mask_quality:
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
+    params:
+        code=get_code("mask-quality"),
     shell:
         "python -m a2dpipe mask-quality --frames {input.frames:q} --dataset {input.dataset:q}"
         " --generic {input.generic:q} --out {output.table:q} --log {log:q}"

@@ -51,6 +51,7 @@ rule aggregate:
         "../../envs/a2dpipe.yaml"
     threads: 1
     params:
+        code=get_code("aggregate"),
         runs=get_aggregate_arguments(),
         out_dir=get_output_dir,
     shell:

@@ -93,7 +93,8 @@ class ArtifactReader:
             raise
 
     def _check_schema(self) -> None:
-        found = self._file.attrs.get("schema")
+        with self.reading("the root attributes"):
+            found = self._file.attrs.get("schema")
         expected = self.FORMAT
         if found is not None and _text(found) == expected.schema:
             return

@@ -179,7 +179,8 @@ def read_per_video(path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             out = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+            zlib.error) as err:  # RuntimeError: a flipped flag bit reads as "encrypted"
         raise unreadable_artifact(path, WHAT, f"cannot read it ({type(err).__name__}: {err})") from None
     stored = out.pop(DIGEST, None)
     if stored is not None and str(stored) != _arrays_digest(out):

@@ -21,6 +21,7 @@ import yaml
 from a2dpipe.dataset.a2d import annotation_path, video_path
 from a2dpipe.dataset.annotation import read_annotation
 from a2dpipe.dataset.frames import FrameStore
+from a2dpipe.io import A2DError
 
 
 def a2dpipe(*args, cwd=None) -> subprocess.CompletedProcess:
@@ -541,3 +542,32 @@ def test_second_writer_leaves_the_first_writers_temporary_alone(dataset, tiny_co
     assert first.returncode == 0
     assert out.read_text() == "first writer"  # the last to finish wins, whole
     assert [p.name for p in out.parent.iterdir()] == ["index.csv"]
+
+
+def test_videoset_size_that_disagrees_with_the_clip_names_the_clip(dataset, tiny_config, tmp_path):
+    videoset = pd.read_csv(dataset / "videoset.csv", header=None, dtype=str, keep_default_na=False)
+    videoset.iloc[0, 5] = str(int(videoset.iloc[0, 5]) + 16)  # the width of the first video
+    videoset.to_csv(dataset / "videoset.csv", header=False, index=False)
+    proc, out, log = extract(dataset, tiny_config, tmp_path)
+    message = assert_clear_failure(proc, out, f"{videoset.iloc[0, 0]}.mp4: frames are", "but videoset.csv says",
+                                   "dataset.exclude_videos")
+    assert message in log.read_text()  # the job's log holds its error too
+
+
+def test_one_frame_clip_and_an_empty_shard_name_the_videos_and_the_fix(dataset, tiny_config, tmp_path):
+    from a2dpipe.dataset.frames import extract_shard
+    from a2dpipe.dataset.index import read_index
+
+    index = read_index(index_of(dataset, tiny_config, tmp_path))
+    video = index["video"].iloc[0]
+    one = index[index["video"] == video].head(1).assign(frame=1, num_frames=1)
+    with pytest.raises(A2DError, match=rf"{video}\.mp4: a clip of 1 frame\(s\) has no flow partner.*list {video} in "
+                                       r"config dataset.exclude_videos"):
+        extract_shard(dataset, one, one["shard"].iloc[0], tmp_path / "one.h5")
+    last = index["video"].iloc[-1]
+    shard = index["shard"].iloc[-1]
+    trailing = index[index["shard"] != shard]  # the last shard's videos lost their annotated frames
+    with pytest.raises(A2DError, match=rf"videoset.csv: shard '{shard}' has no annotated frame: videoset.csv lists "
+                                       rf"\d+ video\(s\) without one \(.*{last}.*\); list them in config "
+                                       r"dataset.exclude_videos"):
+        extract_shard(dataset, trailing, shard, tmp_path / "empty.h5")

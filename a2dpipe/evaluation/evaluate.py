@@ -35,7 +35,7 @@ import logging
 import math
 from pathlib import Path
 
-from a2dpipe.config import add_config_arguments, read_settings, stamp
+from a2dpipe.config import add_config_arguments, check_inputs, read_settings, stamp
 from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.integrity import with_digest
@@ -142,6 +142,8 @@ def configure_parser(parser) -> None:
 
 def run(args) -> None:
     settings = read_settings(args)
+    # frames shards of one code, and a predictions file whose stamp agrees with them
+    check_inputs(settings, {"frames shard": args.frames, "predictions file": [args.predictions]})
     section = settings["evaluation"]
     result = evaluate(
         args.predictions,

@@ -100,8 +100,9 @@ def write_failure(final: str | os.PathLike, tmp: str | os.PathLike, err: BaseExc
     limit = _fsize_limit()
     if code == errno.EFBIG or "File too large" in text or (limit is not None and _size(tmp) >= limit):
         shown = f"{limit} bytes" if limit is not None else "a limit"
-        return A2DError(f"{final}: cannot be written: the file-size limit (ulimit -f, {shown}) was reached; nothing "
-                        f"was left at that path; fix: raise the limit (ulimit -f unlimited) and run snakemake again")
+        return A2DError(f"{final}: cannot be written: the file-size limit (ulimit -f, {shown}) leaves no room for "
+                        f"it; nothing was left at that path; fix: raise the limit (ulimit -f unlimited) and run "
+                        f"snakemake again")
     try:
         full = code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or _free_bytes(final) < (1 << 20)
     except OSError:

@@ -11,7 +11,8 @@ as a crafted pickle that would run code, is refused with an ``A2DError`` naming 
 - :func:`load_model_file` -- a model written by ``a2dpipe train`` (stage 1 or 2) or ``a2dpipe train-mask-model``;
 - :func:`load_resume` / :func:`save_resume` -- the resumable training state a trainer keeps beside its output::
 
-    {"fingerprint": str,     # digest of the settings and data; a checkpoint of other settings is ignored
+    {"fingerprint": str,     # digest of the settings and inputs; a checkpoint made from other inputs is ignored
+     "inputs": {name: str} | None,  # the digest of each part (settings, each input file): the log names changes
      "step": int,            # optimiser steps done
      "model", "optimizer", "scheduler": state_dicts,
      "rng": rng_state(),     # python (list), numpy (tensor + numbers), torch and CUDA (tensors) generator states
@@ -248,12 +249,31 @@ def _check_resume(state: object, path: Path, model: nn.Module, optimizer) -> Non
         raise A2DError(f"{path}: a resume checkpoint that does not fit this model and optimiser")
 
 
-def _read_resume(path: Path, fingerprint: str, model: nn.Module, optimizer) -> dict | None:
-    """The resume state at ``path`` when it is sound and of these settings; an unreadable one is set aside."""
+def _recipe(recipe: str | Mapping[str, str]) -> tuple[str, dict | None]:
+    """(fingerprint, named parts): a recipe is one fingerprint, or ``{name: digest}`` of every input a training
+    run depends on (its settings, each input file, the model it starts from), whose names a mismatch reports."""
+    if isinstance(recipe, str):
+        return recipe, None
+    return fingerprint(**recipe), dict(recipe)
+
+
+def _changed(saved: object, parts: dict | None) -> str:
+    """The names of the recipe parts that differ, for the log line; "settings" when nothing more is known."""
+    if not isinstance(saved, dict) or parts is None:
+        return "settings"
+    names = [name for name in {**saved, **parts} if saved.get(name) != parts.get(name)]
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def _read_resume(path: Path, recipe: str | Mapping[str, str], model: nn.Module, optimizer) -> dict | None:
+    """The resume state at ``path`` when it is sound and made from these inputs (``recipe``); an unreadable one is
+    set aside. One made from other inputs is ignored with one log line naming what changed."""
+    fingerprint_, parts = _recipe(recipe)
     try:
         state = read_checkpoint(path, "resume checkpoint")
-        if isinstance(state, dict) and state.get("fingerprint") != fingerprint:
-            log.info("ignoring %s: written under other settings", path)
+        if isinstance(state, dict) and state.get("fingerprint") != fingerprint_:
+            log.info("ignoring %s: made from other inputs (changed: %s); training starts over", path,
+                     _changed(state.get("inputs"), parts))
             return None
         _check_resume(state, path, model, optimizer)
         return state
@@ -264,12 +284,14 @@ def _read_resume(path: Path, fingerprint: str, model: nn.Module, optimizer) -> d
         return None
 
 
-def load_resume(path: str | Path, fingerprint: str, model: nn.Module, optimizer, scheduler) -> tuple[int, list] | None:
+def load_resume(path: str | Path, recipe: str | Mapping[str, str], model: nn.Module, optimizer,
+                scheduler) -> tuple[int, list] | None:
     """Restore model, optimiser, scheduler and RNG states from ``path`` (or the checkpoint before it); ``(step,
-    history)``, or None (nothing restored) when neither is present, sound and of this ``fingerprint``."""
+    history)``, or None (nothing restored) when neither is present, sound and made from this ``recipe`` (a
+    fingerprint, or ``{name: digest}`` of the settings and every input file: see :func:`_recipe`)."""
     path = Path(path)
     for candidate in (path, _previous(path)):
-        state = _read_resume(candidate, fingerprint, model, optimizer) if candidate.is_file() else None
+        state = _read_resume(candidate, recipe, model, optimizer) if candidate.is_file() else None
         if state is None:
             continue
         model.load_state_dict(state["model"])
@@ -281,18 +303,20 @@ def load_resume(path: str | Path, fingerprint: str, model: nn.Module, optimizer,
     return None
 
 
-def save_resume(path: str | Path, fingerprint: str, step: int, model: nn.Module, optimizer, scheduler,
-                history: list) -> None:
-    """Write the training state (module docstring) atomically, with the current RNG states; the checkpoint it
-    replaces is kept as ``*.prev.pt``."""
+def save_resume(path: str | Path, recipe: str | Mapping[str, str], step: int, model: nn.Module, optimizer,
+                scheduler, history: list) -> None:
+    """Write the training state (module docstring) atomically, with the current RNG states and the ``recipe``'s
+    parts (``inputs``); the checkpoint it replaces is kept as ``*.prev.pt``, once the new one is complete: a
+    checkpoint that cannot be written (disk full) leaves the previous one in place."""
     path = Path(path)
-    state = {"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+    fingerprint_, parts = _recipe(recipe)
+    state = {"fingerprint": fingerprint_, "inputs": parts, "step": step, "model": model.state_dict(),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
              "history": history}
-    if path.is_file():
-        path.replace(_previous(path))
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        if path.is_file():  # the new one is whole: the current one becomes the previous
+            path.replace(_previous(path))
 
 
 def remove_resume(path: str | Path) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import signal
 import sys
 import types
 
 from a2dpipe import __version__
+from a2dpipe.integrity import set_command
 from a2dpipe.io import A2DError, setup_logging
 
 # command -> (module, one-line help)
@@ -93,25 +95,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_option(argv: list[str]) -> str | None:
+    """The value of ``--log`` in ``argv`` (read before the command's parser, so that its errors land there too)."""
+    for i, word in enumerate(argv):
+        if word == "--log" and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith("--log="):
+            return word.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Its log (``--log``: the rule's log file) receives everything, its failure included: an
+    :class:`A2DError` as one line, any other exception with its traceback; both also go to stderr."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         build_parser().parse_args(argv)  # prints help or the "invalid choice" error
         return 2
     name, rest = argv[0], argv[1:]
-    with dynamo_deferred():  # stages import torchvision lazily too (a mask model only when one is used)
-        module = import_command(name)
-        parser = argparse.ArgumentParser(prog=f"a2dpipe {name}", description=COMMANDS[name][1])
-        parser.add_argument("--log", help="also write the log to this file")
-        module.configure_parser(parser)
-        args = parser.parse_args(rest)
-        setup_logging(args.log)
-        try:
+    # A write beyond the file-size limit (ulimit -f) then fails with EFBIG, which the writers report by file name,
+    # instead of killing the process with SIGXFSZ.
+    with contextlib.suppress(ValueError):  # only the main thread may set a handler
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    log = setup_logging(_log_option(rest))
+    set_command(name)
+    try:
+        with dynamo_deferred():  # stages import torchvision lazily too (a mask model only when one is used)
+            module = import_command(name)
+            parser = argparse.ArgumentParser(prog=f"a2dpipe {name}", description=COMMANDS[name][1])
+            parser.add_argument("--log", help="also write the log to this file")
+            module.configure_parser(parser)
+            args = _parse(parser, rest, log)
             module.run(args)
-        except A2DError as err:
-            print(f"a2dpipe {name}: error: {err}", file=sys.stderr)
-            return 1
+    except A2DError as err:
+        log.error("a2dpipe %s: error: %s", name, err)
+        return 1
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    except Exception:  # noqa: BLE001 - a bug or a library failure: its traceback belongs in the job's log
+        log.exception("a2dpipe %s: failed with an unexpected error (a bug: please report it with this log)", name)
+        return 1
+    finally:
+        set_command(None)
     return 0
+
+
+def _parse(parser: argparse.ArgumentParser, rest: list[str], log) -> argparse.Namespace:
+    """``parser.parse_args(rest)``; a usage error is also logged (argparse prints it to stderr only)."""
+    try:
+        return parser.parse_args(rest)
+    except SystemExit as exit_:
+        if exit_.code:
+            log.error("a2dpipe: invalid arguments: %s (see `%s --help`)", " ".join(rest), parser.prog)
+        raise
 
 
 if __name__ == "__main__":

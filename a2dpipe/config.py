@@ -25,11 +25,12 @@ from pathlib import Path
 import yaml
 
 from a2dpipe import __version__
+from a2dpipe.integrity import code_stamp
 from a2dpipe.io import A2DError, atomic_path, open_hdf5
 
 __all__ = ["SCHEMA_PATH", "schema", "load_config", "resolve", "section_defaults", "settings_slice",
            "add_config_arguments", "read_settings", "stamp", "stamp_attrs", "read_stamp", "hdf5_stamp",
-           "check_consistent", "check_inputs", "write_made_from"]
+           "check_consistent", "check_inputs", "write_made_from", "check_coherence", "check_resamples", "MIN_RESAMPLES", "code_of"]
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -180,28 +181,43 @@ def read_settings(args: argparse.Namespace) -> dict:
 
 
 def stamp(settings: Mapping) -> dict:
-    """What an artifact records about how it was made: ``{"a2dpipe_version", "settings"}``."""
-    return {"a2dpipe_version": __version__, "settings": copy.deepcopy(dict(settings))}
+    """What an artifact records about how it was made: ``{"a2dpipe_version", "settings", "code"}``; ``code`` is
+    ``{command: digest of its source}`` of the command writing it (:func:`a2dpipe.integrity.code_stamp`)."""
+    return {"a2dpipe_version": __version__, "settings": copy.deepcopy(dict(settings)), "code": code_stamp()}
 
 
 def stamp_attrs(settings: Mapping) -> dict:
-    """:func:`stamp` as HDF5 attributes (settings as sorted JSON text): ``f.attrs.update(stamp_attrs(s))``."""
-    return {"a2dpipe_version": __version__, "settings": json.dumps(settings, sort_keys=True)}
+    """:func:`stamp` as HDF5 attributes (settings and code as sorted JSON text): ``f.attrs.update(stamp_attrs(s))``."""
+    return {"a2dpipe_version": __version__, "settings": json.dumps(settings, sort_keys=True),
+            "code": json.dumps(code_stamp(), sort_keys=True)}
+
+
+def _json_value(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    return json.loads(value) if isinstance(value, str) else dict(value)
 
 
 def read_stamp(record: Mapping | None) -> dict | None:
-    """The settings of a stamp (dict of :func:`stamp`, or HDF5 attributes of :func:`stamp_attrs`); None if absent."""
+    """The settings of a stamp (dict of :func:`stamp`, or HDF5 attributes of :func:`stamp_attrs`) with the code
+    that made it as the key ``code`` (``{command: digest}``), so that :func:`check_consistent` refuses artifacts of
+    one command made by two versions of its code; None if absent."""
     if not record or "settings" not in record:
         return None
-    settings = record["settings"]
-    if isinstance(settings, bytes):
-        settings = settings.decode()
-    return json.loads(settings) if isinstance(settings, str) else dict(settings)
+    settings = _json_value(record["settings"])
+    code = code_of(record)
+    return {**settings, "code": code} if code else settings
 
 
-def hdf5_stamp(path: str | os.PathLike) -> dict | None:
-    """Settings recorded in an HDF5 artifact's root attributes (None when it records none)."""
-    with open_hdf5(path, "artifact") as f:
+def code_of(record: Mapping | None) -> dict:
+    """``{command: digest}`` of the code that made an artifact (its stamp's ``code``; ``{}`` when not recorded)."""
+    return _json_value(record["code"]) if record and record.get("code") else {}
+
+
+def hdf5_stamp(path: str | os.PathLike, what: str = "artifact") -> dict | None:
+    """Settings recorded in an HDF5 artifact's root attributes (None when it records none); ``what`` names the
+    artifact in errors (``"flow cache"``: its message then says which rule rebuilds it)."""
+    with open_hdf5(path, what) as f:
         return read_stamp(dict(f.attrs))
 
 
@@ -226,14 +242,22 @@ def check_consistent(made_with: Mapping[str, Mapping | None]) -> None:
         for key, value in _leaves(settings or {}).items():
             if key in seen and seen[key][0] != value:
                 first, other = seen[key][1], name
-                raise A2DError(f"{other}: made with {key} = {value!r}, while {first} has {key} = {seen[key][0]!r}; "
-                               f"refusing to mix them: rebuild the outdated one (snakemake --forcerun its rule)")
+                if key.startswith("code."):
+                    problem = (f"made by code {value!r} of `a2dpipe {key[5:]}`, while {first} was made by its "
+                               f"code {seen[key][0]!r}")
+                else:
+                    problem = f"made with {key} = {value!r}, while {first} has {key} = {seen[key][0]!r}"
+                raise A2DError(f"{other}: {problem}; refusing to mix them; rebuild the outdated one with "
+                               f"`snakemake --forcerun <its rule>` (after a code update: `snakemake <target> "
+                               f"--rerun-triggers params`, see docs/integrity.md)")
             seen.setdefault(key, (value, name))
 
 
-def check_inputs(settings: Mapping, paths: Iterable[str | os.PathLike]) -> None:
-    """:func:`check_consistent` over this job and the stamps of the HDF5 artifacts at ``paths``."""
-    check_consistent({"this job": settings, **{str(p): hdf5_stamp(p) for p in paths}})
+def check_inputs(settings: Mapping, paths: Mapping[str, Iterable[str | os.PathLike]]) -> None:
+    """:func:`check_consistent` over this job and the stamps of the HDF5 artifacts ``paths`` (``{what: paths}``,
+    e.g. ``{"frames shard": [...], "flow cache": [...]}``; ``what`` names them in errors)."""
+    stamps = {str(p): hdf5_stamp(p, what) for what, group in paths.items() for p in group}
+    check_consistent({"this job": settings, **stamps})
 
 
 def write_made_from(path: str | os.PathLike, stamps: Mapping[str, Mapping | None]) -> None:
@@ -246,3 +270,37 @@ def write_made_from(path: str | os.PathLike, stamps: Mapping[str, Mapping | None
     doc = {"a2dpipe_version": __version__, "made_from": dict(stamps)}
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+# -- coherence: what the schema alone cannot say -------------------------------------------------------------------
+
+# A 95% interval is the point plus and minus 1.96 standard deviations of the resamples (evaluation.bootstrap): below
+# 40 resamples that standard deviation is off by more than 11% (its relative error is ~1 / sqrt(2 (n - 1))).
+MIN_RESAMPLES = 40
+
+
+def check_coherence(config: Mapping, source: str = "config") -> None:
+    """A2DError naming the key, the problem and the fix for a configuration the schema accepts but no run can use:
+    no region run (Tables 1-3 and the claims compare region models), a region run on an input the run does not
+    train, or too few bootstrap resamples for a 95% interval. The workflow calls it when it parses the config."""
+    experiments = config["experiments"]
+    if not experiments["regions"]:
+        raise A2DError(f"{source}: experiments.regions is empty: Tables 1-3 and the claims compare region models; "
+                       f"give at least one [input, training mask source, test mask source], e.g. "
+                       f"[rgbflow, dataset, dataset]")
+    missing = sorted({run[0] for run in experiments["regions"]} - set(experiments["inputs"]))
+    if missing:
+        raise A2DError(f"{source}: experiments.regions uses input(s) {missing} that experiments.inputs "
+                       f"({experiments['inputs']}) lacks: stage 2 starts from that input's stage-1 model; add them "
+                       f"to experiments.inputs or drop those region runs")
+    check_resamples(config["evaluation"]["bootstrap_resamples"], source)
+
+
+def check_resamples(resamples: int, source: str = "config") -> None:
+    """A2DError when ``resamples`` are too few for a 95% interval (:mod:`a2dpipe.evaluation.bootstrap`)."""
+    if resamples < MIN_RESAMPLES:
+        raise A2DError(f"{source}: evaluation.bootstrap_resamples = {resamples} is too few for a 95% interval: its "
+                       f"half-width is 1.96 standard deviations of the resamples (the claims' family-wise ends lie "
+                       f"further out), which takes at least {MIN_RESAMPLES} resamples: with fewer the standard "
+                       f"deviation is off by more than 11% (1 / sqrt(2 (n - 1))); use {MIN_RESAMPLES} or more (1000 "
+                       f"for stable ends)")

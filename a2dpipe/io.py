@@ -7,8 +7,10 @@ killed or failed job never leaves a file that looks finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import glob
+import json
 import logging
 import os
 import platform
@@ -17,10 +19,12 @@ import secrets
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 
 __all__ = ["A2DError", "atomic_path", "open_hdf5", "unreadable_artifact", "reading_artifact", "setup_logging",
-           "select_device", "describe_device"]
+           "select_device", "describe_device", "artifact_error", "rebuild_hint", "write_failure", "check_room",
+           "check_results_free", "lock_results", "unlock_results"]
 
 log = logging.getLogger("a2dpipe")
 
@@ -48,12 +52,82 @@ def atomic_path(path: str | os.PathLike):
     tmp = final.with_name(f".{final.name}.tmp-{_writer_token()}")
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
+        failure = write_failure(final, tmp, err) if isinstance(err, Exception) else None
         _remove(tmp)
+        if failure is not None:
+            raise failure from None
         raise
     if not tmp.exists():
         raise A2DError(f"{final}: the writer produced no output")
     _replace(tmp, final)
+
+
+# Room an HDF5 writer keeps free below the file-size limit and on the disk (see check_room).
+MIN_ROOM = 8 << 20
+
+
+def _fsize_limit() -> int | None:
+    """The soft file-size limit of this process (``ulimit -f``) in bytes; None when unlimited."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if limit == resource.RLIM_INFINITY else int(limit)
+
+
+def _free_bytes(path: Path) -> int:
+    stats = os.statvfs(path.parent)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def write_failure(final: str | os.PathLike, tmp: str | os.PathLike, err: BaseException) -> A2DError | None:
+    """The error for a write of ``final`` (through its temporary ``tmp``) that failed for want of room, or None.
+
+    A full disk or quota (ENOSPC, EDQUOT) and the file-size limit (EFBIG, ``ulimit -f``) are told by the errno
+    where the library keeps it, else by the state they leave (no room left on the device, the temporary at the
+    limit): torch and HDF5 report them as bare RuntimeErrors ("basic_ios::clear: iostream error").
+    """
+    final, tmp = Path(final), Path(tmp)
+    code = getattr(err, "errno", None)
+    text = str(err)
+    limit = _fsize_limit()
+    if code == errno.EFBIG or "File too large" in text or (limit is not None and _size(tmp) >= limit):
+        shown = f"{limit} bytes" if limit is not None else "a limit"
+        return A2DError(f"{final}: cannot be written: the file-size limit (ulimit -f, {shown}) leaves no room for "
+                        f"it; nothing was left at that path; fix: raise the limit (ulimit -f unlimited) and run "
+                        f"snakemake again")
+    try:
+        full = code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or _free_bytes(final) < (1 << 20)
+    except OSError:
+        full = False
+    if full:
+        return A2DError(f"{final}: cannot be written: no space left on the device (or the disk quota is used up); "
+                        f"nothing was left at that path; fix: free space there (or point config `results` to a "
+                        f"larger disk) and run snakemake again")
+    return None
+
+
+def check_room(final: str | os.PathLike, tmp: str | os.PathLike, need: int) -> None:
+    """A2DError (:func:`write_failure`) unless ``need`` more bytes (plus :data:`MIN_ROOM`) fit in ``tmp``.
+
+    HDF5 cannot fail a write cleanly: its chunk cache writes when a dataset is released, where h5py can only print
+    the error, and the file then closes on a damaged state (a segfault under ``ulimit -f``). So the HDF5 writers
+    ask first, once per frame, whether the next frame still fits under the file-size limit and on the disk.
+    """
+    tmp = Path(tmp)
+    need = int(need) + MIN_ROOM
+    limit = _fsize_limit()
+    if limit is not None and _size(tmp) + need > limit:
+        raise write_failure(final, tmp, OSError(errno.EFBIG, "File too large"))
+    if _free_bytes(Path(final)) < need:
+        raise write_failure(final, tmp, OSError(errno.ENOSPC, "No space left on device"))
 
 
 def _host() -> str:
@@ -127,21 +201,35 @@ REBUILT_BY = {
     "flow cache": "flow",
     "region-mask cache": "region_masks",
     "predictions file": "predict",
+    "evaluation": "evaluate",
+    "per-video confusion matrices": "evaluate",
+    "mask model": "train_mask_model",
+    "stage-1 model": "train_stage1",
+    "stage-2 model": "train_stage2",
 }
+
+
+def rebuild_hint(what: str) -> str:
+    """How to rebuild an artifact called ``what`` (a key of :data:`REBUILT_BY`): the sentence every message ends
+    with, ``rebuild it with `snakemake --forcerun <rule>`, or delete it and run snakemake again``."""
+    rule = REBUILT_BY.get(what)
+    if rule is None:
+        return "rebuild it: delete it and run snakemake again"
+    return f"rebuild it with `snakemake --forcerun {rule}`, or delete it and run snakemake again"
+
+
+def artifact_error(path: str | os.PathLike, problem: str, fix: str) -> A2DError:
+    """The one error format: ``<file>: <what is wrong>; <the command or config key that fixes it>``."""
+    return A2DError(f"{path}: {problem}; {fix}")
 
 
 def unreadable_artifact(path: str | os.PathLike, what: str, problem: str) -> A2DError:
     """The error for an artifact that exists but cannot be read (truncated, bit-flipped, hand-edited).
 
-    Names the file, the problem and how to rebuild it: ``snakemake --forcerun <rule>`` when ``what`` is an
-    artifact of :data:`REBUILT_BY`, and in every case deleting it and running snakemake again. Nothing is deleted
-    here: the file may be the only copy of something the user wants to inspect.
+    Names the file, the problem and how to rebuild it (:func:`rebuild_hint`). Nothing is deleted here: the file
+    may be the only copy of something the user wants to inspect.
     """
-    rule = REBUILT_BY.get(what)
-    rebuild = f"`snakemake --forcerun {rule}`, or delete it and run snakemake again" if rule else (
-        "delete it and run snakemake again"
-    )
-    return A2DError(f"{path}: {problem}; the {what} is damaged or incomplete: rebuild it with {rebuild}")
+    return artifact_error(path, f"{problem}; the {what} is damaged or incomplete", rebuild_hint(what))
 
 
 def open_hdf5(path: str | os.PathLike, what: str):
@@ -275,3 +363,56 @@ def select_device(requested: str = "auto"):
         device = torch.device("cuda", claim_gpu())
     configure_cuda(device)
     return device
+
+
+# -- the results folder's lock ---------------------------------------------------------------------------------
+
+RESULTS_LOCK = ".a2dpipe-run.lock"
+
+
+def _lock_path(results: str | os.PathLike) -> Path:
+    return Path(results) / RESULTS_LOCK
+
+
+def check_results_free(results: str | os.PathLike) -> None:
+    """A2DError when a run started from another working directory holds ``results`` (its lock, written by
+    :func:`lock_results`), so two runs never write one folder (Snakemake's own lock is per working directory).
+
+    A lock of this working directory is Snakemake's business; one whose run is gone (same host, process ended)
+    is stale and ignored. On another host liveness cannot be checked: the message says how to remove it.
+    """
+    path = _lock_path(results)
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no lock (or a half-written one: its writer is starting and will check again)
+    if not isinstance(holder, dict) or os.path.realpath(holder.get("workdir", "")) == os.path.realpath(os.getcwd()):
+        return
+    token = f"{holder.get('host', '')}-{holder.get('pid', '')}-0"
+    if _writer_is_gone(token):
+        return
+    raise A2DError(
+        f"{Path(results)}: in use by a run started from {holder.get('workdir')} (host {holder.get('host')}, "
+        f"process {holder.get('pid')}, since {holder.get('started')}); two runs writing one results folder "
+        f"overwrite each other's files and logs; wait for it to end, or set config `results` to another folder "
+        f"(if no run is live there, delete {path})")
+
+
+def lock_results(results: str | os.PathLike) -> None:
+    """Claim ``results`` for this run (:func:`check_results_free` first): the workflow's ``onstart``."""
+    check_results_free(results)
+    holder = {"workdir": os.path.realpath(os.getcwd()), "host": _host(), "pid": os.getpid(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with atomic_path(_lock_path(results)) as tmp:
+        Path(tmp).write_text(json.dumps(holder) + "\n")
+
+
+def unlock_results(results: str | os.PathLike) -> None:
+    """Release ``results`` when this process holds it: the workflow's ``onsuccess`` and ``onerror``."""
+    path = _lock_path(results)
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(holder, dict) and holder.get("pid") == os.getpid() and holder.get("host") == _host():
+        path.unlink(missing_ok=True)

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe.config import stamp_attrs
-from a2dpipe.io import A2DError, atomic_path, open_hdf5, reading_artifact
+from a2dpipe.io import (REBUILT_BY, A2DError, atomic_path, check_room, open_hdf5, reading_artifact, rebuild_hint,
+                        unreadable_artifact)
 
 __all__ = ["ArtifactFormat", "ArtifactReader", "ArtifactWriter", "group_key", "parse_key", "pixel_chunks", "PIXEL_CHUNK"]
 
@@ -92,7 +93,8 @@ class ArtifactReader:
             raise
 
     def _check_schema(self) -> None:
-        found = self._file.attrs.get("schema")
+        with self.reading("the root attributes"):
+            found = self._file.attrs.get("schema")
         expected = self.FORMAT
         if found is not None and _text(found) == expected.schema:
             return
@@ -102,16 +104,15 @@ class ArtifactReader:
             problem = f"was written with schema {_text(found)!r}; this version reads {expected.schema!r}"
         else:
             problem = f"is an {_text(found)!r} file"
-        raise A2DError(
-            f"{self.path}: not a {expected.what} of schema {expected.schema!r} (it {problem}); "
-            f"rebuild it with `{expected.rebuild}`"
-        )
+        fix = rebuild_hint(expected.what) if expected.what in REBUILT_BY else f"rebuild it with `{expected.rebuild}`"
+        raise A2DError(f"{self.path}: not a {expected.what} of schema {expected.schema!r} (it {problem}); {fix}")
 
     @property
     def attrs(self) -> dict:
         """Root attributes, numpy scalars as Python values and bytes as text."""
-        return {k: _text(v) if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
-                for k, v in self._file.attrs.items()}
+        with self.reading("the root attributes"):
+            return {k: _text(v) if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+                    for k, v in self._file.attrs.items()}
 
     def keys(self, split: str | None = None) -> list[tuple[str, int]]:
         """(video, frame) of every stored frame, sorted; only those whose ``split`` attribute is ``split`` if given.
@@ -168,13 +169,35 @@ class ArtifactReader:
         return {name: found[name] for name in names}
 
     def read_arrays(self, video: str, frame: int, names, optional=()) -> dict[str, np.ndarray]:
-        """The datasets ``names`` (each required) and ``optional`` (those present) of one frame, by name."""
+        """The datasets ``names`` (each required) and ``optional`` (those present) of one frame, by name, each
+        range-checked (:meth:`check_values`)."""
         found = self.datasets(video, frame, names)
         with self.reading(f"frame {group_key(video, frame)}"):
             if optional:
                 group = self.group(video, frame)
                 found.update({name: group[name] for name in optional if name in group})
-            return {name: dataset[()] for name, dataset in found.items()}
+            arrays = {name: dataset[()] for name, dataset in found.items()}
+        for name, array in arrays.items():
+            self.check_values(video, frame, name, array)
+        return arrays
+
+    # dataset name -> (lowest, highest) value a sound file holds there; NaN and infinity are always refused
+    VALUE_RANGES: dict[str, tuple[float, float]] = {}
+
+    def check_values(self, video: str, frame: int, name: str, array: np.ndarray) -> None:
+        """A2DError naming the file, the frame and how to rebuild it when ``array`` (dataset ``name``) holds a
+        value outside :attr:`VALUE_RANGES` (a value no writer writes: damage the checksums did not cover, or a
+        file from elsewhere). Vectorised: one min and one max per array."""
+        bounds = self.VALUE_RANGES.get(name)
+        if bounds is None or array.size == 0:
+            return
+        if array.dtype == np.float16:  # numpy emulates half-precision arithmetic: ~100x slower than float32
+            array = array.astype(np.float32)
+        low, high = array.min(), array.max()  # NaN propagates through both
+        if not (bounds[0] <= low and high <= bounds[1]):
+            problem = (f"frame {group_key(video, frame)}: {name} holds values in [{low}, {high}], outside "
+                       f"[{bounds[0]}, {bounds[1]}]")
+            raise unreadable_artifact(self.path, self.FORMAT.what, problem)
 
     def reading(self, item: str):
         """Context manager: an HDF5 failure while reading ``item`` is an error naming this file and how to
@@ -220,7 +243,11 @@ class ArtifactWriter:
 
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(atomic_path(self.path))
-            self._file = stack.enter_context(h5py.File(tmp, "w"))
+            self._tmp, self._last_size, self._largest_frame = Path(tmp), 0, 0
+            check_room(self.path, tmp, 0)
+            # libver v110: object headers and B-trees of the 1.10 format carry checksums, so a flipped bit in an
+            # attribute or a link is an error too, not only one in a dataset (HDF5 >= 1.10 reads it)
+            self._file = stack.enter_context(h5py.File(tmp, "w", libver=("v110", "latest")))
             stack.push(self._exit)  # runs first on leaving: the closing attributes while the file is open
             self.set_attrs(**self._attrs)
             self._stack = stack.pop_all()
@@ -253,10 +280,52 @@ class ArtifactWriter:
             if value is not None:
                 self._file.attrs[key] = value
 
-    def create_group(self, video: str, frame: int):
-        """The new, empty group of one frame; a frame written twice is an :class:`A2DError`."""
+    def create_group(self, video: str, frame: int) -> "ChecksummedGroup":
+        """The new, empty group of one frame; a frame written twice is an :class:`A2DError`.
+
+        Every dataset made through it carries a Fletcher-32 checksum (:class:`ChecksummedGroup`). Before each frame
+        the writer checks that the file can still grow by twice the largest frame so far under the file-size limit
+        and on the disk (:func:`a2dpipe.io.check_room`): HDF5 cannot report a failed write cleanly.
+        """
         key = group_key(video, frame)
         if key in self.file:
             raise A2DError(f"{self.path}: frame {key} written twice")
+        size = self._tmp.stat().st_size if self._tmp.exists() else 0
+        self._largest_frame = max(self._largest_frame, size - self._last_size)
+        self._last_size = size
+        check_room(self.path, self._tmp, 2 * self._largest_frame)
         self.count += 1
-        return self.file.create_group(key)
+        return ChecksummedGroup(self.file.create_group(key))
+
+
+class ChecksummedGroup:
+    """An ``h5py.Group`` whose ``create_dataset`` adds a Fletcher-32 checksum to every dataset with data (HDF5
+    verifies it on every read of a chunk, so a flipped bit is an error, never a changed value); everything else is
+    the group's own. Empty and scalar datasets cannot hold one (they have no chunks) and hold nothing to flip."""
+
+    def __init__(self, group):
+        self._group = group
+
+    def create_dataset(self, name, shape=None, dtype=None, data=None, **kwargs):
+        size = int(np.prod(np.shape(data) if data is not None else (shape or ())))
+        if size > 0 and (data is None or np.ndim(data) > 0) and (shape is None or shape != ()):
+            kwargs.setdefault("fletcher32", True)
+        return self._group.create_dataset(name, shape=shape, dtype=dtype, data=data, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._group, name)
+
+    def __getitem__(self, key):
+        return self._group[key]
+
+    def __setitem__(self, key, value):
+        self._group[key] = value
+
+    def __contains__(self, key) -> bool:
+        return key in self._group
+
+    def __iter__(self):
+        return iter(self._group)
+
+    def __len__(self) -> int:
+        return len(self._group)

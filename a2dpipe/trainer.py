@@ -224,7 +224,7 @@ def tensorboard_hooks(curve: str | Path) -> list[HookBase]:
 class PeriodicCheckpointer(HookBase):
     """Every ``every`` steps (not after the last) the resume checkpoint at ``path`` and the curve so far."""
 
-    def __init__(self, path: str | Path, fingerprint: str, every: int, curve: str | Path):
+    def __init__(self, path: str | Path, fingerprint: str | dict, every: int, curve: str | Path):
         self.path, self.fingerprint, self.every, self.curve = Path(path), fingerprint, every, Path(curve)
 
     def after_step(self) -> None:

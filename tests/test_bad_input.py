@@ -21,6 +21,7 @@ import yaml
 from a2dpipe.dataset.a2d import annotation_path, video_path
 from a2dpipe.dataset.annotation import read_annotation
 from a2dpipe.dataset.frames import FrameStore
+from a2dpipe.io import A2DError
 
 
 def a2dpipe(*args, cwd=None) -> subprocess.CompletedProcess:
@@ -353,7 +354,6 @@ def test_mask_that_is_all_nan(dataset, tiny_config, tmp_path):
     [
         ("outside the frame", lambda b, w, h: [w + 5, h + 5, w + 20, h + 20]),
         ("inverted", lambda b, w, h: [b[2], b[1], b[0], b[3]]),
-        ("of zero area", lambda b, w, h: [b[0], b[1], b[0], b[3]]),
     ],
 )
 def test_degenerate_box_drops_its_instance_and_is_logged(dataset, tiny_config, tmp_path, case, box):
@@ -365,11 +365,28 @@ def test_degenerate_box_drops_its_instance_and_is_logged(dataset, tiny_config, t
     rewrite_field(path, "reBBox", boxes)
     proc, out, log = extract(dataset, tiny_config, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"{path}: dropped instance 1 (id {ann.ids[0]}): its box is empty once clipped to the frame" in log.read_text()
+    assert f"{path}: dropped instance 1 (id {ann.ids[0]}): its box lies outside the frame or is inverted" in log.read_text()
     with FrameStore(out) as store:
         record = store.read(video, frame)
     np.testing.assert_array_equal(record.instance_ids, ann.ids[1:])
     np.testing.assert_array_equal(record.instance_boxes, ann.boxes[1:])
+
+
+def test_one_pixel_wide_box_keeps_its_instance(dataset, tiny_config, tmp_path):
+    # MATLAB's box corners are inclusive: x1 == x2 is one pixel wide, and later stages box instances by their masks
+    video, frame = annotated_with_instances(dataset, 2)
+    path = annotation_path(dataset, video, frame)
+    ann = read_annotation(path)
+    _, boxes, _ = read_fields(path)
+    boxes[2, 0] = boxes[0, 0]  # x2 = x1
+    rewrite_field(path, "reBBox", boxes)
+    proc, out, log = extract(dataset, tiny_config, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped instance" not in log.read_text()
+    with FrameStore(out) as store:
+        record = store.read(video, frame)
+    np.testing.assert_array_equal(record.instance_ids, ann.ids)
+    assert record.instance_boxes[0, 0] == record.instance_boxes[0, 2]
 
 
 def test_box_partly_outside_is_clipped_and_its_disagreement_with_the_mask_logged(dataset, tiny_config, tmp_path):
@@ -526,3 +543,32 @@ def test_second_writer_leaves_the_first_writers_temporary_alone(dataset, tiny_co
     assert first.returncode == 0
     assert out.read_text() == "first writer"  # the last to finish wins, whole
     assert [p.name for p in out.parent.iterdir()] == ["index.csv"]
+
+
+def test_videoset_size_that_disagrees_with_the_clip_names_the_clip(dataset, tiny_config, tmp_path):
+    videoset = pd.read_csv(dataset / "videoset.csv", header=None, dtype=str, keep_default_na=False)
+    videoset.iloc[0, 5] = str(int(videoset.iloc[0, 5]) + 16)  # the width of the first video
+    videoset.to_csv(dataset / "videoset.csv", header=False, index=False)
+    proc, out, log = extract(dataset, tiny_config, tmp_path)
+    message = assert_clear_failure(proc, out, f"{videoset.iloc[0, 0]}.mp4: frames are", "but videoset.csv says",
+                                   "dataset.exclude_videos")
+    assert message in log.read_text()  # the job's log holds its error too
+
+
+def test_one_frame_clip_and_an_empty_shard_name_the_videos_and_the_fix(dataset, tiny_config, tmp_path):
+    from a2dpipe.dataset.frames import extract_shard
+    from a2dpipe.dataset.index import read_index
+
+    index = read_index(index_of(dataset, tiny_config, tmp_path))
+    video = index["video"].iloc[0]
+    one = index[index["video"] == video].head(1).assign(frame=1, num_frames=1)
+    with pytest.raises(A2DError, match=rf"{video}\.mp4: a clip of 1 frame\(s\) has no flow partner.*list {video} in "
+                                       r"config dataset.exclude_videos"):
+        extract_shard(dataset, one, one["shard"].iloc[0], tmp_path / "one.h5")
+    last = index["video"].iloc[-1]
+    shard = index["shard"].iloc[-1]
+    trailing = index[index["shard"] != shard]  # the last shard's videos lost their annotated frames
+    with pytest.raises(A2DError, match=rf"videoset.csv: shard '{shard}' has no annotated frame: videoset.csv lists "
+                                       rf"\d+ video\(s\) without one \(.*{last}.*\); list them in config "
+                                       r"dataset.exclude_videos"):
+        extract_shard(dataset, trailing, shard, tmp_path / "empty.h5")

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import a2dpipe
+from a2dpipe.integrity import with_digest
 from a2dpipe.config import check_consistent, load_config, resolve, section_defaults, settings_slice
 from a2dpipe.dataset.synthetic import MARKER
 from a2dpipe.io import A2DError
@@ -329,8 +330,9 @@ def test_tables_refuse_evaluations_made_with_different_settings(tiny_run, tmp_pa
         evaluations.append(tmp_path / f"{k}.json")
         evaluations[-1].write_text(path.read_text())
     doc = json.loads(evaluations[-1].read_text())
+    doc.pop("sha256")  # rewritten below, as an evaluation made with another width would carry its own
     doc["provenance"]["settings"]["evaluation"]["boundary_width"] = 10
-    evaluations[-1].write_text(json.dumps(doc))
+    evaluations[-1].write_text(json.dumps(with_digest(doc)))
     settings = {"seed": 0, "evaluation": {"bootstrap_resamples": 200}}
     proc = _a2dpipe("tables", "--settings", json.dumps(settings), "--evaluations", *evaluations,
                     "--out-dir", tmp_path / "tables")

@@ -113,9 +113,9 @@ def test_reader_refuses_other_kinds_and_versions_naming_file_and_rebuild(tmp_pat
         message = str(err.value)
         assert message.startswith(f"{path}: not a toy cache of schema 'a2dpipe.toy/2'"), message
         assert problem in message and message.endswith("rebuild it with `a2dpipe toy (rule toy)`"), message
-    for reader, rebuild in ((FrameStore, "a2dpipe extract-frames"), (FlowStore, "a2dpipe flow"),
-                            (MaskCache, "snakemake --forcerun region_masks"), (PredictionStore, "a2dpipe predict")):
-        with pytest.raises(A2DError, match=f"old.h5: not a .* rebuild it with `{rebuild}"):
+    for reader, rule in ((FrameStore, "extract_frames"), (FlowStore, "flow"), (MaskCache, "region_masks"),
+                         (PredictionStore, "predict")):  # the pipeline's artifacts: the rule that rebuilds them
+        with pytest.raises(A2DError, match=f"old.h5: not a .* rebuild it with `snakemake --forcerun {rule}`"):
             reader(tmp_path / "old.h5")
     with pytest.raises(A2DError, match="missing.h5: toy cache not found"):
         ToyReader(tmp_path / "missing.h5")
@@ -166,7 +166,7 @@ def test_every_writer_stamps_the_settings_it_is_given(tmp_path, make):
         writer.create_group("v", 1)
     with h5py.File(tmp_path / "a.h5", "r") as a, h5py.File(tmp_path / "b.h5", "r") as b:
         assert a.attrs["settings"] == '{"seed": 0}' and "settings" not in b.attrs
-        assert set(a.attrs) - set(b.attrs) == {"settings", "a2dpipe_version"}
+        assert set(a.attrs) - set(b.attrs) == {"settings", "a2dpipe_version", "code"}
 
 
 def test_predictions_round_trip(tmp_path):

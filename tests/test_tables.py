@@ -520,7 +520,7 @@ def test_evaluation_rules_and_html_report_on_fixture_artifacts(tmp_path):
     import shutil
     import subprocess
 
-    for name in ("Snakefile", "workflow", "envs"):
+    for name in ("Snakefile", "workflow", "envs", "a2dpipe"):  # the package too: the Snakefile imports it
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     _fixture_run(tmp_path)

@@ -176,12 +176,13 @@ def annotation_files(folder: Path) -> dict[int, Path]:
     return by_frame
 
 
-def read_clip_frames(path: str | Path, frame_numbers, expected_frames: int | None = None) -> dict[int, np.ndarray]:
+def read_clip_frames(path: str | Path, frame_numbers, expected_frames: int | None = None,
+                     expected_size: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """Decode the requested 1-based frames of a clip in one pass: ``{frame: (H, W, 3) uint8 RGB}``.
 
     Raises :class:`A2DError` naming the video when it cannot be opened, when decoding stops before the last
-    requested frame (truncated or short clip), or when the container holds fewer frames than ``expected_frames``
-    (the count ``videoset.csv`` gives).
+    requested frame (truncated or short clip), when the container holds fewer frames than ``expected_frames``
+    (the count ``videoset.csv`` gives), or when its frames are not ``expected_size`` (height, width: videoset.csv's).
     """
     import cv2
 
@@ -209,6 +210,11 @@ def read_clip_frames(path: str | Path, frame_numbers, expected_frames: int | Non
                     "(the video is truncated or shorter than expected)"
                 )
             frame += 1
+            if expected_size is not None and bgr.shape[:2] != tuple(expected_size):
+                raise A2DError(
+                    f"{path}: frames are {bgr.shape[1]}x{bgr.shape[0]} (width x height) but videoset.csv says "
+                    f"{expected_size[1]}x{expected_size[0]}; correct the video's row in videoset.csv (or list "
+                    f"the video in config dataset.exclude_videos)")
             if frame in pending:
                 out[frame] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 pending.discard(frame)

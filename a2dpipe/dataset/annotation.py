@@ -134,8 +134,10 @@ def read_annotation(path: str | Path) -> Annotation:
     if len(keep) < n:
         log.warning("%s: dropped %d duplicated instance(s)", path, n - len(keep))
         ids, mask, box = ids[keep], mask[keep], box[keep]
+    # before clipping: a box wholly outside the frame would clip to a one-pixel line on its border
+    outside = (box[:, 2] < 0) | (box[:, 3] < 0) | (box[:, 0] >= width) | (box[:, 1] >= height)
     box = np.clip(box, 0, [width, height, width, height]).astype(np.float32)
-    keep = _usable_instances(ids, mask, box, path)
+    keep = _usable_instances(ids, mask, box, path, outside)
     ids, mask, box = ids[keep], mask[keep], box[keep]
     return Annotation(id_map=id_map, masks=np.ascontiguousarray(mask), boxes=box, ids=ids)
 
@@ -184,19 +186,23 @@ def _check_finite(values: np.ndarray, name: str, ids: np.ndarray, path: Path) ->
         raise A2DError(f"{path}: {name} of {which} holds NaN or infinite values")
 
 
-def _usable_instances(ids: np.ndarray, masks: np.ndarray, boxes: np.ndarray, path: Path) -> np.ndarray:
+def _usable_instances(ids: np.ndarray, masks: np.ndarray, boxes: np.ndarray, path: Path,
+                      outside: np.ndarray | None = None) -> np.ndarray:
     """Indices of the instances worth keeping; the others are logged.
 
-    ``boxes`` are already clipped to the frame. An instance whose box is empty (it lay outside the frame, or was
-    inverted or of zero area) or whose mask is empty (no value reaches 0.5) is dropped. A box that differs from its
-    mask's tight box by more than ``BOX_MASK_TOLERANCE`` pixels on some side is kept (later stages derive boxes
-    from masks) but logged.
+    ``boxes`` are already clipped to the frame; ``outside`` flags those that lay wholly outside it before. An
+    instance whose box lay outside the frame or is inverted (x2 < x1 or y2 < y1), or whose mask is empty (no value
+    reaches 0.5), is dropped. A box of one pixel's width or height (x1 == x2: MATLAB's corners are inclusive) is
+    kept: later stages box instances by their masks. A box that differs from its mask's tight box by more than
+    ``BOX_MASK_TOLERANCE`` pixels on some side is kept but logged.
     """
     tight = masks_to_boxes(masks >= 0.5)
-    empty_box = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    empty_box = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if outside is not None:
+        empty_box |= outside
     empty_mask = ~(masks >= 0.5).any(axis=(1, 2))
     for i in np.flatnonzero(empty_box | empty_mask):
-        problem = "its box is empty once clipped to the frame" if empty_box[i] else "its mask is empty"
+        problem = "its box lies outside the frame or is inverted" if empty_box[i] else "its mask is empty"
         log.warning("%s: dropped instance %d (id %d): %s (box %s)", path, i + 1, ids[i], problem, boxes[i].tolist())
     keep = ~(empty_box | empty_mask)
     off = np.abs(boxes - tight).max(axis=1) > BOX_MASK_TOLERANCE

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe import labels
-from a2dpipe.dataset.a2d import annotation_path, read_clip_frames, video_path
+from a2dpipe.dataset.a2d import annotation_path, read_clip_frames, read_videoset, video_path
 from a2dpipe.dataset.annotation import masks_to_boxes, read_annotation
 from a2dpipe.dataset.index import read_index
 from a2dpipe.config import add_config_arguments, read_settings
@@ -159,7 +159,7 @@ def extract_shard(
     root = Path(root)
     rows = index[index["shard"] == shard]
     if rows.empty:
-        raise A2DError(f"index holds no frames for shard {shard!r}")
+        raise A2DError(f"{root / 'videoset.csv'}: shard {shard!r} has no annotated frame: {_unannotated(root, index)}")
     opts = _compression(compression)
     started = time.perf_counter()
     count = 0
@@ -172,9 +172,15 @@ def extract_shard(
             beyond = [x for x in frames if x > num_frames]
             if beyond:
                 raise A2DError(f"video {video}: annotated frame {beyond[0]} lies beyond its {num_frames} frames")
-            partners = {x: neighbour_of(x, num_frames, neighbour) for x in frames}
+            try:
+                partners = {x: neighbour_of(x, num_frames, neighbour) for x in frames}
+            except A2DError as err:
+                raise A2DError(f"{video_path(root, video)}: {err} (videoset.csv gives video {video} "
+                               f"{num_frames} frame(s)); list {video} in config dataset.exclude_videos") from None
             wanted = set(frames) | {p for p, _ in partners.values()}
-            decoded = read_clip_frames(video_path(root, video), wanted, expected_frames=num_frames)
+            size = (int(clip["height"].iloc[0]), int(clip["width"].iloc[0]))
+            decoded = read_clip_frames(video_path(root, video), wanted, expected_frames=num_frames,
+                                       expected_size=size)
             for row in clip.itertuples(index=False):
                 _write_frame(f, root, row, decoded, partners[int(row.frame)], opts)
                 count += 1
@@ -188,6 +194,18 @@ def extract_shard(
         out,
     )
     return count
+
+
+def _unannotated(root: Path, index) -> str:
+    """Why a shard is empty, with the fix: the shard count follows videoset.csv, whose videos without an annotated
+    frame (listed last) get shards of their own that no annotated frame fills."""
+    videoset = read_videoset(root / "videoset.csv")
+    missing = [v for v in videoset["video"] if v not in set(index["video"])]
+    if not missing:
+        return "the index lists none of its videos; rebuild it with `snakemake --forcerun index`"
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return (f"videoset.csv lists {len(missing)} video(s) without one ({shown}); list them in config "
+            f"dataset.exclude_videos")
 
 
 def _write_frame(f: FrameWriter, root: Path, row, decoded: dict, partner: tuple[int, str], opts: dict) -> None:

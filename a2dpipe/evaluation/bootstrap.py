@@ -38,13 +38,16 @@ resample at once: no loop over resamples or classes.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import zipfile
+import zlib
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 
-from a2dpipe.io import A2DError
+from a2dpipe.io import A2DError, unreadable_artifact
 
 __all__ = [
     "CONFIDENCE",
@@ -202,30 +205,55 @@ def per_video_key(region: str, setting: str) -> str:
     return f"{region}.{setting}"
 
 
+def _arrays_digest(arrays: dict) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``arrays`` in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"\0{key}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def write_per_video(path, variant: str, videos: list[str], matrices: dict[str, dict[str, np.ndarray]]) -> None:
-    """``.npz`` with ``variant`` (0-d str), ``videos`` (V,) str and ``<region>.<setting>`` (V, K, K) int64."""
+    """``.npz`` with ``variant`` (0-d str), ``videos`` (V,) str, ``<region>.<setting>`` (V, K, K) int64 and
+    ``sha256`` (0-d str, the digest of the others: zip's CRC-32 covers the bytes of each member, not which members
+    there are nor their names)."""
     arrays = {"variant": np.array(variant), "videos": np.array(videos, dtype=str)}
     for region, by_setting in matrices.items():
         for setting, stack in by_setting.items():
             arrays[per_video_key(region, setting)] = np.asarray(stack, dtype=np.int64)
+    arrays[DIGEST] = np.array(_arrays_digest(arrays))
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
 
 
+DIGEST = "sha256"
+WHAT = "per-video confusion matrices"
+
+
 def read_per_video(path) -> dict:
-    """``{"variant": str, "videos": [str], "<region>.<setting>": (V, K, K) int64}``; A2DError names a bad file."""
+    """``{"variant": str, "videos": [str], "<region>.<setting>": (V, K, K) int64}``; A2DError names a bad file and
+    the rule that rebuilds it (damaged zip, a digest that does not match, counts that are no confusion matrices)."""
     path = Path(path)
+    if not path.is_file():
+        raise A2DError(f"{path}: {WHAT} not found; run `snakemake {path}` to make it")
     try:
         with np.load(path, allow_pickle=False) as data:
             out = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as err:
-        raise A2DError(f"{path}: cannot read the per-video confusion matrices: {err}") from None
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+            zlib.error) as err:  # RuntimeError: a flipped flag bit reads as "encrypted"
+        raise unreadable_artifact(path, WHAT, f"cannot read it ({type(err).__name__}: {err})") from None
+    stored = out.pop(DIGEST, None)
+    if stored is not None and str(stored) != _arrays_digest(out):
+        raise unreadable_artifact(path, WHAT, "its arrays do not match their sha256 digest (a changed byte)")
     if "variant" not in out or "videos" not in out:
-        raise A2DError(f"{path}: not a per-video confusion file (no 'variant' or 'videos')")
+        raise unreadable_artifact(path, WHAT, "not a per-video confusion file (no 'variant' or 'videos')")
     videos = [str(v) for v in out.pop("videos")]
     for key, stack in out.items():
         if key == "variant":
             continue
         if stack.ndim != 3 or stack.shape[0] != len(videos) or stack.shape[1] != stack.shape[2] or (stack < 0).any():
-            raise A2DError(f"{path}: {key} is not one non-negative K x K matrix per video (shape {stack.shape})")
+            raise unreadable_artifact(path, WHAT, f"{key} is not one non-negative K x K matrix per video "
+                                                  f"(shape {stack.shape})")
     return {**out, "variant": str(out["variant"]), "videos": videos}

@@ -35,9 +35,10 @@ import logging
 import math
 from pathlib import Path
 
-from a2dpipe.config import add_config_arguments, read_settings, stamp
+from a2dpipe.config import add_config_arguments, check_inputs, read_settings, stamp
 from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation.bootstrap import write_per_video
+from a2dpipe.integrity import with_digest
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 from a2dpipe.progress import progress
@@ -143,6 +144,8 @@ def configure_parser(parser) -> None:
 
 def run(args) -> None:
     settings = read_settings(args)
+    # frames shards of one code, and a predictions file whose stamp agrees with them
+    check_inputs(settings, {"frames shard": args.frames, "predictions file": [args.predictions]})
     section = settings["evaluation"]
     result = evaluate(
         args.predictions,
@@ -153,5 +156,5 @@ def run(args) -> None:
         per_video=args.per_video,
     )
     result["provenance"] = stamp(settings)
-    with atomic_path(args.out) as tmp:
-        Path(tmp).write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False))
+    with atomic_path(args.out) as tmp:  # with the digest of its content: readers check it (tables)
+        Path(tmp).write_text(json.dumps(with_digest(_json_safe(result)), indent=1, allow_nan=False))

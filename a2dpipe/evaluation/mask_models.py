@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.config import add_config_arguments, check_consistent, code_of, read_settings
 from a2dpipe.evaluation.claims import Intervals, load_intervals
 from a2dpipe.evaluation.tables import THIS_RUN, load_evaluations, read_csv_table, table3
 from a2dpipe.evaluation.writers import write_table
@@ -78,11 +78,14 @@ def run(args) -> None:
         raise A2DError("compare-masks: give --quality, --evaluations and --per-video once after each --model")
     config = read_settings(args)
     resamples, seed = int(config["evaluation"]["bootstrap_resamples"]), int(config["seed"])
-    runs = []
+    runs, code = [], {}
     for label, quality, evaluations, per_video in zip(*groups):
         evals = load_evaluations(evaluations)
+        # the two runs differ in their mask settings by design, never in the code that scored them
+        code.update({path: {"code": code_of(e.get("provenance"))} for path, e in zip(evaluations, evals.values())})
         intervals = load_intervals(per_video, evals, resamples=resamples, seed=seed)
         runs.append((label, _test_mask_ap(read_csv_table(quality, "mask quality"), quality), evals, intervals))
+    check_consistent(code)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = write_table(mask_models_table(runs), out.parent, out.stem, CAPTION)

@@ -43,11 +43,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe.config import add_config_arguments, read_settings, section_defaults, write_made_from
+from a2dpipe.config import add_config_arguments, check_resamples, read_settings, section_defaults, write_made_from
 from a2dpipe.evaluation import paper_results as paper
 from a2dpipe.evaluation.claims import Intervals, claims, claims_caption, load_intervals, percent, variant_name
 from a2dpipe.evaluation.writers import HIGH, LOW, write_table
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.integrity import checked_json
+from a2dpipe.io import A2DError, atomic_path, unreadable_artifact
 from a2dpipe.labels import class_names
 
 __all__ = [
@@ -105,11 +106,14 @@ def load_evaluations(paths) -> dict[str, dict]:
     out = {}
     for path in paths:
         try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise A2DError(f"{path}: cannot read the evaluation: {err}") from None
-        if not isinstance(doc, dict) or "variant" not in doc or "metrics" not in doc:
-            raise A2DError(f"{path}: not an evaluation file (no 'variant' or 'metrics')")
+            doc = json.loads(Path(path).read_bytes())
+        except FileNotFoundError:
+            raise A2DError(f"{path}: evaluation not found; run `snakemake {path}` to make it") from None
+        except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8 (a flipped high bit)
+            raise unreadable_artifact(path, "evaluation", f"cannot read it: {err}") from None
+        doc = checked_json(doc, path, "evaluation")
+        if "variant" not in doc or "metrics" not in doc:
+            raise unreadable_artifact(path, "evaluation", "not an evaluation file (no 'variant' or 'metrics')")
         out[doc["variant"]] = doc
     return out
 
@@ -289,6 +293,7 @@ def run(args) -> None:
     evals = load_evaluations(args.evaluations)
     config = read_settings(args)
     resamples = int(config["evaluation"]["bootstrap_resamples"])
+    check_resamples(resamples, "--settings")
     intervals = None
     if args.per_video:
         intervals = load_intervals(args.per_video, evals, resamples=resamples, seed=int(config["seed"]))

@@ -31,12 +31,15 @@ from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, pixel
 __all__ = ["FORMAT", "FlowStore", "FlowWriter"]
 
 FORMAT = ArtifactFormat("flow", 1, "flow cache", "a2dpipe flow (rule flow)")
+MAX_FLOW = 4096.0  # pixels: no frame is wider (A2D's are 320 px high)
 
 
 class FlowStore(ArtifactReader):
     """Read-only access to a flow cache; a context manager."""
 
     FORMAT = FORMAT
+    # a flow vector longer than any frame is damage (float16 reaches 65504)
+    VALUE_RANGES = {"flow": (-MAX_FLOW, MAX_FLOW)}
 
     def __init__(self, path):
         super().__init__(path)

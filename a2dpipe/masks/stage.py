@@ -43,7 +43,7 @@ def run(args) -> None:
     settings = read_settings(args)
     if args.source != "gt" and not args.model:
         raise A2DError(f"--model is required for the {args.source} mask source")
-    check_inputs(settings, [args.frames])
+    check_inputs(settings, {"frames shard": [args.frames]})
     # 32 MB: a frame's masks at A2D size (50 x 320 x 568) are freed and made again every frame, and a job reads one
     # shard, so its memory is bounded without a trim. On a 212-frame A2D-shaped shard, one thread:
     # 1 MB 430 ms per frame (182 of them in the kernel, faulting fresh pages in), peak 1.17 GB; 32 MB 269 ms,

@@ -38,6 +38,7 @@ from a2dpipe.checkpoint import (fingerprint, load_model_file, load_resume, load_
                                 write_curve)
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp,
                              training_splits)
+from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
@@ -69,7 +70,7 @@ def run(args) -> None:
     settings = read_settings(args)
     if len(args.start) > 1:
         raise A2DError(f"--start takes one mask model, got {len(args.start)}")
-    check_inputs(settings, args.frames)
+    check_inputs(settings, {"frames shard": args.frames})
     train_mask_model(settings, args.source, args.frames, args.out, start=args.start[0] if args.start else None)
 
 
@@ -108,7 +109,9 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     refs = list_frames(frames, split=splits)
     if not refs:
         raise A2DError(f"{frames[0]}: no {'/'.join(splits)} frames in the frames stores to train the mask model on")
-    recipe = _fingerprint(arch, cfg, source, seed, refs, iterations, start_provenance)
+    # what a resume checkpoint must have been made from: these settings and frames shards (by content)
+    recipe = {"settings": _fingerprint(arch, cfg, source, seed, refs, iterations, start_provenance),
+              **{str(path): file_digest(path) for path in frames}}
     log.info("training the %s mask model (%s) on %d %s frames, %d steps from %s", source, cfg["backbone"],
              len(refs), " + ".join(splits), iterations, start or cfg["coco_checkpoint"] or "scratch")
 

@@ -96,7 +96,7 @@ def run(args) -> None:
         raise A2DError(f"variant {variant_name(v)} needs --flow stores")
     if v.kind != "baseline" and not args.masks:
         raise A2DError(f"variant {variant_name(v)} needs --masks caches of the {v.test_source} source")
-    check_inputs(config, [*args.frames, *args.flow, *args.masks])
+    check_inputs(config, {"frames shard": args.frames, "flow cache": args.flow, "region-mask cache": args.masks})
     # Full-frame maps of a batch are freed and made again every batch. With a 1 MB threshold each was faulted in
     # afresh; 32 MB serves them from the heap, and a trim after each batch returns what its holes keep. Mask vote,
     # RGB + flow, 575 A2D-shaped test frames, one thread: 1 MB 0.69 s per frame, 1.7 GB peak; 32 MB 0.44 s, 3.3 GB

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter
+from a2dpipe.io import unreadable_artifact
+from a2dpipe.labels import ACTIONS, ACTORS, VALID_PAIRS
+from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
 __all__ = ["FORMAT", "MAPS", "PredictionStore", "PredictionWriter"]
 
 FORMAT = ArtifactFormat("predictions", 1, "predictions file", "a2dpipe predict (rule predict)")
 MAPS = ("actor", "action", "joint")
+_VALID_JOINT = np.zeros(256, bool)  # lookup by uint8 label: background and the valid actor-action ids
+_VALID_JOINT[[0, *VALID_PAIRS]] = True
 
 
 class PredictionWriter(ArtifactWriter):
@@ -52,6 +56,15 @@ class PredictionStore(ArtifactReader):
     """Read-only access to a predictions file; ``read(video, frame, names)`` gives the maps asked for."""
 
     FORMAT = FORMAT
+    VALUE_RANGES = {"actor": (0, len(ACTORS)), "action": (0, len(ACTIONS)), "joint": (0, max(VALID_PAIRS))}
+
+    def check_values(self, video: str, frame: int, name: str, array: np.ndarray) -> None:
+        """Actor and action indices in range; joint labels 0 or a valid actor-action id."""
+        super().check_values(video, frame, name, array)
+        if name == "joint" and array.size and not _VALID_JOINT[array].all():
+            wrong = sorted(set(np.unique(array[~_VALID_JOINT[array]]).tolist()))
+            raise unreadable_artifact(self.path, FORMAT.what, f"frame {group_key(video, frame)}: joint holds "
+                                                              f"label(s) {wrong[:5]} that are no actor-action id")
 
     @property
     def variant(self) -> str:

@@ -29,7 +29,6 @@ uninterrupted one (CPU). A checkpoint written under other settings is ignored.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.accelerator import autocast, autocast_dtype
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              section_defaults, stamp, training_splits)
+from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.progress import progress
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
@@ -80,7 +80,7 @@ def run(args) -> None:
         raise A2DError("--input rgbflow needs --flow stores")
     if args.stage == 2 and not args.stage1:
         raise A2DError("--stage 2 needs --stage1 CHECKPOINT")
-    check_inputs(config, [*args.frames, *args.flow, *args.masks])
+    check_inputs(config, {"frames shard": args.frames, "flow cache": args.flow, "region-mask cache": args.masks})
     splits = training_splits(config)
     samples = StoreSamples(
         args.frames, split=splits, flow=args.flow if args.input == "rgbflow" else None,
@@ -90,8 +90,9 @@ def run(args) -> None:
     if not len(samples):
         raise A2DError(f"{args.frames[0]}: no {'/'.join(splits)} frames in the frames stores to train on")
     log.info("training on the %s frames (dataset.final_fit)", " + ".join(splits))
+    inputs = [*args.frames, *(args.flow if args.input == "rgbflow" else []), *(args.masks if args.stage == 2 else [])]
     train(config, stage=args.stage, input=args.input, samples=samples, out=args.out, stage1=args.stage1,
-          mask_source=args.mask_source)
+          mask_source=args.mask_source, inputs={str(path): file_digest(path) for path in inputs})
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def _load_stage1(model, stage1: str | Path | None, input: str, config: dict) -> 
     if unexpected or any(not k.startswith("region.") for k in missing):
         raise A2DError(f"{stage1}: does not fit the configured front-end (missing {missing[:3]}, "
                        f"unexpected {unexpected[:3]})")
-    return hashlib.sha256(Path(stage1).read_bytes()).hexdigest()[:16]
+    return file_digest(stage1)
 
 
 def _param_groups(model, stage: int, opts: dict) -> list[dict]:
@@ -267,11 +268,13 @@ def _step_function(model, samples, config: dict, stage: int, device, amp: torch.
 
 
 def train(config: dict, *, stage: int, input: str, samples, out: str | Path, stage1: str | Path | None = None,
-          mask_source: str = "dataset", max_steps: int | None = None) -> dict | None:
+          mask_source: str = "dataset", max_steps: int | None = None, inputs: dict | None = None) -> dict | None:
     """Train one stage; returns the written model dict, or None when stopped early by ``max_steps``.
 
     ``samples``: ``StoreSamples`` or ``ArraySamples`` of the training split (with regions for stage 2).
     ``max_steps`` stops after that many steps without writing the model (simulates a kill; tests use it).
+    ``inputs``: ``{file: content digest}`` of the files ``samples`` reads; a resume checkpoint made from other
+    inputs (or settings, or another stage-1 model) is ignored, and the log names what changed.
     """
     out = Path(out)
     seg = segmentation_config(config)
@@ -286,8 +289,11 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
 
     recorded_seg = result_settings({"segmentation": seg})["segmentation"]  # the loader's settings change no result
-    recipe = fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed, seg=recorded_seg,
-                         frames=samples.keys(), stage1=s1_digest, device=device.type)
+    recipe = {"settings": fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed,
+                                      seg=recorded_seg, device=device.type),
+              "frame list": fingerprint(frames=samples.keys()), **(inputs or {})}
+    if stage1 is not None:
+        recipe[f"stage-1 model {stage1}"] = s1_digest
     resume, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
     start, curve = load_resume(resume, recipe, model, optimizer, scheduler) or (0, [])
 

@@ -4,9 +4,10 @@ import json
 import math
 from pathlib import Path
 
-from a2dpipe.config import settings_slice
+from a2dpipe.config import check_coherence, settings_slice
+from a2dpipe.integrity import code_digest
 from a2dpipe.dataset.a2d import read_videoset
-from a2dpipe.io import A2DError
+from a2dpipe.io import A2DError, check_results_free, lock_results, unlock_results
 from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.variants import (
     KINDS,
@@ -169,6 +170,31 @@ def check_synthetic_root():
 check_synthetic_root()
 # A region run that names a mask source this run lacks fails here, not in a job minutes later.
 check_region_runs(REGION_RUNS, config)
+# What the schema cannot say (empty or inconsistent experiments, too few resamples for a 95% interval).
+check_coherence(config)
+
+
+# A lock in the results folder: a run from another working directory refuses to share it (Snakemake's own lock is
+# per working directory). Taken when jobs start, released when the run ends; a killed run's lock is stale.
+check_results_free(RESULTS)
+
+
+onstart:
+    lock_results(RESULTS)
+
+
+onsuccess:
+    unlock_results(RESULTS)
+
+
+onerror:
+    unlock_results(RESULTS)
+
+
+def get_code(command):
+    """Digest of the package source `a2dpipe <command>` imports (a2dpipe.integrity.code_digest): every rule passes
+    its command's as a param, so a code edit reruns exactly the rules whose command it reaches."""
+    return code_digest(command)
 
 
 def count_videos():

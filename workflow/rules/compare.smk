@@ -41,6 +41,7 @@ rule compare_masks:
     resources:
         **get_job_resources("small"),
     params:
+        code=get_code("compare-masks"),
         settings=get_settings("seed", "evaluation.bootstrap_resamples"),
         this=get_compare_labels()[0],
         other=get_compare_labels()[1],

@@ -22,6 +22,7 @@ if config["dataset"]["synthetic"]:
         resources:
             **get_job_resources("pass"),
         params:
+            code=get_code("synthesize"),
             settings=get_settings("seed", "synthetic"),
         shell:
             "python -m a2dpipe synthesize --settings {params.settings:q} --out {output.root:q}"
@@ -43,6 +44,7 @@ rule index:
     resources:
         **get_job_resources("small"),
     params:
+        code=get_code("index"),
         settings=get_index_settings(),
     shell:
         "python -m a2dpipe index --settings {params.settings:q} --root {input.root:q} --out {output.index:q}"
@@ -65,6 +67,7 @@ rule extract_frames:
     resources:
         **get_job_resources("shard"),
     params:
+        code=get_code("extract-frames"),
         settings=get_settings("frames"),
     shell:
         "python -m a2dpipe extract-frames --settings {params.settings:q} --root {input.root:q}"

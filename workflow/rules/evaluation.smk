@@ -19,6 +19,7 @@ rule evaluate:
     resources:
         **get_job_resources("small"),
     params:
+        code=get_code("evaluate"),
         settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
     shell:
         "python -m a2dpipe evaluate --settings {params.settings:q} --predictions {input.predictions:q}"
@@ -42,6 +43,7 @@ rule evaluate_validation:
     resources:
         **get_job_resources("small"),
     params:
+        code=get_code("evaluate"),
         settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
     shell:
         "python -m a2dpipe evaluate --settings {params.settings:q} --split val --predictions {input.predictions:q}"
@@ -71,6 +73,7 @@ rule validate:
     resources:
         **get_job_resources("small"),
     params:
+        code=get_code("tables"),
         settings=get_settings("seed", "evaluation.bootstrap_resamples"),
         out_dir=get_output_dir,
     shell:
@@ -95,6 +98,8 @@ rule timing:
     threads: 1
     resources:
         **get_job_resources("small"),
+    params:
+        code=get_code("timing"),
     shell:
         "python -m a2dpipe timing --flow {input.flow:q} --masks {input.masks:q}"
         " --predictions {input.predictions:q} --out {output.table:q} --log {log:q}"
@@ -116,6 +121,7 @@ rule estimate:
     resources:
         **get_job_resources("small"),
     params:
+        code=get_code("estimate"),
         settings=get_estimate_settings(),
     shell:
         "python -m a2dpipe estimate --settings {params.settings:q} --out {output.table:q} --log {log:q}"
@@ -157,6 +163,7 @@ rule report_figures:
     resources:
         **get_job_resources("small"),
     params:
+        code=get_code("report"),
         settings=get_settings("evaluation.qualitative_frames"),
         out_dir=get_output_dir,
     shell:
@@ -235,6 +242,7 @@ rule tables:
     resources:
         **get_job_resources("small"),
     params:
+        code=get_code("tables"),
         out_dir=get_output_dir,
         settings=get_settings(
             "seed",

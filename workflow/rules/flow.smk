@@ -19,6 +19,7 @@ rule flow:
     resources:
         **get_job_resources("shard", gpu=get_flow_gpus()),
     params:
+        code=get_code("flow"),
         settings=get_flow_settings(),
     shell:
         "python -m a2dpipe flow --settings {params.settings:q} --method {wildcards.method:q}"

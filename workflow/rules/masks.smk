@@ -17,6 +17,7 @@ rule train_mask_model:
     resources:
         **get_job_resources("train", gpu=1),
     params:
+        code=get_code("train-mask-model"),
         settings=get_mask_model_settings,
     shell:
         "python -m a2dpipe train-mask-model --settings {params.settings:q}"
@@ -40,6 +41,7 @@ rule region_masks:
     resources:
         **get_job_resources("shard", gpu=get_mask_gpus),
     params:
+        code=get_code("region-masks"),
         settings=get_region_mask_settings,
     shell:
         "python -m a2dpipe region-masks --settings {params.settings:q} --source {wildcards.source:q}"
@@ -63,6 +65,7 @@ rule mask_quality:
     resources:
         **get_job_resources("pass"),
     params:
+        code=get_code("mask-quality"),
         left_out=get_quality_left_out(),
     shell:
         "python -m a2dpipe mask-quality --frames {input.frames:q} --dataset {input.dataset:q}"

@@ -61,6 +61,7 @@ rule aggregate:
     resources:
         **get_job_resources("small"),
     params:
+        code=get_code("aggregate"),
         runs=get_aggregate_arguments(),
         out_dir=get_output_dir,
     shell:

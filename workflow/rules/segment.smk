@@ -25,8 +25,9 @@ rule segment_video:
         "../../envs/a2dpipe.yaml"
     threads: 2
     resources:
-        gpu=1,
+        **get_job_resources("pass", gpu=1),
     params:
+        code=get_code("segment"),
         run=get_segment_run,
         shared=get_segment_shared,
         out=get_output_dir,

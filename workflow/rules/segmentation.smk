@@ -19,6 +19,7 @@ rule train_stage1:
     resources:
         **get_job_resources("train", gpu=1),
     params:
+        code=get_code("train"),
         settings=get_train_settings(1),
     shell:
         "python -m a2dpipe train --settings {params.settings:q} --stage 1 --input {wildcards.input:q}"
@@ -45,6 +46,7 @@ rule train_stage2:
     resources:
         **get_job_resources("train", gpu=1),
     params:
+        code=get_code("train"),
         settings=get_train_settings(2),
     shell:
         "python -m a2dpipe train --settings {params.settings:q} --stage 2 --input {wildcards.input:q}"
@@ -71,6 +73,7 @@ rule predict:
     resources:
         **get_job_resources("pass", gpu=1),
     params:
+        code=get_code("predict"),
         settings=get_predict_settings,
     shell:
         "python -m a2dpipe predict --settings {params.settings:q} --kind {wildcards.kind:q}"
@@ -98,6 +101,7 @@ rule predict_validation:
     resources:
         **get_job_resources("pass", gpu=1),
     params:
+        code=get_code("predict"),
         settings=get_predict_settings,
     shell:
         "python -m a2dpipe predict --settings {params.settings:q} --split val --kind {wildcards.kind:q}"

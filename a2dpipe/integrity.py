@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from a2dpipe import __version__
+from a2dpipe.commands import COMMANDS
 from a2dpipe.io import A2DError, unreadable_artifact
 
 __all__ = ["PACKAGE_ROOT", "code_digest", "module_files", "set_command", "current_command", "code_stamp",
@@ -95,10 +96,8 @@ def module_files(module: str) -> dict[str, Path]:
 
 @functools.cache
 def code_digest(command: str) -> str:
-    """12 hex digits identifying the source of command ``command`` (a key of :data:`a2dpipe.cli.COMMANDS`):
+    """12 hex digits identifying the source of command ``command`` (a key of :data:`a2dpipe.commands.COMMANDS`):
     sha256 over the package version and the name and bytes of every module it imports (:func:`module_files`)."""
-    from a2dpipe.cli import COMMANDS
-
     if command not in COMMANDS:
         raise A2DError(f"no command {command!r}; commands: {', '.join(COMMANDS)}")
     digest = hashlib.sha256(__version__.encode())

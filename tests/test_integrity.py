@@ -15,9 +15,9 @@ import h5py
 import numpy as np
 import pytest
 
-from a2dpipe import integrity, io
+from a2dpipe import integrity, io, results_lock
 from a2dpipe.cli import COMMANDS, main
-from a2dpipe.config import check_coherence, check_consistent, resolve, stamp, write_made_from
+from a2dpipe.config import check_coherence, resolve, stamp, write_made_from
 from a2dpipe.evaluation.bootstrap import read_per_video, write_per_video
 from a2dpipe.evaluation.tables import load_evaluations
 from a2dpipe.flow.store import FlowStore, FlowWriter
@@ -348,18 +348,18 @@ def test_incoherent_configs_are_refused_at_parse_time(keys, message):
 def test_a_results_folder_in_use_from_another_directory_is_refused(tmp_path, monkeypatch):
     results = tmp_path / "results"
     results.mkdir()
-    lock = results / io.RESULTS_LOCK
-    live = {"workdir": "/elsewhere", "host": io._host(), "pid": os.getpid(), "started": "now"}
+    lock = results / results_lock.RESULTS_LOCK
+    live = {"workdir": "/elsewhere", "host": io.host_name(), "pid": os.getpid(), "started": "now"}
     lock.write_text(json.dumps(live))
     with pytest.raises(A2DError, match=r"results: in use by a run started from /elsewhere.*set config `results`"):
-        io.check_results_free(results)
+        results_lock.check_results_free(results)
     monkeypatch.chdir(tmp_path)
     lock.write_text(json.dumps({**live, "workdir": str(tmp_path)}))  # this directory's own: Snakemake's business
-    io.check_results_free(results)
+    results_lock.check_results_free(results)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(json.dumps({**live, "pid": int(gone.stdout)}))  # a killed run's lock is stale
-    io.check_results_free(results)
-    io.lock_results(results)
+    results_lock.check_results_free(results)
+    results_lock.lock_results(results)
     assert json.loads(lock.read_text())["pid"] == os.getpid()
-    io.unlock_results(results)
+    results_lock.unlock_results(results)
     assert not lock.exists()

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
@@ -392,14 +393,3 @@ def model_provenance(path: os.PathLike | None) -> str:
     if not path:
         return ""
     return f"{Path(path).as_posix()} sha256:{file_digest(path)}"
-
-
-def file_digest(path: os.PathLike, length: int = 12) -> str:
-    """Short SHA-256 of a file, to record which checkpoint produced a cache."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]

@@ -104,7 +104,6 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     arch = _arch(cfg, source, NUM_CLASSES[source])
     iterations = cfg["finetune_iterations"] if start else cfg["iterations"]
     start_provenance = model_provenance(start)  # hashed once: the resume fingerprint and the checkpoint record it
-
     splits = training_splits(config)
     refs = list_frames(frames, split=splits)
     if not refs:
@@ -117,8 +116,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
 
     torch.manual_seed(seed)
     model = _initial_model(arch, config, start).to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(cfg, params)
+    optimizer = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(iterations))
     resume_path, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
     first_step, history = load_resume(resume_path, recipe, model, optimizer, scheduler) or (0, [])

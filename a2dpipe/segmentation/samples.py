@@ -252,26 +252,6 @@ def _by_shard(paths, what: str) -> dict[str, Path]:
     return out
 
 
-def _read_window(reader, video: str, frame: int, names, rows: slice, cols: slice) -> dict[str, np.ndarray]:
-    """Datasets ``names`` of one frame of an artifact, only inside ``rows`` x ``cols`` (HDF5 decodes the chunks
-    they touch); A2DError naming the file when one is missing or unreadable."""
-    from a2dpipe.stores import group_key
-
-    datasets = reader.datasets(video, frame, names)
-    with reader.reading(f"frame {group_key(video, frame)}"):
-        return {name: _hyperslab(dataset, rows, cols) for name, dataset in datasets.items()}
-
-
-def _hyperslab(dataset, rows: slice, cols: slice) -> np.ndarray:
-    """``dataset[rows, cols]``; channel by channel for an (H, W, C) image chunked one channel at a time (h5py's
-    automatic chunks of such images), since HDF5 copies such a chunk into an interleaved selection element by
-    element (3-4x slower than one contiguous plane per channel at 320 x 568)."""
-    chunks, shape = dataset.chunks, dataset.shape  # each a query of the file: asked once
-    if len(shape) != 3 or chunks is None or chunks[2] != 1 or shape[2] == 1:
-        return dataset[rows, cols]
-    return np.stack([dataset[rows, cols, c] for c in range(shape[2])], axis=-1)
-
-
 def _frame_size(store, video: str, frame: int) -> tuple[int, int]:
     """(height, width) of a stored frame, from its label's shape: nothing is decoded."""
     from a2dpipe.stores import group_key
@@ -365,17 +345,17 @@ class StoreSamples(Samples):
 
     def read(self, i, rows, cols, *, flow_field, flow_peak, flow) -> dict:
         path, video, frame = self._index[i]
-        out = _read_window(self._store(path, "frames"), video, frame, ("rgb", "label"), rows, cols)
+        out = self._store(path, "frames").read_window(video, frame, ("rgb", "label"), rows, cols)
         if flow:
             store = self._store(self.flow_paths[path.name], "flow")
             if not flow_field or store.has_mirror_images:  # a mirrored window: the stored mirror image
                 name = "rgb_mirror" if flow_field else "rgb"
-                out["flow_rgb"] = _read_window(store, video, frame, (name,), rows, cols)[name]
+                out["flow_rgb"] = store.read_window(video, frame, (name,), rows, cols)[name]
             elif flow_peak:  # re-encoded on the wheel's scale, the frame's longest vector: the whole field
                 whole = store.read_arrays(video, frame, ("flow",))["flow"].astype(np.float32)
                 out["flow"], out["flow_peak"] = whole[rows, cols], longest_vector(whole)
             else:
-                out["flow"] = _read_window(store, video, frame, ("flow",), rows, cols)["flow"]  # float16
+                out["flow"] = store.read_window(video, frame, ("flow",), rows, cols)["flow"]  # float16
         if self.uses_regions:
             out.update(self._regions(path, video, frame, rows, cols))
         return out

@@ -29,6 +29,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from a2dpipe.io import A2DError, atomic_path, release_free_memory, select_device
 from a2dpipe.segmentation.frames_in import FrameSource, open_frames
 from a2dpipe.segmentation.run_parts import DEFAULT_VARIANT, RunParts, find_parts, parse_variant
 from a2dpipe.segmentation.segment_outputs import Outputs, model_size
+
+if TYPE_CHECKING:  # torch loads when a chain is built, not when the command line is parsed
+    import torch
 
 __all__ = ["configure_parser", "run", "Chain", "segment_source"]
 

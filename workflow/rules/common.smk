@@ -7,7 +7,8 @@ from pathlib import Path
 from a2dpipe.config import check_coherence, settings_slice
 from a2dpipe.integrity import code_digest
 from a2dpipe.dataset.a2d import read_videoset
-from a2dpipe.io import A2DError, check_results_free, lock_results, unlock_results
+from a2dpipe.io import A2DError
+from a2dpipe.results_lock import check_results_free, lock_results, unlock_results
 from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.variants import (
     KINDS,

@@ -530,21 +530,23 @@ def get_checkpoints():
 
 
 def get_all_targets():
-    """`all`: the tables, timings, timing estimate, validation metrics and mask-model comparison; in a seeds run
-    the first four of every seed's run and their aggregate."""
+    """`all`: the tables, timings, timing estimate, validation metrics (unless the final models train on the
+    validation videos: dataset.final_fit) and mask-model comparison; in a seeds run the first four of every seed's
+    run and their aggregate."""
+    validated = config["dataset"]["final_fit"] == "train"
     if SEEDS:
         return [
             *get_seed_outputs("tables", "done"),
             *get_seed_outputs("timing", "table"),
             *get_seed_outputs("estimate", "table"),
-            *get_seed_outputs("validate", "table"),
+            *(get_seed_outputs("validate", "table") if validated else []),
             rules.aggregate.output.done,
         ]
     return [
         res("tables", "done"),
         res("timing", "timing.csv"),
         res("timing", "estimate.csv"),
-        res("validation", "metrics.csv"),
+        *([res("validation", "metrics.csv")] if validated else []),
         *([res("tables", "mask_models.csv")] if COMPARE_MASKS else []),
     ]
 

@@ -164,7 +164,8 @@ onerror:
 
 def get_code(command):
     """Digest of the package source `a2dpipe <command>` imports (a2dpipe.integrity.code_digest): every rule passes
-    its command's as a param, so a code edit reruns exactly the rules whose command it reaches."""
+    its command's as a param, so a code edit reruns exactly the rules whose command it reaches.
+    """
     return code_digest(command)
 
 

@@ -14,7 +14,7 @@ import signal
 import sys
 import types
 
-from a2dpipe.integrity import set_command
+from a2dpipe.integrity import code_digest, set_command
 from a2dpipe.io import A2DError, setup_logging
 
 # command -> (module, one-line help)
@@ -83,6 +83,12 @@ def import_command(name: str) -> types.ModuleType:
     return importlib.import_module(COMMANDS[name][0])
 
 
+def command_digest(name: str) -> str:
+    """Digest of the source command ``name`` runs (:func:`a2dpipe.integrity.code_digest` of its stage module): the
+    rules pass it as a param, so a code edit reruns the rules of the commands it reaches."""
+    return code_digest(COMMANDS[name][0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2dpipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # only the main thread may set a handler
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     log = setup_logging(_log_option(rest))
-    set_command(name)
+    set_command(name, COMMANDS[name][0])
     try:
         with dynamo_deferred():  # stages import torchvision lazily too (a mask model only when one is used)
             module = import_command(name)

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import functools
 import glob
-import json
 import logging
 import os
 import platform
@@ -19,12 +18,10 @@ import secrets
 import shutil
 import socket
 import sys
-import time
 from pathlib import Path
 
 __all__ = ["A2DError", "atomic_path", "open_hdf5", "unreadable_artifact", "reading_artifact", "setup_logging",
-           "select_device", "describe_device", "artifact_error", "rebuild_hint", "write_failure", "check_room",
-           "check_results_free", "lock_results", "unlock_results"]
+           "select_device", "describe_device", "artifact_error", "rebuild_hint", "write_failure", "check_room"]
 
 log = logging.getLogger("a2dpipe")
 
@@ -358,55 +355,3 @@ def select_device(requested: str = "auto"):
         raise A2DError(f"config asks for device {requested!r} but CUDA is not available")
     return device
 
-
-# -- the results folder's lock ---------------------------------------------------------------------------------
-
-RESULTS_LOCK = ".a2dpipe-run.lock"
-
-
-def _lock_path(results: str | os.PathLike) -> Path:
-    return Path(results) / RESULTS_LOCK
-
-
-def check_results_free(results: str | os.PathLike) -> None:
-    """A2DError when a run started from another working directory holds ``results`` (its lock, written by
-    :func:`lock_results`), so two runs never write one folder (Snakemake's own lock is per working directory).
-
-    A lock of this working directory is Snakemake's business; one whose run is gone (same host, process ended)
-    is stale and ignored. On another host liveness cannot be checked: the message says how to remove it.
-    """
-    path = _lock_path(results)
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return  # no lock (or a half-written one: its writer is starting and will check again)
-    if not isinstance(holder, dict) or os.path.realpath(holder.get("workdir", "")) == os.path.realpath(os.getcwd()):
-        return
-    token = f"{holder.get('host', '')}-{holder.get('pid', '')}-0"
-    if _writer_is_gone(token):
-        return
-    raise A2DError(
-        f"{Path(results)}: in use by a run started from {holder.get('workdir')} (host {holder.get('host')}, "
-        f"process {holder.get('pid')}, since {holder.get('started')}); two runs writing one results folder "
-        f"overwrite each other's files and logs; wait for it to end, or set config `results` to another folder "
-        f"(if no run is live there, delete {path})")
-
-
-def lock_results(results: str | os.PathLike) -> None:
-    """Claim ``results`` for this run (:func:`check_results_free` first): the workflow's ``onstart``."""
-    check_results_free(results)
-    holder = {"workdir": os.path.realpath(os.getcwd()), "host": _host(), "pid": os.getpid(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with atomic_path(_lock_path(results)) as tmp:
-        Path(tmp).write_text(json.dumps(holder) + "\n")
-
-
-def unlock_results(results: str | os.PathLike) -> None:
-    """Release ``results`` when this process holds it: the workflow's ``onsuccess`` and ``onerror``."""
-    path = _lock_path(results)
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(holder, dict) and holder.get("pid") == os.getpid() and holder.get("host") == _host():
-        path.unlink(missing_ok=True)

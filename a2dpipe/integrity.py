@@ -10,6 +10,8 @@
   records of each input it trained from).
 - :func:`with_digest` / :func:`checked_json` -- a JSON document that carries the digest of the rest of itself,
   so a flipped bit in an evaluation file is an error when it is read.
+- :func:`check_results_free` / :func:`lock_results` -- a lock in the results folder, so two runs started from
+  different working directories never write one folder (Snakemake's own lock is per working directory).
 
 >>> doc = with_digest({"variant": "baseline-rgb", "frames": 12})
 >>> checked_json(doc, "e.json", "evaluation") == {"variant": "baseline-rgb", "frames": 12}
@@ -23,18 +25,19 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 from a2dpipe import __version__
-from a2dpipe.commands import COMMANDS
-from a2dpipe.io import A2DError, unreadable_artifact
+from a2dpipe.io import A2DError, _host, _writer_is_gone, atomic_path, unreadable_artifact
 
 __all__ = ["PACKAGE_ROOT", "code_digest", "module_files", "set_command", "current_command", "code_stamp",
-           "file_digest", "digest_of", "with_digest", "checked_json", "DIGEST_KEY"]
+           "file_digest", "digest_of", "with_digest", "checked_json", "DIGEST_KEY", "RESULTS_LOCK",
+           "check_results_free", "lock_results", "unlock_results"]
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DIGEST_KEY = "sha256"
-_command: str | None = None  # the command this process runs (set by the command line)
+_command: tuple[str, str] | None = None  # (command, stage module) this process runs, set by the command line
 
 
 def _module_file(name: str) -> Path | None:
@@ -95,31 +98,34 @@ def module_files(module: str) -> dict[str, Path]:
 
 
 @functools.cache
-def code_digest(command: str) -> str:
-    """12 hex digits identifying the source of command ``command`` (a key of :data:`a2dpipe.commands.COMMANDS`):
-    sha256 over the package version and the name and bytes of every module it imports (:func:`module_files`)."""
-    if command not in COMMANDS:
-        raise A2DError(f"no command {command!r}; commands: {', '.join(COMMANDS)}")
+def code_digest(module: str) -> str:
+    """12 hex digits identifying the source a command runs: sha256 over the package version and the name and bytes
+    of its stage module ``module`` and every module that reaches (:func:`module_files`). The command line maps a
+    command to its module (:func:`a2dpipe.cli.command_digest`)."""
+    files = module_files(module)
+    if module not in files:
+        raise A2DError(f"no module {module!r} in the package")
     digest = hashlib.sha256(__version__.encode())
-    for name, path in sorted(module_files(COMMANDS[command][0]).items()):
+    for name, path in sorted(files.items()):
         digest.update(f"\0{name}\0".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def set_command(command: str | None) -> None:
-    """Record the command this process runs, so that the artifacts it writes carry its code (:func:`code_stamp`)."""
+def set_command(command: str | None, module: str | None = None) -> None:
+    """Record the command this process runs and its stage module, so that the artifacts it writes carry its code
+    (:func:`code_stamp`)."""
     global _command
-    _command = command
+    _command = None if command is None else (command, module)
 
 
 def current_command() -> str | None:
-    return _command
+    return None if _command is None else _command[0]
 
 
 def code_stamp() -> dict:
     """``{"<command>": "<code digest>"}`` of the command this process runs (``{}`` outside one: a library call)."""
-    return {} if _command is None else {_command: code_digest(_command)}
+    return {} if _command is None else {_command[0]: code_digest(_command[1])}
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -162,3 +168,56 @@ def checked_json(doc, path: str | os.PathLike, what: str) -> dict:
     if not agrees:
         raise unreadable_artifact(path, what, "its content does not match its sha256 digest (a changed byte)")
     return body
+
+
+# -- the results folder's lock ---------------------------------------------------------------------------------
+
+RESULTS_LOCK = ".a2dpipe-run.lock"
+
+
+def _lock_path(results: str | os.PathLike) -> Path:
+    return Path(results) / RESULTS_LOCK
+
+
+def check_results_free(results: str | os.PathLike) -> None:
+    """A2DError when a run started from another working directory holds ``results`` (its lock, written by
+    :func:`lock_results`), so two runs never write one folder (Snakemake's own lock is per working directory).
+
+    A lock of this working directory is Snakemake's business; one whose run is gone (same host, process ended)
+    is stale and ignored. On another host liveness cannot be checked: the message says how to remove it.
+    """
+    path = _lock_path(results)
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no lock (or a half-written one: its writer is starting and will check again)
+    if not isinstance(holder, dict) or os.path.realpath(holder.get("workdir", "")) == os.path.realpath(os.getcwd()):
+        return
+    token = f"{holder.get('host', '')}-{holder.get('pid', '')}-0"
+    if _writer_is_gone(token):
+        return
+    raise A2DError(
+        f"{Path(results)}: in use by a run started from {holder.get('workdir')} (host {holder.get('host')}, "
+        f"process {holder.get('pid')}, since {holder.get('started')}); two runs writing one results folder "
+        f"overwrite each other's files and logs; wait for it to end, or set config `results` to another folder "
+        f"(if no run is live there, delete {path})")
+
+
+def lock_results(results: str | os.PathLike) -> None:
+    """Claim ``results`` for this run (:func:`check_results_free` first): the workflow's ``onstart``."""
+    check_results_free(results)
+    holder = {"workdir": os.path.realpath(os.getcwd()), "host": _host(), "pid": os.getpid(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with atomic_path(_lock_path(results)) as tmp:
+        Path(tmp).write_text(json.dumps(holder) + "\n")
+
+
+def unlock_results(results: str | os.PathLike) -> None:
+    """Release ``results`` when this process holds it: the workflow's ``onsuccess`` and ``onerror``."""
+    path = _lock_path(results)
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(holder, dict) and holder.get("pid") == os.getpid() and holder.get("host") == _host():
+        path.unlink(missing_ok=True)

@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["A2DError", "atomic_path", "open_hdf5", "unreadable_artifact", "reading_artifact", "setup_logging",
-           "select_device", "describe_device", "artifact_error", "rebuild_hint", "write_failure", "check_room",
-           "host_name", "writer_is_gone"]
+           "select_device", "describe_device", "artifact_error", "rebuild_hint", "write_failure", "check_room"]
 
 log = logging.getLogger("a2dpipe")
 
@@ -128,16 +127,16 @@ def check_room(final: str | os.PathLike, tmp: str | os.PathLike, need: int) -> N
         raise write_failure(final, tmp, OSError(errno.ENOSPC, "No space left on device"))
 
 
-def host_name() -> str:
+def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
 def _writer_token() -> str:
     """``<host>-<pid>-<random>``: unique per writer, even for several writers in one process."""
-    return f"{host_name()}-{os.getpid()}-{secrets.token_hex(4)}"
+    return f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def writer_is_gone(token: str) -> bool:
+def _writer_is_gone(token: str) -> bool:
     """Whether the writer named by a temporary's token has certainly stopped (only decidable on this host).
 
     Tokens are ``<host>-<pid>-<random>``; a bare ``<pid>`` (older temporaries) is taken as this host's.
@@ -146,10 +145,10 @@ def writer_is_gone(token: str) -> bool:
     if len(parts) == 3 and parts[1].isdigit():
         host, pid = parts[0], int(parts[1])
     elif token.isdigit():
-        host, pid = host_name(), int(token)
+        host, pid = _host(), int(token)
     else:
         return False  # not a temporary this function wrote: not ours to judge
-    if host != host_name():
+    if host != _host():
         return False
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
@@ -164,7 +163,7 @@ def _remove_stale_temporaries(final: Path) -> None:
     prefix = f".{final.name}.tmp-"
     for temporary in final.parent.glob(f"{glob.escape(prefix)}*"):
         token = temporary.name[len(prefix):]
-        if writer_is_gone(token):
+        if _writer_is_gone(token):
             log.info("%s: removing the temporary of a writer that is gone", temporary)
             _remove(temporary)
         else:
@@ -335,8 +334,7 @@ def describe_device(device=None) -> str:
 
 
 def select_device(requested: str = "auto"):
-    """``'auto'`` picks CUDA when present, else CPU, and says so once in the log. ``auto`` and ``cuda`` on a machine
-    with several GPUs take one that no other job holds (:func:`a2dpipe.accelerator.claim_gpu`).
+    """``'auto'`` picks CUDA when present, else CPU, and says so once in the log.
 
     Every torch stage starts here, so this also flushes denormal floats to zero on the CPU. A trained network is
     confident: 5-10 % of a stage-1 batch's class probabilities fall below float32's normal range (1.2e-38), and the
@@ -347,17 +345,13 @@ def select_device(requested: str = "auto"):
     import torch
 
     torch.set_flush_denormal(True)
-    if requested == "auto" and not torch.cuda.is_available():
-        log.info("no CUDA device found: running on the CPU")
-        return torch.device("cpu")
-    device = torch.device("cuda" if requested == "auto" else requested)
-    if device.type != "cuda":
+    if requested == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cpu":
+            log.info("no CUDA device found: running on the CPU")
         return device
-    if not torch.cuda.is_available():
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise A2DError(f"config asks for device {requested!r} but CUDA is not available")
-    from a2dpipe.accelerator import claim_gpu, configure_cuda
-
-    if device.index is None:  # `auto`, `cuda`: a GPU no other job of this machine runs on (a2dpipe.accelerator)
-        device = torch.device("cuda", claim_gpu())
-    configure_cuda(device)
     return device
+

@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from a2dpipe import integrity, io, results_lock
-from a2dpipe.cli import COMMANDS, main
+from a2dpipe import integrity, io
+from a2dpipe.cli import COMMANDS, command_digest, main
 from a2dpipe.config import check_coherence, resolve, stamp, write_made_from
 from a2dpipe.evaluation.bootstrap import read_per_video, write_per_video
 from a2dpipe.evaluation.tables import load_evaluations
@@ -182,11 +182,11 @@ def package_copy(tmp_path, monkeypatch):
 
 
 def test_a_code_edit_changes_the_digest_of_exactly_the_commands_that_import_it(package_copy):
-    before = {command: integrity.code_digest(command) for command in COMMANDS}
+    before = {command: command_digest(command) for command in COMMANDS}
     metrics = package_copy / "evaluation" / "metrics.py"
     metrics.write_text(metrics.read_text() + "\n# an edit\n")
     integrity.code_digest.cache_clear()
-    after = {command: integrity.code_digest(command) for command in COMMANDS}
+    after = {command: command_digest(command) for command in COMMANDS}
     changed = {command for command in COMMANDS if before[command] != after[command]}
     assert "evaluate" in changed and "flow" not in changed and "extract-frames" not in changed
     assert changed == {c for c in COMMANDS if "a2dpipe.evaluation.metrics" in integrity.module_files(COMMANDS[c][0])}
@@ -209,14 +209,14 @@ def test_combining_artifacts_of_two_codes_is_refused_naming_both(tmp_path):
 
 
 def test_artifacts_record_the_code_of_the_command_that_wrote_them(tmp_path):
-    integrity.set_command("flow")
+    integrity.set_command("flow", COMMANDS["flow"][0])
     try:
         write_flow(tmp_path / "flow.h5")
-        assert stamp({})["code"] == {"flow": integrity.code_digest("flow")}
+        assert stamp({})["code"] == {"flow": command_digest("flow")}
     finally:
         integrity.set_command(None)
     with h5py.File(tmp_path / "flow.h5", "r") as f:
-        assert json.loads(f.attrs["code"]) == {"flow": integrity.code_digest("flow")}
+        assert json.loads(f.attrs["code"]) == {"flow": command_digest("flow")}
 
 
 # -- resume only from the same inputs ---------------------------------------------------------------------------
@@ -348,18 +348,40 @@ def test_incoherent_configs_are_refused_at_parse_time(keys, message):
 def test_a_results_folder_in_use_from_another_directory_is_refused(tmp_path, monkeypatch):
     results = tmp_path / "results"
     results.mkdir()
-    lock = results / results_lock.RESULTS_LOCK
-    live = {"workdir": "/elsewhere", "host": io.host_name(), "pid": os.getpid(), "started": "now"}
+    lock = results / integrity.RESULTS_LOCK
+    live = {"workdir": "/elsewhere", "host": io._host(), "pid": os.getpid(), "started": "now"}
     lock.write_text(json.dumps(live))
     with pytest.raises(A2DError, match=r"results: in use by a run started from /elsewhere.*set config `results`"):
-        results_lock.check_results_free(results)
+        integrity.check_results_free(results)
     monkeypatch.chdir(tmp_path)
     lock.write_text(json.dumps({**live, "workdir": str(tmp_path)}))  # this directory's own: Snakemake's business
-    results_lock.check_results_free(results)
+    integrity.check_results_free(results)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(json.dumps({**live, "pid": int(gone.stdout)}))  # a killed run's lock is stale
-    results_lock.check_results_free(results)
-    results_lock.lock_results(results)
+    integrity.check_results_free(results)
+    integrity.lock_results(results)
     assert json.loads(lock.read_text())["pid"] == os.getpid()
-    results_lock.unlock_results(results)
+    integrity.unlock_results(results)
     assert not lock.exists()
+
+
+@pytest.mark.slow
+def test_a_code_edit_reruns_exactly_the_stages_whose_code_changed(tiny_run, tiny_config, tmp_path):
+    """The complete tiny run, planned again by a copy of the workflow whose metrics module was edited: `evaluate`
+    and what depends on it rerun (params changed: the code digest), nothing upstream does."""
+    for name in ("Snakefile", "workflow", "envs", "a2dpipe"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name,
+                                                         **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                            if src.is_dir() else {}))
+    metrics = tmp_path / "a2dpipe" / "evaluation" / "metrics.py"
+    metrics.write_text(metrics.read_text() + "\n# an edit\n")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--directory",
+           str(tiny_run), "tables", "--dry-run", "--quiet", "rules", "--configfile", str(tiny_config)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    planned = {m[1] for m in re.finditer(r"^(\w+)\s+(\d+)$", proc.stdout, re.M) if m[1] != "total"}
+    assert "evaluate" in planned and "tables" in planned, proc.stdout[-3000:]
+    assert not planned & {"synthesize", "index", "extract_frames", "flow", "train_stage1", "train_stage2",
+                          "train_mask_model", "region_masks", "predict"}, planned

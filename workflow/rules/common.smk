@@ -5,10 +5,10 @@ import math
 from pathlib import Path
 
 from a2dpipe.config import check_coherence, settings_slice
-from a2dpipe.integrity import code_digest
+from a2dpipe.cli import command_digest
+from a2dpipe.integrity import check_results_free, lock_results, unlock_results
 from a2dpipe.dataset.a2d import read_videoset
 from a2dpipe.io import A2DError
-from a2dpipe.results_lock import check_results_free, lock_results, unlock_results
 from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.variants import (
     KINDS,
@@ -196,7 +196,7 @@ def get_code(command):
     """Digest of the package source `a2dpipe <command>` imports (a2dpipe.integrity.code_digest): every rule passes
     its command's as a param, so a code edit reruns exactly the rules whose command it reaches.
     """
-    return code_digest(command)
+    return command_digest(command)
 
 
 def count_videos():

@@ -97,8 +97,9 @@ _VOLATILE_KEY = ("second", "time", "_ms", "elapsed", "host")
 
 
 def _volatile(key: str) -> bool:
-    # "rng": generator states saved for resuming, which include unseeded global generators nothing draws from
-    return key == "rng" or any(word in key.lower() for word in _VOLATILE_KEY)
+    # "rng": generator states saved for resuming, which include unseeded global generators nothing draws from;
+    # "sha256": a JSON artifact's digest of its own content (a2dpipe.integrity), measured seconds included
+    return key in ("rng", "sha256") or any(word in key.lower() for word in _VOLATILE_KEY)
 
 
 def _differences(a: Path, b: Path) -> list[str]:

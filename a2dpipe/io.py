@@ -334,7 +334,8 @@ def describe_device(device=None) -> str:
 
 
 def select_device(requested: str = "auto"):
-    """``'auto'`` picks CUDA when present, else CPU, and says so once in the log.
+    """``'auto'`` picks CUDA when present, else CPU, and says so once in the log. ``auto`` and ``cuda`` on a machine
+    with several GPUs take one that no other job holds (:func:`a2dpipe.accelerator.claim_gpu`).
 
     Every torch stage starts here, so this also flushes denormal floats to zero on the CPU. A trained network is
     confident: 5-10 % of a stage-1 batch's class probabilities fall below float32's normal range (1.2e-38), and the
@@ -345,13 +346,18 @@ def select_device(requested: str = "auto"):
     import torch
 
     torch.set_flush_denormal(True)
-    if requested == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if device.type == "cpu":
-            log.info("no CUDA device found: running on the CPU")
+    if requested == "auto" and not torch.cuda.is_available():
+        log.info("no CUDA device found: running on the CPU")
+        return torch.device("cpu")
+    device = torch.device("cuda" if requested == "auto" else requested)
+    if device.type != "cuda":
         return device
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise A2DError(f"config asks for device {requested!r} but CUDA is not available")
+    from a2dpipe.accelerator import claim_gpu, configure_cuda
+
+    if device.index is None:  # `auto`, `cuda`: a GPU no other job of this machine runs on (a2dpipe.accelerator)
+        device = torch.device("cuda", claim_gpu())
+    configure_cuda(device)
     return device
 

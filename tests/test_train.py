@@ -336,6 +336,20 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_the_loss():
     assert weight.item() == pytest.approx(0.64)  # the failing step changed no weight
 
 
+def _stage2_crop_step(stage1, path: str, iterations: int):
+    """A seeded RGB + flow stage-2 model on ``path`` of region-to-pixel (stage 1's weights) and its crop step on a
+    batch of 2 crops of :func:`make_samples`."""
+    from a2dpipe.segmentation.train import CropStep
+
+    torch.manual_seed(0)
+    model = build_segmenter(CONFIG, input="rgbflow", pretrained=False, regions=True)
+    model.load_state_dict(stage1[1]["model"], strict=False)
+    model.region.region_to_pixel.path = path
+    step = CropStep(model, make_samples(), stage=2, seed=0, batch_size=2, crop=(40, 56), device=torch.device("cpu"),
+                    iterations=iterations)
+    return model, step
+
+
 def _in_optimizer(event) -> bool:
     """Whether a profiled event runs inside ``optimizer.step``: the CPU kernels of fused Adam read the step count
     on the host (the CUDA ones read it on the device), so the CPU cannot stand in for the GPU there."""
@@ -354,16 +368,10 @@ def test_a_stage2_training_step_asks_the_device_for_its_numbers_once(stage1, mon
     the CPU's path, reads its boxes on the host (free there)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from a2dpipe.segmentation.train import CropStep, _optimizer
+    from a2dpipe.segmentation.train import _optimizer
     from a2dpipe.trainer import Trainer
 
-    samples = make_samples()
-    torch.manual_seed(0)
-    model = build_segmenter(CONFIG, input="rgbflow", pretrained=False, regions=True)
-    model.load_state_dict(stage1[1]["model"], strict=False)
-    model.region.region_to_pixel.path = path
-    step = CropStep(model, samples, stage=2, seed=0, batch_size=2, crop=(40, 56), device=torch.device("cpu"),
-                    iterations=3)
+    model, step = _stage2_crop_step(stage1, path, iterations=3)
     optimizer = _optimizer([{"params": list(model.region.parameters()), "lr": 1e-3}],
                            {"optimizer": optimizer, "momentum": 0.9, "weight_decay": 1e-4})  # the stages' own
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -386,17 +394,9 @@ def test_a_stage2_training_step_asks_the_device_for_its_numbers_once(stage1, mon
 def test_a_stage2_batch_gives_the_same_losses_and_gradients_on_both_region_to_pixel_paths(stage1):
     """A stage-2 step on a batch of 2 crops: the CUDA path (one dense call for the batch) forced on the CPU equals
     the CPU's loop, losses to rounding and every region back-end gradient to rounding."""
-    from a2dpipe.segmentation.train import CropStep
-
-    samples = make_samples()
     results = {}
     for path in ("loop", "dense"):
-        torch.manual_seed(0)
-        model = build_segmenter(CONFIG, input="rgbflow", pretrained=False, regions=True)
-        model.load_state_dict(stage1[1]["model"], strict=False)
-        model.region.region_to_pixel.path = path
-        step = CropStep(model, samples, stage=2, seed=0, batch_size=2, crop=(40, 56), device=torch.device("cpu"),
-                        iterations=1)
+        model, step = _stage2_crop_step(stage1, path, iterations=1)
         losses = step(0)
         sum(losses.values()).backward()
         results[path] = ({k: v.detach() for k, v in losses.items()},

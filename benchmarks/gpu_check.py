@@ -90,7 +90,7 @@ from a2dpipe.labels import VALID_PAIRS
 from a2dpipe.segmentation.loader import collate, to_device
 from a2dpipe.segmentation.models import backends as model_backends
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
-from a2dpipe.segmentation.predict import _label_maps  # the prediction command's own forward pass
+from a2dpipe.segmentation.predict import label_maps, log_probs  # the prediction command's own forward pass
 from a2dpipe.segmentation.samples import ArraySamples
 from a2dpipe.segmentation.train import _optimizer, _param_groups, _poly  # the trainer's own recipe
 from a2dpipe.segmentation.train import load_checkpoint, train
@@ -298,8 +298,8 @@ def inference_rows(model, device, amp: torch.dtype | None, args) -> list[dict]:
     for name, variant in (("baseline", Variant("baseline", "rgbflow")),
                           ("ours", Variant("ours", "rgbflow", "dataset", "dataset"))):
         maps = {}
-        times = timed(lambda v=variant: maps.update(_label_maps(model, v, batch, None, amp)), device, args.warmup,
-                      args.repeats)
+        times = timed(lambda v=variant: maps.update(label_maps(log_probs(model, v, batch, None, amp))), device,
+                      args.warmup, args.repeats)
         ok = maps["joint"].shape == (1, *size)
         note = f"frame {size[0]}x{size[1]}" + (f", {args.regions} regions" if name == "ours" else "")
         rows.append(row(f"{name} inference per frame", 1000 * statistics.median(times), "ms", ok,

@@ -169,11 +169,6 @@ def label_maps(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"actor": class_argmax(actor), "action": class_argmax(action), "joint": joint_prediction(actor, action)}
 
 
-def _label_maps(net, variant: Variant, batch: dict, vote_to_pixel, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """``actor``, ``action`` and ``joint`` label maps (B, H, W) of one batch of network inputs."""
-    return label_maps(log_probs(net, variant, batch, vote_to_pixel, amp))
-
-
 def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: str | Path,
             split: str = "test") -> float:
     """Write the predictions of every sample (frames of ``split``) to ``out`` under the variant's display name; A2DError
@@ -197,7 +192,7 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            maps = _label_maps(net, variant, batch, vote_to_pixel, amp)
+            maps = label_maps(log_probs(net, variant, batch, vote_to_pixel, amp))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - start

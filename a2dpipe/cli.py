@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract-frames": ("a2dpipe.dataset.frames", "decode annotated frames and their flow neighbours for one shard"),
     "flow": ("a2dpipe.flow.stage", "optical flow and its RGB encoding for one shard"),
     "train-mask-model": ("a2dpipe.masks.train", "train the instance-segmentation model behind a mask source"),
+    "convert-weights": ("a2dpipe.masks.convert", "published weights into this project's model files (fcis-mxnet)"),
     "region-masks": ("a2dpipe.masks.stage", "cache candidate region masks of one shard to HDF5"),
     "mask-quality": ("a2dpipe.masks.quality", "COCO mask AP of the mask sources on the test split"),
     "train": ("a2dpipe.segmentation.train", "train the segmentation network (stage 1 or stage 2)"),

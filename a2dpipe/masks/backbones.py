@@ -103,18 +103,23 @@ class DilatedResNet(nn.Module):
     """torchvision ResNet-50/101 with ``layer4`` dilated (stride 16): returns ``(layer3, layer4)``.
 
     ``frozen=True`` (when starting from ImageNet weights, as FCIS does) uses frozen batch norm and freezes the stem
-    and ``layer1``.
+    and ``layer1``. ``caffe=True`` is the ResNet of the official FCIS (MSRA's Caffe ResNet, ``resnet_v1_101``): the
+    stride of ``layer2`` and ``layer3`` on the first block's 1x1 convolution instead of its 3x3, ``layer4``'s first
+    3x3 dilated by 2 like the others, and the stem's max pooling unpadded with the output size rounded up (MXNet's
+    ``pooling_convention='full'``); the parameter names stay torchvision's.
     """
 
     stride = 16
 
-    def __init__(self, depth: int, frozen: bool = False):
+    def __init__(self, depth: int, frozen: bool = False, caffe: bool = False):
         super().__init__()
         self.depth = depth
         norm = misc_nn_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
         net = {50: resnet50, 101: resnet101}[depth](
             weights=None, norm_layer=norm, replace_stride_with_dilation=[False, False, True]
         )
+        if caffe:
+            _caffe_layout(net)
         self.body = IntermediateLayerGetter(net, return_layers={"layer3": "rpn", "layer4": "head"})
         if frozen:
             for module in (self.body.conv1, self.body.layer1):
@@ -124,6 +129,14 @@ class DilatedResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(x)
         return features["rpn"], features["head"]
+
+
+def _caffe_layout(net: nn.Module) -> None:
+    """Rearrange a torchvision ResNet (``layer4`` dilated) into the Caffe ResNet of the official FCIS, in place."""
+    net.maxpool = nn.MaxPool2d(3, 2, padding=0, ceil_mode=True)
+    for layer in (net.layer2, net.layer3):
+        layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
+    net.layer4[0].conv2.dilation, net.layer4[0].conv2.padding = (2, 2), (2, 2)
 
 
 def load_imagenet_weights(backbone: DilatedResNet, path: str | Path) -> None:

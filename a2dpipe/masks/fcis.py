@@ -50,8 +50,9 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, ps_roi_align, remove_small_boxes
 
+from a2dpipe.masks import fcis_official as official
 from a2dpipe.masks.backbones import DilatedResNet, DilatedTinyBody, load_imagenet_weights
-from a2dpipe.masks.position_sensitive import assemble, assemble_naive, mask_voting
+from a2dpipe.masks.position_sensitive import assemble, assemble_naive, mask_voting, psroi_pool
 
 __all__ = [
     "FCIS",
@@ -68,6 +69,7 @@ __all__ = [
 log = logging.getLogger("a2dpipe.masks")
 
 FCIS_BACKBONES = ("tiny", "resnet50", "resnet101")
+FCIS_LAYOUTS = ("torchvision", "official")
 # RoIs per frame OHEM keeps on the tiny backbone: 64, not 32. Validation mask AP (dataset source, 300 steps,
 # lr 0.005, actor / class-agnostic at score threshold 0.05): 20.1 / 16.2 with 32, 28.9 / 22.5 with 64
 TINY_OHEM_ROIS = 64
@@ -115,14 +117,19 @@ class FCISHeads(nn.Module):
     ``forward(features (B, D, h, w), proposals [(R_b, 4)], image_sizes, targets=None)``: in train mode the dict
     ``loss_classifier, loss_box_reg, loss_mask``; in eval mode per image ``boxes, labels, scores`` and ``masks``
     (N, 1, M, M) in RoI coordinates (after mask voting when ``mask_voting``). ``stride`` is the feature map's, in
-    input pixels.
+    input pixels. ``pooling``: ``align`` assembles by bilinear sampling (:func:`assemble`, box deltas by
+    ``ps_roi_align`` at k x k), ``psroi`` as the official FCIS (:func:`psroi_pool` at M x M, averaged for the box
+    deltas).
     """
 
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int, *, stride: int, k: int = 7,
                  roi_size: int = 21, fg_iou_thresh: float = 0.5, batch_size_per_image: int = 128,
                  score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
-                 mask_voting: bool = True, voting_pool: int = 100):
+                 mask_voting: bool = True, voting_pool: int = 100, pooling: str = "align"):
         super().__init__()
+        if pooling not in ("align", "psroi"):
+            raise ValueError(f"pooling must be 'align' or 'psroi', got {pooling!r}")
+        self.pooling = pooling
         if roi_size < k:
             raise ValueError(f"roi_size ({roi_size}) must be at least the grid size k ({k})")
         self.num_classes, self.k, self.roi_size, self.spatial_scale = num_classes, k, roi_size, 1.0 / stride
@@ -151,10 +158,14 @@ class FCISHeads(nn.Module):
         """Per RoI: class logits (R, C+1), mask logits inside - outside (R, C+1, M, M), box deltas (R, 4)."""
         score_maps, box_maps = maps
         rois = _rois(boxes)
-        assembled = assemble(score_maps, rois, self.k, self.roi_size, self.spatial_scale)
+        if self.pooling == "psroi":
+            assembled = psroi_pool(score_maps, rois, self.k, self.roi_size, self.spatial_scale)
+            deltas = psroi_pool(box_maps, rois, self.k, self.roi_size, self.spatial_scale).flatten(1, 2).mean((2, 3))
+        else:
+            assembled = assemble(score_maps, rois, self.k, self.roi_size, self.spatial_scale)
+            deltas = ps_roi_align(box_maps, rois, self.k, self.spatial_scale, 2).mean((2, 3))
         inside, outside = assembled.unbind(1)
         class_logits = torch.maximum(inside, outside).mean((2, 3))
-        deltas = ps_roi_align(box_maps, rois, self.k, self.spatial_scale, 2).mean((2, 3))
         return class_logits, inside - outside, deltas
 
     # --- training -------------------------------------------------------------------------------------------------
@@ -276,6 +287,7 @@ def fcis(
     tiny_stride: int = 4,
     box_detections_per_img: int = 100,
     box_score_thresh: float = 0.05,
+    layout: str = "torchvision",
 ) -> FCIS:
     """An FCIS of ``num_classes`` classes (with the background) on ``backbone`` in ``FCIS_BACKBONES``.
 
@@ -285,37 +297,54 @@ def fcis(
     of which OHEM keeps 128, 300 test proposals, 1024-channel ``reduce``, 21 x 21 RoI masks (FCIS's sizes), optionally
     from ``imagenet_weights`` (frozen batch norm, stem and ``layer1`` then, as also with ``pretrained_layout``). ``k``
     is the position-sensitive grid, ``roi_size`` the assembled mask size (default: per backbone, as above).
+    ``layout="official"`` (a ResNet backbone only) is the official FCIS's network, which its converted weights
+    need (:mod:`a2dpipe.masks.fcis_official`): Caffe ResNet, frozen batch norm, its 12 anchors, a 512-channel RPN,
+    its input normalisation and position-sensitive pooling.
     """
+    if layout not in FCIS_LAYOUTS:
+        raise ValueError(f"FCIS layout must be one of {FCIS_LAYOUTS}, got {layout!r}")
+    is_official = layout == "official"
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     if backbone == "tiny":
-        if imagenet_weights is not None:
-            raise ValueError("imagenet_weights applies to the resnet50 / resnet101 FCIS backbones, not tiny")
+        if imagenet_weights is not None or is_official:
+            raise ValueError("imagenet_weights and the official layout apply to the resnet50 / resnet101 FCIS "
+                             "backbones, not tiny")
         body: nn.Module = DilatedTinyBody(width, tiny_stride)
         anchors = AnchorGenerator(sizes=((12, 24, 48, 96),), aspect_ratios=((0.5, 1.0, 2.0),))
         mid, rpn_counts = 128, dict(pre_train=600, post_train=200, pre_test=300, post_test=100, batch=128)
         roi_size, ohem = roi_size or 14, TINY_OHEM_ROIS
     elif backbone in ("resnet50", "resnet101"):
-        body = DilatedResNet(int(backbone[6:]), frozen=imagenet_weights is not None or pretrained_layout)
+        body = DilatedResNet(int(backbone[6:]), frozen=imagenet_weights is not None or pretrained_layout
+                             or is_official, caffe=is_official)
         if imagenet_weights is not None:
             load_imagenet_weights(body, imagenet_weights)
         anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+        if is_official:
+            anchors = official.LegacyAnchorGenerator((official.ANCHOR_SIZES,), (official.ASPECT_RATIOS,))
+            mean, std = list(official.PIXEL_MEAN_RGB), list(official.PIXEL_STD)
         mid, rpn_counts = 1024, dict(pre_train=6000, post_train=300, pre_test=6000, post_test=300, batch=256)
         roi_size, ohem = roi_size or 21, 128
     else:
         raise ValueError(f"FCIS backbone must be one of {FCIS_BACKBONES}, got {backbone!r}")
-    rpn = RegionProposalNetwork(
-        anchors,
-        RPNHead(body.rpn_channels, anchors.num_anchors_per_location()[0]),
-        fg_iou_thresh=0.7,
-        bg_iou_thresh=0.3,
-        batch_size_per_image=rpn_counts["batch"],
-        positive_fraction=0.5,
-        pre_nms_top_n=dict(training=rpn_counts["pre_train"], testing=rpn_counts["pre_test"]),
-        post_nms_top_n=dict(training=rpn_counts["post_train"], testing=rpn_counts["post_test"]),
-        nms_thresh=0.7,
-    )
+    num_anchors = anchors.num_anchors_per_location()[0]
+    head = (official.WideRPNHead(body.rpn_channels, official.RPN_CHANNELS, num_anchors) if is_official
+            else RPNHead(body.rpn_channels, num_anchors))
+    rpn = _rpn(anchors, head, rpn_counts, min_size=official.RPN_MIN_SIZE if is_official else 1e-3)
     heads = FCISHeads(
         body.out_channels, mid, num_classes, stride=body.stride, k=k, roi_size=roi_size, batch_size_per_image=ohem,
         score_thresh=box_score_thresh, detections_per_img=box_detections_per_img, mask_voting=mask_voting,
+        pooling="psroi" if is_official else "align",
     )
-    transform = GeneralizedRCNNTransform(min_size, max_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    return FCIS(body, rpn, heads, transform)
+    return FCIS(body, rpn, heads, GeneralizedRCNNTransform(min_size, max_size, mean, std))
+
+
+def _rpn(anchors: AnchorGenerator, head: nn.Module, counts: dict, min_size: float) -> RegionProposalNetwork:
+    """torchvision's RPN with FCIS's matching thresholds, ``counts`` RoIs and proposals under ``min_size`` px
+    dropped."""
+    rpn = RegionProposalNetwork(
+        anchors, head, fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=counts["batch"],
+        positive_fraction=0.5, pre_nms_top_n=dict(training=counts["pre_train"], testing=counts["pre_test"]),
+        post_nms_top_n=dict(training=counts["post_train"], testing=counts["post_test"]), nms_thresh=0.7,
+    )
+    rpn.min_size = min_size
+    return rpn

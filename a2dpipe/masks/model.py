@@ -43,6 +43,7 @@ __all__ = [
     "MASK_MODELS",
     "build_mask_model",
     "mask_model_options",
+    "coco_class_count",
     "load_coco_checkpoint",
     "load_mask_model",
 ]
@@ -161,7 +162,14 @@ def mask_model_options(cfg: dict) -> dict:
     if cfg["model"] != "fcis":
         return {"model": "maskrcnn"}
     return {"model": "fcis", "k": cfg["fcis_k"], "mask_voting": cfg["fcis_mask_voting"],
-            "imagenet_weights": cfg["fcis_imagenet_weights"], "tiny_stride": cfg["fcis_tiny_stride"]}
+            "imagenet_weights": cfg["fcis_imagenet_weights"], "tiny_stride": cfg["fcis_tiny_stride"],
+            "layout": cfg["fcis_layout"]}
+
+
+def coco_class_count(cfg: dict) -> int:
+    """Classes (with the background) of the COCO model the ``masks`` settings ``cfg`` read: the official FCIS's 81,
+    else torchvision's 91."""
+    return 81 if cfg["model"] == "fcis" and cfg["fcis_layout"] == "official" else 91
 
 
 def load_coco_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = False) -> list[str]:

@@ -16,6 +16,10 @@ is read from channel ((1 * 3 + 2) * 3 + 0) * 3 + 2 = 47; cell (4, 0) of the insi
 vectorised gather of every sample's bilinear taps (torchvision's aligned ``roi_align`` rule, one point per cell by
 default: a cell is under a feature pixel wide); :func:`assemble_naive`, a per-RoI, per-bin loop of ``roi_align``
 crops, is the reference it is tested against.
+
+:func:`psroi_pool` assembles the same channels the official FCIS's way (its ``PSROIPooling`` operator): the RoI's
+corners rounded to pixels (the end inclusive), each of the M x M cells the mean of the feature pixels its
+rectangle touches (0 when it touches none), rather than a bilinear sample.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, roi_align
 
-__all__ = ["assemble", "assemble_naive", "mask_voting"]
+__all__ = ["assemble", "assemble_naive", "mask_voting", "psroi_pool"]
 
 
 def assemble(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
@@ -81,6 +85,49 @@ def _bilinear_taps(coords: torch.Tensor, size: int):
     high = torch.where(last, low, low + 1)
     frac = coords - low
     return (low, (1 - frac) * valid), (high, frac * valid)
+
+
+def psroi_pool(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
+               chunk: int = 64) -> torch.Tensor:
+    """The official FCIS's ``PSROIPooling`` (msracver/FCIS ``psroi_pooling.cu``) on the channel layout above:
+    (B, 2 (C+1) k^2, h, w), rois (R, 5) -> (R, 2, C+1, M, M), cell means read from a summed-area table
+    (float64, so that a mean equals the kernel's sum to float32 rounding). ``chunk`` RoIs at a time bound memory.
+    """
+    batch, channels, height, width = score_maps.shape
+    groups = channels // (k * k)
+    table = F.pad(score_maps.double().cumsum(2).cumsum(3), (1, 0, 1, 0))  # (B, C, h + 1, w + 1)
+    flat = table.permute(0, 2, 3, 1).reshape(-1)
+    cells = torch.arange(roi_size, device=rois.device)
+    grid_bin = (cells * k // roi_size).clamp(max=k - 1)
+    channel = (torch.arange(groups, device=rois.device) * k + grid_bin[:, None, None]) * k + grid_bin[:, None]
+    outs = []
+    for part in rois.split(chunk):
+        r = part.float()
+        y0, y1 = _psroi_bins(r[:, 2], r[:, 4], spatial_scale, roi_size, height)  # (R, M) each
+        x0, x1 = _psroi_bins(r[:, 1], r[:, 3], spatial_scale, roi_size, width)
+        image = part[:, 0].long()[:, None, None, None] * (height + 1)
+
+        def corner(y, x):
+            index = ((image + y[:, :, None, None]) * (width + 1) + x[:, None, :, None]) * channels + channel
+            return flat.gather(0, index.reshape(-1)).reshape(index.shape)  # (R, M, M, G)
+
+        total = corner(y1, x1) - corner(y0, x1) - corner(y1, x0) + corner(y0, x0)
+        area = ((y1 - y0)[:, :, None] * (x1 - x0)[:, None, :]).to(total.dtype)[..., None]
+        outs.append(torch.where(area > 0, total / area.clamp(min=1), total.new_zeros(())).permute(0, 3, 1, 2))
+    out = torch.cat(outs) if outs else score_maps.new_zeros(0, groups, roi_size, roi_size)
+    return out.to(score_maps.dtype).reshape(len(rois), 2, groups // 2, roi_size, roi_size)
+
+
+def _psroi_bins(start: torch.Tensor, end: torch.Tensor, scale: float, cells: int, size: int):
+    """First and one-past-last feature pixel of each cell along one axis, (R, cells) each, as ``PSROIPooling``
+    computes them in float32 (C's ``round``: halves away from zero; an empty cell has end <= start)."""
+    begin = torch.floor(start + 0.5) * scale
+    extent = ((torch.floor(end + 0.5) + 1) * scale - begin).clamp(min=0.1)
+    step = extent / cells
+    index = torch.arange(cells, dtype=torch.float32, device=start.device)
+    low = torch.floor(index * step[:, None] + begin[:, None]).long().clamp(0, size)
+    high = torch.ceil((index + 1) * step[:, None] + begin[:, None]).long().clamp(0, size)
+    return low, torch.maximum(high, low)
 
 
 def assemble_naive(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,

@@ -42,7 +42,7 @@ from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
-from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, mask_model_options
+from a2dpipe.masks.model import build_mask_model, coco_class_count, load_coco_checkpoint, mask_model_options
 from a2dpipe.trainer import (PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns,
                              tensorboard_hooks)
 
@@ -178,7 +178,7 @@ def _load_start(model, start: str | Path, arch: dict, config: dict) -> None:
 def _save_coco_as_generic(config: dict, out: Path) -> dict:
     """The generic source on real data: the COCO checkpoint as is (91 COCO classes, regions labelled 0)."""
     cfg = config["masks"]
-    arch = _arch(cfg, "generic", 91)
+    arch = _arch(cfg, "generic", coco_class_count(cfg))
     model = build_mask_model(**arch)
     load_coco_checkpoint(model, cfg["coco_checkpoint"], strict=True)  # untrained: nothing may stay random
     log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])

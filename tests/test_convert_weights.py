@@ -221,7 +221,7 @@ def test_psroi_pool_equals_the_official_kernel():
     maps = torch.randn(2, 2 * classes * k * k, 9, 11)
     rois = torch.tensor([[0, 3.2, 4.7, 60.4, 50.5], [1, 0.0, 0.0, 175.0, 143.0], [0, 80.0, 20.0, 82.0, 22.0],
                          [1, 150.0, 130.0, 200.0, 160.0]])
-    ours = psroi_pool(maps, rois, k, size, 1 / 16, chunk=3)
+    ours = psroi_pool(maps, rois + torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0]), k, size, 1 / 16, chunk=3)
     assert ours.shape == (4, 2, classes, size, size)
     np.testing.assert_allclose(ours.reshape(4, -1, size, size).numpy(), _psroi_loop(maps, rois, k, size, 1 / 16),
                                atol=1e-6)

@@ -90,7 +90,8 @@ def _bilinear_taps(coords: torch.Tensor, size: int):
 def psroi_pool(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
                chunk: int = 64) -> torch.Tensor:
     """The official FCIS's ``PSROIPooling`` (msracver/FCIS ``psroi_pooling.cu``) on the channel layout above:
-    (B, 2 (C+1) k^2, h, w), rois (R, 5) -> (R, 2, C+1, M, M), cell means read from a summed-area table
+    (B, 2 (C+1) k^2, h, w), rois (R, 5) with ends one past the box -> (R, 2, C+1, M, M), cell means read from a
+    summed-area table
     (float64, so that a mean equals the kernel's sum to float32 rounding). ``chunk`` RoIs at a time bound memory.
     """
     batch, channels, height, width = score_maps.shape
@@ -120,9 +121,10 @@ def psroi_pool(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: i
 
 def _psroi_bins(start: torch.Tensor, end: torch.Tensor, scale: float, cells: int, size: int):
     """First and one-past-last feature pixel of each cell along one axis, (R, cells) each, as ``PSROIPooling``
-    computes them in float32 (C's ``round``: halves away from zero; an empty cell has end <= start)."""
+    computes them in float32 (C's ``round``: halves away from zero; an empty cell has end <= start). ``end`` is
+    one past the box (the official kernel's inclusive end, rounded, + 1)."""
     begin = torch.floor(start + 0.5) * scale
-    extent = ((torch.floor(end + 0.5) + 1) * scale - begin).clamp(min=0.1)
+    extent = (torch.floor(end + 0.5) * scale - begin).clamp(min=0.1)
     step = extent / cells
     index = torch.arange(cells, dtype=torch.float32, device=start.device)
     low = torch.floor(index * step[:, None] + begin[:, None]).long().clamp(0, size)

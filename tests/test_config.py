@@ -26,16 +26,21 @@ def test_preset_validates(path):
     jsonschema.validate(yaml.safe_load(path.read_text()), SCHEMA)
 
 
-def test_paper_overlay_validates_on_the_paper_preset():
-    """config/paper-coco.yaml goes on top of the paper preset (`--configfile config/paper.yaml
+@pytest.mark.parametrize("name", ["paper-coco.yaml", "paper-fcis.yaml"])
+def test_paper_overlay_validates_on_the_paper_preset(name):
+    """config/paper-coco.yaml and paper-fcis.yaml go on top of the paper preset (`--configfile config/paper.yaml
     config/paper-coco.yaml`, merged key by key as Snakemake merges config files)."""
     from snakemake.utils import update_config
 
-    config, overlay = (yaml.safe_load((ROOT / "config" / f).read_text()) for f in ("paper.yaml", "paper-coco.yaml"))
+    config, overlay = (yaml.safe_load((ROOT / "config" / f).read_text()) for f in ("paper.yaml", name))
     update_config(config, overlay)
     jsonschema.validate(config, SCHEMA)
-    assert config["masks"]["coco_checkpoint"] and config["experiments"]["compare_masks"] is None
+    assert config["masks"]["coco_checkpoint"]
     assert ["rgbflow", "generic", "generic"] in config["experiments"]["regions"]
+    if name == "paper-coco.yaml":
+        assert config["experiments"]["compare_masks"] is None
+    else:
+        assert config["masks"]["fcis_layout"] == "official" and config["masks"]["model"] == "fcis"
 
 
 def test_tiny_preset_names_every_key_of_the_default():

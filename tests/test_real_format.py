@@ -116,7 +116,8 @@ def test_tiny_preset_runs_to_tables_on_a_real_format_copy_without_coco_file(real
     assert (table3["source"] == "paper").all()  # the paper's rows only: no generic row of this run
 
 
-@pytest.mark.parametrize("overlays, generic", [((), False), (("paper-coco.yaml",), True)], ids=["no-coco", "coco"])
+@pytest.mark.parametrize("overlays, generic", [((), False), (("paper-coco.yaml",), True), (("paper-fcis.yaml",), True)],
+                         ids=["no-coco", "coco", "official-fcis"])
 def test_paper_preset_plans_tables_without_a_coco_file_and_with_torchvisions(tmp_path, snakemake_run, overlays,
                                                                              generic):
     """The paper preset as shipped (no COCO file) and with its torchvision COCO Mask R-CNN overlay plan `tables`

@@ -297,14 +297,12 @@ def fcis(
     of which OHEM keeps 128, 300 test proposals, 1024-channel ``reduce``, 21 x 21 RoI masks (FCIS's sizes), optionally
     from ``imagenet_weights`` (frozen batch norm, stem and ``layer1`` then, as also with ``pretrained_layout``). ``k``
     is the position-sensitive grid, ``roi_size`` the assembled mask size (default: per backbone, as above).
-    ``layout="official"`` (a ResNet backbone only) is the official FCIS's network, which its converted weights
-    need (:mod:`a2dpipe.masks.fcis_official`): Caffe ResNet, frozen batch norm, its 12 anchors, a 512-channel RPN,
-    its input normalisation and position-sensitive pooling.
+    ``layout="official"`` (ResNets only) is the official FCIS's network, which its converted weights need
+    (:mod:`a2dpipe.masks.fcis_official`): Caffe ResNet, 12 anchors, 512-channel RPN, its input and pooling.
     """
     if layout not in FCIS_LAYOUTS:
         raise ValueError(f"FCIS layout must be one of {FCIS_LAYOUTS}, got {layout!r}")
-    is_official = layout == "official"
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    is_official, mean, std = layout == "official", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     if backbone == "tiny":
         if imagenet_weights is not None or is_official:
             raise ValueError("imagenet_weights and the official layout apply to the resnet50 / resnet101 FCIS "
@@ -314,10 +312,7 @@ def fcis(
         mid, rpn_counts = 128, dict(pre_train=600, post_train=200, pre_test=300, post_test=100, batch=128)
         roi_size, ohem = roi_size or 14, TINY_OHEM_ROIS
     elif backbone in ("resnet50", "resnet101"):
-        body = DilatedResNet(int(backbone[6:]), frozen=imagenet_weights is not None or pretrained_layout
-                             or is_official, caffe=is_official)
-        if imagenet_weights is not None:
-            load_imagenet_weights(body, imagenet_weights)
+        body = _resnet_body(int(backbone[6:]), imagenet_weights, pretrained_layout, is_official)
         anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
         if is_official:
             anchors = official.LegacyAnchorGenerator((official.ANCHOR_SIZES,), (official.ASPECT_RATIOS,))
@@ -336,6 +331,19 @@ def fcis(
         pooling="psroi" if is_official else "align",
     )
     return FCIS(body, rpn, heads, GeneralizedRCNNTransform(min_size, max_size, mean, std))
+
+
+def _resnet_body(depth: int, imagenet_weights, pretrained_layout: bool, is_official: bool) -> DilatedResNet:
+    """The dilated ResNet: frozen batch norm when it starts from pretrained weights, Caffe's for the official
+    layout (whose start is the converted official file, not torchvision's ImageNet weights)."""
+    if imagenet_weights is not None and is_official:
+        raise ValueError("the official FCIS layout starts from the converted official weights, not from "
+                         "torchvision's ImageNet ResNet (another layout): set imagenet_weights to None")
+    body = DilatedResNet(depth, frozen=imagenet_weights is not None or pretrained_layout or is_official,
+                         caffe=is_official)
+    if imagenet_weights is not None:
+        load_imagenet_weights(body, imagenet_weights)
+    return body
 
 
 def _rpn(anchors: AnchorGenerator, head: nn.Module, counts: dict, min_size: float) -> RegionProposalNetwork:

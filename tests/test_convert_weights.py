@@ -192,6 +192,16 @@ def test_caffe_resnet_strides_the_1x1_and_dilates_res5a(official_model):
     assert official_model.rpn.anchor_generator.num_anchors_per_location() == [12]
 
 
+def test_official_layout_refuses_the_tiny_backbone_and_torchvision_imagenet_weights():
+    with pytest.raises(ValueError, match="official layout apply to the resnet50 / resnet101"):
+        build_mask_model(model="fcis", backbone="tiny", num_classes=3, min_size=48, max_size=64, layout="official")
+    with pytest.raises(ValueError, match="official FCIS layout starts from the converted official weights"):
+        build_mask_model(model="fcis", backbone="resnet50", num_classes=3, min_size=48, max_size=64,
+                         layout="official", imagenet_weights="resnet50.pth")
+    with pytest.raises(ValueError, match="FCIS layout must be one of"):
+        build_mask_model(model="fcis", num_classes=3, min_size=48, max_size=64, layout="caffe")
+
+
 def _psroi_loop(maps, rois, k, size, scale):
     """msracver/FCIS psroi_pooling.cu's forward kernel, one output value at a time, in float32."""
     f32 = np.float32

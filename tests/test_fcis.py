@@ -182,7 +182,8 @@ def test_builder_dispatches_on_model_and_rejects_conflicting_arguments():
         fcis(num_classes=3, min_size=48, max_size=64, imagenet_weights="w.pth")
     assert mask_model_options({"model": "maskrcnn", "fcis_k": 3}) == {"model": "maskrcnn"}
     assert mask_model_options(_tiny_config()["masks"]) == {
-        "model": "fcis", "k": 3, "mask_voting": True, "imagenet_weights": None, "tiny_stride": 4}
+        "model": "fcis", "k": 3, "mask_voting": True, "imagenet_weights": None, "tiny_stride": 4,
+        "layout": "torchvision"}
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,9 @@ CustomOps here, written from the official code: ``ChannelOperator`` (``operator_
 Group_Max, Group_Softmax, Group_Pick with Score_Pick), ``proposal`` (``operator_py/proposal.py``, its NumPy NMS
 ``lib/nms/nms.py``) and ``BoxParser`` (``operator_py/box_parser.py``, ``lib/bbox/bbox_transform.py``);
 ``PSROIPooling`` is MXNet's own ``contrib`` operator.
+
+``--fixture DIR`` instead writes the reader's test files (``tests/data/mxnet``): two small ``.params`` files (V2
+records of four dtypes; V3 records, NumPy semantics, with a 0-d array) and ``expected.npz``, what MXNet reads back.
 """
 
 from __future__ import annotations
@@ -304,14 +307,35 @@ def run_image(sym, args, auxs, image_rgb):
     return {name: out.asnumpy() for name, out in zip(names, executor.outputs)}
 
 
+def write_fixture(folder: Path) -> None:
+    """The reader's test files, written and read back by MXNet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"arg:conv_weight": (np.arange(24).reshape(2, 3, 2, 2) / 7 - 1).astype(np.float32),
+              "arg:fc_bias": np.array([0.5, -1.25, 3.0], np.float16),
+              "aux:bn_moving_var": np.array([1e-3, 2.5], np.float64), "arg:index": np.array([[1, -2], [3, 4]], np.int32)}
+    mx.nd.save(str(folder / "tiny_v2.params"), {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()})
+    expected = {f"v2/{k}": v.asnumpy() for k, v in mx.nd.load(str(folder / "tiny_v2.params")).items()}
+    mx.npx.set_np()
+    mx.npx.save(str(folder / "tiny_v3.params"), {"arg:w": mx.np.array(np.arange(6, dtype=np.float32).reshape(2, 3)),
+                                                 "arg:s": mx.np.array(np.float32(2.5))})
+    expected.update({f"v3/{k}": v.asnumpy() for k, v in mx.npx.load(str(folder / "tiny_v3.params")).items()})
+    np.savez(folder / "expected.npz", **expected)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fcis-repo", required=True, type=Path, help="a msracver/FCIS checkout")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the .params and reference.npz")
+    parser.add_argument("--fixture", type=Path, help="write the reader's test files into this folder instead")
+    parser.add_argument("--fcis-repo", type=Path, help="a msracver/FCIS checkout")
+    parser.add_argument("--out", type=Path, help="folder for the .params and reference.npz")
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--size", type=int, nargs=2, default=(320, 480), help="height width (multiples of 32)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.fixture:
+        write_fixture(args.fixture)
+        return
+    if not (args.fcis_repo and args.out):
+        parser.error("--fcis-repo and --out are needed (or --fixture)")
     rng = np.random.default_rng(args.seed)
     test_symbol = load_symbol(args.fcis_repo)().get_symbol(coco_config(), is_train=False)
     internals = test_symbol.get_internals()

@@ -235,3 +235,9 @@ def test_psroi_pool_equals_the_official_kernel():
     assert ours.shape == (4, 2, classes, size, size)
     np.testing.assert_allclose(ours.reshape(4, -1, size, size).numpy(), _psroi_loop(maps, rois, k, size, 1 / 16),
                                atol=1e-6)
+
+
+def test_psroi_pool_is_differentiable():
+    maps = torch.randn(1, 2 * 2 * 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 8.0, 4.0, 70.0, 60.0], [0, 20.0, 30.0, 90.0, 80.0]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda m: psroi_pool(m, rois, 2, 3, 1 / 16), (maps,))

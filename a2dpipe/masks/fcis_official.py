@@ -16,6 +16,11 @@ Boxes. The official code counts a box's corners inclusively (width ``x2 - x1 + 1
 one past the last pixel (width ``x2 - x1``), the representation in which Faster R-CNN's box decoding and NMS are
 torchvision's: its anchors are the official ones with 1 added to ``x2`` and ``y2``, and an official box is this
 network's minus 1 on ``x2`` and ``y2``.
+
+Where torchvision's RPN, used as is, departs from the official proposal operator (neither showed on the images of
+``benchmarks/fcis_mxnet_compare.py``): it keeps the 6,000 best anchors before dropping those under 2 px, the
+official code after; it caps the decoded width and height change at log(1000 / 16), the official code does not.
+The test-time resize is torchvision's bilinear interpolation, the official code's OpenCV's.
 """
 
 from __future__ import annotations

@@ -223,16 +223,17 @@ def test_a_cache_is_written_off_the_calling_thread_and_its_failures_reach_the_ca
     assert not path.exists() and not list(tmp_path.iterdir())
 
 
-def test_version_1_caches_are_refused_with_the_rebuilding_rule(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_caches_are_refused_with_the_rebuilding_rule(tmp_path, version):
     old = tmp_path / "shard-000.h5"
     with h5py.File(old, "w") as f:
-        f.attrs.update(schema="a2dpipe.masks/1", source="gt", model="", config="{}", frames=1)
+        f.attrs.update(schema=f"a2dpipe.masks/{version}", source="gt", model="", config="{}", frames=1)
         f.create_dataset("v/00001/masks", data=np.zeros((1, 4, 4), np.uint8))
     with pytest.raises(A2DError) as err:
         MaskCache(old)
     message = str(err.value)
-    assert message.startswith(f"{old}: not a region-mask cache of schema 'a2dpipe.masks/2'"), message
-    assert "'a2dpipe.masks/1'" in message and "snakemake --forcerun region_masks" in message, message
+    assert message.startswith(f"{old}: not a region-mask cache of schema 'a2dpipe.masks/3'"), message
+    assert f"'a2dpipe.masks/{version}'" in message and "snakemake --forcerun region_masks" in message, message
 
 
 def test_every_dataset_is_checksummed_and_a_flipped_byte_names_the_file(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import copy
+import math
 
 import h5py
 import numpy as np
@@ -377,6 +378,29 @@ def test_killed_training_resumes_to_the_same_weights(shard, tmp_path, monkeypatc
     resumed = train_module.train_mask_model(config, "dataset", [shard], out)
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, msg=key)
+
+
+def test_mask_training_steps_run_under_the_precision_the_device_gets(shard, tmp_path, monkeypatch):
+    """masks.amp: every step runs under the accelerator's autocast choice (bfloat16 here, as a GPU of compute
+    capability 8.0 gets it, forced onto the CPU, where bfloat16 autocast runs too); weights stay float32 and the
+    loss finite. Without amp, no autocast. Mask R-CNN only: torchvision casts ps_roi_align (FCIS) to float32
+    under CUDA's autocast but has no such rule on the CPU."""
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda device, amp: torch.bfloat16 if amp else None)
+    seen, real_batch = [], train_module._batch
+
+    def watched_batch(*args):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return real_batch(*args)
+
+    monkeypatch.setattr(train_module, "_batch", watched_batch)
+    for amp, want in ((True, torch.bfloat16), (False, None)):
+        seen.clear()
+        config = _config(iterations=3, amp=amp)
+        checkpoint = train_module.train_mask_model(config, "dataset", [shard], tmp_path / str(amp) / "model.pt")
+        assert seen == [want] * 3, (amp, seen)
+        assert math.isfinite(checkpoint["final_loss"]), amp
+        assert {v.dtype for v in checkpoint["model"].values() if v.is_floating_point()} == {torch.float32}
 
 
 def test_generic_needs_distractors_and_trains_one_class(tmp_path):

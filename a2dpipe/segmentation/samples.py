@@ -178,14 +178,15 @@ def _pad(array: np.ndarray, shape: tuple[int, int], fill, axis: int = 0) -> np.n
 
 
 def _crop_regions(boxes: np.ndarray, masks: np.ndarray, view: View) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the mirrored frame moved into the crop and clipped to it; regions that leave it are dropped."""
+    """Boxes of the mirrored frame moved into the crop and clipped to it; regions that leave it are dropped. The
+    masks (the window's, a mirrored view of them included) are copied once, the kept ones only."""
     ch, cw = view.crop
     boxes = boxes - np.array([view.left, view.top, view.left, view.top], np.float32)
     boxes = np.clip(boxes, 0, [cw, ch, cw, ch]).astype(np.float32)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    if keep.all():  # no copy of (N, crop) masks for nothing
-        return boxes, np.ascontiguousarray(masks)
-    return boxes[keep], np.ascontiguousarray(masks[keep])
+    if keep.all():
+        return boxes, masks
+    return boxes[keep], masks[keep]
 
 
 def load_view(samples: Samples, view: View) -> dict:
@@ -204,8 +205,10 @@ def load_view(samples: Samples, view: View) -> dict:
     if flow:
         out["flow_rgb"] = _pad(data["flow_rgb"], shape, 0)
     if "masks" in data:
-        boxes, masks = data["boxes"].astype(np.float32), _pad(data["masks"], shape, 0.0, axis=1)
-        out["boxes"], out["masks"] = _crop_regions(boxes, masks, view) if view.crop else (boxes, masks)
+        boxes, masks = data["boxes"].astype(np.float32), data["masks"]
+        if view.crop:
+            boxes, masks = _crop_regions(boxes, masks, view)
+        out["boxes"], out["masks"] = boxes, _pad(masks, shape, 0.0, axis=1)
     return out
 
 

@@ -387,13 +387,15 @@ def test_mask_training_steps_run_under_the_precision_the_device_gets(shard, tmp_
     under CUDA's autocast but has no such rule on the CPU."""
     torch.set_num_threads(1)
     monkeypatch.setattr(train_module, "autocast_dtype", lambda device, amp: torch.bfloat16 if amp else None)
-    seen, real_batch = [], train_module._batch
+    seen, real_model = [], train_module._initial_model
 
-    def watched_batch(*args):
-        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
-        return real_batch(*args)
+    def watched_model(*args):
+        model = real_model(*args)
+        model.register_forward_pre_hook(lambda *_: seen.append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+        return model
 
-    monkeypatch.setattr(train_module, "_batch", watched_batch)
+    monkeypatch.setattr(train_module, "_initial_model", watched_model)
     for amp, want in ((True, torch.bfloat16), (False, None)):
         seen.clear()
         config = _config(iterations=3, amp=amp)
@@ -401,6 +403,23 @@ def test_mask_training_steps_run_under_the_precision_the_device_gets(shard, tmp_
         assert seen == [want] * 3, (amp, seen)
         assert math.isfinite(checkpoint["final_loss"]), amp
         assert {v.dtype for v in checkpoint["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_mask_training_reads_each_step_once_on_its_reading_thread():
+    """A run resumed at step 1 of 4 reads steps 1, 2, 3 once each, on the read-ahead thread, none past the end."""
+    import threading
+    from contextlib import closing
+
+    reads = []
+
+    def read(step):
+        reads.append((step, threading.current_thread().name))
+        return step * 10
+
+    with closing(train_module._ReadAhead(read, 4)) as batches:
+        assert [batches(step) for step in (1, 2, 3)] == [10, 20, 30]
+    assert sorted(step for step, _ in reads) == [1, 2, 3], reads
+    assert all(name.startswith("mask-batches") for _, name in reads), reads
 
 
 def test_generic_needs_distractors_and_trains_one_class(tmp_path):

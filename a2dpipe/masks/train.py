@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -122,10 +124,10 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     resume_path, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
     first_step, history = load_resume(resume_path, recipe, model, optimizer, scheduler) or (0, [])
 
-    with InstanceReader(frames) as reader:
+    with InstanceReader(frames) as reader, closing(_ReadAhead(
+            lambda step: _batch(reader, refs, source, seed, step, cfg["batch_size"], device), iterations)) as batches:
         def step_fn(step: int) -> dict:
-            images, targets = _batch(reader, refs, source, seed, step, cfg["batch_size"], device)
-            return model(images, targets)
+            return model(*batches(step))
 
         hooks = [Progress(f"{source} mask model"),
                  PeriodicCheckpointer(resume_path, recipe, cfg["checkpoint_every"], curve_path),
@@ -232,6 +234,28 @@ def _batch(reader, refs, source, seed, step, batch_size, device):
             "masks": torch.from_numpy(masks).to(device),
         })
     return images, targets
+
+
+class _ReadAhead:
+    """``read(step)`` of each step, the next step's read on a thread of its own while the device runs this one:
+    a step's frames depend on (seed, step) alone, so reading ahead changes no batch, and a resumed run reads from
+    its first step. Frames read and converted in the job's one process would otherwise add their CPU time to every
+    step's GPU time."""
+
+    def __init__(self, read, iterations: int):
+        self._read, self._iterations = read, iterations
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mask-batches")
+        self._ahead = None  # (step, future)
+
+    def __call__(self, step: int):
+        ahead, self._ahead = self._ahead, None
+        future = ahead[1] if ahead and ahead[0] == step else self._pool.submit(self._read, step)
+        if step + 1 < self._iterations:
+            self._ahead = step + 1, self._pool.submit(self._read, step + 1)
+        return future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs, iterations: int, start: str,

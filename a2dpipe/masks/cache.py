@@ -22,8 +22,8 @@ One file per shard and mask source, ``results/masks/<source>/shard-NNN.h5``. Sch
                                         level minus the previous pixel's (modulo 256), so a running sum gives
                                         the levels back
 
-Every dataset carries a Fletcher-32 checksum; ``masks`` is lzf-compressed, one chunk per frame. ``N`` may be 0: the frame is stored with
-empty datasets and read back as empty arrays. The reader opens the file once and reads only the groups asked for,
+Every dataset carries a Fletcher-32 checksum; ``masks`` is lzf-compressed, one chunk per frame. ``N`` may be 0: the
+frame is stored with empty datasets and read back as empty arrays. The reader opens the file once and reads only the groups asked for,
 so random access by (video, frame) never loads the whole file; it checks what it reads (scores in [0, 1], finite
 boxes inside the frame, rectangles inside the frame and adding up to ``masks``) and a violation is an
 :class:`A2DError` naming the file, the frame and the rule that rebuilds it.

@@ -107,21 +107,25 @@ class CroppedMasks:
             offset += area
         return cls(regions.boxes, regions.scores, regions.labels, extents, data, regions.size)
 
-    def paste(self, out: np.ndarray, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
+    def paste(self, out: np.ndarray, rows: slice | None = None, cols: slice | None = None,
+              which: list[int] | None = None) -> np.ndarray:
         """Write the masks (dequantised to float32) inside ``rows`` x ``cols`` of the frame into ``out``
-        (N, rows, cols), which must hold zeros; returns ``out``."""
+        (N, rows, cols), which must hold zeros; returns ``out``. ``which``: only these regions, in this order
+        (``out`` then holds one mask per index)."""
         height, width = self.size
         r0, r1, _ = (rows or slice(0, height)).indices(height)
         c0, c1, _ = (cols or slice(0, width)).indices(width)
         offsets = np.concatenate([[0], np.cumsum(self.extents[:, 2] * self.extents[:, 3])]).tolist()
-        for i, (top, left, h, w) in enumerate(self.extents.tolist()):
+        extents = self.extents.tolist()
+        for j, i in enumerate(range(len(self)) if which is None else which):
+            top, left, h, w = extents[i]
             top_in, bottom_in = max(top, r0), min(top + h, r1)
             left_in, right_in = max(left, c0), min(left + w, c1)
             if top_in >= bottom_in or left_in >= right_in:
                 continue
             crop = self.data[offsets[i]:offsets[i + 1]].reshape(h, w)
             np.multiply(crop[top_in - top:bottom_in - top, left_in - left:right_in - left], _DEQUANT,
-                        out=out[i, top_in - r0:bottom_in - r0, left_in - c0:right_in - c0])
+                        out=out[j, top_in - r0:bottom_in - r0, left_in - c0:right_in - c0])
         return out
 
     def window(self, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:

@@ -1,14 +1,10 @@
 """Which regions a sample's window keeps: region boxes mirrored with the frame and moved into a crop, and the
-regions a crop drops decided from the boxes alone, before any mask is read (:mod:`.samples`)."""
+regions a crop drops decided from the boxes alone, before any mask is read. ``view`` is a
+:class:`.samples.View` (its ``flip``, ``top``, ``left`` and ``crop``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-if TYPE_CHECKING:
-    from a2dpipe.segmentation.samples import View
 
 __all__ = ["mirrored_boxes", "crop_regions", "kept_in_view"]
 
@@ -20,7 +16,7 @@ def mirrored_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
     return mirrored
 
 
-def crop_regions(boxes: np.ndarray, masks: np.ndarray, view: View) -> tuple[np.ndarray, np.ndarray]:
+def crop_regions(boxes: np.ndarray, masks: np.ndarray, view) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of the mirrored frame moved into the crop and clipped to it; regions that leave it are dropped (none
     where the samples read only the regions :func:`kept_in_view` keeps)."""
     boxes, keep = _boxes_in_crop(boxes, view)
@@ -29,14 +25,14 @@ def crop_regions(boxes: np.ndarray, masks: np.ndarray, view: View) -> tuple[np.n
     return boxes[keep], masks[keep]
 
 
-def _boxes_in_crop(boxes: np.ndarray, view: View) -> tuple[np.ndarray, np.ndarray]:
+def _boxes_in_crop(boxes: np.ndarray, view) -> tuple[np.ndarray, np.ndarray]:
     ch, cw = view.crop
     boxes = boxes - np.array([view.left, view.top, view.left, view.top], np.float32)
     boxes = np.clip(boxes, 0, [cw, ch, cw, ch]).astype(np.float32)
     return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
-def kept_in_view(view: View, width: int):
+def kept_in_view(view, width: int):
     """For a cropped view, a function of the frame's full-frame boxes giving which regions the view keeps: the
     test of :func:`crop_regions` on the boxes as the view mirrors them, so that no mask of a region the crop drops
     is read, pasted or copied; None for a whole frame."""

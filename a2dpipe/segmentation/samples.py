@@ -96,13 +96,14 @@ class Samples(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def read(self, i: int, rows: slice, cols: slice, *, flow_field: bool, flow_peak: bool, flow: bool,
-             keep=None) -> dict:
+             keep=None, mirrored: bool = False) -> dict:
         """Frame ``i``'s arrays inside ``rows`` x ``cols``: ``rgb``, ``label``, and when present ``masks`` and
         full-frame ``boxes``; with ``flow``, the flow image ``flow_rgb``. ``flow_field``: the view is mirrored, so
         ``flow_rgb`` is the image of the field with u negated, or, where none is stored, the flow field ``flow``
         (float, as stored) is given to re-encode it from, with ``flow_peak`` (2,), the frame's longest vector, when
         asked. ``keep``: a function of the frame's (N, 4) full-frame boxes giving which regions to read (a
-        boolean per region); every region without it."""
+        boolean per region); every region without it. ``mirrored``: the view will be mirrored, so the masks may be
+        laid out in memory for that (the values are the same)."""
         raise NotImplementedError
 
     def __getitem__(self, view: View) -> dict:
@@ -186,7 +187,7 @@ def load_view(samples: Samples, view: View) -> dict:
     field = flow and view.flip  # a mirrored view's flow image: of the field with u negated
     peak = field and samples.flow_encoding == "wheel" and samples.wheel_max is None
     data = samples.read(view.index, rows, cols, flow_field=field, flow_peak=peak, flow=flow,
-                        keep=kept_in_view(view, size[1]))
+                        keep=kept_in_view(view, size[1]), mirrored=view.flip)
     if view.flip:
         data = _mirror(data, size[1], samples.flow_encoding, samples.wheel_max)
     video, frame = samples.key(view.index)
@@ -222,7 +223,7 @@ class ArraySamples(Samples):
     def size(self, i: int) -> tuple[int, int]:
         return self.samples[i]["label"].shape
 
-    def read(self, i, rows, cols, *, flow_field, flow_peak, flow, keep=None) -> dict:
+    def read(self, i, rows, cols, *, flow_field, flow_peak, flow, keep=None, mirrored=False) -> dict:
         s = self.samples[i]
         out = {"rgb": s["rgb"][rows, cols], "label": s["label"][rows, cols]}
         if flow and not flow_field:
@@ -337,7 +338,7 @@ class StoreSamples(Samples):
             self._open[path] = cls(path)
         return self._open[path]
 
-    def read(self, i, rows, cols, *, flow_field, flow_peak, flow, keep=None) -> dict:
+    def read(self, i, rows, cols, *, flow_field, flow_peak, flow, keep=None, mirrored=False) -> dict:
         path, video, frame = self._index[i]
         out = self._store(path, "frames").read_window(video, frame, ("rgb", "label"), rows, cols)
         if flow:
@@ -351,13 +352,15 @@ class StoreSamples(Samples):
             else:
                 out["flow"] = store.read_window(video, frame, ("flow",), rows, cols)["flow"]  # float16
         if self.uses_regions:
-            out.update(self._regions(path, video, frame, rows, cols, keep))
+            out.update(self._regions(path, video, frame, rows, cols, keep, mirrored))
         return out
 
-    def _regions(self, path: Path, video: str, frame: int, rows: slice, cols: slice, keep=None) -> dict:
+    def _regions(self, path: Path, video: str, frame: int, rows: slice, cols: slice, keep=None,
+                 mirrored: bool = False) -> dict:
         """Full-frame boxes and windowed masks of the frame's regions that ``keep`` keeps (all without it): the
         mask cache's, then the ground truth's, pasted into one zeroed array (the cache stores each mask cropped:
-        only the window's part is dequantised)."""
+        only the window's part is dequantised). ``mirrored``: pasted into the array's columns right to left, so
+        that the mirrored view's masks are the array itself, not a reversed copy of (N, window) floats."""
         from a2dpipe.dataset.frames import masks_to_boxes
 
         cached = instances = None
@@ -375,6 +378,7 @@ class StoreSamples(Samples):
         kept = np.arange(len(boxes)) if keep is None else np.flatnonzero(keep(boxes))
         from_cache, from_truth = kept[kept < n_cached], kept[kept >= n_cached] - n_cached
         masks = np.zeros((len(kept), rows.stop - rows.start, cols.stop - cols.start), np.float32)
+        masks = masks[:, :, ::-1] if mirrored else masks
         if len(from_cache):
             cached.paste(masks[:len(from_cache)], rows, cols, which=from_cache.tolist())
         if len(from_truth):

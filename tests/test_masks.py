@@ -245,7 +245,7 @@ def test_every_dataset_is_checksummed_and_a_flipped_byte_names_the_file(tmp_path
     with h5py.File(path) as f:
         datasets = []
         f.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
-        assert len(datasets) == 10 and all(d.fletcher32 for d in datasets), [d.name for d in datasets]
+        assert len(datasets) == 4 and all(d.fletcher32 for d in datasets), [d.name for d in datasets]
         chunk = f["v/00001/masks"].id.get_chunk_info(0)
     data = bytearray(path.read_bytes())
     data[chunk.byte_offset + chunk.size // 2] ^= 0xFF
@@ -257,22 +257,24 @@ def test_every_dataset_is_checksummed_and_a_flipped_byte_names_the_file(tmp_path
             cache.read("v", 1)
 
 
-@pytest.mark.parametrize("dataset, value, problem", [
-    ("scores", 1.5, r"scores outside \[0, 1\]"),
-    ("scores", np.nan, r"scores outside \[0, 1\]"),
-    ("boxes", np.inf, "boxes not finite or outside the 60 x 40 frame"),
-    ("boxes", 61.0, "boxes not finite or outside the 60 x 40 frame"),
-    ("boxes", -0.5, "boxes not finite or outside the 60 x 40 frame"),
-    ("extents", 45, "mask rectangles outside the frame"),
+@pytest.mark.parametrize("field, value, problem", [
+    ("score", 1.5, r"scores outside \[0, 1\]"),
+    ("score", np.nan, r"scores outside \[0, 1\]"),
+    ("box", np.inf, "boxes not finite or outside the 60 x 40 frame"),
+    ("box", 61.0, "boxes not finite or outside the 60 x 40 frame"),
+    ("box", -0.5, "boxes not finite or outside the 60 x 40 frame"),
+    ("extent", 45, "mask rectangles outside the frame"),
 ])
-def test_values_out_of_range_are_errors_naming_file_frame_and_rule(tmp_path, dataset, value, problem):
+def test_values_out_of_range_are_errors_naming_file_frame_and_rule(tmp_path, field, value, problem):
     path = tmp_path / "shard-000.h5"
     with MaskCacheWriter(path, source="dataset") as writer:
         writer.write("v", 1, _soft_regions())
     with h5py.File(path, "r+") as f:  # h5py recomputes the checksum: only the range check can notice
-        values = f[f"v/00001/{dataset}"][()]
+        records = f["v/00001/regions"][()]
+        values = records[field]
         values.flat[2] = value
-        f[f"v/00001/{dataset}"][...] = values
+        records[field] = values
+        f["v/00001/regions"][...] = records
     with MaskCache(path) as cache, pytest.raises(A2DError) as err:
         cache.read("v", 1)
     message = str(err.value)

@@ -11,10 +11,11 @@ One file per shard and mask source, ``results/masks/<source>/shard-NNN.h5``. Sch
         frames          number of frame groups
     /<video>/<frame:05d>/               one group per annotated frame (frame numbers 1-based, as in A2D)
         attrs: height, width            frame size (the masks' size)
-        boxes   (N, 4) float32          x1, y1, x2, y2 in frame pixels, finite, inside [0, width] x [0, height]
-        scores  (N,)   float32          confidence in [0, 1]; 1 for ground truth
-        labels  (N,)   uint8            actor 1..7; 0 = actor unknown (the ``generic`` source has no actor classes)
-        extents (N, 4) int32            top, left, height, width of each region's stored rectangle: the smallest
+        regions (N,)   compound         one record per region (one dataset: fewer HDF5 objects to write):
+          box    (4,) float32           x1, y1, x2, y2 in frame pixels, finite, inside [0, width] x [0, height]
+          score  float32                confidence in [0, 1]; 1 for ground truth
+          label  uint8                  actor 1..7; 0 = actor unknown (the ``generic`` source has no actor classes)
+          extent (4,) int32             top, left, height, width of the region's stored rectangle: the smallest
                                         one holding every non-zero pixel of its quantised mask (0 x 0: none)
         masks   (P,)   uint8            the rectangles one after the other, each row by row (P = sum of their
                                         areas), soft masks quantised to 0..255 (probability * 255; every pixel
@@ -30,7 +31,8 @@ boxes inside the frame, rectangles inside the frame and adding up to ``masks``) 
 
 Version 1 stored every mask at full frame size, gzip-compressed: 50 regions of a 320 x 568 frame cost ~180 ms to
 write and ~150 ms to read for a training sample, where a mask's rectangle is a fraction of the frame. Version 2
-stored the cropped levels themselves, in 64 KiB chunks (~25% more to compress, and slower). Files of an older
+stored the cropped levels themselves, in 64 KiB chunks (~25% more to compress, and slower), and each region
+field in a dataset of its own. Files of an older
 version are refused (the reader names the schema and says to rebuild them with
 ``snakemake --forcerun region_masks``), never read. Reading and writing reproduce version 1's masks pixel for
 pixel: the same quantisation, only zeros left out.
@@ -61,12 +63,14 @@ from a2dpipe.io import A2DError
 from a2dpipe.masks.cropped import CroppedMasks, Regions
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
-__all__ = ["Regions", "CroppedMasks", "MaskCache", "MaskCacheWriter", "FORMAT", "SCHEMA", "SOURCES"]
+__all__ = ["Regions", "CroppedMasks", "MaskCache", "MaskCacheWriter", "FORMAT", "SCHEMA", "SOURCES",
+           "REGION_RECORD"]
 
 FORMAT = ArtifactFormat("masks", 3, "region-mask cache", "snakemake --forcerun region_masks")
 SCHEMA = FORMAT.schema
 SOURCES = ("dataset", "generic", "gt")
 _CHECKSUM = {"fletcher32": True}
+REGION_RECORD = np.dtype([("box", "<f4", (4,)), ("score", "<f4"), ("label", "u1"), ("extent", "<i4", (4,))])
 _MASK_FILTERS = {"compression": "lzf", "fletcher32": True}
 
 
@@ -141,10 +145,10 @@ class MaskCacheWriter(ArtifactWriter):
         height, width = regions.size
         group = self.create_group(video, frame)
         group.attrs.update(height=height, width=width)
-        group.create_dataset("boxes", data=regions.boxes, **_CHECKSUM)
-        group.create_dataset("scores", data=regions.scores, **_CHECKSUM)
-        group.create_dataset("labels", data=regions.labels.astype(np.uint8), **_CHECKSUM)
-        group.create_dataset("extents", data=cropped.extents.astype(np.int32), **_CHECKSUM)
+        records = np.empty(len(regions), REGION_RECORD)
+        records["box"], records["score"] = regions.boxes, regions.scores
+        records["label"], records["extent"] = regions.labels, cropped.extents
+        group.create_dataset("regions", data=records, **_CHECKSUM)
         chunk = (max(1, cropped.data.size),)  # one chunk: a frame's masks are read whole
         group.create_dataset("masks", data=_differences(cropped.data), chunks=chunk, maxshape=(None,),
                              **_MASK_FILTERS)
@@ -194,7 +198,7 @@ class MaskCache(ArtifactReader):
     """
 
     FORMAT = FORMAT
-    _NAMES = ("boxes", "scores", "labels", "extents", "masks")
+    _NAMES = ("regions", "masks")
 
     def __init__(self, path):
         super().__init__(path)
@@ -224,10 +228,13 @@ class MaskCache(ArtifactReader):
         with self.reading(f"frame {key}"):
             size = int(group.attrs["height"]), int(group.attrs["width"])
         arrays = self.read_arrays(video, frame, self._NAMES)
-        cropped = CroppedMasks(arrays["boxes"].astype(np.float32).reshape(-1, 4),
-                               arrays["scores"].astype(np.float32).reshape(-1),
-                               arrays["labels"].astype(np.int64).reshape(-1),
-                               arrays["extents"].astype(np.int64).reshape(-1, 4),
+        records = arrays["regions"].reshape(-1)
+        if records.dtype.names != REGION_RECORD.names:
+            raise A2DError(f"{self.path}: frame {key}: regions of fields {records.dtype.names}, not "
+                           f"{REGION_RECORD.names}: rebuild the file with `{FORMAT.rebuild}`")
+        cropped = CroppedMasks(records["box"].astype(np.float32).reshape(-1, 4),
+                               records["score"].astype(np.float32), records["label"].astype(np.int64),
+                               records["extent"].astype(np.int64).reshape(-1, 4),
                                _running_sums(arrays["masks"].reshape(-1)), size)
         self._check(key, cropped)
         return cropped

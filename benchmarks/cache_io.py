@@ -9,8 +9,9 @@ elliptical masks fading to exactly 0 around their boxes, some crossing the frame
 Every figure is CPU seconds of this process (``time.process_time``: the writer thread included, other processes on
 the machine not) per frame, the median over ``--frames`` frames, at ``--threads`` torch threads:
 
-- write, before: schema 1 (every mask quantised at full frame, gzip level 4, one chunk per mask), as the writer
-  did it; now: schema 2 (:class:`a2dpipe.masks.MaskCacheWriter`, masks cropped to their rectangles, lzf,
+- write, before: schema 1 (every mask quantised at full frame, gzip level 4, one chunk per mask) and schema 2
+  (cropped levels as they are, 64 KiB lzf chunks, rectangles from full-frame row and column maxima), as the
+  writer did them; now: schema 3 (:class:`a2dpipe.masks.MaskCacheWriter`, masks cropped to their rectangles, lzf,
   Fletcher-32), in the calling thread (``threaded=False``, to time it alone) and, as the stage runs it, on its
   writer thread (the CPU time of both threads, the file closed; and the calling thread's own CPU time in
   ``write``, what the model's thread spends on the cache);
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import h5py
 import numpy as np
@@ -44,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from region_to_pixel import make_regions  # noqa: E402
 
 from a2dpipe.flow.encode import flow_images, flow_to_rgb  # noqa: E402
-from a2dpipe.masks import MaskCache, MaskCacheWriter, Regions  # noqa: E402
+from a2dpipe.masks import CroppedMasks, MaskCache, MaskCacheWriter, Regions  # noqa: E402
+from a2dpipe.masks.cropped import _NONZERO  # noqa: E402
 
 
 def frame_regions(seed: int, n: int, height: int, width: int, max_side: float) -> Regions:
@@ -80,6 +83,33 @@ def read_v1_window(file: h5py.File, key: str, rows: slice, cols: slice) -> np.nd
     arrays = {name: group[name][()] for name in ("boxes", "scores", "labels", "masks")}
     masks = arrays["masks"].astype(np.float32) * np.float32(1.0 / 255.0)
     return np.ascontiguousarray(masks[:, rows, cols])
+
+
+# --- schema 2, as it was written --------------------------------------------------------------------------------
+
+
+def _extents_v2(masks: np.ndarray) -> np.ndarray:
+    n, height, width = masks.shape
+    rows, cols = masks.max(axis=2) >= _NONZERO, masks.max(axis=1) >= _NONZERO
+    top, left = rows.argmax(axis=1), cols.argmax(axis=1)
+    bottom, right = height - rows[:, ::-1].argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)
+    extents = np.stack([top, left, bottom - top, right - left], axis=1)
+    extents[~rows.any(axis=1)] = 0
+    return extents
+
+
+def write_v2(file: h5py.File, key: str, regions: Regions) -> None:
+    """Cropped levels as they are (no differences), the rectangles from full-frame row and column maxima, 64 KiB
+    chunks."""
+    with patch("a2dpipe.masks.cropped._extents", _extents_v2):
+        cropped = CroppedMasks.from_regions(regions)
+    group = file.create_group(key)
+    group.attrs.update(height=regions.size[0], width=regions.size[1])
+    for name, data in (("boxes", regions.boxes), ("scores", regions.scores), ("labels", regions.labels.astype(
+            np.uint8)), ("extents", cropped.extents.astype(np.int32))):
+        group.create_dataset(name, data=data, fletcher32=True)
+    group.create_dataset("masks", data=cropped.data, chunks=(max(1, min(1 << 16, cropped.data.size)),),
+                         maxshape=(None,), compression="lzf", fletcher32=True)
 
 
 # --- flow images before ---------------------------------------------------------------------------------------
@@ -130,14 +160,17 @@ def main() -> None:
         windows.append((slice(top, min(top + a.crop[0], a.height)), slice(left, min(left + a.crop[1], a.width))))
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        v1, v2, v2_thread = (Path(folder) / name for name in ("v1.h5", "v2.h5", "v2-thread.h5"))
-        with h5py.File(v1, "w") as f1, MaskCacheWriter(v2, source="dataset", threaded=False) as w2:
+        v1, v2, v2_thread, old = (Path(folder) / name for name in ("v1.h5", "v2.h5", "v2-thread.h5", "old.h5"))
+        with (h5py.File(v1, "w") as f1, h5py.File(old, "w") as f_old,
+              MaskCacheWriter(v2, source="dataset", threaded=False) as w2):
             w2.write("warm/up", 0, frames[0])
             write_v1(f1, "warm/00000", frames[0])
+            write_v2(f_old, "warm/00000", frames[0])
             for k, regions in enumerate(frames, start=1):
                 times.setdefault("write  before (schema 1)", []).append(
                     cpu_ms(lambda: write_v1(f1, f"v/{k:05d}", regions)))
-                times.setdefault("write  now (schema 2), calling thread", []).append(
+                times.setdefault("write  schema 2", []).append(cpu_ms(lambda: write_v2(f_old, f"v/{k:05d}", regions)))
+                times.setdefault("write  now (schema 3), calling thread", []).append(
                     cpu_ms(lambda: w2.write("v", k, regions)))
         start = time.process_time()
         with MaskCacheWriter(v2_thread, source="dataset") as writer:
@@ -161,7 +194,8 @@ def main() -> None:
                     assert np.array_equal(cache.read_cropped("v", k).window(rows, cols), want), f"frame {k} differs"
                     assert np.array_equal(cache.read("v", k).masks, read_v1_window(f1, f"v/{k:05d}", slice(None),
                                                                                     slice(None))), k
-        sizes = {name: path.stat().st_size / len(frames) / 2**20 for name, path in (("before", v1), ("now", v2))}
+        sizes = {name: path.stat().st_size / len(frames) / 2**20
+                 for name, path in (("before", v1), ("schema 2", old), ("now", v2))}
     for encoding in ("xym", "wheel"):
         flows = [(np.random.default_rng(s).standard_normal((a.height, a.width, 2)) * 3).astype(np.float16)
                  .astype(np.float32) for s in range(min(a.frames, 10))]
@@ -178,7 +212,7 @@ def main() -> None:
           f"crop {a.crop[0]} x {a.crop[1]}, {torch.get_num_threads()} torch thread(s); CPU ms per frame, median")
     for name, values in times.items():
         print(f"  {name:48s} {median(values)}")
-    print(f"  file size per frame: before {sizes['before']:.2f} MiB, now {sizes['now']:.2f} MiB")
+    print("  file size per frame: " + ", ".join(f"{name} {size:.2f} MiB" for name, size in sizes.items()))
     if a.check:
         print("  checked: masks equal pixel for pixel, flow images equal byte for byte")
 

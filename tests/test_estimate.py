@@ -104,7 +104,7 @@ def test_command_on_the_paper_preset_writes_the_table_in_seconds(tmp_path):
     assert table.loc["train stage 1 (rgbflow)", "gflop_per_unit"] > 1000
     assert table.loc["train stage 1 (rgbflow)", "K80 hours"] > 1
     assert (table["this CPU ms_per_unit"] > 0).all()
-    # the CPU side, measured: every stage has some, the loader's 8 workers feed training and prediction
+    # the CPU side, measured: every stage has some, the loader's workers feed training and prediction
     assert (table["cpu ms_per_unit"] > 0).all()
     assert table.loc["train stage 1 (rgbflow)", "cpu processes"] == paper["segmentation"]["loader_workers"]
     assert table.loc["region masks", "cpu processes"] == 1
@@ -130,6 +130,10 @@ def test_the_cpu_side_overlaps_with_loader_workers_and_adds_up_without():
     assert table.loc["masks", "cpu ms_per_unit"] == 32 and table.loc["masks", "cpu processes"] == 1
     assert table.loc["masks", "H200 wall hours"] == pytest.approx((32 + gpu_ms) * 3600 / 3.6e6)  # one process
     assert (table["H200 bound"] == "CPU").all()
+    # a read-ahead thread overlaps its one share with the GPU, as workers do
+    ahead = [{**units[1], "fed_by": "thread"}]
+    row = estimate.estimate_table(ahead, amp=True, cpu_costs=costs, workers=4).iloc[0]
+    assert row["cpu processes"] == 1 and row["H200 wall hours"] == pytest.approx(32 * 3600 / 3.6e6)
     # the GPU side dominates a unit of real work; without workers the loader's process adds the two
     heavy = [{**units[0], "flops": 1e15}]
     row = estimate.estimate_table(heavy, amp=True, cpu_costs=costs, workers=0).iloc[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import copy
+import math
 
 import h5py
 import numpy as np
@@ -223,16 +224,17 @@ def test_a_cache_is_written_off_the_calling_thread_and_its_failures_reach_the_ca
     assert not path.exists() and not list(tmp_path.iterdir())
 
 
-def test_version_1_caches_are_refused_with_the_rebuilding_rule(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_caches_are_refused_with_the_rebuilding_rule(tmp_path, version):
     old = tmp_path / "shard-000.h5"
     with h5py.File(old, "w") as f:
-        f.attrs.update(schema="a2dpipe.masks/1", source="gt", model="", config="{}", frames=1)
+        f.attrs.update(schema=f"a2dpipe.masks/{version}", source="gt", model="", config="{}", frames=1)
         f.create_dataset("v/00001/masks", data=np.zeros((1, 4, 4), np.uint8))
     with pytest.raises(A2DError) as err:
         MaskCache(old)
     message = str(err.value)
-    assert message.startswith(f"{old}: not a region-mask cache of schema 'a2dpipe.masks/2'"), message
-    assert "'a2dpipe.masks/1'" in message and "snakemake --forcerun region_masks" in message, message
+    assert message.startswith(f"{old}: not a region-mask cache of schema 'a2dpipe.masks/3'"), message
+    assert f"'a2dpipe.masks/{version}'" in message and "snakemake --forcerun region_masks" in message, message
 
 
 def test_every_dataset_is_checksummed_and_a_flipped_byte_names_the_file(tmp_path):
@@ -243,7 +245,7 @@ def test_every_dataset_is_checksummed_and_a_flipped_byte_names_the_file(tmp_path
     with h5py.File(path) as f:
         datasets = []
         f.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
-        assert len(datasets) == 10 and all(d.fletcher32 for d in datasets), [d.name for d in datasets]
+        assert len(datasets) == 4 and all(d.fletcher32 for d in datasets), [d.name for d in datasets]
         chunk = f["v/00001/masks"].id.get_chunk_info(0)
     data = bytearray(path.read_bytes())
     data[chunk.byte_offset + chunk.size // 2] ^= 0xFF
@@ -255,22 +257,24 @@ def test_every_dataset_is_checksummed_and_a_flipped_byte_names_the_file(tmp_path
             cache.read("v", 1)
 
 
-@pytest.mark.parametrize("dataset, value, problem", [
-    ("scores", 1.5, r"scores outside \[0, 1\]"),
-    ("scores", np.nan, r"scores outside \[0, 1\]"),
-    ("boxes", np.inf, "boxes not finite or outside the 60 x 40 frame"),
-    ("boxes", 61.0, "boxes not finite or outside the 60 x 40 frame"),
-    ("boxes", -0.5, "boxes not finite or outside the 60 x 40 frame"),
-    ("extents", 45, "mask rectangles outside the frame"),
+@pytest.mark.parametrize("field, value, problem", [
+    ("score", 1.5, r"scores outside \[0, 1\]"),
+    ("score", np.nan, r"scores outside \[0, 1\]"),
+    ("box", np.inf, "boxes not finite or outside the 60 x 40 frame"),
+    ("box", 61.0, "boxes not finite or outside the 60 x 40 frame"),
+    ("box", -0.5, "boxes not finite or outside the 60 x 40 frame"),
+    ("extent", 45, "mask rectangles outside the frame"),
 ])
-def test_values_out_of_range_are_errors_naming_file_frame_and_rule(tmp_path, dataset, value, problem):
+def test_values_out_of_range_are_errors_naming_file_frame_and_rule(tmp_path, field, value, problem):
     path = tmp_path / "shard-000.h5"
     with MaskCacheWriter(path, source="dataset") as writer:
         writer.write("v", 1, _soft_regions())
     with h5py.File(path, "r+") as f:  # h5py recomputes the checksum: only the range check can notice
-        values = f[f"v/00001/{dataset}"][()]
+        records = f["v/00001/regions"][()]
+        values = records[field]
         values.flat[2] = value
-        f[f"v/00001/{dataset}"][...] = values
+        records[field] = values
+        f["v/00001/regions"][...] = records
     with MaskCache(path) as cache, pytest.raises(A2DError) as err:
         cache.read("v", 1)
     message = str(err.value)
@@ -376,6 +380,48 @@ def test_killed_training_resumes_to_the_same_weights(shard, tmp_path, monkeypatc
     resumed = train_module.train_mask_model(config, "dataset", [shard], out)
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, msg=key)
+
+
+def test_mask_training_steps_run_under_the_precision_the_device_gets(shard, tmp_path, monkeypatch):
+    """masks.amp: every step runs under the accelerator's autocast choice (bfloat16 here, as a GPU of compute
+    capability 8.0 gets it, forced onto the CPU, where bfloat16 autocast runs too); weights stay float32 and the
+    loss finite. Without amp, no autocast. Mask R-CNN only: torchvision casts ps_roi_align (FCIS) to float32
+    under CUDA's autocast but has no such rule on the CPU."""
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda device, amp: torch.bfloat16 if amp else None)
+    seen, real_model = [], train_module._initial_model
+
+    def watched_model(*args):
+        model = real_model(*args)
+        model.register_forward_pre_hook(lambda *_: seen.append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+        return model
+
+    monkeypatch.setattr(train_module, "_initial_model", watched_model)
+    for amp, want in ((True, torch.bfloat16), (False, None)):
+        seen.clear()
+        config = _config(iterations=3, amp=amp)
+        checkpoint = train_module.train_mask_model(config, "dataset", [shard], tmp_path / str(amp) / "model.pt")
+        assert seen == [want] * 3, (amp, seen)
+        assert math.isfinite(checkpoint["final_loss"]), amp
+        assert {v.dtype for v in checkpoint["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_mask_training_reads_each_step_once_on_its_reading_thread():
+    """A run resumed at step 1 of 4 reads steps 1, 2, 3 once each, on the read-ahead thread, none past the end."""
+    import threading
+    from contextlib import closing
+
+    reads = []
+
+    def read(step):
+        reads.append((step, threading.current_thread().name))
+        return step * 10
+
+    with closing(train_module._ReadAhead(read, 4)) as batches:
+        assert [batches(step) for step in (1, 2, 3)] == [10, 20, 30]
+    assert sorted(step for step, _ in reads) == [1, 2, 3], reads
+    assert all(name.startswith("mask-batches") for _, name in reads), reads
 
 
 def test_generic_needs_distractors_and_trains_one_class(tmp_path):

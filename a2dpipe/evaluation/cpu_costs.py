@@ -14,7 +14,8 @@ Per unit (milliseconds of CPU):
   half of them mirrored;
 * ``sample_crop_regions[input]``: the same with the frame's region masks read from the cache and cropped (stage 2);
 * ``sample_frame[input]``, ``sample_frame_regions[input]``: one whole frame, as prediction reads it;
-* ``mask_write``: one frame's ``max_regions`` soft masks written to a region-mask cache;
+* ``mask_write``: one frame's ``max_regions`` soft masks written to a region-mask cache (the writer's thread
+  included);
 * ``flow_write``: one frame's flow image encoded, its mirror image encoded, both stored (what a flow job adds per
   frame to the network's work).
 
@@ -138,13 +139,14 @@ def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
         write_synthetic_frames(paths["frames"], videos, frame_size, rng)
         flow_to_rgb(fields[0], encoding, wheel_max)  # warm-up: the wheel's first call imports torchvision
         with FlowWriter(paths["flow"], method="estimate", encoding=encoding, wheel_max=wheel_max) as flows:
-            flows.seconds_per_frame = 0.0
-            costs["flow_write"] = _cpu_ms(
-                lambda k: flows.write(videos[k], 1, fields[k], flow_to_rgb(fields[k], encoding, wheel_max)),
-                range(FRAMES))
+            flows.seconds_per_frame = 0.0  # the writer encodes both images from the field, as the flow stage has it
+            costs["flow_write"] = _cpu_ms(lambda k: flows.write(videos[k], 1, fields[k]), range(FRAMES))
+        start = time.process_time()  # the writer's thread does the work after write() returns: time the whole file
         with MaskCacheWriter(paths["masks"], source="dataset") as cache:
             cache.seconds_per_frame = 0.0
-            costs["mask_write"] = _cpu_ms(lambda k: cache.write(videos[k], 1, masks[k]), range(FRAMES))
+            for video, regions in zip(videos, masks):
+                cache.write(video, 1, regions)
+        costs["mask_write"] = 1000 * (time.process_time() - start) / FRAMES
 
         views = [View(k) for k in range(FRAMES)]
         for name in ("sample_crop", "sample_crop_regions", "sample_frame", "sample_frame_regions"):
@@ -185,17 +187,19 @@ def cpu_ms_per_unit(unit: dict, costs: dict) -> float:
 
 
 def cpu_processes(unit: dict, workers: int) -> int:
-    """Processes that do a stage's CPU work: the loader's ``workers`` (0: the job's own process), else one."""
+    """Processes that do a stage's CPU work: the loader's ``workers`` (0: the job's own process), else one (the
+    job's process, or its read-ahead thread)."""
     return max(workers, 1) if unit["fed_by"] == "loader" else 1
 
 
 def wall_ms(unit: dict, gpu_ms: float, cpu_ms: float, workers: int) -> tuple[float, str]:
-    """Milliseconds of one unit with the CPU side, and the stage's bound (``GPU`` or ``CPU``). Loader workers
-    prepare the next units while the GPU runs: the slower of the two sets the pace. Without workers (and in the
-    stages whose one process reads and writes between the GPU's passes) the two add up."""
+    """Milliseconds of one unit with the CPU side, and the stage's bound (``GPU`` or ``CPU``). Loader workers, or
+    a job's read-ahead thread (``fed_by`` ``thread``), prepare the next units while the GPU runs: the slower of the
+    two sets the pace. Without workers (and in the stages whose one process reads and writes between the GPU's
+    passes) the two add up."""
     cpu_share = cpu_ms / cpu_processes(unit, workers)
     bound = "CPU" if cpu_share > gpu_ms else "GPU"
-    overlapped = unit["fed_by"] == "loader" and workers > 0
+    overlapped = (unit["fed_by"] == "loader" and workers > 0) or unit["fed_by"] == "thread"
     return (max(gpu_ms, cpu_share) if overlapped else gpu_ms + cpu_share), bound
 
 
@@ -207,6 +211,7 @@ def cpu_caption(table, devices: list[str], workers: int) -> str:
             "readers and writers on synthetic A2D-sized arrays (a2dpipe/evaluation/cpu_costs.py): reading and "
             "cropping samples, region-mask cache writes and reads, flow image encoding. cpu processes: the "
             f"loader's {workers} worker(s) (segmentation.loader_workers) where they feed the stage, else the job's "
-            "one process. wall hours: the GPU's and the CPU's time per unit overlapped where loader workers run "
-            "beside the GPU, added where one process does both; bound: the side that sets the pace. Stages in all, "
+            "one process (or its read-ahead thread). wall hours: the GPU's and the CPU's time per unit overlapped "
+            "where loader workers or a read-ahead thread run beside the GPU, added where one process does both; "
+            "bound: the side that sets the pace. Stages in all, "
             f"with the CPU side: {totals}.")

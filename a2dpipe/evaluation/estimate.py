@@ -30,7 +30,8 @@ The CPU side: each stage's CPU work per unit (reading and cropping samples, regi
 flow image encoding) is measured on this machine, one thread, with the package's own readers and writers on
 synthetic arrays of the configuration's shapes (:mod:`a2dpipe.evaluation.cpu_costs`), and set against the
 processes that do it: ``segmentation.loader_workers`` for the stages the frame loader feeds (training, prediction),
-whose workers run beside the GPU, else the job's one process, whose reads and writes add to the GPU's time. Per
+whose workers run beside the GPU, mask-model training's read-ahead thread, which runs beside it too, else the
+job's one process, whose reads and writes add to the GPU's time. Per
 device, ``wall hours`` counts both and ``bound`` names the side that sets the pace (:func:`.cpu_costs.wall_ms`).
 The CPU is this machine's: a cluster node's cores may be faster or slower. ``--no-calibrate`` leaves every
 measured column out, and the table is then a pure function of the settings. What FLOPs miss (memory-bound layers,
@@ -231,8 +232,9 @@ def _inputs(config: dict) -> tuple[list[str], list[str]]:
 def work_units(config: dict) -> list[dict]:
     """One dict per stage: ``stage``, ``unit`` (step or frame), ``units`` (how many), ``flops`` per unit, ``cpu``
     (the CPU work per unit: (kind of :func:`.cpu_costs.measure_cpu_costs`, input, count) triples) and ``fed_by``:
-    ``loader`` where the frame loader's workers do that work beside the GPU, ``job`` where the job's one process
-    does it between the GPU's passes."""
+    ``loader`` where the frame loader's workers do that work beside the GPU, ``thread`` where one thread of the
+    job reads the next unit's frames beside it (mask-model training), ``job`` where the job's one process does it
+    between the GPU's passes."""
     seg = section_defaults("segmentation", config["segmentation"])
     s1, s2, masks = seg["stage1"], seg["stage2"], config["masks"]
     stage1_inputs, stage2_inputs = _inputs(config)
@@ -268,7 +270,7 @@ def work_units(config: dict) -> list[dict]:
     generic_steps = 0 if masks["coco_checkpoint"] else masks["iterations"]
     steps = masks["iterations"] if unavailable_sources(config) else masks["finetune_iterations"] + generic_steps
     rows.append({"stage": "train mask models", "unit": "step", "units": steps, "flops": step,
-                 "cpu": [("sample_frame", "rgb", masks["batch_size"])], "fed_by": "job"})
+                 "cpu": [("sample_frame", "rgb", masks["batch_size"])], "fed_by": "thread"})
     rows.append({"stage": "region masks", "unit": "frame", "units": train + test,
                  "flops": m["backbone"] + m["rpn"] + m["heads_test"],
                  "cpu": [("sample_frame", "rgb", 1), ("mask_write", None, 1)], "fed_by": "job"})

@@ -1,9 +1,9 @@
 """Region masks stage: the instance-segmentation model behind each mask source and the HDF5 region cache.
 
-Modules: ``cache`` (the cache format, writer and reader), ``model`` (the mask model ``masks.model`` names; Mask R-CNN
-builders), ``fcis`` (FCIS; its ``position_sensitive`` score maps), ``backbones`` (both models' ResNet bodies), ``data`` (frames as
-mask-model targets), ``train`` (``a2dpipe train-mask-model``), ``stage`` (``a2dpipe region-masks``),
-``quality`` (``a2dpipe mask-quality``).
+Modules: ``cache`` (the cache format, writer and reader), ``cropped`` (regions in memory, full frame and cropped),
+``model`` (the mask model ``masks.model`` names; Mask R-CNN builders), ``fcis`` (FCIS; its ``position_sensitive``
+score maps), ``backbones`` (both models' ResNet bodies), ``data`` (frames as mask-model targets), ``train``
+(``a2dpipe train-mask-model``), ``stage`` (``a2dpipe region-masks``), ``quality`` (``a2dpipe mask-quality``).
 """
 
 from a2dpipe.masks.cache import CroppedMasks, MaskCache, MaskCacheWriter, Regions

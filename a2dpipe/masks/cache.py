@@ -1,9 +1,9 @@
 """HDF5 cache of candidate region masks: one writer (:class:`MaskCacheWriter`), one reader (:class:`MaskCache`).
 
-One file per shard and mask source, ``results/masks/<source>/shard-NNN.h5``. Schema (version 2)::
+One file per shard and mask source, ``results/masks/<source>/shard-NNN.h5``. Schema (version 3)::
 
     /                                   root attrs:
-        schema          "a2dpipe.masks/2"  (what makes a file a region-mask cache; :data:`FORMAT`)
+        schema          "a2dpipe.masks/3"  (what makes a file a region-mask cache; :data:`FORMAT`)
         source          dataset | generic | gt
         model           checkpoint path and its SHA-256 prefix ("" for gt)
         config          JSON of the ``masks`` config section used
@@ -11,25 +11,31 @@ One file per shard and mask source, ``results/masks/<source>/shard-NNN.h5``. Sch
         frames          number of frame groups
     /<video>/<frame:05d>/               one group per annotated frame (frame numbers 1-based, as in A2D)
         attrs: height, width            frame size (the masks' size)
-        boxes   (N, 4) float32          x1, y1, x2, y2 in frame pixels, finite, inside [0, width] x [0, height]
-        scores  (N,)   float32          confidence in [0, 1]; 1 for ground truth
-        labels  (N,)   uint8            actor 1..7; 0 = actor unknown (the ``generic`` source has no actor classes)
-        extents (N, 4) int32            top, left, height, width of each region's stored rectangle: the smallest
+        regions (N,)   compound         one record per region (one dataset: fewer HDF5 objects to write):
+          box    (4,) float32           x1, y1, x2, y2 in frame pixels, finite, inside [0, width] x [0, height]
+          score  float32                confidence in [0, 1]; 1 for ground truth
+          label  uint8                  actor 1..7; 0 = actor unknown (the ``generic`` source has no actor classes)
+          extent (4,) int32             top, left, height, width of the region's stored rectangle: the smallest
                                         one holding every non-zero pixel of its quantised mask (0 x 0: none)
         masks   (P,)   uint8            the rectangles one after the other, each row by row (P = sum of their
-                                        areas): soft masks quantised to 0..255 (probability * 255); every pixel
-                                        outside its rectangle is 0
+                                        areas), soft masks quantised to 0..255 (probability * 255; every pixel
+                                        outside its rectangle is 0), stored as differences: each byte is its
+                                        level minus the previous pixel's (modulo 256), so a running sum gives
+                                        the levels back
 
-Every dataset carries a Fletcher-32 checksum; ``masks`` is lzf-compressed. ``N`` may be 0: the frame is stored with
-empty datasets and read back as empty arrays. The reader opens the file once and reads only the groups asked for,
+Every dataset carries a Fletcher-32 checksum; ``masks`` is lzf-compressed, one chunk per frame. ``N`` may be 0: the
+frame is stored with empty datasets and read back as empty arrays. The reader opens the file once and reads only the groups asked for,
 so random access by (video, frame) never loads the whole file; it checks what it reads (scores in [0, 1], finite
 boxes inside the frame, rectangles inside the frame and adding up to ``masks``) and a violation is an
 :class:`A2DError` naming the file, the frame and the rule that rebuilds it.
 
 Version 1 stored every mask at full frame size, gzip-compressed: 50 regions of a 320 x 568 frame cost ~180 ms to
-write and ~150 ms to read for a training sample, where a mask's rectangle is a fraction of the frame. Its files are
-refused (the reader names the schema and says to rebuild them with ``snakemake --forcerun region_masks``), never
-read. Reading and writing reproduce version 1's masks pixel for pixel: the same quantisation, only zeros left out.
+write and ~150 ms to read for a training sample, where a mask's rectangle is a fraction of the frame. Version 2
+stored the cropped levels themselves, in 64 KiB chunks (~25% more to compress, and slower), and each region
+field in a dataset of its own. Files of an older
+version are refused (the reader names the schema and says to rebuild them with
+``snakemake --forcerun region_masks``), never read. Reading and writing reproduce version 1's masks pixel for
+pixel: the same quantisation, only zeros left out.
 
 Writing runs on a thread of its own (:class:`MaskCacheWriter`): cropping, quantising, compressing and the HDF5
 calls of a frame overlap the model's work on the next (numpy and torch release the GIL in their large operations).
@@ -48,169 +54,39 @@ import json
 import os
 import queue
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError
+from a2dpipe.masks.cropped import CroppedMasks, Regions
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
-__all__ = ["Regions", "CroppedMasks", "MaskCache", "MaskCacheWriter", "FORMAT", "SCHEMA", "SOURCES"]
+__all__ = ["Regions", "CroppedMasks", "MaskCache", "MaskCacheWriter", "FORMAT", "SCHEMA", "SOURCES",
+           "REGION_RECORD"]
 
-FORMAT = ArtifactFormat("masks", 2, "region-mask cache", "snakemake --forcerun region_masks")
+FORMAT = ArtifactFormat("masks", 3, "region-mask cache", "snakemake --forcerun region_masks")
 SCHEMA = FORMAT.schema
 SOURCES = ("dataset", "generic", "gt")
-_QUANT = 255.0  # soft masks are stored as uint8 probability * 255 (error below 0.002, ~4x smaller than float32)
-_DEQUANT = np.float32(1.0 / _QUANT)
 _CHECKSUM = {"fletcher32": True}
+REGION_RECORD = np.dtype([("box", "<f4", (4,)), ("score", "<f4"), ("label", "u1"), ("extent", "<i4", (4,))])
 _MASK_FILTERS = {"compression": "lzf", "fletcher32": True}
-_MASK_CHUNK = 1 << 16  # bytes per chunk of the flat masks dataset: a frame's masks are read whole
 
 
-def _first_nonzero_level() -> np.float32:
-    """The smallest float32 mask value whose quantised level is not 0 (``rint(value * 255)`` >= 1 in float32):
-    a pixel is stored iff its value is at least this, which one comparison finds without quantising the frame."""
-    value = np.float32(0.5 / _QUANT)
-    step = lambda x, to: np.nextafter(x, np.float32(to), dtype=np.float32)  # noqa: E731
-    while np.rint(value * np.float32(_QUANT)) >= 1:
-        value = step(value, 0)
-    while np.rint(value * np.float32(_QUANT)) < 1:
-        value = step(value, 1)
-    return value
+def _differences(levels: np.ndarray) -> np.ndarray:
+    """The flat quantised masks as stored: each byte minus the one before it (modulo 256; the first as is). Soft
+    masks change slowly along a row, so most differences are 0 or +-1: lzf compresses them faster and ~20%
+    smaller than the levels themselves."""
+    stored = np.empty_like(levels)
+    stored[:1] = levels[:1]
+    np.subtract(levels[1:], levels[:-1], out=stored[1:])
+    return stored
 
 
-_NONZERO = _first_nonzero_level()
-
-
-@dataclass
-class Regions:
-    """Candidate regions of one frame.
-
-    Attributes:
-        boxes: (N, 4) float32, x1, y1, x2, y2 in frame pixels.
-        scores: (N,) float32 in [0, 1].
-        labels: (N,) int64, actor 1..7, or 0 when the source does not know the actor.
-        masks: (N, H, W) float32 in [0, 1], full frame.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray
-
-    def __post_init__(self):
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
-        self.masks = np.asarray(self.masks, dtype=np.float32)
-        n = len(self.boxes)
-        if self.masks.ndim != 3 or not (len(self.scores) == len(self.labels) == len(self.masks) == n):
-            raise ValueError(
-                f"regions disagree: boxes {self.boxes.shape}, scores {self.scores.shape}, "
-                f"labels {self.labels.shape}, masks {self.masks.shape} (want N, N, N, (N, H, W))"
-            )
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """Frame (height, width)."""
-        return int(self.masks.shape[1]), int(self.masks.shape[2])
-
-    @classmethod
-    def empty(cls, height: int, width: int) -> "Regions":
-        """No regions on a ``height`` x ``width`` frame (a normal outcome, stored as such)."""
-        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros((0, height, width)))
-
-
-@dataclass
-class CroppedMasks:
-    """A frame's regions as stored: quantised masks cropped to their rectangles (see the module docstring).
-
-    :meth:`paste` puts a window of them into an array, so a reader builds only the pixels it needs.
-    """
-
-    boxes: np.ndarray  # (N, 4) float32
-    scores: np.ndarray  # (N,) float32
-    labels: np.ndarray  # (N,) int64
-    extents: np.ndarray  # (N, 4) int64: top, left, height, width
-    data: np.ndarray  # (P,) uint8
-    size: tuple[int, int]  # frame (height, width)
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    @classmethod
-    def from_regions(cls, regions: Regions) -> "CroppedMasks":
-        """Crop and quantise full-frame soft masks (values clipped to [0, 1], rounded to the nearest 1/255)."""
-        extents = _extents(regions.masks)
-        data = np.empty(int((extents[:, 2] * extents[:, 3]).sum()), np.uint8)
-        scratch = np.empty(data.size and int((extents[:, 2] * extents[:, 3]).max()), np.float32)
-        offset = 0
-        for mask, (top, left, height, width) in zip(regions.masks, extents.tolist()):
-            area = height * width
-            if area:
-                window = scratch[:area].reshape(height, width)
-                _quantise(mask[top:top + height, left:left + width], window, data[offset:offset + area])
-            offset += area
-        return cls(regions.boxes, regions.scores, regions.labels, extents, data, regions.size)
-
-    def paste(self, out: np.ndarray, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
-        """Write the masks (dequantised to float32) inside ``rows`` x ``cols`` of the frame into ``out``
-        (N, rows, cols), which must hold zeros; returns ``out``."""
-        height, width = self.size
-        r0, r1, _ = (rows or slice(0, height)).indices(height)
-        c0, c1, _ = (cols or slice(0, width)).indices(width)
-        offsets = np.concatenate([[0], np.cumsum(self.extents[:, 2] * self.extents[:, 3])]).tolist()
-        for i, (top, left, h, w) in enumerate(self.extents.tolist()):
-            top_in, bottom_in = max(top, r0), min(top + h, r1)
-            left_in, right_in = max(left, c0), min(left + w, c1)
-            if top_in >= bottom_in or left_in >= right_in:
-                continue
-            crop = self.data[offsets[i]:offsets[i + 1]].reshape(h, w)
-            np.multiply(crop[top_in - top:bottom_in - top, left_in - left:right_in - left], _DEQUANT,
-                        out=out[i, top_in - r0:bottom_in - r0, left_in - c0:right_in - c0])
-        return out
-
-    def window(self, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
-        """(N, rows, cols) float32 masks inside ``rows`` x ``cols`` (the whole frame by default)."""
-        height, width = self.size
-        r0, r1, _ = (rows or slice(0, height)).indices(height)
-        c0, c1, _ = (cols or slice(0, width)).indices(width)
-        return self.paste(np.zeros((len(self), r1 - r0, c1 - c0), np.float32), rows, cols)
-
-    def regions(self) -> Regions:
-        """The full-frame :class:`Regions`."""
-        return Regions(self.boxes, self.scores, self.labels, self.window())
-
-
-def _extents(masks: np.ndarray) -> np.ndarray:
-    """(N, 4) int64 top, left, height, width of the smallest rectangle holding each mask's non-zero quantised
-    pixels (all 0 for a mask with none). Row and column maxima, each compared with the first non-zero level: no
-    (N, H, W) temporary, and no torch (the ground-truth source runs without importing it)."""
-    n, height, width = masks.shape
-    extents = np.zeros((n, 4), np.int64)
-    if n == 0:
-        return extents
-    rows = masks.max(axis=2) >= _NONZERO  # (N, H)
-    cols = masks.max(axis=1) >= _NONZERO  # (N, W)
-    present = rows.any(axis=1)
-    top, left = rows.argmax(axis=1), cols.argmax(axis=1)
-    bottom, right = height - rows[:, ::-1].argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)
-    extents[present] = np.stack([top, left, bottom - top, right - left], axis=1)[present]
-    return extents
-
-
-def _quantise(masks: np.ndarray, scratch: np.ndarray, out: np.ndarray) -> None:
-    """Soft masks in [0, 1] (clipped) -> uint8 ``rint(mask * _QUANT)`` into ``out`` (flat), through ``scratch``
-    (float32 of the masks' shape)."""
-    np.multiply(masks, np.float32(_QUANT), out=scratch, dtype=np.float32)
-    np.clip(scratch, 0.0, _QUANT, out=scratch)
-    np.rint(scratch, out=scratch)
-    out[...] = scratch.reshape(-1)
+def _running_sums(stored: np.ndarray) -> np.ndarray:
+    """The quantised levels back from :func:`_differences` (a uint8 running sum wraps modulo 256 as they did)."""
+    return np.cumsum(stored, dtype=np.uint8)
 
 
 class MaskCacheWriter(ArtifactWriter):
@@ -269,12 +145,13 @@ class MaskCacheWriter(ArtifactWriter):
         height, width = regions.size
         group = self.create_group(video, frame)
         group.attrs.update(height=height, width=width)
-        group.create_dataset("boxes", data=regions.boxes, **_CHECKSUM)
-        group.create_dataset("scores", data=regions.scores, **_CHECKSUM)
-        group.create_dataset("labels", data=regions.labels.astype(np.uint8), **_CHECKSUM)
-        group.create_dataset("extents", data=cropped.extents.astype(np.int32), **_CHECKSUM)
-        chunk = (max(1, min(_MASK_CHUNK, cropped.data.size)),)
-        group.create_dataset("masks", data=cropped.data, chunks=chunk, maxshape=(None,), **_MASK_FILTERS)
+        records = np.empty(len(regions), REGION_RECORD)
+        records["box"], records["score"] = regions.boxes, regions.scores
+        records["label"], records["extent"] = regions.labels, cropped.extents
+        group.create_dataset("regions", data=records, **_CHECKSUM)
+        chunk = (max(1, cropped.data.size),)  # one chunk: a frame's masks are read whole
+        group.create_dataset("masks", data=_differences(cropped.data), chunks=chunk, maxshape=(None,),
+                             **_MASK_FILTERS)
 
     def _drain(self) -> None:
         """The writer thread: store frames until the closing ``None``; after a failure, only empty the queue."""
@@ -321,7 +198,7 @@ class MaskCache(ArtifactReader):
     """
 
     FORMAT = FORMAT
-    _NAMES = ("boxes", "scores", "labels", "extents", "masks")
+    _NAMES = ("regions", "masks")
 
     def __init__(self, path):
         super().__init__(path)
@@ -351,11 +228,14 @@ class MaskCache(ArtifactReader):
         with self.reading(f"frame {key}"):
             size = int(group.attrs["height"]), int(group.attrs["width"])
         arrays = self.read_arrays(video, frame, self._NAMES)
-        cropped = CroppedMasks(arrays["boxes"].astype(np.float32).reshape(-1, 4),
-                               arrays["scores"].astype(np.float32).reshape(-1),
-                               arrays["labels"].astype(np.int64).reshape(-1),
-                               arrays["extents"].astype(np.int64).reshape(-1, 4),
-                               arrays["masks"].reshape(-1), size)
+        records = arrays["regions"].reshape(-1)
+        if records.dtype.names != REGION_RECORD.names:
+            raise A2DError(f"{self.path}: frame {key}: regions of fields {records.dtype.names}, not "
+                           f"{REGION_RECORD.names}: rebuild the file with `{FORMAT.rebuild}`")
+        cropped = CroppedMasks(records["box"].astype(np.float32).reshape(-1, 4),
+                               records["score"].astype(np.float32), records["label"].astype(np.int64),
+                               records["extent"].astype(np.int64).reshape(-1, 4),
+                               _running_sums(arrays["masks"].reshape(-1)), size)
         self._check(key, cropped)
         return cropped
 

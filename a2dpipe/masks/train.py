@@ -22,18 +22,22 @@ loss). The loop is the shared :class:`a2dpipe.trainer.Trainer`.
 Recipe: ``masks.optimizer`` (AdamW for the from-scratch CPU default; SGD with momentum 0.9 for fine-tuning from
 COCO, as torchvision's reference scripts do; weight decay 1e-4 for both), linear warm-up over the first 10% of the
 steps, cosine decay; each step draws ``batch_size`` train frames from a generator seeded by (seed, step) and flips
-half of them.
+half of them. With ``masks.amp`` the steps run under autocast at the precision the GPU supports, as the segmenter's
+(:func:`a2dpipe.accelerator.autocast_dtype`: bfloat16, or float16 with a loss scaler; float32 on the CPU).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from a2dpipe.accelerator import autocast_dtype
 from a2dpipe.checkpoint import (fingerprint, load_model_file, load_resume, load_state_partial, remove_resume,
                                 write_curve)
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp,
@@ -95,12 +99,11 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     detection contract (train: ``model(images, targets) -> loss dict``) trains here: the step returns the model's
     losses as they come, and the curve has one column per loss.
     """
-    cfg = config["masks"]
-    out = Path(out)
+    cfg, out = config["masks"], Path(out)
     if source == "generic" and cfg["coco_checkpoint"]:
         return _save_coco_as_generic(config, out)
-    seed = int(config["seed"])
-    device = select_device(config["device"])
+    seed, device = int(config["seed"]), select_device(config["device"])
+    amp = autocast_dtype(device, bool(cfg["amp"]))  # bf16, fp16 (scaled) or None (float32) for this GPU
     arch = _arch(cfg, source, NUM_CLASSES[source])
     iterations = cfg["finetune_iterations"] if start else cfg["iterations"]
     start_provenance = model_provenance(start)  # hashed once: the resume fingerprint and the checkpoint record it
@@ -109,7 +112,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     if not refs:
         raise A2DError(f"{frames[0]}: no {'/'.join(splits)} frames in the frames stores to train the mask model on")
     # what a resume checkpoint must have been made from: these settings and frames shards (by content)
-    recipe = {"settings": _fingerprint(arch, cfg, source, seed, refs, iterations, start_provenance),
+    recipe = {"settings": _fingerprint(arch, cfg, source, seed, refs, iterations, start_provenance, amp),
               **{str(path): file_digest(path) for path in frames}}
     log.info("training the %s mask model (%s) on %d %s frames, %d steps from %s", source, cfg["backbone"],
              len(refs), " + ".join(splits), iterations, start or cfg["coco_checkpoint"] or "scratch")
@@ -121,16 +124,17 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     resume_path, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
     first_step, history = load_resume(resume_path, recipe, model, optimizer, scheduler) or (0, [])
 
-    with InstanceReader(frames) as reader:
+    with InstanceReader(frames) as reader, closing(_ReadAhead(
+            lambda step: _batch(reader, refs, source, seed, step, cfg["batch_size"], device), iterations)) as batches:
         def step_fn(step: int) -> dict:
-            images, targets = _batch(reader, refs, source, seed, step, cfg["batch_size"], device)
-            return model(images, targets)
+            return model(*batches(step))
 
         hooks = [Progress(f"{source} mask model"),
                  PeriodicCheckpointer(resume_path, recipe, cfg["checkpoint_every"], curve_path),
                  *tensorboard_hooks(curve_path)]
         trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=iterations, start=first_step,
-                          history=history, hint=f"; lower config masks.lr={cfg['lr']}", hooks=hooks)
+                          history=history, hint=f"; lower config masks.lr={cfg['lr']}", hooks=hooks,
+                          amp_device=device.type if amp else None, amp_dtype=amp or torch.bfloat16)
         trainer.train()
 
     history = trainer.history
@@ -232,8 +236,32 @@ def _batch(reader, refs, source, seed, step, batch_size, device):
     return images, targets
 
 
-def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs, iterations: int, start: str) -> str:
-    """What a resumable checkpoint must agree on (inference-only keys such as score_threshold are left out)."""
+class _ReadAhead:
+    """``read(step)`` of each step, the next step's read on a thread of its own while the device runs this one:
+    a step's frames depend on (seed, step) alone, so reading ahead changes no batch, and a resumed run reads from
+    its first step. Frames read and converted in the job's one process would otherwise add their CPU time to every
+    step's GPU time."""
+
+    def __init__(self, read, iterations: int):
+        self._read, self._iterations = read, iterations
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mask-batches")
+        self._ahead = None  # (step, future)
+
+    def __call__(self, step: int):
+        ahead, self._ahead = self._ahead, None
+        future = ahead[1] if ahead and ahead[0] == step else self._pool.submit(self._read, step)
+        if step + 1 < self._iterations:
+            self._ahead = step + 1, self._pool.submit(self._read, step + 1)
+        return future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs, iterations: int, start: str,
+                 amp: torch.dtype | None) -> str:
+    """What a resumable checkpoint must agree on (inference-only keys such as score_threshold are left out), the
+    precision the device gave included."""
     training = {k: cfg[k] for k in ("coco_checkpoint", "batch_size", "optimizer", "lr")}
-    return fingerprint(arch=arch, training=training, iterations=iterations, start=start,
+    return fingerprint(arch=arch, training=training, iterations=iterations, start=start, precision=str(amp),
                        source=source, seed=seed, frames=[(r.video, r.frame) for r in refs])

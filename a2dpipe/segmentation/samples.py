@@ -39,6 +39,7 @@ import torch
 from a2dpipe.flow.encode import longest_vector
 from a2dpipe.io import A2DError
 from a2dpipe.labels import IGNORE
+from a2dpipe.segmentation.region_window import crop_regions, kept_in_view, mirrored_boxes
 
 __all__ = ["Samples", "ArraySamples", "StoreSamples", "View", "plan_view", "load_view"]
 
@@ -94,12 +95,15 @@ class Samples(torch.utils.data.Dataset):
         """(height, width) of frame ``i``, known without decoding it."""
         raise NotImplementedError
 
-    def read(self, i: int, rows: slice, cols: slice, *, flow_field: bool, flow_peak: bool, flow: bool) -> dict:
+    def read(self, i: int, rows: slice, cols: slice, *, flow_field: bool, flow_peak: bool, flow: bool,
+             keep=None, mirrored: bool = False) -> dict:
         """Frame ``i``'s arrays inside ``rows`` x ``cols``: ``rgb``, ``label``, and when present ``masks`` and
         full-frame ``boxes``; with ``flow``, the flow image ``flow_rgb``. ``flow_field``: the view is mirrored, so
         ``flow_rgb`` is the image of the field with u negated, or, where none is stored, the flow field ``flow``
         (float, as stored) is given to re-encode it from, with ``flow_peak`` (2,), the frame's longest vector, when
-        asked."""
+        asked. ``keep``: a function of the frame's (N, 4) full-frame boxes giving which regions to read (a
+        boolean per region); every region without it. ``mirrored``: the view will be mirrored, so the masks may be
+        laid out in memory for that (the values are the same)."""
         raise NotImplementedError
 
     def __getitem__(self, view: View) -> dict:
@@ -161,9 +165,7 @@ def _mirror(data: dict, width: int, encoding: str, wheel_max: float | None) -> d
         out["flow_rgb"] = _encode_flow(flow, encoding, wheel_max, None if peak is None else peak * np.float32([-1, 1]))
     if "masks" in data:
         out["masks"] = data["masks"][:, :, ::-1]
-        boxes = data["boxes"].copy()
-        boxes[:, [0, 2]] = width - data["boxes"][:, [2, 0]]
-        out["boxes"] = boxes
+        out["boxes"] = mirrored_boxes(data["boxes"], width)
     return out
 
 
@@ -177,17 +179,6 @@ def _pad(array: np.ndarray, shape: tuple[int, int], fill, axis: int = 0) -> np.n
     return np.ascontiguousarray(np.pad(array, pad, constant_values=fill))
 
 
-def _crop_regions(boxes: np.ndarray, masks: np.ndarray, view: View) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the mirrored frame moved into the crop and clipped to it; regions that leave it are dropped."""
-    ch, cw = view.crop
-    boxes = boxes - np.array([view.left, view.top, view.left, view.top], np.float32)
-    boxes = np.clip(boxes, 0, [cw, ch, cw, ch]).astype(np.float32)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    if keep.all():  # no copy of (N, crop) masks for nothing
-        return boxes, np.ascontiguousarray(masks)
-    return boxes[keep], np.ascontiguousarray(masks[keep])
-
-
 def load_view(samples: Samples, view: View) -> dict:
     """The sample ``view`` asks for (module docstring); reads only the window's rows and columns."""
     size = samples.size(view.index)
@@ -195,7 +186,8 @@ def load_view(samples: Samples, view: View) -> dict:
     flow = view.flow and samples.uses_flow
     field = flow and view.flip  # a mirrored view's flow image: of the field with u negated
     peak = field and samples.flow_encoding == "wheel" and samples.wheel_max is None
-    data = samples.read(view.index, rows, cols, flow_field=field, flow_peak=peak, flow=flow)
+    data = samples.read(view.index, rows, cols, flow_field=field, flow_peak=peak, flow=flow,
+                        keep=kept_in_view(view, size[1]), mirrored=view.flip)
     if view.flip:
         data = _mirror(data, size[1], samples.flow_encoding, samples.wheel_max)
     video, frame = samples.key(view.index)
@@ -204,8 +196,10 @@ def load_view(samples: Samples, view: View) -> dict:
     if flow:
         out["flow_rgb"] = _pad(data["flow_rgb"], shape, 0)
     if "masks" in data:
-        boxes, masks = data["boxes"].astype(np.float32), _pad(data["masks"], shape, 0.0, axis=1)
-        out["boxes"], out["masks"] = _crop_regions(boxes, masks, view) if view.crop else (boxes, masks)
+        boxes, masks = data["boxes"].astype(np.float32), data["masks"]
+        if view.crop:
+            boxes, masks = crop_regions(boxes, masks, view)
+        out["boxes"], out["masks"] = boxes, _pad(masks, shape, 0.0, axis=1)
     return out
 
 
@@ -229,7 +223,7 @@ class ArraySamples(Samples):
     def size(self, i: int) -> tuple[int, int]:
         return self.samples[i]["label"].shape
 
-    def read(self, i, rows, cols, *, flow_field, flow_peak, flow) -> dict:
+    def read(self, i, rows, cols, *, flow_field, flow_peak, flow, keep=None, mirrored=False) -> dict:
         s = self.samples[i]
         out = {"rgb": s["rgb"][rows, cols], "label": s["label"][rows, cols]}
         if flow and not flow_field:
@@ -239,7 +233,8 @@ class ArraySamples(Samples):
         if flow_peak:
             out["flow_peak"] = longest_vector(s["flow"])
         if self.uses_regions:
-            out["boxes"], out["masks"] = s["boxes"], s["masks"][:, rows, cols]
+            kept = slice(None) if keep is None else keep(s["boxes"])
+            out["boxes"], out["masks"] = s["boxes"][kept], s["masks"][kept, rows, cols]
         return out
 
 
@@ -343,7 +338,7 @@ class StoreSamples(Samples):
             self._open[path] = cls(path)
         return self._open[path]
 
-    def read(self, i, rows, cols, *, flow_field, flow_peak, flow) -> dict:
+    def read(self, i, rows, cols, *, flow_field, flow_peak, flow, keep=None, mirrored=False) -> dict:
         path, video, frame = self._index[i]
         out = self._store(path, "frames").read_window(video, frame, ("rgb", "label"), rows, cols)
         if flow:
@@ -357,12 +352,15 @@ class StoreSamples(Samples):
             else:
                 out["flow"] = store.read_window(video, frame, ("flow",), rows, cols)["flow"]  # float16
         if self.uses_regions:
-            out.update(self._regions(path, video, frame, rows, cols))
+            out.update(self._regions(path, video, frame, rows, cols, keep, mirrored))
         return out
 
-    def _regions(self, path: Path, video: str, frame: int, rows: slice, cols: slice) -> dict:
-        """Full-frame boxes and windowed masks of the frame's regions: the mask cache's, then the ground truth's,
-        pasted into one zeroed array (the cache stores each mask cropped: only the window's part is dequantised)."""
+    def _regions(self, path: Path, video: str, frame: int, rows: slice, cols: slice, keep=None,
+                 mirrored: bool = False) -> dict:
+        """Full-frame boxes and windowed masks of the frame's regions that ``keep`` keeps (all without it): the
+        mask cache's, then the ground truth's, pasted into one zeroed array (the cache stores each mask cropped:
+        only the window's part is dequantised). ``mirrored``: pasted into the array's columns right to left, so
+        that the mirrored view's masks are the array itself, not a reversed copy of (N, window) floats."""
         from a2dpipe.dataset.frames import masks_to_boxes
 
         cached = instances = None
@@ -373,15 +371,19 @@ class StoreSamples(Samples):
         n_cached = len(cached) if cached is not None else 0
         n_truth = len(instances) if instances is not None else 0
         boxes = np.zeros((n_cached + n_truth, 4), np.float32)
-        masks = np.zeros((n_cached + n_truth, rows.stop - rows.start, cols.stop - cols.start), np.float32)
         if n_cached:
             boxes[:n_cached] = cached.boxes
-            cached.paste(masks[:n_cached], rows, cols)
-        if n_truth:
-            # boxes from the whole masks, as the `gt` mask source gives them at test time, not as annotated
+        if n_truth:  # boxes from the whole masks, as the `gt` mask source gives them at test time, not as annotated
             boxes[n_cached:] = masks_to_boxes(instances)
-            masks[n_cached:] = instances[:, rows, cols]
-        return {"boxes": boxes, "masks": masks}
+        kept = np.arange(len(boxes)) if keep is None else np.flatnonzero(keep(boxes))
+        from_cache, from_truth = kept[kept < n_cached], kept[kept >= n_cached] - n_cached
+        masks = np.zeros((len(kept), rows.stop - rows.start, cols.stop - cols.start), np.float32)
+        masks = masks[:, :, ::-1] if mirrored else masks
+        if len(from_cache):
+            cached.paste(masks[:len(from_cache)], rows, cols, which=from_cache.tolist())
+        if len(from_truth):
+            masks[len(from_cache):] = instances[from_truth, rows, cols]
+        return {"boxes": boxes[kept], "masks": masks}
 
     def close(self) -> None:
         for store in self._open.values():

@@ -1,6 +1,6 @@
-# Helpers that the rules of every stage read: the run's folders and the settings each command gets. The other helpers
-# lie beside this file in common/, one file per job (checks, paths, variants, resources, report, modules, segment), and the
-# Snakefile includes them after this one. Rules call `get_*` functions, never inline code.
+# Helpers that the rules of every stage read: the run's folders and the settings each command gets. The other
+# helpers lie beside this file in common/, one file per job (checks, paths, variants, resources, report, modules,
+# segment), and the Snakefile includes them after this one. Rules call `get_*` functions, never inline code.
 import json
 from pathlib import Path
 

@@ -80,8 +80,8 @@ rule predict:
         code=get_code("predict"),
         settings=get_predict_settings,
     shell:
-        "python -m a2dpipe predict --settings {params.settings:q} --split {wildcards.split:q} --kind {wildcards.kind:q}"
-        " --input {wildcards.input:q} --train-source {wildcards.train_source:q}"
+        "python -m a2dpipe predict --settings {params.settings:q} --split {wildcards.split:q}"
+        " --kind {wildcards.kind:q} --input {wildcards.input:q} --train-source {wildcards.train_source:q}"
         " --test-source {wildcards.test_source:q}"
         " --model {input.model:q} --frames {input.frames:q} --flow {input.flow:q} --masks {input.masks:q}"
         " --threads {threads:q} --out {output.predictions:q} --log {log:q}"

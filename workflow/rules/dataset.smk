@@ -82,7 +82,8 @@ rule frames:
 
 
 # The ground truth's regions in the region-cache format of the mask sources (masks.smk): from the frames shard's
-# annotations, no model and no setting, on the CPU.
+# annotations, no model and no setting, on the CPU. `{source}` is always gt here, so that the command's settings
+# come from region_masks' own function.
 rule gt_region_masks:
     input:
         frames=FRAMES,

@@ -4,7 +4,7 @@
 #   snakemake all --cores 1 --resources gpu=1         # tables, timings and every intermediate artifact
 #   snakemake validate --cores 1 --resources gpu=1    # every variant's metrics on the validation split
 #   snakemake compare_masks --cores 1 --resources gpu=1   # Table 3 and mask AP with a second mask model
-#   snakemake tables --cores 1 --resources gpu=1 --configfile config/seeds.yaml   # three seeds and their aggregate
+#   snakemake aggregate --cores 1 --resources gpu=1 --configfile config/seeds.yaml   # three seeds and their aggregate
 #   snakemake --report report.html                    # HTML report of the last run
 #   snakemake segment --cores 2 --resources gpu=1     # config segment.videos through this run's models (docs/segment.md)
 #
@@ -42,9 +42,24 @@ config.update(resolve(config, "config"))
 report: "workflow/report/workflow.rst"
 
 
+# Helpers first (common.smk, then its parts by job), then the rules of each stage.
 include: "workflow/rules/common.smk"
-include: "workflow/rules/dataset.smk"
-include: "workflow/rules/flow.smk"
+include: "workflow/rules/common/checks.smk"
+include: "workflow/rules/common/paths.smk"
+include: "workflow/rules/common/variants.smk"
+include: "workflow/rules/common/resources.smk"
+include: "workflow/rules/common/report.smk"
+include: "workflow/rules/common/modules.smk"
+include: "workflow/rules/common/segment.smk"
+
+
+# The artifacts no training setting changes (paths.smk, shared(): index, frames, flow, ground truth's region masks)
+# are made by the run whose results folder holds them: a seed's run or the mask-model comparison, run as a module,
+# reads its parent's, so each is planned once.
+if makes(SHARED_RESULTS):
+
+    include: "workflow/rules/dataset.smk"
+    include: "workflow/rules/flow.smk"
 
 
 # One run, or (config `seeds` a list) one run of the stages below per seed, sharing the data above, plus the

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("a2dpipe.segmentation.segment", "segment any video with a run's models: overlay, label maps, summary"),
     "evaluate": ("a2dpipe.evaluation.evaluate", "metrics of one prediction set"),
     "tables": ("a2dpipe.evaluation.tables", "the paper's tables from this run's metrics"),
+    "metrics-table": ("a2dpipe.evaluation.metrics_table", "every variant's metrics with intervals (validation split)"),
     "aggregate": ("a2dpipe.evaluation.aggregate", "Tables 1-3 and the claims across the runs of several seeds"),
     "compare-masks": ("a2dpipe.evaluation.mask_models", "Table 3 and mask AP of runs with different mask models"),
     "timing": ("a2dpipe.evaluation.timing", "milliseconds per frame of each stage on this machine"),

@@ -11,7 +11,7 @@ part               values
 =================  ====================================================================================
 
 Each part is a Snakemake wildcard of the prediction and evaluation paths
-(``predictions/{kind}/{input}/{train_source}/{test_source}.h5``), and ``a2dpipe predict`` takes each as its own
+(``predictions/{split}/{kind}/{input}/{train_source}/{test_source}.h5``), and ``a2dpipe predict`` takes each as its own
 option: nothing splits a joined name. The one joined name, :func:`variant_name`, is for display: the
 ``variant`` of the prediction and evaluation files, on which tables, claims and the report key.
 

@@ -2,7 +2,7 @@
 
     python benchmarks/interval_methods.py --results results [--resamples 1000] [--seed 0] [--setting actor_action]
 
-For every variant with per-video confusion matrices (``<results>/evaluation/**/*.videos.npz``) and each mean over
+For every variant with per-video confusion matrices (``<results>/evaluation/test/**/*.videos.npz``) and each mean over
 classes (mean class accuracy, mean IoU) of ``--setting``, prints the point estimate, then
 
 - ``before``: the percentile interval of resamples scored by the metrics module's own rule (a class whose ground
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--setting", default="actor_action", choices=("actor", "action", "actor_action"))
     args = parser.parse_args()
-    docs = [read_per_video(p) for p in sorted(Path(args.results, "evaluation").glob("**/*.videos.npz"))]
+    docs = [read_per_video(p) for p in sorted(Path(args.results, "evaluation", "test").glob("**/*.videos.npz"))]
     if not docs:
         raise SystemExit(f"{args.results}/evaluation: no per-video confusion files (run the tables first)")
     boot = Bootstrap(docs[0]["videos"], resamples=args.resamples, seed=args.seed)  # the tables' draws

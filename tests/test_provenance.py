@@ -186,8 +186,8 @@ def test_a_dry_run_with_another_config_during_a_run_changes_nothing_the_run_read
 
 # -- after a complete run: what reruns when a key changes -------------------------------------------------------------
 
-EVERYTHING_FROM_FRAMES = {"extract_frames": 2, "flow": 2, "train_mask_model": 2, "region_masks": 6,
-                          "mask_quality": 1, "train_stage1": 2, "train_stage2": 3, "predict": 8, "evaluate": 8,
+EVERYTHING_FROM_FRAMES = {"extract_frames": 2, "flow": 2, "train_mask_model": 2, "region_masks": 4,
+                          "gt_region_masks": 2, "mask_quality": 1, "train_stage1": 2, "train_stage2": 3, "predict": 8, "evaluate": 8,
                           "timing": 1, "report_figures": 1, "tables": 1}
 FINAL = {"timing": 1, "report_figures": 1, "tables": 1}
 # prediction sets: Baseline (2), Ours (4: three test dataset or generic masks, one gt), mask vote (2, dataset masks)
@@ -277,7 +277,7 @@ def test_every_artifact_records_its_settings_and_the_version(tiny_run, tiny_conf
     for path in results.glob("masks/dataset/*.h5"):
         assert _hdf5_settings(path) == {"device": "cpu", "masks": {k: config["masks"][k] for k in
                                                                    ("batch_size", "score_threshold", "max_regions")}}
-    for path in results.glob("predictions/*/*/*/*.h5"):  # {kind}/{input}/{train_source}/{test_source}.h5
+    for path in results.glob("predictions/test/*/*/*/*.h5"):  # {kind}/{input}/{train_source}/{test_source}.h5
         assert _hdf5_settings(path)["device"] == "cpu"
     models = sorted(results.glob("**/model.pt"))
     assert len(models) == 7  # 2 mask models, 2 stage-1 and 3 stage-2 models
@@ -287,7 +287,7 @@ def test_every_artifact_records_its_settings_and_the_version(tiny_run, tiny_conf
         segmentation = stamp["settings"].get("segmentation", {})
         assert ("stage2" in segmentation) == ("stage2" in path.parts), path  # stage 1 reads no stage-2 setting
         assert ("inference_batch" in segmentation) == ("stage2" in path.parts), path  # nor the inference batch
-    for path in results.glob("evaluation/*/*/*/*.json"):
+    for path in results.glob("evaluation/test/*/*/*/*.json"):
         assert json.loads(path.read_text())["provenance"]["settings"] == {"evaluation": {
             "boundary_width": 15, "settings_from": "heads"}}
     made_from = json.loads((results / "tables" / "provenance.json").read_text())["made_from"]
@@ -326,7 +326,7 @@ def test_predict_refuses_flow_made_with_another_encoding(tiny_run, tmp_path):
 
 def test_tables_refuse_evaluations_made_with_different_settings(tiny_run, tmp_path):
     evaluations = []
-    for k, path in enumerate(sorted((tiny_run / "results" / "evaluation").glob("*/*/*/*.json"))):
+    for k, path in enumerate(sorted((tiny_run / "results" / "evaluation" / "test").glob("*/*/*/*.json"))):
         evaluations.append(tmp_path / f"{k}.json")
         evaluations[-1].write_text(path.read_text())
     doc = json.loads(evaluations[-1].read_text())

@@ -81,7 +81,7 @@ def test_a_region_run_on_the_missing_generic_source_fails_when_the_dag_is_built(
     coco = _write_config(tiny_config, tmp_path / "coco.yaml", real_format, coco_checkpoint="coco.pth")
     proc = snakemake_run(tmp_path, "tables", "--dry-run", "--quiet", "rules", config=coco)
     counts = _planned(proc)
-    assert counts["train_mask_model"] == 2 and counts["region_masks"] == 6, counts
+    assert counts["train_mask_model"] == 2 and counts["region_masks"] == 4 and counts["gt_region_masks"] == 2, counts
 
 
 def test_tiny_preset_runs_to_tables_on_a_real_format_copy_without_coco_file(real_format, tiny_config, tmp_path,
@@ -97,7 +97,7 @@ def test_tiny_preset_runs_to_tables_on_a_real_format_copy_without_coco_file(real
 
     results = tmp_path / "results"
     assert (results / "tables" / "done").is_file()
-    assert (results / "evaluation" / "ours" / "rgb" / "dataset" / "dataset.json").is_file()
+    assert (results / "evaluation" / "test" / "ours" / "rgb" / "dataset" / "dataset.json").is_file()
     assert not (results / "masks" / "models" / "generic").exists() and not (results / "masks" / "generic").exists()
     for shard in (results / "frames").glob("shard-*.h5"):
         with h5py.File(shard) as f:
@@ -130,4 +130,5 @@ def test_paper_preset_plans_tables_without_a_coco_file_and_with_torchvisions(tmp
     counts = _planned(snakemake_run(tmp_path, "tables", "--dry-run", "--quiet", "rules", "--configfile", *files))
     shards = 60  # 3,781 videos (one excluded), 64 per shard
     assert counts["train_mask_model"] == (2 if generic else 1), counts
-    assert counts["region_masks"] == (3 if generic else 2) * shards and counts["tables"] == 1, counts
+    assert counts["region_masks"] == (2 if generic else 1) * shards and counts["gt_region_masks"] == shards, counts
+    assert counts["tables"] == 1, counts

@@ -166,11 +166,11 @@ def test_a_seeds_run_plans_one_job_set_per_seed_in_its_own_folder(tmp_path, tiny
     config["seeds"] = [0, 1]
     path = tmp_path / "seeds.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = snakemake_run(tmp_path, "tables", "--dry-run", "--printshellcmds", config=path)
+    proc = snakemake_run(tmp_path, "aggregate", "--dry-run", "--printshellcmds", config=path)
     jobs = planned(proc)
     # the data once, at the top of results/; everything trained or scored once per seed, under results/seed-<N>/
-    assert {r: jobs[r] for r in ("synthesize", "index", "extract_frames", "flow")} == \
-        {"synthesize": 1, "index": 1, "extract_frames": 2, "flow": 2}
+    assert {r: jobs[r] for r in ("synthesize", "index", "extract_frames", "flow", "gt_region_masks")} == \
+        {"synthesize": 1, "index": 1, "extract_frames": 2, "flow": 2, "gt_region_masks": 2}
     for seed in (0, 1):
         assert {r: jobs[f"seed_{seed}_{r}"] for r in ("train_mask_model", "train_stage1", "train_stage2", "predict",
                                                         "evaluate", "tables")} == \
@@ -179,9 +179,11 @@ def test_a_seeds_run_plans_one_job_set_per_seed_in_its_own_folder(tmp_path, tiny
         assert outputs and all(o.startswith(f"results/seed-{seed}/") for out in outputs for o in out.split(", "))
         assert re.search(rf'train --settings .*"seed": {seed}, .* --frames results/frames/shard-000.h5 .*'
                          rf"--out results/seed-{seed}/models/stage1/rgb/model.pt", proc.stdout)
-    assert jobs["aggregate"] == 1 and jobs["tables"] == 1 and not any(r.startswith("seed_2") for r in jobs)
+    assert jobs["aggregate"] == 1 and not any(r.startswith("seed_2") for r in jobs)
+    # ground truth's regions are the data's (above): a seed's run caches its mask models' only, 2 shards x 2 sources
+    assert jobs["seed_0_region_masks"] == 4 and not any(r.endswith("_gt_region_masks") for r in jobs)
     assert re.search(r"a2dpipe aggregate --seed 0 --claims results/seed-0/tables/claims.csv --evaluations "
-                     r"results/seed-0/evaluation/\S+\.json .* --seed 1 --claims results/seed-1/tables/claims.csv "
+                     r"results/seed-0/evaluation/test/\S+\.json .* --seed 1 --claims results/seed-1/tables/claims.csv "
                      r".* --out-dir results/aggregate", proc.stdout)
 
 
@@ -194,11 +196,12 @@ def test_a_seeds_run_plans_one_job_set_per_seed_in_its_own_folder(tmp_path, tiny
 
 
 def test_the_seeds_preset_plans_three_seeds(tmp_path, snakemake_run):
-    proc = snakemake_run(tmp_path, "tables", "--dry-run", "--quiet", "rules", config=REPO / "config" / "seeds.yaml")
+    proc = snakemake_run(tmp_path, "aggregate", "--dry-run", "--quiet", "rules", config=REPO / "config" / "seeds.yaml")
     jobs = planned(proc)
     assert {r for r in jobs if r.startswith("seed_")} == \
         {f"seed_{s}_{r}" for s in (0, 1, 2) for r in ("train_mask_model", "region_masks", "mask_quality",
                                                       "train_stage1", "train_stage2", "predict", "evaluate",
                                                       "timing", "report_figures", "tables")}
-    # one frames shard (the embedded default's 128 videos), shared by the seeds
-    assert jobs["extract_frames"] == 1 and jobs["seed_2_train_stage2"] == 3 and jobs["aggregate"] == 1
+    # one frames shard (the embedded default's 128 videos) and its ground-truth regions, shared by the seeds
+    assert jobs["extract_frames"] == jobs["gt_region_masks"] == 1 and jobs["seed_2_region_masks"] == 2
+    assert jobs["seed_2_train_stage2"] == 3 and jobs["aggregate"] == 1

@@ -65,7 +65,7 @@ def test_annotated_frames_of_a_clip_get_predicts_label_maps(tiny_run, tmp_path, 
     clips = [results / "a2d-synthetic" / "clips320H" / f"{video}.mp4" for video in sorted(test["video"].unique())]
     assert segment(*clips, "--run", results, "--variant", variant, "--out", tmp_path) == 0
     compared = 0
-    with PredictionStore(results / "predictions" / predictions) as expected:
+    with PredictionStore(results / "predictions" / "test" / predictions) as expected:
         for row in test.itertuples():
             with PredictionStore(tmp_path / row.video / "labels.h5") as got:
                 want, have = expected.read(row.video, row.frame), got.read(row.video, row.frame)

@@ -107,15 +107,15 @@ def test_slurm_profile_matches_local_run(slurm, tmp_path, tiny_config, tiny_run,
 
 # -- sbatch arguments of every job (benchmarks/slurm_plan.py builds them with the plugin's own functions) --------
 
-# rules whose jobs use an accelerator in the tiny preset (DIS flow runs on the CPU; region masks of ground truth
+# rules whose jobs use an accelerator in the tiny preset (DIS flow runs on the CPU; ground truth's region masks
 # need no model)
-GPU_RULES = {"train_mask_model", "region_masks", "train_stage1", "train_stage2", "predict", "predict_validation"}
+GPU_RULES = {"train_mask_model", "region_masks", "train_stage1", "train_stage2", "predict"}
 SIZES = {"synthesize": "pass", "index": "small", "extract_frames": "shard", "flow": "shard",
-         "train_mask_model": "train", "region_masks": "shard", "mask_quality": "pass", "train_stage1": "train",
-         "train_stage2": "train", "predict": "pass", "predict_validation": "pass", "evaluate": "small",
-         "evaluate_validation": "small", "validate": "small", "timing": "small", "estimate": "small",
-         "report_figures": "small", "tables": "small", "compare_masks": "small", "aggregate": "small"}
-LOADER_RULES = {"train_stage1", "train_stage2", "predict", "predict_validation"}
+         "gt_region_masks": "shard", "train_mask_model": "train", "region_masks": "shard", "mask_quality": "pass",
+         "train_stage1": "train", "train_stage2": "train", "predict": "pass", "evaluate": "small",
+         "validate": "small", "timing": "small", "estimate": "small", "report_figures": "small", "tables": "small",
+         "compare_masks": "small", "aggregate": "small"}
+LOADER_RULES = {"train_stage1", "train_stage2", "predict"}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def _check_jobs(jobs, config: dict) -> None:
     cluster, workers = config["cluster"], config["segmentation"]["loader_workers"]
     for job in jobs:
         rule = _base_rule(job.rule)
-        wants_gpu = rule in GPU_RULES and job.wildcards.get("source") != "gt"
+        wants_gpu = rule in GPU_RULES
         assert job.gpus == int(wants_gpu), job
         assert job.partition == cluster["gpu_partition" if wants_gpu else "cpu_partition"], job
         size = cluster["sizes"][SIZES[rule]]
@@ -157,12 +157,15 @@ def test_every_job_of_the_tiny_preset_asks_slurm_for_what_it_needs(tmp_path, tin
         assert not slurm_plan.problems(jobs, "accel")
         _check_jobs(jobs, config)
         rules = {job.rule for job in jobs}
-        assert GPU_RULES - {"predict_validation"} <= rules and "extract_frames" in rules
+        assert GPU_RULES <= rules and "extract_frames" in rules
         if target == "all":  # the mask-model comparison's rules are copies with the same needs
             assert {"compare_masks_region_masks", "compare_masks_train_stage2", "compare_masks_predict"} <= rules
-        # ground truth's region masks use no model: CPU partition; the model sources' want the accelerator
-        masks = {(job.wildcards["source"], job.partition) for job in jobs if job.rule == "region_masks"}
-        assert masks == {("gt", "cpu"), ("dataset", "accel"), ("generic", "accel")}
+        # ground truth's region masks use no model: CPU partition, once (not again in the comparison module); the
+        # model sources' want the accelerator
+        masks = {(job.rule, job.wildcards["source"], job.partition) for job in jobs if "region_masks" in job.rule}
+        assert masks == {("gt_region_masks", "gt", "cpu"), ("region_masks", "dataset", "accel"),
+                         ("region_masks", "generic", "accel")} | (
+            {("compare_masks_region_masks", s, "accel") for s in ("dataset", "generic")} if target == "all" else set())
         assert {job.cpus for job in jobs if job.rule in LOADER_RULES} == {4}
 
 

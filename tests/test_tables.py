@@ -287,17 +287,17 @@ def test_stale_or_mismatched_per_video_files_are_named(tmp_path, evaluation_file
         claims.load_intervals([_per_video_path(evaluation_files[0]), other], evals)
 
 
-def test_metrics_only_writes_one_row_per_variant_and_region(tmp_path, evaluation_files):
+def test_metrics_table_writes_one_row_per_variant_and_region(tmp_path, evaluation_files):
     config = tmp_path / "config.yaml"
     config.write_text("seed: 0\nevaluation: {bootstrap_resamples: 100}\n")
     out = tmp_path / "validation"
-    argv = ["tables", "--config", str(config), "--metrics-only", "--evaluations", *map(str, evaluation_files),
+    argv = ["metrics-table", "--config", str(config), "--evaluations", *map(str, evaluation_files),
             "--per-video", *(str(_per_video_path(p)) for p in evaluation_files), "--out-dir", str(out)]
     assert main(argv) == 0
     table = pd.read_csv(out / "metrics.csv")
     assert len(table) == 2 * len(VARIANTS) and set(table["pixels"]) == {"whole", "non_boundary"}
     assert (table["mean IoU actor-action low"] <= table["mean IoU actor-action"]).all()
-    assert not (out / "done").exists() and not (out / "table1.csv").exists()
+    assert {p.name for p in out.iterdir()} == {f"metrics.{s}" for s in ("csv", "md", "tex", "html")}
 
 
 def test_a_broken_evaluation_file_is_named(tmp_path):
@@ -420,7 +420,7 @@ def test_report_command_draws_the_three_figures(tmp_path, evaluation_files):
 def test_overlay_columns_are_titled_by_variant(tmp_path):
     from a2dpipe.evaluation.report import variant_title
 
-    layout = tmp_path / "results" / "predictions"
+    layout = tmp_path / "results" / "predictions" / "test"
     assert variant_title(layout / "ours/rgbflow/dataset/gt.h5") == "Ours (RGB + flow), masks: dataset -> gt"
     assert variant_title(layout / "baseline/rgb/none/none.h5") == "Baseline (RGB only)"
     assert variant_title(layout / "maskvote/rgbflow/none/dataset.h5") == "Mask vote (RGB + flow), dataset masks"
@@ -501,9 +501,9 @@ def _fixture_run(root: Path) -> dict:
         pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5]}).to_csv(d / "loss.csv", index=False)
     pd.DataFrame([{"source": "dataset", "AP": 40.0}, {"source": "generic", "AP": 20.0}]).to_csv(
         res / "masks" / "quality.csv", index=False)
-    for k, variant in enumerate(VARIANT_PARTS):  # the workflow's layout: predictions/{kind}/{input}/{train}/{test}.h5
+    for k, variant in enumerate(VARIANT_PARTS):  # the layout: predictions/{split}/{kind}/{input}/{train}/{test}.h5
         attrs = {"schema": PREDICTIONS.schema, "variant": variant_name(variant), "seconds_per_frame": 0.01 * (k + 1)}
-        with h5(res / "predictions" / Path(*variant[:3]) / f"{variant.test_source}.h5", attrs) as f:
+        with h5(res / "predictions" / "test" / Path(*variant[:3]) / f"{variant.test_source}.h5", attrs) as f:
             for key, (label, test) in labels_of.items():
                 if test:
                     joint = np.where(rng.random(label.shape) < 0.8, label, 0).astype(np.uint8)

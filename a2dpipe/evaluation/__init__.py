@@ -2,13 +2,13 @@
 
 Rules (``workflow/rules/evaluation.smk``) and their commands:
 
-- ``evaluate`` -> ``a2dpipe evaluate`` (:mod:`.evaluate`, scores from :mod:`.metrics`): ``evaluation/...json``
-  and the per-video confusion matrices ``evaluation/...videos.npz``;
+- ``evaluate`` -> ``a2dpipe evaluate --split test|val`` (:mod:`.evaluate`, scores from :mod:`.metrics`):
+  ``evaluation/<split>/...json`` and the per-video confusion matrices ``evaluation/<split>/...videos.npz``;
 - ``tables`` -> ``a2dpipe tables`` (:mod:`.tables`): Tables 1-5 and the claims (:mod:`.claims`), beside the
   paper's figures (:mod:`.paper_results`), with paired-bootstrap intervals over test videos (:mod:`.bootstrap`),
   written as CSV, Markdown and LaTeX (:mod:`.writers`);
-- ``evaluate_validation``, ``validate`` -> ``a2dpipe evaluate --split val``, ``a2dpipe tables --metrics-only``:
-  the same metrics on the validation split (``validation/metrics.csv``);
+- ``validate`` -> ``a2dpipe metrics-table`` (:mod:`.metrics_table`): every variant's metrics on the validation
+  split, from ``evaluate``'s of split val (``validation/metrics.csv``);
 - ``aggregate`` (a seeds run, ``workflow/rules/seeds.smk``) -> ``a2dpipe aggregate`` (:mod:`.aggregate`): Tables 1-3
   and the claims as mean and standard deviation across the seeds' runs;
 - ``timing`` -> ``a2dpipe timing`` (:mod:`.timing`): milliseconds per frame of each stage;

@@ -2,8 +2,8 @@
 
 Command::
 
-    a2dpipe tables --config C --evaluations results/evaluation/*.json \
-        --per-video results/evaluation/*.videos.npz --mask-quality results/masks/quality.csv \
+    a2dpipe tables --config C --evaluations results/evaluation/test/*/*/*/*.json \
+        --per-video results/evaluation/test/*/*/*/*.videos.npz --mask-quality results/masks/quality.csv \
         --timing results/timing/timing.csv --out-dir results/tables
 
 Every table has a ``source`` column (``paper`` or ``this run``) and is written three times: ``<name>.csv``
@@ -60,6 +60,8 @@ __all__ = [
     "table3",
     "table4",
     "table5",
+    "run_row",
+    "bootstrap_intervals",
     "configure_parser",
     "run",
 ]
@@ -118,7 +120,7 @@ def load_evaluations(paths) -> dict[str, dict]:
     return out
 
 
-def _run_row(evaluation: dict, region: str = "whole", intervals: Intervals | None = None) -> list[float]:
+def run_row(evaluation: dict, region: str = "whole", intervals: Intervals | None = None) -> list[float]:
     """This run's metric cells: value, low, high per metric (percentages; intervals nan without a bootstrap)."""
     m = evaluation["metrics"][region]
     variant = evaluation["variant"]
@@ -145,7 +147,7 @@ def _this_run(table: str, labels: list[str], evals: dict, variant: str, region: 
     if variant not in evals:
         _missing(variant, table)
         return []
-    return [[*labels, THIS_RUN, *_run_row(evals[variant], region, intervals)]]
+    return [[*labels, THIS_RUN, *run_row(evals[variant], region, intervals)]]
 
 
 # --- the tables -----------------------------------------------------------------------------------------------
@@ -216,21 +218,6 @@ def read_csv_table(path, what: str) -> pd.DataFrame:
         raise A2DError(f"{path}: cannot read the {what} table: {err}") from None
 
 
-def metrics_table(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
-    """Every evaluated variant's metrics, whole image and non-boundary, with intervals (the validate target's)."""
-    rows = [[variant, region, evals[variant].get("split", "test"), *_run_row(evals[variant], region, intervals)]
-            for variant in sorted(evals) for region in ("whole", "non_boundary")]
-    return pd.DataFrame(rows, columns=["variant", "pixels", "split", *INTERVAL_HEADERS])
-
-
-def make_metrics_table(evals: dict, out_dir, intervals: Intervals | None = None) -> list[Path]:
-    """``out_dir/metrics.{csv,md,tex}``: :func:`metrics_table`; returns the paths written."""
-    splits = sorted({e.get("split", "test") for e in evals.values()})
-    caption = (f"Metrics of every variant on the {'/'.join(splits)} split (percentages); in brackets: 95% "
-               "bootstrap interval over its videos.")
-    return write_table(metrics_table(evals, intervals), Path(out_dir), "metrics", caption)
-
-
 FINAL_FIT = {
     "train": "Models trained on the train split, the validation videos held out (dataset.final_fit: train).",
     "train+val": "Models trained on the train and validation splits, after settings were chosen on validation "
@@ -277,33 +264,33 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals:
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples; evaluation.claims_correction and "
-                                 "dataset.final_fit, but not with --metrics-only")
+    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples, evaluation.claims_correction, "
+                                 "dataset.final_fit")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files of every variant")
     parser.add_argument("--per-video", nargs="*", default=[],
                         help="per-video confusion matrices (.npz) of the variants: bootstrap intervals and claims")
-    parser.add_argument("--metrics-only", action="store_true",
-                        help="write only DIR/metrics.{csv,md,tex}, one row per variant (the validate target)")
     parser.add_argument("--mask-quality", nargs="?", help="mask-quality CSV (optional)")
     parser.add_argument("--timing", help="timing CSV (optional)")
     parser.add_argument("--out-dir", required=True, help="folder of the tables; DIR/done is written last")
 
 
+def bootstrap_intervals(per_video: list, evals: dict, config: dict) -> Intervals | None:
+    """The paired-bootstrap intervals of ``evals`` from their ``per_video`` matrices (config ``seed`` and
+    ``evaluation.bootstrap_resamples``); None, with a warning, without matrices."""
+    resamples = int(config["evaluation"]["bootstrap_resamples"])
+    check_resamples(resamples, "--settings")
+    if not per_video:
+        log.warning("no --per-video matrices: no intervals, and every claim is n/a")
+        return None
+    intervals = load_intervals(per_video, evals, resamples=resamples, seed=int(config["seed"]))
+    log.info("bootstrap: %d resamples of %d videos", resamples, len(intervals.bootstrap.videos))
+    return intervals
+
+
 def run(args) -> None:
     evals = load_evaluations(args.evaluations)
     config = read_settings(args)
-    resamples = int(config["evaluation"]["bootstrap_resamples"])
-    check_resamples(resamples, "--settings")
-    intervals = None
-    if args.per_video:
-        intervals = load_intervals(args.per_video, evals, resamples=resamples, seed=int(config["seed"]))
-        log.info("bootstrap: %d resamples of %d videos", resamples, len(intervals.bootstrap.videos))
-    else:
-        log.warning("no --per-video matrices: no intervals, and every claim is n/a")
-    if args.metrics_only:
-        written = make_metrics_table(evals, args.out_dir, intervals)
-        log.info("wrote %s", ", ".join(map(str, written)))
-        return
+    intervals = bootstrap_intervals(args.per_video, evals, config)
     write_made_from(Path(args.out_dir, "provenance.json"),
                     {p: e.get("provenance") for p, e in zip(args.evaluations, evals.values())})
     written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality,

@@ -1,5 +1,6 @@
-"""Predictions of one variant: ``results/predictions/<kind>/<input>/<train_source>/<test_source>.h5``
-(:mod:`a2dpipe.variants`), written by ``a2dpipe predict``.
+"""Predictions of one variant on one split:
+``results/predictions/<split>/<kind>/<input>/<train_source>/<test_source>.h5`` (:mod:`a2dpipe.variants`), written
+by ``a2dpipe predict``.
 
 Layout (Predictions contract), one group ``"{video}/{frame:05d}"`` per test frame with uint8 datasets at frame
 size, gzip-compressed: ``actor`` (0..7), ``action`` (0..9), ``joint`` (A2D ids: 0 or one of the 43 valid pairs,

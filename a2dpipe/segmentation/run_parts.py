@@ -12,7 +12,7 @@ file                                  what segment takes from it
 ``masks/<S>/shard-*.h5`` (one)        the mask model's inference settings (score threshold, regions kept, batch)
 ``<shared>/frames/shard-*.h5`` (one)  the frame height the networks saw; ``frames.neighbour`` (the flow partner)
 ``<shared>/flow/<method>/shard-*.h5`` the flow method and its settings (rgbflow)
-``predictions/<variant>.h5``          optional: the settings ``predict`` used (inference batch, the mask vote's)
+``predictions/test/<variant>.h5``     optional: the settings ``predict`` used (inference batch, the mask vote's)
 ====================================  =============================================================================
 
 All their stamps must agree (:func:`a2dpipe.config.check_consistent`): a model file from another configuration
@@ -166,7 +166,7 @@ def find_parts(run: str | Path, variant: Variant, shared: str | Path | None = No
     if v.input == "rgbflow":
         flow = _flow_shard(shared, stamps[str(network)].get("flow", {}))
         stamps[str(flow)] = read_stamp_file(flow)
-    predictions = run / "predictions" / v.kind / v.input / v.train_source / f"{v.test_source}.h5"
+    predictions = run / "predictions" / "test" / v.kind / v.input / v.train_source / f"{v.test_source}.h5"
     if predictions.is_file():
         stamps[str(predictions)] = read_stamp_file(predictions)
     check_consistent(stamps)

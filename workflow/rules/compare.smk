@@ -1,7 +1,8 @@
 # Mask-model comparison (config experiments.compare_masks; target `compare_masks`): this run again with another
 # mask model, as the module `compare_masks_` (rules `compare_masks_<rule>`, results in <results>/compare-masks/).
-# It reads this run's dataset, frames, flow and stage-1 models, whose rules are therefore left out of the module
-# (stage 1 reads no mask setting), and trains its own mask models, region caches and stage 2. Not part of `tables`.
+# It reads this run's dataset, frames, flow, ground truth's region masks and stage-1 models (stage 1 reads no mask
+# setting), whose rules this run alone defines (common.smk, makes()), and trains its own mask models, region caches
+# and stage 2. Not part of `tables`.
 
 
 module compare_masks:
@@ -11,7 +12,7 @@ module compare_masks:
         get_compare_config()
 
 
-use rule * from compare_masks exclude synthesize, index, extract_frames, frames, flow, train_stage1, all as compare_masks_*
+use rule * from compare_masks exclude all as compare_masks_*
 
 
 # Both runs' Table 3 rows beside the mask AP of their test masks.

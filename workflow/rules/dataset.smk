@@ -1,4 +1,5 @@
-# Dataset stage: the synthetic benchmark (embedded default), the frame index and per-shard frame extraction.
+# Dataset stage: the synthetic benchmark (embedded default), the frame index, per-shard frame extraction, and the
+# ground truth's region masks per shard.
 # Each rule passes its command exactly the config values it reads (params.settings, see common.smk), so that
 # changing one reruns it and what depends on it (rerun trigger "params"). Every substitution is shell-quoted.
 
@@ -78,3 +79,30 @@ rule frames:
     # Target for every frames shard: `snakemake --cores 1 frames`.
     input:
         expand(FRAMES, shard=SHARDS),
+
+
+# The ground truth's regions in the region-cache format of the mask sources (masks.smk): from the frames shard's
+# annotations, no model and no setting, on the CPU. `{source}` is always gt here, so that the command's settings
+# come from region_masks' own function.
+rule gt_region_masks:
+    input:
+        frames=FRAMES,
+    output:
+        cache=GT_MASK_CACHE,
+    log:
+        res("logs", "region_masks", "{source}", "shard-{shard}.log"),
+    benchmark:
+        res("benchmarks", "region_masks", "{source}", "shard-{shard}.tsv")
+    wildcard_constraints:
+        source="gt",
+    conda:
+        "../../envs/a2dpipe.yaml"
+    threads: 1
+    resources:
+        **get_job_resources("shard"),
+    params:
+        code=get_code("region-masks"),
+        settings=get_region_mask_settings,
+    shell:
+        "python -m a2dpipe region-masks --settings {params.settings:q} --source {wildcards.source:q}"
+        " --frames {input.frames:q} --out {output.cache:q} --log {log:q}"

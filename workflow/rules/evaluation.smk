@@ -1,5 +1,6 @@
-# Evaluation stage: metrics per prediction set, the paper's tables (the main target), timings, report figures,
-# and the same metrics on the validation split (target `validate`: where settings are chosen, never on test).
+# Evaluation stage: metrics per prediction set and split, the paper's tables (the main target, from the test split),
+# timings, report figures, and the metrics table of the validation split (target `validate`: where settings are
+# chosen, never on test).
 
 
 rule evaluate:
@@ -10,9 +11,9 @@ rule evaluate:
         evaluation=EVALUATION,
         per_video=EVALUATION_VIDEOS,
     log:
-        res("logs", "evaluate", f"{VARIANT}.log"),
+        res("logs", "evaluate", "{split}", f"{VARIANT}.log"),
     benchmark:
-        res("benchmarks", "evaluate", f"{VARIANT}.tsv")
+        res("benchmarks", "evaluate", "{split}", f"{VARIANT}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
@@ -22,39 +23,16 @@ rule evaluate:
         code=get_code("evaluate"),
         settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
     shell:
-        "python -m a2dpipe evaluate --settings {params.settings:q} --predictions {input.predictions:q}"
-        " --frames {input.frames:q} --out {output.evaluation:q} --per-video {output.per_video:q} --log {log:q}"
-
-
-rule evaluate_validation:
-    input:
-        predictions=VAL_PREDICTIONS,
-        frames=expand(FRAMES, shard=SHARDS),
-    output:
-        evaluation=VAL_EVALUATION,
-        per_video=VAL_EVALUATION_VIDEOS,
-    log:
-        res("logs", "evaluate_validation", f"{VARIANT}.log"),
-    benchmark:
-        res("benchmarks", "evaluate_validation", f"{VARIANT}.tsv")
-    conda:
-        "../../envs/a2dpipe.yaml"
-    threads: 1
-    resources:
-        **get_job_resources("small"),
-    params:
-        code=get_code("evaluate"),
-        settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
-    shell:
-        "python -m a2dpipe evaluate --settings {params.settings:q} --split val --predictions {input.predictions:q}"
+        "python -m a2dpipe evaluate --settings {params.settings:q} --split {wildcards.split:q}"
+        " --predictions {input.predictions:q}"
         " --frames {input.frames:q} --out {output.evaluation:q} --per-video {output.per_video:q} --log {log:q}"
 
 
 # Target `validate`: every variant's metrics on the validation split, with bootstrap intervals over its videos.
 rule validate:
     input:
-        evaluations=get_validation_outputs(VAL_EVALUATION),
-        per_video=get_validation_outputs(VAL_EVALUATION_VIDEOS),
+        evaluations=get_validation_outputs(EVALUATION),
+        per_video=get_validation_outputs(EVALUATION_VIDEOS),
     output:
         table=res("validation", "metrics.csv"),
         page=report_page_if_made(
@@ -73,11 +51,11 @@ rule validate:
     resources:
         **get_job_resources("small"),
     params:
-        code=get_code("tables"),
+        code=get_code("metrics-table"),
         settings=get_settings("seed", "evaluation.bootstrap_resamples"),
         out_dir=get_output_dir,
     shell:
-        "python -m a2dpipe tables --settings {params.settings:q} --metrics-only --evaluations {input.evaluations:q}"
+        "python -m a2dpipe metrics-table --settings {params.settings:q} --evaluations {input.evaluations:q}"
         " --per-video {input.per_video:q} --out-dir {params.out_dir:q} --log {log:q}"
 
 

@@ -1,4 +1,5 @@
-# Region masks stage: the mask models (dataset, generic), the per-shard region caches of every source, mask AP.
+# Region masks stage: the mask models (dataset, generic), their per-shard region caches, mask AP. Ground truth's
+# region caches need neither model nor setting: the run that makes the frames makes them (dataset.smk).
 
 
 rule train_mask_model:
@@ -35,11 +36,13 @@ rule region_masks:
         res("logs", "region_masks", "{source}", "shard-{shard}.log"),
     benchmark:
         res("benchmarks", "region_masks", "{source}", "shard-{shard}.tsv")
+    wildcard_constraints:
+        source="|".join(TRAINED_MASK_SOURCES),
     conda:
         "../../envs/a2dpipe.yaml"
     threads: 1
     resources:
-        **get_job_resources("shard", gpu=get_mask_gpus),
+        **get_job_resources("shard", gpu=1),
     params:
         code=get_code("region-masks"),
         settings=get_region_mask_settings,

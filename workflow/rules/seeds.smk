@@ -1,7 +1,8 @@
 # Seeds run (config `seeds` a list): one run per seed through one DAG, and the aggregate of their tables.
 # Each seed's run is this workflow as a module (rules `seed_<N>_<rule>`, config from get_seed_config): that seed,
-# its results in <results>/seed-<N>/, and the artifacts no training seed changes (dataset, index, frames, flow)
-# read from this run, whose rules make them once; those rules are therefore left out of the modules.
+# its results in <results>/seed-<N>/, and the artifacts no training seed changes (dataset, index, frames, flow,
+# ground truth's region masks) read from this run, whose rules make them once (the modules define no rule for them:
+# common.smk, makes()). Targets: `aggregate` (every seed's tables and their aggregate), `validate_seeds`, `all`.
 
 
 for seed in SEEDS:
@@ -14,9 +15,10 @@ for seed in SEEDS:
         config:
             get_seed_config(seed)
 
-    use rule * from seed_module exclude synthesize, index, extract_frames, frames, flow, all as seed_module*
+    use rule * from seed_module exclude all as seed_module*
 
 
+# The main target of a seeds run: every seed's tables and their aggregate across seeds.
 rule aggregate:
     input:
         claims=get_seed_outputs("tables", "claims"),
@@ -68,14 +70,7 @@ rule aggregate:
         "python -m a2dpipe aggregate {params.runs:q} --out-dir {params.out_dir:q} --log {log:q}"
 
 
-# The main target of a seeds run: every seed's tables and their aggregate.
-rule tables:
-    input:
-        get_seed_outputs("tables", "done"),
-        rules.aggregate.output.done,
-
-
-# Every seed's metrics on the validation split.
-rule validate:
+# Every seed's metrics on the validation split (each seed's `validate`).
+rule validate_seeds:
     input:
         get_seed_outputs("validate", "table"),

@@ -1,30 +1,34 @@
 # Segmentation stage: stage 1 (front-end + ASPP baseline) per input, stage 2 (frozen front-end + region back-end)
-# per input and training mask source, predictions per variant (test split; validation split for `validate`). Training resumes from checkpoint.pt beside model.pt.
+# per input and training mask source, predictions per variant and split (test for the tables, val for `validate`).
+# Training resumes from checkpoint.pt beside model.pt.
 
 
-rule train_stage1:
-    input:
-        frames=expand(FRAMES, shard=SHARDS),
-        flow=get_flow_inputs,
-    output:
-        model=STAGE1,
-        curve=res("models", "stage1", "{input}", "loss.csv"),
-    log:
-        res("logs", "train_stage1", "{input}.log"),
-    benchmark:
-        res("benchmarks", "train_stage1", "{input}.tsv")
-    conda:
-        "../../envs/a2dpipe.yaml"
-    threads: get_loader_threads()
-    resources:
-        **get_job_resources("train", gpu=1),
-    params:
-        code=get_code("train"),
-        settings=get_train_settings(1),
-    shell:
-        "python -m a2dpipe train --settings {params.settings:q} --stage 1 --input {wildcards.input:q}"
-        " --frames {input.frames:q} --flow {input.flow:q} --threads {threads:q} --out {output.model:q}"
-        " --log {log:q}"
+# Stage 1 reads no mask setting: the mask-model comparison reads this run's models (stage1_results), not its own.
+if makes(STAGE1_RESULTS):
+
+    rule train_stage1:
+        input:
+            frames=expand(FRAMES, shard=SHARDS),
+            flow=get_flow_inputs,
+        output:
+            model=STAGE1,
+            curve=res("models", "stage1", "{input}", "loss.csv"),
+        log:
+            res("logs", "train_stage1", "{input}.log"),
+        benchmark:
+            res("benchmarks", "train_stage1", "{input}.tsv")
+        conda:
+            "../../envs/a2dpipe.yaml"
+        threads: get_loader_threads()
+        resources:
+            **get_job_resources("train", gpu=1),
+        params:
+            code=get_code("train"),
+            settings=get_train_settings(1),
+        shell:
+            "python -m a2dpipe train --settings {params.settings:q} --stage 1 --input {wildcards.input:q}"
+            " --frames {input.frames:q} --flow {input.flow:q} --threads {threads:q} --out {output.model:q}"
+            " --log {log:q}"
 
 
 rule train_stage2:
@@ -64,9 +68,9 @@ rule predict:
     output:
         predictions=PREDICTIONS,
     log:
-        res("logs", "predict", f"{VARIANT}.log"),
+        res("logs", "predict", "{split}", f"{VARIANT}.log"),
     benchmark:
-        res("benchmarks", "predict", f"{VARIANT}.tsv")
+        res("benchmarks", "predict", "{split}", f"{VARIANT}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
     threads: get_loader_threads()
@@ -76,36 +80,8 @@ rule predict:
         code=get_code("predict"),
         settings=get_predict_settings,
     shell:
-        "python -m a2dpipe predict --settings {params.settings:q} --kind {wildcards.kind:q}"
-        " --input {wildcards.input:q} --train-source {wildcards.train_source:q}"
-        " --test-source {wildcards.test_source:q}"
-        " --model {input.model:q} --frames {input.frames:q} --flow {input.flow:q} --masks {input.masks:q}"
-        " --threads {threads:q} --out {output.predictions:q} --log {log:q}"
-
-
-rule predict_validation:
-    input:
-        frames=expand(FRAMES, shard=SHARDS),
-        flow=get_flow_inputs,
-        masks=get_variant_masks,
-        model=get_variant_model,
-    output:
-        predictions=VAL_PREDICTIONS,
-    log:
-        res("logs", "predict_validation", f"{VARIANT}.log"),
-    benchmark:
-        res("benchmarks", "predict_validation", f"{VARIANT}.tsv")
-    conda:
-        "../../envs/a2dpipe.yaml"
-    threads: get_loader_threads()
-    resources:
-        **get_job_resources("pass", gpu=1),
-    params:
-        code=get_code("predict"),
-        settings=get_predict_settings,
-    shell:
-        "python -m a2dpipe predict --settings {params.settings:q} --split val --kind {wildcards.kind:q}"
-        " --input {wildcards.input:q} --train-source {wildcards.train_source:q}"
+        "python -m a2dpipe predict --settings {params.settings:q} --split {wildcards.split:q}"
+        " --kind {wildcards.kind:q} --input {wildcards.input:q} --train-source {wildcards.train_source:q}"
         " --test-source {wildcards.test_source:q}"
         " --model {input.model:q} --frames {input.frames:q} --flow {input.flow:q} --masks {input.masks:q}"
         " --threads {threads:q} --out {output.predictions:q} --log {log:q}"

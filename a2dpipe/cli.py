@@ -18,6 +18,8 @@ from a2dpipe import __version__
 from a2dpipe.integrity import code_digest, set_command
 from a2dpipe.io import A2DError, setup_logging
 
+__all__ = ["COMMANDS", "main", "build_parser", "import_command", "command_digest", "dynamo_deferred"]
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("a2dpipe.dataset.synthetic", "write the synthetic A2D-format benchmark"),

@@ -39,7 +39,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "timing": ("a2dpipe.evaluation.timing", "milliseconds per frame of each stage on this machine"),
     "estimate": ("a2dpipe.evaluation.estimate", "wall time of each stage on one GPU: FLOP count x assumed throughput"),
     "report": ("a2dpipe.evaluation.report", "figures of the HTML report (per-category bars, loss curves, overlays)"),
-    "bench": ("a2dpipe.flow.bench", "speed and accuracy benchmarks"),
     "config-reference": ("a2dpipe.config_reference", "the configuration reference page, from the config schema"),
 }
 

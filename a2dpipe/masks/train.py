@@ -43,8 +43,7 @@ from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, mask_model_options
 from a2dpipe.recipe import build_optimizer, warmup_cosine_schedule
-from a2dpipe.trainer import (PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns,
-                             tensorboard_hooks)
+from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, tensorboard_hooks
 
 __all__ = ["NUM_CLASSES", "configure_parser", "run", "train_mask_model", "model_arch", "mask_model_recipe",
            "training_batch"]
@@ -53,7 +52,6 @@ log = logging.getLogger("a2dpipe.masks")
 
 LOSS_KEYS = (  # Mask R-CNN's; another model's losses get their own columns
     "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-CURVE_COLUMNS = curve_columns(LOSS_KEYS)
 NUM_CLASSES = {"dataset": 8, "generic": 2}
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from a2dpipe.progress import progress
-from a2dpipe.segmentation.predictions import PredictionWriter
+from a2dpipe.segmentation.predictions import PREDICTED_SPLITS, PredictionWriter
 from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, network_threads,
                                          result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
@@ -62,7 +62,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--masks", nargs="*", default=[], help="region-mask caches of the test source (ours)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--split", choices=("test", "val"), default="test", help="frames to predict")
+    parser.add_argument("--split", choices=PREDICTED_SPLITS, default="test", help="frames to predict")
 
 
 def region_average(probs: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

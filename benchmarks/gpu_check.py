@@ -96,7 +96,7 @@ from a2dpipe.segmentation.train import load_checkpoint, stage_recipe, train
 from a2dpipe.trainer import Trainer
 from a2dpipe.variants import Variant
 
-from backends import random_regions, timed  # the regions benchmarks/backends.py times, and its timer
+from backends import random_regions, seconds_of  # the regions benchmarks/backends.py times, and its timer
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("check", "value", "unit", "ok", "note")
@@ -177,7 +177,7 @@ def timed(fn, device, warmup: int, count: int) -> list[float]:
     times = []
     try:
         for k in range(warmup + count):
-            seconds = timed(fn, device)
+            seconds = seconds_of(fn, device)
             if k >= warmup:
                 times.append(seconds)
     except OutOfBudget:

@@ -17,7 +17,7 @@ from a2dpipe.evaluation.bootstrap import (CONFIDENCE, Bootstrap, normal_interval
                                           read_per_video)
 from a2dpipe.evaluation.writers import interval_text
 from a2dpipe.io import A2DError
-from a2dpipe.variants import variant_name, variant_of
+from a2dpipe.variants import INPUTS, variant_name, variant_of
 
 __all__ = ["CLAIMS", "CORRECTIONS", "Intervals", "load_intervals", "percent", "verdict",
            "claim_levels", "claims", "claims_caption"]
@@ -107,8 +107,8 @@ def load_intervals(paths, evals: dict, *, resamples: int = 1000, seed: int = 0) 
 
 _MCA = "mean_class_accuracy"
 # the variants the claims compare: the paper's (dataset masks) unless the claim is about the masks
-_BASELINE_RGB, _BASELINE_RGBFLOW = (variant_name(variant_of("baseline", inp)) for inp in ("rgb", "rgbflow"))
-_OURS_RGB, _OURS_RGBFLOW = (variant_name(variant_of("ours", inp)) for inp in ("rgb", "rgbflow"))
+_BASELINE_RGB, _BASELINE_RGBFLOW = (variant_name(variant_of("baseline", inp)) for inp in INPUTS)
+_OURS_RGB, _OURS_RGBFLOW = (variant_name(variant_of("ours", inp)) for inp in INPUTS)
 _OURS_GENERIC_MASKS = variant_name(variant_of("ours", "rgbflow", "generic", "generic"))
 _OURS_GT_MASKS = variant_name(variant_of("ours", "rgbflow", "dataset", "gt"))
 _MASK_VOTE = variant_name(variant_of("maskvote", "rgbflow"))

@@ -18,6 +18,8 @@ from a2dpipe import __version__
 from a2dpipe.integrity import code_digest, set_command
 from a2dpipe.io import A2DError, setup_logging
 
+__all__ = ["COMMANDS", "main", "build_parser", "import_command", "command_digest", "dynamo_deferred"]
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("a2dpipe.dataset.synthetic", "write the synthetic A2D-format benchmark"),
@@ -39,7 +41,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "timing": ("a2dpipe.evaluation.timing", "milliseconds per frame of each stage on this machine"),
     "estimate": ("a2dpipe.evaluation.estimate", "wall time of each stage on one GPU: FLOP count x assumed throughput"),
     "report": ("a2dpipe.evaluation.report", "figures of the HTML report (per-category bars, loss curves, overlays)"),
-    "bench": ("a2dpipe.flow.bench", "speed and accuracy benchmarks"),
     "config-reference": ("a2dpipe.config_reference", "the configuration reference page, from the config schema"),
 }
 

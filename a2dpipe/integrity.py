@@ -31,8 +31,8 @@ from pathlib import Path
 from a2dpipe import __version__
 from a2dpipe.io import A2DError, _host, _writer_is_gone, atomic_path, unreadable_artifact
 
-__all__ = ["PACKAGE_ROOT", "code_digest", "module_files", "set_command", "current_command", "code_stamp",
-           "file_digest", "digest_of", "with_digest", "checked_json", "DIGEST_KEY", "RESULTS_LOCK",
+__all__ = ["PACKAGE_ROOT", "code_digest", "forget_code_digests", "module_files", "set_command", "current_command",
+           "code_stamp", "file_digest", "digest_of", "with_digest", "checked_json", "DIGEST_KEY", "RESULTS_LOCK",
            "check_results_free", "lock_results", "unlock_results"]
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -110,6 +110,13 @@ def code_digest(module: str) -> str:
         digest.update(f"\0{name}\0".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def forget_code_digests() -> None:
+    """Drop the digests and import lists read so far, so the next :func:`code_digest` reads the files again (after
+    an edit, or to time a Snakefile parse's digests from cold)."""
+    code_digest.cache_clear()
+    _imports.cache_clear()
 
 
 def set_command(command: str | None, module: str | None = None) -> None:

@@ -8,7 +8,7 @@ drawn deterministically from ``step`` alone. :class:`Trainer` does the rest, the
   together (the step's one host sync), refuses a non-finite total naming the step and each loss (no weight has
   changed yet), then ``optimizer.step``, ``scheduler.step``;
 - records one loss-curve row per step, ``{"step", "loss", "lr", <each loss>}`` (``lr``: the first parameter
-  group's learning rate *used by* the step), written as ``loss.csv`` with :data:`CURVE_COLUMNS` + loss names;
+  group's learning rate *used by* the step), written as ``loss.csv`` with :data:`STEP_COLUMNS` + loss names;
 - hooks: :class:`Progress` (a progress bar, :mod:`a2dpipe.progress`, and a closing log line) and :class:`PeriodicCheckpointer` (every
   ``every`` steps the resumable state of :mod:`a2dpipe.checkpoint` and the curve so far), and with
   ``A2DPIPE_TENSORBOARD=1`` :class:`TensorBoard` (event files of the curve beside ``loss.csv``).
@@ -38,21 +38,21 @@ from a2dpipe.io import A2DError
 from a2dpipe.progress import progress
 
 __all__ = ["Trainer", "HookBase", "Progress", "PeriodicCheckpointer", "TensorBoard", "tensorboard_hooks",
-           "CURVE_COLUMNS", "curve_columns", "columns_of"]
+           "STEP_COLUMNS", "curve_columns", "columns_of"]
 
 log = logging.getLogger(__name__)
 
-CURVE_COLUMNS = ("step", "loss", "lr")
+STEP_COLUMNS = ("step", "loss", "lr")  # the columns every loss curve starts with
 
 
 def curve_columns(loss_keys: Sequence[str]) -> tuple[str, ...]:
     """The loss-curve header of a trainer whose step returns ``loss_keys``."""
-    return (*CURVE_COLUMNS, *loss_keys)
+    return (*STEP_COLUMNS, *loss_keys)
 
 
 def columns_of(history: Sequence[dict]) -> tuple[str, ...]:
     """The loss-curve header of recorded rows (the losses a model returned, in its order)."""
-    return curve_columns([k for k in history[0] if k not in CURVE_COLUMNS]) if history else CURVE_COLUMNS
+    return curve_columns([k for k in history[0] if k not in STEP_COLUMNS]) if history else STEP_COLUMNS
 
 
 class HookBase:
@@ -134,7 +134,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if total.requires_grad:  # a stage-2 batch without regions has nothing to learn from
             self.scaler.scale(total).backward()
-        numbers = torch.stack([total.detach().float(), *(v.detach().float() for v in losses.values())]).tolist()
+        # one host sync for every number; reshape: a one-element loss (shape [1]) is a scalar too
+        numbers = torch.stack([v.detach().float().reshape(()) for v in (total, *losses.values())]).tolist()
         values = dict(zip(losses, numbers[1:]))
         if not math.isfinite(numbers[0]):
             named = ", ".join(f"{k}={v:.4g}" for k, v in values.items())

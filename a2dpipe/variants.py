@@ -13,7 +13,9 @@ part               values
 Each part is a Snakemake wildcard of the prediction and evaluation paths
 (``predictions/{split}/{kind}/{input}/{train_source}/{test_source}.h5``), and ``a2dpipe predict`` takes each as its own
 option: nothing splits a joined name. The one joined name, :func:`variant_name`, is for display: the
-``variant`` of the prediction and evaluation files, on which tables, claims and the report key.
+``variant`` of the prediction and evaluation files, on which tables, claims and the report key. They name the
+variants they report with :func:`variant_of` (a kind on an input, with the paper's ``dataset`` masks unless told
+otherwise), never by writing a joined name out.
 
 Which mask sources a run has (:func:`unavailable_sources`): ``dataset`` and ``gt`` always; ``generic`` with a COCO
 model (``masks.coco_checkpoint``, used as is) or on the synthetic benchmark (trained on its non-actor objects).
@@ -33,14 +35,15 @@ from typing import NamedTuple
 
 from a2dpipe.io import A2DError
 
-__all__ = ["NONE", "KINDS", "INPUTS", "TRAINED_SOURCES", "TEST_SOURCES", "Variant", "check_variant", "variant_name",
-           "unavailable_sources", "check_region_runs"]
+__all__ = ["NONE", "KINDS", "INPUTS", "TRAINED_SOURCES", "TEST_SOURCES", "MAIN_SOURCE", "Variant", "check_variant",
+           "variant_of", "all_variants", "variant_name", "unavailable_sources", "check_region_runs"]
 
 NONE = "none"  # placeholder of a source a kind does not use: keeps every path four parts deep
 KINDS = ("baseline", "maskvote", "ours")
 INPUTS = ("rgb", "rgbflow")
 TRAINED_SOURCES = ("dataset", "generic")
 TEST_SOURCES = ("dataset", "generic", "gt")
+MAIN_SOURCE = "dataset"  # the paper's default: region masks of a model trained on the target dataset
 
 
 class Variant(NamedTuple):
@@ -73,6 +76,21 @@ def check_variant(variant: Variant) -> Variant:
         raise A2DError(f"a {variant.kind} variant takes test source {' or '.join(tested)}, "
                        f"not {variant.test_source!r}")
     return variant
+
+
+def variant_of(kind: str, input: str, train_source: str = MAIN_SOURCE, test_source: str = MAIN_SOURCE) -> Variant:
+    """The variant of ``kind`` on ``input`` with these mask sources where the kind takes one (the baseline takes
+    none, the mask vote a test source only), by default the paper's: ``variant_of("ours", "rgb")`` is
+    ``Variant("ours", "rgb", "dataset", "dataset")``."""
+    trained, tested = _allowed(kind)
+    return check_variant(Variant(kind, input, train_source if trained != (NONE,) else NONE,
+                                 test_source if tested != (NONE,) else NONE))
+
+
+def all_variants() -> list[Variant]:
+    """Every variant :func:`check_variant` accepts, by kind, input, train source and test source."""
+    return [Variant(kind, inp, train, test) for kind in KINDS for inp in INPUTS
+            for train in _allowed(kind)[0] for test in _allowed(kind)[1]]
 
 
 def variant_name(variant: Variant) -> str:

@@ -29,7 +29,8 @@ def random_regions(n: int, h: int, w: int, generator: torch.Generator) -> dict[s
     return {"boxes": boxes, "masks": masks}
 
 
-def _time(fn, device) -> float:
+def seconds_of(fn, device) -> float:
+    """Seconds of one call of ``fn``, the device's queue drained before and after."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -72,7 +73,7 @@ def main() -> None:
             fn()  # warm-up
         for _ in range(args.repeats):
             for name, fn in runs.items():
-                times[name].append(_time(fn, device))
+                times[name].append(seconds_of(fn, device))
     base = statistics.median(times["aspp"])
     print(f"device {device}, threads {torch.get_num_threads()}, features {tuple(features.shape)}, "
           f"{args.regions} regions, frame {h}x{w}, fc_dim {args.fc_dim}, roi_channels {args.roi_channels}")

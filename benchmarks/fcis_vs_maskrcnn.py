@@ -37,8 +37,7 @@ from a2dpipe.masks.data import InstanceReader, list_frames
 from a2dpipe.masks.model import build_mask_model, load_mask_model
 from a2dpipe.masks.quality import mask_quality
 from a2dpipe.masks.stage import cache_regions
-from a2dpipe.masks.train import NUM_CLASSES, train_mask_model
-from a2dpipe.masks.train import _arch as train_arch, _batch as train_batch  # the trainer's own recipe
+from a2dpipe.masks.train import NUM_CLASSES, mask_model_recipe, model_arch, train_mask_model, training_batch
 
 MODELS = ("maskrcnn", "fcis")
 SOURCES = ("dataset", "generic")
@@ -129,12 +128,13 @@ def step_speed(frames: list[str], config: dict, steps: int, recipes: dict) -> di
     for model in MODELS:
         torch.manual_seed(0)
         own = model_config(config, model, recipes)["masks"]
-        net = build_mask_model(**train_arch(own, "dataset", NUM_CLASSES["dataset"])).train()
-        runs[model] = net, torch.optim.AdamW(net.parameters(), lr=own["lr"])
+        net = build_mask_model(**model_arch(own, "dataset", NUM_CLASSES["dataset"])).train()
+        runs[model] = net, mask_model_recipe(net, own, steps + 1)[0]  # the trainer's optimiser
     times = {name: [] for name in runs}
     with InstanceReader(frames) as reader:
         for step in range(steps + 1):
-            images, targets = train_batch(reader, refs, "dataset", 0, step, cfg["batch_size"], torch.device("cpu"))
+            images, targets = training_batch(reader, refs, "dataset", 0, step, cfg["batch_size"],
+                                             torch.device("cpu"))  # the trainer's batches
             for name, (net, optimizer) in runs.items():
                 started = time.perf_counter()
                 loss = sum(net(images, targets).values())

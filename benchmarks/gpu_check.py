@@ -92,12 +92,11 @@ from a2dpipe.segmentation.models import backends as model_backends
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
 from a2dpipe.segmentation.predict import label_maps, log_probs  # the prediction command's own forward pass
 from a2dpipe.segmentation.samples import ArraySamples
-from a2dpipe.segmentation.train import _optimizer, _param_groups, _poly  # the trainer's own recipe
-from a2dpipe.segmentation.train import load_checkpoint, train
+from a2dpipe.segmentation.train import load_checkpoint, stage_recipe, train
 from a2dpipe.trainer import Trainer
 from a2dpipe.variants import Variant
 
-from backends import _time, random_regions  # the regions benchmarks/backends.py times, and its timer
+from backends import random_regions, seconds_of  # the regions benchmarks/backends.py times, and its timer
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("check", "value", "unit", "ok", "note")
@@ -178,7 +177,7 @@ def timed(fn, device, warmup: int, count: int) -> list[float]:
     times = []
     try:
         for k in range(warmup + count):
-            seconds = _time(fn, device)
+            seconds = seconds_of(fn, device)
             if k >= warmup:
                 times.append(seconds)
     except OutOfBudget:
@@ -223,8 +222,7 @@ def _trainer(model, stage: int, config: dict, step_fn, device, amp: torch.dtype 
     """The training loop of ``a2dpipe train --stage S``: its parameter groups, optimiser, poly schedule, autocast
     and (float16) loss scaling."""
     opts = segmentation_config(config)[f"stage{stage}"]
-    optimizer = _optimizer(_param_groups(model, stage, opts), opts)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
+    optimizer, scheduler = stage_recipe(model, stage, opts)
     return Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"],
                    amp_device=device.type if amp else None, amp_dtype=amp or torch.bfloat16)
 

@@ -29,11 +29,9 @@ from a2dpipe.segmentation.models import build_segmenter
 from a2dpipe.segmentation.predict import predict
 from a2dpipe.segmentation.samples import StoreSamples
 from a2dpipe.segmentation.train import cache_features, flow_encoding_settings, load_checkpoint
-from a2dpipe.variants import NONE, Variant, variant_name
+from a2dpipe.variants import Variant, variant_name, variant_of
 
-VARIANTS = {"baseline-rgbflow": Variant("baseline", "rgbflow"),
-            "ours-rgbflow-dataset-dataset": Variant("ours", "rgbflow", "dataset", "dataset"),
-            "maskvote-rgbflow-dataset": Variant("maskvote", "rgbflow", NONE, "dataset")}
+VARIANTS = {variant_name(v): v for v in (variant_of(kind, "rgbflow") for kind in ("baseline", "ours", "maskvote"))}
 
 
 def _with_batch(config: dict, batch: int) -> dict:
@@ -82,7 +80,7 @@ def main() -> None:
     parser.add_argument("--config", default="config.yaml", help="the configuration that run was made with")
     parser.add_argument("--out", type=Path, required=True, help="folder for the predictions this writes")
     parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS),
-                        default=["baseline-rgbflow", "ours-rgbflow-dataset-dataset"])
+                        default=list(VARIANTS)[:2])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)

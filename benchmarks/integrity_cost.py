@@ -130,8 +130,7 @@ def main() -> None:
         rows.append(("per-video .npz: read + digest check",
                      *side_by_side(lambda: read_per_video(folder / "p.npz"), lambda: dict(np.load(folder / "p.npz")),
                                    args.repeat)))
-        integrity.code_digest.cache_clear()
-        integrity._imports.cache_clear()
+        integrity.forget_code_digests()
         from a2dpipe.cli import COMMANDS, command_digest
 
         start = time.perf_counter()

@@ -95,7 +95,7 @@ def measure(clip: str, variant: str, height: int, threads: int, out: str, every:
 
     from a2dpipe.io import select_device
     from a2dpipe.segmentation.frames_in import open_frames
-    from a2dpipe.segmentation.segment import _resize, segment_source
+    from a2dpipe.segmentation.segment import resize_frame, segment_source
     from a2dpipe.segmentation.segment_outputs import model_size
 
     torch.set_num_threads(threads)
@@ -104,7 +104,7 @@ def measure(clip: str, variant: str, height: int, threads: int, out: str, every:
     chain = build_chain(variant, height)
     source = open_frames(clip)
     size = model_size(source.size, height)
-    first = [_resize(rgb, size) for _, (_, rgb) in zip(range(3), source)]
+    first = [resize_frame(rgb, size) for _, (_, rgb) in zip(range(3), source)]
     with torch.no_grad():
         chain(first, [(first[1], "next")] * 3)  # warm-up: one-time costs out of the measurement
     folder = segment_source(chain, source, Path(out), every=every, progress=False)

@@ -91,6 +91,28 @@ def test_a_stage_takes_only_public_names_of_another(module):
         assert not unexported, f"{module} imports {unexported} from {target}, which does not export them (__all__)"
 
 
+BENCHMARKS = sorted((PACKAGE.parent / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
+def test_benchmarks_take_only_public_names(script):
+    """A benchmark measures the package's code through its public names (its modules' ``__all__``), and its
+    neighbours' through names without a leading underscore, so a private helper can change without breaking one."""
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [alias.name for alias in node.names]
+            private = [n for n in names if n.startswith("_")]
+            assert not private, f"{script.name}:{node.lineno} imports private names {private} from {node.module}"
+            if node.module in MODULES:
+                modules = {n for n in names if f"{node.module}.{n}" in MODULES}
+                unexported = sorted(set(names) - modules - _exported(node.module))
+                assert not unexported, (f"{script.name}:{node.lineno} imports {unexported} from {node.module}, which "
+                                        "does not export them (__all__)")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id != "self":
+            assert not (node.attr.startswith("_") and not node.attr.startswith("__")), (
+                f"{script.name}:{node.lineno} reaches for the private {node.value.id}.{node.attr}")
+
+
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if _stage(m) is None and m != "a2dpipe.cli"))
 def test_shared_modules_import_no_stage(module):
     stages = sorted({_stage(target) for target, _ in _imports(module)} - {None})

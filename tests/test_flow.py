@@ -391,11 +391,13 @@ def test_stage_writes_flow_cache(venus, tmp_path):
     assert not bad.exists()
 
 
-def test_bench_flow_runs_on_real_pairs():
-    """The benchmark's DIS row: errors on both real pairs (stereo sign convention: u = -disparity) and a speed."""
+def test_flow_benchmark_runs_on_real_pairs(monkeypatch):
+    """benchmarks/flow_methods.py's DIS row: errors on both real pairs (stereo sign convention: u = -disparity) and
+    a speed."""
     if not VENUS.is_dir():
         pytest.skip(f"real data folder {VENUS} is absent")
-    from a2dpipe.flow.bench import bench_flow, format_table
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from flow_methods import bench_flow, format_table
 
     (row,) = bench_flow(methods=["dis"], presets=["ultrafast"], real_data=REAL, dis_repeat=1)
     assert row["method"] == "dis-ultrafast" and row["epe_venus"] < 1.0

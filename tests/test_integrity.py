@@ -174,11 +174,9 @@ def package_copy(tmp_path, monkeypatch):
     copy = tmp_path / "a2dpipe"
     shutil.copytree(integrity.PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(integrity, "PACKAGE_ROOT", copy)
-    integrity.code_digest.cache_clear()
-    integrity._imports.cache_clear()
+    integrity.forget_code_digests()
     yield copy
-    integrity.code_digest.cache_clear()
-    integrity._imports.cache_clear()
+    integrity.forget_code_digests()
 
 
 def test_a_code_edit_changes_the_digest_of_exactly_the_commands_that_import_it(package_copy):

@@ -15,7 +15,7 @@ from a2dpipe.io import A2DError
 from a2dpipe.segmentation.predict import mask_vote, predict, region_average
 from a2dpipe.segmentation.samples import ArraySamples
 from a2dpipe.segmentation.train import train
-from a2dpipe.variants import NONE, Variant, check_variant, variant_name
+from a2dpipe.variants import NONE, Variant, all_variants, check_variant, variant_name, variant_of
 
 torch.set_num_threads(1)
 
@@ -43,6 +43,14 @@ def test_variant_names():
     for variant, message in bad.items():
         with pytest.raises(A2DError, match=message):
             check_variant(variant)
+
+
+def test_a_kind_takes_the_sources_it_uses_and_every_variant_has_its_own_name():
+    assert variant_of("baseline", "rgb", "generic", "gt") == Variant("baseline", "rgb")
+    assert variant_of("maskvote", "rgbflow") == Variant("maskvote", "rgbflow", NONE, "dataset")
+    assert variant_of("ours", "rgb", test_source="gt") == Variant("ours", "rgb", "dataset", "gt")
+    names = [variant_name(v) for v in all_variants()]  # variant_name checks each
+    assert len(names) == len(set(names)) == 2 + 2 * 3 + 2 * 2 * 3  # baseline, mask vote, ours x inputs x sources
 
 
 def test_region_average_weights_by_mask_inside_the_box_only():

@@ -364,19 +364,19 @@ def test_killed_training_resumes_to_the_same_weights(shard, tmp_path, monkeypatc
     torch.set_num_threads(1)
     straight = train_module.train_mask_model(config, "dataset", [shard], tmp_path / "a" / "model.pt")
 
-    real_batch = train_module._batch
+    real_batch = train_module.training_batch
 
     def dying_batch(reader, refs, source, seed, step, *args):
         if step == 6:
             raise KeyboardInterrupt("killed")
         return real_batch(reader, refs, source, seed, step, *args)
 
-    monkeypatch.setattr(train_module, "_batch", dying_batch)
+    monkeypatch.setattr(train_module, "training_batch", dying_batch)
     out = tmp_path / "b" / "model.pt"
     with pytest.raises(KeyboardInterrupt):
         train_module.train_mask_model(config, "dataset", [shard], out)
     assert not out.exists() and torch.load(out.with_name("checkpoint.pt"), weights_only=True)["step"] == 4
-    monkeypatch.setattr(train_module, "_batch", real_batch)
+    monkeypatch.setattr(train_module, "training_batch", real_batch)
     resumed = train_module.train_mask_model(config, "dataset", [shard], out)
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, msg=key)

@@ -135,7 +135,7 @@ def test_coco_maskrcnn_is_the_generic_source_as_is(coco_maskrcnn, coco_generic):
 def test_coco_maskrcnn_starts_the_dataset_model_with_new_class_heads(coco_maskrcnn, coco_generic, tmp_path, caplog):
     (state, path), (_, generic) = coco_maskrcnn, coco_generic
     config = _masks_config(coco_checkpoint=str(path))
-    arch = train_module._arch(config["masks"], "dataset", train_module.NUM_CLASSES["dataset"])
+    arch = train_module.model_arch(config["masks"], "dataset", train_module.NUM_CLASSES["dataset"])
     model = build_mask_model(**arch)
     with caplog.at_level(logging.INFO, logger="a2dpipe.checkpoint"):
         train_module._load_start(model, generic, arch, config)

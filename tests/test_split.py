@@ -134,7 +134,7 @@ def test_mask_model_trainer_samples_hold_training_videos_only(stores, fit, monke
         seen["videos"] = {ref.video for ref in refs}
         raise Stop
 
-    monkeypatch.setattr(mask_trainer, "_batch", record)
+    monkeypatch.setattr(mask_trainer, "training_batch", record)
     config = {"seed": 0, "device": "cpu", "dataset": {"final_fit": fit}, "masks": MASKS}
     with pytest.raises(Stop):
         mask_trainer.train_mask_model(config, "dataset", [str(p) for p in stores["frames"]], tmp_path / "m.pt")

@@ -368,12 +368,12 @@ def test_a_stage2_training_step_asks_the_device_for_its_numbers_once(stage1, mon
     the CPU's path, reads its boxes on the host (free there)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from a2dpipe.segmentation.train import _optimizer
+    from a2dpipe.recipe import build_optimizer
     from a2dpipe.trainer import Trainer
 
     model, step = _stage2_crop_step(stage1, path, iterations=3)
-    optimizer = _optimizer([{"params": list(model.region.parameters()), "lr": 1e-3}],
-                           {"optimizer": optimizer, "momentum": 0.9, "weight_decay": 1e-4})  # the stages' own
+    optimizer = build_optimizer(optimizer, [{"params": list(model.region.parameters()), "lr": 1e-3}],
+                                momentum=0.9, weight_decay=1e-4)  # the stages' own
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     trainer = Trainer(model, optimizer, scheduler, step, iterations=3)
     trainer.run_step()  # the loader starts

@@ -34,7 +34,7 @@ VIDEOSET_COLUMNS = (
     "num_annotated_frames",
     "usage",
 )
-SPLITS = {0: "train", 1: "test"}
+USAGE_SPLITS = {0: "train", 1: "test"}  # videoset.csv's usage column -> split
 
 
 def read_videoset(path: str | Path) -> pd.DataFrame:
@@ -57,14 +57,14 @@ def read_videoset(path: str | Path) -> pd.DataFrame:
     table[int_cols] = _whole_numbers(table[int_cols], path)
     for row, video in enumerate(table["video"], start=1):
         check_video_id(video, f"{path}: row {row}")
-    bad = ~table["usage"].isin(list(SPLITS))
+    bad = ~table["usage"].isin(list(USAGE_SPLITS))
     if bad.any():
         raise A2DError(
             f"{path}: usage must be 0 (train) or 1 (test); row {int(bad.idxmax()) + 1} has {table['usage'][bad].iloc[0]}"
         )
     if table["video"].duplicated().any():
         raise A2DError(f"{path}: video {table['video'][table['video'].duplicated()].iloc[0]!r} is listed twice")
-    table["split"] = table["usage"].map(SPLITS)
+    table["split"] = table["usage"].map(USAGE_SPLITS)
     return table
 
 

@@ -30,7 +30,6 @@ from a2dpipe.io import A2DError, atomic_path, unreadable_artifact
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["video", "frame", "split", "height", "width", "num_frames", "shard"]
-SPLITS = ("train", "val", "test")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 :class:`Intervals` holds one paired bootstrap (:mod:`.bootstrap`) over the test videos of every variant with
 per-video confusion matrices; :func:`claims` compares variants through the interval of their difference and gives
-each claim a verdict (:func:`verdict`). Variants are named by :func:`variant_name`.
+each claim a verdict (:func:`verdict`). Variants are named by :func:`a2dpipe.variants.variant_name`.
 """
 
 from __future__ import annotations
@@ -17,21 +17,10 @@ from a2dpipe.evaluation.bootstrap import (CONFIDENCE, Bootstrap, normal_interval
                                           read_per_video)
 from a2dpipe.evaluation.writers import interval_text
 from a2dpipe.io import A2DError
-from a2dpipe.variants import NONE, Variant, variant_name as _display_name
+from a2dpipe.variants import INPUTS, variant_name, variant_of
 
-__all__ = ["MAIN_SOURCE", "CLAIMS", "CORRECTIONS", "Intervals", "load_intervals", "variant_name", "percent", "verdict",
+__all__ = ["CLAIMS", "CORRECTIONS", "Intervals", "load_intervals", "percent", "verdict",
            "claim_levels", "claims", "claims_caption"]
-
-MAIN_SOURCE = "dataset"  # the paper's default: region masks of a model trained on the target dataset
-
-
-def variant_name(method: str, inp: str, train: str = MAIN_SOURCE, test: str = MAIN_SOURCE) -> str:
-    """The display name of a method's variant on an input (:func:`a2dpipe.variants.variant_name`); the baseline
-    takes no mask source and the mask vote only a test source, so the ones it does not take are left out."""
-    train = train if method == "ours" else NONE
-    test = test if method != "baseline" else NONE
-    return _display_name(Variant(method, inp, train, test))
-
 
 def percent(value) -> float:
     """A score in [0, 1] as a percentage; ``nan`` for a missing (None) score."""
@@ -117,24 +106,28 @@ def load_intervals(paths, evals: dict, *, resamples: int = 1000, seed: int = 0) 
 
 
 _MCA = "mean_class_accuracy"
+# the variants the claims compare: the paper's (dataset masks) unless the claim is about the masks
+_BASELINE_RGB, _BASELINE_RGBFLOW = (variant_name(variant_of("baseline", inp)) for inp in INPUTS)
+_OURS_RGB, _OURS_RGBFLOW = (variant_name(variant_of("ours", inp)) for inp in INPUTS)
+_OURS_GENERIC_MASKS = variant_name(variant_of("ours", "rgbflow", "generic", "generic"))
+_OURS_GT_MASKS = variant_name(variant_of("ours", "rgbflow", "dataset", "gt"))
+_MASK_VOTE = variant_name(variant_of("maskvote", "rgbflow"))
 # (claim, metric, setting, variants expected to increase left to right)
 CLAIMS = [
     ("Ours beats Baseline in actor-action mean class accuracy (RGB + flow)",
-     _MCA, "actor_action", ["baseline-rgbflow", variant_name("ours", "rgbflow")]),
+     _MCA, "actor_action", [_BASELINE_RGBFLOW, _OURS_RGBFLOW]),
     ("flow improves action mean class accuracy (Baseline)",
-     _MCA, "action", ["baseline-rgb", "baseline-rgbflow"]),
+     _MCA, "action", [_BASELINE_RGB, _BASELINE_RGBFLOW]),
     ("flow improves action mean class accuracy (Ours)",
-     _MCA, "action", [variant_name("ours", "rgb"), variant_name("ours", "rgbflow")]),
+     _MCA, "action", [_OURS_RGB, _OURS_RGBFLOW]),
     ("test masks: gt > dataset > generic (actor-action mean class accuracy)",
-     _MCA, "actor_action", [variant_name("ours", "rgbflow", "generic", "generic"), variant_name("ours", "rgbflow"),
-                            variant_name("ours", "rgbflow", "dataset", "gt")]),
+     _MCA, "actor_action", [_OURS_GENERIC_MASKS, _OURS_RGBFLOW, _OURS_GT_MASKS]),
     ("test masks: gt > dataset > generic (actor-action mean IoU)",
-     "mean_iou", "actor_action", [variant_name("ours", "rgbflow", "generic", "generic"),
-                                  variant_name("ours", "rgbflow"), variant_name("ours", "rgbflow", "dataset", "gt")]),
+     "mean_iou", "actor_action", [_OURS_GENERIC_MASKS, _OURS_RGBFLOW, _OURS_GT_MASKS]),
     ("control: Mask vote beats Baseline in actor-action mean class accuracy (RGB + flow): masks alone help",
-     _MCA, "actor_action", ["baseline-rgbflow", variant_name("maskvote", "rgbflow")]),
+     _MCA, "actor_action", [_BASELINE_RGBFLOW, _MASK_VOTE]),
     ("control: Ours beats Mask vote in actor-action mean class accuracy (RGB + flow): the region head helps",
-     _MCA, "actor_action", [variant_name("maskvote", "rgbflow"), variant_name("ours", "rgbflow")]),
+     _MCA, "actor_action", [_MASK_VOTE, _OURS_RGBFLOW]),
 ]
 RESOLVED = ("yes", "no")
 STEP_LEVEL = (1 - CONFIDENCE) / 2  # one-sided level of each step's test (2.5%: the lower end of a 95% interval)

@@ -55,8 +55,7 @@ from a2dpipe.config import add_config_arguments, read_settings, section_defaults
 from a2dpipe.evaluation.cpu_costs import (cpu_caption, cpu_ms_per_unit, cpu_processes, measure_config_cpu_costs,
                                          wall_ms)
 from a2dpipe.evaluation.paper_results import TIMING_DEVICE, TIMING_MS
-from a2dpipe.evaluation.timing import describe_device
-from a2dpipe.io import atomic_path
+from a2dpipe.io import atomic_path, describe_device
 from a2dpipe.variants import unavailable_sources
 
 __all__ = ["A2D_FRAMES", "A2D_FRAME_SIZE", "BASIS", "DEVICES", "Device", "count_flops", "work_units", "estimate_table",
@@ -362,7 +361,7 @@ def _caption(amp: bool, cpu_flops_per_s: float | None, table: pd.DataFrame | Non
         lines.append(f"{key}: {dev.name}, {precision} peak {dev.throughput(amp) / dev.utilisation / 1e12:g} TFLOP/s "
                      f"x assumed utilisation {dev.utilisation:g} ({dev.source}).")
     if cpu_flops_per_s is not None:
-        lines.append(f"this CPU: {describe_device(cpu_only=True)}, measured {cpu_flops_per_s / 1e9:.1f} GFLOP/s "
+        lines.append(f"this CPU: {describe_device()}, measured {cpu_flops_per_s / 1e9:.1f} GFLOP/s "
                      f"(timed forward + backward of a tiny segmenter, {torch.get_num_threads()} thread(s)).")
     if table is not None and "cpu ms_per_unit" in table:
         lines.append(cpu_caption(table, list(DEVICES), workers))

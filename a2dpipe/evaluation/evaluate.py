@@ -42,7 +42,7 @@ from a2dpipe.integrity import with_digest
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 from a2dpipe.progress import progress
-from a2dpipe.segmentation.predictions import MAPS, PredictionStore
+from a2dpipe.segmentation.predictions import MAPS, PREDICTED_SPLITS, PredictionStore
 from a2dpipe.stores import group_key
 
 __all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
@@ -50,7 +50,6 @@ __all__ = ["evaluate", "iter_test_labels", "configure_parser", "run"]
 log = logging.getLogger(__name__)
 
 SETTINGS_FROM = ("heads", "joint")
-SPLITS = ("test", "val")
 
 
 def iter_test_labels(frame_paths, wanted: str = "test"):
@@ -79,8 +78,8 @@ def evaluate(pred_path, frame_paths, boundary_width: int = 15, settings_from: st
     (module doc). With ``per_video`` (a path) the per-video confusion matrices are written there too."""
     if settings_from not in SETTINGS_FROM:
         raise A2DError(f"evaluation.settings_from: expected one of {SETTINGS_FROM}, got {settings_from!r}")
-    if split not in SPLITS:
-        raise A2DError(f"evaluate: split must be one of {SPLITS}, got {split!r}")
+    if split not in PREDICTED_SPLITS:
+        raise A2DError(f"evaluate: split must be one of {PREDICTED_SPLITS}, got {split!r}")
     acc = ConfusionAccumulator(boundary_width)
     seen: set[tuple[str, int]] = set()
     with PredictionStore(pred_path) as store:
@@ -139,7 +138,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--frames", required=True, nargs="+", help="frame stores (every shard)")
     parser.add_argument("--out", required=True, help="evaluation JSON to write")
     parser.add_argument("--per-video", help="per-video confusion matrices (.npz) to write, for the bootstrap")
-    parser.add_argument("--split", choices=SPLITS, default="test", help="frames to score (val: the validate target)")
+    parser.add_argument("--split", choices=PREDICTED_SPLITS, default="test",
+                        help="frames to score (val: the validate target)")
 
 
 def run(args) -> None:

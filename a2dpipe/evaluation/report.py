@@ -36,18 +36,16 @@ from a2dpipe.labels import BACKGROUND, IGNORE, PALETTE, VALID_PAIRS, class_names
 from a2dpipe.evaluation.tables import INPUT_NAMES, METHOD_NAMES, load_evaluations
 from a2dpipe.segmentation.predictions import PredictionStore
 from a2dpipe.stores import group_key
-from a2dpipe.variants import Variant, check_variant
+from a2dpipe.variants import INPUTS, Variant, check_variant, variant_name, variant_of
 
 __all__ = ["per_category_figure", "loss_curves_figure", "qualitative_figure", "overlay", "variant_title",
            "configure_parser", "run"]
 
 log = logging.getLogger(__name__)
 
-TABLE5_VARIANTS = {
-    "baseline-rgb": "Baseline (RGB only)",
-    "baseline-rgbflow": "Baseline (RGB + flow)",
-    "ours-rgb-dataset-dataset": "Ours (RGB only)",
-    "ours-rgbflow-dataset-dataset": "Ours (RGB + flow)",
+TABLE5_VARIANTS = {  # display name -> title, as Table 5 orders them
+    variant_name(variant_of(kind, inp)): f"{METHOD_NAMES[kind]} ({INPUT_NAMES[inp]})"
+    for kind in ("baseline", "ours") for inp in INPUTS
 }
 ALPHA = 0.6  # label colour over the frame: the actor stays visible through it
 

@@ -45,11 +45,12 @@ import pandas as pd
 
 from a2dpipe.config import add_config_arguments, check_resamples, read_settings, section_defaults, write_made_from
 from a2dpipe.evaluation import paper_results as paper
-from a2dpipe.evaluation.claims import Intervals, claims, claims_caption, load_intervals, percent, variant_name
+from a2dpipe.evaluation.claims import Intervals, claims, claims_caption, load_intervals, percent
 from a2dpipe.evaluation.writers import HIGH, LOW, write_table
 from a2dpipe.integrity import checked_json
 from a2dpipe.io import A2DError, atomic_path, unreadable_artifact
 from a2dpipe.labels import class_names
+from a2dpipe.variants import Variant, variant_name, variant_of
 
 __all__ = [
     "METRIC_HEADERS",
@@ -140,14 +141,15 @@ def _missing(variant: str, table: str) -> None:
     log.warning("%s: variant %s was not evaluated; its row is left out", table, variant)
 
 
-def _this_run(table: str, labels: list[str], evals: dict, variant: str, region: str = "whole",
+def _this_run(table: str, labels: list[str], evals: dict, variant: Variant, region: str = "whole",
               intervals: Intervals | None = None) -> list[list]:
     """This run's row of ``variant`` in ``table`` (``labels``, source, metric cells), or none when it was not
     evaluated (:func:`_missing` says so)."""
-    if variant not in evals:
-        _missing(variant, table)
+    name = variant_name(variant)
+    if name not in evals:
+        _missing(name, table)
         return []
-    return [[*labels, THIS_RUN, *run_row(evals[variant], region, intervals)]]
+    return [[*labels, THIS_RUN, *run_row(evals[name], region, intervals)]]
 
 
 # --- the tables -----------------------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ def table1(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
             label = f"{METHOD_NAMES[method]} ({INPUT_NAMES[inp]})"
             if (method, inp) in paper.TABLE1:
                 rows.append([label, PAPER, *_paper_row(paper.TABLE1[(method, inp)])])
-            rows += _this_run("table1", [label], evals, variant_name(method, inp), "whole", intervals)
+            rows += _this_run("table1", [label], evals, variant_of(method, inp), "whole", intervals)
     return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
@@ -169,7 +171,7 @@ def table2(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     for method in ("baseline", "ours"):
         label = f"{METHOD_NAMES[method]} (non-boundary)"
         rows.append([label, PAPER, *_paper_row(paper.TABLE2[method])])
-        rows += _this_run("table2", [label], evals, variant_name(method, "rgbflow"), "non_boundary", intervals)
+        rows += _this_run("table2", [label], evals, variant_of(method, "rgbflow"), "non_boundary", intervals)
     return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
@@ -178,14 +180,14 @@ def table3(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     for (train, test), values in paper.TABLE3.items():
         labels = [f"{train} + gt", test]
         rows.append([*labels, PAPER, *_paper_row(values)])
-        rows += _this_run("table3", labels, evals, variant_name("ours", "rgbflow", train, test), "whole", intervals)
+        rows += _this_run("table3", labels, evals, variant_of("ours", "rgbflow", train, test), "whole", intervals)
     return pd.DataFrame(rows, columns=["training masks", "test masks", "source", *INTERVAL_HEADERS])
 
 
 def table4(evals: dict, intervals: Intervals | None = None) -> pd.DataFrame:
     rows = [[f"published method {k}", PAPER, *_paper_row(v)] for k, v in enumerate(paper.TABLE4_PUBLISHED, 1)]
     rows.append(["Ours", PAPER, *_paper_row(paper.TABLE4_OURS)])
-    rows += _this_run("table4", ["Ours"], evals, variant_name("ours", "rgbflow"), "whole", intervals)
+    rows += _this_run("table4", ["Ours"], evals, variant_of("ours", "rgbflow"), "whole", intervals)
     return pd.DataFrame(rows, columns=["method", "source", *INTERVAL_HEADERS])
 
 
@@ -197,7 +199,7 @@ def table5(evals: dict) -> pd.DataFrame:
             label = f"{METHOD_NAMES[method]} ({INPUT_NAMES[inp]})"
             ref = paper.TABLE5[(method, inp)]
             rows.append([label, PAPER, *(math.nan if ref[n] is None else ref[n] for n in names)])
-            variant = variant_name(method, inp)
+            variant = variant_name(variant_of(method, inp))
             if variant not in evals:
                 _missing(variant, "table5")
                 continue

@@ -10,8 +10,9 @@ of its HDF5 outputs (flow: ``method``; masks: ``source``; predictions: ``variant
 averages it over shards, weighted by the number of frame groups in each file, and adds the totals the paper
 gives: *Ours* = flow + ``dataset`` masks + region network (``ours-rgbflow-dataset-dataset``), *Baseline* = flow
 + baseline network (``baseline-rgbflow``). The root attribute ``device`` (written by prediction, predicted region
-masks and neural flow) names where a file was measured; without it (older files) the row names the device of this machine (the one running the pipeline): its CPU for DIS flow
-and ground-truth masks, which never use an accelerator, its CUDA device (if any) for the rest.
+masks and neural flow) names where a file was measured; a file without it gets the device of this machine (the one
+running the pipeline): its CPU for DIS flow and ground-truth masks, which never use an accelerator, its CUDA device
+(if any) for the rest.
 
 Writes the CSV (columns ``component, item, frames, ms_per_frame, device, paper_ms``) and a Markdown copy
 beside it (same name, ``.md``).
@@ -27,31 +28,32 @@ from pathlib import Path
 import h5py
 import pandas as pd
 
-from a2dpipe import io
-from a2dpipe.io import A2DError, atomic_path, open_hdf5
+from a2dpipe.io import A2DError, atomic_path, describe_device, open_hdf5
 from a2dpipe.evaluation.paper_results import TIMING_MS
+from a2dpipe.variants import all_variants, variant_name, variant_of
 
-__all__ = ["read_timing", "timing_table", "describe_device", "configure_parser", "run"]
+__all__ = ["read_timing", "timing_table", "this_machine_device", "configure_parser", "run"]
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["component", "item", "frames", "ms_per_frame", "device", "paper_ms"]
-MAIN_REGION_VARIANT = "ours-rgbflow-dataset-dataset"
-MAIN_BASELINE_VARIANT = "baseline-rgbflow"
+MAIN_REGION_VARIANT = variant_name(variant_of("ours", "rgbflow"))  # the paper's Ours and Baseline
+MAIN_BASELINE_VARIANT = variant_name(variant_of("baseline", "rgbflow"))
+KIND_OF = {variant_name(v): v.kind for v in all_variants()}  # a predictions file's variant attribute -> its kind
 CPU_ONLY = {("flow", "dis"), ("masks", "gt")}  # (component, item) that never use an accelerator
 
 
-def describe_device(cpu_only: bool = False) -> str:
-    """The accelerator this machine's stages use: the CUDA device name, else (or with ``cpu_only``) the CPU model."""
-    if not cpu_only:
-        try:
-            import torch
+def this_machine_device() -> str:
+    """The device this machine's stages use, named by :func:`a2dpipe.io.describe_device`: its CUDA device, else its
+    CPU."""
+    try:
+        import torch
 
-            if torch.cuda.is_available():
-                return io.describe_device(torch.device("cuda"))
-        except ImportError:  # timing tables can be made without torch
-            pass
-    return io.describe_device()
+        if torch.cuda.is_available():
+            return describe_device(torch.device("cuda"))
+    except ImportError:  # timing tables can be made without torch
+        pass
+    return describe_device()
 
 
 def _count_frames(f: h5py.File) -> int:
@@ -116,10 +118,11 @@ def timing_table(flow: dict, masks: dict, predictions: dict, device: str, cpu: s
     for source, entry in sorted(masks.items()):
         add("masks", source, entry, TIMING_MS["masks"] if source != "gt" else None)
     for variant, entry in sorted(predictions.items()):
-        if variant.startswith("baseline-"):
+        kind = KIND_OF.get(variant)
+        if kind == "baseline":
             paper = TIMING_MS["baseline_total"] - TIMING_MS["flow"] if variant == MAIN_BASELINE_VARIANT else None
             add("segmentation baseline", variant, entry, paper)
-        elif variant.startswith("maskvote-"):  # this run's control: stage-1 network + mask averaging
+        elif kind == "maskvote":  # this run's control: stage-1 network + mask averaging
             add("segmentation mask vote", variant, entry, None)
         else:
             add("segmentation region", variant, entry, TIMING_MS["region"] if variant == MAIN_REGION_VARIANT else None)
@@ -154,12 +157,12 @@ def run(args) -> None:
 
     flow, masks = read_timing(args.flow, "method"), read_timing(args.masks, "source")
     predictions = read_timing(args.predictions, "variant")
-    cpu = describe_device(cpu_only=True)
-    # files written since they record their device name it; only older ones make this job ask torch for this machine's
+    cpu = describe_device()
+    # only a file that names no device makes this job import torch (seconds) to name this machine's
     unlabelled = any(e["device"] is None and (component, item) not in CPU_ONLY
                      for component, d in (("flow", flow), ("masks", masks), ("predictions", predictions))
                      for item, e in d.items())
-    table = timing_table(flow, masks, predictions, describe_device() if unlabelled else cpu, cpu)
+    table = timing_table(flow, masks, predictions, this_machine_device() if unlabelled else cpu, cpu)
     out = Path(args.out)
     with atomic_path(out.with_suffix(".md")) as tmp:
         Path(tmp).write_text(markdown_table(table, digits=1))

@@ -2,8 +2,8 @@
 
 Rule ``flow`` (``workflow/rules/flow.smk``) -> ``a2dpipe flow`` (:mod:`.stage`). :mod:`.estimators` builds every
 method, the FlowNet networks from :mod:`.flownet` on the shared parts of :mod:`.flownet_layers`; :mod:`.encode`
-turns flow into the motion stream's RGB, :mod:`.flo` reads and writes ``.flo`` files, :mod:`.store` is the flow
-cache's reader and writer, and :mod:`.bench` the ``a2dpipe bench`` measurements.
+turns flow into the motion stream's RGB, :mod:`.flo` reads and writes ``.flo`` files, and :mod:`.store` is the
+flow cache's reader and writer. ``benchmarks/flow_methods.py`` measures every method's error and speed.
 
 Heavy dependencies (torch, OpenCV) load only when an estimator or encoding is used.
 """

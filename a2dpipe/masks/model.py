@@ -70,9 +70,8 @@ def maskrcnn_tiny(
         out_channels=fpn_channels,
     )  # the FPN adds a max-pooled "pool" level (stride 32)
     anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
-    # one bilinear sample per RoI bin, not 2 x 2: RoI align's backward pass was a quarter of a CPU step. Measured on
-    # the validation split (300 steps, one thread): dataset 155 -> 114 CPU-s, mask AP 33.6 -> 31.3 actor, 29.3 -> 27.3
-    # class-agnostic; generic 186 -> 139 CPU-s, 11.9 -> 12.0; inference ~45 -> ~35 ms per frame
+    # one bilinear sample per RoI bin, not 2 x 2: four make RoI align's backward pass a quarter of a CPU step, for
+    # about two points of the dataset model's mask AP (docs/performance.md, "Mask models on a CPU")
     box_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=1)
     mask_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=14, sampling_ratio=1)
     options = dict(

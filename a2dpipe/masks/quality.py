@@ -38,6 +38,8 @@ from a2dpipe.masks.cache import MaskCache, Regions
 from a2dpipe.masks.data import InstanceReader, list_frames
 from a2dpipe.stores import group_key
 
+__all__ = ["COLUMNS", "EncodedFrame", "mask_quality", "coco_mask_ap", "configure_parser", "run"]
+
 log = logging.getLogger("a2dpipe.masks")
 
 COLUMNS = ["source", "categories", "AP", "AP50", "AP75", "frames", "regions_per_frame", "note"]

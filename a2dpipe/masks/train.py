@@ -21,15 +21,15 @@ loss). The loop is the shared :class:`a2dpipe.trainer.Trainer`.
 
 Recipe: ``masks.optimizer`` (AdamW for the from-scratch CPU default; SGD with momentum 0.9 for fine-tuning from
 COCO, as torchvision's reference scripts do; weight decay 1e-4 for both), linear warm-up over the first 10% of the
-steps, cosine decay; each step draws ``batch_size`` train frames from a generator seeded by (seed, step) and flips
-half of them. With ``masks.amp`` the steps run under autocast at the precision the GPU supports, as the segmenter's
-(:func:`a2dpipe.accelerator.autocast_dtype`: bfloat16, or float16 with a loss scaler; float32 on the CPU).
+steps, cosine decay (:func:`mask_model_recipe`); each step draws ``batch_size`` train frames from a generator
+seeded by (seed, step) and flips half of them (:func:`training_batch`). With ``masks.amp`` the steps run under
+autocast at the precision the GPU supports, as the segmenter's (:func:`a2dpipe.accelerator.autocast_dtype`:
+bfloat16, or float16 with a loss scaler; float32 on the CPU).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -47,16 +47,16 @@ from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, coco_class_count, load_coco_checkpoint, mask_model_options
-from a2dpipe.trainer import (PeriodicCheckpointer, Progress, Trainer, columns_of, curve_columns,
-                             tensorboard_hooks)
+from a2dpipe.recipe import build_optimizer, warmup_cosine_schedule
+from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, tensorboard_hooks
 
-__all__ = ["NUM_CLASSES", "configure_parser", "run", "train_mask_model"]
+__all__ = ["NUM_CLASSES", "configure_parser", "run", "train_mask_model", "model_arch", "mask_model_recipe",
+           "training_batch"]
 
 log = logging.getLogger("a2dpipe.masks")
 
 LOSS_KEYS = (  # Mask R-CNN's; another model's losses get their own columns
     "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-CURVE_COLUMNS = curve_columns(LOSS_KEYS)
 NUM_CLASSES = {"dataset": 8, "generic": 2}
 
 
@@ -78,7 +78,9 @@ def run(args) -> None:
     train_mask_model(settings, args.source, args.frames, args.out, start=args.start[0] if args.start else None)
 
 
-def _arch(cfg: dict, source: str, num_classes: int) -> dict:
+def model_arch(cfg: dict, source: str, num_classes: int) -> dict:
+    """The :func:`a2dpipe.masks.model.build_mask_model` arguments of the ``source`` model (``cfg``: config
+    ``masks``), recorded in the model file as ``arch``."""
     return dict(
         backbone=cfg["backbone"],
         num_classes=num_classes,
@@ -88,6 +90,15 @@ def _arch(cfg: dict, source: str, num_classes: int) -> dict:
         box_detections_per_img=cfg["max_regions"],
         **mask_model_options(cfg),
     )
+
+
+def mask_model_recipe(model, cfg: dict, iterations: int):
+    """``(optimizer, scheduler)`` of a mask model's training (``cfg``: config ``masks``) over its trainable
+    parameters: ``masks.optimizer`` at ``masks.lr``, weight decay 1e-4, momentum 0.9 (sgd), warm-up then cosine
+    decay over ``iterations`` steps (:mod:`a2dpipe.recipe`)."""
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg["lr"]}]
+    optimizer = build_optimizer(cfg["optimizer"], groups, momentum=0.9, weight_decay=1e-4)
+    return optimizer, warmup_cosine_schedule(optimizer, iterations)
 
 
 def train_mask_model(config: dict, source: str, frames: list[str], out: str | Path,
@@ -104,7 +115,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
         return _save_coco_as_generic(config, out)
     seed, device = int(config["seed"]), select_device(config["device"])
     amp = autocast_dtype(device, bool(cfg["amp"]))  # bf16, fp16 (scaled) or None (float32) for this GPU
-    arch = _arch(cfg, source, NUM_CLASSES[source])
+    arch = model_arch(cfg, source, NUM_CLASSES[source])
     iterations = cfg["finetune_iterations"] if start else cfg["iterations"]
     start_provenance = model_provenance(start)  # hashed once: the resume fingerprint and the checkpoint record it
     splits = training_splits(config)
@@ -119,13 +130,14 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
 
     torch.manual_seed(seed)
     model = _initial_model(arch, config, start).to(device).train()
-    optimizer = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(iterations))
+    optimizer, scheduler = mask_model_recipe(model, cfg, iterations)
     resume_path, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
     first_step, history = load_resume(resume_path, recipe, model, optimizer, scheduler) or (0, [])
 
-    with InstanceReader(frames) as reader, closing(_ReadAhead(
-            lambda step: _batch(reader, refs, source, seed, step, cfg["batch_size"], device), iterations)) as batches:
+    def read(step: int):
+        return training_batch(reader, refs, source, seed, step, cfg["batch_size"], device)
+
+    with InstanceReader(frames) as reader, closing(_ReadAhead(read, iterations)) as batches:
         def step_fn(step: int) -> dict:
             return model(*batches(step))
 
@@ -182,7 +194,7 @@ def _load_start(model, start: str | Path, arch: dict, config: dict) -> None:
 def _save_coco_as_generic(config: dict, out: Path) -> dict:
     """The generic source on real data: the COCO checkpoint as is (91 COCO classes, regions labelled 0)."""
     cfg = config["masks"]
-    arch = _arch(cfg, "generic", coco_class_count(cfg))
+    arch = model_arch(cfg, "generic", coco_class_count(cfg))
     model = build_mask_model(**arch)
     load_coco_checkpoint(model, cfg["coco_checkpoint"], strict=True)  # untrained: nothing may stay random
     log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])
@@ -196,27 +208,7 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
     return checkpoint
 
 
-def _optimizer(cfg: dict, params) -> torch.optim.Optimizer:
-    name = cfg["optimizer"]
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-4, fused=True)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=1e-4)
-    raise A2DError(f"config masks.optimizer: expected adamw or sgd, got {name!r}")
-
-
-def _schedule(iterations: int):
-    warmup = max(1, iterations // 10)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.1 + 0.9 * step / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, iterations - warmup)))
-
-    return factor
-
-
-def _batch(reader, refs, source, seed, step, batch_size, device):
+def training_batch(reader, refs, source, seed, step, batch_size, device):
     """Frames of one step as torchvision inputs; deterministic in (seed, step) so a resumed run draws the same."""
     rng = np.random.default_rng([seed, step])
     picks = rng.choice(len(refs), size=batch_size, replace=len(refs) < batch_size)

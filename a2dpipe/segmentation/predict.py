@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from a2dpipe.progress import progress
-from a2dpipe.segmentation.predictions import PredictionWriter
+from a2dpipe.segmentation.predictions import PREDICTED_SPLITS, PredictionWriter
 from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, network_threads,
                                          result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
@@ -62,7 +62,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--masks", nargs="*", default=[], help="region-mask caches of the test source (ours)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--split", choices=("test", "val"), default="test", help="frames to predict")
+    parser.add_argument("--split", choices=PREDICTED_SPLITS, default="test", help="frames to predict")
 
 
 def region_average(probs: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -97,10 +97,9 @@ def run(args) -> None:
     if v.kind != "baseline" and not args.masks:
         raise A2DError(f"variant {variant_name(v)} needs --masks caches of the {v.test_source} source")
     check_inputs(config, {"frames shard": args.frames, "flow cache": args.flow, "region-mask cache": args.masks})
-    # Full-frame maps of a batch are freed and made again every batch. With a 1 MB threshold each was faulted in
-    # afresh; 32 MB serves them from the heap, and a trim after each batch returns what its holes keep. Mask vote,
-    # RGB + flow, 575 A2D-shaped test frames, one thread: 1 MB 0.69 s per frame, 1.7 GB peak; 32 MB 0.44 s, 3.3 GB
-    # and growing with the frames; 32 MB and the trim 0.43 s, 2.3 GB
+    # Full-frame maps of a batch are freed and made again every batch: under a 32 MB mmap threshold they come from
+    # the heap rather than fresh pages faulted in each time, and a trim after each batch returns what its holes keep
+    # (docs/performance.md, rehearsal)
     fixed_mmap_threshold(32 << 20)
     samples = StoreSamples(args.frames, split=args.split, flow=args.flow if v.input == "rgbflow" else None,
                            masks=args.masks if v.kind != "baseline" else None,

@@ -23,10 +23,11 @@ from a2dpipe.io import unreadable_artifact
 from a2dpipe.labels import ACTIONS, ACTORS, VALID_PAIRS
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
-__all__ = ["FORMAT", "MAPS", "PredictionStore", "PredictionWriter"]
+__all__ = ["FORMAT", "MAPS", "PREDICTED_SPLITS", "PredictionStore", "PredictionWriter"]
 
 FORMAT = ArtifactFormat("predictions", 1, "predictions file", "a2dpipe predict (rule predict)")
 MAPS = ("actor", "action", "joint")
+PREDICTED_SPLITS = ("test", "val")  # test scores the tables; val the choices made by looking at results
 _VALID_JOINT = np.zeros(256, bool)  # lookup by uint8 label: background and the valid actor-action ids
 _VALID_JOINT[[0, *VALID_PAIRS]] = True
 

@@ -42,7 +42,7 @@ from a2dpipe.segmentation.segment_outputs import Outputs, model_size
 if TYPE_CHECKING:  # torch loads when a chain is built, not when the command line is parsed
     import torch
 
-__all__ = ["configure_parser", "run", "Chain", "segment_source"]
+__all__ = ["configure_parser", "run", "Chain", "segment_source", "resize_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,8 @@ def _as_cached(masks: np.ndarray) -> np.ndarray:
 # -- streaming -----------------------------------------------------------------------------------------------------
 
 
-def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``rgb`` at ``size`` (height, width), as the networks take it: area averaging to shrink, bilinear to grow."""
     import cv2
 
     if rgb.shape[:2] == size:
@@ -332,7 +333,7 @@ def _decoded(source: FrameSource, small_size, chain: Chain):
             chain._timed("decode", t0)
             return
         number, rgb = item
-        small = _resize(rgb, small_size)
+        small = resize_frame(rgb, small_size)
         chain._timed("decode", t0)
         yield number, rgb, small
 

@@ -3,8 +3,8 @@
 Stage 1 trains the front-end with the ASPP baseline back-end (two learning rates: front-end and back-end
 parameter groups). Stage 2 loads the stage-1 checkpoint, freezes the front-end by module (``requires_grad_(False)``
 and eval mode, so batch-norm statistics stay put) and trains the region back-end on a mask source's regions plus
-the ground-truth instances. Optimiser SGD (paper) or Adam, poly learning-rate decay, everything from the config's
-``segmentation`` section.
+the ground-truth instances. Optimiser SGD (paper) or Adam, poly learning-rate decay (:func:`stage_recipe`, built by
+:mod:`a2dpipe.recipe`), everything from the config's ``segmentation`` section.
 
 Stage 2 with ``stage2.cache_features`` computes the frozen front-end's features once per training frame and its
 mirror image (in batches of one size, config ``segmentation.inference_batch``) and then trains on full frames from
@@ -45,11 +45,12 @@ from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs
 from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.progress import progress
+from a2dpipe.recipe import build_optimizer, poly_schedule
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns, tensorboard_hooks
 
-__all__ = ["configure_parser", "run", "train", "load_checkpoint", "CropStep", "CachedStep", "cache_features",
-           "CURVE_COLUMNS"]
+__all__ = ["configure_parser", "run", "train", "load_checkpoint", "stage_recipe", "flow_encoding_settings",
+           "CropStep", "CachedStep", "cache_features", "CURVE_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +121,6 @@ def _positions(n: int, seed: int, stage: int, step: int, batch_size: int) -> lis
     return out
 
 
-def _poly(iterations: int, power: float):
-    def factor(step: int) -> float:
-        return max(0.0, 1.0 - step / iterations) ** power
-
-    return factor
-
-
-def _optimizer(groups: list[dict], opts: dict) -> torch.optim.Optimizer:
-    if opts["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, momentum=opts["momentum"], weight_decay=opts["weight_decay"])
-    return torch.optim.Adam(groups, weight_decay=opts["weight_decay"], fused=True)
-
-
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
     """Read a trained model file written by ``train`` (tensors on the CPU: ``load_state_dict`` moves them);
     A2DError naming the file when it is not one (:func:`a2dpipe.checkpoint.load_model_file`)."""
@@ -171,6 +159,14 @@ def _param_groups(model, stage: int, opts: dict) -> list[dict]:
     model.front_end.requires_grad_(False)
     model.baseline.requires_grad_(False)
     return [{"params": list(model.region.parameters()), "lr": opts["lr"]}]
+
+
+def stage_recipe(model, stage: int, opts: dict):
+    """``(optimizer, scheduler)`` of stage ``stage`` (``opts``: config ``segmentation.stage<stage>``) over the
+    parts of ``model`` that stage trains, freezing the others (:mod:`a2dpipe.recipe`: poly decay)."""
+    optimizer = build_optimizer(opts["optimizer"], _param_groups(model, stage, opts), momentum=opts["momentum"],
+                                weight_decay=opts["weight_decay"])
+    return optimizer, poly_schedule(optimizer, opts["iterations"], opts["poly_power"])
 
 
 # -- steps -------------------------------------------------------------------------------------------------------
@@ -285,8 +281,7 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     torch.manual_seed(seed)
     model = build_segmenter(config, input=input, pretrained=stage == 1, regions=stage == 2).to(device)
     s1_digest = _load_stage1(model, stage1, input, config) if stage == 2 else None
-    optimizer = _optimizer(_param_groups(model, stage, opts), opts)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(opts["iterations"], opts["poly_power"]))
+    optimizer, scheduler = stage_recipe(model, stage, opts)
 
     recorded_seg = result_settings({"segmentation": seg})["segmentation"]  # the loader's settings change no result
     recipe = {"settings": fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed,

@@ -240,7 +240,7 @@ def build_region_back_end(in_channels: int, *, roi_size: int = 7, fc_dim: int = 
         roi_channels: if set, a 1x1 convolution (+ ReLU) narrows the features to this many channels before RoI
             pooling; ``None`` pools the fused features as they are.
     """
-    # parts are built in the order of the former single module, so a seed gives the same initial weights
+    # the build order decides which of the seed's draws initialise each part: reordering changes every stage-2 result
     pooler = RoIPooler(roi_size, 1 / OUTPUT_STRIDE, kind=pool)
     to_pixel = RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=uncovered_background,
                              pixel_stride=pixel_stride)

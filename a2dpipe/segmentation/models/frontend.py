@@ -26,7 +26,8 @@ from torchvision.models.resnet import Bottleneck, conv1x1, conv3x3
 
 from a2dpipe.checkpoint import load_weights
 
-__all__ = ["DilatedBasicBlock", "DilatedResNet", "FrontEnd", "build_front_end", "load_imagenet_checkpoint", "OUTPUT_STRIDE"]
+__all__ = ["DilatedBasicBlock", "StreamResNet", "FrontEnd", "build_front_end", "load_imagenet_checkpoint",
+           "OUTPUT_STRIDE"]
 
 OUTPUT_STRIDE = 8
 
@@ -69,8 +70,9 @@ class DilatedBasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class DilatedResNet(nn.Module):
-    """torchvision's ResNet layout (``conv1, bn1, relu, maxpool, layer1..4``) without the classifier.
+class StreamResNet(nn.Module):
+    """One stream of the front-end: torchvision's ResNet layout (``conv1, bn1, relu, maxpool, layer1..4``) without
+    the classifier, its later stages dilated instead of strided.
 
     Args:
         block: ``DilatedBasicBlock`` or torchvision's ``Bottleneck``.
@@ -123,13 +125,13 @@ class DilatedResNet(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def _dilated_resnet(backbone: str, width: int) -> DilatedResNet:
+def _stream_resnet(backbone: str, width: int) -> StreamResNet:
     if backbone not in _ARCHS:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(_ARCHS)}")
     kind, layers = _ARCHS[backbone]
     block = DilatedBasicBlock if kind == "basic" else Bottleneck
     widths = [width, 2 * width, 4 * width, 8 * width] if backbone == "tiny" else [64, 128, 256, 512]
-    return DilatedResNet(block, layers, widths, replace_stride_with_dilation=[False, True, True])
+    return StreamResNet(block, layers, widths, replace_stride_with_dilation=[False, True, True])
 
 
 def load_imagenet_checkpoint(stream: nn.Module, path: str | Path) -> None:
@@ -179,7 +181,7 @@ def build_front_end(*, backbone: str = "tiny", width: int = 24, streams: Sequenc
     """Front-end with the named streams (``("rgb",)`` or ``("rgb", "flow")``), optionally ImageNet-initialised."""
     nets = {}
     for name in streams:
-        net = _dilated_resnet(backbone, width)
+        net = _stream_resnet(backbone, width)
         weights = rgb_weights if name == "rgb" else flow_weights
         if weights:
             load_imagenet_checkpoint(net, weights)

@@ -111,7 +111,8 @@ def build_segmenter(config: dict, *, input: str = "rgb", pretrained: bool = True
     if not regions:
         return Segmenter(front_end, ASPPBaseline(front_end.out_channels, seg["aspp_rates"]), None)
     s2 = seg["stage2"]
-    # built before the baseline, as the single-module back-end was: a seed gives that back-end's initial weights
+    # built before the baseline: the order decides which of the seed's draws give the region back-end its initial
+    # weights, so reordering would change every stage-2 result
     region = build_region_back_end(front_end.out_channels, roi_size=s2["roi_size"], fc_dim=s2["fc_dim"],
                                    uncovered_background=s2["uncovered_background"], pool=s2["pool"],
                                    pixel_stride=s2["pixel_stride"], roi_channels=s2["roi_channels"])

@@ -1,9 +1,9 @@
-"""Command ``a2dpipe bench``: speed and accuracy benchmarks that are measurements, not tests.
+"""Flow methods side by side: end-point error on real pairs with ground truth, and frame pairs per second.
 
-    a2dpipe bench flow                                    # every method; DIS in every preset
-    a2dpipe bench flow --methods dis raft --weights raft=raft_small.pth --out flow-bench.csv
+    python benchmarks/flow_methods.py                                       # every method; DIS in every preset
+    python benchmarks/flow_methods.py --methods dis raft --weights raft=raft_small.pth --out flow-bench.csv
 
-``bench flow`` prints one row per method (DIS: per preset) with
+It prints one row per method (DIS: per preset) with
 - the mean end-point error on the real Venus pair (``../shared/real-data/flow-venus``, Middlebury ground truth)
   and on scikit-image's ``stereo_motorcycle`` pair (Middlebury 2014; flow left -> right is u = -disparity, v = 0,
   unknown where the disparity is infinite), downscaled by ``--motorcycle-scale``;
@@ -26,48 +26,46 @@ import numpy as np
 
 from a2dpipe.io import A2DError
 
-__all__ = ["configure_parser", "run", "bench_flow"]
-
-log = logging.getLogger("a2dpipe.flow.bench")
+log = logging.getLogger("flow_methods")
 
 A2D_SIZE = (320, 568)  # height, width of A2D's clips
 DEFAULT_REAL_DATA = Path("..") / "shared" / "real-data"
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", metavar="benchmark", required=True)
-    flow = sub.add_parser("flow", help="end-point error on real pairs and pairs per second of every flow method")
-    flow.add_argument("--methods", nargs="+", default=None, help="methods to run (default: all)")
-    flow.add_argument("--presets", nargs="+", default=None, help="DIS presets (default: all)")
-    flow.add_argument("--weights", nargs="*", default=[], metavar="METHOD=PATH", help="checkpoints of neural methods")
-    flow.add_argument("--raft-variant", default="small", choices=("small", "large"))
-    flow.add_argument("--real-data", default=str(DEFAULT_REAL_DATA), help="folder holding flow-venus/")
-    flow.add_argument("--motorcycle-scale", type=float, default=0.5, help="downscale of the stereo pair")
-    flow.add_argument("--dis-repeat", type=int, default=30, help="timed pairs per DIS preset")
-    flow.add_argument("--neural-repeat", type=int, default=1, help="timed CPU pairs per neural method")
-    flow.add_argument("--gpu-batch", type=int, default=8, help="pairs per batch in GPU timing")
-    flow.add_argument("--out", help="also write the table as CSV")
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=None, help="methods to run (default: all)")
+    parser.add_argument("--presets", nargs="+", default=None, help="DIS presets (default: all)")
+    parser.add_argument("--weights", nargs="*", default=[], metavar="METHOD=PATH", help="checkpoints of neural methods")
+    parser.add_argument("--raft-variant", default="small", choices=("small", "large"))
+    parser.add_argument("--real-data", default=str(DEFAULT_REAL_DATA), help="folder holding flow-venus/")
+    parser.add_argument("--motorcycle-scale", type=float, default=0.5, help="downscale of the stereo pair")
+    parser.add_argument("--dis-repeat", type=int, default=30, help="timed pairs per DIS preset")
+    parser.add_argument("--neural-repeat", type=int, default=1, help="timed CPU pairs per neural method")
+    parser.add_argument("--gpu-batch", type=int, default=8, help="pairs per batch in GPU timing")
+    parser.add_argument("--out", help="also write the table as CSV")
+    return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> None:
-    if args.bench == "flow":
-        weights = {}
-        for item in args.weights:
-            method, sep, path = item.partition("=")
-            if not sep:
-                raise A2DError(f"--weights {item!r}: expected METHOD=PATH")
-            weights[method] = path
-        rows = bench_flow(
-            methods=args.methods, presets=args.presets, weights=weights, raft_variant=args.raft_variant,
-            real_data=Path(args.real_data), motorcycle_scale=args.motorcycle_scale, dis_repeat=args.dis_repeat,
-            neural_repeat=args.neural_repeat, gpu_batch=args.gpu_batch,
-        )
-        print(format_table(rows))
-        if args.out:
-            with open(args.out, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    weights = {}
+    for item in args.weights:
+        method, sep, path = item.partition("=")
+        if not sep:
+            raise A2DError(f"--weights {item!r}: expected METHOD=PATH")
+        weights[method] = path
+    rows = bench_flow(
+        methods=args.methods, presets=args.presets, weights=weights, raft_variant=args.raft_variant,
+        real_data=Path(args.real_data), motorcycle_scale=args.motorcycle_scale, dis_repeat=args.dis_repeat,
+        neural_repeat=args.neural_repeat, gpu_batch=args.gpu_batch,
+    )
+    print(format_table(rows))
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def _venus(real_data: Path):
@@ -178,3 +176,8 @@ def format_table(rows: list[dict]) -> str:
             f"| {fmt(r['gpu_pairs_per_s'], '.1f')} |"
         )
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()

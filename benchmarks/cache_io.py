@@ -47,7 +47,7 @@ from region_to_pixel import make_regions  # noqa: E402
 
 from a2dpipe.flow.encode import flow_images, flow_to_rgb  # noqa: E402
 from a2dpipe.masks import CroppedMasks, MaskCache, MaskCacheWriter, Regions  # noqa: E402
-from a2dpipe.masks.cropped import _NONZERO  # noqa: E402
+from a2dpipe.masks.cropped import NONZERO_LEVEL  # noqa: E402
 
 
 def frame_regions(seed: int, n: int, height: int, width: int, max_side: float) -> Regions:
@@ -90,7 +90,7 @@ def read_v1_window(file: h5py.File, key: str, rows: slice, cols: slice) -> np.nd
 
 def _extents_v2(masks: np.ndarray) -> np.ndarray:
     n, height, width = masks.shape
-    rows, cols = masks.max(axis=2) >= _NONZERO, masks.max(axis=1) >= _NONZERO
+    rows, cols = masks.max(axis=2) >= NONZERO_LEVEL, masks.max(axis=1) >= NONZERO_LEVEL
     top, left = rows.argmax(axis=1), cols.argmax(axis=1)
     bottom, right = height - rows[:, ::-1].argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)
     extents = np.stack([top, left, bottom - top, right - left], axis=1)

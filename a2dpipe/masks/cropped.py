@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Regions", "CroppedMasks"]
+__all__ = ["Regions", "CroppedMasks", "NONZERO_LEVEL"]
 
 _QUANT = 255.0  # soft masks are stored as uint8 probability * 255 (error below 0.002, ~4x smaller than float32)
 _DEQUANT = np.float32(1.0 / _QUANT)
@@ -30,7 +30,8 @@ def _first_nonzero_level() -> np.float32:
     return value
 
 
-_NONZERO = _first_nonzero_level()
+# a pixel is stored iff its value is at least this (see _first_nonzero_level)
+NONZERO_LEVEL = _first_nonzero_level()
 
 
 @dataclass
@@ -149,9 +150,9 @@ def _extents(masks: np.ndarray) -> np.ndarray:
     extents = np.zeros((n, 4), np.int64)
     if n == 0:
         return extents
-    present, top, bottom = _first_and_last(masks.max(axis=2) >= _NONZERO)
+    present, top, bottom = _first_and_last(masks.max(axis=2) >= NONZERO_LEVEL)
     for i in np.flatnonzero(present).tolist():
-        _, left, right = _first_and_last(masks[i, top[i]:bottom[i]].max(axis=0) >= _NONZERO)
+        _, left, right = _first_and_last(masks[i, top[i]:bottom[i]].max(axis=0) >= NONZERO_LEVEL)
         extents[i] = top[i], left, bottom[i] - top[i], right - left
     return extents
 

@@ -161,7 +161,8 @@ def mask_model_options(cfg: dict) -> dict:
     if cfg["model"] != "fcis":
         return {"model": "maskrcnn"}
     return {"model": "fcis", "k": cfg["fcis_k"], "mask_voting": cfg["fcis_mask_voting"],
-            "imagenet_weights": cfg["fcis_imagenet_weights"], "tiny_stride": cfg["fcis_tiny_stride"]}
+            "imagenet_weights": cfg["fcis_imagenet_weights"], "tiny_stride": cfg["fcis_tiny_stride"],
+            "ohem_fg_fraction": cfg["fcis_ohem_fg_fraction"], "mask_loss_weight": cfg["fcis_mask_loss_weight"]}
 
 
 def load_coco_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = False) -> list[str]:

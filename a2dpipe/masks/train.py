@@ -74,8 +74,9 @@ def run(args) -> None:
     train_mask_model(settings, args.source, args.frames, args.out, start=args.start[0] if args.start else None)
 
 
-def _arch(cfg: dict, source: str, num_classes: int) -> dict:
-    return dict(
+def _arch(cfg: dict, source: str, num_classes: int, finetune: bool = False) -> dict:
+    """Builder keywords of the mask model; ``finetune``: it starts from trained weights (``--start``)."""
+    arch = dict(
         backbone=cfg["backbone"],
         num_classes=num_classes,
         min_size=cfg["min_size"],
@@ -84,6 +85,10 @@ def _arch(cfg: dict, source: str, num_classes: int) -> dict:
         box_detections_per_img=cfg["max_regions"],
         **mask_model_options(cfg),
     )
+    if arch["model"] == "fcis":  # FCIS fine-tunes with frozen batch norm, stem and first stage
+        starts_trained = finetune or cfg["coco_checkpoint"] is not None or cfg["fcis_imagenet_weights"] is not None
+        arch["frozen_layers"] = bool(cfg["fcis_freeze_when_finetuning"] and starts_trained)
+    return arch
 
 
 def train_mask_model(config: dict, source: str, frames: list[str], out: str | Path,
@@ -101,7 +106,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
         return _save_coco_as_generic(config, out)
     seed = int(config["seed"])
     device = select_device(config["device"])
-    arch = _arch(cfg, source, NUM_CLASSES[source])
+    arch = _arch(cfg, source, NUM_CLASSES[source], finetune=bool(start))
     iterations = cfg["finetune_iterations"] if start else cfg["iterations"]
     start_provenance = model_provenance(start)  # hashed once: the resume fingerprint and the checkpoint record it
     splits = training_splits(config)

@@ -102,7 +102,7 @@ def test_mask_voting_weights_every_overlapping_roi_by_class_probability_and_refi
     boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 4.0], [20.0, 20, 28, 28]])
     probs = torch.tensor([[0.1, 0.3, 0.6], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.0, 0.9, 0.1]])
     masks = torch.stack([_quadrants((0, 0), (1, 0)), _quadrants((0, 0), (0, 1)), torch.ones(4, 4),
-                         torch.ones(4, 4)])
+                         torch.ones(4, 4)])[:, None].expand(-1, 3, -1, -1)  # every class's mask the same
     boxes_out, masks_out, index = mask_voting(kept, torch.tensor([1, 2]), boxes, probs, masks)
     assert index.tolist() == [0, 1]
     # class 1: weights 0.3, 0.3, 0.4 (the far box does not vote); the third voter covers the top half. Canvas
@@ -118,12 +118,24 @@ def test_mask_voting_binarises_each_voter_at_0_4_and_drops_a_detection_left_with
     kept = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
     boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0]])
     probs = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
-    soft = torch.full((2, 4, 4), 0.45)  # above 0.4: each votes 1, not 0.45
+    soft = torch.full((2, 2, 4, 4), 0.45)  # above 0.4: each votes 1, not 0.45
     _, voted, index = mask_voting(kept, torch.tensor([1]), boxes, probs, soft)
     assert index.tolist() == [0] and torch.equal(voted[0, 0], torch.ones(4, 4))
-    faint = torch.full((2, 4, 4), 0.35)
+    faint = torch.full((2, 2, 4, 4), 0.35)
     boxes_out, voted, index = mask_voting(kept, torch.tensor([1]), boxes, probs, faint)
     assert len(index) == 0 and voted.shape == (0, 1, 4, 4) and boxes_out.shape == (0, 4)
+
+
+def test_mask_voting_takes_each_voters_top_class_mask_background_included_or_the_detections_class():
+    kept, boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0]])
+    probs = torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.45, 0.05]])  # top classes 2 and background
+    masks = torch.ones(2, 3, 4, 4)
+    masks[1, 0] = 0  # the second voter's background mask is empty
+    masks[0, 2] = 0  # the first one's class-2 mask too
+    # FCIS: both give their top class's mask, empty: nothing reaches 0.4, the detection is dropped
+    assert len(mask_voting(kept, torch.tensor([1]), boxes, probs, masks)[2]) == 0
+    _, voted, index = mask_voting(kept, torch.tensor([1]), boxes, probs, masks, own_class=False)
+    assert index.tolist() == [0] and torch.equal(voted[0, 0], torch.ones(4, 4))
 
 
 # --- losses, OHEM, box coding, frozen layers (FCIS's training) ------------------------------------------------------
@@ -259,7 +271,7 @@ def test_builder_dispatches_on_model_and_rejects_conflicting_arguments():
     assert mask_model_options({"model": "maskrcnn", "fcis_k": 3}) == {"model": "maskrcnn"}
     assert mask_model_options(_tiny_config()["masks"]) == {
         "model": "fcis", "k": 3, "mask_voting": True, "imagenet_weights": None, "tiny_stride": 4,
-        "ohem_fg_fraction": None, "mask_loss_weight": 10.0}
+        "ohem_fg_fraction": None, "mask_loss_weight": 0.1, "voting_own_class": False}
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """Region masks stage: the instance-segmentation model behind each mask source and the HDF5 region cache.
 
 Modules: ``cache`` (the cache format, writer and reader), ``model`` (the mask model ``masks.model`` names; Mask R-CNN
-builders), ``fcis`` (FCIS; its ``position_sensitive`` score maps), ``backbones`` (both models' ResNet bodies), ``data`` (frames as
+builders), ``fcis`` (FCIS; its ``position_sensitive`` score maps,
+``fcis_training`` losses and OHEM, ``voting`` mask voting), ``backbones`` (both models' ResNet bodies), ``data`` (frames as
 mask-model targets), ``train`` (``a2dpipe train-mask-model``), ``stage`` (``a2dpipe region-masks``),
 ``quality`` (``a2dpipe mask-quality``).
 """

@@ -123,7 +123,7 @@ class FCISHeads(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int, *, stride: int, k: int = 7,
                  roi_size: int = 21, fg_iou_thresh: float = 0.5, batch_size_per_image: int = 128,
                  score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
-                 mask_voting: bool = True, recipe: FCISLossRecipe = FCISLossRecipe()):
+                 mask_voting: bool = True, recipe: FCISLossRecipe = FCISLossRecipe(), voting_own_class: bool = True):
         super().__init__()
         if roi_size < k:
             raise ValueError(f"roi_size ({roi_size}) must be at least the grid size k ({k})")
@@ -138,7 +138,7 @@ class FCISHeads(nn.Module):
         self.box_coder = box_coder()
         self.batch_size_per_image = batch_size_per_image
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
-        self.mask_voting, self.recipe = mask_voting, recipe
+        self.mask_voting, self.recipe, self.voting_own_class = mask_voting, recipe, voting_own_class
 
     def forward(self, features, proposals, image_sizes, targets=None):
         hidden = self.reduce(features)
@@ -223,9 +223,8 @@ class FCISHeads(nn.Module):
         out = {"boxes": boxes[rois[kept]], "labels": labels[kept], "scores": scores[kept],
                "masks": mask_logits[rois[kept], labels[kept]].sigmoid().unsqueeze(1)}
         if self.mask_voting:
-            probs = class_logits.softmax(1)
-            own_masks = mask_logits[torch.arange(len(boxes), device=boxes.device), probs.argmax(1)].sigmoid()
-            out["boxes"], out["masks"], voted = mask_voting(out["boxes"], out["labels"], boxes, probs, own_masks)
+            out["boxes"], out["masks"], voted = mask_voting(out["boxes"], out["labels"], boxes, class_logits.softmax(1),
+                                                            mask_logits.sigmoid(), own_class=self.voting_own_class)
             out["labels"], out["scores"] = out["labels"][voted], out["scores"][voted]
         return out
 
@@ -257,6 +256,7 @@ def fcis(
     frozen_layers: bool = False,
     ohem_fg_fraction: float | None = None,
     mask_loss_weight: float = 10.0,
+    voting_own_class: bool = True,
 ) -> FCIS:
     """An FCIS of ``num_classes`` classes (with the background) on ``backbone`` in ``FCIS_BACKBONES``.
 
@@ -268,7 +268,8 @@ def fcis(
     is the position-sensitive grid, ``roi_size`` the assembled mask size (default: per backbone, as above).
     ``frozen_layers`` (fine-tuning, as FCIS): frozen batch norm, stem and first stage
     (:func:`~a2dpipe.masks.fcis_training.freeze_pretrained_layers`). ``ohem_fg_fraction`` and ``mask_loss_weight``:
-    :class:`~a2dpipe.masks.fcis_training.FCISLossRecipe` (defaults FCIS's).
+    :class:`~a2dpipe.masks.fcis_training.FCISLossRecipe` (defaults FCIS's). ``voting_own_class``:
+    :func:`~a2dpipe.masks.voting.mask_voting`'s ``own_class``.
     """
     if backbone == "tiny":
         if imagenet_weights is not None:
@@ -303,6 +304,7 @@ def fcis(
         body.out_channels, mid, num_classes, stride=body.stride, k=k, roi_size=roi_size, batch_size_per_image=ohem,
         score_thresh=box_score_thresh, detections_per_img=box_detections_per_img, mask_voting=mask_voting,
         recipe=FCISLossRecipe(ohem_fg_fraction=ohem_fg_fraction, mask_loss_weight=mask_loss_weight),
+        voting_own_class=voting_own_class,
     )
     transform = GeneralizedRCNNTransform(min_size, max_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     return FCIS(body, rpn, heads, transform)

@@ -162,7 +162,8 @@ def mask_model_options(cfg: dict) -> dict:
         return {"model": "maskrcnn"}
     return {"model": "fcis", "k": cfg["fcis_k"], "mask_voting": cfg["fcis_mask_voting"],
             "imagenet_weights": cfg["fcis_imagenet_weights"], "tiny_stride": cfg["fcis_tiny_stride"],
-            "ohem_fg_fraction": cfg["fcis_ohem_fg_fraction"], "mask_loss_weight": cfg["fcis_mask_loss_weight"]}
+            "ohem_fg_fraction": cfg["fcis_ohem_fg_fraction"], "mask_loss_weight": cfg["fcis_mask_loss_weight"],
+            "voting_own_class": cfg["fcis_voting_own_class"]}
 
 
 def load_coco_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = False) -> list[str]:

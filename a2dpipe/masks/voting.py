@@ -3,7 +3,8 @@
 
 For each kept detection (box b, class c): every RoI of the image (both passes, whatever its class or score) whose
 box overlaps b at box IoU >= 0.5 votes, weighted by its probability of class c (weights normalised to sum to 1).
-A voter's mask is its own mask (that of the class it scores highest), resized to its box in image pixels and
+A voter's mask is its own mask (that of the class it scores highest, background included; option: that of class c),
+resized to its box in image pixels and
 binarised at 0.4; the weighted votes add up in an image canvas. The detection's box becomes the tight box of the
 canvas pixels >= 0.4, and its mask the canvas over that box, resized to M x M and cut at 0.4 (FCIS cuts the
 pasted mask there; this returns it binary so that any later cut in (0, 1) keeps the same pixels). A detection
@@ -23,14 +24,17 @@ __all__ = ["mask_voting"]
 
 
 def mask_voting(kept_boxes: torch.Tensor, kept_labels: torch.Tensor, boxes: torch.Tensor, class_probs: torch.Tensor,
-                masks: torch.Tensor, *, iou_thresh: float = 0.5, binary_thresh: float = 0.4):
+                masks: torch.Tensor, *, own_class: bool = True, iou_thresh: float = 0.5, binary_thresh: float = 0.4):
     """Vote the masks of the detections ``kept_boxes`` (N, 4) of classes ``kept_labels`` (N,) from every RoI:
-    ``boxes`` (R, 4), ``class_probs`` (R, C + 1), ``masks`` (R, M, M) in [0, 1].
+    ``boxes`` (R, 4), ``class_probs`` (R, C + 1), ``masks`` (R, C + 1, M, M) in [0, 1], each class's mask.
+    ``own_class``: a voter gives the mask of the class it scores highest, background included (FCIS); otherwise
+    that of the detection's class.
 
     Returns ``(boxes (N', 4), masks (N', 1, M, M) in {0, 1}, kept (N',))``: the refitted boxes and voted masks of the
     detections that keep a mask, and their indices in the input.
     """
     size = masks.shape[-1]
+    own = masks[torch.arange(len(masks), device=masks.device), class_probs.argmax(1)] if own_class else None
     out_boxes, out_masks, kept = [], [], []
     if len(kept_boxes) and len(boxes):
         overlaps = box_iou(kept_boxes, boxes) >= iou_thresh
@@ -40,7 +44,8 @@ def mask_voting(kept_boxes: torch.Tensor, kept_labels: torch.Tensor, boxes: torc
                 continue
             weights = class_probs[voters, kept_labels[i]]
             weights = weights / weights.sum().clamp(min=1e-12)
-            voted = _vote(boxes[voters], masks[voters], weights, size, binary_thresh)
+            voter_masks = own[voters] if own_class else masks[voters, kept_labels[i]]
+            voted = _vote(boxes[voters], voter_masks, weights, size, binary_thresh)
             if voted is not None:
                 out_boxes.append(voted[0]), out_masks.append(voted[1]), kept.append(i)
     if not kept:

@@ -254,9 +254,8 @@ def fcis(
     box_detections_per_img: int = 100,
     box_score_thresh: float = 0.05,
     frozen_layers: bool = False,
-    ohem_fg_fraction: float | None = None,
-    mask_loss_weight: float = 10.0,
     voting_own_class: bool = True,
+    **recipe,
 ) -> FCIS:
     """An FCIS of ``num_classes`` classes (with the background) on ``backbone`` in ``FCIS_BACKBONES``.
 
@@ -266,10 +265,9 @@ def fcis(
     of which OHEM keeps 128, 300 test proposals, 1024-channel ``reduce``, 21 x 21 RoI masks (FCIS's sizes), optionally
     from ``imagenet_weights`` (frozen batch norm, stem and ``layer1`` then, as also with ``pretrained_layout``). ``k``
     is the position-sensitive grid, ``roi_size`` the assembled mask size (default: per backbone, as above).
-    ``frozen_layers`` (fine-tuning, as FCIS): frozen batch norm, stem and first stage
-    (:func:`~a2dpipe.masks.fcis_training.freeze_pretrained_layers`). ``ohem_fg_fraction`` and ``mask_loss_weight``:
-    :class:`~a2dpipe.masks.fcis_training.FCISLossRecipe` (defaults FCIS's). ``voting_own_class``:
-    :func:`~a2dpipe.masks.voting.mask_voting`'s ``own_class``.
+    ``frozen_layers``: :func:`~a2dpipe.masks.fcis_training.freeze_pretrained_layers` (fine-tuning, as FCIS);
+    ``recipe``: :class:`~a2dpipe.masks.fcis_training.FCISLossRecipe` fields; ``voting_own_class``: see ``mask_voting``.
+    Long because it sets both backbones' sizes, the RPN and the heads side by side, in one place.
     """
     if backbone == "tiny":
         if imagenet_weights is not None:
@@ -303,8 +301,7 @@ def fcis(
     heads = FCISHeads(
         body.out_channels, mid, num_classes, stride=body.stride, k=k, roi_size=roi_size, batch_size_per_image=ohem,
         score_thresh=box_score_thresh, detections_per_img=box_detections_per_img, mask_voting=mask_voting,
-        recipe=FCISLossRecipe(ohem_fg_fraction=ohem_fg_fraction, mask_loss_weight=mask_loss_weight),
-        voting_own_class=voting_own_class,
+        recipe=FCISLossRecipe(**recipe), voting_own_class=voting_own_class,
     )
     transform = GeneralizedRCNNTransform(min_size, max_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     return FCIS(body, rpn, heads, transform)

@@ -184,6 +184,8 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
     """The generic source on real data: the COCO checkpoint as is (91 COCO classes, regions labelled 0)."""
     cfg = config["masks"]
     arch = _arch(cfg, "generic", 91)
+    if "frozen_layers" in arch:  # used as is, nothing trains: the layout of the file, unfrozen
+        arch["frozen_layers"] = False
     model = build_mask_model(**arch)
     load_coco_checkpoint(model, cfg["coco_checkpoint"], strict=True)  # untrained: nothing may stay random
     log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])

@@ -61,10 +61,10 @@ def project_outputs(model, image: np.ndarray) -> dict:
     heads = model.roi_heads
     hidden = heads.reduce(res5)
     maps = heads.inside_outside(hidden), heads.box_maps(hidden)
-    logits1, masks1, deltas = heads._roi_outputs(maps, proposals)
+    logits1, masks1, deltas = heads.roi_outputs(maps, proposals)
     refined = heads.box_coder.decode_single(deltas, proposals[0]).reshape(-1, 4)
     refined = [refined.clamp(min=0).minimum(torch.tensor(batch.image_sizes[0][::-1] * 2, dtype=refined.dtype))]
-    logits2, masks2, _ = heads._roi_outputs(maps, refined)
+    logits2, masks2, _ = heads.roi_outputs(maps, refined)
     out = {"res4": res4, "res5": res5, "rpn_prob": logits[0].sigmoid(), "score_maps": maps[0], "box_maps": maps[1],
            "proposals": proposals[0], "boxes": refined[0], "cls_prob_1": logits1.softmax(1),
            "cls_prob_2": logits2.softmax(1)}
@@ -80,8 +80,8 @@ def reference_outputs(ref: dict, model, index: int, count: int) -> dict:
                                                      "cls_prob", "seg_pred")}
     heads, post = model.roi_heads, len(get["rois"]) // 2
     anchors = get["rpn_prob"].shape[1] // 2
-    score_order = convert._score_map_order(heads.num_classes, heads.k)
-    box_order = convert._box_map_order(heads.k, heads.box_coder.weights)
+    score_order = convert.score_map_order(heads.num_classes, heads.k)
+    box_order = convert.box_map_order(heads.k, heads.box_coder.weights)
     first, second = slice(0, count), slice(post, post + count)
     rois = torch.from_numpy(get["rois"][:, 1:]) + ONE_PAST
     out = {"res4": get["res4"][0], "res5": get["res5"][0], "rpn_prob": get["rpn_prob"][0, anchors:],

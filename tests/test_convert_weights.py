@@ -150,7 +150,7 @@ def test_score_maps_reordered_to_the_project_layout():
     classes, k = 3, 2
     # official channel ((c * 2 + o) * k + i) * k + j holds its own index; o = 1 is inside
     official = np.arange(2 * classes * k * k, dtype=np.float32)[:, None]
-    ours = convert._score_map_order(classes, k)(official)[:, 0]
+    ours = convert.score_map_order(classes, k)(official)[:, 0]
     for part, o in ((0, 1), (1, 0)):  # ours: part 0 inside, 1 outside
         for c in range(classes):
             for cell in range(k * k):
@@ -167,7 +167,7 @@ def test_rpn_logit_gives_the_official_softmax():
 def test_box_maps_take_the_foreground_deltas_scaled():
     k = 1
     official = np.arange(8, dtype=np.float32)[:, None]  # background dx..dh, foreground dx..dh
-    ours = convert._box_map_order(k, (10.0, 10.0, 5.0, 5.0))(official)[:, 0]
+    ours = convert.box_map_order(k, (10.0, 10.0, 5.0, 5.0))(official)[:, 0]
     np.testing.assert_allclose(ours, [4 * 2.0, 5 * 2.0, 6 * 2.5, 7 * 2.5])
 
 

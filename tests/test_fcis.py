@@ -18,6 +18,7 @@ from a2dpipe.masks import MaskCache
 from a2dpipe.masks import train as train_module
 from a2dpipe.masks.backbones import DilatedTinyBody, TinyBody
 from a2dpipe.masks.fcis import FCIS, assemble, assemble_naive, fcis, mask_voting
+from a2dpipe.masks.fcis_training import FCISLossRecipe, box_coder, hardest_rois, kept_losses, per_roi_losses
 from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mask_model, mask_model_options
 from a2dpipe.masks.stage import cache_regions
 
@@ -77,7 +78,7 @@ def test_roi_outputs_follow_the_joint_formulation():
     boxes = [torch.tensor([[2.0, 3.0, 30.0, 40.0], [10.0, 0.0, 60.0, 20.0]])]
     hidden = heads.reduce(features)
     maps = heads.inside_outside(hidden), heads.box_maps(hidden)
-    class_logits, mask_logits, deltas = heads._roi_outputs(maps, boxes)
+    class_logits, mask_logits, deltas = heads.roi_outputs(maps, boxes)
     assembled = assemble(maps[0], torch.cat([torch.zeros(2, 1), boxes[0]], 1), 3, heads.roi_size, heads.spatial_scale)
     inside, outside = assembled[:, 0], assembled[:, 1]
     torch.testing.assert_close(class_logits, torch.maximum(inside, outside).mean((2, 3)))
@@ -88,29 +89,116 @@ def test_roi_outputs_follow_the_joint_formulation():
 # --- mask voting ----------------------------------------------------------------------------------------------------
 
 
-def test_mask_voting_averages_overlapping_same_class_masks_by_score():
-    box = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
-    mine, other = torch.full((1, 1, 4, 4), 0.2), torch.full((1, 1, 4, 4), 0.8)
-    pool_boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 8.0], [20.0, 20, 28, 28]])
-    pool_masks = torch.cat([mine, other, other, other])
-    voted = mask_voting(box, torch.tensor([1]), mine, pool_boxes, torch.tensor([1, 1, 2, 1]),
-                        torch.tensor([0.75, 0.25, 0.9, 0.9]), pool_masks)
-    # class 2 and the far box do not vote: (0.75 * 0.2 + 0.25 * 0.8) / 1.0
-    torch.testing.assert_close(voted, torch.full((1, 1, 4, 4), 0.35))
+def _quadrants(*cells) -> torch.Tensor:
+    """A 4 x 4 mask with ones in the given 2 x 2 quadrants ((row, col) in {0, 1}^2)."""
+    mask = torch.zeros(4, 4)
+    for r, c in cells:
+        mask[2 * r:2 * r + 2, 2 * c:2 * c + 2] = 1
+    return mask
 
 
-def test_mask_voting_resamples_a_shifted_voter_into_the_kept_box():
-    kept = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
-    voter = torch.tensor([[0.0, 0.0, 8.0, 8.0], [4.0, 0.0, 12.0, 8.0]])  # IoU 1/3: below 0.5, then at 0.3
-    masks = torch.ones(2, 1, 4, 4)
-    kept_mask = torch.ones(1, 1, 4, 4)
-    labels = torch.tensor([1])
-    alone = mask_voting(kept, labels, kept_mask, voter, torch.tensor([1, 1]), torch.tensor([1.0, 1.0]), masks)
-    torch.testing.assert_close(alone, kept_mask)
-    joined = mask_voting(kept, labels, kept_mask, voter, torch.tensor([1, 1]), torch.tensor([1.0, 1.0]), masks,
-                         iou_thresh=0.3)
-    # the shifted voter covers the right half of the kept box only: its left cells count as 0
-    assert torch.all(joined[0, 0, :, :2] == 0.5) and torch.all(joined[0, 0, :, 3] == 1.0)
+def test_mask_voting_weights_every_overlapping_roi_by_class_probability_and_refits_the_box():
+    kept = torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 8.0]])
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 4.0], [20.0, 20, 28, 28]])
+    probs = torch.tensor([[0.1, 0.3, 0.6], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.0, 0.9, 0.1]])
+    masks = torch.stack([_quadrants((0, 0), (1, 0)), _quadrants((0, 0), (0, 1)), torch.ones(4, 4),
+                         torch.ones(4, 4)])[:, None].expand(-1, 3, -1, -1)  # every class's mask the same
+    boxes_out, masks_out, index = mask_voting(kept, torch.tensor([1, 2]), boxes, probs, masks)
+    assert index.tolist() == [0, 1]
+    # class 1: weights 0.3, 0.3, 0.4 (the far box does not vote); the third voter covers the top half. Canvas
+    # quadrants: top-left 1.0, top-right 0.7, bottom-left 0.3, bottom-right 0: only the top half reaches 0.4
+    torch.testing.assert_close(boxes_out[0], torch.tensor([0.0, 0.0, 8.0, 4.0]))
+    torch.testing.assert_close(masks_out[0, 0], torch.ones(4, 4))
+    # class 2: weights 6/13, 6/13, 1/13: top-left 1, top-right and bottom-left 7/13, bottom-right 1/13
+    torch.testing.assert_close(boxes_out[1], torch.tensor([0.0, 0.0, 8.0, 8.0]))
+    torch.testing.assert_close(masks_out[1, 0], 1 - _quadrants((1, 1)))
+
+
+def test_mask_voting_binarises_each_voter_at_0_4_and_drops_a_detection_left_without_mask():
+    kept = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0]])
+    probs = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+    soft = torch.full((2, 2, 4, 4), 0.45)  # above 0.4: each votes 1, not 0.45
+    _, voted, index = mask_voting(kept, torch.tensor([1]), boxes, probs, soft)
+    assert index.tolist() == [0] and torch.equal(voted[0, 0], torch.ones(4, 4))
+    faint = torch.full((2, 2, 4, 4), 0.35)
+    boxes_out, voted, index = mask_voting(kept, torch.tensor([1]), boxes, probs, faint)
+    assert len(index) == 0 and voted.shape == (0, 1, 4, 4) and boxes_out.shape == (0, 4)
+
+
+def test_mask_voting_takes_each_voters_top_class_mask_background_included_or_the_detections_class():
+    kept, boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0]])
+    probs = torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.45, 0.05]])  # top classes 2 and background
+    masks = torch.ones(2, 3, 4, 4)
+    masks[1, 0] = 0  # the second voter's background mask is empty
+    masks[0, 2] = 0  # the first one's class-2 mask too
+    # FCIS: both give their top class's mask, empty: nothing reaches 0.4, the detection is dropped
+    assert len(mask_voting(kept, torch.tensor([1]), boxes, probs, masks)[2]) == 0
+    _, voted, index = mask_voting(kept, torch.tensor([1]), boxes, probs, masks, own_class=False)
+    assert index.tolist() == [0] and torch.equal(voted[0, 0], torch.ones(4, 4))
+
+
+# --- losses, OHEM, box coding, frozen layers (FCIS's training) ------------------------------------------------------
+
+
+def test_ohem_keeps_the_highest_loss_rois_of_each_image_whatever_their_label():
+    losses = torch.tensor([0.1, 5.0, 0.3, 4.0, 0.2, 1.0, 0.5, 3.0, 2.0])
+    foreground = torch.tensor([True, False, False, False, True, True, False, False, False])
+    keep = hardest_rois([5, 4], losses, foreground, 2)
+    assert sorted(keep.tolist()) == [1, 3, 7, 8]  # no foreground among the hardest: none kept
+    quota = hardest_rois([5, 4], losses, foreground, 2, fg_fraction=0.5)
+    assert sorted(quota.tolist()) == [1, 4, 5, 7]  # the departure: one foreground per image, then the hardest
+
+
+def test_fcis_losses_are_fcis_sums_and_weights_over_the_kept_rois():
+    torch.manual_seed(0)
+    recipe = FCISLossRecipe()
+    labels = torch.tensor([1, 0, 0, 2])
+    logits, deltas = torch.randn(4, 3), torch.randn(4, 4)
+    fg = torch.tensor([0, 3])
+    mask_logits, targets, wanted = torch.randn(2, 5, 5), torch.rand(2, 5, 5), torch.randn(2, 4)
+    cls, mask, box = per_roi_losses(logits, labels, mask_logits, targets, deltas, wanted, fg, recipe)
+    pixels = torch.nn.functional.binary_cross_entropy_with_logits(mask_logits, (targets >= 0.4).float(),
+                                                                  reduction="none")
+    torch.testing.assert_close(mask[fg], pixels.mean((1, 2)))
+    assert mask[1] == 0 and box[2] == 0
+    smooth = torch.where((deltas[fg] - wanted).abs() < 1, 0.5 * (deltas[fg] - wanted) ** 2,
+                         (deltas[fg] - wanted).abs() - 0.5)  # beta 1
+    torch.testing.assert_close(box[fg], smooth.sum(1))
+    losses = kept_losses(cls, mask, box, labels, [4], recipe, 3, 25, torch.zeros(()))
+    keep = (cls + 10 * mask + box).topk(3).indices
+    fg_kept = keep[labels[keep] > 0]
+    torch.testing.assert_close(losses["loss_classifier"], cls[keep].mean())
+    assert len(fg_kept) > 0
+    kept_pixels = sum(pixels[row].sum() for row, roi in enumerate(fg.tolist()) if roi in fg_kept.tolist())
+    torch.testing.assert_close(losses["loss_mask"], 10 / 3 * kept_pixels)  # summed over pixels, 10 / N
+    torch.testing.assert_close(losses["loss_box_reg"], box[fg_kept].sum() / 3)
+
+
+def test_box_deltas_are_divided_by_fcis_standard_deviations_and_round_trip():
+    coder = box_coder()
+    proposal, truth = torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([[1.0, 2.0, 11.0, 12.0]])
+    deltas = coder.encode_single(truth, proposal)
+    torch.testing.assert_close(deltas, torch.tensor([[0.1 / 0.2, 0.2 / 0.2, 0.0, 0.0]]))
+    proposals = torch.tensor([[3.0, 4.0, 30.0, 20.0], [0.0, 0.0, 5.0, 50.0]])
+    truths = torch.tensor([[5.0, 1.0, 25.0, 40.0], [2.0, 3.0, 9.0, 44.0]])
+    torch.testing.assert_close(coder.decode_single(coder.encode_single(truths, proposals), proposals), truths)
+    assert fcis(num_classes=3, min_size=48, max_size=64).roi_heads.box_coder.weights == (5.0, 5.0, 2.0, 2.0)
+
+
+def test_frozen_layers_get_no_gradient_and_batch_norm_keeps_its_statistics():
+    torch.manual_seed(0)
+    model = fcis(num_classes=3, min_size=48, max_size=96, k=3, frozen_layers=True).train()
+    body = model.backbone
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    before = {k: v.clone() for k, v in body.state_dict().items()}
+    losses = model([torch.rand(3, 48, 64)], [_targets()])
+    sum(losses.values()).backward()
+    frozen = [p for m in (body.stem, body.layer1) for p in m.parameters()]
+    assert frozen and all(p.grad is None and not p.requires_grad for p in frozen)
+    assert body.layer2.conv1.weight.grad.abs().sum() > 0 and body.layer3.conv2.weight.requires_grad
+    for key, value in body.state_dict().items():
+        assert torch.equal(value, before[key]), key  # running statistics untouched by a training forward
 
 
 # --- contract, training, checkpoints --------------------------------------------------------------------------------
@@ -183,7 +271,7 @@ def test_builder_dispatches_on_model_and_rejects_conflicting_arguments():
     assert mask_model_options({"model": "maskrcnn", "fcis_k": 3}) == {"model": "maskrcnn"}
     assert mask_model_options(_tiny_config()["masks"]) == {
         "model": "fcis", "k": 3, "mask_voting": True, "imagenet_weights": None, "tiny_stride": 4,
-        "layout": "torchvision"}
+        "layout": "torchvision", "ohem_fg_fraction": None, "mask_loss_weight": 0.1, "voting_own_class": False}
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +294,8 @@ def test_tiny_fcis_trains_on_the_tiny_config_and_its_checkpoint_gives_the_same_d
     reference = build_mask_model(**checkpoint["arch"])
     reference.load_state_dict(checkpoint["model"])
     reference.eval().roi_heads.score_thresh = model.roi_heads.score_thresh = 0.0
+    # on random images a 30-step model's voted masks stay under 0.4, and voting drops them: compare without it
+    reference.roi_heads.mask_voting = model.roi_heads.mask_voting = False
     images = [torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     with torch.no_grad():
         first, again = reference(images), model(images)
@@ -260,3 +350,13 @@ def test_resnet_backbone_starts_from_a_torchvision_imagenet_file(tmp_path):
         fcis(backbone="resnet50", num_classes=3, min_size=64, max_size=96, imagenet_weights=tmp_path / "junk.pth")
     with pytest.raises(A2DError, match="missing.pth: ImageNet ResNet weights .* not found"):
         fcis(backbone="resnet50", num_classes=3, min_size=64, max_size=96, imagenet_weights=tmp_path / "missing.pth")
+
+
+def test_fcis_freezes_its_layers_only_when_it_starts_from_trained_weights():
+    cfg = _tiny_config()["masks"]
+    assert train_module.model_arch(cfg, "dataset", 8, finetune=True)["frozen_layers"] is True
+    assert train_module.model_arch(cfg, "generic", 2)["frozen_layers"] is False  # from scratch: everything learns
+    assert train_module.model_arch({**cfg, "fcis_freeze_when_finetuning": False}, "dataset", 8,
+                              finetune=True)["frozen_layers"] is False
+    model = build_mask_model(**train_module.model_arch(cfg, "dataset", 8, finetune=True))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())

@@ -438,7 +438,7 @@ def test_dataset_model_fine_tunes_from_its_start_model_class_heads_aside(shard, 
     generic = tmp_path / "g" / "model.pt"
     config = _config(iterations=2, finetune_iterations=1)
     start = train_module.train_mask_model(config, "generic", [shard], generic)
-    arch = train_module._arch(config["masks"], "dataset", train_module.NUM_CLASSES["dataset"])
+    arch = train_module.model_arch(config["masks"], "dataset", train_module.NUM_CLASSES["dataset"])
     model = build_mask_model(**arch)
     train_module._load_start(model, generic, arch, config)
     heads = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")

@@ -2,8 +2,9 @@
 
 Modules: ``cache`` (the cache format, writer and reader), ``cropped`` (regions in memory, full frame and cropped),
 ``model`` (the mask model ``masks.model`` names; Mask R-CNN builders), ``fcis`` (FCIS; its ``position_sensitive``
-score maps), ``backbones`` (both models' ResNet bodies), ``data`` (frames as mask-model targets), ``train``
-(``a2dpipe train-mask-model``), ``stage`` (``a2dpipe region-masks``), ``quality`` (``a2dpipe mask-quality``).
+score maps, ``fcis_training`` losses and OHEM, ``voting`` mask voting, ``fcis_official`` the official layout, read
+by ``convert`` from ``mxnet_params``), ``backbones`` (both models' ResNet bodies), ``data`` (frames as mask-model
+targets), ``train`` (``a2dpipe train-mask-model``), ``stage`` (``a2dpipe region-masks``), ``quality`` (``a2dpipe mask-quality``).
 """
 
 from a2dpipe.masks.cache import CroppedMasks, MaskCache, MaskCacheWriter, Regions

@@ -35,7 +35,8 @@ from a2dpipe.masks import fcis_official as official
 from a2dpipe.masks.model import build_mask_model
 from a2dpipe.masks.mxnet_params import read_params
 
-__all__ = ["configure_parser", "run", "convert_fcis_mxnet", "fcis_state_dict", "FORMATS"]
+__all__ = ["configure_parser", "run", "convert_fcis_mxnet", "fcis_state_dict", "FORMATS", "score_map_order",
+           "box_map_order"]
 
 log = logging.getLogger("a2dpipe.masks")
 
@@ -134,8 +135,8 @@ def _name_map(model) -> dict:
     layers = {"rpn_conv_3x3": ("rpn.head.conv.0", keep), "rpn_bbox_pred": ("rpn.head.bbox_pred", keep),
               "rpn_cls_score": ("rpn.head.cls_logits", _foreground_minus_background),
               "conv_new_1": ("roi_heads.reduce.0", keep),
-              "fcis_cls_seg": ("roi_heads.inside_outside", _score_map_order(heads.num_classes, heads.k)),
-              "fcis_bbox": ("roi_heads.box_maps", _box_map_order(heads.k, heads.box_coder.weights))}
+              "fcis_cls_seg": ("roi_heads.inside_outside", score_map_order(heads.num_classes, heads.k)),
+              "fcis_bbox": ("roi_heads.box_maps", box_map_order(heads.k, heads.box_coder.weights))}
     for name, (key, convert) in layers.items():
         names[f"{name}_weight"] = (f"{key}.weight", convert)
         names[f"{name}_bias"] = (f"{key}.bias", convert)
@@ -155,7 +156,7 @@ def _foreground_minus_background(array: np.ndarray) -> np.ndarray:
     return array[anchors:] - array[:anchors]
 
 
-def _score_map_order(num_classes: int, k: int):
+def score_map_order(num_classes: int, k: int):
     """Official channel ((c * 2 + o) * k + i) * k + j, o = 0 outside / 1 inside, to this project's
     ((part * C + c) * k + i) * k + j, part = 0 inside / 1 outside (:mod:`a2dpipe.masks.position_sensitive`)."""
     part, cls, cell = np.meshgrid(np.arange(2), np.arange(num_classes), np.arange(k * k), indexing="ij")
@@ -163,7 +164,7 @@ def _score_map_order(num_classes: int, k: int):
     return lambda array: array[order] if len(array) == len(order) else array
 
 
-def _box_map_order(k: int, coder_weights):
+def box_map_order(k: int, coder_weights):
     """The class-agnostic foreground deltas (official channels (4 + d) * k^2 + cell) in this project's order
     d * k^2 + cell, scaled so that this network's box coder decodes them as the official deltas x stds."""
     scale = np.repeat(np.array(official.BOX_STDS) * np.array(coder_weights), k * k).astype(np.float32)

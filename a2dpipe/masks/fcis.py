@@ -24,14 +24,14 @@ Channel layout and assembling: :mod:`a2dpipe.masks.position_sensitive` (with a w
 
 Joint formulation. Per pixel and class, softmax over (inside, outside) is the mask (sigmoid(inside - outside)); per
 class, max(inside, outside) averaged over the RoI is the detection logit (softmax over the C + 1 classes). Box
-deltas: ``box_maps`` pooled by ``ps_roi_align`` at k x k and averaged. Training matches proposals (and the ground
-truth boxes) to ground truth at IoU 0.5, computes every RoI's loss (classification on all, box regression and the
-per-pixel mask loss of the ground-truth class on foreground RoIs only) and keeps the ``batch_size_per_image``
-hardest per image (online hard example mining, as FCIS; at most a quarter of them foreground, since a frame holds
-few objects). Inference: scores and class-specific masks of the
-proposals; their regressed boxes assembled again give a second set; per-class NMS over both sets; then, with
-``mask_voting``, each kept mask is replaced by the score-weighted mean of the best ``voting_pool`` same-class
-candidates whose box IoU with it is at least 0.5 (:func:`~a2dpipe.masks.position_sensitive.mask_voting`).
+deltas: ``box_maps`` pooled by ``ps_roi_align`` at k x k and averaged, coded as FCIS does (divided by the standard
+deviations (0.2, 0.2, 0.5, 0.5)). Training follows FCIS's code (:mod:`a2dpipe.masks.fcis_training`): proposals
+and ground-truth boxes matched to ground truth at IoU 0.5, every RoI's loss (classification on all, box regression
+and the per-pixel mask loss of the ground-truth class on foreground RoIs only), the ``batch_size_per_image``
+hardest per image kept (online hard example mining), the mask loss summed over pixels with weight 10 / N.
+Inference: scores and class-specific masks of the proposals; their regressed boxes assembled again give a second
+set; per-class NMS over both sets; then, with ``mask_voting``, FCIS's mask voting over every RoI of both sets
+(:func:`~a2dpipe.masks.voting.mask_voting`: boxes refitted to the voted masks, masks binary).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -52,7 +51,10 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, ps_roi_al
 
 from a2dpipe.masks import fcis_official as official
 from a2dpipe.masks.backbones import DilatedResNet, DilatedTinyBody, load_imagenet_weights
-from a2dpipe.masks.position_sensitive import assemble, assemble_naive, mask_voting, psroi_pool
+from a2dpipe.masks.fcis_training import (FCISLossRecipe, box_coder, freeze_pretrained_layers, kept_losses,
+                                         per_roi_losses)
+from a2dpipe.masks.position_sensitive import assemble, assemble_naive, psroi_pool
+from a2dpipe.masks.voting import mask_voting
 
 __all__ = [
     "FCIS",
@@ -125,7 +127,8 @@ class FCISHeads(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int, *, stride: int, k: int = 7,
                  roi_size: int = 21, fg_iou_thresh: float = 0.5, batch_size_per_image: int = 128,
                  score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
-                 mask_voting: bool = True, voting_pool: int = 100, pooling: str = "align"):
+                 mask_voting: bool = True, recipe: FCISLossRecipe = FCISLossRecipe(), voting_own_class: bool = True,
+                 pooling: str = "align"):
         super().__init__()
         if pooling not in ("align", "psroi"):
             raise ValueError(f"pooling must be 'align' or 'psroi', got {pooling!r}")
@@ -140,10 +143,10 @@ class FCISHeads(nn.Module):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
         self.matcher = det_utils.Matcher(fg_iou_thresh, fg_iou_thresh, allow_low_quality_matches=False)
-        self.box_coder = det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.box_coder = box_coder()
         self.batch_size_per_image = batch_size_per_image
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
-        self.mask_voting, self.voting_pool = mask_voting, voting_pool
+        self.mask_voting, self.recipe, self.voting_own_class = mask_voting, recipe, voting_own_class
 
     def forward(self, features, proposals, image_sizes, targets=None):
         hidden = self.reduce(features)
@@ -154,7 +157,7 @@ class FCISHeads(nn.Module):
 
     # --- layers ---------------------------------------------------------------------------------------------------
 
-    def _roi_outputs(self, maps, boxes: list[torch.Tensor]):
+    def roi_outputs(self, maps, boxes: list[torch.Tensor]):
         """Per RoI: class logits (R, C+1), mask logits inside - outside (R, C+1, M, M), box deltas (R, 4)."""
         score_maps, box_maps = maps
         rois = _rois(boxes)
@@ -171,39 +174,28 @@ class FCISHeads(nn.Module):
     # --- training -------------------------------------------------------------------------------------------------
 
     def _losses(self, maps, proposals, targets):
+        """FCIS's training losses (:mod:`a2dpipe.masks.fcis_training`): every RoI's, then OHEM."""
         boxes, labels, matched, gt_boxes = [], [], [], []
         for props, target in zip(proposals, targets):
-            props = torch.cat([props, target["boxes"]])  # ground truth boxes are RoIs too, as in torchvision
+            props = torch.cat([props, target["boxes"]])  # ground truth boxes are RoIs too, as in FCIS
             lab, idx = self._match(props, target)
             boxes.append(props), labels.append(lab), matched.append(idx)
             gt_boxes.append(target["boxes"][idx] if len(target["boxes"]) else props)
-        class_logits, mask_logits, deltas = self._roi_outputs(maps, boxes)
+        class_logits, mask_logits, deltas = self.roi_outputs(maps, boxes)
         labels_all = torch.cat(labels)
         fg = torch.where(labels_all > 0)[0]
-
-        cls_loss = F.cross_entropy(class_logits, labels_all, reduction="none")
-        box_loss = torch.zeros_like(cls_loss)
-        mask_loss = torch.zeros_like(cls_loss)
+        target_deltas = mask_targets = None
         if len(fg):
-            targets_deltas = self.box_coder.encode_single(torch.cat(gt_boxes)[fg], torch.cat(boxes)[fg])
-            box_loss = box_loss.index_put((fg,), F.smooth_l1_loss(deltas[fg], targets_deltas, beta=1 / 9,
-                                                                  reduction="none").sum(1))
+            target_deltas = self.box_coder.encode_single(torch.cat(gt_boxes)[fg], torch.cat(boxes)[fg])
             mask_targets = torch.cat([
                 project_masks_on_boxes(t["masks"], b, m, self.roi_size) if len(t["boxes"])
                 else b.new_zeros(len(b), self.roi_size, self.roi_size)
                 for t, b, m in zip(targets, boxes, matched)
-            ])
-            fg_logits = mask_logits[fg, labels_all[fg]]
-            per_roi = F.binary_cross_entropy_with_logits(fg_logits, mask_targets[fg], reduction="none").mean((1, 2))
-            mask_loss = mask_loss.index_put((fg,), per_roi)
-
-        keep = self._hardest([len(b) for b in boxes], (cls_loss + box_loss + mask_loss).detach(), labels_all > 0)
-        fg_kept = keep[labels_all[keep] > 0]
-        return {
-            "loss_classifier": cls_loss[keep].mean(),
-            "loss_box_reg": box_loss[keep].sum() / len(keep),
-            "loss_mask": mask_loss[fg_kept].mean() if len(fg_kept) else mask_logits.sum() * 0,
-        }
+            ])[fg]
+        losses = per_roi_losses(class_logits, labels_all, mask_logits[fg, labels_all[fg]], mask_targets, deltas,
+                                target_deltas, fg, self.recipe)
+        return kept_losses(*losses, labels_all, [len(b) for b in boxes], self.recipe, self.batch_size_per_image,
+                           self.roi_size ** 2, mask_logits.sum() * 0 + deltas.sum() * 0)
 
     def _match(self, boxes: torch.Tensor, target: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Class label (0 = background) and matched ground-truth index of each RoI."""
@@ -215,28 +207,14 @@ class FCISHeads(nn.Module):
         labels[idx < 0] = 0
         return labels, idx.clamp(min=0)
 
-    def _hardest(self, counts: list[int], losses: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-        """Indices of the ``batch_size_per_image`` highest-loss RoIs of each image (OHEM), foreground and background
-        ranked apart: at most a quarter foreground, the rest the hardest background (few objects per frame would
-        otherwise leave the foreground a few percent of the batch)."""
-        keep, start = [], 0
-        for n in counts:
-            loss, fg = losses[start:start + n], foreground[start:start + n]
-            fg_idx, bg_idx = torch.where(fg)[0], torch.where(~fg)[0]
-            fg_idx = fg_idx[loss[fg_idx].topk(min(len(fg_idx), self.batch_size_per_image // 4)).indices]
-            bg_idx = bg_idx[loss[bg_idx].topk(min(len(bg_idx), self.batch_size_per_image - len(fg_idx))).indices]
-            keep.append(torch.cat([fg_idx, bg_idx]) + start)
-            start += n
-        return torch.cat(keep)
-
     # --- inference ------------------------------------------------------------------------------------------------
 
     def _detect(self, maps, proposals, image_sizes):
-        class_logits, mask_logits, deltas = self._roi_outputs(maps, proposals)
+        class_logits, mask_logits, deltas = self.roi_outputs(maps, proposals)
         refined = self.box_coder.decode_single(deltas, torch.cat(proposals))
         refined = [clip_boxes_to_image(b, size) for b, size in zip(refined.split([len(p) for p in proposals]),
                                                                      image_sizes)]
-        class_logits2, mask_logits2, _ = self._roi_outputs(maps, refined)
+        class_logits2, mask_logits2, _ = self.roi_outputs(maps, refined)
         counts = [len(p) for p in proposals]
         per_image = zip(proposals, refined, class_logits.split(counts), class_logits2.split(counts),
                         mask_logits.split(counts), mask_logits2.split(counts))
@@ -257,9 +235,9 @@ class FCISHeads(nn.Module):
         out = {"boxes": boxes[rois[kept]], "labels": labels[kept], "scores": scores[kept],
                "masks": mask_logits[rois[kept], labels[kept]].sigmoid().unsqueeze(1)}
         if self.mask_voting:
-            pool = torch.cat([kept, cand[: self.voting_pool]]).unique()  # every kept mask votes for itself
-            out["masks"] = mask_voting(out["boxes"], out["labels"], out["masks"], boxes[rois[pool]], labels[pool],
-                                       scores[pool], mask_logits[rois[pool], labels[pool]].sigmoid().unsqueeze(1))
+            out["boxes"], out["masks"], voted = mask_voting(out["boxes"], out["labels"], boxes, class_logits.softmax(1),
+                                                            mask_logits.sigmoid(), own_class=self.voting_own_class)
+            out["labels"], out["scores"] = out["labels"][voted], out["scores"][voted]
         return out
 
 
@@ -288,6 +266,9 @@ def fcis(
     box_detections_per_img: int = 100,
     box_score_thresh: float = 0.05,
     layout: str = "torchvision",
+    frozen_layers: bool = False,
+    voting_own_class: bool = True,
+    **recipe,
 ) -> FCIS:
     """An FCIS of ``num_classes`` classes (with the background) on ``backbone`` in ``FCIS_BACKBONES``.
 
@@ -299,6 +280,9 @@ def fcis(
     is the position-sensitive grid, ``roi_size`` the assembled mask size (default: per backbone, as above).
     ``layout="official"`` (ResNets only) is the official FCIS's network, which its converted weights need
     (:mod:`a2dpipe.masks.fcis_official`): Caffe ResNet, 12 anchors, 512-channel RPN, its input and pooling.
+    ``frozen_layers``: :func:`~a2dpipe.masks.fcis_training.freeze_pretrained_layers` (fine-tuning, as FCIS);
+    ``recipe``: :class:`~a2dpipe.masks.fcis_training.FCISLossRecipe` fields; ``voting_own_class``: see ``mask_voting``.
+    Long because it sets both backbones' sizes, the RPN and the heads side by side, in one place.
     """
     if layout not in FCIS_LAYOUTS:
         raise ValueError(f"FCIS layout must be one of {FCIS_LAYOUTS}, got {layout!r}")
@@ -321,6 +305,8 @@ def fcis(
         roi_size, ohem = roi_size or 21, 128
     else:
         raise ValueError(f"FCIS backbone must be one of {FCIS_BACKBONES}, got {backbone!r}")
+    if frozen_layers:
+        freeze_pretrained_layers(body)
     num_anchors = anchors.num_anchors_per_location()[0]
     head = (official.WideRPNHead(body.rpn_channels, official.RPN_CHANNELS, num_anchors) if is_official
             else RPNHead(body.rpn_channels, num_anchors))
@@ -328,7 +314,8 @@ def fcis(
     heads = FCISHeads(
         body.out_channels, mid, num_classes, stride=body.stride, k=k, roi_size=roi_size, batch_size_per_image=ohem,
         score_thresh=box_score_thresh, detections_per_img=box_detections_per_img, mask_voting=mask_voting,
-        pooling="psroi" if is_official else "align",
+        pooling="psroi" if is_official else "align", recipe=FCISLossRecipe(**recipe),
+        voting_own_class=voting_own_class,
     )
     return FCIS(body, rpn, heads, GeneralizedRCNNTransform(min_size, max_size, mean, std))
 

@@ -162,7 +162,9 @@ def mask_model_options(cfg: dict) -> dict:
         return {"model": "maskrcnn"}
     return {"model": "fcis", "k": cfg["fcis_k"], "mask_voting": cfg["fcis_mask_voting"],
             "imagenet_weights": cfg["fcis_imagenet_weights"], "tiny_stride": cfg["fcis_tiny_stride"],
-            "layout": cfg["fcis_layout"]}
+            "layout": cfg["fcis_layout"],
+            "ohem_fg_fraction": cfg["fcis_ohem_fg_fraction"], "mask_loss_weight": cfg["fcis_mask_loss_weight"],
+            "voting_own_class": cfg["fcis_voting_own_class"]}
 
 
 def coco_class_count(cfg: dict) -> int:

@@ -1,5 +1,5 @@
 """Position-sensitive inside/outside score maps of FCIS: their channel layout, the assembling of each RoI's
-maps from its k x k grid of channels, and FCIS's mask voting (used by :mod:`a2dpipe.masks.fcis`).
+maps from its k x k grid of channels (used by :mod:`a2dpipe.masks.fcis`).
 
 Channel layout (the one of R-FCN and torchvision's ``ps_roi_align``, with a leading inside/outside axis): channel
 
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import roi_align
 
-__all__ = ["assemble", "assemble_naive", "mask_voting", "psroi_pool"]
+__all__ = ["assemble", "assemble_naive", "psroi_pool"]
 
 
 def assemble(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: int, spatial_scale: float,
@@ -148,32 +148,3 @@ def assemble_naive(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_siz
                 r0, r1, c0, c1 = rows[i][0], rows[i][-1] + 1, rows[j][0], rows[j][-1] + 1
                 out[n, :, r0:r1, c0:c1] = crop[0, :, r0:r1, c0:c1]
     return out.reshape(len(rois), 2, -1, roi_size, roi_size)
-
-
-def mask_voting(boxes: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, pool_boxes: torch.Tensor,
-                pool_labels: torch.Tensor, pool_scores: torch.Tensor, pool_masks: torch.Tensor,
-                iou_thresh: float = 0.5) -> torch.Tensor:
-    """FCIS mask voting: each RoI mask (N, 1, M, M) over its box becomes the score-weighted mean of the pool's masks
-    (P, 1, M, M) of the same class whose box overlaps it at IoU >= ``iou_thresh`` (box IoU, as FCIS's reference
-    code), each resampled into the kept box's M x M cells (bilinear, zero outside its own box). A mask without
-    voters (not itself in the pool) is kept as is."""
-    if len(boxes) == 0 or len(pool_boxes) == 0:
-        return masks
-    pairs = torch.where((box_iou(boxes, pool_boxes) >= iou_thresh) & (labels[:, None] == pool_labels[None]))
-    if len(pairs[0]) == 0:
-        return masks
-    kept, voter = pairs
-    size = masks.shape[-1]
-    centres = (torch.arange(size, dtype=boxes.dtype, device=boxes.device) + 0.5) / size  # cell centres in [0, 1]
-    target, source = boxes[kept], pool_boxes[voter]
-    xs = target[:, 0, None] + centres * (target[:, 2] - target[:, 0])[:, None]  # (pairs, M) image coordinates
-    ys = target[:, 1, None] + centres * (target[:, 3] - target[:, 1])[:, None]
-    gx = 2 * (xs - source[:, 0, None]) / (source[:, 2] - source[:, 0]).clamp(min=1e-6)[:, None] - 1
-    gy = 2 * (ys - source[:, 1, None]) / (source[:, 3] - source[:, 1]).clamp(min=1e-6)[:, None] - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)  # (pairs, M, M, 2) as (x, y)
-    resampled = F.grid_sample(pool_masks[voter], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    weights = pool_scores[voter]
-    total = masks.new_zeros(len(masks)).index_add_(0, kept, weights)
-    voted = masks.new_zeros(masks.shape).index_add_(0, kept, resampled * weights[:, None, None, None])
-    has_voters = (total > 0)[:, None, None, None]
-    return torch.where(has_voters, voted / total.clamp(min=1e-12)[:, None, None, None], masks)

@@ -78,10 +78,10 @@ def run(args) -> None:
     train_mask_model(settings, args.source, args.frames, args.out, start=args.start[0] if args.start else None)
 
 
-def model_arch(cfg: dict, source: str, num_classes: int) -> dict:
+def model_arch(cfg: dict, source: str, num_classes: int, finetune: bool = False) -> dict:
     """The :func:`a2dpipe.masks.model.build_mask_model` arguments of the ``source`` model (``cfg``: config
-    ``masks``), recorded in the model file as ``arch``."""
-    return dict(
+    ``masks``), recorded in the model file as ``arch``; ``finetune``: it starts from trained weights (``--start``)."""
+    arch = dict(
         backbone=cfg["backbone"],
         num_classes=num_classes,
         min_size=cfg["min_size"],
@@ -90,6 +90,10 @@ def model_arch(cfg: dict, source: str, num_classes: int) -> dict:
         box_detections_per_img=cfg["max_regions"],
         **mask_model_options(cfg),
     )
+    if arch["model"] == "fcis":  # FCIS fine-tunes with frozen batch norm, stem and first stage
+        starts_trained = finetune or cfg["coco_checkpoint"] is not None or cfg["fcis_imagenet_weights"] is not None
+        arch["frozen_layers"] = bool(cfg["fcis_freeze_when_finetuning"] and starts_trained)
+    return arch
 
 
 def mask_model_recipe(model, cfg: dict, iterations: int):
@@ -115,7 +119,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
         return _save_coco_as_generic(config, out)
     seed, device = int(config["seed"]), select_device(config["device"])
     amp = autocast_dtype(device, bool(cfg["amp"]))  # bf16, fp16 (scaled) or None (float32) for this GPU
-    arch = model_arch(cfg, source, NUM_CLASSES[source])
+    arch = model_arch(cfg, source, NUM_CLASSES[source], finetune=bool(start))
     iterations = cfg["finetune_iterations"] if start else cfg["iterations"]
     start_provenance = model_provenance(start)  # hashed once: the resume fingerprint and the checkpoint record it
     splits = training_splits(config)
@@ -195,6 +199,8 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
     """The generic source on real data: the COCO checkpoint as is (91 COCO classes, regions labelled 0)."""
     cfg = config["masks"]
     arch = model_arch(cfg, "generic", coco_class_count(cfg))
+    if "frozen_layers" in arch:  # used as is, nothing trains: the layout of the file, unfrozen
+        arch["frozen_layers"] = False
     model = build_mask_model(**arch)
     load_coco_checkpoint(model, cfg["coco_checkpoint"], strict=True)  # untrained: nothing may stay random
     log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])

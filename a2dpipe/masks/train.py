@@ -138,10 +138,9 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     resume_path, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
     first_step, history = load_resume(resume_path, recipe, model, optimizer, scheduler) or (0, [])
 
-    def read(step: int):
-        return training_batch(reader, refs, source, seed, step, cfg["batch_size"], device)
-
-    with InstanceReader(frames) as reader, closing(_ReadAhead(read, iterations)) as batches:
+    with InstanceReader(frames) as reader, closing(_ReadAhead(
+            lambda step: training_batch(reader, refs, source, seed, step, cfg["batch_size"], device),
+            iterations)) as batches:
         def step_fn(step: int) -> dict:
             return model(*batches(step))
 

@@ -186,7 +186,8 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
     batches = same_size_batches(samples, views, inference_batch_size(config))
     frames = make_loader(samples, batches, collate_fn=collate, device=device, **loader_options(config))
     seconds = 0.0
-    with (PredictionWriter(out, variant=name, model=Path(model).name, settings=result_settings(config)) as writer,
+    with (PredictionWriter(out, variant=name, model=Path(model).name, device=describe_device(device),
+                           settings=result_settings(config)) as writer,
           progress(total=len(samples), desc=f"predict {name}") as bar):
         for loaded in frames:
             batch = to_device(loaded, device, with_flow=net.uses_flow)
@@ -204,6 +205,5 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
             release_free_memory()
         per_frame = seconds / max(len(samples), 1)
         writer.seconds_per_frame = per_frame
-        writer.set_attrs(device=describe_device(device))  # the timing table's device column
     log.info("%s: %d frames in %d batches, %.4f s per frame", name, len(samples), len(batches), per_frame)
     return per_frame

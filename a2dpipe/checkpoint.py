@@ -191,8 +191,9 @@ def load_state_partial(model: nn.Module, state: dict, path, name: str) -> list[s
 # The trained networks' formats, versioned as the HDF5 artifacts are (:class:`a2dpipe.stores.ArtifactFormat`):
 # raise a version when the layout changes in a way this reader would misread; files of another version are
 # refused, never converted, and the message names the rule that rebuilds them.
-SEGMENTATION_MODEL = ArtifactFormat("segmentation-model", 1, "segmentation model", "a2dpipe train")
-MASK_MODEL = ArtifactFormat("mask-model", 1, "mask model", "a2dpipe train-mask-model")
+SEGMENTATION_MODEL = ArtifactFormat("segmentation-model", 1, "segmentation model",
+                                    "a2dpipe train (rules train_stage1, train_stage2)")
+MASK_MODEL = ArtifactFormat("mask-model", 1, "mask model", "a2dpipe train-mask-model (rule train_mask_model)")
 _SEGMENTATION_META = frozenset({"stage", "input", "mask_source", "steps", "amp", "curve"})
 # a model file by what messages call it (a key of a2dpipe.io.REBUILT_BY) -> its format, the metadata it holds
 MODEL_FILES = {
@@ -236,7 +237,7 @@ def load_model_file(path: str | Path, what: str) -> dict:
     found = content.get("format") if isinstance(content, dict) else None
     if found != model_format.schema:
         if found is None:
-            problem = "has no format version: written by an earlier a2dpipe, whose model files this one does not read"
+            problem = "has no format version: written by an earlier a2dpipe, or not an a2dpipe model file"
         elif str(found).startswith(f"a2dpipe.{model_format.kind}/"):
             problem = f"was written with format {found!r}; this version reads {model_format.schema!r}"
         else:

@@ -37,8 +37,8 @@ from a2dpipe.checkpoint import save_resume, write_curve
 from a2dpipe.io import A2DError
 from a2dpipe.progress import progress
 
-__all__ = ["Trainer", "grad_scaler", "HookBase", "Progress", "PeriodicCheckpointer", "TensorBoard", "tensorboard_hooks",
-           "CURVE_COLUMNS", "curve_columns", "columns_of"]
+__all__ = ["Trainer", "grad_scaler", "HookBase", "Progress", "PeriodicCheckpointer", "TensorBoard",
+           "tensorboard_hooks", "CURVE_COLUMNS", "curve_columns", "columns_of"]
 
 log = logging.getLogger(__name__)
 

@@ -236,9 +236,14 @@ def test_bad_inputs_are_clear_errors_and_leave_nothing_in_out(tiny_run, tmp_path
     (run / "masks" / "models" / "dataset" / "model.pt").unlink()
     _refused(capsys, bikes, "--run", run, "--out", out, match=str(run / "masks" / "models" / "dataset" / "model.pt"))
 
-    model = run / "models" / "stage2" / "rgbflow-dataset" / "model.pt"  # as if trained with another flow encoding
+    model = run / "models" / "stage2" / "rgbflow-dataset" / "model.pt"
     checkpoint = torch.load(model, weights_only=True)
-    checkpoint["provenance"]["settings"]["flow"]["encoding"] = "wheel"
+    torch.save({k: v for k, v in checkpoint.items() if k != "format"}, model)  # as written before model files had one
+    _refused(capsys, bikes, "--run", run, "--variant", "ours/rgbflow/dataset/generic", "--out", out,
+             match=f"{model}: not a stage-2 model of format 'a2dpipe.segmentation-model/1' (it has no format version")
+    _refused(capsys, bikes, "--run", run, "--variant", "ours/rgbflow/dataset/generic", "--out", out,
+             match="rebuild it with `snakemake --forcerun train_stage2`")
+    checkpoint["provenance"]["settings"]["flow"]["encoding"] = "wheel"  # as if trained with another flow encoding
     torch.save(checkpoint, model)
     _refused(capsys, bikes, "--run", run, "--variant", "ours/rgbflow/dataset/generic", "--out", out,
              match=f"flow.encoding = 'wheel'")

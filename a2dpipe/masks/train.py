@@ -14,11 +14,11 @@
 
 Writes ``--out``, a ``mask model`` of :func:`a2dpipe.checkpoint.save_model_file` (``builder``: the keyword arguments
 of :func:`a2dpipe.masks.model.build_mask_model`; ``model``, ``source``, ``class_agnostic``, ``steps``, ``start``,
-``final_loss``, ``provenance``; read it with :func:`a2dpipe.masks.model.load_mask_model`). Beside it: ``checkpoint.pt`` every ``masks.checkpoint_every`` steps
-(model, optimiser, scheduler, step, RNG states, loss history, a fingerprint of the recipe; see
-:mod:`a2dpipe.checkpoint`), from which a killed run resumes with the same result (removed once the model is
-written), and ``loss.csv`` (the loss curve of :mod:`a2dpipe.trainer`: step, total loss, lr, each Mask R-CNN
-loss). The loop is the shared :class:`a2dpipe.trainer.Trainer`.
+``final_loss``, ``provenance``; read it with :func:`a2dpipe.masks.model.load_mask_model`). Beside it:
+``checkpoint.pt`` every ``masks.checkpoint_every`` steps (model, optimiser, scheduler, step, RNG states, loss
+history, a fingerprint of the recipe; see :mod:`a2dpipe.checkpoint`), from which a killed run resumes with the same
+result (removed once the model is written), and ``loss.csv`` (the loss curve of :mod:`a2dpipe.trainer`: step, total
+loss, lr, each Mask R-CNN loss). The loop is the shared :class:`a2dpipe.trainer.Trainer`.
 
 Recipe: ``masks.optimizer`` (AdamW for the from-scratch CPU default; SGD with momentum 0.9 for fine-tuning from
 COCO, as torchvision's reference scripts do; weight decay 1e-4 for both), linear warm-up over the first 10% of the

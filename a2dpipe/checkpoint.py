@@ -8,13 +8,17 @@ as a crafted pickle that would run code, is refused with an ``A2DError`` naming 
   strictly or by matching names and shapes, saying what it could not match. Batch norm's ``num_batches_tracked``
   counters are not weights: older torchvision files lack them, frozen batch norm has none, so a file with or
   without them loads the same (a missing counter keeps the model's value, one the model lacks is ignored);
-- :func:`load_model_file` -- a model written by ``a2dpipe train`` (stage 1 or 2) or ``a2dpipe train-mask-model``;
+- :func:`load_model_file` / :func:`save_model_file` -- a model written by ``a2dpipe train`` (stage 1 or 2) or
+  ``a2dpipe train-mask-model``: a versioned format (:data:`MODEL_FILES`) holding the builder's keyword arguments,
+  the weights, what the model is and one provenance stamp; a file of another version is refused with the rule
+  that rebuilds it;
 - :func:`load_resume` / :func:`save_resume` -- the resumable training state a trainer keeps beside its output::
 
     {"fingerprint": str,     # digest of the settings and inputs; a checkpoint made from other inputs is ignored
      "inputs": {name: str} | None,  # the digest of each part (settings, each input file): the log names changes
      "step": int,            # optimiser steps done
      "model", "optimizer", "scheduler": state_dicts,
+     "scaler": dict,         # the float16 GradScaler's state (scale, growth tracker); {} when none scales
      "rng": rng_state(),     # python (list), numpy (tensor + numbers), torch and CUDA (tensors) generator states
      "history": list}        # loss-curve rows so far (dicts of numbers)
 
@@ -40,23 +44,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.config import stamp
+from a2dpipe.io import A2DError, atomic_path, rebuild_hint, unreadable_artifact
+from a2dpipe.stores import ArtifactFormat
 
 __all__ = [
     "read_checkpoint", "state_dict_of", "load_weights", "load_state_strict", "load_state_partial",
-    "describe_mismatch", "load_model_file",
+    "describe_mismatch", "save_model_file", "load_model_file", "MODEL_FILES", "SEGMENTATION_MODEL", "MASK_MODEL",
     "rng_state", "set_rng_state", "fingerprint", "load_resume", "save_resume", "remove_resume", "write_curve",
-    "MODEL_KEYS",
 ]
 
 log = logging.getLogger(__name__)
 
-_RESUME_KEYS = {"fingerprint", "step", "model", "optimizer", "scheduler", "rng", "history"}
-# what each kind of model file must hold (kind -> keys, the command that writes it)
-MODEL_KEYS = {
-    "segmentation": ({"model", "stage", "input", "config", "segmentation"}, "a2dpipe train"),
-    "mask": ({"model", "arch", "source", "class_agnostic", "config"}, "a2dpipe train-mask-model"),
-}
+_RESUME_KEYS = {"fingerprint", "step", "model", "optimizer", "scheduler", "scaler", "rng", "history"}
 
 
 def _numpy_scalars() -> list:
@@ -186,16 +186,69 @@ def load_state_partial(model: nn.Module, state: dict, path, name: str) -> list[s
     return fresh
 
 
-def load_model_file(path: str | Path, kind: str) -> dict:
-    """A model file written by this project (``kind``: ``segmentation`` or ``mask``), tensors on the CPU."""
-    keys, command = MODEL_KEYS[kind]
-    what = "mask model" if kind == "mask" else "model checkpoint"
+# -- model files -----------------------------------------------------------------------------------------------
+
+# The trained networks' formats, versioned as the HDF5 artifacts are (:class:`a2dpipe.stores.ArtifactFormat`):
+# raise a version when the layout changes in a way this reader would misread; files of another version are
+# refused, never converted, and the message names the rule that rebuilds them.
+SEGMENTATION_MODEL = ArtifactFormat("segmentation-model", 1, "segmentation model",
+                                    "a2dpipe train (rules train_stage1, train_stage2)")
+MASK_MODEL = ArtifactFormat("mask-model", 1, "mask model", "a2dpipe train-mask-model (rule train_mask_model)")
+_SEGMENTATION_META = frozenset({"stage", "input", "mask_source", "steps", "amp", "curve"})
+# a model file by what messages call it (a key of a2dpipe.io.REBUILT_BY) -> its format, the metadata it holds
+MODEL_FILES = {
+    "stage-1 model": (SEGMENTATION_MODEL, _SEGMENTATION_META),
+    "stage-2 model": (SEGMENTATION_MODEL, _SEGMENTATION_META),
+    "mask model": (MASK_MODEL, frozenset({"source", "class_agnostic", "steps", "start", "final_loss"})),
+}
+_MODEL_PARTS = ("format", "builder", "model", "provenance")  # beside the metadata
+
+
+def save_model_file(path: str | Path, what: str, *, builder: Mapping, weights: Mapping, meta: Mapping,
+                    settings: Mapping) -> dict:
+    """Write a trained model (``what``: a key of :data:`MODEL_FILES`) atomically; returns what was written::
+
+        {"format": "a2dpipe.<kind>-model/<version>",
+         "builder": {...},     # the keyword arguments of the network's builder: it rebuilds the network these
+                               # weights fit (initial-weight arguments aside: the weights replace them)
+         "model": state_dict,  # the weights, on the CPU
+         "provenance": stamp,  # a2dpipe.config.stamp(settings): package version, settings, code digest
+         **meta}               # what the model is: MODEL_FILES[what]'s keys, all of them
+    """
+    model_format, keys = MODEL_FILES[what]
+    if set(meta) != keys:
+        raise ValueError(f"a {what} holds the metadata {sorted(keys)}, not {sorted(meta)}")
+    content = {"format": model_format.schema, "builder": dict(builder),
+               "model": {k: v.detach().cpu() for k, v in weights.items()}, "provenance": stamp(settings), **meta}
+    with atomic_path(path) as tmp:
+        torch.save(content, tmp)
+    return content
+
+
+def load_model_file(path: str | Path, what: str) -> dict:
+    """A model file of :func:`save_model_file` (tensors on the CPU); ``what`` is what the caller expects (a key of
+    :data:`MODEL_FILES`, such as ``"stage-2 model"``). A2DError naming the file and the rule that rebuilds it when
+    it is missing, of another format or version (files written before model files carried a version included),
+    another kind, or incomplete."""
+    model_format, keys = MODEL_FILES[what]
     if not Path(path).is_file():
-        raise A2DError(f"{path}: {what} not found (run `{command}`)")
-    checkpoint = read_checkpoint(path, what)
-    if not isinstance(checkpoint, dict) or not keys <= set(checkpoint) or not isinstance(checkpoint["model"], dict):
-        raise A2DError(f"{path}: not a {kind} model written by `{command}` (it needs {sorted(keys)})")
-    return checkpoint
+        raise A2DError(f"{path}: {what} not found; {rebuild_hint(what)}")
+    content = read_checkpoint(path, what)
+    found = content.get("format") if isinstance(content, dict) else None
+    if found != model_format.schema:
+        if found is None:
+            problem = "has no format version: written by an earlier a2dpipe, or not an a2dpipe model file"
+        elif str(found).startswith(f"a2dpipe.{model_format.kind}/"):
+            problem = f"was written with format {found!r}; this version reads {model_format.schema!r}"
+        else:
+            problem = f"is an {found!r} file"
+        raise A2DError(f"{path}: not a {what} of format {model_format.schema!r} (it {problem}); {rebuild_hint(what)}")
+    missing = sorted((set(_MODEL_PARTS) | keys) - set(content))
+    if missing:
+        raise unreadable_artifact(path, what, f"it lacks {missing}")
+    if what.startswith("stage-") and what != f"stage-{content['stage']} model":
+        raise A2DError(f"{path}: a stage-{content['stage']} model, not the {what} expected here")
+    return content
 
 
 # -- resumable training state ---------------------------------------------------------------------------------
@@ -233,8 +286,9 @@ def _previous(path: Path) -> Path:
     return path.with_name(path.stem + ".prev" + path.suffix)
 
 
-def _check_resume(state: object, path: Path, model: nn.Module, optimizer) -> None:
-    """A2DError unless ``state`` is a whole resume checkpoint that fits ``model`` and ``optimizer``."""
+def _check_resume(state: object, path: Path, model: nn.Module, optimizer, scaler) -> None:
+    """A2DError unless ``state`` is a whole resume checkpoint that fits ``model``, ``optimizer`` and ``scaler``
+    (a scaler's state when this run scales float16 gradients, none when it does not)."""
     if not isinstance(state, dict) or not _RESUME_KEYS <= set(state):
         raise A2DError(f"{path}: not a resume checkpoint (it needs {sorted(_RESUME_KEYS)})")
     try:
@@ -242,7 +296,8 @@ def _check_resume(state: object, path: Path, model: nn.Module, optimizer) -> Non
         groups = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
         sound = (not (missing or unexpected or wrong) and groups == [len(g["params"]) for g in optimizer.param_groups]
                  and isinstance(state["rng"]["torch"], torch.Tensor) and isinstance(state["step"], int)
-                 and isinstance(state["history"], list) and isinstance(state["scheduler"], dict))
+                 and isinstance(state["history"], list) and isinstance(state["scheduler"], dict)
+                 and isinstance(state["scaler"], dict) and bool(state["scaler"]) == _scales(scaler))
     except (KeyError, TypeError, AttributeError) as err:
         raise A2DError(f"{path}: a damaged resume checkpoint ({type(err).__name__}: {err})") from None
     if not sound:
@@ -265,7 +320,11 @@ def _changed(saved: object, parts: dict | None) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
-def _read_resume(path: Path, recipe: str | Mapping[str, str], model: nn.Module, optimizer) -> dict | None:
+def _scales(scaler) -> bool:
+    return scaler is not None and scaler.is_enabled()
+
+
+def _read_resume(path: Path, recipe: str | Mapping[str, str], model: nn.Module, optimizer, scaler) -> dict | None:
     """The resume state at ``path`` when it is sound and made from these inputs (``recipe``); an unreadable one is
     set aside. One made from other inputs is ignored with one log line naming what changed."""
     fingerprint_, parts = _recipe(recipe)
@@ -275,7 +334,7 @@ def _read_resume(path: Path, recipe: str | Mapping[str, str], model: nn.Module, 
             log.info("ignoring %s: made from other inputs (changed: %s); training starts over", path,
                      _changed(state.get("inputs"), parts))
             return None
-        _check_resume(state, path, model, optimizer)
+        _check_resume(state, path, model, optimizer, scaler)
         return state
     except A2DError as err:
         aside = path.with_name(path.name + ".corrupt")
@@ -285,18 +344,21 @@ def _read_resume(path: Path, recipe: str | Mapping[str, str], model: nn.Module, 
 
 
 def load_resume(path: str | Path, recipe: str | Mapping[str, str], model: nn.Module, optimizer,
-                scheduler) -> tuple[int, list] | None:
-    """Restore model, optimiser, scheduler and RNG states from ``path`` (or the checkpoint before it); ``(step,
+                scheduler, scaler=None) -> tuple[int, list] | None:
+    """Restore model, optimiser, scheduler, float16 gradient scaler (``torch.amp.GradScaler``: its scale and growth
+    tracker decide which steps are skipped) and RNG states from ``path`` (or the checkpoint before it); ``(step,
     history)``, or None (nothing restored) when neither is present, sound and made from this ``recipe`` (a
     fingerprint, or ``{name: digest}`` of the settings and every input file: see :func:`_recipe`)."""
     path = Path(path)
     for candidate in (path, _previous(path)):
-        state = _read_resume(candidate, recipe, model, optimizer) if candidate.is_file() else None
+        state = _read_resume(candidate, recipe, model, optimizer, scaler) if candidate.is_file() else None
         if state is None:
             continue
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if _scales(scaler):
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         log.info("resuming from %s at step %d", candidate, state["step"])
         return state["step"], list(state["history"])
@@ -304,14 +366,15 @@ def load_resume(path: str | Path, recipe: str | Mapping[str, str], model: nn.Mod
 
 
 def save_resume(path: str | Path, recipe: str | Mapping[str, str], step: int, model: nn.Module, optimizer,
-                scheduler, history: list) -> None:
+                scheduler, history: list, scaler=None) -> None:
     """Write the training state (module docstring) atomically, with the current RNG states and the ``recipe``'s
     parts (``inputs``); the checkpoint it replaces is kept as ``*.prev.pt``, once the new one is complete: a
     checkpoint that cannot be written (disk full) leaves the previous one in place."""
     path = Path(path)
     fingerprint_, parts = _recipe(recipe)
     state = {"fingerprint": fingerprint_, "inputs": parts, "step": step, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict() if _scales(scaler) else {}, "rng": rng_state(),
              "history": history}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

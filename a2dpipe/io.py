@@ -139,15 +139,12 @@ def _writer_token() -> str:
 def _writer_is_gone(token: str) -> bool:
     """Whether the writer named by a temporary's token has certainly stopped (only decidable on this host).
 
-    Tokens are ``<host>-<pid>-<random>``; a bare ``<pid>`` (older temporaries) is taken as this host's.
+    Tokens are ``<host>-<pid>-<random>``; any other is not a temporary :func:`atomic_path` wrote: not ours to judge.
     """
     parts = token.rsplit("-", 2)
-    if len(parts) == 3 and parts[1].isdigit():
-        host, pid = parts[0], int(parts[1])
-    elif token.isdigit():
-        host, pid = _host(), int(token)
-    else:
-        return False  # not a temporary this function wrote: not ours to judge
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    host, pid = parts[0], int(parts[1])
     if host != _host():
         return False
     try:

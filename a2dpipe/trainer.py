@@ -13,9 +13,9 @@ drawn deterministically from ``step`` alone. :class:`Trainer` does the rest, the
   ``every`` steps the resumable state of :mod:`a2dpipe.checkpoint` and the curve so far), and with
   ``A2DPIPE_TENSORBOARD=1`` :class:`TensorBoard` (event files of the curve beside ``loss.csv``).
 
-Exact resume: :func:`a2dpipe.checkpoint.load_resume` restores model, optimiser, scheduler, RNG states and curve;
-``Trainer(start=step, history=curve)`` continues from there, and since a step's data depend on the step alone
-the run ends with the weights of an uninterrupted one.
+Exact resume: :func:`a2dpipe.checkpoint.load_resume` restores model, optimiser, scheduler, the float16 gradient
+scaler (:func:`grad_scaler`), RNG states and curve; ``Trainer(start=step, history=curve, scaler=scaler)`` continues
+from there, and since a step's data depend on the step alone the run ends with the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from a2dpipe.checkpoint import save_resume, write_curve
 from a2dpipe.io import A2DError
 from a2dpipe.progress import progress
 
-__all__ = ["Trainer", "HookBase", "Progress", "PeriodicCheckpointer", "TensorBoard", "tensorboard_hooks",
-           "STEP_COLUMNS", "curve_columns", "columns_of"]
+__all__ = ["Trainer", "grad_scaler", "HookBase", "Progress", "PeriodicCheckpointer", "TensorBoard",
+           "tensorboard_hooks", "STEP_COLUMNS", "curve_columns", "columns_of"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,14 @@ def curve_columns(loss_keys: Sequence[str]) -> tuple[str, ...]:
 def columns_of(history: Sequence[dict]) -> tuple[str, ...]:
     """The loss-curve header of recorded rows (the losses a model returned, in its order)."""
     return curve_columns([k for k in history[0] if k not in STEP_COLUMNS]) if history else STEP_COLUMNS
+
+
+def grad_scaler(amp_device: str | None, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The loss scaler of a run under autocast on ``amp_device`` (None: no autocast) in ``amp_dtype``: enabled for
+    float16 only, whose range would flush small gradients to zero; disabled, a pass-through. Its state is part of
+    a resumable run: the scale decides which steps are skipped."""
+    scaled = amp_device is not None and amp_dtype == torch.float16
+    return torch.amp.GradScaler(amp_device or "cpu", enabled=scaled)
 
 
 class HookBase:
@@ -83,13 +91,15 @@ class Trainer:
         amp_device: device type to run ``step_fn`` under autocast on; None: no autocast.
         amp_dtype: the autocast precision (:func:`a2dpipe.accelerator.autocast_dtype`); float16 scales the loss
             with a ``GradScaler`` (float16's range would flush small gradients to zero).
+        scaler: that ``GradScaler`` when a resumed run restored it (:func:`a2dpipe.checkpoint.load_resume`);
+            default a new one (:func:`grad_scaler`).
         hooks: :class:`HookBase` instances, called in order.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer, scheduler, step_fn: Callable[[int], dict], *,
                  iterations: int, start: int = 0, history: list | None = None, hint: str = "",
                  amp_device: str | None = None, amp_dtype: torch.dtype = torch.bfloat16,
-                 hooks: Sequence[HookBase] = ()):
+                 scaler: torch.amp.GradScaler | None = None, hooks: Sequence[HookBase] = ()):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.step_fn = step_fn
         self.iterations = iterations
@@ -98,8 +108,7 @@ class Trainer:
         self.history = list(history or [])
         self.hint = hint
         self.amp_device, self.amp_dtype = amp_device, amp_dtype
-        scaled = amp_device is not None and amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler(amp_device or "cpu", enabled=scaled)  # disabled: a pass-through
+        self.scaler = scaler if scaler is not None else grad_scaler(amp_device, amp_dtype)
         self.hooks = list(hooks)
         for hook in self.hooks:
             hook.trainer = self
@@ -231,5 +240,6 @@ class PeriodicCheckpointer(HookBase):
     def after_step(self) -> None:
         t = self.trainer
         if t.step % self.every == 0 and t.step < t.iterations:
-            save_resume(self.path, self.fingerprint, t.step, t.model, t.optimizer, t.scheduler, t.history)
+            save_resume(self.path, self.fingerprint, t.step, t.model, t.optimizer, t.scheduler, t.history,
+                        scaler=t.scaler)
             write_curve(self.curve, t.history, columns_of(t.history))

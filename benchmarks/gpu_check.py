@@ -567,7 +567,7 @@ def resume_rows(config: dict, device, args, folder: Path) -> list[dict]:
     log = (folder / "resumed.log").read_text()
     found = re.findall(r"resuming from \S+checkpoint(?:\.prev)?\.pt at step (\d+)", log)
     step = int(found[-1]) if found else 0
-    straight, resumed = load_checkpoint(folder / "straight" / "model.pt"), load_checkpoint(killed)
+    straight, resumed = load_checkpoint(folder / "straight" / "model.pt", 1), load_checkpoint(killed, 1)
     torch.manual_seed(int(config["seed"]))  # train's initial weights, for how far training moved them
     network = build_segmenter(config, input="rgbflow", regions=False)
     parameters = [name for name, _ in network.named_parameters()]

@@ -59,8 +59,8 @@ def time_predict(config: dict, results: Path, v: Variant, out: Path) -> tuple[fl
 
 def time_cache(config: dict, results: Path, batch: int) -> float:
     """Wall seconds per view of :func:`cache_features` (stage-1 rgbflow front-end, training frames and mirrors)."""
-    ckpt = load_checkpoint(results / "models" / "stage1" / "rgbflow" / "model.pt")
-    model = build_segmenter(ckpt["config"], input="rgbflow", pretrained=False, regions=False)
+    ckpt = load_checkpoint(results / "models" / "stage1" / "rgbflow" / "model.pt", 1)
+    model = build_segmenter(**ckpt["builder"], pretrained=False)
     model.load_state_dict(ckpt["model"])
     model.eval()
     samples = StoreSamples(sorted((results / "frames").glob("shard-*.h5")), split="train",

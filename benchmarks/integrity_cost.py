@@ -60,7 +60,7 @@ def write_predictions(path: Path, frames: int) -> None:
     rng = np.random.default_rng(0)
     label = np.zeros((96, 128), np.uint8)
     label[20:70, 30:90] = 11
-    with PredictionWriter(path, variant="v", model="m") as writer:
+    with PredictionWriter(path, variant="v", model="m", device="CPU") as writer:
         for frame in range(1, frames + 1):
             noise = rng.random(label.shape) < 0.1
             writer.write("vid", frame, {"actor": np.where(noise, 0, label // 10), "action": np.where(noise, 0, label % 10),

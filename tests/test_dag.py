@@ -105,7 +105,7 @@ def test_compare_masks_runs_the_other_mask_model_on_this_runs_data_and_stage1(tm
     for folder, model in ((results, "fcis"), (results / "compare-masks", "maskrcnn")):
         for source in ("dataset", "generic"):
             checkpoint = torch.load(folder / "masks" / "models" / source / "model.pt", weights_only=True)
-            assert checkpoint["arch"]["model"] == model
+            assert checkpoint["builder"]["model"] == model
     table = pd.read_csv(results / "tables" / "mask_models.csv")
     assert table["mask model"].tolist() == (["lr=0.01, model=fcis, score_threshold=0.0"] * 3
                                             + ["lr=0.01, model=maskrcnn, score_threshold=0.0"] * 3)

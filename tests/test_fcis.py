@@ -248,16 +248,6 @@ def test_tiny_backbone_runs_fcis_at_stride_4_or_8_and_mask_rcnn_at_16():
     assert fcis(num_classes=3, min_size=48, max_size=64, tiny_stride=8).roi_heads.spatial_scale == 1 / 8
 
 
-def test_a_tiny_fcis_file_from_before_the_stride_key_loads_at_its_stride_8(tmp_path):
-    arch = dict(model="fcis", backbone="tiny", num_classes=3, min_size=48, max_size=64, k=3, mask_voting=True,
-                imagenet_weights=None)  # no tiny_stride: such files were trained at stride 8
-    trained = build_mask_model(**arch, tiny_stride=8)
-    torch.save({"model": trained.state_dict(), "arch": arch, "source": "dataset", "class_agnostic": False,
-                "config": {}}, tmp_path / "model.pt")
-    model, _ = load_mask_model(tmp_path / "model.pt")
-    assert model.backbone.stride == 8 and model.roi_heads.spatial_scale == 1 / 8
-
-
 def test_builder_dispatches_on_model_and_rejects_conflicting_arguments():
     assert isinstance(build_mask_model(model="fcis", num_classes=3, min_size=48, max_size=64), FCIS)
     with pytest.raises(ValueError, match="FCIS backbone"):
@@ -284,14 +274,14 @@ def test_tiny_fcis_trains_on_the_tiny_config_and_its_checkpoint_gives_the_same_d
     config = _tiny_config(iterations=30, checkpoint_every=10, optimizer="adamw", lr=0.002)
     out = tmp_path / "model.pt"
     checkpoint = train_module.train_mask_model(config, "dataset", [shard], out)
-    assert checkpoint["arch"]["model"] == "fcis" and checkpoint["arch"]["k"] == 3
+    assert checkpoint["builder"]["model"] == "fcis" and checkpoint["builder"]["k"] == 3
     with open(out.with_name("loss.csv")) as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
     model, loaded = load_mask_model(out)
     assert isinstance(model, FCIS) and loaded["source"] == "dataset"
-    reference = build_mask_model(**checkpoint["arch"])
+    reference = build_mask_model(**checkpoint["builder"])
     reference.load_state_dict(checkpoint["model"])
     reference.eval().roi_heads.score_thresh = model.roi_heads.score_thresh = 0.0
     # on random images a 30-step model's voted masks stay under 0.4, and voting drops them: compare without it
@@ -321,7 +311,7 @@ def test_generic_fcis_from_a_project_format_coco_file_is_used_as_is(shard, tmp_p
     torch.save(coco.state_dict(), path)
     config = _tiny_config(coco_checkpoint=str(path))
     checkpoint = train_module.train_mask_model(config, "generic", [shard], tmp_path / "g" / "model.pt")
-    assert checkpoint["steps"] == 0 and checkpoint["arch"]["num_classes"] == 91
+    assert checkpoint["steps"] == 0 and checkpoint["builder"]["num_classes"] == 91
     for key, value in coco.state_dict().items():
         torch.testing.assert_close(checkpoint["model"][key], value, msg=key)
     # the dataset model starts from it: all but the class-specific score maps

@@ -49,7 +49,7 @@ def write_flow(path, frames=2, value=None):
 
 
 def write_predictions(path, joint=11):
-    with PredictionWriter(path, variant="baseline-rgb", model="model.pt", settings={"seed": 0}) as writer:
+    with PredictionWriter(path, variant="baseline-rgb", model="model.pt", device="CPU", settings={"seed": 0}) as writer:
         for frame in (1, 2):
             writer.write("vid", frame, {"actor": RNG.integers(0, 8, (48, 64)), "action": RNG.integers(0, 10, (48, 64)),
                                         "joint": np.full((48, 64), joint)})

@@ -22,13 +22,16 @@ def test_atomic_path_renames_only_on_success(tmp_path):
 
 
 def test_atomic_path_removes_temporaries_of_killed_writers(tmp_path):
-    stale = tmp_path / ".frames.h5.tmp-99999"
+    dead = f"{socket.gethostname()}-99999999-0a1b2c3d"  # beyond pid_max: no such process
+    stale = tmp_path / f".frames.h5.tmp-{dead}"
     stale.write_text("half-written")
-    other = tmp_path / ".other.h5.tmp-99999"
+    other = tmp_path / f".other.h5.tmp-{dead}"
     other.write_text("someone else's")
+    unknown = tmp_path / ".frames.h5.tmp-99999"  # not a token atomic_path writes: left to whoever made it
+    unknown.write_text("not ours")
     with atomic_path(tmp_path / "frames.h5") as tmp:
         tmp.write_text("whole")
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and other.exists() and unknown.exists()
 
 
 def test_two_writers_of_one_output_keep_their_own_temporaries(tmp_path):

@@ -40,8 +40,8 @@ CONFIG = {
 def write_shard(folder, name: str, sizes, seed: int, encoding: str = "xym", layout: str = "pipeline") -> tuple:
     """A frames shard and its flow cache: one annotated frame per video, an actor instance in each.
 
-    ``layout``: ``pipeline`` writes the images as the writers do now (64 x 64-pixel chunks, lzf flow);
-    ``before`` as files written earlier still are (h5py's automatic chunks, the flow cache gzip level 1).
+    ``layout``: ``pipeline`` writes the frames as the writer does now (64 x 64-pixel chunks); ``before`` as frames
+    shards written earlier still are (h5py's automatic chunks, read plane by plane). The flow cache is the writer's.
     """
     rng = np.random.default_rng(seed)
     (folder / "frames").mkdir(exist_ok=True)
@@ -63,12 +63,7 @@ def write_shard(folder, name: str, sizes, seed: int, encoding: str = "xym", layo
                 group.create_dataset(key, data=data, compression="lzf", fletcher32=True,
                                      chunks=pixel_chunks(data.shape) if image else None)
             flow = rng.normal(0, 3, (h, w, 2)).astype(np.float32)
-            if layout == "pipeline":
-                flows.write(f"{name[:9]}v{k}", 1, flow, flow_to_rgb(flow, encoding))
-                continue
-            old = flows.create_group(f"{name[:9]}v{k}", 1)
-            old.create_dataset("flow", data=flow.astype(np.float16), compression="gzip", compression_opts=1)
-            old.create_dataset("rgb", data=flow_to_rgb(flow, encoding), compression="gzip", compression_opts=1)
+            flows.write(f"{name[:9]}v{k}", 1, flow, flow_to_rgb(flow, encoding))
     return frames_path, flow_path
 
 
@@ -128,24 +123,21 @@ def test_listing_a_split_decodes_no_frame_and_samples_pickle_without_open_files(
 @pytest.mark.parametrize("encoding", ["xym", "wheel"])
 def test_window_reads_equal_whole_frame_reads_cropped(tmp_path, encoding, layout):
     """Views read from the stores (only the window's rows and columns, the flow field only when mirrored) equal
-    the same views of the whole stored frames held in memory (whose windows are plain crops), in the writers'
-    layout (mirrored windows read from ``rgb_mirror``) and in the one before it (automatic chunks, gzip flow, no
-    mirror image: mirrored windows re-encoded from the field, on the wheel's per-frame scale from the whole field)."""
+    the same views of the whole stored frames held in memory (whose windows are plain crops, mirrored ones
+    re-encoded from the field, on the wheel's per-frame scale from the whole field), in the frames writer's layout
+    and in the one before it (automatic chunks); mirrored windows are read from the cache's ``rgb_mirror``."""
     from a2dpipe.flow import FlowStore
     from a2dpipe.dataset.frames import FrameStore
     from a2dpipe.segmentation.samples import ArraySamples, plan_view
 
     # the first frame is the test split's; then A2D's sizes: 64 x 64-pixel chunks with partial tiles at the edges,
-    # or (layout before) automatic chunks of one channel each (read plane by plane) and of two
+    # or (layout before) automatic chunks of one channel each (read plane by plane)
     frames, flow = write_shard(tmp_path, "shard-000.h5", [(30, 40), (320, 568), (240, 426), (320, 568)], 3, encoding,
                                layout)
     with h5py.File(frames) as f, h5py.File(flow) as g:  # the layout is what the test says it is
         image, flow_image = f["shard-000v1/00001/rgb"], g["shard-000v1/00001/rgb"]
-        has_mirror = "rgb_mirror" in g["shard-000v1/00001"]
-        if layout == "pipeline":
-            assert image.chunks == flow_image.chunks == (64, 64, 3) and flow_image.compression == "lzf" and has_mirror
-        else:
-            assert image.chunks[2] == flow_image.chunks[2] == 1 and flow_image.compression == "gzip" and not has_mirror
+        assert flow_image.chunks == (64, 64, 3) and "rgb_mirror" in g["shard-000v1/00001"]
+        assert image.chunks == (64, 64, 3) if layout == "pipeline" else image.chunks[2] == 1
     regions = write_region_cache(tmp_path, frames)
     samples = StoreSamples([frames], split="train", flow=[flow], masks=[regions], gt_regions=True,
                            flow_encoding=encoding)
@@ -249,6 +241,8 @@ def test_training_and_prediction_give_the_same_results_with_or_without_workers(s
         a, b = serial[name], parallel[name]
         assert a["curve"] == b["curve"], name
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
-        assert "loader_workers" not in a["segmentation"]  # the loader is no part of what a model is made with
+        # the loader is no part of what a model is made with
+        assert "loader_workers" not in a["builder"]["config"]["segmentation"]
+        assert "loader_workers" not in a["provenance"]["settings"]["segmentation"]
     assert serial["predictions"].keys() == parallel["predictions"].keys() and serial["predictions"]
     assert all(np.array_equal(serial["predictions"][k], parallel["predictions"][k]) for k in serial["predictions"])

@@ -430,7 +430,7 @@ def test_generic_needs_distractors_and_trains_one_class(tmp_path):
         train_module.train_mask_model(_config(iterations=1), "generic", [bare], tmp_path / "g" / "model.pt")
     shard = make_frames_shard(tmp_path / "frames.h5", videos=2, frames=1)
     checkpoint = train_module.train_mask_model(_config(iterations=2), "generic", [shard], tmp_path / "g" / "model.pt")
-    assert checkpoint["class_agnostic"] and checkpoint["arch"]["num_classes"] == 2
+    assert checkpoint["class_agnostic"] and checkpoint["builder"]["num_classes"] == 2
 
 
 def test_dataset_model_fine_tunes_from_its_start_model_class_heads_aside(shard, tmp_path):
@@ -561,7 +561,7 @@ def test_generic_from_a_coco_checkpoint_is_used_as_is_and_labels_nothing(shard, 
     config = _config(coco_checkpoint=str(tmp_path / "coco.pth"), score_threshold=0.0)
     out = tmp_path / "generic" / "model.pt"
     checkpoint = train_module.train_mask_model(config, "generic", [shard], out)
-    assert checkpoint["steps"] == 0 and checkpoint["class_agnostic"] and checkpoint["arch"]["num_classes"] == 91
+    assert checkpoint["steps"] == 0 and checkpoint["class_agnostic"] and checkpoint["builder"]["num_classes"] == 91
     for key, value in coco.state_dict().items():
         torch.testing.assert_close(checkpoint["model"][key], value, msg=key)
     cache_regions(config, "generic", shard, tmp_path / "generic.h5", model_path=out)

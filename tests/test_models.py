@@ -129,19 +129,6 @@ def test_segmenter_outputs_match_the_single_module_back_end():
         0.12817256152629852, 0.13542135059833527, 0.09915674477815628, 0.14388743042945862], rtol=1e-6)
 
 
-def test_checkpoints_with_the_former_region_names_load():
-    model, x, regions = _golden_inputs()
-    legacy = {k.replace("region.box_head.", "region.").replace("region.box_predictor.", "region."): v
-              for k, v in model.state_dict().items()}
-    assert "region.fc6.weight" in legacy and "region.actor.bias" in legacy
-    torch.manual_seed(5)
-    other = build_segmenter(SMALL, input="rgb").eval()
-    other.load_state_dict(legacy)
-    with torch.no_grad():
-        torch.testing.assert_close(other.forward_regions(x, None, regions)["actor"],
-                                   model.forward_regions(x, None, regions)["actor"], rtol=0, atol=0)
-
-
 def test_region_back_end_takes_its_parts():
     from torchvision.models.detection.faster_rcnn import TwoMLPHead
 

@@ -357,7 +357,7 @@ def test_a_final_fit_trains_on_train_and_val_and_cannot_be_validated(tiny_run, t
     assert len(StoreSamples(frames, split=("train", "val"))) == counts["train"] + counts["val"]
     # a model whose settings say it trained on train + val is refused on the validation split, not on test
     model = torch.load(results / "models/stage1/rgb/model.pt", weights_only=True)
-    model["config"]["dataset"] = {"final_fit": "train+val"}
+    model["provenance"]["settings"]["dataset"] = {"final_fit": "train+val"}
     torch.save(model, tmp_path / "final.pt")
     args = ["predict", "--settings", json.dumps({"device": "cpu"}), "--kind", "baseline", "--input", "rgb",
             "--model", tmp_path / "final.pt", "--frames", *frames]

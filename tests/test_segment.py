@@ -123,7 +123,7 @@ def test_a_real_video_gives_overlay_maps_and_summary_at_its_own_size_and_rate(ti
         assert keys == [("bikes", n) for n in range(1, 251, 25)]
         maps = store.read("bikes", 226)
         assert {k: v.shape for k, v in maps.items()} == {k: (272, 640) for k in ("actor", "action", "joint")}
-        assert store.attrs["schema"] == "a2dpipe.predictions/1"
+        assert store.attrs["schema"] == "a2dpipe.predictions/2"
         assert store.variant == "ours-rgbflow-dataset-dataset"
     summary = json.loads((folder / "summary.json").read_text())
     assert (summary["frames"], summary["segmented"], summary["every"]) == (250, 10, 25)
@@ -143,6 +143,7 @@ def test_summary_counts_each_actor_action_found(tmp_path):
 
     class FakeChain:
         variant, parts, net, settings, height = parse_variant("baseline/rgb"), None, torch.nn.Identity(), {}, 4
+        device = torch.device("cpu")
 
     joint = np.zeros((4, 6), np.uint8)
     joint[:2, :3] = 11  # adult-climbing: 6 of 24 pixels
@@ -235,9 +236,14 @@ def test_bad_inputs_are_clear_errors_and_leave_nothing_in_out(tiny_run, tmp_path
     (run / "masks" / "models" / "dataset" / "model.pt").unlink()
     _refused(capsys, bikes, "--run", run, "--out", out, match=str(run / "masks" / "models" / "dataset" / "model.pt"))
 
-    model = run / "models" / "stage2" / "rgbflow-dataset" / "model.pt"  # as if trained with another flow encoding
+    model = run / "models" / "stage2" / "rgbflow-dataset" / "model.pt"
     checkpoint = torch.load(model, weights_only=True)
-    checkpoint["provenance"]["settings"]["flow"]["encoding"] = "wheel"
+    torch.save({k: v for k, v in checkpoint.items() if k != "format"}, model)  # as written before model files had one
+    _refused(capsys, bikes, "--run", run, "--variant", "ours/rgbflow/dataset/generic", "--out", out,
+             match=f"{model}: not a stage-2 model of format 'a2dpipe.segmentation-model/1' (it has no format version")
+    _refused(capsys, bikes, "--run", run, "--variant", "ours/rgbflow/dataset/generic", "--out", out,
+             match="rebuild it with `snakemake --forcerun train_stage2`")
+    checkpoint["provenance"]["settings"]["flow"]["encoding"] = "wheel"  # as if trained with another flow encoding
     torch.save(checkpoint, model)
     _refused(capsys, bikes, "--run", run, "--variant", "ours/rgbflow/dataset/generic", "--out", out,
              match=f"flow.encoding = 'wheel'")
@@ -310,7 +316,7 @@ def test_the_segment_rule_segments_configured_videos_and_stays_out_of_tables(tin
     summary = json.loads((work / "results" / "segment" / "short" / "summary.json").read_text())
     assert (summary["frames"], summary["segmented"]) == (12, 4)
     with h5py.File(work / "results" / "segment" / "short" / "labels.h5") as f:
-        assert f.attrs["schema"] == "a2dpipe.predictions/1"
+        assert f.attrs["schema"] == "a2dpipe.predictions/2"
 
     everything = snakemake_run(work, "all", "--dry-run", "--quiet", "rules", config=configfile).stdout
     assert "segment_video" not in everything  # `all` lists the strips' folder for the report, and makes none

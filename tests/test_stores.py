@@ -121,6 +121,23 @@ def test_reader_refuses_other_kinds_and_versions_naming_file_and_rebuild(tmp_pat
         ToyReader(tmp_path / "missing.h5")
 
 
+def test_version_1_flow_caches_and_predictions_are_refused_with_the_rule_that_rebuilds_them(tmp_path):
+    """Version 1 of both layouts had files without what readers now rely on (a flow cache without ``rgb_mirror``,
+    predictions without ``device``): such files are rebuilt, never read."""
+    flow = tmp_path / "flow.h5"
+    with h5py.File(flow, "w") as f:  # as version 1 wrote it: a field and its image, no mirror image
+        f.attrs.update(schema="a2dpipe.flow/1", method="dis", encoding="xym", seconds_per_frame=0.01, frames=1)
+        f.create_dataset("v/00001/flow", data=np.zeros((4, 6, 2), np.float16))
+        f.create_dataset("v/00001/rgb", data=np.zeros((4, 6, 3), np.uint8))
+    predictions = tmp_path / "predictions.h5"
+    with h5py.File(predictions, "w") as f:
+        f.attrs.update(schema="a2dpipe.predictions/1", variant="baseline-rgb", model="model.pt", frames=0)
+    for reader, path, rule in ((FlowStore, flow, "flow"), (PredictionStore, predictions, "predict")):
+        with pytest.raises(A2DError, match=rf"{path.name}: not a .* of schema 'a2dpipe.\w+/2' \(it was written "
+                                           rf"with schema 'a2dpipe.\w+/1'.*snakemake --forcerun {rule}`"):
+            reader(path)
+
+
 def test_split_listing_reads_attributes_only(tmp_path, monkeypatch):
     path = tmp_path / "frames.h5"
     with FrameWriter(path, attrs={"shard": "000"}) as writer:
@@ -157,7 +174,8 @@ def test_a_group_without_split_is_an_error_naming_it(tmp_path):
     lambda path, settings: FrameWriter(path, settings=settings),
     lambda path, settings: FlowWriter(path, method="dis", encoding="xym", settings=settings),
     lambda path, settings: MaskCacheWriter(path, source="gt", settings=settings),
-    lambda path, settings: PredictionWriter(path, variant="baseline-rgb", model="m.pt", settings=settings),
+    lambda path, settings: PredictionWriter(path, variant="baseline-rgb", model="m.pt", device="CPU",
+                                            settings=settings),
 ], ids=["frames", "flow", "masks", "predictions"])
 def test_every_writer_stamps_the_settings_it_is_given(tmp_path, make):
     with make(tmp_path / "a.h5", {"seed": 0}) as writer:
@@ -173,13 +191,14 @@ def test_predictions_round_trip(tmp_path):
     path = tmp_path / "baseline-rgb.h5"
     maps = {"actor": np.full((2, 3), 1, np.uint8), "action": np.full((2, 3), 2, np.uint8),
             "joint": np.full((2, 3), 12, np.uint8)}
-    with PredictionWriter(path, variant="baseline-rgb", model="model.pt") as writer:
+    with PredictionWriter(path, variant="baseline-rgb", model="model.pt", device="CPU") as writer:
         writer.write("v", 4, maps)
         writer.seconds_per_frame = 0.5
     with PredictionStore(path) as store:
         assert store.variant == "baseline-rgb" and store.keys() == [("v", 4)]
         assert store.attrs["seconds_per_frame"] == 0.5 and store.attrs["frames"] == 1
-        assert store.attrs["schema"] == "a2dpipe.predictions/1" and store.attrs["model"] == "model.pt"
+        assert store.attrs["schema"] == "a2dpipe.predictions/2" and store.attrs["model"] == "model.pt"
+        assert store.attrs["device"] == "CPU"
         read = store.read("v", 4)
         assert all(np.array_equal(read[k], maps[k]) and read[k].dtype == np.uint8 for k in maps)
         assert list(store.read("v", 4, ("joint",))) == ["joint"]

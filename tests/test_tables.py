@@ -10,6 +10,7 @@ import pytest
 from a2dpipe import labels
 from a2dpipe.evaluation import claims, metrics, paper_results, tables, timing
 from a2dpipe.cli import main
+from a2dpipe.io import A2DError, describe_device
 from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.evaluation.evaluate import _json_safe
 from a2dpipe.dataset.frames import FORMAT as FRAMES
@@ -308,7 +309,11 @@ def test_a_broken_evaluation_file_is_named(tmp_path):
 
 
 def write_store(path, attrs, frames):
+    """A timed stage output (flow cache, region-mask cache or predictions, as its item attribute says) of the
+    schema version the timing job reads."""
+    component = next(c for c, (_, item) in timing.TIMED.items() if item in attrs)
     with h5py.File(path, "w") as f:
+        f.attrs["schema"] = timing.TIMED[component][0].schema
         for key, value in attrs.items():
             f.attrs[key] = value
         for video, frame in frames:
@@ -321,8 +326,10 @@ def test_timing_averages_shards_by_frames_and_adds_the_totals(tmp_path):
     write_store(tmp_path / "mask0.h5", {"source": "dataset", "seconds_per_frame": 0.1, "device": "CUDA H200"}, [("a", 1)])
     write_store(tmp_path / "mask1.h5", {"source": "gt", "seconds_per_frame": 0.001}, [("a", 1)])
     write_store(tmp_path / "empty.h5", {"source": "gt", "seconds_per_frame": float("nan")}, [])
-    write_store(tmp_path / "p0.h5", {"variant": "baseline-rgbflow", "seconds_per_frame": 0.02}, [("a", 1), ("c", 4)])
-    write_store(tmp_path / "p1.h5", {"variant": "ours-rgbflow-dataset-dataset", "seconds_per_frame": 0.05}, [("a", 1)])
+    write_store(tmp_path / "p0.h5", {"variant": "baseline-rgbflow", "seconds_per_frame": 0.02, "device": "CPU x"},
+                [("a", 1), ("c", 4)])
+    write_store(tmp_path / "p1.h5", {"variant": "ours-rgbflow-dataset-dataset", "seconds_per_frame": 0.05,
+                                     "device": "CPU x"}, [("a", 1)])
     out = tmp_path / "timing" / "timing.csv"
     argv = ["timing", "--config", "c", "--flow", str(tmp_path / "flow0.h5"), str(tmp_path / "flow1.h5"),
             "--masks", str(tmp_path / "mask0.h5"), str(tmp_path / "mask1.h5"), str(tmp_path / "empty.h5"),
@@ -338,7 +345,8 @@ def test_timing_averages_shards_by_frames_and_adds_the_totals(tmp_path):
     assert t.loc["total ours", "ms_per_frame"] == pytest.approx(15 + 100 + 50)
     assert t.loc["total ours", "paper_ms"] == 1100
     assert t.loc["total baseline", "ms_per_frame"] == pytest.approx(15 + 20)
-    assert t.loc["flow", "device"] == timing.this_machine_device()
+    assert t.loc["flow", "device"] == describe_device()  # DIS records none: this CPU
+    assert t.loc["total ours", "device"] == "CPU x"
     assert (out.with_suffix(".md")).read_text().startswith("| component |")
 
 
@@ -347,6 +355,14 @@ def test_timing_names_a_file_without_the_attribute(tmp_path):
     out = tmp_path / "t.csv"
     assert main(["timing", "--config", "c", "--flow", str(tmp_path / "flow.h5"), "--out", str(out)]) == 1
     assert not out.exists()
+
+
+def test_timing_refuses_a_file_of_another_schema_version_naming_its_rule(tmp_path):
+    write_store(tmp_path / "p.h5", {"variant": "baseline-rgbflow", "seconds_per_frame": 0.02}, [("a", 1)])
+    with h5py.File(tmp_path / "p.h5", "a") as f:
+        f.attrs["schema"] = "a2dpipe.predictions/1"  # files of version 1 may lack the device they ran on
+    with pytest.raises(A2DError, match=r"p.h5: not a predictions file .*'a2dpipe.predictions/1'.*--forcerun predict"):
+        timing.read_timing([tmp_path / "p.h5"], "predictions")
 
 
 def test_timing_imports_no_torch_when_the_files_name_their_device(tmp_path):

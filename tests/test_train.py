@@ -60,7 +60,7 @@ def stage1(tmp_path_factory):
 
 def test_stage1_writes_model_and_loss_curve(stage1):
     out, result = stage1
-    ckpt = load_checkpoint(out)
+    ckpt = load_checkpoint(out, 1)
     assert ckpt["stage"] == 1 and ckpt["input"] == "rgbflow"
     assert _equal_states(ckpt["model"], result["model"])
     with open(out.with_name("loss.csv")) as f:

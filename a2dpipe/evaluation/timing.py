@@ -10,9 +10,9 @@ of its HDF5 outputs (flow: ``method``; masks: ``source``; predictions: ``variant
 averages it over shards, weighted by the number of frame groups in each file, and adds the totals the paper
 gives: *Ours* = flow + ``dataset`` masks + region network (``ours-rgbflow-dataset-dataset``), *Baseline* = flow
 + baseline network (``baseline-rgbflow``). The root attribute ``device`` (written by prediction, predicted region
-masks and neural flow) names where a file was measured; a file without it gets the device of this machine (the one
-running the pipeline): its CPU for DIS flow and ground-truth masks, which never use an accelerator, its CUDA device
-(if any) for the rest.
+masks and neural flow) names where a file was measured; DIS flow and ground-truth masks, which never use an
+accelerator, record none and are named by this machine's CPU. Each file is read through its format
+(:class:`a2dpipe.stores.ArtifactFormat`): one of another schema version is refused with the rule that rebuilds it.
 
 Writes the CSV (columns ``component, item, frames, ms_per_frame, device, paper_ms``) and a Markdown copy
 beside it (same name, ``.md``).
@@ -25,14 +25,17 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import h5py
 import pandas as pd
 
-from a2dpipe.io import A2DError, atomic_path, describe_device, open_hdf5
 from a2dpipe.evaluation.paper_results import TIMING_MS
+from a2dpipe.flow.store import FORMAT as FLOW
+from a2dpipe.io import A2DError, atomic_path, describe_device
+from a2dpipe.masks.cache import FORMAT as MASKS
+from a2dpipe.segmentation.predictions import FORMAT as PREDICTIONS
+from a2dpipe.stores import ArtifactFormat, ArtifactReader
 from a2dpipe.variants import all_variants, variant_name, variant_of
 
-__all__ = ["read_timing", "timing_table", "this_machine_device", "configure_parser", "run"]
+__all__ = ["TIMED", "TimedFile", "read_timing", "timing_table", "configure_parser", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -40,75 +43,67 @@ COLUMNS = ["component", "item", "frames", "ms_per_frame", "device", "paper_ms"]
 MAIN_REGION_VARIANT = variant_name(variant_of("ours", "rgbflow"))  # the paper's Ours and Baseline
 MAIN_BASELINE_VARIANT = variant_name(variant_of("baseline", "rgbflow"))
 KIND_OF = {variant_name(v): v.kind for v in all_variants()}  # a predictions file's variant attribute -> its kind
-CPU_ONLY = {("flow", "dis"), ("masks", "gt")}  # (component, item) that never use an accelerator
 
 
-def this_machine_device() -> str:
-    """The device this machine's stages use, named by :func:`a2dpipe.io.describe_device`: its CUDA device, else its
-    CPU."""
-    try:
-        import torch
+class TimedFile(ArtifactReader):
+    """A stage output of ``artifact_format`` (its schema checked), read for its root attributes and frame count."""
 
-        if torch.cuda.is_available():
-            return describe_device(torch.device("cuda"))
-    except ImportError:  # timing tables can be made without torch
-        pass
-    return describe_device()
+    def __init__(self, path, artifact_format: ArtifactFormat):
+        self.FORMAT = artifact_format
+        super().__init__(path)
 
 
-def _count_frames(f: h5py.File) -> int:
-    return sum(len(f[video]) for video in f if isinstance(f[video], h5py.Group))
+# what each option of the command reads: (the files' format, the root attribute naming the item)
+TIMED = {"flow": (FLOW, "method"), "masks": (MASKS, "source"), "predictions": (PREDICTIONS, "variant")}
 
 
-def read_timing(paths, name_attr: str) -> dict[str, dict]:
-    """``{item: {"frames": int, "seconds_per_frame": float, "device": str | None}}`` over ``paths``.
+def read_timing(paths, component: str) -> dict[str, dict]:
+    """``{item: {"frames": int, "seconds_per_frame": float, "device": str | None}}`` over ``paths``, files of
+    ``component`` (a key of :data:`TIMED`).
 
-    ``item`` is the root attribute ``name_attr`` of each file; shards of one item are averaged weighted by their
-    frame counts. Files without frames are skipped; a file lacking the attributes is an error naming it.
+    ``item`` is the file's root attribute naming it (:data:`TIMED`); shards of one item are averaged weighted by
+    their frame counts. Files without frames are skipped; a file of another format or version, or lacking the
+    attributes, is an error naming it.
     """
+    artifact_format, name_attr = TIMED[component]
     frames: dict[str, int] = defaultdict(int)
     seconds: dict[str, float] = defaultdict(float)
     devices: dict[str, str | None] = {}
     for path in paths:
-        with open_hdf5(path, "stage output") as f:
-            for attr in (name_attr, "seconds_per_frame"):
-                if attr not in f.attrs:
-                    raise A2DError(f"{path}: root attribute {attr!r} is missing")
-            item = f.attrs[name_attr]
-            item = item.decode() if isinstance(item, bytes) else str(item)
-            spf = float(f.attrs["seconds_per_frame"])
-            n = _count_frames(f)
-            device = f.attrs.get("device")
+        with TimedFile(path, artifact_format) as f:
+            attrs, n = f.attrs, len(f)
+        for attr in (name_attr, "seconds_per_frame"):
+            if attr not in attrs:
+                raise A2DError(f"{path}: root attribute {attr!r} is missing")
+        item, spf = str(attrs[name_attr]), float(attrs["seconds_per_frame"])
         if n == 0 or math.isnan(spf):
             continue
         frames[item] += n
         seconds[item] += spf * n
-        if device is not None:
-            devices[item] = device.decode() if isinstance(device, bytes) else str(device)
+        if "device" in attrs:
+            devices[item] = str(attrs["device"])
     return {
         item: {"frames": frames[item], "seconds_per_frame": seconds[item] / frames[item], "device": devices.get(item)}
         for item in frames
     }
 
 
-def timing_table(flow: dict, masks: dict, predictions: dict, device: str, cpu: str | None = None) -> pd.DataFrame:
+def timing_table(flow: dict, masks: dict, predictions: dict, cpu: str) -> pd.DataFrame:
     """Rows per flow method, mask source and prediction variant, then the two totals (module doc).
 
-    ``device`` names where unlabelled measurements ran; ``cpu`` (default ``device``) is used instead for the
-    items that always run on the CPU (DIS flow, ground-truth masks).
+    ``cpu`` names where the items that record no device ran: those that always run on the CPU (DIS flow,
+    ground-truth masks).
     """
     rows = []
-    cpu = cpu or device
 
     def add(component, item, entry, paper):
-        on_cpu = (component, item) in CPU_ONLY
         rows.append(
             {
                 "component": component,
                 "item": item,
                 "frames": entry["frames"],
                 "ms_per_frame": 1000.0 * entry["seconds_per_frame"],
-                "device": entry["device"] or (cpu if on_cpu else device),
+                "device": entry["device"] or cpu,
                 "paper_ms": paper,
             }
         )
@@ -140,7 +135,7 @@ def timing_table(flow: dict, masks: dict, predictions: dict, device: str, cpu: s
         ms += 1000.0 * predictions[variant]["seconds_per_frame"]
         item = " + ".join(["flow", *(f"{s} masks" for s in sources), variant])
         rows.append({"component": component, "item": item, "frames": predictions[variant]["frames"],
-                     "ms_per_frame": ms, "device": predictions[variant]["device"] or device, "paper_ms": paper})
+                     "ms_per_frame": ms, "device": predictions[variant]["device"] or cpu, "paper_ms": paper})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -155,14 +150,9 @@ def configure_parser(parser) -> None:
 def run(args) -> None:
     from a2dpipe.evaluation.writers import markdown_table  # one Markdown writer for every table
 
-    flow, masks = read_timing(args.flow, "method"), read_timing(args.masks, "source")
-    predictions = read_timing(args.predictions, "variant")
-    cpu = describe_device()
-    # only a file that names no device makes this job import torch (seconds) to name this machine's
-    unlabelled = any(e["device"] is None and (component, item) not in CPU_ONLY
-                     for component, d in (("flow", flow), ("masks", masks), ("predictions", predictions))
-                     for item, e in d.items())
-    table = timing_table(flow, masks, predictions, this_machine_device() if unlabelled else cpu, cpu)
+    flow, masks = read_timing(args.flow, "flow"), read_timing(args.masks, "masks")
+    predictions = read_timing(args.predictions, "predictions")
+    table = timing_table(flow, masks, predictions, describe_device())
     out = Path(args.out)
     with atomic_path(out.with_suffix(".md")) as tmp:
         Path(tmp).write_text(markdown_table(table, digits=1))

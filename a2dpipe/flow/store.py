@@ -2,25 +2,24 @@
 
 Layout: one group per annotated frame, ``"{video}/{frame:05d}"``, holding ``flow`` (H, W, 2) float16 (u, v in
 pixels; half precision keeps 1/32 px up to 64 px) and ``rgb`` (H, W, 3) uint8 (the configured encoding), lzf in
-64 x 64-pixel chunks (:func:`a2dpipe.stores.pixel_chunks`; caches written before, gzip in automatic chunks, read the
-same). Root attributes: ``schema`` (``"a2dpipe.flow/1"``, :data:`FORMAT`), ``method``, ``encoding``, ``dis_preset`` (DIS
-only), ``wheel_max`` (wheel only; absent when per-frame), ``seconds_per_frame`` (estimator time per frame, measured
+64 x 64-pixel chunks (:func:`a2dpipe.stores.pixel_chunks`). Root attributes: ``schema`` (``"a2dpipe.flow/2"``,
+:data:`FORMAT`), ``method``, ``encoding``, ``dis_preset`` (DIS only), ``wheel_max`` (wheel only; absent when
+per-frame), ``device`` (neural methods: where they ran), ``seconds_per_frame`` (estimator time per frame, measured
 while computing) and ``frames`` (groups written). Each group also holds ``rgb_mirror`` (H, W, 3) uint8: the image of
 the stored field with u negated, in the same encoding and on the same scale (negating u keeps every magnitude), i.e.
 the flow image of the left-right mirrored frame with its columns not yet reversed. Training mirrors half its samples;
 with it, a mirrored window is read like any other instead of re-encoded (a wheel image of 320 x 320 pixels costs
-~8 ms of CPU with torchvision's encoder, ~2.5 ms with today's). Caches written before it lack it; their readers re-encode the stored field. The flow of a group is from the annotated frame to its
+~8 ms of CPU with torchvision's encoder, ~2.5 ms with today's). The flow of a group is from the annotated frame to its
 neighbour, or from the neighbour to it when the group's ``direction`` is 'previous' (copied from the frames store
 with ``neighbour_frame``). Written by :class:`FlowWriter`, read by :class:`FlowStore` (both on
-:mod:`a2dpipe.stores`).
+:mod:`a2dpipe.stores`); a cache of schema version 1 (some without ``rgb_mirror`` or ``device``) is refused, naming
+the rule that rebuilds it.
 
 >>> with FlowStore("results/flow/dis/shard-000.h5") as store:     # doctest: +SKIP
 ...     flow, rgb = store.read("EadxBPmQvtg", 25)
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -30,7 +29,7 @@ from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, pixel
 
 __all__ = ["FORMAT", "FlowStore", "FlowWriter"]
 
-FORMAT = ArtifactFormat("flow", 1, "flow cache", "a2dpipe flow (rule flow)")
+FORMAT = ArtifactFormat("flow", 2, "flow cache", "a2dpipe flow (rule flow)")
 MAX_FLOW = 4096.0  # pixels: no frame is wider (A2D's are 320 px high)
 
 
@@ -55,15 +54,6 @@ class FlowStore(ArtifactReader):
     @property
     def encoding(self) -> str:
         return str(self._file.attrs["encoding"])
-
-    @functools.cached_property
-    def has_mirror_images(self) -> bool:
-        """Whether the frames hold ``rgb_mirror`` (one writer writes every frame of a cache alike; caches written
-        before it lack it, and a mirrored view of them is re-encoded from the field)."""
-        for video in self._file.values():
-            for frame in video.values():
-                return "rgb_mirror" in frame
-        return False
 
     def read(self, video: str, frame: int) -> tuple[np.ndarray, np.ndarray]:
         """(flow (H, W, 2) float32 pixels, rgb (H, W, 3) uint8) of one frame."""

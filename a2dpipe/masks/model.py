@@ -187,18 +187,16 @@ def load_coco_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = F
 
 
 def load_mask_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MaskRCNN | FCIS, dict]:
-    """A mask model saved by ``a2dpipe train-mask-model``, in eval mode on ``device``, and its checkpoint dict.
+    """A mask model saved by ``a2dpipe train-mask-model``, in eval mode on ``device``, and its model file.
 
-    The checkpoint holds ``model`` (state dict), ``arch`` (builder keyword arguments), ``source``,
-    ``class_agnostic`` and ``config`` (:func:`a2dpipe.checkpoint.load_model_file`).
+    The file holds ``builder`` (this module's :func:`build_mask_model` keyword arguments), ``model`` (the weights),
+    ``source``, ``class_agnostic``, ``steps``, ``start``, ``final_loss`` and ``provenance``
+    (:func:`a2dpipe.checkpoint.load_model_file`).
     """
-    checkpoint = load_model_file(path, "mask")
-    arch = dict(checkpoint["arch"])
-    if arch.get("model") == "fcis" and arch.get("backbone") == "tiny":
-        # written before masks.fcis_tiny_stride existed, at stride 8: the same weights load at any stride
-        arch.setdefault("tiny_stride", 8)
-    if arch.get("imagenet_weights"):  # the trained weights replace them; only their frozen layout matters
-        arch.update(imagenet_weights=None, pretrained_layout=True)
-    model = build_mask_model(**arch)
+    checkpoint = load_model_file(path, "mask model")
+    builder = dict(checkpoint["builder"])
+    if builder.get("imagenet_weights"):  # the trained weights replace them; only their frozen layout matters
+        builder.update(imagenet_weights=None, pretrained_layout=True)
+    model = build_mask_model(**builder)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint

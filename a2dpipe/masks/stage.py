@@ -113,7 +113,7 @@ def load_region_model(model_path, config: dict, source: str, device):
 
     cfg = config["masks"]
     model, checkpoint = load_mask_model(model_path, device)
-    check_consistent({"this job": config, str(model_path): read_stamp(checkpoint.get("provenance"))})
+    check_consistent({"this job": config, str(model_path): read_stamp(checkpoint["provenance"])})
     if checkpoint["source"] != source:
         raise A2DError(f"{model_path}: a {checkpoint['source']} mask model, but --source is {source}")
     model.roi_heads.detections_per_img = cfg["max_regions"]

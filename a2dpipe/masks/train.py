@@ -12,12 +12,13 @@
   workflow gives none when the run has no generic source): from ``masks.coco_checkpoint`` when one is given, else
   from ImageNet weights (``masks.fcis_imagenet_weights``) or from scratch, for ``masks.iterations`` steps.
 
-Writes ``--out`` (``model``, ``arch``, ``source``, ``class_agnostic``, ``config``, ``steps``; read it with
-:func:`a2dpipe.masks.model.load_mask_model`). Beside it: ``checkpoint.pt`` every ``masks.checkpoint_every`` steps
-(model, optimiser, scheduler, step, RNG states, loss history, a fingerprint of the recipe; see
-:mod:`a2dpipe.checkpoint`), from which a killed run resumes with the same result (removed once the model is
-written), and ``loss.csv`` (the loss curve of :mod:`a2dpipe.trainer`: step, total loss, lr, each Mask R-CNN
-loss). The loop is the shared :class:`a2dpipe.trainer.Trainer`.
+Writes ``--out``, a ``mask model`` of :func:`a2dpipe.checkpoint.save_model_file` (``builder``: the keyword arguments
+of :func:`a2dpipe.masks.model.build_mask_model`; ``model``, ``source``, ``class_agnostic``, ``steps``, ``start``,
+``final_loss``, ``provenance``; read it with :func:`a2dpipe.masks.model.load_mask_model`). Beside it:
+``checkpoint.pt`` every ``masks.checkpoint_every`` steps (model, optimiser, scheduler, step, RNG states, loss
+history, a fingerprint of the recipe; see :mod:`a2dpipe.checkpoint`), from which a killed run resumes with the same
+result (removed once the model is written), and ``loss.csv`` (the loss curve of :mod:`a2dpipe.trainer`: step, total
+loss, lr, each Mask R-CNN loss). The loop is the shared :class:`a2dpipe.trainer.Trainer`.
 
 Recipe: ``masks.optimizer`` (AdamW for the from-scratch CPU default; SGD with momentum 0.9 for fine-tuning from
 COCO, as torchvision's reference scripts do; weight decay 1e-4 for both), linear warm-up over the first 10% of the
@@ -39,11 +40,11 @@ import torch
 
 from a2dpipe.accelerator import autocast_dtype
 from a2dpipe.checkpoint import (fingerprint, load_model_file, load_resume, load_state_partial, remove_resume,
-                                write_curve)
-from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp,
+                                save_model_file, write_curve)
+from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
                              training_splits)
 from a2dpipe.integrity import file_digest
-from a2dpipe.io import A2DError, atomic_path, select_device
+from a2dpipe.io import A2DError, select_device
 from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, coco_class_count, load_coco_checkpoint, mask_model_options
@@ -154,15 +155,9 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
 
     history = trainer.history
     write_curve(curve_path, history, columns_of(history))
-    checkpoint = {
-        "model": {k: v.cpu() for k, v in model.state_dict().items()},
-        "arch": arch, "source": source, "class_agnostic": source == "generic", "config": cfg, "seed": seed,
-        "steps": iterations, "start": start_provenance,
-        "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else float("nan"),
-        "provenance": stamp(config),
-    }
-    with atomic_path(out) as tmp:
-        torch.save(checkpoint, tmp)
+    final_loss = float(np.mean([h["loss"] for h in history[-20:]])) if history else float("nan")
+    checkpoint = save_model_file(out, "mask model", builder=arch, weights=model.state_dict(), settings=config,
+                                 meta=_meta(source, iterations, start_provenance, final_loss))
     remove_resume(resume_path)  # finished: a forced rerun trains afresh
     return checkpoint
 
@@ -184,9 +179,9 @@ def _load_start(model, start: str | Path, arch: dict, config: dict) -> None:
     """Load the weights of mask model ``start`` into ``model`` (built with ``arch``), class heads aside; A2DError
     when ``start`` is not a mask model of the same architecture or was made with settings that disagree with
     ``config``."""
-    checkpoint = load_model_file(start, "mask")
-    check_consistent({"this job": config, str(start): read_stamp(checkpoint.get("provenance"))})
-    theirs = checkpoint["arch"]
+    checkpoint = load_model_file(start, "mask model")
+    check_consistent({"this job": config, str(start): read_stamp(checkpoint["provenance"])})
+    theirs = checkpoint["builder"]
     differ = [f"{k} {theirs.get(k)!r}, not {arch.get(k)!r}" for k in _SHARED_ARCH if theirs.get(k) != arch.get(k)]
     if differ:
         raise A2DError(f"{start}: a mask model of another architecture ({'; '.join(differ)}): it cannot start "
@@ -203,14 +198,14 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
     model = build_mask_model(**arch)
     load_coco_checkpoint(model, cfg["coco_checkpoint"], strict=True)  # untrained: nothing may stay random
     log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])
-    checkpoint = {
-        "model": model.state_dict(), "arch": arch, "source": "generic", "class_agnostic": True,
-        "config": cfg, "seed": int(config["seed"]), "steps": 0, "final_loss": float("nan"),
-        "provenance": stamp(config),
-    }
-    with atomic_path(out) as tmp:
-        torch.save(checkpoint, tmp)
-    return checkpoint
+    return save_model_file(out, "mask model", builder=arch, weights=model.state_dict(), settings=config,
+                           meta=_meta("generic", 0, "", float("nan")))
+
+
+def _meta(source: str, steps: int, start: str, final_loss: float) -> dict:
+    """What a mask model file says the model is (beside its builder arguments, weights and provenance)."""
+    return {"source": source, "class_agnostic": source == "generic", "steps": steps, "start": start,
+            "final_loss": final_loss}
 
 
 def training_batch(reader, refs, source, seed, step, batch_size, device):

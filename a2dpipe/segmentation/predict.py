@@ -108,24 +108,25 @@ def run(args) -> None:
 
 
 def load_network(config: dict, variant: Variant, model: str | Path, device, split: str = "test"):
-    """The variant's trained network from ``model`` on ``device`` in eval mode, and its ``segmentation`` settings;
-    A2DError when the checkpoint is not the stage and input the variant needs, or trained on the ``split`` to
-    predict."""
+    """The variant's trained network from ``model`` on ``device`` in eval mode, and the model file
+    (:func:`a2dpipe.checkpoint.load_model_file`: its metadata say how it was trained, ``amp`` among them);
+    A2DError when the file is not the stage and input the variant needs, or trained on the ``split`` to predict."""
     v, name = variant, variant_name(variant)
-    ckpt = load_model_file(model, "segmentation")  # on the CPU; load_state_dict moves it
-    check_consistent({"this job": _without_inference_batch(config), str(model): read_stamp(ckpt.get("provenance"))})
-    if split == "val" and "val" in training_splits(ckpt.get("config") or {}):
+    want_stage = 2 if v.kind == "ours" else 1
+    ckpt = load_model_file(model, f"stage-{want_stage} model")  # on the CPU; load_state_dict moves it
+    trained_with = read_stamp(ckpt["provenance"])
+    check_consistent({"this job": _without_inference_batch(config), str(model): trained_with})
+    if split == "val" and "val" in training_splits(trained_with):
         raise A2DError(f"{model}: trained on train + val (dataset.final_fit: train+val), so the validation split "
                        "cannot score it; choose settings with dataset.final_fit: train, then fit on train + val")
-    want_stage = 2 if v.kind == "ours" else 1
-    if ckpt["stage"] != want_stage or ckpt["input"] != v.input:
+    if ckpt["input"] != v.input:
         raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {name} needs a "
                        f"stage-{want_stage} {v.input} model")
-    # the architecture is the one the checkpoint was trained with, whatever the current config says
-    net = build_segmenter(ckpt["config"], input=v.input, pretrained=False, regions=v.kind == "ours")
+    # the architecture is the one the file was trained with, whatever the current config says
+    net = build_segmenter(**ckpt["builder"], pretrained=False)
     net = net.to(device).eval()
     net.load_state_dict(ckpt["model"])
-    return net, ckpt["segmentation"]
+    return net, ckpt
 
 
 def vote_layer(config: dict, variant: Variant, device) -> RegionToPixel | None:
@@ -184,7 +185,8 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
     batches = same_size_batches(samples, views, inference_batch_size(config))
     frames = make_loader(samples, batches, collate_fn=collate, device=device, **loader_options(config))
     seconds = 0.0
-    with (PredictionWriter(out, variant=name, model=Path(model).name, settings=result_settings(config)) as writer,
+    with (PredictionWriter(out, variant=name, model=Path(model).name, device=describe_device(device),
+                           settings=result_settings(config)) as writer,
           progress(total=len(samples), desc=f"predict {name}") as bar):
         for loaded in frames:
             batch = to_device(loaded, device, with_flow=net.uses_flow)
@@ -202,6 +204,5 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
             release_free_memory()
         per_frame = seconds / max(len(samples), 1)
         writer.seconds_per_frame = per_frame
-        writer.set_attrs(device=describe_device(device))  # the timing table's device column
     log.info("%s: %d frames in %d batches, %.4f s per frame", name, len(samples), len(batches), per_frame)
     return per_frame

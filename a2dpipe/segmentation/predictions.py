@@ -4,11 +4,13 @@ by ``a2dpipe predict``.
 
 Layout (Predictions contract), one group ``"{video}/{frame:05d}"`` per test frame with uint8 datasets at frame
 size, gzip-compressed: ``actor`` (0..7), ``action`` (0..9), ``joint`` (A2D ids: 0 or one of the 43 valid pairs,
-from the product of the two distributions). Root attributes: ``schema`` (``"a2dpipe.predictions/1"``,
-:data:`FORMAT`), ``variant``, ``model`` (file name), ``seconds_per_frame`` (network forward incl. the region
-back-end and the joint argmax, excluding I/O; CUDA synchronised) and ``frames`` (groups written).
+from the product of the two distributions). Root attributes: ``schema`` (``"a2dpipe.predictions/2"``,
+:data:`FORMAT`), ``variant``, ``model`` (file name), ``device`` (where the network ran,
+:func:`a2dpipe.io.describe_device`), ``seconds_per_frame`` (network forward incl. the region back-end and the joint
+argmax, excluding I/O; CUDA synchronised) and ``frames`` (groups written). A file of schema version 1 (some without
+``device``) is refused, naming the rule that rebuilds it.
 
->>> with PredictionWriter("p.h5", variant="baseline-rgb", model="model.pt") as writer:   # doctest: +SKIP
+>>> with PredictionWriter("p.h5", variant="baseline-rgb", model="model.pt", device="CPU") as writer:  # doctest: +SKIP
 ...     writer.write("vid", 25, {"actor": actor, "action": action, "joint": joint})
 >>> with PredictionStore("p.h5") as store:                                              # doctest: +SKIP
 ...     store.read("vid", 25)["joint"].shape
@@ -25,7 +27,7 @@ from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group
 
 __all__ = ["FORMAT", "MAPS", "PREDICTED_SPLITS", "PredictionStore", "PredictionWriter"]
 
-FORMAT = ArtifactFormat("predictions", 1, "predictions file", "a2dpipe predict (rule predict)")
+FORMAT = ArtifactFormat("predictions", 2, "predictions file", "a2dpipe predict (rule predict)")
 MAPS = ("actor", "action", "joint")
 PREDICTED_SPLITS = ("test", "val")  # test scores the tables; val the choices made by looking at results
 _VALID_JOINT = np.zeros(256, bool)  # lookup by uint8 label: background and the valid actor-action ids
@@ -40,8 +42,8 @@ class PredictionWriter(ArtifactWriter):
 
     FORMAT = FORMAT
 
-    def __init__(self, path, *, variant: str, model: str, settings: dict | None = None):
-        super().__init__(path, attrs={"variant": variant, "model": model}, settings=settings)
+    def __init__(self, path, *, variant: str, model: str, device: str, settings: dict | None = None):
+        super().__init__(path, attrs={"variant": variant, "model": model, "device": device}, settings=settings)
         self.seconds_per_frame = float("nan")
 
     def write(self, video: str, frame: int, maps: dict) -> None:

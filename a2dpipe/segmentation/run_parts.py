@@ -105,7 +105,7 @@ def _flow_shard(shared: Path, encoding: dict) -> Path:
                        f"(pass --shared when the run's shared_results is another folder)")
     if len(candidates) > 1:
         agree = [c for c in candidates
-                 if all((read_stamp_file(c).get("flow") or {}).get(k) == v for k, v in encoding.items())]
+                 if all((read_stamp_file(c, "flow cache").get("flow") or {}).get(k) == v for k, v in encoding.items())]
         if len(agree) != 1:
             raise A2DError(f"{shared / 'flow'}: flow caches of several methods ({', '.join(c.parent.name for c in candidates)}); "
                            f"keep only the one the run was trained with")
@@ -113,14 +113,14 @@ def _flow_shard(shared: Path, encoding: dict) -> Path:
     return candidates[0]
 
 
-def read_stamp_file(path: Path) -> dict:
-    """Settings recorded in an HDF5 artifact or a model file (``{}`` when it records none)."""
+def read_stamp_file(path: Path, what: str = "artifact") -> dict:
+    """Settings recorded in an HDF5 artifact or a model file (``what``: ``"stage-1 model"``, ``"mask model"`` ...;
+    :func:`a2dpipe.checkpoint.load_model_file`), ``{}`` when it records none."""
     if path.suffix == ".h5":
-        return hdf5_stamp(path) or {}
-    from a2dpipe.checkpoint import read_checkpoint
+        return hdf5_stamp(path, what) or {}
+    from a2dpipe.checkpoint import load_model_file
 
-    checkpoint = read_checkpoint(path, "model file")
-    return (read_stamp(checkpoint.get("provenance")) if isinstance(checkpoint, dict) else None) or {}
+    return read_stamp(load_model_file(path, what)["provenance"]) or {}
 
 
 def _merge(into: dict, settings: dict) -> dict:
@@ -155,20 +155,21 @@ def find_parts(run: str | Path, variant: Variant, shared: str | Path | None = No
         network = _need(run / "models" / "stage2" / f"{v.input}-{v.train_source}" / "model.pt")
     else:
         network = _need(run / "models" / "stage1" / v.input / "model.pt")
-    files = [network]
+    files = {network: f"stage-{2 if v.kind == 'ours' else 1} model"}
     mask_model = None
     if v.kind != "baseline":
         mask_model = _need(run / "masks" / "models" / v.test_source / "model.pt")
-        files += [mask_model, _first_shard(run / "masks" / v.test_source, "region-mask caches")]
+        files[mask_model] = "mask model"
+        files[_first_shard(run / "masks" / v.test_source, "region-mask caches")] = "region-mask cache"
     frames = _first_shard(shared / "frames", "frames shards")
-    files.append(frames)
-    stamps = {str(path): read_stamp_file(path) for path in files}
+    files[frames] = "frames shard"
+    stamps = {str(path): read_stamp_file(path, what) for path, what in files.items()}
     if v.input == "rgbflow":
         flow = _flow_shard(shared, stamps[str(network)].get("flow", {}))
-        stamps[str(flow)] = read_stamp_file(flow)
+        stamps[str(flow)] = read_stamp_file(flow, "flow cache")
     predictions = run / "predictions" / "test" / v.kind / v.input / v.train_source / f"{v.test_source}.h5"
     if predictions.is_file():
-        stamps[str(predictions)] = read_stamp_file(predictions)
+        stamps[str(predictions)] = read_stamp_file(predictions, "predictions file")
     check_consistent(stamps)
     settings: dict = {}
     for stamp in stamps.values():

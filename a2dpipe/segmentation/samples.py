@@ -15,8 +15,8 @@ views (:mod:`.loader`) does the reading, cropping and mirroring in its workers, 
 beforehand in the main process (:func:`plan_view`): the same seed gives the same batches whatever the number of
 workers. A training crop: random window (frames smaller than the crop are padded at the bottom and right: label
 IGNORE, image 0, masks 0), mirrored with probability 1/2 -- a mirror negates the flow's u, since a mirrored flow
-image would otherwise say the motion goes the wrong way: its image is the flow cache's ``rgb_mirror`` (or, in caches
-written before it, the stored field re-encoded). Only the window's rows and columns are read; the result is the same
+image would otherwise say the motion goes the wrong way: its image is the flow cache's ``rgb_mirror`` (in memory, the
+field re-encoded). Only the window's rows and columns are read; the result is the same
 as mirroring the whole frame, padding it and cropping.
 
 ``StoreSamples`` reads the per-shard stores (frames, flow, region masks: files of one shard share their name, e.g.
@@ -343,14 +343,8 @@ class StoreSamples(Samples):
         out = self._store(path, "frames").read_window(video, frame, ("rgb", "label"), rows, cols)
         if flow:
             store = self._store(self.flow_paths[path.name], "flow")
-            if not flow_field or store.has_mirror_images:  # a mirrored window: the stored mirror image
-                name = "rgb_mirror" if flow_field else "rgb"
-                out["flow_rgb"] = store.read_window(video, frame, (name,), rows, cols)[name]
-            elif flow_peak:  # re-encoded on the wheel's scale, the frame's longest vector: the whole field
-                whole = store.read_arrays(video, frame, ("flow",))["flow"].astype(np.float32)
-                out["flow"], out["flow_peak"] = whole[rows, cols], longest_vector(whole)
-            else:
-                out["flow"] = store.read_window(video, frame, ("flow",), rows, cols)["flow"]  # float16
+            name = "rgb_mirror" if flow_field else "rgb"  # a mirrored window: the stored image of the mirrored field
+            out["flow_rgb"] = store.read_window(video, frame, (name,), rows, cols)[name]
         if self.uses_regions:
             out.update(self._regions(path, video, frame, rows, cols, keep, mirrored))
         return out

@@ -15,7 +15,7 @@ folder and renamed when complete, so ``DIR`` never holds a partial result:
 - ``overlay.mp4``: every frame at its own size and the video's frame rate, the joint labels blended in in the
   report's legend colours (:data:`a2dpipe.labels.PALETTE`) and each actor-action's name on its largest region;
   with ``--every N`` a frame between two segmented ones shows the last segmented frame's labels;
-- ``labels.h5`` (``--maps h5``, the predictions format, :mod:`.predictions`: schema ``a2dpipe.predictions/1``,
+- ``labels.h5`` (``--maps h5``, the predictions format, :mod:`.predictions`: schema ``a2dpipe.predictions/2``,
   one group ``<name>/<frame:05d>`` per segmented frame, 1-based, with uint8 ``actor``, ``action`` and ``joint``
   maps at the frame's size) or ``labels/{actor,action,joint}/<frame:05d>.png`` (``--maps png``);
 - ``summary.json``: the video, the variant, frames decoded and segmented, sizes, seconds per stage and frames per

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError
+from a2dpipe.io import A2DError, describe_device
 from a2dpipe.variants import variant_name
 
 __all__ = ["Outputs", "overlay", "model_size", "SCHEMA", "STAGES"]
@@ -41,7 +41,7 @@ class Outputs:
         self.folder, self.source, self.maps, self.every = folder, source, maps, every
         self.variant = variant_name(chain.variant)
         self.model = chain.parts.network.name if chain.parts else type(chain.net).__name__
-        self.settings, self.height = chain.settings, chain.height
+        self.settings, self.height, self.device = chain.settings, chain.height, chain.device
         self.run_files = sorted(chain.parts.stamped) if chain.parts else []
         self.count = self.segmented = 0
         self.found: dict[int, dict] = {}
@@ -61,7 +61,7 @@ class Outputs:
             from a2dpipe.segmentation.predictions import PredictionWriter
 
             self._labels = PredictionWriter(self.folder / "labels.h5", variant=self.variant, model=self.model,
-                                            settings=self.settings)
+                                            device=describe_device(self.device), settings=self.settings)
             self._labels.__enter__()
         return self
 

@@ -15,8 +15,9 @@ Data: a ``DataLoader`` over the shards (:mod:`.loader`; config ``segmentation.lo
 ``loader_prefetch``) reads, crops and mirrors the frames, in worker processes when asked; the frames of a step and
 their crops are drawn in the main process, so the workers change the speed, never the result.
 
-Outputs: ``--out model.pt`` (``{"model": state_dict, "stage", "input", "mask_source", "config",
-"segmentation", "curve"}``) and ``loss.csv`` beside it (step, loss, lr, loss_actor, loss_action). The loop is
+Outputs: ``--out model.pt``, a ``stage-1 model`` or ``stage-2 model`` of :func:`a2dpipe.checkpoint.save_model_file`
+(builder arguments, weights, ``stage``, ``input``, ``mask_source``, ``steps``, ``amp``, ``curve``, provenance), and
+``loss.csv`` beside it (step, loss, lr, loss_actor, loss_action). The loop is
 the shared :class:`a2dpipe.trainer.Trainer`; a step is a :class:`CropStep` or a :class:`CachedStep`.
 
 Resuming: every ``checkpoint_every`` steps ``checkpoint.pt`` beside the output holds model, optimiser, scheduler,
@@ -35,19 +36,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, write_curve
+from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, save_model_file, write_curve
 from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, loader_options, make_loader,
                                          network_threads, result_settings, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.accelerator import autocast, autocast_dtype
 from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
-                             section_defaults, stamp, training_splits)
+                             section_defaults, training_splits)
 from a2dpipe.integrity import file_digest
-from a2dpipe.io import A2DError, atomic_path, select_device
+from a2dpipe.io import A2DError, select_device
 from a2dpipe.progress import progress
 from a2dpipe.recipe import build_optimizer, poly_schedule
 from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
-from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, curve_columns, tensorboard_hooks
+from a2dpipe.trainer import (PeriodicCheckpointer, Progress, Trainer, curve_columns, grad_scaler,
+                             tensorboard_hooks)
 
 __all__ = ["configure_parser", "run", "train", "load_checkpoint", "stage_recipe", "flow_encoding_settings",
            "CropStep", "CachedStep", "cache_features", "CURVE_COLUMNS"]
@@ -121,10 +123,10 @@ def _positions(n: int, seed: int, stage: int, step: int, batch_size: int) -> lis
     return out
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """Read a trained model file written by ``train`` (tensors on the CPU: ``load_state_dict`` moves them);
-    A2DError naming the file when it is not one (:func:`a2dpipe.checkpoint.load_model_file`)."""
-    return load_model_file(path, "segmentation")
+def load_checkpoint(path: str | Path, stage: int) -> dict:
+    """Read a stage-``stage`` model file written by ``train`` (tensors on the CPU: ``load_state_dict`` moves them);
+    A2DError naming the file and its rebuilding rule when it is not one (:func:`a2dpipe.checkpoint.load_model_file`)."""
+    return load_model_file(path, f"stage-{stage} model")
 
 
 def _load_stage1(model, stage1: str | Path | None, input: str, config: dict) -> str:
@@ -134,8 +136,8 @@ def _load_stage1(model, stage1: str | Path | None, input: str, config: dict) -> 
     """
     if stage1 is None:
         raise ValueError("stage 2 needs the stage-1 checkpoint")
-    ckpt = load_checkpoint(stage1)
-    check_consistent({"this job": config, str(stage1): read_stamp(ckpt.get("provenance"))})
+    ckpt = load_checkpoint(stage1, 1)
+    check_consistent({"this job": config, str(stage1): read_stamp(ckpt["provenance"])})
     if ckpt["input"] != input:
         raise A2DError(f"{stage1}: a stage-1 model for input {ckpt['input']!r}, not {input!r}")
     # front-end and baseline from stage 1; the region back-end starts fresh (its config may have changed)
@@ -290,7 +292,8 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     if stage1 is not None:
         recipe[f"stage-1 model {stage1}"] = s1_digest
     resume, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
-    start, curve = load_resume(resume, recipe, model, optimizer, scheduler) or (0, [])
+    scaler = grad_scaler(device.type if amp else None, amp)
+    start, curve = load_resume(resume, recipe, model, optimizer, scheduler, scaler) or (0, [])
 
     model.train()
     if stage == 2:  # frozen parts keep their batch-norm statistics
@@ -302,15 +305,16 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
              *tensorboard_hooks(curve_path)]
     trainer = Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"], start=start,
                       history=curve, hint=f"; lower the learning rates of config segmentation.stage{stage}",
-                      amp_device=device.type if amp else None, amp_dtype=amp or torch.bfloat16, hooks=hooks)
+                      amp_device=device.type if amp else None, amp_dtype=amp or torch.bfloat16, scaler=scaler,
+                      hooks=hooks)
     if not trainer.train(max_steps):
         return None
-    result = {"model": model.state_dict(), "stage": stage, "input": input,
-              "mask_source": mask_source if stage == 2 else None, "config": result_settings(config),
-              "segmentation": recorded_seg,
-              "curve": trainer.history, "provenance": stamp(result_settings(config))}
     write_curve(curve_path, trainer.history, CURVE_COLUMNS)
-    with atomic_path(out) as tmp:
-        torch.save(result, tmp)
+    # the builder's arguments: the network these weights fit, whatever settings a later job has
+    builder = {"config": {"segmentation": recorded_seg}, "input": input, "regions": stage == 2}
+    meta = {"stage": stage, "input": input, "mask_source": mask_source if stage == 2 else None,
+            "steps": opts["iterations"], "amp": bool(seg["amp"]), "curve": trainer.history}
+    result = save_model_file(out, f"stage-{stage} model", builder=builder, weights=model.state_dict(), meta=meta,
+                             settings=result_settings(config))
     remove_resume(resume)
     return result

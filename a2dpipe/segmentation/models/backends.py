@@ -124,11 +124,6 @@ class RegionPredictor(nn.Module):
         return torch.cat([F.softmax(self.actor(x).float(), 1), F.softmax(self.action(x).float(), 1)], dim=1)
 
 
-# parameter names of the region back-end before it was split into parts -> their names now
-_LEGACY_NAMES = {"fc6.": "box_head.fc6.", "fc7.": "box_head.fc7.", "actor.": "box_predictor.actor.",
-                 "action.": "box_predictor.action."}
-
-
 class RegionBackEnd(nn.Module):
     """Region back-end (see the module docstring), assembled from parts as torchvision's ``RoIHeads`` is.
 
@@ -142,8 +137,7 @@ class RegionBackEnd(nn.Module):
     ``forward(features, regions, size)``: ``regions`` is a list (one per frame of the batch) of dicts with
     ``boxes`` (N, 4) float x1, y1, x2, y2 in frame pixels and ``masks`` (N, H, W) float in [0, 1]; N may be 0.
     Returns the module docstring's dict plus ``"region_scores"``: list of (N, 18) per-region probabilities
-    (actor 8 then action 10). Checkpoints written before the split (``region.fc6.*``, ``region.actor.*``, ...)
-    load under the new names. :func:`pixel_log_probs` runs steps 4-5 alone on given region probabilities (the
+    (actor 8 then action 10). :func:`pixel_log_probs` runs steps 4-5 alone on given region probabilities (the
     mask-vote control feeds it averaged stage-1 probabilities instead of the heads').
     """
 
@@ -155,7 +149,6 @@ class RegionBackEnd(nn.Module):
         self.box_head = box_head
         self.box_predictor = box_predictor
         self.region_to_pixel = region_to_pixel
-        self.register_load_state_dict_pre_hook(_rename_legacy)
 
     def region_scores(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """(sum N, 18) per-region probabilities (actor softmax, then action softmax) for all frames' boxes."""
@@ -215,14 +208,6 @@ def pixel_log_probs(region_to_pixel: RegionToPixel, scores: list[torch.Tensor],
     logp = region_to_pixel.forward_batch(list(scores), [r["masks"] for r in regions],
                                          [r["boxes"].float() for r in regions], size)
     return {"actor": logp[:, :NUM_ACTORS].contiguous(), "action": logp[:, NUM_ACTORS:].contiguous()}
-
-
-def _rename_legacy(module, state_dict, prefix, *args) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        rest = key[len(prefix):]
-        for old, new in _LEGACY_NAMES.items():
-            if rest.startswith(old):
-                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
 
 
 def build_region_back_end(in_channels: int, *, roi_size: int = 7, fc_dim: int = 256,

@@ -15,6 +15,8 @@ from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.evaluation.evaluate import _json_safe
 from a2dpipe.dataset.frames import FORMAT as FRAMES
 from a2dpipe.segmentation.predictions import FORMAT as PREDICTIONS
+from a2dpipe.flow.store import FORMAT as FLOW
+from a2dpipe.masks.cache import FORMAT as MASKS
 from a2dpipe.variants import NONE, Variant, variant_name
 
 VARIANT_PARTS = [
@@ -501,11 +503,13 @@ def _fixture_run(root: Path) -> dict:
                 g.create_dataset("rgb", data=rng.integers(0, 255, (32, 48, 3), dtype=np.uint8))
                 g.create_dataset("label", data=label)
                 labels_of[f"vid{v}/00004"] = (label, v % 2 == 1)
-        with h5(res / "flow" / "dis" / f"shard-{shard:03d}.h5", {"method": "dis", "seconds_per_frame": 0.02}) as f:
+        with h5(res / "flow" / "dis" / f"shard-{shard:03d}.h5", {"schema": FLOW.schema, "method": "dis",
+                                                                    "seconds_per_frame": 0.02}) as f:
             for v in (2 * shard, 2 * shard + 1):
                 f.create_group(f"vid{v}/00004")
         for source in ("dataset", "generic", "gt"):
-            with h5(res / "masks" / source / f"shard-{shard:03d}.h5", {"source": source, "seconds_per_frame": 0.1}) as f:
+            with h5(res / "masks" / source / f"shard-{shard:03d}.h5", {"schema": MASKS.schema, "source": source,
+                                                                      "seconds_per_frame": 0.1}) as f:
                 for v in (2 * shard, 2 * shard + 1):
                     f.create_group(f"vid{v}/00004")
     checkpoints = [res / "masks/models/dataset", res / "masks/models/generic", res / "models/stage1/rgb",
@@ -518,7 +522,8 @@ def _fixture_run(root: Path) -> dict:
     pd.DataFrame([{"source": "dataset", "AP": 40.0}, {"source": "generic", "AP": 20.0}]).to_csv(
         res / "masks" / "quality.csv", index=False)
     for k, variant in enumerate(VARIANT_PARTS):  # the layout: predictions/{split}/{kind}/{input}/{train}/{test}.h5
-        attrs = {"schema": PREDICTIONS.schema, "variant": variant_name(variant), "seconds_per_frame": 0.01 * (k + 1)}
+        attrs = {"schema": PREDICTIONS.schema, "variant": variant_name(variant), "seconds_per_frame": 0.01 * (k + 1),
+                 "device": "CPU fixture"}
         with h5(res / "predictions" / "test" / Path(*variant[:3]) / f"{variant.test_source}.h5", attrs) as f:
             for key, (label, test) in labels_of.items():
                 if test:

@@ -25,7 +25,7 @@ import torch
 
 from a2dpipe.config import load_config
 from a2dpipe.segmentation.loader import loader_options
-from a2dpipe.segmentation.models import build_segmenter
+from a2dpipe.segmentation.models import build_segmenter, segmenter_arguments
 from a2dpipe.segmentation.predict import predict
 from a2dpipe.segmentation.samples import StoreSamples
 from a2dpipe.segmentation.train import cache_features, flow_encoding_settings, load_checkpoint
@@ -62,7 +62,8 @@ def time_predict(config: dict, results: Path, v: Variant, out: Path) -> tuple[fl
 def time_cache(config: dict, results: Path, batch: int) -> float:
     """Wall seconds per view of :func:`cache_features` (stage-1 rgbflow front-end, training frames and mirrors)."""
     ckpt = load_checkpoint(results / "models" / "stage1" / "rgbflow" / "model.pt")
-    model = build_segmenter(ckpt["config"], input="rgbflow", pretrained=False, regions=False)
+    model = build_segmenter(**segmenter_arguments(ckpt["config"]["segmentation"], input="rgbflow", pretrained=False,
+                                                  regions=False))
     model.load_state_dict(ckpt["model"])
     model.eval()
     samples = StoreSamples(sorted((results / "frames").glob("shard-*.h5")), split="train",
@@ -70,7 +71,8 @@ def time_cache(config: dict, results: Path, batch: int) -> float:
                            masks=sorted((results / "masks" / "dataset").glob("shard-*.h5")), gt_regions=True,
                            **flow_encoding_settings(config, "rgbflow"))
     start = time.perf_counter()
-    cache = cache_features(model, samples, torch.device("cpu"), False, loader_options(config), batch_size=batch)
+    cache = cache_features(model, samples, torch.device("cpu"), False, loader_options(config["segmentation"]),
+                           batch_size=batch)
     seconds = (time.perf_counter() - start) / len(cache)
     samples.close()
     return seconds

@@ -20,11 +20,12 @@ from a2dpipe.io import A2DError
 from a2dpipe.masks import train as mask_train
 from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mask_model
 from a2dpipe.segmentation import train as seg_train
-from a2dpipe.segmentation.models import build_front_end, build_segmenter
+from a2dpipe.segmentation.models import build_front_end
+from conftest import complete, segmenter
 
 torch.set_num_threads(1)
 
-CONFIG = {
+CONFIG = complete({
     "seed": 0,
     "device": "cpu",
     "segmentation": {
@@ -34,7 +35,7 @@ CONFIG = {
         "stage1": {"iterations": 6, "batch_size": 2, "checkpoint_every": 2},
         "stage2": {"iterations": 4, "batch_size": 2, "checkpoint_every": 2, "fc_dim": 16, "roi_size": 3},
     },
-}
+})
 
 
 class RunsCode:
@@ -105,7 +106,7 @@ def test_a_pickle_that_would_run_code_is_refused_by_every_loader(tmp_path, caplo
                 load(path)
             assert not marker.exists(), f"the {name} loader ran the file's code"
     # the resume loader sets it aside and starts afresh
-    model = build_segmenter(CONFIG, input="rgb", pretrained=False)
+    model = segmenter(CONFIG, input="rgb", pretrained=False)
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     resume = shutil.copy(wrapped, tmp_path / "checkpoint.pt")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from a2dpipe.cli import main as cli_main
-from a2dpipe.config import section_defaults
+from conftest import schema_section
 from a2dpipe.dataset.frames import FORMAT as FRAMES
 from a2dpipe.io import A2DError
 from a2dpipe.masks import MaskCache, MaskCacheWriter, Regions
@@ -77,7 +77,7 @@ def _config(**masks):
     cfg = dict(model="maskrcnn", backbone="tiny", coco_checkpoint=None, min_size=48, max_size=64, iterations=30, batch_size=2,
                optimizer="sgd", lr=0.01, checkpoint_every=10, score_threshold=0.05, max_regions=10)
     cfg.update(masks)
-    return {"seed": 0, "device": "cpu", "masks": section_defaults("masks", cfg)}  # the schema fills the rest
+    return {"seed": 0, "device": "cpu", "masks": schema_section("masks", cfg)}  # the schema fills the rest
 
 
 # --- cache ---------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import yaml
 
 import a2dpipe
 from a2dpipe.integrity import with_digest
-from a2dpipe.config import check_consistent, load_config, resolve, section_defaults, settings_slice
+from a2dpipe.config import check_consistent, load_config, resolve, settings_slice
 from a2dpipe.dataset.synthetic import MARKER
 from a2dpipe.io import A2DError
 from conftest import REPO
@@ -54,24 +54,36 @@ def test_config_yaml_and_the_schema_agree_on_every_default():
     assert not disagree, f"config.yaml vs schema default: {disagree}"
 
 
-def test_a_command_run_by_hand_gets_the_schema_defaults(tmp_path):
+def test_a_command_run_by_hand_gets_the_schema_defaults_of_its_declared_keys(tmp_path):
+    from argparse import Namespace
+
+    from a2dpipe.settings import read_settings
+
     path = _write({"evaluation": {"boundary_width": 3}}, tmp_path / "c.yaml")
     config = load_config(path)
-    assert config["evaluation"] == {**section_defaults("evaluation"), "boundary_width": 3}
-    assert config["segmentation"]["stage2"]["fc_dim"] == section_defaults("segmentation")["stage2"]["fc_dim"]
+    defaults = resolve({}, partial=True)
+    assert config["evaluation"] == {**defaults["evaluation"], "boundary_width": 3}
+    assert config["segmentation"]["stage2"]["fc_dim"] == defaults["segmentation"]["stage2"]["fc_dim"]
+    # the command sees only what it declares, the schema's defaults filled in once, when the file is read
+    assert read_settings(Namespace(config=str(path), settings=None), "evaluate") == {
+        "evaluation": {"boundary_width": 3, "settings_from": defaults["evaluation"]["settings_from"]}}
 
 
 def test_settings_from_a_rule_gain_no_defaults_and_are_validated():
     from argparse import Namespace
 
-    from a2dpipe.config import read_settings
+    from a2dpipe.settings import read_settings
 
-    assert read_settings(Namespace(settings='{"frames": {"compression": "gzip"}}', config=None)) == \
-        {"frames": {"compression": "gzip"}}
+    def read(text):
+        return read_settings(Namespace(settings=text, config=None), "extract-frames")
+
+    assert read('{"frames": {"compression": "gzip"}}') == {"frames": {"compression": "gzip"}}
     with pytest.raises(A2DError, match="frames.compression"):
-        read_settings(Namespace(settings='{"frames": {"compression": "zip"}}', config=None))
+        read('{"frames": {"compression": "zip"}}')
     with pytest.raises(A2DError, match="--settings: not valid JSON"):
-        read_settings(Namespace(settings="{frames", config=None))
+        read("{frames")
+    with pytest.raises(A2DError, match="lacks config key 'frames'.*a2dpipe extract-frames"):
+        read('{"seed": 0}')
 
 
 def test_settings_slice_keeps_the_config_shape():

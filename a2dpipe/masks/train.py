@@ -36,8 +36,8 @@ import torch
 
 from a2dpipe.checkpoint import (fingerprint, load_model_file, load_resume, load_state_partial, remove_resume,
                                 write_curve)
-from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp, stamp,
-                             training_splits)
+from a2dpipe.config import check_consistent, check_inputs, read_stamp, stamp, training_splits
+from a2dpipe.settings import add_config_arguments, plain, read_settings
 from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError, atomic_path, select_device
 from a2dpipe.masks.cache import model_provenance
@@ -57,8 +57,7 @@ NUM_CLASSES = {"dataset": 8, "generic": 2}
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, device, dataset.final_fit, masks (all but score_threshold; iterations "
-                         "without --start, finetune_iterations with it)")
+    add_config_arguments(parser, "train-mask-model")
     parser.add_argument("--source", required=True, choices=("dataset", "generic"), help="mask source to train")
     parser.add_argument("--frames", required=True, nargs="+", help="frames stores (every shard)")
     parser.add_argument("--start", nargs="*", default=[],
@@ -67,7 +66,7 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    settings = read_settings(args)
+    settings = read_settings(args, "train-mask-model")
     if len(args.start) > 1:
         raise A2DError(f"--start takes one mask model, got {len(args.start)}")
     check_inputs(settings, {"frames shard": args.frames})
@@ -137,7 +136,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     write_curve(curve_path, history, columns_of(history))
     checkpoint = {
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
-        "arch": arch, "source": source, "class_agnostic": source == "generic", "config": cfg, "seed": seed,
+        "arch": arch, "source": source, "class_agnostic": source == "generic", "config": plain(cfg), "seed": seed,
         "steps": iterations, "start": start_provenance,
         "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else float("nan"),
         "provenance": stamp(config),
@@ -184,7 +183,7 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
     log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])
     checkpoint = {
         "model": model.state_dict(), "arch": arch, "source": "generic", "class_agnostic": True,
-        "config": cfg, "seed": int(config["seed"]), "steps": 0, "final_loss": float("nan"),
+        "config": plain(cfg), "seed": int(config["seed"]), "steps": 0, "final_loss": float("nan"),
         "provenance": stamp(config),
     }
     with atomic_path(out) as tmp:

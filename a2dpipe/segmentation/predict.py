@@ -26,15 +26,15 @@ import torch
 
 from a2dpipe.progress import progress
 from a2dpipe.segmentation.predictions import PredictionWriter
-from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, network_threads,
-                                         result_settings, same_size_batches, to_device)
+from a2dpipe.segmentation.loader import (collate, loader_options, make_loader, network_threads, same_size_batches,
+                                         to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.checkpoint import load_model_file
 from a2dpipe.accelerator import autocast, autocast_dtype
-from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
-                             training_splits)
+from a2dpipe.config import check_consistent, check_inputs, read_stamp, training_splits
+from a2dpipe.settings import add_config_arguments, compared, read_settings, recorded
 from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, release_free_memory, select_device
-from a2dpipe.segmentation.models import build_segmenter, class_argmax, joint_prediction
+from a2dpipe.segmentation.models import build_segmenter, class_argmax, joint_prediction, segmenter_arguments
 from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel_ranges
 from a2dpipe.segmentation.train import flow_encoding_settings
@@ -47,9 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "device, flow.encoding and flow.wheel_max (rgbflow), segmentation.stage2's "
-                         "uncovered_background and pixel_stride (maskvote), segmentation.loader_workers, "
-                         "loader_prefetch and inference_batch; the network is the model's")
+    add_config_arguments(parser, "predict")
     parser.add_argument("--kind", required=True, choices=KINDS, help="network and head (a2dpipe.variants)")
     parser.add_argument("--input", required=True, choices=INPUTS)
     parser.add_argument("--train-source", default=NONE, choices=(NONE, *TRAINED_SOURCES),
@@ -88,9 +86,9 @@ def mask_vote(to_pixel: RegionToPixel, outputs: dict[str, torch.Tensor],
 
 
 def run(args) -> None:
-    config = read_settings(args)
+    config = read_settings(args, "predict")
     if args.threads:
-        torch.set_num_threads(network_threads(args.threads, config))
+        torch.set_num_threads(network_threads(args.threads, config["segmentation"]["loader_workers"]))
     v = check_variant(Variant(args.kind, args.input, args.train_source, args.test_source))
     if v.input == "rgbflow" and not args.flow:
         raise A2DError(f"variant {variant_name(v)} needs --flow stores")
@@ -114,7 +112,8 @@ def load_network(config: dict, variant: Variant, model: str | Path, device, spli
     predict."""
     v, name = variant, variant_name(variant)
     ckpt = load_model_file(model, "segmentation")  # on the CPU; load_state_dict moves it
-    check_consistent({"this job": _without_inference_batch(config), str(model): read_stamp(ckpt.get("provenance"))})
+    check_consistent({"this job": compared("predict", config, variant._asdict()),
+                      str(model): read_stamp(ckpt.get("provenance"))})
     if split == "val" and "val" in training_splits(ckpt.get("config") or {}):
         raise A2DError(f"{model}: trained on train + val (dataset.final_fit: train+val), so the validation split "
                        "cannot score it; choose settings with dataset.final_fit: train, then fit on train + val")
@@ -123,7 +122,8 @@ def load_network(config: dict, variant: Variant, model: str | Path, device, spli
         raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {name} needs a "
                        f"stage-{want_stage} {v.input} model")
     # the architecture is the one the checkpoint was trained with, whatever the current config says
-    net = build_segmenter(ckpt["config"], input=v.input, pretrained=False, regions=v.kind == "ours")
+    net = build_segmenter(**segmenter_arguments(ckpt["config"]["segmentation"], input=v.input, pretrained=False,
+                                                regions=v.kind == "ours"))
     net = net.to(device).eval()
     net.load_state_dict(ckpt["model"])
     return net, ckpt["segmentation"]
@@ -137,15 +137,6 @@ def vote_layer(config: dict, variant: Variant, device) -> RegionToPixel | None:
     stage2 = config["segmentation"]["stage2"]
     return RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
                          pixel_stride=stage2["pixel_stride"]).to(device)
-
-
-def _without_inference_batch(config: dict) -> dict:
-    """``config`` less ``segmentation.inference_batch``: the batch stage 2 cached its features in need not be the one
-    this job predicts in."""
-    seg = config.get("segmentation")
-    if not seg or "inference_batch" not in seg:
-        return config
-    return {**config, "segmentation": {k: v for k, v in seg.items() if k != "inference_batch"}}
 
 
 def log_probs(net, variant: Variant, batch: dict, vote_to_pixel, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -182,10 +173,12 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
     amp = autocast_dtype(device, bool(trained["amp"]))  # bf16, fp16 or None (float32) for this GPU
     vote_to_pixel = vote_layer(config, variant, device)
     views = [View(i, flow=net.uses_flow) for i in range(len(samples))]
-    batches = same_size_batches(samples, views, inference_batch_size(config))
-    frames = make_loader(samples, batches, collate_fn=collate, device=device, **loader_options(config))
+    batches = same_size_batches(samples, views, config["segmentation"]["inference_batch"])
+    frames = make_loader(samples, batches, collate_fn=collate, device=device,
+                         **loader_options(config["segmentation"]))
     seconds = 0.0
-    with (PredictionWriter(out, variant=name, model=Path(model).name, settings=result_settings(config)) as writer,
+    made_with = recorded("predict", config, variant._asdict())
+    with (PredictionWriter(out, variant=name, model=Path(model).name, settings=made_with) as writer,
           progress(total=len(samples), desc=f"predict {name}") as bar):
         for loaded in frames:
             batch = to_device(loaded, device, with_flow=net.uses_flow)

@@ -1,6 +1,7 @@
 # Dataset stage: the synthetic benchmark (embedded default), the frame index and per-shard frame extraction.
-# Each rule passes its command exactly the config values it reads (params.settings, see common.smk), so that
-# changing one reruns it and what depends on it (rerun trigger "params"). Every substitution is shell-quoted.
+# Each rule passes its command exactly the config values that command declares it reads (params.settings:
+# get_settings in common.smk, from a2dpipe/settings.py), so that changing one reruns it and what depends on it
+# (rerun trigger "params"). Every substitution is shell-quoted.
 
 
 if config["dataset"]["synthetic"]:
@@ -23,7 +24,7 @@ if config["dataset"]["synthetic"]:
             **get_job_resources("pass"),
         params:
             code=get_code("synthesize"),
-            settings=get_settings("seed", "synthetic"),
+            settings=get_settings("synthesize"),
         shell:
             "python -m a2dpipe synthesize --settings {params.settings:q} --out {output.root:q}"
             " --workers {threads:q} --log {log:q}"
@@ -45,7 +46,7 @@ rule index:
         **get_job_resources("small"),
     params:
         code=get_code("index"),
-        settings=get_index_settings(),
+        settings=get_settings("index"),
     shell:
         "python -m a2dpipe index --settings {params.settings:q} --root {input.root:q} --out {output.index:q}"
         " --log {log:q}"
@@ -68,7 +69,7 @@ rule extract_frames:
         **get_job_resources("shard"),
     params:
         code=get_code("extract-frames"),
-        settings=get_settings("frames"),
+        settings=get_settings("extract-frames"),
     shell:
         "python -m a2dpipe extract-frames --settings {params.settings:q} --root {input.root:q}"
         " --index {input.index:q} --shard {wildcards.shard:q} --out {output.frames:q} --log {log:q}"

@@ -22,15 +22,17 @@ A command that reads a new key adds it here, and nowhere else but the schema, ``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from a2dpipe.config import load_config, resolve, schema, settings_slice
 from a2dpipe.io import A2DError
+from a2dpipe.variants import INPUTS, KINDS, TEST_SOURCES
 
-__all__ = ["Declaration", "DECLARATIONS", "Settings", "declared_keys", "settings_json", "add_config_arguments",
-           "read_settings", "recorded", "compared", "plain"]
+__all__ = ["Declaration", "DECLARATIONS", "Settings", "declared_keys", "settings_json", "job_values", "default_keys",
+           "add_config_arguments", "read_settings", "recorded", "compared", "plain"]
 
 Job = Mapping[str, object]
 
@@ -192,12 +194,29 @@ def settings_json(command: str, config: Mapping, job: Job | None = None) -> str:
     return json.dumps(settings_slice(config, declared_keys(command, config, job)), sort_keys=True)
 
 
+def job_values(name: str) -> tuple:
+    """The values a job value ``name`` of a declaration takes (``start``: none, or a model to start from)."""
+    methods = tuple(schema()["properties"]["flow"]["properties"]["method"]["enum"])
+    return {"stage": (1, 2), "input": INPUTS, "kind": KINDS, "source": TEST_SOURCES, "start": ((), ("model.pt",)),
+            "metrics_only": (False, True), "method": methods}[name]
+
+
+def default_keys(command: str) -> list[str]:
+    """Every key ``command`` reads of the schema's default config, over all its jobs (its help lists them)."""
+    config = resolve({"dataset": {}}, partial=True)
+    names = _declaration(command).job
+    keys = {key for values in itertools.product(*map(job_values, names))
+            for key in declared_keys(command, config, dict(zip(names, values)))}
+    return sorted(keys)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """``--config FILE`` (by hand) or ``--settings JSON`` (from the rule's params), helped by the declaration."""
-    reads = _declaration(command).reads
+    reads = f"{_declaration(command).reads}; with the schema's defaults: {', '.join(default_keys(command)) or 'none'}"
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--config", help=f"config YAML, validated and completed by the schema (reads {reads})")
-    group.add_argument("--settings", help=f"JSON of the config values this command reads ({reads}); the rules pass it")
+    group.add_argument("--settings", help="JSON of the config values this command reads (those --config names); the "
+                                          "rules pass it")
 
 
 class Settings(dict):

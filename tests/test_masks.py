@@ -495,8 +495,8 @@ def test_synthetic_benchmark_writes_visible_distractors_for_the_generic_source(t
     from a2dpipe.dataset.synthetic import read_distractors, synthesize
 
     root = tmp_path / "a2d"
-    synthesize({"videos": 2, "height": 48, "widths": [64], "frames": 4, "annotated_frames": 2, "distractors": 2},
-               seed=0, out=root)
+    synthesize(schema_section("synthetic", {"videos": 2, "height": 48, "widths": [64], "frames": 4,
+                                            "annotated_frames": 2, "distractors": 2}), seed=0, out=root)
     found = 0
     for row in list_annotated_frames(root).itertuples():
         distractors = read_distractors(root, row.video, row.frame)

@@ -118,7 +118,7 @@ def test_video_is_lossy_but_faithful(tiny_root):
 
 def test_several_small_and_occluded_actors_in_default_size():
     """On the default plan: balanced pairs, clips with several actors; in rendered clips, small and occluded actors."""
-    s = _settings({})
+    s = _settings(schema_section("synthetic"))
     plan = plan_clips(s, np.random.default_rng(0))
     for usage in (0, 1):
         counts = Counter(p for c in plan if c["usage"] == usage for p in c["pairs"])

@@ -78,7 +78,8 @@ def _batches(store, keys, batch_size: int):
 def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> dict:
     """Compute the flow cache ``out_path`` from the frames store ``frames_path``; returns the root attributes.
 
-    ``flow_cfg`` holds the ``flow`` keys the method reads (see ``configure_parser``); the cache records them.
+    ``flow_cfg`` holds the ``flow`` keys the method reads (declared in :mod:`a2dpipe.settings`); the cache records
+    them.
     """
     from a2dpipe.dataset.frames import FrameStore
 

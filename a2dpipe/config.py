@@ -125,6 +125,7 @@ def load_config(path: str | os.PathLike) -> dict:
         raise A2DError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(config, dict):
         raise A2DError(f"{path}: expected a mapping at the top level")
+    config.setdefault("dataset", {})  # the one section without a default of its own (its root is required)
     return resolve(config, str(path), partial=True)
 
 

@@ -258,10 +258,22 @@ def read_settings(args: argparse.Namespace, command: str) -> Settings:
     config, source = _read_config(args)
     try:
         keys = declared_keys(command, config, vars(args))
-        return Settings(settings_slice(config, keys), command)
-    except KeyError as err:
-        raise A2DError(f"{source}: lacks config key {err.args[0]!r}, which `a2dpipe {command}` reads "
-                       f"(a2dpipe.settings.DECLARATIONS)") from None
+    except KeyError as err:  # a key that chooses the others (flow.method, masks.model, ...)
+        keys = [str(err.args[0])]
+    missing = [key for key in keys if not _holds(config, key)]
+    if missing:
+        raise A2DError(f"{source}: lacks config key(s) {', '.join(missing)}, which `a2dpipe {command}` reads "
+                       f"(a2dpipe.settings.DECLARATIONS)")
+    return Settings(settings_slice(config, keys), command)
+
+
+def _holds(config: Mapping, key: str) -> bool:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _without(settings: Mapping, keys) -> dict:

@@ -17,7 +17,7 @@ def complete(config: dict) -> dict:
     when a command reads it: the code under test reads each key it needs and has no default of its own."""
     from a2dpipe.config import resolve
 
-    return resolve({"dataset": {}, **config}, "test config", partial=True)  # dataset: the one section without a default
+    return resolve({"dataset": {}, **config}, "test config", partial=True)  # dataset's own default: none
 
 
 def segmenter(config: dict, **options):

@@ -73,7 +73,7 @@ def test_a_command_that_reads_an_undeclared_key_fails_naming_it(tiny_run, tmp_pa
     monkeypatch.setitem(settings.DECLARATIONS, "evaluate", settings.Declaration(
         declaration.reads, lambda config, job: ["evaluation.settings_from"]))
     results = tiny_run / "results"
-    given = {"evaluation": {"boundary_width": 5, "settings_from": "frames"}}
+    given = {"evaluation": {"boundary_width": 5, "settings_from": "heads"}}
     log = tmp_path / "evaluate.log"
     code = main(["evaluate", "--settings", json.dumps(given), "--predictions",
                  str(results / "predictions" / "baseline" / "rgb" / "none" / "none.h5"),

@@ -177,7 +177,8 @@ def find_parts(run: str | Path, variant: Variant, shared: str | Path | None = No
         log.info("%s not found: the mask vote takes the schema's segmentation.stage2 settings", predictions)
     # the artifacts record what their commands read; what segment needs beyond that (a stage-1 run's inference
     # batch, the mask vote's stage2 without its predictions) is the schema's default
-    recorded = {k: settings.get(k, {}) for k in ("segmentation", "flow", "frames")}
-    settings.update(resolve(recorded, "the run's recorded settings", partial=True))
+    sections = ("segmentation", "flow", "frames")
+    filled = resolve({k: settings.get(k, {}) for k in sections}, "the run's recorded settings", partial=True)
+    settings.update({k: filled[k] for k in sections})
     settings.setdefault("device", "auto")
     return RunParts(v, network, mask_model, settings, _frame_height(frames), stamps)

@@ -59,9 +59,9 @@ use_short_params_reason()
 
 
 def get_settings(command, **job):
-    """Params function of a rule running `a2dpipe <command>`: JSON of the config values its declaration
-    (a2dpipe.settings.DECLARATIONS) lists for the job. A job value named there comes from `job` (a value, or a
-    function of the wildcards) or else from the wildcard of that name."""
+    """Params function `settings` of the rules that run `a2dpipe <command>`, JSON of the config values its
+    declaration (a2dpipe.settings.DECLARATIONS) lists for the job. A job value named there comes from `job` (a
+    value, or a function of the wildcards) or else from the wildcard of that name."""
 
     def settings(wildcards):
         values = dict(wildcards.items())

@@ -1,8 +1,9 @@
 """Configuration and provenance: one schema validates every config and is the only source of its defaults.
 
 The schema is ``workflow/schemas/config.schema.yaml``. The workflow validates ``config`` against it and passes each
-command exactly the values its rule declares as params, as JSON (``--settings``); a command run by hand reads a
-plain YAML file instead (``--config``), which is validated and completed with the schema's defaults here::
+command exactly the values it declares (:mod:`a2dpipe.settings`) as JSON (``--settings``); a command run by hand
+reads a plain YAML file instead (``--config``), which is validated and completed with the schema's defaults here,
+once::
 
     a2dpipe evaluate --config config.yaml ...                              # by hand: the whole file
     a2dpipe evaluate --settings '{"evaluation": {"boundary_width": 15, ...}}' ...   # from the rule's params
@@ -14,7 +15,6 @@ combine artifacts, or an artifact and a job, that disagree on a setting they sha
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import json
@@ -28,9 +28,8 @@ from a2dpipe import __version__
 from a2dpipe.integrity import code_stamp
 from a2dpipe.io import A2DError, atomic_path, open_hdf5
 
-__all__ = ["SCHEMA_PATH", "schema", "load_config", "resolve", "section_defaults", "settings_slice",
-           "add_config_arguments", "read_settings", "stamp", "stamp_attrs", "read_stamp", "hdf5_stamp",
-           "check_consistent", "check_inputs", "write_made_from", "check_coherence", "check_resamples", "MIN_RESAMPLES", "code_of"]
+__all__ = ["SCHEMA_PATH", "schema", "load_config", "resolve", "check_section", "settings_slice", "stamp",
+           "stamp_attrs", "read_stamp", "hdf5_stamp", "check_consistent", "check_inputs", "write_made_from", "check_coherence", "check_resamples", "MIN_RESAMPLES", "code_of"]
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -126,12 +125,18 @@ def load_config(path: str | os.PathLike) -> dict:
         raise A2DError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(config, dict):
         raise A2DError(f"{path}: expected a mapping at the top level")
+    config.setdefault("dataset", {})  # the one section without a default of its own (its root is required)
     return resolve(config, str(path), partial=True)
 
 
-def section_defaults(name: str, section: Mapping | None = None) -> dict:
-    """Config section ``name`` validated and completed with the schema's defaults (``{}`` gives the defaults)."""
-    return resolve({name: dict(section or {})}, f"config {name}", partial=True)[name]
+def check_section(name: str, section: Mapping) -> dict:
+    """Config section ``name`` validated, with every key the schema gives it (nothing is filled in); A2DError naming
+    the keys it lacks. For code handed one section (a builder's settings) rather than a whole config."""
+    checked = resolve({name: dict(section)}, f"config {name}", partial=True, fill_defaults=False)[name]
+    missing = [k for k in schema()["properties"][name]["properties"] if k not in checked]
+    if missing:
+        raise A2DError(f"config {name}: lacks {', '.join(missing)} (docs/configuration.md gives their defaults)")
+    return checked
 
 
 def training_splits(settings: Mapping) -> tuple[str, ...]:
@@ -157,33 +162,13 @@ def settings_slice(config: Mapping, keys: Iterable[str]) -> dict:
     return out
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, reads: str) -> None:
-    """``--config FILE`` (by hand) or ``--settings JSON`` (from the rule's params); ``reads`` says which keys."""
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--config", help=f"config YAML, validated and completed by the schema (reads {reads})")
-    group.add_argument("--settings", help=f"JSON of the config values this command reads ({reads}); the rules pass it")
-
-
-def read_settings(args: argparse.Namespace) -> dict:
-    """The settings of a command: its ``--settings`` slice as given (validated), or the whole ``--config`` file."""
-    if args.settings is None:
-        return load_config(args.config)
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as err:
-        raise A2DError(f"--settings: not valid JSON: {err}") from None
-    if not isinstance(settings, dict):
-        raise A2DError("--settings: expected a JSON object")
-    return resolve(settings, "--settings", partial=True, fill_defaults=False)
-
-
 # -- provenance ---------------------------------------------------------------------------------------------------
 
 
 def stamp(settings: Mapping) -> dict:
     """What an artifact records about how it was made: ``{"a2dpipe_version", "settings", "code"}``; ``code`` is
     ``{command: digest of its source}`` of the command writing it (:func:`a2dpipe.integrity.code_stamp`)."""
-    return {"a2dpipe_version": __version__, "settings": copy.deepcopy(dict(settings)), "code": code_stamp()}
+    return {"a2dpipe_version": __version__, "settings": json.loads(json.dumps(settings)), "code": code_stamp()}
 
 
 def stamp_attrs(settings: Mapping) -> dict:

@@ -136,10 +136,9 @@ def step_seconds(args, device, steps: int = 3) -> float:
     """Seconds per stage-1 training step of the two-stream network at the benchmark's batch and crop."""
     from a2dpipe.segmentation.models import build_segmenter, segmentation_loss
 
-    config = {"seed": 0, "device": str(device),
-              "segmentation": {"backbone": args.backbone, "width": args.width_channels, "aspp_rates": [6, 12, 18, 24]}}
     torch.manual_seed(0)
-    model = build_segmenter(config, input="rgbflow", pretrained=False).to(device).train()
+    model = build_segmenter(input="rgbflow", backbone=args.backbone, width=args.width_channels,
+                            aspp_rates=[6, 12, 18, 24]).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     ch, cw = args.crop
     labels = torch.zeros(args.batch, ch, cw, dtype=torch.uint8)

@@ -83,13 +83,13 @@ import numpy as np
 import torch
 
 from a2dpipe.accelerator import autocast_dtype
-from a2dpipe.config import load_config
+from a2dpipe.config import load_config, resolve
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.io import A2DError, atomic_path, describe_device, select_device
 from a2dpipe.labels import VALID_PAIRS
 from a2dpipe.segmentation.loader import collate, to_device
 from a2dpipe.segmentation.models import backends as model_backends
-from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
+from a2dpipe.segmentation.models import build_segmenter, segmentation_loss, segmenter_arguments
 from a2dpipe.segmentation.predict import label_maps, log_probs  # the prediction command's own forward pass
 from a2dpipe.segmentation.samples import ArraySamples
 from a2dpipe.segmentation.train import load_checkpoint, stage_recipe, train
@@ -140,8 +140,7 @@ def check_config(path: str | Path, device: torch.device, tiny: bool, lr_scale: f
     if tiny:
         seg.update({k: v for k, v in TINY.items() if k != "stage2"})
         seg["stage2"].update(TINY["stage2"])
-    segmentation_config(config)  # validates the overrides
-    return config
+    return resolve(config, f"{path} with the check's overrides")
 
 
 def random_samples(count: int, size: tuple[int, int], seed: int = 0) -> ArraySamples:
@@ -221,14 +220,14 @@ def step_rows(name: str, trainer: Trainer, times: list[float], batch: int, note:
 def _trainer(model, stage: int, config: dict, step_fn, device, amp: torch.dtype | None) -> Trainer:
     """The training loop of ``a2dpipe train --stage S``: its parameter groups, optimiser, poly schedule, autocast
     and (float16) loss scaling."""
-    opts = segmentation_config(config)[f"stage{stage}"]
+    opts = config["segmentation"][f"stage{stage}"]
     optimizer, scheduler = stage_recipe(model, stage, opts)
     return Trainer(model, optimizer, scheduler, step_fn, iterations=opts["iterations"],
                    amp_device=device.type if amp else None, amp_dtype=amp or torch.bfloat16)
 
 
 def stage1_rows(model, config: dict, device, amp: torch.dtype | None, args) -> list[dict]:
-    seg = segmentation_config(config)
+    seg = config["segmentation"]
     batch_size, crop = seg["stage1"]["batch_size"], tuple(seg["crop"])
     batch = random_batch(batch_size, crop, device)
     model.train()
@@ -261,7 +260,7 @@ def roi_align_dtypes():
 
 
 def stage2_rows(model, config: dict, device, amp: torch.dtype | None, args) -> list[dict]:
-    seg = segmentation_config(config)
+    seg = config["segmentation"]
     batch_size, size = seg["stage2"]["batch_size"], tuple(args.frame)
     batch = random_batch(batch_size, size, device, regions=args.regions)
 
@@ -319,7 +318,7 @@ def data_rows(config: dict, device, args, folder: Path, rows: list[dict]) -> lis
     from a2dpipe.segmentation.loader import StepBatches, make_loader
     from a2dpipe.segmentation.samples import StoreSamples, plan_view
 
-    seg = segmentation_config(config)
+    seg = config["segmentation"]
     batch_size, crop, size = seg["stage1"]["batch_size"], tuple(seg["crop"]), tuple(args.frame)
     rng = np.random.default_rng(0)
     videos = [f"v{k:03d}" for k in range(DATA_FRAMES)]
@@ -500,7 +499,7 @@ def train_child(folder: str, name: str, config: dict, frame: tuple[int, int]) ->
     sys.stdout = sys.stderr = log_file  # a forked child inherits whatever the parent's streams were (a test's capture)
     logging.basicConfig(level=logging.INFO, stream=log_file, force=True)
     torch.set_num_threads(1)  # one thread in every child, so the CPU runs sum in the same order
-    count = segmentation_config(config)["stage1"]["batch_size"]
+    count = config["segmentation"]["stage1"]["batch_size"]
     train(config, stage=1, input="rgbflow", samples=random_samples(count, frame), out=Path(folder) / name / "model.pt")
 
 
@@ -569,7 +568,7 @@ def resume_rows(config: dict, device, args, folder: Path) -> list[dict]:
     step = int(found[-1]) if found else 0
     straight, resumed = load_checkpoint(folder / "straight" / "model.pt", 1), load_checkpoint(killed, 1)
     torch.manual_seed(int(config["seed"]))  # train's initial weights, for how far training moved them
-    network = build_segmenter(config, input="rgbflow", regions=False)
+    network = build_segmenter(**segmenter_arguments(config["segmentation"], input="rgbflow", regions=False))
     parameters = [name for name, _ in network.named_parameters()]
     equal, largest, relative = weight_differences(resumed["model"], straight["model"], network.state_dict(),
                                                   parameters)
@@ -608,7 +607,8 @@ def run_checks(args, config: dict, device: torch.device, started: float, rows: l
     saying so, and the rest go on (or say they were not run)."""
     amp = uses_autocast(config, device, args.tiny)
     torch.manual_seed(int(config["seed"]))
-    model = build_segmenter(config, input="rgbflow", pretrained=False).to(device)
+    model = build_segmenter(**segmenter_arguments(config["segmentation"], input="rgbflow", pretrained=False))
+    model = model.to(device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         checks = {"stage1": lambda: stage1_rows(model, config, device, amp, args),

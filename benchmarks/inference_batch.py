@@ -60,7 +60,7 @@ def time_predict(config: dict, results: Path, v: Variant, out: Path) -> tuple[fl
 def time_cache(config: dict, results: Path, batch: int) -> float:
     """Wall seconds per view of :func:`cache_features` (stage-1 rgbflow front-end, training frames and mirrors)."""
     ckpt = load_checkpoint(results / "models" / "stage1" / "rgbflow" / "model.pt", 1)
-    model = build_segmenter(**ckpt["builder"], pretrained=False)
+    model = build_segmenter(**ckpt["builder"])
     model.load_state_dict(ckpt["model"])
     model.eval()
     samples = StoreSamples(sorted((results / "frames").glob("shard-*.h5")), split="train",
@@ -68,7 +68,8 @@ def time_cache(config: dict, results: Path, batch: int) -> float:
                            masks=sorted((results / "masks" / "dataset").glob("shard-*.h5")), gt_regions=True,
                            **flow_encoding_settings(config, "rgbflow"))
     start = time.perf_counter()
-    cache = cache_features(model, samples, torch.device("cpu"), False, loader_options(config), batch_size=batch)
+    cache = cache_features(model, samples, torch.device("cpu"), False, loader_options(config["segmentation"]),
+                           batch_size=batch)
     seconds = (time.perf_counter() - start) / len(cache)
     samples.close()
     return seconds

@@ -66,14 +66,15 @@ def build_chain(variant_text: str, height: int):
     from a2dpipe.config import load_config
     from a2dpipe.flow import build_estimator
     from a2dpipe.masks.model import build_mask_model, mask_model_options
-    from a2dpipe.segmentation.models import build_segmenter
+    from a2dpipe.segmentation.models import build_segmenter, segmenter_arguments
     from a2dpipe.segmentation.run_parts import parse_variant
     from a2dpipe.segmentation.segment import Chain
 
     torch.manual_seed(0)
     settings = load_config(REPO / "config.yaml")
     v = parse_variant(variant_text)
-    net = build_segmenter(settings, input=v.input, pretrained=False, regions=v.kind == "ours").eval()
+    net = build_segmenter(**segmenter_arguments(settings["segmentation"], input=v.input, pretrained=False,
+                                                regions=v.kind == "ours")).eval()
     estimator = build_estimator(settings["flow"]["method"], **settings["flow"]) if v.input == "rgbflow" else None
     mask_model = None
     if v.kind != "baseline":

@@ -12,6 +12,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def complete(config: dict) -> dict:
+    """A test's partial ``config`` validated and completed with the schema's defaults, as a ``--config`` file is
+    when a command reads it: the code under test reads each key it needs and has no default of its own."""
+    from a2dpipe.config import resolve
+
+    return resolve({"dataset": {}, **config}, "test config", partial=True)  # dataset's own default: none
+
+
+def segmenter(config: dict, **options):
+    """``build_segmenter`` of ``config``'s ``segmentation`` section, completed (:func:`complete`); ``options``:
+    ``segmenter_arguments``' input, pretrained, regions."""
+    from a2dpipe.segmentation.models import build_segmenter, segmenter_arguments
+
+    return build_segmenter(**segmenter_arguments(complete(config)["segmentation"], **options))
+
+
+def schema_section(name: str, values: dict | None = None) -> dict:
+    """Config section ``name``: ``values`` completed with the schema's defaults (:func:`complete`)."""
+    return complete({name: dict(values or {})})[name]
+
+
 @pytest.fixture(autouse=True, scope="session")
 def interpreter_on_path(tmp_path_factory):
     """Put this interpreter's folder first on PATH, as an activated environment would, after a folder whose

@@ -135,10 +135,10 @@ def test_soft_masks_survive(tmp_path):
 
 
 def test_write_annotation_is_matlab_v73(tmp_path):
-    from a2dpipe.config import section_defaults
+    from conftest import schema_section
     from a2dpipe.dataset.scenes import render_clip
 
-    s = {**section_defaults("synthetic"), "videos": 2, "frames": 6, "annotated_frames": 2, "max_actors": 3}
+    s = {**schema_section("synthetic"), "videos": 2, "frames": 6, "annotated_frames": 2, "max_actors": 3}
     rng = np.random.default_rng(3)
     clip = {"video": "abcdefghijk", "usage": 0, "width": 144, "pairs": [11, 43, 75]}
     _, annotations, _ = render_clip(s, clip, rng)

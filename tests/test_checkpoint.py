@@ -22,10 +22,11 @@ from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mas
 from a2dpipe.segmentation import train as seg_train
 from a2dpipe.segmentation.models import build_front_end, build_segmenter
 from a2dpipe.trainer import PeriodicCheckpointer, Trainer
+from conftest import complete, segmenter
 
 torch.set_num_threads(1)
 
-CONFIG = {
+CONFIG = complete({
     "seed": 0,
     "device": "cpu",
     "segmentation": {
@@ -35,7 +36,7 @@ CONFIG = {
         "stage1": {"iterations": 6, "batch_size": 2, "checkpoint_every": 2},
         "stage2": {"iterations": 4, "batch_size": 2, "checkpoint_every": 2, "fc_dim": 16, "roi_size": 3},
     },
-}
+})
 
 
 class RunsCode:
@@ -106,7 +107,7 @@ def test_a_pickle_that_would_run_code_is_refused_by_every_loader(tmp_path, caplo
                 load(path)
             assert not marker.exists(), f"the {name} loader ran the file's code"
     # the resume loader sets it aside and starts afresh
-    model = build_segmenter(CONFIG, input="rgb", pretrained=False)
+    model = segmenter(CONFIG, input="rgb", pretrained=False)
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     resume = shutil.copy(wrapped, tmp_path / "checkpoint.pt")
@@ -211,7 +212,7 @@ def test_a_model_file_holds_its_format_builder_arguments_metadata_weights_and_on
     # the builder's arguments rebuild the network the weights fit, whatever the caller's settings
     for stage in (1, 2):
         content = load_model_file(written[f"stage {stage} model"], f"stage-{stage} model")
-        network = build_segmenter(**content["builder"], pretrained=False)
+        network = build_segmenter(**content["builder"])
         network.load_state_dict(content["model"])  # strict: every tensor in place
         assert (network.region is not None) == (stage == 2)
     network, content = load_mask_model(written["mask model"])  # strict, as load_state_dict is

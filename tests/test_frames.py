@@ -23,10 +23,11 @@ from a2dpipe.dataset.frames import FrameStore, extract_shard, neighbour_of
 from a2dpipe.dataset.index import INDEX_COLUMNS, assign_shards, build_index, read_index, write_index
 from a2dpipe.io import A2DError
 from a2dpipe.dataset.synthetic import synthesize
+from conftest import schema_section
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_VIDEOSET = REPO.parent / "shared" / "real-data" / "a2d-metadata" / "videoset.csv"
-TINY = {
+TINY = schema_section("synthetic", {  # the schema fills the keys left out
     "videos": 4,
     "test_fraction": 0.5,
     "height": 48,
@@ -37,7 +38,7 @@ TINY = {
     "distractors": 1,
     "camera_motion": 1.0,
     "video_quality": 60,
-}
+})
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,15 @@ from a2dpipe.flow import FlowWriter
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.labels import VALID_PAIRS, to_setting
 from a2dpipe.masks import MaskCache
-from a2dpipe.segmentation.loader import (MEAN, STD, collate, inference_batch_size, loader_options,
+from a2dpipe.segmentation.loader import (MEAN, STD, collate, loader_options, network_threads,
                                          same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.stores import pixel_chunks
+from conftest import complete
 
 torch.set_num_threads(1)
 
-CONFIG = {
+CONFIG = complete({
     "seed": 0,
     "device": "cpu",
     "segmentation": {
@@ -34,7 +35,7 @@ CONFIG = {
         "stage1": {"iterations": 4, "batch_size": 3, "checkpoint_every": 2},
         "stage2": {"iterations": 3, "batch_size": 2, "checkpoint_every": 2, "fc_dim": 16, "roi_size": 3},
     },
-}
+})
 
 
 def write_shard(folder, name: str, sizes, seed: int, encoding: str = "xym", layout: str = "pipeline") -> tuple:
@@ -202,14 +203,9 @@ def test_inference_batches_hold_frames_of_one_size_in_order_up_to_the_cap(stores
     samples.close()
 
 
-def test_inference_batch_comes_from_the_schema_unless_set():
-    assert inference_batch_size({}) == 8
-    assert inference_batch_size({"segmentation": {"inference_batch": 3, "loader_workers": 1}}) == 3
-
-
-def test_loader_options_come_from_the_schema_unless_set():
-    assert loader_options({}) == {"workers": 0, "prefetch": 2}
-    assert loader_options({"segmentation": {"loader_workers": 3}}) == {"workers": 3, "prefetch": 2}
+def test_loader_options_and_threads_come_from_the_segmentation_section():
+    assert loader_options({"loader_workers": 3, "loader_prefetch": 4}) == {"workers": 3, "prefetch": 4}
+    assert network_threads(4, 3) == 1 and network_threads(2, 3) == 1 and network_threads(8, 0) == 8
 
 
 def _run_all(stores, tmp_path, workers: int) -> dict:

@@ -16,10 +16,11 @@ from a2dpipe.segmentation.predict import mask_vote, predict, region_average
 from a2dpipe.segmentation.samples import ArraySamples
 from a2dpipe.segmentation.train import train
 from a2dpipe.variants import NONE, Variant, all_variants, check_variant, variant_name, variant_of
+from conftest import complete
 
 torch.set_num_threads(1)
 
-CONFIG = {
+CONFIG = complete({
     "seed": 0,
     "device": "cpu",
     "segmentation": {
@@ -27,7 +28,7 @@ CONFIG = {
         "stage1": {"iterations": 2, "batch_size": 2, "checkpoint_every": 2},
         "stage2": {"uncovered_background": 1.0, "pixel_stride": 1},
     },
-}
+})
 
 
 def test_variant_names():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from a2dpipe.cli import main as cli_main
-from a2dpipe.config import section_defaults
+from conftest import schema_section
 from a2dpipe.dataset.frames import FORMAT as FRAMES
 from a2dpipe.io import A2DError
 from a2dpipe.masks import MaskCache, MaskCacheWriter, Regions
@@ -78,7 +78,7 @@ def _config(**masks):
     cfg = dict(model="maskrcnn", backbone="tiny", coco_checkpoint=None, min_size=48, max_size=64, iterations=30, batch_size=2,
                optimizer="sgd", lr=0.01, checkpoint_every=10, score_threshold=0.05, max_regions=10)
     cfg.update(masks)
-    return {"seed": 0, "device": "cpu", "masks": section_defaults("masks", cfg)}  # the schema fills the rest
+    return {"seed": 0, "device": "cpu", "masks": schema_section("masks", cfg)}  # the schema fills the rest
 
 
 # --- cache ---------------------------------------------------------------------------------------------------------
@@ -541,8 +541,8 @@ def test_synthetic_benchmark_writes_visible_distractors_for_the_generic_source(t
     from a2dpipe.dataset.synthetic import read_distractors, synthesize
 
     root = tmp_path / "a2d"
-    synthesize({"videos": 2, "height": 48, "widths": [64], "frames": 4, "annotated_frames": 2, "distractors": 2},
-               seed=0, out=root)
+    synthesize(schema_section("synthetic", {"videos": 2, "height": 48, "widths": [64], "frames": 4,
+                                            "annotated_frames": 2, "distractors": 2}), seed=0, out=root)
     found = 0
     for row in list_annotated_frames(root).itertuples():
         distractors = read_distractors(root, row.video, row.frame)

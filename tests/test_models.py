@@ -11,16 +11,16 @@ from a2dpipe.labels import VALID_PAIRS
 from a2dpipe.segmentation.models import (
     OUTPUT_STRIDE,
     build_front_end,
-    build_segmenter,
     joint_prediction,
     segmentation_loss,
 )
 from a2dpipe.segmentation.models.backends import RegionBackEnd, build_region_back_end
 from a2dpipe.segmentation.models.frontend import DilatedBasicBlock
+from conftest import complete, segmenter
 
 torch.set_num_threads(1)
 
-SMALL = {"segmentation": {"width": 8, "aspp_rates": [1, 2], "stage2": {"fc_dim": 16, "roi_size": 3}}}
+SMALL = complete({"segmentation": {"width": 8, "aspp_rates": [1, 2], "stage2": {"fc_dim": 16, "roi_size": 3}}})
 
 
 @pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
@@ -71,7 +71,7 @@ def test_bad_checkpoint_names_the_file(tmp_path):
 @pytest.mark.parametrize("input", ["rgb", "rgbflow"])
 def test_segmenter_baseline_returns_log_probs_at_frame_size(input):
     torch.manual_seed(0)
-    model = build_segmenter(SMALL, input=input).eval()
+    model = segmenter(SMALL, input=input).eval()
     x = torch.randn(2, 3, 37, 53)
     out = model(x, x if input == "rgbflow" else None)
     assert out["actor"].shape == (2, 8, 37, 53) and out["action"].shape == (2, 10, 37, 53)
@@ -88,7 +88,7 @@ def _regions(h, w):
 
 def test_region_back_end_shapes_gradient_and_empty_frames():
     torch.manual_seed(0)
-    model = build_segmenter(SMALL, input="rgb")
+    model = segmenter(SMALL, input="rgb")
     x = torch.randn(2, 3, 40, 56)
     empty = {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 56)}
     out = model.forward_regions(x, None, [_regions(40, 56), empty])
@@ -108,7 +108,7 @@ def test_region_back_end_shapes_gradient_and_empty_frames():
 
 def _golden_inputs():
     torch.manual_seed(0)
-    model = build_segmenter(SMALL, input="rgb").eval()
+    model = segmenter(SMALL, input="rgb").eval()
     x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
     return model, x, [_regions(40, 56), {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 40, 56)}]
 
@@ -180,7 +180,7 @@ def test_roi_channels_narrow_the_pooled_features():
 def test_soft_mask_pixels_mix_region_and_background():
     # a soft mask's weak pixel is mostly background, its strong pixel takes the region's class, a binary mask's
     # pixel takes exactly the region's distribution, and a pixel outside every region is exactly "uncovered"
-    model = build_segmenter(SMALL, input="rgb").eval()
+    model = segmenter(SMALL, input="rgb").eval()
     scores = torch.tensor([[0.0, 1.0, *[0.0] * 6, 0.0, 1.0, *[0.0] * 8]])  # region says actor 1, action 1
     masks = torch.zeros(1, 8, 10)
     masks[0, :, :4] = 1.0
@@ -196,7 +196,7 @@ def test_soft_mask_pixels_mix_region_and_background():
 
 def test_region_pooling_batched_equals_per_frame():
     torch.manual_seed(0)
-    model = build_segmenter(SMALL, input="rgb").eval()
+    model = segmenter(SMALL, input="rgb").eval()
     feats = torch.randn(2, 64, 5, 7)
     regs = [_regions(40, 56), _regions(40, 56)]
     batched = model.region_heads(feats, (40, 56), regs)
@@ -211,7 +211,7 @@ def test_region_heads_each_equals_per_frame_on_frames_of_different_sizes(path):
     gradients as one frame at a time, for frames of different sizes and a frame without regions; on the dense
     path (CUDA's, forced here) frames of one size share one region-to-pixel call."""
     torch.manual_seed(0)
-    model = build_segmenter(SMALL, input="rgb", regions=True)
+    model = segmenter(SMALL, input="rgb", regions=True)
     model.region.region_to_pixel.path = path
     sizes = [(40, 56), (32, 64), (40, 48), (40, 56)]
     feats = [torch.randn(1, 64, h // 8, w // 8) for h, w in sizes]
@@ -238,9 +238,9 @@ def test_region_heads_each_equals_per_frame_on_frames_of_different_sizes(path):
 
 def test_reduced_resolution_region_to_pixel_stays_close():
     torch.manual_seed(0)
-    cfg = {"segmentation": {**SMALL["segmentation"], "stage2": {"fc_dim": 16, "roi_size": 3, "pixel_stride": 2}}}
-    coarse = build_segmenter(cfg, input="rgb").eval()
-    full = build_segmenter(SMALL, input="rgb").eval()
+    cfg = {"segmentation": {**SMALL["segmentation"], "stage2": {**SMALL["segmentation"]["stage2"], "pixel_stride": 2}}}
+    coarse = segmenter(cfg, input="rgb").eval()
+    full = segmenter(SMALL, input="rgb").eval()
     full.load_state_dict(coarse.state_dict())
     feats = torch.randn(1, 64, 5, 7)
     a = coarse.region_heads(feats, (40, 56), [_regions(40, 56)])["actor"].argmax(1)

@@ -17,7 +17,8 @@ import yaml
 
 import a2dpipe
 from a2dpipe.integrity import with_digest
-from a2dpipe.config import check_consistent, load_config, resolve, section_defaults, settings_slice
+from a2dpipe.config import check_consistent, load_config, resolve, settings_slice
+from a2dpipe.settings import settings_json
 from a2dpipe.dataset.synthetic import MARKER
 from a2dpipe.io import A2DError
 from conftest import REPO
@@ -54,24 +55,36 @@ def test_config_yaml_and_the_schema_agree_on_every_default():
     assert not disagree, f"config.yaml vs schema default: {disagree}"
 
 
-def test_a_command_run_by_hand_gets_the_schema_defaults(tmp_path):
+def test_a_command_run_by_hand_gets_the_schema_defaults_of_its_declared_keys(tmp_path):
+    from argparse import Namespace
+
+    from a2dpipe.settings import read_settings
+
     path = _write({"evaluation": {"boundary_width": 3}}, tmp_path / "c.yaml")
     config = load_config(path)
-    assert config["evaluation"] == {**section_defaults("evaluation"), "boundary_width": 3}
-    assert config["segmentation"]["stage2"]["fc_dim"] == section_defaults("segmentation")["stage2"]["fc_dim"]
+    defaults = resolve({}, partial=True)
+    assert config["evaluation"] == {**defaults["evaluation"], "boundary_width": 3}
+    assert config["segmentation"]["stage2"]["fc_dim"] == defaults["segmentation"]["stage2"]["fc_dim"]
+    # the command sees only what it declares, the schema's defaults filled in once, when the file is read
+    assert read_settings(Namespace(config=str(path), settings=None), "evaluate") == {
+        "evaluation": {"boundary_width": 3, "settings_from": defaults["evaluation"]["settings_from"]}}
 
 
 def test_settings_from_a_rule_gain_no_defaults_and_are_validated():
     from argparse import Namespace
 
-    from a2dpipe.config import read_settings
+    from a2dpipe.settings import read_settings
 
-    assert read_settings(Namespace(settings='{"frames": {"compression": "gzip"}}', config=None)) == \
-        {"frames": {"compression": "gzip"}}
+    def read(text):
+        return read_settings(Namespace(settings=text, config=None), "extract-frames")
+
+    assert read('{"frames": {"compression": "gzip"}}') == {"frames": {"compression": "gzip"}}
     with pytest.raises(A2DError, match="frames.compression"):
-        read_settings(Namespace(settings='{"frames": {"compression": "zip"}}', config=None))
+        read('{"frames": {"compression": "zip"}}')
     with pytest.raises(A2DError, match="--settings: not valid JSON"):
-        read_settings(Namespace(settings="{frames", config=None))
+        read("{frames")
+    with pytest.raises(A2DError, match="lacks config key.s. frames, which `a2dpipe extract-frames` reads"):
+        read('{"seed": 0}')
 
 
 def test_settings_slice_keeps_the_config_shape():
@@ -297,7 +310,7 @@ def test_every_artifact_records_its_settings_and_the_version(tiny_run, tiny_conf
 def test_stage2_refuses_a_stage1_model_made_with_other_settings(tiny_run, tiny_config, tmp_path):
     config = yaml.safe_load(tiny_config.read_text())
     config["segmentation"]["width"] = 12
-    settings = settings_slice(config, ["seed", "device", "segmentation"])
+    settings = json.loads(settings_json("train", config, {"stage": 2, "input": "rgb"}))
     results = tiny_run / "results"
     out = tmp_path / "model.pt"
     proc = _a2dpipe("train", "--settings", json.dumps(settings), "--stage", "2", "--input", "rgb",
@@ -310,9 +323,11 @@ def test_stage2_refuses_a_stage1_model_made_with_other_settings(tiny_run, tiny_c
     assert not out.exists()
 
 
-def test_predict_refuses_flow_made_with_another_encoding(tiny_run, tmp_path):
+def test_predict_refuses_flow_made_with_another_encoding(tiny_run, tiny_config, tmp_path):
     results = tiny_run / "results"
-    settings = {"device": "cpu", "flow": {"encoding": "wheel", "wheel_max": None}}
+    config = yaml.safe_load(tiny_config.read_text())
+    config["flow"].update(encoding="wheel", wheel_max=None)
+    settings = json.loads(settings_json("predict", config, {"kind": "baseline", "input": "rgbflow"}))
     out = tmp_path / "p.h5"
     proc = _a2dpipe("predict", "--settings", json.dumps(settings), "--kind", "baseline", "--input", "rgbflow",
                     "--model", results / "models/stage1/rgbflow/model.pt",
@@ -333,7 +348,8 @@ def test_tables_refuse_evaluations_made_with_different_settings(tiny_run, tmp_pa
     doc.pop("sha256")  # rewritten below, as an evaluation made with another width would carry its own
     doc["provenance"]["settings"]["evaluation"]["boundary_width"] = 10
     evaluations[-1].write_text(json.dumps(with_digest(doc)))
-    settings = {"seed": 0, "evaluation": {"bootstrap_resamples": 200}}
+    settings = {"seed": 0, "dataset": {"final_fit": "train"},
+                "evaluation": {"bootstrap_resamples": 200, "claims_correction": "holm"}}
     proc = _a2dpipe("tables", "--settings", json.dumps(settings), "--evaluations", *evaluations,
                     "--out-dir", tmp_path / "tables")
     assert proc.returncode == 1
@@ -359,7 +375,8 @@ def test_a_final_fit_trains_on_train_and_val_and_cannot_be_validated(tiny_run, t
     model = torch.load(results / "models/stage1/rgb/model.pt", weights_only=True)
     model["provenance"]["settings"]["dataset"] = {"final_fit": "train+val"}
     torch.save(model, tmp_path / "final.pt")
-    args = ["predict", "--settings", json.dumps({"device": "cpu"}), "--kind", "baseline", "--input", "rgb",
+    settings = {"device": "cpu", "segmentation": {"loader_workers": 0, "loader_prefetch": 2, "inference_batch": 2}}
+    args = ["predict", "--settings", json.dumps(settings), "--kind", "baseline", "--input", "rgb",
             "--model", tmp_path / "final.pt", "--frames", *frames]
     proc = _a2dpipe(*args, "--split", "val", "--out", tmp_path / "val.h5")
     assert proc.returncode == 1 and "trained on train + val" in proc.stderr, proc.stderr[-2000:]

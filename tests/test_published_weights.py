@@ -15,7 +15,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from a2dpipe.config import section_defaults
+from conftest import schema_section
 from a2dpipe.io import A2DError
 from a2dpipe.masks import train as train_module
 from a2dpipe.masks.backbones import DilatedResNet, load_imagenet_weights
@@ -100,7 +100,7 @@ def _masks_config(**masks) -> dict:
     cfg = dict(model="maskrcnn", backbone="resnet50_fpn", min_size=64, max_size=96, finetune_iterations=1,
                batch_size=1, optimizer="sgd", lr=0.001, checkpoint_every=10, score_threshold=0.0, max_regions=5)
     cfg.update(masks)
-    return {"seed": 0, "device": "cpu", "masks": section_defaults("masks", cfg)}
+    return {"seed": 0, "device": "cpu", "masks": schema_section("masks", cfg)}
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from a2dpipe.dataset.a2d import list_annotated_frames, read_videoset, video_path
 from a2dpipe.dataset.synthetic import plan_from_metadata, select_videos, synthesize
 from a2dpipe.io import A2DError
 from conftest import REPO
+from conftest import schema_section
 
 REAL_METADATA = Path(__file__).resolve().parents[2] / "shared" / "real-data" / "a2d-metadata"
 
@@ -52,7 +53,7 @@ def _write_metadata(folder: Path, videos=VIDEOS, annotated=ANNOTATED, extra_rows
 
 
 def _section(metadata: Path, fraction: float = 1.0) -> dict:
-    return {"metadata": str(metadata), "fraction": fraction, "distractors": 1}
+    return schema_section("synthetic", {"metadata": str(metadata), "fraction": fraction, "distractors": 1})
 
 
 def test_clips_take_the_metadata_shapes_and_frames(tmp_path):

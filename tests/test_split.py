@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from a2dpipe.config import section_defaults
+from conftest import schema_section
 from a2dpipe.dataset.frames import extract_shard
 from a2dpipe.dataset.index import assign_validation, build_index, validation_videos
 from a2dpipe.dataset.synthetic import synthesize
 from a2dpipe.io import A2DError
 from a2dpipe.masks.stage import cache_regions
 
-SYNTHETIC = {
+SYNTHETIC = schema_section("synthetic", {  # the schema fills the keys left out
     "videos": 8,
     "test_fraction": 0.5,
     "height": 48,
@@ -26,9 +26,9 @@ SYNTHETIC = {
     "distractors": 1,
     "camera_motion": 1.0,
     "video_quality": 60,
-}
+})
 
-MASKS = section_defaults("masks", {  # the schema fills the keys left out
+MASKS = schema_section("masks", {  # the schema fills the keys left out
     "backbone": "tiny", "coco_checkpoint": None, "min_size": 48, "max_size": 96, "iterations": 1, "batch_size": 1,
     "optimizer": "sgd", "lr": 0.01, "checkpoint_every": 1, "score_threshold": 0.0, "max_regions": 5,
 })

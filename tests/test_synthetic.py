@@ -22,12 +22,12 @@ from a2dpipe.dataset.a2d import (
 )
 from a2dpipe.dataset.annotation import read_annotation
 from a2dpipe.io import A2DError
-from a2dpipe.config import section_defaults
+from conftest import schema_section
 from a2dpipe.dataset.scenes import LOOKS, MOTIONS, _actor_tracks, _draw, plan_clips
 from a2dpipe.dataset.synthetic import _settings, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
+TINY = schema_section("synthetic", {  # the schema fills the keys left out
     "videos": 6,
     "test_fraction": 0.5,
     "height": 48,
@@ -38,7 +38,7 @@ TINY = {
     "distractors": 2,
     "camera_motion": 1.5,
     "video_quality": 60,
-}
+})
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_video_is_lossy_but_faithful(tiny_root):
 
 def test_several_small_and_occluded_actors_in_default_size():
     """On the default plan: balanced pairs, clips with several actors; in rendered clips, small and occluded actors."""
-    s = _settings({})
+    s = _settings(schema_section("synthetic"))
     plan = plan_clips(s, np.random.default_rng(0))
     for usage in (0, 1):
         counts = Counter(p for c in plan if c["usage"] == usage for p in c["pairs"])
@@ -182,7 +182,7 @@ def test_limb_moves_while_body_stays():
 
 def test_config_defaults_in_step():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert config["synthetic"] == section_defaults("synthetic")
+    assert config["synthetic"] == schema_section("synthetic")
 
 
 def test_bad_settings_are_errors_and_leave_nothing(tmp_path):
@@ -198,7 +198,7 @@ def test_default_size_generates_quickly(tmp_path):
     import time
 
     start = time.perf_counter()
-    defaults = section_defaults("synthetic")
+    defaults = schema_section("synthetic")
     synthesize({**defaults, "videos": math.ceil(defaults["videos"] / 4)}, seed=0, out=tmp_path / "q")
     assert time.perf_counter() - start < 30
 

@@ -10,12 +10,12 @@ import torch
 from a2dpipe.segmentation.samples import ArraySamples, View, plan_view
 from a2dpipe.flow.encode import flow_to_rgb
 from a2dpipe.labels import IGNORE, VALID_PAIRS
-from a2dpipe.segmentation.models import build_segmenter
 from a2dpipe.segmentation.train import CURVE_COLUMNS, load_checkpoint, train
+from conftest import complete, segmenter
 
 torch.set_num_threads(1)
 
-CONFIG = {
+CONFIG = complete({
     "seed": 0,
     "device": "cpu",
     "segmentation": {
@@ -25,7 +25,7 @@ CONFIG = {
         "stage1": {"iterations": 6, "batch_size": 4, "checkpoint_every": 2, "lr_front": 0.002, "lr_back": 0.01},
         "stage2": {"iterations": 6, "batch_size": 2, "checkpoint_every": 2, "fc_dim": 32, "roi_size": 3},
     },
-}
+})
 
 
 def make_samples(n=6, h=48, w=64, seed=0):
@@ -101,7 +101,7 @@ def test_stage2_trains_region_back_end_only(stage1, tmp_path, cache):
             assert torch.equal(before[key], after[key]), key  # weights and batch-norm statistics
     assert not any(key.startswith("region.") for key in before)  # stage 1 has no region back-end
     torch.manual_seed(cfg["seed"])
-    initial = build_segmenter(cfg, input="rgbflow", pretrained=False).state_dict()  # what stage 2 starts from
+    initial = segmenter(cfg, input="rgbflow", pretrained=False).state_dict()  # what stage 2 starts from
     assert not torch.equal(initial["region.box_head.fc6.weight"], after["region.box_head.fc6.weight"])
     assert all(np.isfinite(row["loss"]) for row in result["curve"])
 
@@ -255,7 +255,7 @@ def test_batched_feature_cache_equals_the_cache_of_one_view_at_a_time(stage1):
     from a2dpipe.segmentation.train import cache_features
 
     torch.manual_seed(0)
-    model = build_segmenter(CONFIG, input="rgbflow", pretrained=False)
+    model = segmenter(CONFIG, input="rgbflow", pretrained=False)
     model.load_state_dict(stage1[1]["model"], strict=False)
     model.eval()
     samples = mixed_size_samples()
@@ -279,7 +279,7 @@ def test_stage_steps_under_bfloat16_autocast_give_finite_losses_and_float32_boxe
     """What CUDA AMP runs, on the CPU: stage-1 and stage-2 steps under bfloat16 autocast."""
     import torchvision
 
-    from a2dpipe.segmentation.models import backends, build_segmenter
+    from a2dpipe.segmentation.models import backends
     from a2dpipe.segmentation.train import CachedStep, CropStep, cache_features
 
     boxes_at_roi_align = []
@@ -291,7 +291,7 @@ def test_stage_steps_under_bfloat16_autocast_give_finite_losses_and_float32_boxe
     monkeypatch.setattr(backends, "roi_align", spy)
     samples = make_samples()
     torch.manual_seed(0)
-    model = build_segmenter(CONFIG, input="rgbflow", pretrained=False)
+    model = segmenter(CONFIG, input="rgbflow", pretrained=False)
     model.load_state_dict(stage1[1]["model"], strict=False)  # stage 1 holds no region back-end
     steps = {
         "stage 1": CropStep(model, samples, stage=1, seed=0, batch_size=2, crop=(40, 56), device=torch.device("cpu"),
@@ -342,7 +342,7 @@ def _stage2_crop_step(stage1, path: str, iterations: int):
     from a2dpipe.segmentation.train import CropStep
 
     torch.manual_seed(0)
-    model = build_segmenter(CONFIG, input="rgbflow", pretrained=False, regions=True)
+    model = segmenter(CONFIG, input="rgbflow", pretrained=False, regions=True)
     model.load_state_dict(stage1[1]["model"], strict=False)
     model.region.region_to_pixel.path = path
     step = CropStep(model, make_samples(), stage=2, seed=0, batch_size=2, crop=(40, 56), device=torch.device("cpu"),

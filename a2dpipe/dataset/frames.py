@@ -42,7 +42,7 @@ from a2dpipe import labels
 from a2dpipe.dataset.a2d import annotation_path, read_clip_frames, read_videoset, video_path
 from a2dpipe.dataset.annotation import masks_to_boxes, read_annotation
 from a2dpipe.dataset.index import read_index
-from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.io import A2DError
 from a2dpipe.dataset.synthetic import distractor_path, read_distractors
 from a2dpipe.progress import progress
@@ -110,7 +110,7 @@ class FrameWriter(ArtifactWriter):
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, "frames")
+    add_config_arguments(parser, "extract-frames")
     parser.add_argument("--root", required=True, help="dataset root in the A2D layout")
     parser.add_argument("--index", required=True, help="index CSV written by `a2dpipe index`")
     parser.add_argument("--shard", required=True, help="3-digit shard id, e.g. 000")
@@ -118,7 +118,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    section = read_settings(args)["frames"]
+    section = read_settings(args, "extract-frames")["frames"]
     extract_shard(
         args.root,
         read_index(args.index),

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from a2dpipe.dataset.a2d import check_video_id, list_annotated_frames, read_videoset
-from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.io import A2DError, atomic_path, unreadable_artifact
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,13 @@ INDEX_COLUMNS = ["video", "frame", "split", "height", "width", "num_frames", "sh
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, "dataset.shard_size, dataset.exclude_videos, dataset.val_fraction")
+    add_config_arguments(parser, "index")
     parser.add_argument("--root", required=True, help="dataset root in the A2D layout")
     parser.add_argument("--out", required=True, help="index CSV to write")
 
 
 def run(args: argparse.Namespace) -> None:
-    dataset = read_settings(args)["dataset"]
+    dataset = read_settings(args, "index")["dataset"]
     index = build_index(args.root, dataset["shard_size"], dataset["exclude_videos"],
                         val_fraction=dataset["val_fraction"])
     write_index(index, args.out)

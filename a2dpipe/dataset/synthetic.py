@@ -51,7 +51,8 @@ from a2dpipe import labels
 from a2dpipe.dataset.a2d import annotation_path, check_video_id, colour_path, read_videoset, video_path
 from a2dpipe.dataset.annotation import Annotation, write_annotation
 from a2dpipe.dataset.scenes import draw_clip, plan_clips
-from a2dpipe.config import add_config_arguments, read_settings, section_defaults, stamp
+from a2dpipe.config import check_section, stamp
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.io import A2DError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,13 @@ FPS = 24
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, "seed, synthetic")
+    add_config_arguments(parser, "synthesize")
     parser.add_argument("--out", required=True, help="dataset root to write (A2D layout)")
     parser.add_argument("--workers", type=int, default=1, help="clips drawn in parallel processes (default 1)")
 
 
 def run(args: argparse.Namespace) -> None:
-    settings = read_settings(args)
+    settings = read_settings(args, "synthesize")
     synthesize(settings["synthetic"], settings["seed"], args.out, workers=args.workers)
 
 
@@ -87,8 +88,8 @@ def check_replaceable(root: str | Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 def _settings(section: dict) -> dict:
-    """The ``synthetic`` section validated and completed with the schema's defaults, plus the checks it cannot state."""
-    s = section_defaults("synthetic", section)
+    """The ``synthetic`` section validated, every key present, plus the checks the schema cannot state."""
+    s = check_section("synthetic", section)
     if s["videos"] < 2:
         raise A2DError("config synthetic.videos: need at least 2 clips (one per split)")
     if s["height"] % 2 or any(w % 2 for w in s["widths"]):

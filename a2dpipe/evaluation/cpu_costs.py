@@ -170,10 +170,7 @@ def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
 def measure_config_cpu_costs(config: dict, frame_size: tuple[int, int]) -> dict:
     """:func:`measure_cpu_costs` at the configuration's shapes: frames of ``frame_size``, the training crop,
     ``masks.max_regions`` regions, the flow encoding."""
-    from a2dpipe.config import section_defaults
-
-    seg = section_defaults("segmentation", config["segmentation"])
-    flow = section_defaults("flow", config.get("flow"))
+    seg, flow = config["segmentation"], config["flow"]
     wheel_max = flow["wheel_max"] if flow["encoding"] == "wheel" else None
     return measure_cpu_costs(frame_size=frame_size, crop=tuple(seg["crop"]),
                              regions=int(config["masks"]["max_regions"]), encoding=flow["encoding"],

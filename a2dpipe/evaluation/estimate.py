@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from a2dpipe.config import add_config_arguments, read_settings, section_defaults
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.evaluation.cpu_costs import (cpu_caption, cpu_ms_per_unit, cpu_processes, measure_config_cpu_costs,
                                          wall_ms)
 from a2dpipe.evaluation.paper_results import TIMING_DEVICE, TIMING_MS
@@ -129,7 +129,7 @@ def _segmenter_flops(config: dict, inputs: list[str]) -> dict[str, dict[str, int
     from a2dpipe.segmentation.models.backends import ASPPBaseline, build_region_back_end
     from a2dpipe.segmentation.models.frontend import build_front_end
 
-    seg = section_defaults("segmentation", config["segmentation"])
+    seg = config["segmentation"]
     s2 = seg["stage2"]
     regions = int(config["masks"]["max_regions"])
     out = {inp: {} for inp in inputs}
@@ -234,7 +234,7 @@ def work_units(config: dict) -> list[dict]:
     ``loader`` where the frame loader's workers do that work beside the GPU, ``thread`` where one thread of the
     job reads the next unit's frames beside it (mask-model training), ``job`` where the job's one process does it
     between the GPU's passes."""
-    seg = section_defaults("segmentation", config["segmentation"])
+    seg = config["segmentation"]
     s1, s2, masks = seg["stage1"], seg["stage2"], config["masks"]
     stage1_inputs, stage2_inputs = _inputs(config)
     train, test = A2D_FRAMES["train"], A2D_FRAMES["test"]
@@ -331,8 +331,7 @@ def measure_cpu_flops(repeats: int = 3) -> float:
     from a2dpipe.segmentation.models.segmenter import build_segmenter
 
     torch.manual_seed(0)
-    net = build_segmenter({"segmentation": {"backbone": "tiny", "width": 16}}, input="rgbflow",
-                          pretrained=False, regions=False)
+    net = build_segmenter(input="rgbflow", backbone="tiny", width=16, aspp_rates=[1, 2, 3, 4])
     x = torch.randn(2, 3, 96, 96)
 
     def step():
@@ -370,7 +369,7 @@ def _caption(amp: bool, cpu_flops_per_s: float | None, table: pd.DataFrame | Non
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "segmentation, masks and experiments keys")
+    add_config_arguments(parser, "estimate")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="leave out the measured columns (this CPU's FLOP rate, the CPU side of each stage): "
                              "the table then depends on the settings only")
@@ -380,8 +379,8 @@ def configure_parser(parser) -> None:
 def run(args) -> None:
     from a2dpipe.evaluation.writers import markdown_table
 
-    config = read_settings(args)
-    seg = section_defaults("segmentation", config["segmentation"])
+    config = read_settings(args, "estimate")
+    seg = config["segmentation"]
     amp, workers = bool(seg["amp"]), int(seg["loader_workers"])
     cpu = None if args.no_calibrate else measure_cpu_flops()
     costs = None if args.no_calibrate else measure_config_cpu_costs(config, A2D_FRAME_SIZE)

@@ -35,7 +35,8 @@ import logging
 import math
 from pathlib import Path
 
-from a2dpipe.config import add_config_arguments, check_inputs, read_settings, stamp
+from a2dpipe.config import check_inputs, stamp
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.integrity import with_digest
@@ -133,7 +134,7 @@ def _json_safe(obj):
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "evaluation.boundary_width, evaluation.settings_from")
+    add_config_arguments(parser, "evaluate")
     parser.add_argument("--predictions", required=True, help="prediction HDF5 of one variant")
     parser.add_argument("--frames", required=True, nargs="+", help="frame stores (every shard)")
     parser.add_argument("--out", required=True, help="evaluation JSON to write")
@@ -143,7 +144,7 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    settings = read_settings(args)
+    settings = read_settings(args, "evaluate")
     # frames shards of one code, and a predictions file whose stamp agrees with them
     check_inputs(settings, {"frames shard": args.frames, "predictions file": [args.predictions]})
     section = settings["evaluation"]

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe.config import add_config_arguments, check_consistent, code_of, read_settings
+from a2dpipe.config import check_consistent, code_of
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.evaluation.claims import Intervals, load_intervals
 from a2dpipe.evaluation.tables import THIS_RUN, load_evaluations, read_csv_table, table3
 from a2dpipe.evaluation.writers import write_table
@@ -61,7 +62,7 @@ def mask_models_table(runs: list[tuple[str, dict[str, float], dict, Intervals | 
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples")
+    add_config_arguments(parser, "compare-masks")
     parser.add_argument("--model", action="append", required=True,
                         help="label of a run; starts its group of the options below")
     parser.add_argument("--quality", action="append", required=True, help="the run's mask-quality CSV")
@@ -76,7 +77,7 @@ def run(args) -> None:
     groups = [args.model, args.quality, args.evaluations, args.per_video]
     if len({len(g) for g in groups}) != 1:
         raise A2DError("compare-masks: give --quality, --evaluations and --per-video once after each --model")
-    config = read_settings(args)
+    config = read_settings(args, "compare-masks")
     resamples, seed = int(config["evaluation"]["bootstrap_resamples"]), int(config["seed"])
     runs, code = [], {}
     for label, quality, evaluations, per_video in zip(*groups):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.evaluation.claims import Intervals
 from a2dpipe.evaluation.tables import INTERVAL_HEADERS, bootstrap_intervals, load_evaluations, run_row
 from a2dpipe.evaluation.writers import write_table
@@ -43,7 +43,7 @@ def make_metrics_table(evals: dict, out_dir, intervals: Intervals | None = None)
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples")
+    add_config_arguments(parser, "metrics-table")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files of every variant")
     parser.add_argument("--per-video", nargs="*", default=[],
                         help="per-video confusion matrices (.npz) of the variants: bootstrap intervals")
@@ -52,6 +52,6 @@ def configure_parser(parser) -> None:
 
 def run(args) -> None:
     evals = load_evaluations(args.evaluations)
-    intervals = bootstrap_intervals(args.per_video, evals, read_settings(args))
+    intervals = bootstrap_intervals(args.per_video, evals, read_settings(args, "metrics-table"))
     written = make_metrics_table(evals, args.out_dir, intervals)
     log.info("wrote %s", ", ".join(map(str, written)))

@@ -30,7 +30,7 @@ import pandas as pd
 
 from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation import paper_results
-from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.io import A2DError, atomic_path
 from a2dpipe.labels import BACKGROUND, IGNORE, PALETTE, VALID_PAIRS, class_names, pair_name
 from a2dpipe.evaluation.tables import INPUT_NAMES, METHOD_NAMES, load_evaluations
@@ -228,7 +228,7 @@ def qualitative_figure(frame_paths, baseline, ours, count: int, path) -> list[st
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "evaluation.qualitative_frames")
+    add_config_arguments(parser, "report")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files")
     parser.add_argument("--checkpoints", nargs="*", default=[], help="model checkpoints; curves are read beside them")
     parser.add_argument("--frames", nargs="+", required=True, help="frame stores (every shard)")
@@ -241,7 +241,7 @@ def run(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on cluster nodes
-    section = read_settings(args)["evaluation"]
+    section = read_settings(args, "report")["evaluation"]
     out = Path(args.out_dir)
     per_category_figure(load_evaluations(args.evaluations), out / "per_category.png")
     n = loss_curves_figure(args.checkpoints, out / "loss_curves.png")

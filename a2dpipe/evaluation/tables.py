@@ -43,7 +43,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2dpipe.config import add_config_arguments, check_resamples, read_settings, section_defaults, write_made_from
+from a2dpipe.config import check_resamples, write_made_from
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.evaluation import paper_results as paper
 from a2dpipe.evaluation.claims import Intervals, claims, claims_caption, load_intervals, percent
 from a2dpipe.evaluation.writers import HIGH, LOW, write_table
@@ -266,8 +267,7 @@ def make_tables(evals: dict, out_dir, timing=None, mask_quality=None, intervals:
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, evaluation.bootstrap_resamples, evaluation.claims_correction, "
-                                 "dataset.final_fit")
+    add_config_arguments(parser, "tables")
     parser.add_argument("--evaluations", nargs="+", required=True, help="evaluation JSON files of every variant")
     parser.add_argument("--per-video", nargs="*", default=[],
                         help="per-video confusion matrices (.npz) of the variants: bootstrap intervals and claims")
@@ -291,14 +291,14 @@ def bootstrap_intervals(per_video: list, evals: dict, config: dict) -> Intervals
 
 def run(args) -> None:
     evals = load_evaluations(args.evaluations)
-    config = read_settings(args)
+    config = read_settings(args, "tables")
     intervals = bootstrap_intervals(args.per_video, evals, config)
     write_made_from(Path(args.out_dir, "provenance.json"),
                     {p: e.get("provenance") for p, e in zip(args.evaluations, evals.values())})
     written = make_tables(evals, args.out_dir, timing=args.timing, mask_quality=args.mask_quality,
                           intervals=intervals,
-                          correction=section_defaults("evaluation", config.get("evaluation"))["claims_correction"],
-                          final_fit=section_defaults("dataset", config.get("dataset"))["final_fit"])
+                          correction=config["evaluation"]["claims_correction"],
+                          final_fit=config["dataset"]["final_fit"])
     log.info("wrote %d table files into %s", len(written), args.out_dir)
     claims_md = Path(args.out_dir, "claims.md").read_text()
     log.info("claims:\n%s", claims_md)

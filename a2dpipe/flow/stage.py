@@ -20,7 +20,7 @@ import numpy as np
 
 from a2dpipe.flow.estimators import METHODS, NEURAL_METHODS, build_estimator
 from a2dpipe.flow.store import FlowWriter
-from a2dpipe.config import add_config_arguments, read_settings
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.io import A2DError, describe_device
 from a2dpipe.progress import progress
 
@@ -30,8 +30,7 @@ log = logging.getLogger("a2dpipe.flow")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, "flow: method, encoding, wheel_max for wheel, dis_preset for dis; for neural methods "
-                                 "also weights, batch_size, raft_variant and device")
+    add_config_arguments(parser, "flow")
     parser.add_argument("--frames", required=True, help="frames store of the shard (results/frames/shard-NNN.h5)")
     parser.add_argument("--out", required=True, help="flow cache to write (results/flow/<method>/shard-NNN.h5)")
     parser.add_argument("--method", choices=METHODS, help="override config flow.method (the rule passes its wildcard)")
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> None:
     import cv2
 
     cv2.setNumThreads(args.threads)  # OpenCV and PyTorch would otherwise take every core the scheduler gave others
-    settings = read_settings(args)
+    settings = read_settings(args, "flow")
     flow_cfg = dict(settings["flow"])
     if args.method:
         flow_cfg["method"] = args.method
@@ -79,7 +78,8 @@ def _batches(store, keys, batch_size: int):
 def compute_shard(frames_path, out_path, flow_cfg: dict, *, device="auto") -> dict:
     """Compute the flow cache ``out_path`` from the frames store ``frames_path``; returns the root attributes.
 
-    ``flow_cfg`` holds the ``flow`` keys the method reads (see ``configure_parser``); the cache records them.
+    ``flow_cfg`` holds the ``flow`` keys the method reads (declared in :mod:`a2dpipe.settings`); the cache records
+    them.
     """
     from a2dpipe.dataset.frames import FrameStore
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.config import add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp
+from a2dpipe.config import check_consistent, check_inputs, read_stamp
+from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, select_device
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
@@ -32,7 +33,7 @@ log = logging.getLogger("a2dpipe.masks")
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "device, masks.batch_size, masks.score_threshold, masks.max_regions; none for gt")
+    add_config_arguments(parser, "region-masks")
     parser.add_argument("--source", required=True, choices=("dataset", "generic", "gt"), help="mask source")
     parser.add_argument("--frames", required=True, help="frames store of the shard")
     parser.add_argument("--model", nargs="?", help="mask model checkpoint (dataset and generic sources)")
@@ -40,7 +41,7 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    settings = read_settings(args)
+    settings = read_settings(args, "region-masks")
     if args.source != "gt" and not args.model:
         raise A2DError(f"--model is required for the {args.source} mask source")
     check_inputs(settings, {"frames shard": [args.frames]})

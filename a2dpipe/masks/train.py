@@ -41,8 +41,8 @@ import torch
 from a2dpipe.accelerator import autocast_dtype
 from a2dpipe.checkpoint import (fingerprint, load_model_file, load_resume, load_state_partial, remove_resume,
                                 save_model_file, write_curve)
-from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
-                             training_splits)
+from a2dpipe.config import check_consistent, check_inputs, read_stamp, training_splits
+from a2dpipe.settings import add_config_arguments, plain, read_settings
 from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError, select_device
 from a2dpipe.masks.cache import model_provenance
@@ -62,8 +62,7 @@ NUM_CLASSES = {"dataset": 8, "generic": 2}
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, device, dataset.final_fit, masks (all but score_threshold; iterations "
-                         "without --start, finetune_iterations with it)")
+    add_config_arguments(parser, "train-mask-model")
     parser.add_argument("--source", required=True, choices=("dataset", "generic"), help="mask source to train")
     parser.add_argument("--frames", required=True, nargs="+", help="frames stores (every shard)")
     parser.add_argument("--start", nargs="*", default=[],
@@ -72,7 +71,7 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    settings = read_settings(args)
+    settings = read_settings(args, "train-mask-model")
     if len(args.start) > 1:
         raise A2DError(f"--start takes one mask model, got {len(args.start)}")
     check_inputs(settings, {"frames shard": args.frames})
@@ -156,7 +155,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     history = trainer.history
     write_curve(curve_path, history, columns_of(history))
     final_loss = float(np.mean([h["loss"] for h in history[-20:]])) if history else float("nan")
-    checkpoint = save_model_file(out, "mask model", builder=arch, weights=model.state_dict(), settings=config,
+    checkpoint = save_model_file(out, "mask model", builder=arch, weights=model.state_dict(), settings=plain(config),
                                  meta=_meta(source, iterations, start_provenance, final_loss))
     remove_resume(resume_path)  # finished: a forced rerun trains afresh
     return checkpoint
@@ -198,7 +197,7 @@ def _save_coco_as_generic(config: dict, out: Path) -> dict:
     model = build_mask_model(**arch)
     load_coco_checkpoint(model, cfg["coco_checkpoint"], strict=True)  # untrained: nothing may stay random
     log.info("generic mask source: COCO checkpoint %s used as is (no training)", cfg["coco_checkpoint"])
-    return save_model_file(out, "mask model", builder=arch, weights=model.state_dict(), settings=config,
+    return save_model_file(out, "mask model", builder=arch, weights=model.state_dict(), settings=plain(config),
                            meta=_meta("generic", 0, "", float("nan")))
 
 

@@ -13,8 +13,9 @@ A2D's frames are 320 pixels high but of several widths, and only frames of one s
 
 Settings (config ``segmentation``): ``loader_workers`` worker processes (0: read in the main process),
 ``loader_prefetch`` batches each worker prepares ahead. Neither changes a result, so neither is recorded in an
-artifact's provenance nor in a training run's resume fingerprint (:func:`result_settings`). ``inference_batch``,
-frames per forward pass at inference, is: a batch may add floats up in another order.
+artifact's provenance nor in a training run's resume fingerprint (their commands declare them ``unrecorded``:
+:mod:`a2dpipe.settings`). ``inference_batch``, frames per forward pass at inference, is: a batch may add floats up
+in another order.
 """
 
 from __future__ import annotations
@@ -29,22 +30,10 @@ from a2dpipe.labels import to_setting
 from a2dpipe.segmentation.samples import Samples, View
 
 __all__ = ["StepBatches", "StepStream", "collate", "collate_each", "to_device", "make_loader", "loader_options",
-           "same_size_batches", "inference_batch_size", "network_threads", "LOADER_KEYS", "result_settings", "MEAN",
-           "STD"]
+           "same_size_batches", "network_threads", "MEAN", "STD"]
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-LOADER_KEYS = ("loader_workers", "loader_prefetch")
-
-
-def result_settings(config: dict) -> dict:
-    """``config`` without the loader settings of its ``segmentation`` section (they change no result), and without
-    that section when nothing else is left in it."""
-    if "segmentation" not in config:
-        return config
-    seg = {k: v for k, v in config["segmentation"].items() if k not in LOADER_KEYS}
-    rest = {k: v for k, v in config.items() if k != "segmentation"}
-    return {**rest, "segmentation": seg} if seg else rest
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -167,29 +156,14 @@ class StepStream:
         return next(self._iterator)
 
 
-def _segmentation_keys(config: dict, keys) -> dict:
-    """The config's ``segmentation`` values of ``keys``, schema defaults where the section leaves them out (a job's
-    settings hold only the keys its rule declares)."""
-    from a2dpipe.config import section_defaults
-
-    return section_defaults("segmentation", {k: v for k, v in config.get("segmentation", {}).items() if k in keys})
+def loader_options(segmentation: dict) -> dict:
+    """``{"workers", "prefetch"}`` of :func:`make_loader` from a config's ``segmentation`` section (its
+    ``loader_workers`` and ``loader_prefetch``)."""
+    return {"workers": segmentation["loader_workers"], "prefetch": segmentation["loader_prefetch"]}
 
 
-def loader_options(config: dict) -> dict:
-    """``{"workers", "prefetch"}`` of :func:`make_loader` from the config's ``segmentation`` section (its loader
-    keys, schema defaults where the section leaves them out)."""
-    seg = _segmentation_keys(config, LOADER_KEYS)
-    return {"workers": seg["loader_workers"], "prefetch": seg["loader_prefetch"]}
-
-
-def network_threads(threads: int, config: dict) -> int:
-    """Torch threads of a job's main process given the job's ``threads`` (its rule's, the CPUs SLURM grants):
-    what the loader's worker processes leave, at least 1. Each worker reads on one thread (a torch DataLoader
-    worker runs torch on one)."""
-    return max(threads - loader_options(config)["workers"], 1)
-
-
-def inference_batch_size(config: dict) -> int:
-    """Frames per forward pass at inference: the config's ``segmentation.inference_batch`` (the schema's default
-    where the section leaves it out)."""
-    return _segmentation_keys(config, ("inference_batch",))["inference_batch"]
+def network_threads(threads: int, workers: int) -> int:
+    """Torch threads of a job's main process given the job's ``threads`` (its rule's, the CPUs SLURM grants) and
+    the loader's ``workers``: what the worker processes leave, at least 1. Each worker reads on one thread (a torch
+    DataLoader worker runs torch on one)."""
+    return max(threads - workers, 1)

@@ -26,13 +26,13 @@ import torch
 
 from a2dpipe.progress import progress
 from a2dpipe.segmentation.predictions import PREDICTED_SPLITS, PredictionWriter
-from a2dpipe.segmentation.loader import (collate, inference_batch_size, loader_options, make_loader, network_threads,
-                                         result_settings, same_size_batches, to_device)
+from a2dpipe.segmentation.loader import (collate, loader_options, make_loader, network_threads, same_size_batches,
+                                         to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View
 from a2dpipe.checkpoint import load_model_file
 from a2dpipe.accelerator import autocast, autocast_dtype
-from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
-                             training_splits)
+from a2dpipe.config import check_consistent, check_inputs, read_stamp, training_splits
+from a2dpipe.settings import add_config_arguments, compared, read_settings, recorded
 from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, release_free_memory, select_device
 from a2dpipe.segmentation.models import build_segmenter, class_argmax, joint_prediction
 from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
@@ -47,9 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "device, flow.encoding and flow.wheel_max (rgbflow), segmentation.stage2's "
-                         "uncovered_background and pixel_stride (maskvote), segmentation.loader_workers, "
-                         "loader_prefetch and inference_batch; the network is the model's")
+    add_config_arguments(parser, "predict")
     parser.add_argument("--kind", required=True, choices=KINDS, help="network and head (a2dpipe.variants)")
     parser.add_argument("--input", required=True, choices=INPUTS)
     parser.add_argument("--train-source", default=NONE, choices=(NONE, *TRAINED_SOURCES),
@@ -88,9 +86,9 @@ def mask_vote(to_pixel: RegionToPixel, outputs: dict[str, torch.Tensor],
 
 
 def run(args) -> None:
-    config = read_settings(args)
+    config = read_settings(args, "predict")
     if args.threads:
-        torch.set_num_threads(network_threads(args.threads, config))
+        torch.set_num_threads(network_threads(args.threads, config["segmentation"]["loader_workers"]))
     v = check_variant(Variant(args.kind, args.input, args.train_source, args.test_source))
     if v.input == "rgbflow" and not args.flow:
         raise A2DError(f"variant {variant_name(v)} needs --flow stores")
@@ -115,7 +113,7 @@ def load_network(config: dict, variant: Variant, model: str | Path, device, spli
     want_stage = 2 if v.kind == "ours" else 1
     ckpt = load_model_file(model, f"stage-{want_stage} model")  # on the CPU; load_state_dict moves it
     trained_with = read_stamp(ckpt["provenance"])
-    check_consistent({"this job": _without_inference_batch(config), str(model): trained_with})
+    check_consistent({"this job": compared("predict", config, variant._asdict()), str(model): trained_with})
     if split == "val" and "val" in training_splits(trained_with):
         raise A2DError(f"{model}: trained on train + val (dataset.final_fit: train+val), so the validation split "
                        "cannot score it; choose settings with dataset.final_fit: train, then fit on train + val")
@@ -123,7 +121,7 @@ def load_network(config: dict, variant: Variant, model: str | Path, device, spli
         raise A2DError(f"{model}: a stage-{ckpt['stage']} {ckpt['input']} model, but variant {name} needs a "
                        f"stage-{want_stage} {v.input} model")
     # the architecture is the one the file was trained with, whatever the current config says
-    net = build_segmenter(**ckpt["builder"], pretrained=False)
+    net = build_segmenter(**ckpt["builder"])
     net = net.to(device).eval()
     net.load_state_dict(ckpt["model"])
     return net, ckpt
@@ -137,15 +135,6 @@ def vote_layer(config: dict, variant: Variant, device) -> RegionToPixel | None:
     stage2 = config["segmentation"]["stage2"]
     return RegionToPixel(NUM_ACTORS, NUM_ACTIONS, uncovered_background=stage2["uncovered_background"],
                          pixel_stride=stage2["pixel_stride"]).to(device)
-
-
-def _without_inference_batch(config: dict) -> dict:
-    """``config`` less ``segmentation.inference_batch``: the batch stage 2 cached its features in need not be the one
-    this job predicts in."""
-    seg = config.get("segmentation")
-    if not seg or "inference_batch" not in seg:
-        return config
-    return {**config, "segmentation": {k: v for k, v in seg.items() if k != "inference_batch"}}
 
 
 def log_probs(net, variant: Variant, batch: dict, vote_to_pixel, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -182,11 +171,12 @@ def predict(config: dict, *, variant: Variant, model: str | Path, samples, out: 
     amp = autocast_dtype(device, bool(trained["amp"]))  # bf16, fp16 or None (float32) for this GPU
     vote_to_pixel = vote_layer(config, variant, device)
     views = [View(i, flow=net.uses_flow) for i in range(len(samples))]
-    batches = same_size_batches(samples, views, inference_batch_size(config))
-    frames = make_loader(samples, batches, collate_fn=collate, device=device, **loader_options(config))
+    batches = same_size_batches(samples, views, config["segmentation"]["inference_batch"])
+    frames = make_loader(samples, batches, collate_fn=collate, device=device,
+                         **loader_options(config["segmentation"]))
     seconds = 0.0
     with (PredictionWriter(out, variant=name, model=Path(model).name, device=describe_device(device),
-                           settings=result_settings(config)) as writer,
+                           settings=recorded("predict", config, variant._asdict())) as writer,
           progress(total=len(samples), desc=f"predict {name}") as bar):
         for loaded in frames:
             batch = to_device(loaded, device, with_flow=net.uses_flow)

@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from a2dpipe.config import check_consistent, hdf5_stamp, read_stamp, section_defaults
+from a2dpipe.config import check_consistent, hdf5_stamp, read_stamp, resolve
 from a2dpipe.io import A2DError
 from a2dpipe.variants import NONE, Variant, check_variant, variant_name
 
@@ -174,10 +174,12 @@ def find_parts(run: str | Path, variant: Variant, shared: str | Path | None = No
     settings: dict = {}
     for stamp in stamps.values():
         _merge(settings, stamp)
-    settings["segmentation"] = section_defaults("segmentation", settings.get("segmentation"))
     if v.kind == "maskvote" and str(predictions) not in stamps:
         log.info("%s not found: the mask vote takes the schema's segmentation.stage2 settings", predictions)
-    settings["flow"] = section_defaults("flow", settings.get("flow"))
-    settings["frames"] = section_defaults("frames", settings.get("frames"))
+    # the artifacts record what their commands read; what segment needs beyond that (a stage-1 run's inference
+    # batch, the mask vote's stage2 without its predictions) is the schema's default
+    sections = ("segmentation", "flow", "frames")
+    filled = resolve({k: settings.get(k, {}) for k in sections}, "the run's recorded settings", partial=True)
+    settings.update({k: filled[k] for k in sections})
     settings.setdefault("device", "auto")
     return RunParts(v, network, mask_model, settings, _frame_height(frames), stamps)

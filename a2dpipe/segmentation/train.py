@@ -38,16 +38,16 @@ import torch
 
 from a2dpipe.checkpoint import fingerprint, load_model_file, load_resume, remove_resume, save_model_file, write_curve
 from a2dpipe.segmentation.loader import (StepStream, collate, collate_each, loader_options, make_loader,
-                                         network_threads, result_settings, same_size_batches, to_device)
+                                         network_threads, same_size_batches, to_device)
 from a2dpipe.segmentation.samples import StoreSamples, View, plan_view
 from a2dpipe.accelerator import autocast, autocast_dtype
-from a2dpipe.config import (add_config_arguments, check_consistent, check_inputs, read_settings, read_stamp,
-                             section_defaults, training_splits)
+from a2dpipe.config import check_consistent, check_inputs, read_stamp, training_splits
+from a2dpipe.settings import add_config_arguments, plain, read_settings, recorded
 from a2dpipe.integrity import file_digest
 from a2dpipe.io import A2DError, select_device
 from a2dpipe.progress import progress
 from a2dpipe.recipe import build_optimizer, poly_schedule
-from a2dpipe.segmentation.models import build_segmenter, segmentation_config, segmentation_loss
+from a2dpipe.segmentation.models import build_segmenter, segmentation_loss, segmenter_arguments
 from a2dpipe.trainer import (PeriodicCheckpointer, Progress, Trainer, curve_columns, grad_scaler,
                              tensorboard_hooks)
 
@@ -60,8 +60,7 @@ CURVE_COLUMNS = curve_columns(("loss_actor", "loss_action"))
 
 
 def configure_parser(parser) -> None:
-    add_config_arguments(parser, "seed, device, dataset.final_fit, segmentation (stage 1: all but stage2 and "
-                                 "inference_batch), flow.encoding and flow.wheel_max (rgbflow)")
+    add_config_arguments(parser, "train")
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
     parser.add_argument("--input", choices=("rgb", "rgbflow"), required=True)
     parser.add_argument("--mask-source", choices=("dataset", "generic"), default="dataset",
@@ -76,9 +75,9 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> None:
-    config = read_settings(args)
+    config = read_settings(args, "train")
     if args.threads:
-        torch.set_num_threads(network_threads(args.threads, config))
+        torch.set_num_threads(network_threads(args.threads, config["segmentation"]["loader_workers"]))
     if args.input == "rgbflow" and not args.flow:
         raise A2DError("--input rgbflow needs --flow stores")
     if args.stage == 2 and not args.stage1:
@@ -105,7 +104,7 @@ def flow_encoding_settings(config: dict, input: str) -> dict:
     """``flow_encoding`` and ``wheel_max`` of the flow-as-RGB images (config ``flow``); read only for rgbflow."""
     if input != "rgbflow":
         return {"flow_encoding": "xym", "wheel_max": None}  # no flow image is made
-    flow = section_defaults("flow", config.get("flow"))
+    flow = config["flow"]
     return {"flow_encoding": flow["encoding"], "wheel_max": flow["wheel_max"] if flow["encoding"] == "wheel" else None}
 
 
@@ -255,10 +254,10 @@ def cache_features(model, samples, device, amp: torch.dtype | None, loader: dict
 
 
 def _step_function(model, samples, config: dict, stage: int, device, amp: torch.dtype | None):
-    seg = segmentation_config(config)
+    seg = config["segmentation"]
     opts = seg[f"stage{stage}"]
     common = {"seed": int(config["seed"]), "batch_size": opts["batch_size"], "device": device,
-              "iterations": opts["iterations"], "loader": loader_options(config)}
+              "iterations": opts["iterations"], "loader": loader_options(seg)}
     if stage == 2 and opts["cache_features"]:
         cache = cache_features(model, samples, device, amp, common["loader"], batch_size=seg["inference_batch"])
         return CachedStep(model, samples, cache, **common)
@@ -275,17 +274,20 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
     inputs (or settings, or another stage-1 model) is ignored, and the log names what changed.
     """
     out = Path(out)
-    seg = segmentation_config(config)
+    seg = config["segmentation"]
     opts = seg[f"stage{stage}"]
     seed = int(config["seed"])
     device = select_device(config["device"])
     amp = autocast_dtype(device, bool(seg["amp"]))  # bf16, fp16 or None (float32) for this GPU
     torch.manual_seed(seed)
-    model = build_segmenter(config, input=input, pretrained=stage == 1, regions=stage == 2).to(device)
+    model = build_segmenter(**segmenter_arguments(seg, input=input, pretrained=stage == 1, regions=stage == 2))
+    model = model.to(device)
     s1_digest = _load_stage1(model, stage1, input, config) if stage == 2 else None
     optimizer, scheduler = stage_recipe(model, stage, opts)
 
-    recorded_seg = result_settings({"segmentation": seg})["segmentation"]  # the loader's settings change no result
+    # the declared settings, less the loader's, which change no result
+    made_with = recorded("train", config, {"stage": stage, "input": input})
+    recorded_seg = made_with["segmentation"]
     recipe = {"settings": fingerprint(stage=stage, input=input, mask_source=mask_source, seed=seed,
                                       seg=recorded_seg, device=device.type),
               "frame list": fingerprint(frames=samples.keys()), **(inputs or {})}
@@ -311,10 +313,10 @@ def train(config: dict, *, stage: int, input: str, samples, out: str | Path, sta
         return None
     write_curve(curve_path, trainer.history, CURVE_COLUMNS)
     # the builder's arguments: the network these weights fit, whatever settings a later job has
-    builder = {"config": {"segmentation": recorded_seg}, "input": input, "regions": stage == 2}
+    builder = plain(segmenter_arguments(recorded_seg, input=input, pretrained=False, regions=stage == 2))
     meta = {"stage": stage, "input": input, "mask_source": mask_source if stage == 2 else None,
             "steps": opts["iterations"], "amp": bool(seg["amp"]), "curve": trainer.history}
     result = save_model_file(out, f"stage-{stage} model", builder=builder, weights=model.state_dict(), meta=meta,
-                             settings=result_settings(config))
+                             settings=made_with)
     remove_resume(resume)
     return result

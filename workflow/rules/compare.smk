@@ -43,7 +43,7 @@ rule compare_masks:
         **get_job_resources("small"),
     params:
         code=get_code("compare-masks"),
-        settings=get_settings("seed", "evaluation.bootstrap_resamples"),
+        settings=get_settings("compare-masks"),
         this=get_compare_labels()[0],
         other=get_compare_labels()[1],
     shell:

@@ -1,7 +1,8 @@
 # Dataset stage: the synthetic benchmark (embedded default), the frame index, per-shard frame extraction, and the
 # ground truth's region masks per shard.
-# Each rule passes its command exactly the config values it reads (params.settings, see common.smk), so that
-# changing one reruns it and what depends on it (rerun trigger "params"). Every substitution is shell-quoted.
+# Each rule passes its command exactly the config values that command declares it reads (params.settings:
+# get_settings in common.smk, from a2dpipe/settings.py), so that changing one reruns it and what depends on it
+# (rerun trigger "params"). Every substitution is shell-quoted.
 
 
 if config["dataset"]["synthetic"]:
@@ -24,7 +25,7 @@ if config["dataset"]["synthetic"]:
             **get_job_resources("pass"),
         params:
             code=get_code("synthesize"),
-            settings=get_settings("seed", "synthetic"),
+            settings=get_settings("synthesize"),
         shell:
             "python -m a2dpipe synthesize --settings {params.settings:q} --out {output.root:q}"
             " --workers {threads:q} --log {log:q}"
@@ -46,7 +47,7 @@ rule index:
         **get_job_resources("small"),
     params:
         code=get_code("index"),
-        settings=get_index_settings(),
+        settings=get_settings("index"),
     shell:
         "python -m a2dpipe index --settings {params.settings:q} --root {input.root:q} --out {output.index:q}"
         " --log {log:q}"
@@ -69,7 +70,7 @@ rule extract_frames:
         **get_job_resources("shard"),
     params:
         code=get_code("extract-frames"),
-        settings=get_settings("frames"),
+        settings=get_settings("extract-frames"),
     shell:
         "python -m a2dpipe extract-frames --settings {params.settings:q} --root {input.root:q}"
         " --index {input.index:q} --shard {wildcards.shard:q} --out {output.frames:q} --log {log:q}"
@@ -102,7 +103,7 @@ rule gt_region_masks:
         **get_job_resources("shard"),
     params:
         code=get_code("region-masks"),
-        settings=get_region_mask_settings,
+        settings=get_settings("region-masks"),
     shell:
         "python -m a2dpipe region-masks --settings {params.settings:q} --source {wildcards.source:q}"
         " --frames {input.frames:q} --out {output.cache:q} --log {log:q}"

@@ -21,7 +21,7 @@ rule evaluate:
         **get_job_resources("small"),
     params:
         code=get_code("evaluate"),
-        settings=get_settings("evaluation.boundary_width", "evaluation.settings_from"),
+        settings=get_settings("evaluate"),
     shell:
         "python -m a2dpipe evaluate --settings {params.settings:q} --split {wildcards.split:q}"
         " --predictions {input.predictions:q}"
@@ -52,7 +52,7 @@ rule validate:
         **get_job_resources("small"),
     params:
         code=get_code("metrics-table"),
-        settings=get_settings("seed", "evaluation.bootstrap_resamples"),
+        settings=get_settings("metrics-table"),
         out_dir=get_output_dir,
     shell:
         "python -m a2dpipe metrics-table --settings {params.settings:q} --evaluations {input.evaluations:q}"
@@ -100,7 +100,7 @@ rule estimate:
         **get_job_resources("small"),
     params:
         code=get_code("estimate"),
-        settings=get_estimate_settings(),
+        settings=get_settings("estimate"),
     shell:
         "python -m a2dpipe estimate --settings {params.settings:q} --out {output.table:q} --log {log:q}"
 
@@ -142,7 +142,7 @@ rule report_figures:
         **get_job_resources("small"),
     params:
         code=get_code("report"),
-        settings=get_settings("evaluation.qualitative_frames"),
+        settings=get_settings("report"),
         out_dir=get_output_dir,
     shell:
         "python -m a2dpipe report --settings {params.settings:q} --evaluations {input.evaluations:q}"
@@ -222,12 +222,7 @@ rule tables:
     params:
         code=get_code("tables"),
         out_dir=get_output_dir,
-        settings=get_settings(
-            "seed",
-            "dataset.final_fit",
-            "evaluation.bootstrap_resamples",
-            "evaluation.claims_correction",
-        ),
+        settings=get_settings("tables"),
     shell:
         "python -m a2dpipe tables --settings {params.settings:q} --evaluations {input.evaluations:q}"
         " --per-video {input.per_video:q} --timing {input.timing:q} --mask-quality {input.mask_quality:q}"

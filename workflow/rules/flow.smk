@@ -20,7 +20,7 @@ rule flow:
         **get_job_resources("shard", gpu=get_flow_gpus()),
     params:
         code=get_code("flow"),
-        settings=get_flow_settings(),
+        settings=get_settings("flow"),
     shell:
         "python -m a2dpipe flow --settings {params.settings:q} --method {wildcards.method:q}"
         " --frames {input.frames:q} --threads {threads:q} --out {output.flow:q} --log {log:q}"

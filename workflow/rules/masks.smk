@@ -19,7 +19,7 @@ rule train_mask_model:
         **get_job_resources("train", gpu=1),
     params:
         code=get_code("train-mask-model"),
-        settings=get_mask_model_settings,
+        settings=get_settings("train-mask-model", start=get_mask_model_start),
     shell:
         "python -m a2dpipe train-mask-model --settings {params.settings:q}"
         " --source {wildcards.trained_source:q} --frames {input.frames:q} --start {input.start:q}"
@@ -45,7 +45,7 @@ rule region_masks:
         **get_job_resources("shard", gpu=1),
     params:
         code=get_code("region-masks"),
-        settings=get_region_mask_settings,
+        settings=get_settings("region-masks"),
     shell:
         "python -m a2dpipe region-masks --settings {params.settings:q} --source {wildcards.source:q}"
         " --frames {input.frames:q} --model {input.model:q} --out {output.cache:q} --log {log:q}"

@@ -24,7 +24,7 @@ if makes(STAGE1_RESULTS):
             **get_job_resources("train", gpu=1),
         params:
             code=get_code("train"),
-            settings=get_train_settings(1),
+            settings=get_settings("train", stage=1),
         shell:
             "python -m a2dpipe train --settings {params.settings:q} --stage 1 --input {wildcards.input:q}"
             " --frames {input.frames:q} --flow {input.flow:q} --threads {threads:q} --out {output.model:q}"
@@ -51,7 +51,7 @@ rule train_stage2:
         **get_job_resources("train", gpu=1),
     params:
         code=get_code("train"),
-        settings=get_train_settings(2),
+        settings=get_settings("train", stage=2),
     shell:
         "python -m a2dpipe train --settings {params.settings:q} --stage 2 --input {wildcards.input:q}"
         " --mask-source {wildcards.trained_source:q} --frames {input.frames:q} --flow {input.flow:q}"
@@ -78,7 +78,7 @@ rule predict:
         **get_job_resources("pass", gpu=1),
     params:
         code=get_code("predict"),
-        settings=get_predict_settings,
+        settings=get_settings("predict"),
     shell:
         "python -m a2dpipe predict --settings {params.settings:q} --split {wildcards.split:q}"
         " --kind {wildcards.kind:q} --input {wildcards.input:q} --train-source {wildcards.train_source:q}"

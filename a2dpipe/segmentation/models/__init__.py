@@ -1,6 +1,7 @@
 """Segmentation network: dilated two-stream front-end, ASPP baseline and region back-ends (paper 3.2-3.3).
 
-``build_segmenter(config, input=...)`` assembles the network from the config's ``segmentation`` section.
+``build_segmenter(**segmenter_arguments(segmentation, input=...))`` assembles the network from a config's
+``segmentation`` section.
 """
 
 from a2dpipe.segmentation.models.backends import (
@@ -16,7 +17,7 @@ from a2dpipe.segmentation.models.segmenter import (
     build_segmenter,
     class_argmax,
     joint_prediction,
-    segmentation_config,
+    segmenter_arguments,
     segmentation_loss,
 )
 
@@ -34,6 +35,6 @@ __all__ = [
     "build_segmenter",
     "class_argmax",
     "joint_prediction",
-    "segmentation_config",
+    "segmenter_arguments",
     "segmentation_loss",
 ]

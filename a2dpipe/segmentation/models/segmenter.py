@@ -17,11 +17,12 @@ background) and the 43 valid pairs, so an invalid pair can never be predicted:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from a2dpipe.config import section_defaults
 from a2dpipe.labels import IGNORE, VALID_PAIRS, actor_of, action_of
 from a2dpipe.segmentation.models.backends import ASPPBaseline, RegionBackEnd, build_region_back_end
 from a2dpipe.segmentation.models.frontend import FrontEnd, build_front_end
@@ -29,17 +30,12 @@ from a2dpipe.segmentation.models.frontend import FrontEnd, build_front_end
 __all__ = [
     "Segmenter",
     "build_segmenter",
-    "segmentation_config",
+    "segmenter_arguments",
     "segmentation_loss",
     "class_argmax",
     "joint_prediction",
     "VALID_PAIRS",
 ]
-
-
-def segmentation_config(config: dict) -> dict:
-    """The ``segmentation`` section of ``config``, validated, with the schema's defaults filled in (a new dict)."""
-    return section_defaults("segmentation", config["segmentation"])
 
 
 class Segmenter(nn.Module):
@@ -91,32 +87,43 @@ class Segmenter(nn.Module):
         return self.forward_baseline(rgb, flow)
 
 
-def build_segmenter(config: dict, *, input: str = "rgb", pretrained: bool = True, regions: bool = True) -> Segmenter:
-    """Segmenter from a config's ``segmentation`` section for input ``rgb`` or ``rgbflow``.
+# build_region_back_end's arguments, as config segmentation.stage2 names them
+REGION_KEYS = ("roi_size", "fc_dim", "uncovered_background", "pool", "pixel_stride", "roi_channels")
 
-    ``pretrained=False`` skips the ImageNet checkpoints (when a trained checkpoint is loaded right after).
-    ``regions=False`` leaves out the region back-end (stage 1), so that neither the network nor its initialisation
-    depends on the ``stage2`` settings.
+
+def build_segmenter(*, input: str = "rgb", backbone: str, width: int, aspp_rates: Sequence[int],
+                    rgb_weights: str | None = None, flow_weights: str | None = None,
+                    stage2: Mapping | None = None) -> Segmenter:
+    """Segmenter for input ``rgb`` or ``rgbflow``: front-end of ``backbone`` (ImageNet-initialised from
+    ``rgb_weights`` and ``flow_weights`` when given), ASPP baseline of ``aspp_rates``, and the region back-end of
+    ``stage2`` (:func:`.backends.build_region_back_end`'s keyword arguments, :data:`REGION_KEYS`); ``stage2=None``
+    leaves it out (stage 1), so that neither the network nor its initialisation depends on the stage-2 settings.
+    :func:`segmenter_arguments` gives these arguments from a config's ``segmentation`` section.
     """
     if input not in ("rgb", "rgbflow"):
         raise ValueError(f"input must be 'rgb' or 'rgbflow', not {input!r}")
-    seg = segmentation_config(config)
-    front_end = build_front_end(
-        backbone=seg["backbone"],
-        width=seg["width"],
-        streams=("rgb", "flow") if input == "rgbflow" else ("rgb",),
-        rgb_weights=seg["rgb_weights"] if pretrained else None,
-        flow_weights=seg["flow_weights"] if pretrained else None,
-    )
-    if not regions:
-        return Segmenter(front_end, ASPPBaseline(front_end.out_channels, seg["aspp_rates"]), None)
-    s2 = seg["stage2"]
+    front_end = build_front_end(backbone=backbone, width=width,
+                                streams=("rgb", "flow") if input == "rgbflow" else ("rgb",),
+                                rgb_weights=rgb_weights, flow_weights=flow_weights)
+    if stage2 is None:
+        return Segmenter(front_end, ASPPBaseline(front_end.out_channels, aspp_rates), None)
     # built before the baseline: the order decides which of the seed's draws give the region back-end its initial
     # weights, so reordering would change every stage-2 result
-    region = build_region_back_end(front_end.out_channels, roi_size=s2["roi_size"], fc_dim=s2["fc_dim"],
-                                   uncovered_background=s2["uncovered_background"], pool=s2["pool"],
-                                   pixel_stride=s2["pixel_stride"], roi_channels=s2["roi_channels"])
-    return Segmenter(front_end, ASPPBaseline(front_end.out_channels, seg["aspp_rates"]), region)
+    region = build_region_back_end(front_end.out_channels, **stage2)
+    return Segmenter(front_end, ASPPBaseline(front_end.out_channels, aspp_rates), region)
+
+
+def segmenter_arguments(segmentation: Mapping, *, input: str, pretrained: bool = True,
+                        regions: bool = True) -> dict:
+    """:func:`build_segmenter`'s arguments from a config's ``segmentation`` section (its keys backbone, width,
+    aspp_rates, rgb_weights and flow_weights when ``pretrained``, and stage2's :data:`REGION_KEYS` with
+    ``regions``). ``pretrained=False`` skips the ImageNet checkpoints (a trained model is loaded right after);
+    ``regions=False`` builds a stage-1 network."""
+    seg = segmentation
+    return dict(input=input, backbone=seg["backbone"], width=seg["width"], aspp_rates=list(seg["aspp_rates"]),
+                rgb_weights=seg["rgb_weights"] if pretrained else None,
+                flow_weights=seg["flow_weights"] if pretrained else None,
+                stage2={k: seg["stage2"][k] for k in REGION_KEYS} if regions else None)
 
 
 def segmentation_loss(outputs: dict[str, torch.Tensor], actor: torch.Tensor,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from pathlib import Path
 
 import cv2
@@ -205,3 +206,52 @@ def test_a_long_clip_with_a_fast_pan_keeps_its_actors_in_view(tmp_path):
                            annotated={"long": {1: "11", 240: "11"}, "other": {3: "11"}})
     synthesize({**_section(meta), "camera_motion": 8.0}, seed=1, out=tmp_path / "out")
     assert len(list_annotated_frames(tmp_path / "out")) == 3
+
+
+# --- the paper smoke preset -----------------------------------------------------------------------------------------
+
+SMOKE = REPO / "config" / "paper-smoke.yaml"
+SAME_AS_PAPER = {
+    "dataset": ["shard_size", "exclude_videos", "val_fraction", "final_fit"], "frames": ["neighbour"],
+    "flow": ["method", "encoding"],
+    "masks": ["model", "backbone", "fcis_layout", "min_size", "max_size", "max_regions", "fcis_k", "fcis_mask_voting",
+              "optimizer"],
+    "segmentation": ["backbone", "aspp_rates", "crop", "amp"], "experiments": ["inputs", "regions"],
+}
+SAME_STAGE2 = ["batch_size", "roi_size", "fc_dim", "roi_channels", "pool", "pixel_stride", "cache_features"]
+
+
+def test_paper_smoke_preset_keeps_the_paper_networks_and_shapes(tmp_path):
+    """config/paper-smoke.yaml is the paper preset with the official FCIS (config/paper.yaml + paper-fcis.yaml) but
+    for its step counts, batch sizes and data, and names weight files inside its results folder (written there by
+    benchmarks/paper_smoke_weights.py), so that deleting the folder removes them."""
+    from snakemake.utils import update_config
+
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    update_config(paper, yaml.safe_load((REPO / "config" / "paper-fcis.yaml").read_text()))
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(paper))
+    paper, smoke = load_config(tmp_path / "paper.yaml"), load_config(SMOKE)
+    for section, keys in SAME_AS_PAPER.items():
+        for key in keys:
+            assert smoke[section][key] == paper[section][key], f"{section}.{key}"
+    for key in SAME_STAGE2:
+        assert smoke["segmentation"]["stage2"][key] == paper["segmentation"]["stage2"][key], key
+    steps = [smoke["masks"]["iterations"], smoke["masks"]["finetune_iterations"],
+             *(smoke["segmentation"][stage]["iterations"] for stage in ("stage1", "stage2"))]
+    assert max(steps) <= 2 and smoke["dataset"]["synthetic"] and smoke["synthetic"]["metadata"]
+    weights = [smoke["segmentation"]["rgb_weights"], smoke["segmentation"]["flow_weights"], smoke["flow"]["weights"],
+               smoke["masks"]["coco_checkpoint"]]
+    assert all(Path(w).parts[0] == smoke["results"] for w in weights), weights
+
+
+def test_paper_smoke_preset_plans_every_rule_of_tables(tmp_path, snakemake_run):
+    """Its DAG builds (weights are not inputs: the plan needs none of them) with every rule the paper path runs."""
+    if not (REAL_METADATA / "videoset.csv").is_file():
+        pytest.skip(f"real A2D metadata not found at {REAL_METADATA}")
+    where = tmp_path / "metadata.yaml"
+    where.write_text(yaml.safe_dump({"synthetic": {"metadata": str(REAL_METADATA)}}))
+    proc = snakemake_run(tmp_path, "tables", "--dry-run", "--quiet", "rules", "--configfile", SMOKE, where)
+    planned = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", proc.stdout, re.M) if m[1] != "total"}
+    assert planned["flow"] == planned["extract_frames"] == 1 and planned["train_mask_model"] == 2, planned
+    assert planned["region_masks"] == 3 and planned["train_stage1"] == 2 and planned["train_stage2"] == 3, planned
+    assert planned["tables"] == 1, planned

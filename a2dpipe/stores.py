@@ -295,9 +295,17 @@ class ArtifactWriter:
         return self._file
 
     def set_attrs(self, **attrs) -> None:
-        """Set root attributes; ``None`` values are left out."""
+        """Set root attributes; ``None`` values are left out. Text is stored at its fixed length (read back as
+        bytes: :attr:`ArtifactReader.attrs` decodes it): it then lies in the checksummed object header, where a
+        variable-length string would lie in HDF5's global heap, whose lengths no checksum covers and a damaged one
+        of which can hang the reader."""
+        import h5py
+
         for key, value in attrs.items():
-            if value is not None:
+            if isinstance(value, str):
+                data = value.encode()
+                self._file.attrs.create(key, data, dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
+            elif value is not None:
                 self._file.attrs[key] = value
 
     def create_group(self, video: str, frame: int) -> "ChecksummedGroup":

@@ -108,7 +108,7 @@ def test_predict_mask_vote_with_a_stage1_model(tmp_path):
     seconds = predict(CONFIG, variant=Variant("maskvote", "rgb", NONE, "gt"), model=model, samples=samples, out=out)
     assert math.isfinite(seconds)
     with h5py.File(out) as f:
-        assert f.attrs["variant"] == "maskvote-rgb-gt"
+        assert f.attrs["variant"].decode() == "maskvote-rgb-gt"
         for k in range(3):
             g = f[f"v{k}/00001"]
             joint = g["joint"][()]

@@ -270,7 +270,7 @@ def test_a_changed_key_reruns_exactly_what_depends_on_it(key, tiny_run, tiny_con
 
 def _hdf5_settings(path: Path) -> dict:
     with h5py.File(path, "r") as f:
-        assert f.attrs["a2dpipe_version"] == a2dpipe.__version__, path
+        assert f.attrs["a2dpipe_version"].decode() == a2dpipe.__version__, path
         return json.loads(f.attrs["settings"])
 
 

@@ -316,7 +316,7 @@ def test_the_segment_rule_segments_configured_videos_and_stays_out_of_tables(tin
     summary = json.loads((work / "results" / "segment" / "short" / "summary.json").read_text())
     assert (summary["frames"], summary["segmented"]) == (12, 4)
     with h5py.File(work / "results" / "segment" / "short" / "labels.h5") as f:
-        assert f.attrs["schema"] == "a2dpipe.predictions/2"
+        assert f.attrs["schema"].decode() == "a2dpipe.predictions/2"
 
     everything = snakemake_run(work, "all", "--dry-run", "--quiet", "rules", config=configfile).stdout
     assert "segment_video" not in everything  # `all` lists the strips' folder for the report, and makes none

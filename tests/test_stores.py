@@ -47,9 +47,9 @@ def test_writer_stamps_schema_attributes_and_settings_and_counts_frames(tmp_path
     path = tmp_path / "toy.h5"
     write_toy(path, {("b", 2): "test", ("a", 10): "train", ("a", 3): "test"}, settings={"z": 1, "a": [2, 3]})
     with h5py.File(path, "r") as f:
-        assert f.attrs["schema"] == "a2dpipe.toy/2" and f.attrs["note"] == "toy" and "absent" not in f.attrs
+        assert f.attrs["schema"].decode() == "a2dpipe.toy/2" and f.attrs["note"].decode() == "toy" and "absent" not in f.attrs
         assert f.attrs["frames"] == 3
-        assert f.attrs["settings"] == json.dumps({"a": [2, 3], "z": 1})
+        assert f.attrs["settings"].decode() == json.dumps({"a": [2, 3], "z": 1})
         assert sorted(f["a"]) == ["00003", "00010"]
     with ToyReader(path) as reader:
         assert reader.keys() == [("a", 3), ("a", 10), ("b", 2)]
@@ -183,7 +183,7 @@ def test_every_writer_stamps_the_settings_it_is_given(tmp_path, make):
     with make(tmp_path / "b.h5", None) as writer:
         writer.create_group("v", 1)
     with h5py.File(tmp_path / "a.h5", "r") as a, h5py.File(tmp_path / "b.h5", "r") as b:
-        assert a.attrs["settings"] == '{"seed": 0}' and "settings" not in b.attrs
+        assert a.attrs["settings"].decode() == '{"seed": 0}' and "settings" not in b.attrs
         assert set(a.attrs) - set(b.attrs) == {"settings", "a2dpipe_version", "code"}
 
 

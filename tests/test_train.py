@@ -207,8 +207,8 @@ def test_predict_writes_valid_label_maps_at_frame_size(stage1, stage2, tmp_path,
     out = tmp_path / "pred.h5"
     predict(CONFIG, variant=variant, model=model, samples=samples, out=out)
     with h5py.File(out) as f:
-        assert f.attrs["variant"] == name and f.attrs["seconds_per_frame"] > 0
-        assert f.attrs["device"].startswith("CPU ")  # where it was measured, for the timing table
+        assert f.attrs["variant"].decode() == name and f.attrs["seconds_per_frame"] > 0
+        assert f.attrs["device"].decode().startswith("CPU ")  # where it was measured, for the timing table
         for video, frame in samples.keys():
             g = f[f"{video}/{frame:05d}"]
             for name, top in (("actor", 7), ("action", 9)):

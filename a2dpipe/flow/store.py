@@ -49,11 +49,11 @@ class FlowStore(ArtifactReader):
 
     @property
     def method(self) -> str:
-        return str(self._file.attrs["method"])
+        return self.attrs["method"]
 
     @property
     def encoding(self) -> str:
-        return str(self._file.attrs["encoding"])
+        return self.attrs["encoding"]
 
     def read(self, video: str, frame: int) -> tuple[np.ndarray, np.ndarray]:
         """(flow (H, W, 2) float32 pixels, rgb (H, W, 3) uint8) of one frame."""

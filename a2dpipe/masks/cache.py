@@ -202,7 +202,7 @@ class MaskCache(ArtifactReader):
 
     def __init__(self, path):
         super().__init__(path)
-        attrs = self._file.attrs
+        attrs = self.attrs
         if "frames" not in attrs:
             self._file.close()
             raise A2DError(f"{self.path}: region-mask cache was never finished (no 'frames' attribute); "

@@ -36,8 +36,8 @@ from a2dpipe.flow.flownet import flownet2  # noqa: E402
 from a2dpipe.masks import convert  # noqa: E402
 from a2dpipe.masks.model import build_mask_model  # noqa: E402
 from a2dpipe.masks.mxnet_params import read_params  # noqa: E402
-from test_convert_weights import _official_arrays, write_params  # noqa: E402
-from test_published_weights import COUNTER, _random_state  # noqa: E402
+from test_convert_weights import official_arrays, write_params  # noqa: E402
+from test_published_weights import COUNTER, random_state  # noqa: E402
 
 # standard deviation x sqrt(fan-in) per official layer (He's sqrt(2) elsewhere): conv1 sees 0-255 input, the heads
 # give scores and box deltas of order one and 0.1
@@ -65,7 +65,7 @@ def config_paths(configfiles: list[Path]) -> dict[str, Path]:
 
 
 def write_resnet101(path: Path) -> None:
-    state = _random_state(torchvision.models.resnet101(weights=None), seed=0)
+    state = random_state(torchvision.models.resnet101(weights=None), seed=0)
     torch.save(OrderedDict((k, v) for k, v in state.items() if not k.endswith(COUNTER)), path)
 
 
@@ -74,7 +74,7 @@ def fcis_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     model = build_mask_model(model="fcis", backbone="resnet101", num_classes=FCIS_CLASSES, min_size=600,
                              max_size=1000, layout="official")
     arrays = {}
-    for name, zeros in _official_arrays(model).items():
+    for name, zeros in official_arrays(model).items():
         dims = zeros.shape
         if name.endswith("_weight"):
             scale = HEAD_SCALE.get(name[:-len("_weight")], np.sqrt(2.0))

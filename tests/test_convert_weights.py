@@ -95,7 +95,7 @@ def official_model():
                             layout="official")
 
 
-def _official_arrays(model) -> dict[str, np.ndarray]:
+def official_arrays(model) -> dict[str, np.ndarray]:
     """Arrays of every official FCIS name, of the official shapes (zeros: the mapping is under test, not values)."""
     own = model.state_dict()
     arrays = {}
@@ -125,7 +125,7 @@ def test_converter_refuses_unknown_and_missing_names(tmp_path, official_model):
 
 
 def test_converter_names_a_shape_mismatch(official_model):
-    arrays = _official_arrays(official_model)
+    arrays = official_arrays(official_model)
     arrays["res2a_branch2b_weight"] = np.zeros((64, 64, 1, 1), np.float32)
     with pytest.raises(A2DError, match=r"x\.params: .*arrays of another shape: backbone\.body\.layer1\.0\.conv2\."
                        r"weight \(64, 64, 1, 1\) \(the network wants \(64, 64, 3, 3\)\)"):

@@ -27,7 +27,7 @@ from test_masks import make_frames_shard
 COUNTER = "num_batches_tracked"
 
 
-def _random_state(model: torch.nn.Module, seed: int) -> OrderedDict:
+def random_state(model: torch.nn.Module, seed: int) -> OrderedDict:
     """``model``'s state dict with every value random (batch norm statistics and counters included), so that a
     tensor left as the loader's model initialised it can never pass for one loaded from the file. Small weights
     and positive variances: the network still computes finite values."""
@@ -56,7 +56,7 @@ def _assert_holds(state: dict, expected: dict, skip=()):
 def resnet101_files(tmp_path_factory):
     """(state, file with counters, file without them): torchvision's ImageNet ResNet-101 state dict as published,
     older files (``resnet101-63fe2227.pth``) having no ``num_batches_tracked`` entries."""
-    state = _random_state(torchvision.models.resnet101(weights=None), seed=0)
+    state = random_state(torchvision.models.resnet101(weights=None), seed=0)
     folder = tmp_path_factory.mktemp("imagenet")
     with_counters, without = folder / "resnet101-cd907fc2.pth", folder / "resnet101-63fe2227.pth"
     torch.save(state, with_counters)
@@ -106,7 +106,7 @@ def _masks_config(**masks) -> dict:
 @pytest.fixture(scope="module")
 def coco_maskrcnn(tmp_path_factory):
     """(state, path) of a stand-in for torchvision's published COCO Mask R-CNN file."""
-    state = _random_state(published_maskrcnn(), seed=1)
+    state = random_state(published_maskrcnn(), seed=1)
     assert not any(k.endswith(COUNTER) for k in state)
     path = tmp_path_factory.mktemp("coco") / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
     torch.save(state, path)

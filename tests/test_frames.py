@@ -135,7 +135,7 @@ def test_previous_partner_and_gzip(dataset, tmp_path):
     out = tmp_path / "shard-001.h5"
     extract_shard(root, index, "001", out, neighbour="previous", compression="gzip")
     with h5py.File(out, "r") as f:
-        assert f.attrs["compression"] == "gzip"
+        assert f.attrs["compression"].decode() == "gzip"
         video = next(iter(f))
         frame = next(iter(f[video]))
         assert f[video][frame]["rgb"].compression == "gzip"

@@ -253,5 +253,5 @@ def test_paper_smoke_preset_plans_every_rule_of_tables(tmp_path, snakemake_run):
     proc = snakemake_run(tmp_path, "tables", "--dry-run", "--quiet", "rules", "--configfile", SMOKE, where)
     planned = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", proc.stdout, re.M) if m[1] != "total"}
     assert planned["flow"] == planned["extract_frames"] == 1 and planned["train_mask_model"] == 2, planned
-    assert planned["region_masks"] == 3 and planned["train_stage1"] == 2 and planned["train_stage2"] == 3, planned
+    assert planned["region_masks"] == 2 and planned["gt_region_masks"] == 1 and planned["train_stage1"] == 2 and planned["train_stage2"] == 3, planned
     assert planned["tables"] == 1, planned

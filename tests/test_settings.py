@@ -76,7 +76,7 @@ def test_a_command_that_reads_an_undeclared_key_fails_naming_it(tiny_run, tmp_pa
     given = {"evaluation": {"boundary_width": 5, "settings_from": "heads"}}
     log = tmp_path / "evaluate.log"
     code = main(["evaluate", "--settings", json.dumps(given), "--predictions",
-                 str(results / "predictions" / "baseline" / "rgb" / "none" / "none.h5"),
+                 str(results / "predictions" / "test" / "baseline" / "rgb" / "none" / "none.h5"),
                  "--frames", *map(str, sorted((results / "frames").glob("shard-*.h5"))),
                  "--out", str(tmp_path / "e.json"), "--log", str(log)])
     assert code == 1 and not (tmp_path / "e.json").exists()

@@ -45,7 +45,8 @@ import torch
 from torch import nn
 
 from a2dpipe.config import stamp
-from a2dpipe.io import A2DError, atomic_path, rebuild_hint, unreadable_artifact
+from a2dpipe.errors import A2DError, rebuild_hint, unreadable_artifact
+from a2dpipe.io import atomic_path
 from a2dpipe.stores import ArtifactFormat
 
 __all__ = [
@@ -191,11 +192,10 @@ def load_state_partial(model: nn.Module, state: dict, path, name: str) -> list[s
 # The trained networks' formats, versioned as the HDF5 artifacts are (:class:`a2dpipe.stores.ArtifactFormat`):
 # raise a version when the layout changes in a way this reader would misread; files of another version are
 # refused, never converted, and the message names the rule that rebuilds them.
-SEGMENTATION_MODEL = ArtifactFormat("segmentation-model", 1, "segmentation model",
-                                    "a2dpipe train (rules train_stage1, train_stage2)")
-MASK_MODEL = ArtifactFormat("mask-model", 1, "mask model", "a2dpipe train-mask-model (rule train_mask_model)")
+SEGMENTATION_MODEL = ArtifactFormat("segmentation-model", 1, "segmentation model")
+MASK_MODEL = ArtifactFormat("mask-model", 1, "mask model")
 _SEGMENTATION_META = frozenset({"stage", "input", "mask_source", "steps", "amp", "curve"})
-# a model file by what messages call it (a key of a2dpipe.io.REBUILT_BY) -> its format, the metadata it holds
+# a model file by what messages call it (a key of a2dpipe.errors.REBUILT_BY) -> its format, the metadata it holds
 MODEL_FILES = {
     "stage-1 model": (SEGMENTATION_MODEL, _SEGMENTATION_META),
     "stage-2 model": (SEGMENTATION_MODEL, _SEGMENTATION_META),

@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
+import os
 import signal
 import sys
 import types
+from pathlib import Path
 
 from a2dpipe import __version__
 from a2dpipe.integrity import code_digest, set_command
-from a2dpipe.io import A2DError, setup_logging
+from a2dpipe.errors import A2DError
 
-__all__ = ["COMMANDS", "main", "build_parser", "import_command", "command_digest", "dynamo_deferred"]
+__all__ = ["COMMANDS", "main", "build_parser", "import_command", "command_digest", "dynamo_deferred", "setup_logging"]
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -102,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Log to stderr and, when given, to ``log_file`` (the rule's ``log:``)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    return logging.getLogger("a2dpipe")
 
 
 def _log_option(argv: list[str]) -> str | None:

@@ -26,7 +26,8 @@ import yaml
 
 from a2dpipe import __version__
 from a2dpipe.integrity import code_stamp
-from a2dpipe.io import A2DError, atomic_path, open_hdf5
+from a2dpipe.errors import A2DError, open_hdf5
+from a2dpipe.io import atomic_path
 
 __all__ = ["SCHEMA_PATH", "schema", "load_config", "resolve", "check_section", "settings_slice", "stamp",
            "stamp_attrs", "read_stamp", "hdf5_stamp", "check_consistent", "check_inputs", "write_made_from", "check_coherence", "check_resamples", "MIN_RESAMPLES", "code_of"]

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from a2dpipe.config import schema
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 
 __all__ = ["configure_parser", "run", "render", "keys", "undescribed"]
 

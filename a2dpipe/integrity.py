@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from a2dpipe import __version__
-from a2dpipe.io import A2DError, _host, _writer_is_gone, atomic_path, unreadable_artifact
+from a2dpipe.errors import A2DError, unreadable_artifact
+from a2dpipe.io import _host, _writer_is_gone, atomic_path
 
 __all__ = ["PACKAGE_ROOT", "code_digest", "forget_code_digests", "module_files", "set_command", "current_command",
            "code_stamp", "file_digest", "digest_of", "with_digest", "checked_json", "DIGEST_KEY", "RESULTS_LOCK",

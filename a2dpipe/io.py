@@ -1,6 +1,4 @@
-"""Shared plumbing of every stage: atomic outputs, HDF5 input, logging, device choice.
-
-Every artifact is written under a temporary name beside its final path and renamed only when complete, so a
+"""Atomic outputs: every artifact is written under a temporary name beside its final path and renamed only when complete, so a
 killed or failed job never leaves a file that looks finished.
 """
 
@@ -8,26 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import glob
 import logging
 import os
-import platform
 import re
 import secrets
 import shutil
 import socket
-import sys
 from pathlib import Path
 
-__all__ = ["A2DError", "atomic_path", "open_hdf5", "unreadable_artifact", "reading_artifact", "setup_logging",
-           "select_device", "describe_device", "artifact_error", "rebuild_hint", "write_failure", "check_room"]
+from a2dpipe.errors import A2DError
+
+__all__ = ["atomic_path", "write_failure", "check_room", "MIN_ROOM"]
 
 log = logging.getLogger("a2dpipe")
-
-
-class A2DError(RuntimeError):
-    """A problem with the user's data or configuration; the message names the file or key and what is wrong."""
 
 
 @contextlib.contextmanager
@@ -185,176 +177,4 @@ def _remove(path: Path) -> None:
     elif path.exists() or path.is_symlink():
         path.unlink()
 
-
-# The rule that writes each intermediate artifact (by the name readers give it), so that the error for an
-# unreadable one can say how to rebuild it.
-REBUILT_BY = {
-    "index": "index",
-    "frames shard": "extract_frames",
-    "frames store": "extract_frames",
-    "flow cache": "flow",
-    "region-mask cache": "region_masks",
-    "predictions file": "predict",
-    "evaluation": "evaluate",
-    "per-video confusion matrices": "evaluate",
-    "mask model": "train_mask_model",
-    "stage-1 model": "train_stage1",
-    "stage-2 model": "train_stage2",
-}
-
-
-def rebuild_hint(what: str) -> str:
-    """How to rebuild an artifact called ``what`` (a key of :data:`REBUILT_BY`): the sentence every message ends
-    with, ``rebuild it with `snakemake --forcerun <rule>`, or delete it and run snakemake again``."""
-    rule = REBUILT_BY.get(what)
-    if rule is None:
-        return "rebuild it: delete it and run snakemake again"
-    return f"rebuild it with `snakemake --forcerun {rule}`, or delete it and run snakemake again"
-
-
-def artifact_error(path: str | os.PathLike, problem: str, fix: str) -> A2DError:
-    """The one error format: ``<file>: <what is wrong>; <the command or config key that fixes it>``."""
-    return A2DError(f"{path}: {problem}; {fix}")
-
-
-def unreadable_artifact(path: str | os.PathLike, what: str, problem: str) -> A2DError:
-    """The error for an artifact that exists but cannot be read (truncated, bit-flipped, hand-edited).
-
-    Names the file, the problem and how to rebuild it (:func:`rebuild_hint`). Nothing is deleted here: the file
-    may be the only copy of something the user wants to inspect.
-    """
-    return artifact_error(path, f"{problem}; the {what} is damaged or incomplete", rebuild_hint(what))
-
-
-def open_hdf5(path: str | os.PathLike, what: str):
-    """Open ``path`` read-only as an ``h5py.File``; :class:`A2DError` naming the file when it cannot be.
-
-    ``what`` names the artifact expected there (``"frames shard"``, ``"flow cache"`` ...) for the messages
-    ``<path>: <what> not found`` and ``<path>: not a readable HDF5 file (...): ...`` followed by how to rebuild
-    it (:func:`unreadable_artifact`).
-    """
-    import h5py  # here, so that importing a2dpipe.io stays light
-
-    try:
-        return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise A2DError(f"{path}: {what} not found") from None
-    except OSError as err:
-        problem = f"not a readable HDF5 file (truncated or another format?): {err}"
-        raise unreadable_artifact(path, what, problem) from None
-
-
-@contextlib.contextmanager
-def reading_artifact(path: str | os.PathLike, what: str, item: str):
-    """Turn an HDF5 failure while reading ``item`` of ``path`` into :class:`A2DError` naming the file and its rebuild.
-
-    HDF5 reports a flipped bit or a cut-off chunk as a bare ``OSError`` (failed filter or checksum), ``KeyError``
-    (damaged object header) or ``RuntimeError`` (damaged link table), none of which names the file.
-
-    >>> with reading_artifact("results/frames/shard-000.h5", "frames shard", "frame v/00001"):  # doctest: +SKIP
-    ...     rgb = group["rgb"][()]
-    """
-    try:
-        yield
-    except A2DError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise unreadable_artifact(path, what, f"cannot read {item}: {err}") from None
-
-
-def fixed_mmap_threshold(nbytes: int) -> None:
-    """Have glibc serve every allocation of ``nbytes`` or more by its own mmap, returned to the system when freed.
-
-    By default glibc raises that threshold as large blocks are freed, so per-frame tensors (whose sizes vary with
-    the frame widths) come to live in the heap and fragment it: peak RSS then grows with the frames a job handles.
-    Measured on A2D-shaped 320-px frames: predict (mask vote, RGB + flow) went from 1.3 GB at 31 test frames to
-    2.3 GB at 178, and stays at 1.0 GB at 178 with it. The price is kernel time: every block above the threshold is
-    faulted in afresh, so a job that frees and remakes large arrays every frame wants a higher ``nbytes`` and, if it
-    runs long, :func:`release_free_memory` now and then (region-masks and predict use 32 MB). No-op (logged)
-    without glibc.
-    """
-    mallopt = getattr(_glibc(), "mallopt", None)
-    if mallopt is None or mallopt(-3, int(nbytes)) != 1:  # -3 = M_MMAP_THRESHOLD; mallopt returns 1 on success
-        log.info(
-            "could not fix the allocator's mmap threshold (not glibc): peak memory may grow with the frames")
-
-
-def release_free_memory() -> None:
-    """Return the free pages of glibc's heap to the system (``malloc_trim(0)``); no-op without glibc.
-
-    Blocks under the mmap threshold are freed into the heap, where blocks of varying sizes leave holes that the
-    process keeps: called once per batch, it keeps a long job's peak at its working set.
-    """
-    trim = getattr(_glibc(), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _glibc():
-    """The C library as a ctypes handle, or None where it cannot be loaded."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
-def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
-    """Log to stderr and, when given, to ``log_file`` (the rule's ``log:``)."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
-    return log
-
-
-def describe_device(device=None) -> str:
-    """Where a measurement ran, for timing tables: ``"CUDA <name>"`` for a CUDA ``device``, else ``"CPU <model>"``.
-    ``None`` names the CPU without importing torch (its import costs seconds)."""
-    if device is not None and device.type == "cuda":
-        import torch
-
-        return f"CUDA {torch.cuda.get_device_name(device)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU {line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
-    return f"CPU {cpu}"
-
-
-def select_device(requested: str = "auto"):
-    """``'auto'`` picks CUDA when present, else CPU, and says so once in the log. ``auto`` and ``cuda`` on a machine
-    with several GPUs take one that no other job holds (:func:`a2dpipe.accelerator.claim_gpu`).
-
-    Every torch stage starts here, so this also flushes denormal floats to zero on the CPU. A trained network is
-    confident: 5-10 % of a stage-1 batch's class probabilities fall below float32's normal range (1.2e-38), and the
-    loss gradients through them stay there, at ~100 cycles per operation: a stage-1 step on one thread took twice as
-    long. Values that small move no float32 weight. The setting is the calling thread's; torch's worker threads keep
-    denormals, which cost nothing measurable: with 2 threads, setting theirs too left a stage-1 step as it was.
-    """
-    import torch
-
-    torch.set_flush_denormal(True)
-    if requested == "auto" and not torch.cuda.is_available():
-        log.info("no CUDA device found: running on the CPU")
-        return torch.device("cpu")
-    device = torch.device("cuda" if requested == "auto" else requested)
-    if device.type != "cuda":
-        return device
-    if not torch.cuda.is_available():
-        raise A2DError(f"config asks for device {requested!r} but CUDA is not available")
-    from a2dpipe.accelerator import claim_gpu, configure_cuda
-
-    if device.index is None:  # `auto`, `cuda`: a GPU no other job of this machine runs on (a2dpipe.accelerator)
-        device = torch.device("cuda", claim_gpu())
-    configure_cuda(device)
-    return device
 

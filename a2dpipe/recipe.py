@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "poly_schedule", "warmup_cosine_schedule"]
 

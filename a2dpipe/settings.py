@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from a2dpipe.config import load_config, resolve, schema, settings_slice
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.variants import INPUTS, KINDS, TEST_SOURCES
 
 __all__ = ["Declaration", "DECLARATIONS", "Settings", "declared_keys", "settings_json", "job_values", "default_keys",

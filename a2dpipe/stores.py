@@ -8,12 +8,12 @@ to its reader and writer classes, which build on the two classes here:
 - :class:`ArtifactWriter` writes atomically (through :func:`a2dpipe.io.atomic_path`: nothing appears at the final
   path unless the ``with`` block succeeds), stamps ``schema`` and the root attributes it is given, refuses a frame
   written twice and counts the frames;
-- :class:`ArtifactReader` opens the file read-only (:func:`a2dpipe.io.open_hdf5`), checks ``schema`` (a file of
+- :class:`ArtifactReader` opens the file read-only (:func:`a2dpipe.errors.open_hdf5`), checks ``schema`` (a file of
   another kind or version is an :class:`A2DError` naming the file, what it is and the command that rebuilds it),
   lists keys, optionally of one split, from group names and attributes without reading any dataset, and reads a
   frame's datasets by name.
 
->>> FRAMES = ArtifactFormat("frames", 1, "frames shard", "a2dpipe extract-frames (rule extract_frames)")
+>>> FRAMES = ArtifactFormat("frames", 1, "frames shard")
 >>> FRAMES.schema, group_key("EadxBPmQvtg", 25)
 ('a2dpipe.frames/1', 'EadxBPmQvtg/00025')
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe.config import stamp_attrs
-from a2dpipe.io import (REBUILT_BY, A2DError, atomic_path, check_room, open_hdf5, reading_artifact, rebuild_hint,
-                        unreadable_artifact)
+from a2dpipe.errors import A2DError, open_hdf5, reading_artifact, rebuild_hint, unreadable_artifact
+from a2dpipe.io import atomic_path, check_room
 
 __all__ = ["ArtifactFormat", "ArtifactReader", "ArtifactWriter", "group_key", "parse_key", "pixel_chunks", "PIXEL_CHUNK"]
 
@@ -59,12 +59,12 @@ def parse_key(key: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class ArtifactFormat:
-    """What a kind of artifact is called and how it is rebuilt; ``schema`` is the value of its root attribute."""
+    """What a kind of artifact is called (the key of its rule in :data:`a2dpipe.errors.REBUILT_BY`); ``schema`` is
+    the value of its root attribute."""
 
     kind: str  # "frames", "flow", "masks", "predictions"
     version: int  # raise it when the layout changes in a way old readers would misread
-    what: str  # in messages: "frames shard", "flow cache" ...
-    rebuild: str  # the command (and rule) that writes it, for the messages
+    what: str  # in messages: "frames shard", "flow cache" ...; the key of its rebuilding rule in REBUILT_BY
 
     @property
     def schema(self) -> str:
@@ -104,7 +104,7 @@ class ArtifactReader:
             problem = f"was written with schema {_text(found)!r}; this version reads {expected.schema!r}"
         else:
             problem = f"is an {_text(found)!r} file"
-        fix = rebuild_hint(expected.what) if expected.what in REBUILT_BY else f"rebuild it with `{expected.rebuild}`"
+        fix = rebuild_hint(expected.what)  # the rule that writes it: a2dpipe.errors.REBUILT_BY
         raise A2DError(f"{self.path}: not a {expected.what} of schema {expected.schema!r} (it {problem}); {fix}")
 
     @property
@@ -211,7 +211,7 @@ class ArtifactReader:
 
     def reading(self, item: str):
         """Context manager: an HDF5 failure while reading ``item`` is an error naming this file and how to
-        rebuild it (:func:`a2dpipe.io.reading_artifact`)."""
+        rebuild it (:func:`a2dpipe.errors.reading_artifact`)."""
         return reading_artifact(self.path, self.FORMAT.what, item)
 
     def close(self) -> None:

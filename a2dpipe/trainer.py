@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from a2dpipe.checkpoint import save_resume, write_curve
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.progress import progress
 
 __all__ = ["Trainer", "grad_scaler", "HookBase", "Progress", "PeriodicCheckpointer", "TensorBoard",

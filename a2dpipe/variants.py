@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 __all__ = ["NONE", "KINDS", "INPUTS", "TRAINED_SOURCES", "TEST_SOURCES", "MAIN_SOURCE", "Variant", "check_variant",
            "variant_of", "all_variants", "variant_name", "unavailable_sources", "check_region_runs"]

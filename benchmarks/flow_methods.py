@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 log = logging.getLogger("flow_methods")
 

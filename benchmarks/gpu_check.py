@@ -85,7 +85,9 @@ import torch
 from a2dpipe.accelerator import autocast_dtype
 from a2dpipe.config import load_config, resolve
 from a2dpipe.flow.encode import flow_to_rgb
-from a2dpipe.io import A2DError, atomic_path, describe_device, select_device
+from a2dpipe.devices import describe_device, select_device
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 from a2dpipe.labels import VALID_PAIRS
 from a2dpipe.segmentation.loader import collate, to_device
 from a2dpipe.segmentation.models import backends as model_backends

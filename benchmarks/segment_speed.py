@@ -94,7 +94,7 @@ def measure(clip: str, variant: str, height: int, threads: int, out: str, every:
     import cv2
     import torch
 
-    from a2dpipe.io import select_device
+    from a2dpipe.devices import select_device
     from a2dpipe.segmentation.frames_in import open_frames
     from a2dpipe.segmentation.segment import resize_frame, segment_source
     from a2dpipe.segmentation.segment_outputs import model_size

@@ -14,7 +14,7 @@ import pytest
 from a2dpipe import labels
 from a2dpipe.dataset.a2d import list_annotated_frames, read_clip_frames, read_videoset
 from a2dpipe.dataset.annotation import Annotation, read_annotation, write_annotation
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-data" / "a2d-metadata"
 

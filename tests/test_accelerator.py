@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from a2dpipe import accelerator
-from a2dpipe.io import select_device
+from a2dpipe.devices import select_device
 from a2dpipe.trainer import Trainer
 
 

@@ -21,7 +21,7 @@ import yaml
 from a2dpipe.dataset.a2d import annotation_path, video_path
 from a2dpipe.dataset.annotation import read_annotation
 from a2dpipe.dataset.frames import FrameStore
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 
 def a2dpipe(*args, cwd=None) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from a2dpipe.evaluation.bootstrap import (
     write_per_video,
 )
 from a2dpipe.evaluation.metrics import scores
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 SCORES = ("global_accuracy", "mean_class_accuracy", "mean_iou")
 

@@ -16,7 +16,7 @@ from test_train import make_samples
 
 from a2dpipe.checkpoint import MODEL_FILES, load_model_file, load_resume, read_checkpoint
 from a2dpipe.flow.estimators import build_estimator
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.masks import train as mask_train
 from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mask_model
 from a2dpipe.segmentation import train as seg_train

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from a2dpipe.config import load_config
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())

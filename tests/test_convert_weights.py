@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from a2dpipe.cli import main
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.masks import convert
 from a2dpipe.masks.fcis_official import LegacyAnchorGenerator
 from a2dpipe.masks.model import build_mask_model

@@ -13,7 +13,7 @@ import yaml
 from test_masks import make_frames_shard
 from torchvision.models import resnet50
 
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.masks import MaskCache
 from a2dpipe.masks import train as train_module
 from a2dpipe.masks.backbones import DilatedTinyBody, TinyBody

@@ -15,7 +15,7 @@ from a2dpipe.flow import FlowStore, build_estimator, endpoint_error, flow_to_rgb
 from a2dpipe.flow import flownet_layers
 from a2dpipe.flow.estimators import NEURAL_METHODS, load_state_strict
 from a2dpipe.dataset.frames import FORMAT as FRAMES
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-data"
 VENUS = REAL / "flow-venus"

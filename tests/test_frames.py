@@ -21,7 +21,7 @@ from a2dpipe.dataset.a2d import annotation_path, read_clip_frames, read_videoset
 from a2dpipe.dataset.annotation import Annotation, read_annotation, write_annotation
 from a2dpipe.dataset.frames import FrameStore, extract_shard, neighbour_of
 from a2dpipe.dataset.index import INDEX_COLUMNS, assign_shards, build_index, read_index, write_index
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.dataset.synthetic import synthesize
 from conftest import schema_section
 

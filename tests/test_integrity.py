@@ -21,7 +21,7 @@ from a2dpipe.config import check_coherence, resolve, stamp, write_made_from
 from a2dpipe.evaluation.bootstrap import read_per_video, write_per_video
 from a2dpipe.evaluation.tables import load_evaluations
 from a2dpipe.flow.store import FlowStore, FlowWriter
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.segmentation.predictions import PredictionStore, PredictionWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,7 +253,7 @@ WRITE_UNDER_LIMIT = textwrap.dedent("""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # as the command line does
     resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, resource.RLIM_INFINITY))
     import numpy as np, torch
-    from a2dpipe.io import A2DError
+    from a2dpipe.errors import A2DError
     from a2dpipe.flow.store import FlowWriter
     from a2dpipe.checkpoint import save_resume
     try:

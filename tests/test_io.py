@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 
 
 def test_atomic_path_renames_only_on_success(tmp_path):
@@ -109,7 +110,7 @@ def test_damaged_hdf5_artifact_names_the_file_and_its_rebuild(tmp_path):
                     reason="glibc's malloc_trim and Linux's /proc")
 def test_released_memory_leaves_the_resident_set():
     """Freed heap blocks held between live ones (a long prediction job's holes) go back to the system."""
-    from a2dpipe.io import release_free_memory
+    from a2dpipe.memory import release_free_memory
 
     def resident_mb() -> float:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -127,7 +128,7 @@ def test_the_allocators_mmap_threshold_is_fixed_where_glibc_allows(caplog):
     """Large per-frame buffers then go back to the system when freed (peak memory flat in the frames of a job)."""
     import ctypes.util
 
-    from a2dpipe.io import fixed_mmap_threshold
+    from a2dpipe.memory import fixed_mmap_threshold
 
     with caplog.at_level("INFO", logger="a2dpipe"):
         fixed_mmap_threshold(32 << 20)
@@ -142,7 +143,7 @@ def test_torch_stages_flush_denormals():
     import sys
 
     script = (
-        "import torch; from a2dpipe.io import select_device\n"
+        "import torch; from a2dpipe.devices import select_device\n"
         "torch.set_num_threads(1)\n"
         "x = torch.full((1 << 16,), 1e-39)\n"
         "assert int((x * 1.0).count_nonzero()) == x.numel()  # denormal, and kept, before\n"

@@ -134,7 +134,7 @@ def test_tensorboard_events_hold_each_loss_and_the_learning_rate_per_step_once_a
 def test_tensorboard_is_off_unless_asked_and_a_missing_package_is_named(monkeypatch, tmp_path):
     import importlib.util
 
-    from a2dpipe.io import A2DError
+    from a2dpipe.errors import A2DError
     from a2dpipe.trainer import TensorBoard, tensorboard_hooks
 
     monkeypatch.delenv("A2DPIPE_TENSORBOARD", raising=False)

@@ -11,7 +11,7 @@ import torch
 
 from a2dpipe.labels import is_valid
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.segmentation.predict import mask_vote, predict, region_average
 from a2dpipe.segmentation.samples import ArraySamples
 from a2dpipe.segmentation.train import train

@@ -14,7 +14,7 @@ import torch
 from a2dpipe.cli import main as cli_main
 from conftest import schema_section
 from a2dpipe.dataset.frames import FORMAT as FRAMES
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.masks import MaskCache, MaskCacheWriter, Regions
 from a2dpipe.masks import train as train_module
 from a2dpipe.masks.data import masks_to_boxes

@@ -12,7 +12,7 @@ from a2dpipe import labels
 from a2dpipe.evaluation import metrics
 from a2dpipe.cli import main
 from a2dpipe.dataset.frames import FORMAT as FRAMES
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.segmentation.predictions import FORMAT as PREDICTIONS
 
 IDS = np.array([labels.BACKGROUND, *labels.VALID_PAIRS], dtype=np.uint8)

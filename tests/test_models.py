@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torchvision.models.resnet import BasicBlock
 
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.labels import VALID_PAIRS
 from a2dpipe.segmentation.models import (
     OUTPUT_STRIDE,

@@ -20,7 +20,7 @@ from a2dpipe.integrity import with_digest
 from a2dpipe.config import check_consistent, load_config, resolve, settings_slice
 from a2dpipe.settings import settings_json
 from a2dpipe.dataset.synthetic import MARKER
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from conftest import REPO
 
 

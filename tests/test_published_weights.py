@@ -16,7 +16,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from conftest import schema_section
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.masks import train as train_module
 from a2dpipe.masks.backbones import DilatedResNet, load_imagenet_weights
 from a2dpipe.masks.fcis import fcis

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from a2dpipe.dataset.synthetic import MARKER
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.variants import check_region_runs, unavailable_sources
 from conftest import REPO
 

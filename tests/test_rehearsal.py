@@ -19,7 +19,7 @@ import yaml
 from a2dpipe.config import load_config
 from a2dpipe.dataset.a2d import list_annotated_frames, read_videoset, video_path
 from a2dpipe.dataset.synthetic import plan_from_metadata, select_videos, synthesize
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from conftest import REPO
 from conftest import schema_section
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from a2dpipe.cli import main
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.segmentation.frames_in import open_frames
 from a2dpipe.segmentation.predictions import PredictionStore
 from a2dpipe.segmentation.run_parts import find_parts, parse_variant

@@ -14,7 +14,7 @@ import pytest
 from a2dpipe import settings
 from a2dpipe.cli import COMMANDS, import_command
 from a2dpipe.config import load_config
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.variants import KINDS
 from conftest import REPO
 

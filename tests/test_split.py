@@ -12,7 +12,7 @@ from conftest import schema_section
 from a2dpipe.dataset.frames import extract_shard
 from a2dpipe.dataset.index import assign_validation, build_index, validation_videos
 from a2dpipe.dataset.synthetic import synthesize
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.masks.stage import cache_regions
 
 SYNTHETIC = schema_section("synthetic", {  # the schema fills the keys left out

@@ -8,12 +8,12 @@ import pytest
 
 from a2dpipe.dataset.frames import FrameStore, FrameWriter
 from a2dpipe.flow import FlowStore, FlowWriter
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.masks import MaskCache, MaskCacheWriter
 from a2dpipe.segmentation.predictions import PredictionStore, PredictionWriter
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key, parse_key
 
-TOY = ArtifactFormat("toy", 2, "toy cache", "a2dpipe toy (rule toy)")
+TOY = ArtifactFormat("toy", 2, "toy cache")
 
 
 class ToyWriter(ArtifactWriter):
@@ -112,7 +112,7 @@ def test_reader_refuses_other_kinds_and_versions_naming_file_and_rebuild(tmp_pat
             ToyReader(path)
         message = str(err.value)
         assert message.startswith(f"{path}: not a toy cache of schema 'a2dpipe.toy/2'"), message
-        assert problem in message and message.endswith("rebuild it with `a2dpipe toy (rule toy)`"), message
+        assert problem in message and message.endswith("rebuild it: delete it and run snakemake again"), message
     for reader, rule in ((FrameStore, "extract_frames"), (FlowStore, "flow"), (MaskCache, "region_masks"),
                          (PredictionStore, "predict")):  # the pipeline's artifacts: the rule that rebuilds them
         with pytest.raises(A2DError, match=f"old.h5: not a .* rebuild it with `snakemake --forcerun {rule}`"):

@@ -21,7 +21,7 @@ from a2dpipe.dataset.a2d import (
     video_path,
 )
 from a2dpipe.dataset.annotation import read_annotation
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from conftest import schema_section
 from a2dpipe.dataset.scenes import LOOKS, MOTIONS, _actor_tracks, _draw, plan_clips
 from a2dpipe.dataset.synthetic import _settings, synthesize

@@ -10,7 +10,8 @@ import pytest
 from a2dpipe import labels
 from a2dpipe.evaluation import claims, metrics, paper_results, tables, timing
 from a2dpipe.cli import main
-from a2dpipe.io import A2DError, describe_device
+from a2dpipe.devices import describe_device
+from a2dpipe.errors import A2DError
 from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.evaluation.evaluate import _json_safe
 from a2dpipe.dataset.frames import FORMAT as FRAMES

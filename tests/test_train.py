@@ -107,7 +107,7 @@ def test_stage2_trains_region_back_end_only(stage1, tmp_path, cache):
 
 
 def test_stage2_refuses_a_stage1_model_of_another_input(stage1, tmp_path):
-    from a2dpipe.io import A2DError
+    from a2dpipe.errors import A2DError
 
     with pytest.raises(A2DError, match="rgbflow"):
         train(CONFIG, stage=2, input="rgb", samples=make_samples(), out=tmp_path / "m.pt", stage1=stage1[0])
@@ -268,7 +268,7 @@ def test_batched_feature_cache_equals_the_cache_of_one_view_at_a_time(stage1):
 
 
 def test_stage2_refuses_a_stage1_model_of_another_backbone(stage1, tmp_path):
-    from a2dpipe.io import A2DError
+    from a2dpipe.errors import A2DError
 
     other = {**CONFIG, "segmentation": {**CONFIG["segmentation"], "width": 4}}
     with pytest.raises(A2DError, match="segmentation.width = 8, while this job has segmentation.width = 4"):
@@ -317,7 +317,7 @@ def test_stage_steps_under_bfloat16_autocast_give_finite_losses_and_float32_boxe
 
 
 def test_a_non_finite_loss_stops_training_naming_the_step_and_the_loss():
-    from a2dpipe.io import A2DError
+    from a2dpipe.errors import A2DError
     from a2dpipe.trainer import Trainer
 
     weight = torch.nn.Parameter(torch.ones(1))

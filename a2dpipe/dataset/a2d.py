@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 log = logging.getLogger(__name__)
 

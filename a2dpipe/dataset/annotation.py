@@ -14,7 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 from a2dpipe.labels import VALID_PAIRS
 
 log = logging.getLogger(__name__)

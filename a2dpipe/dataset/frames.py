@@ -43,7 +43,7 @@ from a2dpipe.dataset.a2d import annotation_path, read_clip_frames, read_videoset
 from a2dpipe.dataset.annotation import masks_to_boxes, read_annotation
 from a2dpipe.dataset.index import read_index
 from a2dpipe.settings import add_config_arguments, read_settings
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.dataset.synthetic import distractor_path, read_distractors
 from a2dpipe.progress import progress
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, pixel_chunks
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT", "FrameRecord", "FrameStore", "FrameWriter", "extract_shard", "masks_to_boxes", "neighbour_of"]
 
-FORMAT = ArtifactFormat("frames", 1, "frames shard", "a2dpipe extract-frames (rule extract_frames)")
+FORMAT = ArtifactFormat("frames", 1, "frames shard")
 
 
 @dataclass

@@ -25,7 +25,8 @@ import pandas as pd
 
 from a2dpipe.dataset.a2d import check_video_id, list_annotated_frames, read_videoset
 from a2dpipe.settings import add_config_arguments, read_settings
-from a2dpipe.io import A2DError, atomic_path, unreadable_artifact
+from a2dpipe.errors import A2DError, unreadable_artifact
+from a2dpipe.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,8 @@ from a2dpipe.dataset.annotation import Annotation, write_annotation
 from a2dpipe.dataset.scenes import draw_clip, plan_clips
 from a2dpipe.config import check_section, stamp
 from a2dpipe.settings import add_config_arguments, read_settings
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 
 log = logging.getLogger(__name__)
 

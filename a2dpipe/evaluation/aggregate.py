@@ -39,7 +39,8 @@ from a2dpipe.config import check_consistent, read_stamp
 from a2dpipe.evaluation import tables
 from a2dpipe.evaluation.claims import CLAIMS, percent
 from a2dpipe.evaluation.writers import HIGH, LOW, SD, spread_text, write_table
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 
 __all__ = ["AGGREGATE", "SeedRun", "read_verdicts", "load_runs", "aggregate_table", "aggregate_claims",
            "make_aggregate", "configure_parser", "run"]

@@ -47,7 +47,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from a2dpipe.io import A2DError, unreadable_artifact
+from a2dpipe.errors import A2DError, unreadable_artifact
 
 __all__ = [
     "CONFIDENCE",

@@ -16,7 +16,7 @@ import pandas as pd
 from a2dpipe.evaluation.bootstrap import (CONFIDENCE, Bootstrap, normal_interval, per_video_key, point_score,
                                           read_per_video)
 from a2dpipe.evaluation.writers import interval_text
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.variants import INPUTS, variant_name, variant_of
 
 __all__ = ["CLAIMS", "CORRECTIONS", "Intervals", "load_intervals", "percent", "verdict",

@@ -55,7 +55,8 @@ from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.evaluation.cpu_costs import (cpu_caption, cpu_ms_per_unit, cpu_processes, measure_config_cpu_costs,
                                          wall_ms)
 from a2dpipe.evaluation.paper_results import TIMING_DEVICE, TIMING_MS
-from a2dpipe.io import atomic_path, describe_device
+from a2dpipe.devices import describe_device
+from a2dpipe.io import atomic_path
 from a2dpipe.variants import unavailable_sources
 
 __all__ = ["A2D_FRAMES", "A2D_FRAME_SIZE", "BASIS", "DEVICES", "Device", "count_flops", "work_units", "estimate_table",

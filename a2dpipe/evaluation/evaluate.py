@@ -40,7 +40,8 @@ from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation.bootstrap import write_per_video
 from a2dpipe.integrity import with_digest
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 from a2dpipe.evaluation.metrics import REGIONS, ConfusionAccumulator, metrics, per_category_accuracy
 from a2dpipe.progress import progress
 from a2dpipe.segmentation.predictions import MAPS, PREDICTED_SPLITS, PredictionStore

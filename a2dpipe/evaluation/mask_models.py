@@ -29,7 +29,7 @@ from a2dpipe.settings import add_config_arguments, read_settings
 from a2dpipe.evaluation.claims import Intervals, load_intervals
 from a2dpipe.evaluation.tables import THIS_RUN, load_evaluations, read_csv_table, table3
 from a2dpipe.evaluation.writers import write_table
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 __all__ = ["mask_models_table", "configure_parser", "run"]
 

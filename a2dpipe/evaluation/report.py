@@ -31,7 +31,8 @@ import pandas as pd
 from a2dpipe.dataset.frames import FrameStore
 from a2dpipe.evaluation import paper_results
 from a2dpipe.settings import add_config_arguments, read_settings
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 from a2dpipe.labels import BACKGROUND, IGNORE, PALETTE, VALID_PAIRS, class_names, pair_name
 from a2dpipe.evaluation.tables import INPUT_NAMES, METHOD_NAMES, load_evaluations
 from a2dpipe.segmentation.predictions import PredictionStore

@@ -49,7 +49,8 @@ from a2dpipe.evaluation import paper_results as paper
 from a2dpipe.evaluation.claims import Intervals, claims, claims_caption, load_intervals, percent
 from a2dpipe.evaluation.writers import HIGH, LOW, write_table
 from a2dpipe.integrity import checked_json
-from a2dpipe.io import A2DError, atomic_path, unreadable_artifact
+from a2dpipe.errors import A2DError, unreadable_artifact
+from a2dpipe.io import atomic_path
 from a2dpipe.labels import class_names
 from a2dpipe.variants import Variant, variant_name, variant_of
 

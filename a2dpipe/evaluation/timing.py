@@ -29,7 +29,9 @@ import pandas as pd
 
 from a2dpipe.evaluation.paper_results import TIMING_MS
 from a2dpipe.flow.store import FORMAT as FLOW
-from a2dpipe.io import A2DError, atomic_path, describe_device
+from a2dpipe.devices import describe_device
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 from a2dpipe.masks.cache import FORMAT as MASKS
 from a2dpipe.segmentation.predictions import FORMAT as PREDICTIONS
 from a2dpipe.stores import ArtifactFormat, ArtifactReader

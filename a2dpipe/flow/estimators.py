@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 __all__ = ["METHODS", "NEURAL_METHODS", "DIS_PRESETS", "build_estimator", "DISEstimator", "TorchEstimator",
            "load_checkpoint_state", "load_state_strict"]
@@ -207,7 +207,7 @@ def build_estimator(
         )
     if weights is None:
         log.warning("%s runs with random weights: its flow is meaningless (speed measurements only)", method)
-    from a2dpipe.io import select_device
+    from a2dpipe.devices import select_device
 
     device = select_device(device) if isinstance(device, str) else device
     if method == "raft":

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 
 __all__ = ["FLO_MAGIC", "UNKNOWN_FLOW", "read_flo", "write_flo", "valid_flow", "endpoint_error"]
 

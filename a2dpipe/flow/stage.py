@@ -21,7 +21,8 @@ import numpy as np
 from a2dpipe.flow.estimators import METHODS, NEURAL_METHODS, build_estimator
 from a2dpipe.flow.store import FlowWriter
 from a2dpipe.settings import add_config_arguments, read_settings
-from a2dpipe.io import A2DError, describe_device
+from a2dpipe.devices import describe_device
+from a2dpipe.errors import A2DError
 from a2dpipe.progress import progress
 
 __all__ = ["configure_parser", "run", "compute_shard"]

@@ -24,12 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from a2dpipe.flow.encode import flow_images
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, pixel_chunks
 
 __all__ = ["FORMAT", "FlowStore", "FlowWriter"]
 
-FORMAT = ArtifactFormat("flow", 2, "flow cache", "a2dpipe flow (rule flow)")
+FORMAT = ArtifactFormat("flow", 2, "flow cache")
 MAX_FLOW = 4096.0  # pixels: no frame is wider (A2D's are 320 px high)
 
 

@@ -59,14 +59,14 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe.integrity import file_digest
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError, rebuild_hint
 from a2dpipe.masks.cropped import CroppedMasks, Regions
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
 __all__ = ["Regions", "CroppedMasks", "MaskCache", "MaskCacheWriter", "FORMAT", "SCHEMA", "SOURCES",
            "REGION_RECORD"]
 
-FORMAT = ArtifactFormat("masks", 3, "region-mask cache", "snakemake --forcerun region_masks")
+FORMAT = ArtifactFormat("masks", 3, "region-mask cache")
 SCHEMA = FORMAT.schema
 SOURCES = ("dataset", "generic", "gt")
 _CHECKSUM = {"fletcher32": True}
@@ -206,7 +206,7 @@ class MaskCache(ArtifactReader):
         if "frames" not in attrs:
             self._file.close()
             raise A2DError(f"{self.path}: region-mask cache was never finished (no 'frames' attribute); "
-                           f"rebuild it with `{FORMAT.rebuild}`")
+                           f"{rebuild_hint(FORMAT.what)}")
         self.source = str(attrs["source"])
         self.model = str(attrs["model"])
         self.config = json.loads(attrs["config"])
@@ -231,7 +231,7 @@ class MaskCache(ArtifactReader):
         records = arrays["regions"].reshape(-1)
         if records.dtype.names != REGION_RECORD.names:
             raise A2DError(f"{self.path}: frame {key}: regions of fields {records.dtype.names}, not "
-                           f"{REGION_RECORD.names}: rebuild the file with `{FORMAT.rebuild}`")
+                           f"{REGION_RECORD.names}; {rebuild_hint(FORMAT.what)}")
         cropped = CroppedMasks(records["box"].astype(np.float32).reshape(-1, 4),
                                records["score"].astype(np.float32), records["label"].astype(np.int64),
                                records["extent"].astype(np.int64).reshape(-1, 4),
@@ -265,7 +265,7 @@ class MaskCache(ArtifactReader):
             problems.append(f"{c.data.size} mask pixels stored for no region")
         if problems:
             raise A2DError(f"{self.path}: frame {key}: {'; '.join(problems)}: the file is damaged or not written "
-                           f"by this version; rebuild it with `{FORMAT.rebuild}`")
+                           f"by this version; {rebuild_hint(FORMAT.what)}")
 
 
 def model_provenance(path: os.PathLike | None) -> str:

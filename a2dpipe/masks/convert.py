@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from a2dpipe.integrity import file_digest
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 from a2dpipe.masks import fcis_official as official
 from a2dpipe.masks.model import build_mask_model
 from a2dpipe.masks.mxnet_params import read_params

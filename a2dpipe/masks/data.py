@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from a2dpipe.dataset.frames import FrameStore, masks_to_boxes  # the frames' own box convention, re-exported here
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.stores import group_key
 
 __all__ = ["FrameRef", "list_frames", "masks_to_boxes", "InstanceReader"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 __all__ = ["read_params", "LIST_MAGIC"]
 

@@ -32,7 +32,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from a2dpipe.io import A2DError, atomic_path
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
 from a2dpipe.labels import ACTORS
 from a2dpipe.masks.cache import MaskCache, Regions
 from a2dpipe.masks.data import InstanceReader, list_frames

@@ -22,7 +22,9 @@ import numpy as np
 
 from a2dpipe.config import check_consistent, check_inputs, read_stamp
 from a2dpipe.settings import add_config_arguments, read_settings
-from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, select_device
+from a2dpipe.devices import describe_device, select_device
+from a2dpipe.errors import A2DError
+from a2dpipe.memory import fixed_mmap_threshold
 from a2dpipe.masks.cache import MaskCacheWriter, Regions, model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.progress import progress

@@ -44,7 +44,8 @@ from a2dpipe.checkpoint import (fingerprint, load_model_file, load_resume, load_
 from a2dpipe.config import check_consistent, check_inputs, read_stamp, training_splits
 from a2dpipe.settings import add_config_arguments, plain, read_settings
 from a2dpipe.integrity import file_digest
-from a2dpipe.io import A2DError, select_device
+from a2dpipe.devices import select_device
+from a2dpipe.errors import A2DError
 from a2dpipe.masks.cache import model_provenance
 from a2dpipe.masks.data import InstanceReader, list_frames, masks_to_boxes
 from a2dpipe.masks.model import build_mask_model, coco_class_count, load_coco_checkpoint, mask_model_options

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 
 __all__ = ["FrameSource", "open_frames", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "as_rgb"]
 

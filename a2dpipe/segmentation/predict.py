@@ -33,7 +33,9 @@ from a2dpipe.checkpoint import load_model_file
 from a2dpipe.accelerator import autocast, autocast_dtype
 from a2dpipe.config import check_consistent, check_inputs, read_stamp, training_splits
 from a2dpipe.settings import add_config_arguments, compared, read_settings, recorded
-from a2dpipe.io import A2DError, describe_device, fixed_mmap_threshold, release_free_memory, select_device
+from a2dpipe.devices import describe_device, select_device
+from a2dpipe.errors import A2DError
+from a2dpipe.memory import fixed_mmap_threshold, release_free_memory
 from a2dpipe.segmentation.models import build_segmenter, class_argmax, joint_prediction
 from a2dpipe.segmentation.models.backends import NUM_ACTIONS, NUM_ACTORS, pixel_log_probs
 from a2dpipe.segmentation.models.region_to_pixel import RegionToPixel, box_pixel_ranges

@@ -6,7 +6,7 @@ Layout (Predictions contract), one group ``"{video}/{frame:05d}"`` per test fram
 size, gzip-compressed: ``actor`` (0..7), ``action`` (0..9), ``joint`` (A2D ids: 0 or one of the 43 valid pairs,
 from the product of the two distributions). Root attributes: ``schema`` (``"a2dpipe.predictions/2"``,
 :data:`FORMAT`), ``variant``, ``model`` (file name), ``device`` (where the network ran,
-:func:`a2dpipe.io.describe_device`), ``seconds_per_frame`` (network forward incl. the region back-end and the joint
+:func:`a2dpipe.devices.describe_device`), ``seconds_per_frame`` (network forward incl. the region back-end and the joint
 argmax, excluding I/O; CUDA synchronised) and ``frames`` (groups written). A file of schema version 1 (some without
 ``device``) is refused, naming the rule that rebuilds it.
 
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from a2dpipe.io import unreadable_artifact
+from a2dpipe.errors import unreadable_artifact
 from a2dpipe.labels import ACTIONS, ACTORS, VALID_PAIRS
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
 __all__ = ["FORMAT", "MAPS", "PREDICTED_SPLITS", "PredictionStore", "PredictionWriter"]
 
-FORMAT = ArtifactFormat("predictions", 2, "predictions file", "a2dpipe predict (rule predict)")
+FORMAT = ArtifactFormat("predictions", 2, "predictions file")
 MAPS = ("actor", "action", "joint")
 PREDICTED_SPLITS = ("test", "val")  # test scores the tables; val the choices made by looking at results
 _VALID_JOINT = np.zeros(256, bool)  # lookup by uint8 label: background and the valid actor-action ids

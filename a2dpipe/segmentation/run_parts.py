@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from a2dpipe.config import check_consistent, hdf5_stamp, read_stamp, resolve
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.variants import NONE, Variant, check_variant, variant_name
 
 __all__ = ["RunParts", "find_parts", "parse_variant", "DEFAULT_VARIANT"]

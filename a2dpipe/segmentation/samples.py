@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from a2dpipe.flow.encode import longest_vector
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.labels import IGNORE
 from a2dpipe.segmentation.region_window import crop_regions, kept_in_view, mirrored_boxes
 

@@ -34,7 +34,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from a2dpipe.io import A2DError, atomic_path, release_free_memory, select_device
+from a2dpipe.devices import select_device
+from a2dpipe.errors import A2DError
+from a2dpipe.io import atomic_path
+from a2dpipe.memory import release_free_memory
 from a2dpipe.segmentation.frames_in import FrameSource, open_frames
 from a2dpipe.segmentation.run_parts import DEFAULT_VARIANT, RunParts, find_parts, parse_variant
 from a2dpipe.segmentation.segment_outputs import Outputs, model_size

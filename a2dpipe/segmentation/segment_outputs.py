@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.io import A2DError, describe_device
+from a2dpipe.devices import describe_device
+from a2dpipe.errors import A2DError
 from a2dpipe.variants import variant_name
 
 __all__ = ["Outputs", "overlay", "model_size", "SCHEMA", "STAGES"]

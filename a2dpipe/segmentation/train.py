@@ -44,7 +44,8 @@ from a2dpipe.accelerator import autocast, autocast_dtype
 from a2dpipe.config import check_consistent, check_inputs, read_stamp, training_splits
 from a2dpipe.settings import add_config_arguments, plain, read_settings, recorded
 from a2dpipe.integrity import file_digest
-from a2dpipe.io import A2DError, select_device
+from a2dpipe.devices import select_device
+from a2dpipe.errors import A2DError
 from a2dpipe.progress import progress
 from a2dpipe.recipe import build_optimizer, poly_schedule
 from a2dpipe.segmentation.models import build_segmenter, segmentation_loss, segmenter_arguments

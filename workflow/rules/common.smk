@@ -1,11 +1,10 @@
 # Helpers that the rules of every stage read: the run's folders and the settings each command gets. The other
 # helpers lie beside this file in common/, one file per job (checks, paths, variants, resources, report, modules,
 # segment), and the Snakefile includes them after this one. Rules call `get_*` functions, never inline code.
-import json
 from pathlib import Path
 
 from a2dpipe.cli import command_digest
-from a2dpipe.io import A2DError
+from a2dpipe.errors import A2DError
 from a2dpipe.rerun import use_short_params_reason
 from a2dpipe.settings import settings_json
 from a2dpipe.variants import unavailable_sources

@@ -236,13 +236,7 @@ def load_model_file(path: str | Path, what: str) -> dict:
     content = read_checkpoint(path, what)
     found = content.get("format") if isinstance(content, dict) else None
     if found != model_format.schema:
-        if found is None:
-            problem = "has no format version: written by an earlier a2dpipe, or not an a2dpipe model file"
-        elif str(found).startswith(f"a2dpipe.{model_format.kind}/"):
-            problem = f"was written with format {found!r}; this version reads {model_format.schema!r}"
-        else:
-            problem = f"is an {found!r} file"
-        raise A2DError(f"{path}: not a {what} of format {model_format.schema!r} (it {problem}); {rebuild_hint(what)}")
+        raise model_format.refuse(path, found, what, field="format")
     missing = sorted((set(_MODEL_PARTS) | keys) - set(content))
     if missing:
         raise unreadable_artifact(path, what, f"it lacks {missing}")

@@ -70,6 +70,20 @@ class ArtifactFormat:
     def schema(self) -> str:
         return f"a2dpipe.{self.kind}/{self.version}"
 
+    def refuse(self, path, found, what: str | None = None, field: str = "schema") -> A2DError:
+        """The error for a file at ``path`` whose ``field`` is ``found`` (None: absent) instead of :attr:`schema`:
+        it names the file, what it holds and the rule that rebuilds it; ``what``: the artifact's name in the
+        message (default :attr:`what`)."""
+        what = what or self.what
+        if found is None:
+            problem = f"has no '{field}' root attribute" if field == "schema" else (
+                f"has no {field} version: written by an earlier a2dpipe, or not an a2dpipe file")
+        elif str(found).startswith(f"a2dpipe.{self.kind}/"):
+            problem = f"was written with {field} {str(found)!r}; this version reads {self.schema!r}"
+        else:
+            problem = f"is an {str(found)!r} file"
+        return A2DError(f"{path}: not a {what} of {field} {self.schema!r} (it {problem}); {rebuild_hint(what)}")
+
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -95,17 +109,9 @@ class ArtifactReader:
     def _check_schema(self) -> None:
         with self.reading("the root attributes"):
             found = self._file.attrs.get("schema")
-        expected = self.FORMAT
-        if found is not None and _text(found) == expected.schema:
-            return
-        if found is None:
-            problem = "has no 'schema' root attribute"
-        elif _text(found).startswith(f"a2dpipe.{expected.kind}/"):
-            problem = f"was written with schema {_text(found)!r}; this version reads {expected.schema!r}"
-        else:
-            problem = f"is an {_text(found)!r} file"
-        fix = rebuild_hint(expected.what)  # the rule that writes it: a2dpipe.errors.REBUILT_BY
-        raise A2DError(f"{self.path}: not a {expected.what} of schema {expected.schema!r} (it {problem}); {fix}")
+        found = None if found is None else _text(found)
+        if found != self.FORMAT.schema:
+            raise self.FORMAT.refuse(self.path, found)
 
     @property
     def attrs(self) -> dict:

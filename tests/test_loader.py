@@ -238,6 +238,7 @@ def test_training_and_prediction_give_the_same_results_with_or_without_workers(s
         assert a["curve"] == b["curve"], name
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
         # the loader is no part of what a model is made with
+        assert not {"loader_workers", "loader_prefetch"} & set(a["builder"]), a["builder"]
         assert "loader_workers" not in a["provenance"]["settings"]["segmentation"]
     assert serial["predictions"].keys() == parallel["predictions"].keys() and serial["predictions"]
     assert all(np.array_equal(serial["predictions"][k], parallel["predictions"][k]) for k in serial["predictions"])

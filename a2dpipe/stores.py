@@ -89,6 +89,27 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _plain(value):
+    """An attribute as read, as a Python value: bytes (fixed-length text) as text, numpy scalars as numbers."""
+    if isinstance(value, bytes):
+        return _text(value)
+    return value.item() if hasattr(value, "item") else value
+
+
+def set_fixed_attrs(attributes, attrs: dict) -> None:
+    """Set HDF5 attributes (``obj.attrs``), ``None`` values left out, text at its fixed length (read back as bytes;
+    readers decode it): it then lies in the checksummed object header, where a variable-length string would lie in
+    HDF5's global heap, whose lengths no checksum covers and a damaged one of which can hang the reader."""
+    import h5py
+
+    for key, value in attrs.items():
+        if isinstance(value, str):
+            data = value.encode()
+            attributes.create(key, data, dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
+        elif value is not None:
+            attributes[key] = value
+
+
 class ArtifactReader:
     """Read-only access to one artifact of ``FORMAT``; a context manager.
 
@@ -117,8 +138,13 @@ class ArtifactReader:
     def attrs(self) -> dict:
         """Root attributes, numpy scalars as Python values and bytes as text."""
         with self.reading("the root attributes"):
-            return {k: _text(v) if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
-                    for k, v in self._file.attrs.items()}
+            return {k: _plain(v) for k, v in self._file.attrs.items()}
+
+    def group_attrs(self, video: str, frame: int) -> dict:
+        """One frame's group attributes, as :attr:`attrs` gives the root's."""
+        group = self.group(video, frame)
+        with self.reading(f"the attributes of frame {group_key(video, frame)}"):
+            return {k: _plain(v) for k, v in group.attrs.items()}
 
     def keys(self, split: str | None = None) -> list[tuple[str, int]]:
         """(video, frame) of every stored frame, sorted; only those whose ``split`` attribute is ``split`` if given.
@@ -133,10 +159,10 @@ class ArtifactReader:
 
     def split_of(self, video: str, frame: int) -> str:
         """The ``split`` attribute of one frame's group."""
-        split = self.group(video, frame).attrs.get("split")
+        split = self.group_attrs(video, frame).get("split")
         if split is None:
             raise A2DError(f"{self.path}: group {group_key(video, frame)} has no 'split' attribute")
-        return _text(split)
+        return str(split)
 
     def __len__(self) -> int:
         return sum(len(self._file[video]) for video in self._file)
@@ -301,18 +327,8 @@ class ArtifactWriter:
         return self._file
 
     def set_attrs(self, **attrs) -> None:
-        """Set root attributes; ``None`` values are left out. Text is stored at its fixed length (read back as
-        bytes: :attr:`ArtifactReader.attrs` decodes it): it then lies in the checksummed object header, where a
-        variable-length string would lie in HDF5's global heap, whose lengths no checksum covers and a damaged one
-        of which can hang the reader."""
-        import h5py
-
-        for key, value in attrs.items():
-            if isinstance(value, str):
-                data = value.encode()
-                self._file.attrs.create(key, data, dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
-            elif value is not None:
-                self._file.attrs[key] = value
+        """Set root attributes (:func:`set_fixed_attrs`: text at its fixed length; ``None`` left out)."""
+        set_fixed_attrs(self._file.attrs, attrs)
 
     def create_group(self, video: str, frame: int) -> "ChecksummedGroup":
         """The new, empty group of one frame; a frame written twice is an :class:`A2DError`.
@@ -339,6 +355,10 @@ class ChecksummedGroup:
 
     def __init__(self, group):
         self._group = group
+
+    def set_attrs(self, **attrs) -> None:
+        """Set the group's attributes (:func:`set_fixed_attrs`: text at its fixed length; ``None`` left out)."""
+        set_fixed_attrs(self._group.attrs, attrs)
 
     def create_dataset(self, name, shape=None, dtype=None, data=None, **kwargs):
         size = int(np.prod(np.shape(data) if data is not None else (shape or ())))

@@ -119,6 +119,11 @@ def test_shard_holds_the_contract(dataset, tmp_path):
         for split in ("train", "test"):  # listed from attributes; the same frames the index gives that split
             chosen = rows[rows["split"] == split]
             assert store.keys(split) == sorted(zip(chosen["video"], chosen["frame"]))
+    with h5py.File(out, "r") as f:  # text in the checksummed object header, not the unchecked global heap
+        group = f[next(iter(f))]
+        group = group[next(iter(group))]
+        for name in ("split", "direction"):
+            assert h5py.check_string_dtype(group.attrs.get_id(name).dtype).length is not None, name
 
 
 def test_flow_partner_rules():

@@ -23,8 +23,11 @@ objects, which the generic mask source is trained on (read from the benchmark's 
 
 Group attributes: ``split`` ('train' / 'val' / 'test'), ``neighbour_frame`` (1-based) and ``direction``: ``'next'`` means
 flow is taken from the frame to frame + 1, ``'previous'`` from frame - 1 to the frame. ``frames.neighbour``
-chooses; the last frame of a clip always uses ``'previous'`` and the first always ``'next'``.
-Root attributes: ``schema`` (``"a2dpipe.frames/1"``, :data:`FORMAT`), ``shard``, ``neighbour``, ``compression``.
+chooses; the last frame of a clip always uses ``'previous'`` and the first always ``'next'``. Text attributes are
+stored at fixed length (read back through :meth:`FrameStore.group_attrs`), inside the checksummed object headers;
+version 1 stored ``split`` and ``direction`` as variable-length strings in HDF5's global heap, where a damaged
+length can hang a reader, and is refused.
+Root attributes: ``schema`` (``"a2dpipe.frames/2"``, :data:`FORMAT`), ``shard``, ``neighbour``, ``compression``.
 Written by :class:`FrameWriter`, read back with :class:`FrameStore` (both on :mod:`a2dpipe.stores`).
 """
 
@@ -52,7 +55,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT", "FrameRecord", "FrameStore", "FrameWriter", "extract_shard", "masks_to_boxes", "neighbour_of"]
 
-FORMAT = ArtifactFormat("frames", 1, "frames shard")
+FORMAT = ArtifactFormat("frames", 2, "frames shard")
 
 
 @dataclass
@@ -89,7 +92,7 @@ class FrameStore(ArtifactReader):
 
     def read(self, video: str, frame: int) -> FrameRecord:
         arrays = self.read_arrays(video, frame, _RECORD_DATASETS)
-        attrs = self.group(video, frame).attrs
+        attrs = self.group_attrs(video, frame)
         return FrameRecord(
             video=video,
             frame=int(frame),
@@ -227,7 +230,7 @@ def _write_frame(f: FrameWriter, root: Path, row, decoded: dict, partner: tuple[
             sorted(set(np.unique(ann.id_map[invalid]).tolist())),
         )
     g = f.create_group(video, frame)
-    g.attrs.update({"split": row.split, "neighbour_frame": partner[0], "direction": partner[1]})
+    g.set_attrs(split=row.split, neighbour_frame=partner[0], direction=partner[1])
     for name, image in (("rgb", rgb), ("neighbour", decoded[partner[0]]), ("label", ann.id_map)):
         g.create_dataset(name, data=image, chunks=pixel_chunks(image.shape), **opts)
     masks = (ann.masks >= 0.5).astype(np.uint8)

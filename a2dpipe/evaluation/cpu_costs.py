@@ -88,7 +88,7 @@ def _write_frame(frames, rng, video: str, size: tuple[int, int]) -> None:
         instances[k, y:y + h // 3, x:x + w // 4] = 1
         label[instances[k] > 0] = pair
     group = frames.create_group(video, 1)
-    group.attrs.update({"split": "train", "neighbour_frame": 2, "direction": "next"})
+    group.set_attrs(split="train", neighbour_frame=2, direction="next")
     for name, data in (("rgb", rgb), ("neighbour", rgb[:, ::-1]), ("label", label)):
         group.create_dataset(name, data=data, chunks=pixel_chunks(data.shape), **filters)
     boxes = np.float32([[0, 0, w // 4, h // 3]] * 2)

@@ -84,8 +84,7 @@ class FlowWriter(ArtifactWriter):
         rgb = image if rgb is None else rgb
         for name, data in (("flow", field), ("rgb", np.asarray(rgb, np.uint8)), ("rgb_mirror", mirror)):
             group.create_dataset(name, data=data, compression="lzf", chunks=pixel_chunks(data.shape))
-        for key, value in attrs.items():
-            group.attrs[key] = value
+        group.set_attrs(**attrs)
 
     def finish(self) -> None:
         self.set_attrs(seconds_per_frame=self.seconds_per_frame, frames=self.count)

@@ -111,6 +111,33 @@ def test_flipped_bits_anywhere_in_a_predictions_file_never_change_what_is_read(t
             all(np.array_equal(g[k], r[k]) for k in r) for g, r in zip(got, reference)), f"byte {offset}: silent"
 
 
+def test_flipped_bits_anywhere_in_a_frames_shard_never_change_what_is_read(tmp_path):
+    # a frame's text attributes (split, direction) included: at fixed length they lie in checksummed headers
+    from a2dpipe.dataset.frames import FrameStore
+    from a2dpipe.evaluation.cpu_costs import write_synthetic_frames
+
+    def read_all(path):
+        with FrameStore(path) as store:
+            return [(vars(store.read(*key)), store.keys("train")) for key in store.keys()]
+
+    path = write_synthetic_frames(tmp_path / "frames.h5", ["v000", "v001"], (32, 48), np.random.default_rng(0))
+    reference = read_all(path)
+    original = path.read_bytes()
+    damaged = tmp_path / "damaged.h5"
+    for offset in range(0, len(original), max(1, len(original) // 300)):
+        data = bytearray(original)
+        data[offset] ^= 1 << (offset % 8)
+        damaged.write_bytes(bytes(data))
+        try:
+            got = read_all(damaged)
+        except A2DError:
+            continue
+        for (record, train), (expected, expected_train) in zip(got, reference, strict=True):
+            assert train == expected_train, f"byte {offset}: silent"
+            for key, value in expected.items():
+                assert np.array_equal(record[key], value), f"byte {offset}: {key} silently changed"
+
+
 def test_values_out_of_range_are_refused_on_read(tmp_path):
     from a2dpipe.labels import VALID_PAIRS
 

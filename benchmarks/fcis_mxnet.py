@@ -12,6 +12,12 @@ Group_Max, Group_Softmax, Group_Pick with Score_Pick), ``proposal`` (``operator_
 ``lib/nms/nms.py``) and ``BoxParser`` (``operator_py/box_parser.py``, ``lib/bbox/bbox_transform.py``);
 ``PSROIPooling`` is MXNet's own ``contrib`` operator.
 
+``--dtype float64`` runs the whole network in float64 (parameters, input and every operator), to tell float32
+rounding from a difference of implementation. The weights are the same in both dtypes (drawn in float64, rounded
+to float32, saved in ``--dtype``), and so are the images. Departures from the official code in float64 only:
+``SoftmaxActivation``, which has no float64 kernel, is ``softmax`` over the same axis (:func:`softmax_activation_64`);
+the proposal operator's NMS, which casts the boxes to float32, keeps them in float64 (its RoIs output too).
+
 ``--fixture DIR`` instead writes the reader's test files (``tests/data/mxnet``): two small ``.params`` files (V2
 records of four dtypes; V3 records, NumPy semantics, with a 0-d array) and ``expected.npz``, what MXNet reads back.
 """
@@ -28,7 +34,7 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 
-PIXEL_MEANS_BGR = np.array([103.06, 115.90, 123.15], np.float32)
+PIXEL_MEANS_BGR = np.array([103.06, 115.90, 123.15])  # float64, as config.network.PIXEL_MEANS
 
 
 def legacy_anchors(base=16, ratios=(0.5, 1, 2), scales=(4, 8, 16, 32)) -> np.ndarray:
@@ -90,7 +96,8 @@ def nms(dets, thresh):
 
 
 class Proposal(mx.operator.CustomOp):
-    """operator_py/proposal.py's forward (one image, no score output)."""
+    """operator_py/proposal.py's forward (one image, no score output), NMS and output in the network's type (the
+    official code's float32, or float64)."""
 
     kept: list[int] = []  # proposals before the padding, per call (one call per image)
 
@@ -100,7 +107,7 @@ class Proposal(mx.operator.CustomOp):
         self.anchors = legacy_anchors(stride, ratios, scales)
 
     def forward(self, is_train, req, in_data, out_data, aux):
-        count = len(self.anchors)
+        count, dtype = len(self.anchors), in_data[0].dtype
         scores = in_data[0].asnumpy()[:, count:, :, :]
         deltas, im_info = in_data[1].asnumpy(), in_data[2].asnumpy()[0]
         height, width = scores.shape[-2:]
@@ -114,12 +121,12 @@ class Proposal(mx.operator.CustomOp):
         proposals, scores = proposals[keep], scores[keep]
         order = scores.ravel().argsort()[::-1][:self.pre]
         proposals, scores = proposals[order], scores[order]
-        keep = nms(np.hstack((proposals, scores)).astype(np.float32), self.thresh)[:self.post]
+        keep = nms(np.hstack((proposals, scores)).astype(dtype), self.thresh)[:self.post]
         Proposal.kept.append(len(keep))
         if len(keep) < self.post:  # the official operator pads with repeats; marked here by the count output
             keep = keep + [keep[0]] * (self.post - len(keep))
-        blob = np.hstack((np.zeros((len(keep), 1)), proposals[keep])).astype(np.float32)
-        self.assign(out_data[0], req[0], mx.nd.array(blob))
+        blob = np.hstack((np.zeros((len(keep), 1)), proposals[keep]))
+        self.assign(out_data[0], req[0], mx.nd.array(blob, dtype=dtype))
 
     def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
         pass
@@ -159,7 +166,7 @@ class BoxParser(mx.operator.CustomOp):
         if self.clip:
             boxes = clip_boxes(boxes, im_info[0, :2])
         rois[:, 1:] = boxes
-        self.assign(out_data[0], req[0], mx.nd.array(rois))
+        self.assign(out_data[0], req[0], mx.nd.array(rois, dtype=rois.dtype))
 
     def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
         pass
@@ -199,7 +206,7 @@ class ChannelOperator(mx.operator.CustomOp):
         else:  # Group_Pick, Score_Pick: the highest-scoring class other than the background (GetMaxIdxKernel)
             pick = in_data[1].asnumpy().reshape(data.shape[0], self.group)[:, 1:].argmax(1) + 1
             out = grouped[np.arange(data.shape[0]), pick]
-        self.assign(out_data[0], req[0], mx.nd.array(out))
+        self.assign(out_data[0], req[0], mx.nd.array(out, dtype=data.dtype))
 
     def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
         pass
@@ -233,9 +240,22 @@ def channel_operator(name, data, group, op_type, pick_idx=None, pick_type="Label
                          **inputs)
 
 
-def load_symbol(repo: Path):
+SOFTMAX_ACTIVATION = mx.sym.SoftmaxActivation
+
+
+def softmax_activation_64(data, mode="instance", name=None):
+    """``SoftmaxActivation`` for float64: that operator reads its tensors as float32 only (``real_t`` in
+    softmax_activation-inl.h); ``softmax`` over axis 1 (of the data flattened to 2-d, for mode ``instance``) is the
+    same function, with float64 kernels."""
+    if mode == "channel":
+        return mx.sym.softmax(data=data, axis=1, name=name)
+    return mx.sym.reshape_like(mx.sym.softmax(data=mx.sym.flatten(data), axis=1, name=name), data)
+
+
+def load_symbol(repo: Path, dtype=np.float32):
     """The official ``resnet_v1_101_fcis`` class, its Python 2 imports stubbed (cPickle is pickle; the training
-    operators it imports are not used by the test symbol)."""
+    operators it imports are not used by the test symbol); in float64, its ``SoftmaxActivation`` is
+    :func:`softmax_activation_64`."""
     sys.modules["cPickle"] = pickle
     utils, symbol = types.ModuleType("utils"), types.ModuleType("utils.symbol")
     symbol.Symbol = type("Symbol", (object,), {})
@@ -243,6 +263,7 @@ def load_symbol(repo: Path):
     for name in ("proposal", "proposal_annotator", "box_parser", "box_annotator_ohem"):
         sys.modules[f"operator_py.{name}"] = types.ModuleType(f"operator_py.{name}")
     mx.contrib.sym.ChannelOperator = channel_operator
+    mx.sym.SoftmaxActivation = softmax_activation_64 if np.dtype(dtype) == np.float64 else SOFTMAX_ACTIVATION
     spec = importlib.util.spec_from_file_location("resnet_v1_101_fcis",
                                                   repo / "fcis" / "symbols" / "resnet_v1_101_fcis.py")
     module = importlib.util.module_from_spec(spec)
@@ -268,10 +289,11 @@ HEAD_SCALE = {"conv1": np.sqrt(2.0) / 128, "rpn_cls_score": 0.1, "rpn_bbox_pred"
               "fcis_bbox": 0.2}
 
 
-def random_params(sym, shape, rng):
+def random_params(sym, shape, rng, dtype):
     """Random weights that keep activations of order one through 101 layers (``conv1`` scaled for the 0-255
     input, He-scaled convolutions, batch norm statistics near (0, 1), each residual branch's last scale small), and
-    head outputs of order one (RPN and box deltas ~0.1: proposals of a sensible size)."""
+    head outputs of order one (RPN and box deltas ~0.1: proposals of a sensible size); float32 values in
+    ``dtype``."""
     arg_shapes, _, aux_shapes = sym.infer_shape(data=shape, im_info=(1, 3))
     args, auxs = {}, {}
     for name, dims in zip(sym.list_arguments(), arg_shapes):
@@ -285,10 +307,10 @@ def random_params(sym, shape, rng):
             value = rng.uniform(0.1, 0.3, dims) if name.endswith("branch2c_gamma") else rng.uniform(0.5, 1.5, dims)
         else:  # biases and betas
             value = rng.normal(0, 0.1, dims)
-        args[name] = mx.nd.array(value.astype(np.float32))
+        args[name] = mx.nd.array(value.astype(np.float32), dtype=dtype)
     for name, dims in zip(sym.list_auxiliary_states(), aux_shapes):
         value = rng.uniform(0.5, 1.5, dims) if name.endswith("moving_var") else rng.normal(0, 0.1, dims)
-        auxs[name] = mx.nd.array(value.astype(np.float32))
+        auxs[name] = mx.nd.array(value.astype(np.float32), dtype=dtype)
     return args, auxs
 
 
@@ -297,12 +319,16 @@ INTERNALS = {"res4": "res4b22_relu_output", "res5": "res5c_relu_output", "rpn_pr
 OUTPUTS = ("rois", "cls_prob", "bbox_pred", "seg_pred")
 
 
-def run_image(sym, args, auxs, image_rgb):
-    data = (image_rgb[:, :, ::-1].astype(np.float32) - PIXEL_MEANS_BGR).transpose(2, 0, 1)[None]
+def run_image(sym, args, auxs, image_rgb, dtype):
+    """The symbol's outputs on one RGB uint8 image, in ``dtype``: the input as lib/utils/image.py's transform makes
+    it (BGR minus the means in float64), cast to ``dtype``."""
+    data = (image_rgb[:, :, ::-1] - PIXEL_MEANS_BGR).transpose(2, 0, 1)[None].astype(dtype)
     height, width = image_rgb.shape[:2]
-    executor = sym.simple_bind(mx.cpu(), grad_req="null", data=data.shape, im_info=(1, 3))
+    executor = sym.simple_bind(mx.cpu(), grad_req="null", type_dict={"data": dtype, "im_info": dtype},
+                               data=data.shape, im_info=(1, 3))
     executor.copy_params_from(args, auxs)
-    executor.forward(is_train=False, data=mx.nd.array(data), im_info=mx.nd.array([[height, width, 1.0]]))
+    executor.forward(is_train=False, data=mx.nd.array(data, dtype=dtype),
+                     im_info=mx.nd.array([[height, width, 1.0]], dtype=dtype))
     names = list(OUTPUTS) + list(INTERNALS)
     return {name: out.asnumpy() for name, out in zip(names, executor.outputs)}
 
@@ -330,6 +356,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--size", type=int, nargs=2, default=(320, 480), help="height width (multiples of 32)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="of the weights, the input and every operator (float32: as the official code)")
     args = parser.parse_args()
     if args.fixture:
         write_fixture(args.fixture)
@@ -337,11 +365,11 @@ def main() -> None:
     if not (args.fcis_repo and args.out):
         parser.error("--fcis-repo and --out are needed (or --fixture)")
     rng = np.random.default_rng(args.seed)
-    test_symbol = load_symbol(args.fcis_repo)().get_symbol(coco_config(), is_train=False)
+    test_symbol = load_symbol(args.fcis_repo, args.dtype)().get_symbol(coco_config(), is_train=False)
     internals = test_symbol.get_internals()
     sym = mx.sym.Group([test_symbol[i] for i in range(len(OUTPUTS))] + [internals[n] for n in INTERNALS.values()])
     height, width = args.size
-    weights, stats = random_params(test_symbol, (1, 3, height, width), rng)
+    weights, stats = random_params(test_symbol, (1, 3, height, width), rng, np.dtype(args.dtype))
     args.out.mkdir(parents=True, exist_ok=True)
     mx.nd.save(str(args.out / "fcis_random-0000.params"),
                {**{f"arg:{k}": v for k, v in weights.items()}, **{f"aux:{k}": v for k, v in stats.items()}})
@@ -350,7 +378,7 @@ def main() -> None:
         smooth = rng.uniform(0, 255, (height // 8 + 1, width // 8 + 1, 3))  # blocky images, some structure
         image = np.kron(smooth, np.ones((8, 8, 1)))[:height, :width] + rng.normal(0, 20, (height, width, 3))
         image = image.clip(0, 255).astype(np.uint8)
-        outputs = run_image(sym, weights, stats, image)
+        outputs = run_image(sym, weights, stats, image, np.dtype(args.dtype))
         results.update({f"{index}/{k}": v for k, v in outputs.items()})
         results[f"{index}/image"], results[f"{index}/kept"] = image, np.array(Proposal.kept[-1])
         print(f"image {index}: {Proposal.kept[-1]} proposals kept of {outputs['rois'].shape[0] // 2}")

@@ -171,6 +171,23 @@ def test_box_maps_take_the_foreground_deltas_scaled():
     np.testing.assert_allclose(ours, [4 * 2.0, 5 * 2.0, 6 * 2.5, 7 * 2.5])
 
 
+def test_converter_keeps_float64_when_asked(official_model):
+    """The float64 conversion (the numerical check against MXNet in float64) rounds nothing to float32."""
+    arrays = official_arrays(official_model)
+    rng = np.random.default_rng(0)
+    for name in ("conv1_weight", "rpn_cls_score_weight", "fcis_bbox_weight"):
+        arrays[name] = rng.normal(size=arrays[name].shape)
+    state = convert.fcis_state_dict(arrays, official_model, Path("x.params"), dtype=np.float64)
+    assert {value.dtype for value in state.values() if value.is_floating_point()} == {torch.float64}
+    np.testing.assert_array_equal(state["backbone.body.conv1.weight"].numpy(), arrays["conv1_weight"][:, ::-1])
+    scores = arrays["rpn_cls_score_weight"]
+    np.testing.assert_array_equal(state["rpn.head.cls_logits.weight"].numpy(), scores[12:] - scores[:12])
+    weights = official_model.roi_heads.box_coder.weights
+    expected = convert.box_map_order(7, weights)(arrays["fcis_bbox_weight"].astype(np.float32))
+    np.testing.assert_allclose(state["roi_heads.box_maps.weight"].numpy(), expected, rtol=1e-6)
+    assert not np.array_equal(state["roi_heads.box_maps.weight"].numpy(), expected)
+
+
 # --- official layout ------------------------------------------------------------------------------------------------
 
 

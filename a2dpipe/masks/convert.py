@@ -59,9 +59,10 @@ def run(args) -> None:
     convert_fcis_mxnet(args.input, args.output)
 
 
-def convert_fcis_mxnet(source: str | Path, out: str | Path) -> dict:
+def convert_fcis_mxnet(source: str | Path, out: str | Path, dtype=np.float32) -> dict:
     """Convert the official FCIS ``.params`` file ``source`` into the mask model file ``out``; return what was
-    saved. ``A2DError`` naming ``source`` for a file that is not MXNet's, truncated, or not FCIS's ResNet-101."""
+    saved. ``A2DError`` naming ``source`` for a file that is not MXNet's, truncated, or not FCIS's ResNet-101.
+    ``dtype``: of the saved tensors (float64 only for the numerical check against MXNet run in float64)."""
     source = Path(source)
     if not source.is_file():
         raise A2DError(f"{source}: weights file not found")
@@ -73,7 +74,7 @@ def convert_fcis_mxnet(source: str | Path, out: str | Path) -> dict:
     arch = dict(model="fcis", backbone="resnet101", num_classes=num_classes, min_size=MIN_SIZE, max_size=MAX_SIZE,
                 k=k, layout="official", pretrained_layout=True)
     model = build_mask_model(**arch)
-    state = fcis_state_dict(params, model, source)
+    state = fcis_state_dict(params, model, source, dtype)
     model.load_state_dict(state)
     checkpoint = {"model": state, "arch": arch, "source": "generic", "class_agnostic": True, "config": {},
                   "steps": 0, "converted_from": {"file": source.name, "digest": file_digest(source),
@@ -91,17 +92,17 @@ def _strip(name: str, source: Path) -> str:
     return rest
 
 
-def fcis_state_dict(params: dict[str, np.ndarray], model: torch.nn.Module, source: Path) -> dict:
+def fcis_state_dict(params: dict[str, np.ndarray], model: torch.nn.Module, source: Path, dtype=np.float32) -> dict:
     """The state dict of ``model`` (an official-layout FCIS) from the official FCIS's arrays ``params`` (names
-    without ``arg:`` / ``aux:``); ``A2DError`` naming every official array without a place, every tensor without
-    a source, and every shape that differs."""
+    without ``arg:`` / ``aux:``), converted in ``dtype``; ``A2DError`` naming every official array without a place,
+    every tensor without a source, and every shape that differs."""
     own = model.state_dict()
     state, used = {}, set()
     for official_name, (key, convert) in _name_map(model).items():
         if official_name not in params:
             continue
         used.add(official_name)
-        state[key] = torch.from_numpy(np.ascontiguousarray(convert(params[official_name].astype(np.float32))))
+        state[key] = torch.from_numpy(np.ascontiguousarray(convert(params[official_name].astype(dtype))))
     unknown = sorted(set(params) - used)
     missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
     wrong = [f"{k} {tuple(state[k].shape)} (the network wants {tuple(own[k].shape)})" for k in state
@@ -168,12 +169,12 @@ def score_map_order(num_classes: int, k: int):
 def box_map_order(k: int, coder_weights):
     """The class-agnostic foreground deltas (official channels (4 + d) * k^2 + cell) in this project's order
     d * k^2 + cell, scaled so that this network's box coder decodes them as the official deltas x stds."""
-    scale = np.repeat(np.array(official.BOX_STDS) * np.array(coder_weights), k * k).astype(np.float32)
+    scale = np.repeat(np.array(official.BOX_STDS) * np.array(coder_weights), k * k)
     order = (4 * k * k + np.arange(4 * k * k))
 
     def convert(array: np.ndarray) -> np.ndarray:
         if len(array) != 8 * k * k:
             return array  # reported as a shape mismatch
         picked = array[order]
-        return picked * scale.reshape((-1,) + (1,) * (picked.ndim - 1))
+        return (picked * scale.reshape((-1,) + (1,) * (picked.ndim - 1))).astype(array.dtype)
     return convert

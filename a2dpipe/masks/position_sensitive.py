@@ -91,8 +91,9 @@ def psroi_pool(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: i
                chunk: int = 64) -> torch.Tensor:
     """The official FCIS's ``PSROIPooling`` (msracver/FCIS ``psroi_pooling.cu``) on the channel layout above:
     (B, 2 (C+1) k^2, h, w), rois (R, 5) with ends one past the box -> (R, 2, C+1, M, M), cell means read from a
-    summed-area table
-    (float64, so that a mean equals the kernel's sum to float32 rounding). ``chunk`` RoIs at a time bound memory.
+    summed-area table (float64, so that a mean equals the kernel's sum to float32 rounding), the cells' pixels
+    found in the RoIs' type (float32 at least) as the operator finds them in its own. ``chunk`` RoIs at a time
+    bound memory.
     """
     batch, channels, height, width = score_maps.shape
     groups = channels // (k * k)
@@ -103,7 +104,7 @@ def psroi_pool(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: i
     channel = (torch.arange(groups, device=rois.device) * k + grid_bin[:, None, None]) * k + grid_bin[:, None]
     outs = []
     for part in rois.split(chunk):
-        r = part.float()
+        r = part.to(torch.promote_types(part.dtype, torch.float32))  # the operator's DType, float32 at least
         y0, y1 = _psroi_bins(r[:, 2], r[:, 4], spatial_scale, roi_size, height)  # (R, M) each
         x0, x1 = _psroi_bins(r[:, 1], r[:, 3], spatial_scale, roi_size, width)
         image = part[:, 0].long()[:, None, None, None] * (height + 1)
@@ -121,12 +122,12 @@ def psroi_pool(score_maps: torch.Tensor, rois: torch.Tensor, k: int, roi_size: i
 
 def _psroi_bins(start: torch.Tensor, end: torch.Tensor, scale: float, cells: int, size: int):
     """First and one-past-last feature pixel of each cell along one axis, (R, cells) each, as ``PSROIPooling``
-    computes them in float32 (C's ``round``: halves away from zero; an empty cell has end <= start). ``end`` is
-    one past the box (the official kernel's inclusive end, rounded, + 1)."""
+    computes them in its data type, float32 or float64 here as ``start`` (C's ``round``: halves away from zero; an
+    empty cell has end <= start). ``end`` is one past the box (the official kernel's inclusive end, rounded, + 1)."""
     begin = torch.floor(start + 0.5) * scale
     extent = (torch.floor(end + 0.5) * scale - begin).clamp(min=0.1)
     step = extent / cells
-    index = torch.arange(cells, dtype=torch.float32, device=start.device)
+    index = torch.arange(cells, dtype=start.dtype, device=start.device)
     low = torch.floor(index * step[:, None] + begin[:, None]).long().clamp(0, size)
     high = torch.ceil((index + 1) * step[:, None] + begin[:, None]).long().clamp(0, size)
     return low, torch.maximum(high, low)

@@ -43,7 +43,8 @@ __all__ = ["FORMAT", "DATASETS", "FlowStore", "FlowWriter", "flow_chunks", "flet
 FORMAT = ArtifactFormat("flow", 3, "flow cache")
 MAX_FLOW = 4096.0  # pixels: no frame is wider (A2D's are 320 px high)
 DATASETS = ("flow", "rgb", "rgb_mirror")
-_BLOCK = 1 << 20  # 16-bit words per dot product of the checksum: their weighted sum stays far below 2**63
+_BLOCK = 1 << 16  # 16-bit words per step of the checksum: small buffers, reused (and far below int64's range)
+_WEIGHTS = np.arange(_BLOCK, 0, -1, dtype=np.int64)  # a block's words' weights in sum2, the last block's a tail
 
 
 def flow_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -57,15 +58,18 @@ def fletcher32(data: np.ndarray) -> int:
     as the high byte of a word), sum1 = sum w_i and sum2 = sum (n - i + 1) w_i, each reduced modulo 65535 into
     1..65535 (0 only for a zero sum), as HDF5's end-around carries leave them; ``sum2 << 16 | sum1``."""
     raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    words = raw[: raw.size // 2 * 2].view(">u2").astype(np.int64)
+    words = raw[: raw.size // 2 * 2].view(">u2")
     if raw.size % 2:
-        words = np.append(words, np.int64(raw[-1]) << 8)
+        words = np.append(words, np.uint16(raw[-1]) << np.uint16(8))
     n, sum1, sum2 = words.size, 0, 0
+    block = np.empty(_BLOCK, np.int64)
     for start in range(0, n, _BLOCK):
-        block = words[start:start + _BLOCK]
-        total = int(block.sum())
+        size = min(_BLOCK, n - start)
+        part = block[:size]
+        part[:] = words[start:start + size]
+        total = int(part.sum())
         sum1 += total
-        sum2 += int(np.dot(block, np.arange(block.size, 0, -1, dtype=np.int64))) + (n - start - block.size) * total
+        sum2 += int(np.dot(part, _WEIGHTS[_BLOCK - size:])) + (n - start - size) * total
     return (_fold(sum2) << 16) | _fold(sum1)
 
 

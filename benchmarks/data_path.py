@@ -3,13 +3,14 @@
     python benchmarks/data_path.py [--frames 40] [--height 320] [--width 568] [--crop 320 320] [--batch 10]
                                    [--workers 0 1 2] [--steps 10] [--encoding xym] [--threads 2]
                                    [--backbone tiny] [--width-channels 24] [--listing 11926]
-                                   [--pixel-chunks 64 64] [--flow-compression lzf]
+                                   [--pixel-chunks 64 64] [--flow-compression none]
 
 Writes, in a temporary folder, a frames shard and a flow cache of ``--frames`` A2D-sized synthetic frames in the
-pipeline's own layout (frames: lzf + checksum, as ``extract-frames``; flow: float16 field and its RGB image, lzf,
-as ``flow``; images of both in 64 x 64-pixel chunks, :func:`a2dpipe.stores.pixel_chunks`). ``--pixel-chunks 0 0``
-leaves the chunks to h5py (one channel each, the layout before) and ``--flow-compression gzip`` stores the flow cache
-with gzip level 1 (the compression before), so that layouts can be compared; then measures:
+pipeline's own layout (frames: lzf + checksum, as ``extract-frames``, in 64 x 64-pixel chunks,
+:func:`a2dpipe.stores.pixel_chunks`; flow: the flow stage's ``FlowWriter``, uncompressed). ``--pixel-chunks 0 0``
+leaves the chunks to h5py (one channel each, the layout before) and ``--flow-compression lzf`` or ``gzip`` stores
+the flow cache with lzf (schema 2) or gzip level 1 (before that) in those chunks, so that layouts can be compared;
+then measures:
 
 - data path: samples per second of the training loader (read the window, crop, mirror half the frames, their flow
   image read from ``rgb_mirror`` or, in another layout, re-encoded; collate; pinned when CUDA is present) for
@@ -23,7 +24,8 @@ with gzip level 1 (the compression before), so that layouts can be compared; the
 Measured on a quiet 2-core CPU machine, 320 x 320 crops of 320 x 568 frames, batch 10, ``--steps 20``, CPU time of
 the reading process with ``--workers 0`` and samples per second of wall time with ``--workers 2``:
 
-- now (64 x 64-pixel chunks, lzf flow cache holding ``rgb_mirror``): xym 6.4-8.1 ms per sample, 218-258 samples/s;
+- with the lzf flow cache (schema 2) holding ``rgb_mirror``, 64 x 64-pixel chunks: xym 6.4-8.1 ms per sample,
+  218-258 samples/s;
   wheel (the paper preset's encoding) 5.4-5.5 ms, 260-271 samples/s;
 - before (automatic chunks, gzip flow cache, mirrored windows re-encoded from the field): xym 7.8-8.3 ms,
   212 samples/s; wheel 24.5 ms, 100 samples/s (re-encoding a 320 x 320 wheel image is ~8 ms of CPU, and on the
@@ -48,8 +50,8 @@ from a2dpipe.segmentation.samples import StoreSamples, plan_view
 from a2dpipe.stores import PIXEL_CHUNK
 
 FRAME_FILTERS = {"compression": "lzf", "fletcher32": True}  # extract-frames' default filters
-FLOW_FILTERS = {"gzip": {"compression": "gzip", "compression_opts": 1},  # the flow cache's
-                "lzf": {"compression": "lzf"}}
+FLOW_FILTERS = {"gzip": {"compression": "gzip", "compression_opts": 1},  # the flow cache's, before
+                "lzf": {"compression": "lzf"}, "none": {}}
 
 
 def image_chunks(data: np.ndarray, pixels: tuple[int, int] | None) -> dict:
@@ -73,7 +75,7 @@ def smooth(rng: np.random.Generator, shape: tuple[int, ...], scale: int = 16) ->
 
 
 def write_frame(frames: FrameWriter, flows: FlowWriter, rng, video: str, size: tuple[int, int], encoding: str,
-                pixel_chunks: tuple[int, int] | None = None, flow_compression: str = "lzf") -> None:
+                pixel_chunks: tuple[int, int] | None = None, flow_compression: str = "none") -> None:
     """One annotated frame with two actor instances, its neighbour and its flow."""
     h, w = size
     rgb = np.clip(smooth(rng, (h, w, 3)) * 220 + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
@@ -91,7 +93,7 @@ def write_frame(frames: FrameWriter, flows: FlowWriter, rng, video: str, size: t
                        ("instance_ids", np.uint8([11, 34]))):
         group.create_dataset(name, data=data, **FRAME_FILTERS)
     flow = (smooth(rng, (h, w, 2), 32) - 0.5) * 12
-    if pixel_chunks == (PIXEL_CHUNK, PIXEL_CHUNK) and flow_compression == "lzf":  # the pipeline's own writer
+    if pixel_chunks == (PIXEL_CHUNK, PIXEL_CHUNK) and flow_compression == "none":  # the pipeline's own writer
         flows.write(video, 1, flow, flow_to_rgb(flow, encoding))
         return
     group = flows.create_group(video, 1)  # FlowWriter.write's datasets, in the other layout or compression
@@ -101,7 +103,7 @@ def write_frame(frames: FrameWriter, flows: FlowWriter, rng, video: str, size: t
 
 def write_shard(folder: Path, count: int, size: tuple[int, int], encoding: str,
                 pixel_chunks: tuple[int, int] | None = None, name: str = "shard-000.h5",
-                flow_compression: str = "lzf") -> tuple[Path, Path]:
+                flow_compression: str = "none") -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     frames_path, flow_path = folder / "frames" / name, folder / "flow" / name
     frames_path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +198,8 @@ def main() -> None:
     parser.add_argument("--pixel-chunks", type=int, nargs=2, default=[PIXEL_CHUNK, PIXEL_CHUNK],
                         help="store images in chunks of ROWS COLS pixels holding every channel (0 0: h5py's "
                              "automatic chunks, the layout before)")
-    parser.add_argument("--flow-compression", choices=tuple(FLOW_FILTERS), default="lzf",
-                        help="filter of the flow cache's datasets (the flow stage writes lzf; gzip before)")
+    parser.add_argument("--flow-compression", choices=tuple(FLOW_FILTERS), default="none",
+                        help="filter of the flow cache's datasets (the flow stage writes none; lzf and gzip before)")
     parser.add_argument("--no-step", action="store_true", help="skip the model step")
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -108,6 +108,8 @@ def test_command_on_the_paper_preset_writes_the_table_in_seconds(tmp_path):
     assert (table["cpu ms_per_unit"] > 0).all()
     assert table.loc["train stage 1 (rgbflow)", "cpu processes"] == paper["segmentation"]["loader_workers"]
     assert table.loc["region masks", "cpu processes"] == 1
+    # a flow job's readers and encoders: as many as the loader's workers (the job asks for as many CPUs)
+    assert table.loc[flow, "cpu processes"] == paper["segmentation"]["loader_workers"]
     for device in estimate.DEVICES:
         assert (table[f"{device} wall hours"] >= table[f"{device} hours"]).all()
         assert set(table[f"{device} bound"]) <= {"GPU", "CPU"}
@@ -134,6 +136,13 @@ def test_the_cpu_side_overlaps_with_loader_workers_and_adds_up_without():
     ahead = [{**units[1], "fed_by": "thread"}]
     row = estimate.estimate_table(ahead, amp=True, cpu_costs=costs, workers=4).iloc[0]
     assert row["cpu processes"] == 1 and row["H200 wall hours"] == pytest.approx(32 * 3600 / 3.6e6)
+    # a flow job's readers and encoders overlap with the GPU as workers do; its writer thread's share is a floor
+    flow = [{**units[1], "fed_by": "pool", "cpu": [("flow_store", None, 1), ("sample_frame", "rgb", 1)],
+             "serial": [("flow_store", None, 1)]}]
+    for store, wall in ((3.0, 3.0), (0.2, 2.2 / 4)):  # one thread stores every frame: 3 ms; else 4 share 2.2 ms
+        row = estimate.estimate_table(flow, amp=True, cpu_costs={**costs, "flow_store": store}, workers=4).iloc[0]
+        assert row["cpu processes"] == 4 and row["cpu ms_per_unit"] == pytest.approx(store + 2)
+        assert row["H200 wall hours"] == pytest.approx(wall * 3600 / 3.6e6) and row["H200 bound"] == "CPU"
     # the GPU side dominates a unit of real work; without workers the loader's process adds the two
     heavy = [{**units[0], "flops": 1e15}]
     row = estimate.estimate_table(heavy, amp=True, cpu_costs=costs, workers=0).iloc[0]
@@ -152,6 +161,7 @@ def test_cpu_costs_are_measured_with_the_packages_readers_and_writers(monkeypatc
     costs = cpu_costs.measure_cpu_costs(frame_size=(40, 56), crop=(32, 32), regions=5, encoding="xym")
     assert calls == [5] * cpu_costs.FRAMES  # a faster cache writer is what gets timed
     assert set(costs["sample_crop"]) == {"rgb", "rgbflow"}
+    assert {"flow_read", "flow_encode", "flow_store"} <= set(costs)  # a flow job's parts, timed apart
     assert all(v > 0 for kind in costs.values() for v in (kind.values() if isinstance(kind, dict) else [kind]))
 
 

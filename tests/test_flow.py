@@ -422,3 +422,100 @@ def test_a_dis_job_does_not_import_torch(venus, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "no torch" and out.is_file()
+
+
+# --- the flow cache's writer ------------------------------------------------------------------------------------
+
+
+def _cache_arrays(path) -> dict:
+    """Every dataset and group attribute of a flow cache, by path."""
+    found = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda key, obj: found.update(
+            {key: obj[()] if isinstance(obj, h5py.Dataset) else dict(obj.attrs)}))
+    return found
+
+
+def test_the_threaded_writer_stores_what_the_calling_thread_stores_uncompressed_with_checksums(tmp_path):
+    from a2dpipe.flow.encode import flow_images
+    from a2dpipe.flow.store import FlowWriter, flow_chunks
+
+    rng = np.random.default_rng(0)
+    fields = [rng.normal(0, 4, (70, 90, 2)).astype(np.float32) for _ in range(9)]
+    for threads in (0, 3):
+        with FlowWriter(tmp_path / f"t{threads}.h5", method="test", encoding="wheel", threads=threads) as writer:
+            for k, field in enumerate(fields, 1):
+                writer.write("v", k, field, direction="next", neighbour_frame=k + 1)
+            writer.seconds_per_frame = 0.0
+    one, three = _cache_arrays(tmp_path / "t0.h5"), _cache_arrays(tmp_path / "t3.h5")
+    assert one.keys() == three.keys() and len(one) == 1 + 9 * 4  # the video, then each frame and its datasets
+    for key, value in one.items():
+        assert (np.array_equal(value, three[key]) if isinstance(value, np.ndarray) else value == three[key]), key
+    with FlowStore(tmp_path / "t3.h5") as store, h5py.File(tmp_path / "t3.h5", "r") as f:
+        assert store.attrs["schema"] == "a2dpipe.flow/3" and store.attrs["frames"] == 9
+        for k, field in enumerate(fields, 1):
+            stored = field.astype(np.float16)
+            image, mirror = flow_images(stored.astype(np.float32), "wheel")  # the bytes schema 2 stored
+            assert np.array_equal(one[f"v/{k:05d}/rgb"], image) and np.array_equal(one[f"v/{k:05d}/rgb_mirror"], mirror)
+            assert np.array_equal(one[f"v/{k:05d}/flow"], stored)
+            for name in ("flow", "rgb", "rgb_mirror"):
+                dataset = f[f"v/{k:05d}/{name}"]
+                assert dataset.compression is None and dataset.fletcher32
+                assert dataset.chunks == flow_chunks(dataset.shape)
+
+
+def test_a_failure_on_the_writer_threads_fails_the_job_and_leaves_no_file(tmp_path):
+    from a2dpipe.flow.store import FlowWriter
+
+    path = tmp_path / "flow.h5"
+    with pytest.raises(ValueError, match=r"flow must be \(H, W, 2\)"):
+        with FlowWriter(path, method="test", encoding="xym", threads=2) as writer:
+            writer.write("v", 1, np.zeros((4, 6, 2), np.float32))
+            writer.write("v", 2, np.zeros((4, 6, 3), np.float32))  # the encoder's error, raised later
+            writer.seconds_per_frame = 0.0
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(A2DError, match="frame v/00001 written twice"):
+        with FlowWriter(path, method="test", encoding="xym", threads=2) as writer:
+            writer.write("v", 1, np.zeros((4, 6, 2), np.float32))
+            writer.write("v", 1, np.zeros((4, 6, 2), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_neural_flow_job_on_several_cpus_writes_what_one_cpu_writes(venus, tmp_path):
+    """Reader processes, encoder threads and the writer thread change nothing in the cache but its timing."""
+    from a2dpipe.flow.stage import compute_shard
+
+    frame1, frame2 = small_pair(venus)
+    records = [("vidA", k, frame1, frame2, "next" if k % 2 else "previous") for k in range(1, 6)]
+    records.append(("vidB", 1, np.ascontiguousarray(frame1[:64]), np.ascontiguousarray(frame2[:64]), "next"))
+    _write_frames_shard(tmp_path / "frames.h5", records)
+    cfg = {"method": "flownets", "random_init": True, "encoding": "wheel", "wheel_max": None, "dis_preset": "medium",
+           "weights": None, "raft_variant": "small", "batch_size": 2}
+    for threads in (1, 3):
+        torch.manual_seed(0)
+        attrs = compute_shard(tmp_path / "frames.h5", tmp_path / f"t{threads}.h5", cfg, device="cpu", threads=threads)
+        assert attrs["frames"] == 6
+    one, three = _cache_arrays(tmp_path / "t1.h5"), _cache_arrays(tmp_path / "t3.h5")
+    assert one.keys() == three.keys() and "vidB/00001/rgb_mirror" in one
+    for key, value in one.items():
+        assert (np.array_equal(value, three[key]) if isinstance(value, np.ndarray) else value == three[key]), key
+
+
+@pytest.mark.parametrize("shape, dtype, fill", [
+    ((320, 510, 3), np.uint8, None), ((320, 510, 2), np.float16, None), ((3, 5, 3), np.uint8, None),
+    ((4, 5, 2), np.uint8, 0xFF), ((4, 5, 3), np.uint8, 0), ((7, 7, 3), np.uint8, 0xFF), ((1, 1, 1), np.uint8, 7),
+], ids=["image", "field", "odd", "all-ones", "zeros", "odd-ones", "one-byte"])
+def test_the_writers_checksum_is_the_one_hdf5_computes(tmp_path, shape, dtype, fill):
+    """stored_chunk's Fletcher-32 equals HDF5's own filter's, byte for byte, and HDF5 reads such a chunk back."""
+    from a2dpipe.flow.store import stored_chunk
+
+    rng = np.random.default_rng(0)
+    array = (rng.normal(0, 3, shape) if dtype == np.float16 else rng.integers(0, 256, shape)).astype(dtype)
+    array = array if fill is None else np.full(shape, fill, dtype)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        hdf5 = f.create_dataset("hdf5", data=array, chunks=shape, fletcher32=True)
+        assert hdf5.id.read_direct_chunk((0,) * len(shape))[1] == stored_chunk(array).tobytes()
+        direct = f.create_dataset("direct", shape=shape, dtype=dtype, chunks=shape, fletcher32=True)
+        direct.id.write_direct_chunk((0,) * len(shape), stored_chunk(array))
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        assert np.array_equal(f["direct"][()], array)

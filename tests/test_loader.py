@@ -131,13 +131,13 @@ def test_window_reads_equal_whole_frame_reads_cropped(tmp_path, encoding, layout
     from a2dpipe.dataset.frames import FrameStore
     from a2dpipe.segmentation.samples import ArraySamples, plan_view
 
-    # the first frame is the test split's; then A2D's sizes: 64 x 64-pixel chunks with partial tiles at the edges,
-    # or (layout before) automatic chunks of one channel each (read plane by plane)
+    # the first frame is the test split's; then A2D's sizes: frames in 64 x 64-pixel chunks with partial tiles at
+    # the edges, or (layout before) automatic chunks of one channel each (read plane by plane); flow images whole
     frames, flow = write_shard(tmp_path, "shard-000.h5", [(30, 40), (320, 568), (240, 426), (320, 568)], 3, encoding,
                                layout)
     with h5py.File(frames) as f, h5py.File(flow) as g:  # the layout is what the test says it is
         image, flow_image = f["shard-000v1/00001/rgb"], g["shard-000v1/00001/rgb"]
-        assert flow_image.chunks == (64, 64, 3) and "rgb_mirror" in g["shard-000v1/00001"]
+        assert flow_image.chunks == (320, 568, 3) and "rgb_mirror" in g["shard-000v1/00001"]  # one chunk
         assert image.chunks == (64, 64, 3) if layout == "pipeline" else image.chunks[2] == 1
     regions = write_region_cache(tmp_path, frames)
     samples = StoreSamples([frames], split="train", flow=[flow], masks=[regions], gt_regions=True,

@@ -121,20 +121,25 @@ def test_reader_refuses_other_kinds_and_versions_naming_file_and_rebuild(tmp_pat
         ToyReader(tmp_path / "missing.h5")
 
 
-def test_version_1_flow_caches_and_predictions_are_refused_with_the_rule_that_rebuilds_them(tmp_path):
-    """Version 1 of both layouts had files without what readers now rely on (a flow cache without ``rgb_mirror``,
-    predictions without ``device``): such files are rebuilt, never read."""
-    flow = tmp_path / "flow.h5"
-    with h5py.File(flow, "w") as f:  # as version 1 wrote it: a field and its image, no mirror image
-        f.attrs.update(schema="a2dpipe.flow/1", method="dis", encoding="xym", seconds_per_frame=0.01, frames=1)
-        f.create_dataset("v/00001/flow", data=np.zeros((4, 6, 2), np.float16))
-        f.create_dataset("v/00001/rgb", data=np.zeros((4, 6, 3), np.uint8))
+def test_earlier_flow_caches_and_predictions_are_refused_with_the_rule_that_rebuilds_them(tmp_path):
+    """Earlier layouts had files without what readers now rely on (a flow cache of version 1 without
+    ``rgb_mirror``, predictions without ``device``) or stored otherwise (a flow cache of version 2: lzf in 64 x 64
+    chunks): such files are rebuilt, never read."""
+    for version in (1, 2):  # as versions 1 and 2 wrote them: a field and its image (and, 2, its mirror image)
+        with h5py.File(tmp_path / f"flow{version}.h5", "w") as f:
+            f.attrs.update(schema=f"a2dpipe.flow/{version}", method="dis", encoding="xym", seconds_per_frame=0.01,
+                           frames=1)
+            for name, channels, dtype in (("flow", 2, np.float16), ("rgb", 3, np.uint8), ("rgb_mirror", 3, np.uint8)):
+                if version == 2 or name != "rgb_mirror":
+                    f.create_dataset(f"v/00001/{name}", data=np.zeros((4, 6, channels), dtype), compression="lzf")
     predictions = tmp_path / "predictions.h5"
     with h5py.File(predictions, "w") as f:
         f.attrs.update(schema="a2dpipe.predictions/1", variant="baseline-rgb", model="model.pt", frames=0)
-    for reader, path, rule in ((FlowStore, flow, "flow"), (PredictionStore, predictions, "predict")):
-        with pytest.raises(A2DError, match=rf"{path.name}: not a .* of schema 'a2dpipe.\w+/2' \(it was written "
-                                           rf"with schema 'a2dpipe.\w+/1'.*snakemake --forcerun {rule}`"):
+    for reader, path, rule, (now, then) in ((FlowStore, tmp_path / "flow1.h5", "flow", (3, 1)),
+                                            (FlowStore, tmp_path / "flow2.h5", "flow", (3, 2)),
+                                            (PredictionStore, predictions, "predict", (2, 1))):
+        with pytest.raises(A2DError, match=rf"{path.name}: not a .* of schema 'a2dpipe.\w+/{now}' \(it was "
+                                           rf"written with schema 'a2dpipe.\w+/{then}'.*snakemake --forcerun {rule}`"):
             reader(path)
 
 

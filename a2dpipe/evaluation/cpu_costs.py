@@ -16,8 +16,10 @@ Per unit (milliseconds of CPU):
 * ``sample_frame[input]``, ``sample_frame_regions[input]``: one whole frame, as prediction reads it;
 * ``mask_write``: one frame's ``max_regions`` soft masks written to a region-mask cache (the writer's thread
   included);
-* ``flow_write``: one frame's flow image encoded, its mirror image encoded, both stored (what a flow job adds per
-  frame to the network's work).
+* ``flow_read``, ``flow_encode``, ``flow_store``: what a flow job adds per frame to the network's work: the frame
+  pair read from the frames store (:func:`a2dpipe.flow.stage.read_pair`), the flow image and its mirror image
+  encoded from the stored field and the checksums computed (``FlowWriter.encode``, its thread pool's work), the
+  three datasets stored (``FlowWriter.store``, its writer thread's work, one frame at a time).
 
 Region masks are blobs inside their boxes, zero outside (as a mask model's are), images smooth noise: compressors
 see data of the kind they get in a run, not white noise.
@@ -121,7 +123,6 @@ def measure_cpu_costs(*, frame_size: tuple[int, int], crop: tuple[int, int], reg
 
 
 def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
-    from a2dpipe.flow import FlowWriter
     from a2dpipe.flow.encode import flow_to_rgb
     from a2dpipe.masks.cache import MaskCacheWriter
     from a2dpipe.segmentation.samples import StoreSamples, View, load_view, plan_view
@@ -138,9 +139,7 @@ def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
             path.parent.mkdir()
         write_synthetic_frames(paths["frames"], videos, frame_size, rng)
         flow_to_rgb(fields[0], encoding, wheel_max)  # warm-up: the wheel's first call imports torchvision
-        with FlowWriter(paths["flow"], method="estimate", encoding=encoding, wheel_max=wheel_max) as flows:
-            flows.seconds_per_frame = 0.0  # the writer encodes both images from the field, as the flow stage has it
-            costs["flow_write"] = _cpu_ms(lambda k: flows.write(videos[k], 1, fields[k]), range(FRAMES))
+        costs.update(_flow_costs(paths, videos, fields, encoding, wheel_max))
         start = time.process_time()  # the writer's thread does the work after write() returns: time the whole file
         with MaskCacheWriter(paths["masks"], source="dataset") as cache:
             cache.seconds_per_frame = 0.0
@@ -167,6 +166,23 @@ def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
     return costs
 
 
+def _flow_costs(paths: dict, videos: list[str], fields: list, encoding: str, wheel_max) -> dict:
+    """A flow job's CPU milliseconds per frame (module docstring), each part timed alone in this thread."""
+    from a2dpipe.dataset.frames import FrameStore
+    from a2dpipe.flow import FlowWriter
+    from a2dpipe.flow.stage import read_pair
+
+    costs = {}
+    with FrameStore(paths["frames"]) as frames:
+        costs["flow_read"] = _cpu_ms(lambda video: read_pair(frames, video, 1), videos)
+    with FlowWriter(paths["flow"], method="estimate", encoding=encoding, wheel_max=wheel_max) as flows:
+        flows.seconds_per_frame = 0.0  # the writer encodes both images from the field, as the flow stage has it
+        encoded = []
+        costs["flow_encode"] = _cpu_ms(lambda field: encoded.append(flows.encode(field)), fields)
+        costs["flow_store"] = _cpu_ms(lambda k: flows.store(videos[k], 1, encoded[k]), range(FRAMES))
+    return costs
+
+
 def measure_config_cpu_costs(config: dict, frame_size: tuple[int, int]) -> dict:
     """:func:`measure_cpu_costs` at the configuration's shapes: frames of ``frame_size``, the training crop,
     ``masks.max_regions`` regions, the flow encoding."""
@@ -184,19 +200,21 @@ def cpu_ms_per_unit(unit: dict, costs: dict) -> float:
 
 
 def cpu_processes(unit: dict, workers: int) -> int:
-    """Processes that do a stage's CPU work: the loader's ``workers`` (0: the job's own process), else one (the
-    job's process, or its read-ahead thread)."""
-    return max(workers, 1) if unit["fed_by"] == "loader" else 1
+    """Processes that do a stage's CPU work: the loader's ``workers`` (0: the job's own process), or as many
+    processes and threads of a flow job (``fed_by`` ``pool``: its CPUs but the one running the network), else one
+    (the job's process, or its read-ahead thread)."""
+    return max(workers, 1) if unit["fed_by"] in ("loader", "pool") else 1
 
 
-def wall_ms(unit: dict, gpu_ms: float, cpu_ms: float, workers: int) -> tuple[float, str]:
-    """Milliseconds of one unit with the CPU side, and the stage's bound (``GPU`` or ``CPU``). Loader workers, or
-    a job's read-ahead thread (``fed_by`` ``thread``), prepare the next units while the GPU runs: the slower of the
-    two sets the pace. Without workers (and in the stages whose one process reads and writes between the GPU's
-    passes) the two add up."""
-    cpu_share = cpu_ms / cpu_processes(unit, workers)
+def wall_ms(unit: dict, gpu_ms: float, cpu_ms: float, workers: int, serial_ms: float = 0.0) -> tuple[float, str]:
+    """Milliseconds of one unit with the CPU side, and the stage's bound (``GPU`` or ``CPU``). Loader workers, a
+    job's read-ahead thread (``fed_by`` ``thread``) or a flow job's readers and encoder pool (``pool``) prepare
+    the next units while the GPU runs: the slower of the two sets the pace, and the CPU side is at least
+    ``serial_ms``, the part one thread does for every unit (the flow cache's writer). Without workers (and in the
+    stages whose one process reads and writes between the GPU's passes) the two add up."""
+    cpu_share = max(cpu_ms / cpu_processes(unit, workers), serial_ms)
     bound = "CPU" if cpu_share > gpu_ms else "GPU"
-    overlapped = (unit["fed_by"] == "loader" and workers > 0) or unit["fed_by"] == "thread"
+    overlapped = (unit["fed_by"] == "loader" and workers > 0) or unit["fed_by"] in ("thread", "pool")
     return (max(gpu_ms, cpu_share) if overlapped else gpu_ms + cpu_share), bound
 
 
@@ -206,9 +224,11 @@ def cpu_caption(table, devices: list[str], workers: int) -> str:
                        f"(FLOPs alone {table[f'{key} hours'].sum():.1f} h)" for key in devices)
     return ("cpu ms_per_unit: the CPU side of a unit, measured on this machine on one thread with the package's "
             "readers and writers on synthetic A2D-sized arrays (a2dpipe/evaluation/cpu_costs.py): reading and "
-            "cropping samples, region-mask cache writes and reads, flow image encoding. cpu processes: the "
-            f"loader's {workers} worker(s) (segmentation.loader_workers) where they feed the stage, else the job's "
-            "one process (or its read-ahead thread). wall hours: the GPU's and the CPU's time per unit overlapped "
-            "where loader workers or a read-ahead thread run beside the GPU, added where one process does both; "
+            "cropping samples, region-mask cache writes and reads, flow jobs' frame reads, image encoding and "
+            f"cache writes. cpu processes: the loader's {workers} worker(s) (segmentation.loader_workers) where "
+            "they feed the stage, as many frame readers and encoder threads in a flow job (its writer thread's "
+            "share a floor), else the job's one process (or its read-ahead thread). wall hours: the GPU's and the "
+            "CPU's time per unit overlapped where workers or a thread run beside the GPU, added where one process "
+            "does both; "
             "bound: the side that sets the pace. Stages in all, "
             f"with the CPU side: {totals}.")

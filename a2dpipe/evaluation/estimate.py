@@ -27,15 +27,16 @@ dataset of the configuration. Time = FLOPs / (peak x utilisation) with the per-d
 the CPU columns use the FLOP rate this machine achieves on a timed forward + backward of a tiny segmenter.
 
 The CPU side: each stage's CPU work per unit (reading and cropping samples, region-mask cache writes and reads,
-flow image encoding) is measured on this machine, one thread, with the package's own readers and writers on
-synthetic arrays of the configuration's shapes (:mod:`a2dpipe.evaluation.cpu_costs`), and set against the
-processes that do it: ``segmentation.loader_workers`` for the stages the frame loader feeds (training, prediction),
-whose workers run beside the GPU, mask-model training's read-ahead thread, which runs beside it too, else the
-job's one process, whose reads and writes add to the GPU's time. Per
-device, ``wall hours`` counts both and ``bound`` names the side that sets the pace (:func:`.cpu_costs.wall_ms`).
-The CPU is this machine's: a cluster node's cores may be faster or slower. ``--no-calibrate`` leaves every
-measured column out, and the table is then a pure function of the settings. What FLOPs miss (memory-bound layers,
-RoI ops, region-to-pixel kernels) still makes the GPU side a lower bound.
+a flow job's frame reads, image encoding and cache writes) is measured on this machine, one thread, with the
+package's own readers and writers on synthetic arrays of the configuration's shapes
+(:mod:`a2dpipe.evaluation.cpu_costs`), and set against the processes that do it: ``segmentation.loader_workers``
+for the stages the frame loader feeds (training, prediction), whose workers run beside the GPU, as many readers
+and encoder threads in a flow job (its writer thread's share a floor), mask-model training's read-ahead thread,
+which runs beside it too, else the job's one process, whose reads and writes add to the GPU's time. Per device,
+``wall hours`` counts both and ``bound`` names the side that sets the pace (:func:`.cpu_costs.wall_ms`). The CPU is
+this machine's: a cluster node's cores may be faster or slower. ``--no-calibrate`` leaves every measured column
+out, and the table is then a pure function of the settings. What FLOPs miss (memory-bound layers, RoI ops,
+region-to-pixel kernels) still makes the GPU side a lower bound.
 
 Writes the CSV and a Markdown copy beside it (same name, ``.md``) whose caption states the assumptions.
 """
@@ -231,10 +232,11 @@ def _inputs(config: dict) -> tuple[list[str], list[str]]:
 
 def work_units(config: dict) -> list[dict]:
     """One dict per stage: ``stage``, ``unit`` (step or frame), ``units`` (how many), ``flops`` per unit, ``cpu``
-    (the CPU work per unit: (kind of :func:`.cpu_costs.measure_cpu_costs`, input, count) triples) and ``fed_by``:
-    ``loader`` where the frame loader's workers do that work beside the GPU, ``thread`` where one thread of the
-    job reads the next unit's frames beside it (mask-model training), ``job`` where the job's one process does it
-    between the GPU's passes."""
+    (the CPU work per unit: (kind of :func:`.cpu_costs.measure_cpu_costs`, input, count) triples), ``serial``
+    (its part one thread does, unit after unit; optional) and ``fed_by``: ``loader`` where the frame loader's
+    workers do that work beside the GPU, ``pool`` where a flow job's readers and encoders do (as many), ``thread``
+    where one thread of the job reads the next unit's frames beside it (mask-model training), ``job`` where the
+    job's one process does it between the GPU's passes."""
     seg = config["segmentation"]
     s1, s2, masks = seg["stage1"], seg["stage2"], config["masks"]
     stage1_inputs, stage2_inputs = _inputs(config)
@@ -262,7 +264,8 @@ def work_units(config: dict) -> list[dict]:
     flow = _flow_flops(config) if "rgbflow" in {*stage1_inputs, *stage2_inputs} else None
     if flow is not None:  # every annotated frame's flow, train and test
         rows.append({"stage": f"flow ({config['flow']['method']})", "unit": "frame", "units": train + test,
-                     "flops": flow, "cpu": [("sample_frame", "rgb", 1), ("flow_write", None, 1)], "fed_by": "job"})
+                     "flops": flow, "cpu": [("flow_read", None, 1), ("flow_encode", None, 1), ("flow_store", None, 1)],
+                     "serial": [("flow_store", None, 1)], "fed_by": "pool"})
     m = _mask_flops(config)
     step = TRAIN_FACTOR * masks["batch_size"] * (m["backbone"] + m["rpn"] + m["heads_train"])
     # the dataset model alone without a generic source (a2dpipe.variants); else its fine-tuning after the generic
@@ -317,8 +320,9 @@ def estimate_table(units: list[dict], amp: bool, cpu_flops_per_s: float | None =
             cpu = cpu_ms_per_unit(u, cpu_costs)
             row["cpu ms_per_unit"] = cpu
             row["cpu processes"] = cpu_processes(u, workers)
+            serial = cpu_ms_per_unit({"cpu": u.get("serial", [])}, cpu_costs)
             for key in DEVICES:
-                ms, bound = wall_ms(u, row[f"{key} ms_per_unit"], cpu, workers)
+                ms, bound = wall_ms(u, row[f"{key} ms_per_unit"], cpu, workers, serial)
                 row[f"{key} wall hours"] = ms * u["units"] / 3.6e6
                 row[f"{key} bound"] = bound
         row["paper K80 ms_per_unit"] = _paper_ms(u["stage"])

@@ -1,19 +1,26 @@
 """The flow cache of one shard: ``results/flow/<method>/shard-NNN.h5``.
 
 Layout: one group per annotated frame, ``"{video}/{frame:05d}"``, holding ``flow`` (H, W, 2) float16 (u, v in
-pixels; half precision keeps 1/32 px up to 64 px) and ``rgb`` (H, W, 3) uint8 (the configured encoding), lzf in
-64 x 64-pixel chunks (:func:`a2dpipe.stores.pixel_chunks`). Root attributes: ``schema`` (``"a2dpipe.flow/2"``,
-:data:`FORMAT`), ``method``, ``encoding``, ``dis_preset`` (DIS only), ``wheel_max`` (wheel only; absent when
-per-frame), ``device`` (neural methods: where they ran), ``seconds_per_frame`` (estimator time per frame, measured
-while computing) and ``frames`` (groups written). Each group also holds ``rgb_mirror`` (H, W, 3) uint8: the image of
-the stored field with u negated, in the same encoding and on the same scale (negating u keeps every magnitude), i.e.
-the flow image of the left-right mirrored frame with its columns not yet reversed. Training mirrors half its samples;
-with it, a mirrored window is read like any other instead of re-encoded (a wheel image of 320 x 320 pixels costs
-~8 ms of CPU with torchvision's encoder, ~2.5 ms with today's). The flow of a group is from the annotated frame to its
-neighbour, or from the neighbour to it when the group's ``direction`` is 'previous' (copied from the frames store
-with ``neighbour_frame``). Written by :class:`FlowWriter`, read by :class:`FlowStore` (both on
-:mod:`a2dpipe.stores`); a cache of schema version 1 (some without ``rgb_mirror`` or ``device``) is refused, naming
-the rule that rebuilds it.
+pixels; half precision keeps 1/32 px up to 64 px) and ``rgb`` (H, W, 3) uint8 (the configured encoding),
+uncompressed, each dataset one chunk with a Fletcher-32 checksum (:func:`flow_chunks`). The writer computes the
+checksums with the images, in its encoder threads, and hands HDF5 each chunk as stored (:func:`stored_chunk`), so
+that its one writing thread (HDF5 takes one call at a time per process) copies bytes and little else.
+Root attributes: ``schema`` (``"a2dpipe.flow/3"``, :data:`FORMAT`), ``method``, ``encoding``, ``dis_preset`` (DIS
+only), ``wheel_max`` (wheel only; absent when per-frame), ``device`` (neural methods: where they ran),
+``seconds_per_frame`` (estimator time per frame, measured while computing) and ``frames`` (groups written). Each
+group also holds ``rgb_mirror`` (H, W, 3) uint8: the image of the stored field with u negated, in the same encoding
+and on the same scale (negating u keeps every magnitude), i.e. the flow image of the left-right mirrored frame with
+its columns not yet reversed. Training mirrors half its samples; with it, a mirrored window is read like any other
+instead of re-encoded (a wheel image of 320 x 320 pixels costs ~8 ms of CPU with torchvision's encoder, ~2.5 ms
+with today's). The flow of a group is from the annotated frame to its neighbour, or from the neighbour to it when
+the group's ``direction`` is 'previous' (copied from the frames store with ``neighbour_frame``). Written by
+:class:`FlowWriter`, read by :class:`FlowStore` (both on :mod:`a2dpipe.stores`).
+
+Schema 2 stored the same arrays lzf-compressed in 64 x 64-pixel chunks: lzf cost a flow job most of its CPU time
+per frame for a small saving (the half-precision field and smooth colours leave it little to find), and 64 x 64
+chunks ~45 index entries and checksums per dataset (docs/performance.md, ``benchmarks/flow_cache.py``). A training
+crop now reads its image's one chunk whole: a copy and a checksum, no decompression. Caches of schemas 1 and 2 are
+refused, naming the rule that rebuilds them.
 
 >>> with FlowStore("results/flow/dis/shard-000.h5") as store:     # doctest: +SKIP
 ...     flow, rgb = store.read("EadxBPmQvtg", 25)
@@ -21,16 +28,63 @@ the rule that rebuilds it.
 
 from __future__ import annotations
 
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from a2dpipe.flow.encode import flow_images
 from a2dpipe.errors import A2DError
-from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, pixel_chunks
+from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
-__all__ = ["FORMAT", "FlowStore", "FlowWriter"]
+__all__ = ["FORMAT", "DATASETS", "FlowStore", "FlowWriter", "flow_chunks", "fletcher32", "stored_chunk"]
 
-FORMAT = ArtifactFormat("flow", 2, "flow cache")
+FORMAT = ArtifactFormat("flow", 3, "flow cache")
 MAX_FLOW = 4096.0  # pixels: no frame is wider (A2D's are 320 px high)
+DATASETS = ("flow", "rgb", "rgb_mirror")
+_BLOCK = 1 << 16  # 16-bit words per step of the checksum: small buffers, reused (and far below int64's range)
+_WEIGHTS = np.arange(_BLOCK, 0, -1, dtype=np.int64)  # a block's words' weights in sum2, the last block's a tail
+
+
+def flow_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """HDF5 chunk shape of a flow-cache dataset: the whole (H, W, C) array, one chunk (see the module docstring)."""
+    return tuple(shape)
+
+
+def fletcher32(data: np.ndarray) -> int:
+    """HDF5's Fletcher-32 checksum of an array's bytes (``H5_checksum_fletcher32``, what its ``fletcher32`` filter
+    appends to a chunk, little-endian), vectorised: over big-endian 16-bit words ``w_1 .. w_n`` (an odd last byte
+    as the high byte of a word), sum1 = sum w_i and sum2 = sum (n - i + 1) w_i, each reduced modulo 65535 into
+    1..65535 (0 only for a zero sum), as HDF5's end-around carries leave them; ``sum2 << 16 | sum1``."""
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    words = raw[: raw.size // 2 * 2].view(">u2")
+    if raw.size % 2:
+        words = np.append(words, np.uint16(raw[-1]) << np.uint16(8))
+    n, sum1, sum2 = words.size, 0, 0
+    block = np.empty(_BLOCK, np.int64)
+    for start in range(0, n, _BLOCK):
+        size = min(_BLOCK, n - start)
+        part = block[:size]
+        part[:] = words[start:start + size]
+        total = int(part.sum())
+        sum1 += total
+        sum2 += int(np.dot(part, _WEIGHTS[_BLOCK - size:])) + (n - start - size) * total
+    return (_fold(sum2) << 16) | _fold(sum1)
+
+
+def _fold(total: int) -> int:
+    return 0 if total == 0 else (total - 1) % 65535 + 1
+
+
+def stored_chunk(array: np.ndarray) -> np.ndarray:
+    """The bytes HDF5 stores for ``array`` as one chunk with its Fletcher-32 filter: the array's bytes, then the
+    checksum (little-endian)."""
+    raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    chunk = np.empty(raw.size + 4, np.uint8)
+    chunk[:-4] = raw
+    chunk[-4:] = np.frombuffer(fletcher32(raw).to_bytes(4, "little"), np.uint8)
+    return chunk
 
 
 class FlowStore(ArtifactReader):
@@ -65,26 +119,92 @@ class FlowWriter(ArtifactWriter):
     """Writes a flow cache atomically; a context manager.
 
     ``attrs`` (method, encoding, ...) and ``settings`` (see :class:`ArtifactWriter`) are written on entry; set
-    ``seconds_per_frame`` before the block ends (it is written on a clean exit, with ``frames``).
+    ``seconds_per_frame`` before the block ends (it is written on a clean exit, with ``frames``). With ``threads``
+    (> 0), :meth:`write` returns at once: a pool of that many threads encodes the frames' images (numpy and torch
+    release the GIL in their large operations) and one writer thread stores them in order, beside the caller's work
+    on the next frames; at most ``2 * threads + 2`` frames wait, which bounds the memory held. The caller must not
+    change the arrays it gave. A failure on a thread is raised by the next :meth:`write` or when the block ends (and
+    no file appears). ``threads`` 0: both in the calling thread.
     """
 
     FORMAT = FORMAT
 
-    def __init__(self, path, *, settings: dict | None = None, **attrs):
+    def __init__(self, path, *, settings: dict | None = None, threads: int = 0, **attrs):
         super().__init__(path, attrs=attrs, settings=settings)
         self.seconds_per_frame = None
+        self.threads = max(int(threads), 0)
+        self._queue: queue.Queue = queue.Queue(maxsize=2 * self.threads + 2)
+        self._pool = self._thread = self._failure = None
+        self._keys: set[str] = set()
 
     def write(self, video: str, frame: int, flow: np.ndarray, rgb: np.ndarray | None = None, **attrs) -> None:
         """One frame: its field ``flow`` (stored float16), its flow image ``rgb`` in the cache's ``encoding`` and
-        ``rgb_mirror``, both made here from the stored field when ``rgb`` is None (:func:`flow_images`: the image
-        of the stored field with u negated); ``attrs`` become group attributes."""
-        group = self.create_group(video, frame)
+        ``rgb_mirror``, both made from the stored field when ``rgb`` is None (:meth:`encode`); ``attrs`` become
+        group attributes. A frame written twice is an :class:`A2DError`."""
+        key = group_key(video, frame)
+        if key in self._keys:
+            raise A2DError(f"{self.path}: frame {key} written twice")
+        self.file  # noqa: B018 -- only inside the `with` block
+        self._keys.add(key)
+        if not self.threads:
+            self.store(video, frame, self.encode(flow, rgb), **attrs)
+            return
+        self._raise_failure()
+        if self._thread is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="flow-images")
+            self._thread = threading.Thread(target=self._drain, name="flow-cache-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((video, frame, self._pool.submit(self.encode, flow, rgb), attrs))
+
+    def encode(self, flow: np.ndarray, rgb: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """What :meth:`store` writes of one frame: (array, its :func:`stored_chunk`) of each of :data:`DATASETS`:
+        the field as stored (float16), the image (:func:`flow_images` of the stored field, what a reader can
+        re-derive; ``rgb`` instead when given) and the mirror image. The checksums are computed here, in the pool's
+        threads, not under HDF5's lock."""
         field = np.asarray(flow, np.float16)
         image, mirror = flow_images(field.astype(np.float32), self._attrs["encoding"], self._attrs.get("wheel_max"))
-        rgb = image if rgb is None else rgb
-        for name, data in (("flow", field), ("rgb", np.asarray(rgb, np.uint8)), ("rgb_mirror", mirror)):
-            group.create_dataset(name, data=data, compression="lzf", chunks=pixel_chunks(data.shape))
+        arrays = (field, image if rgb is None else np.asarray(rgb, np.uint8), mirror)
+        return [(array, stored_chunk(array)) for array in arrays]
+
+    def store(self, video: str, frame: int, datasets: list[tuple[np.ndarray, np.ndarray]], **attrs) -> None:
+        """The HDF5 part of a write: one frame's group, its :data:`DATASETS` (:meth:`encode`'s) each written as its
+        one chunk as it is (``write_direct_chunk``: no copy through HDF5's filter pipeline), and its attributes."""
+        group = self.create_group(video, frame)
+        for name, (array, chunk) in zip(DATASETS, datasets):
+            dataset = group.create_dataset(name, shape=array.shape, dtype=array.dtype,
+                                           chunks=flow_chunks(array.shape))
+            dataset.id.write_direct_chunk((0,) * array.ndim, chunk)
         group.set_attrs(**attrs)
 
+    def _drain(self) -> None:
+        """The writer thread: store frames in order until the closing ``None``; after a failure, only empty the
+        queue."""
+        while (item := self._queue.get()) is not None:
+            if self._failure is None:
+                video, frame, images, attrs = item
+                try:
+                    self.store(video, frame, images.result(), **attrs)
+                except BaseException as err:  # raised in the caller's thread by the next write or at the end
+                    self._failure = err
+
+    def _stop_threads(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._pool.shutdown(cancel_futures=True)
+            self._thread = self._pool = None
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
     def finish(self) -> None:
+        self._stop_threads()
+        self._raise_failure()
         self.set_attrs(seconds_per_frame=self.seconds_per_frame, frames=self.count)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:  # the threads stop before the partial file is removed
+            self._stop_threads()
+        return super().__exit__(exc_type, exc, tb)

@@ -1,5 +1,6 @@
 # Flow stage: optical flow and its RGB encoding for every annotated frame, one job per shard, for the configured
-# method (config flow.method). Neural methods ask for the accelerator; DIS runs on one CPU core.
+# method (config flow.method). Neural methods ask for the accelerator and the CPUs of a loader-fed job (frame
+# readers and flow-image encoders beside the network); DIS runs on one CPU core.
 
 
 rule flow:
@@ -15,7 +16,7 @@ rule flow:
         method=config["flow"]["method"],
     conda:
         "../../envs/a2dpipe.yaml"
-    threads: 1
+    threads: get_flow_threads()
     resources:
         **get_job_resources("shard", gpu=get_flow_gpus()),
     params:

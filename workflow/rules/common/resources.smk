@@ -31,3 +31,10 @@ def get_loader_threads():
 def get_flow_gpus():
     """Accelerators a flow job asks for: one for the neural methods, none for DIS."""
     return 0 if config["flow"]["method"] == "dis" else 1
+
+
+def get_flow_threads():
+    """CPUs of a flow job: one for DIS; for a neural method as many as a job that feeds the accelerator through
+    the frame loader (get_loader_threads): frame readers and flow-image encoders run beside the network.
+    """
+    return 1 if config["flow"]["method"] == "dis" else get_loader_threads()

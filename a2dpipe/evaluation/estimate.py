@@ -36,6 +36,7 @@ device, ``wall hours`` counts both and ``bound`` names the side that sets the pa
 The CPU is this machine's: a cluster node's cores may be faster or slower. ``--no-calibrate`` leaves every
 measured column out, and the table is then a pure function of the settings. What FLOPs miss (memory-bound layers,
 RoI ops, region-to-pixel kernels) still makes the GPU side a lower bound.
+(A region-mask job's cache writes are not added: its writer thread does them while the GPU runs.)
 
 Writes the CSV and a Markdown copy beside it (same name, ``.md``) whose caption states the assumptions.
 """
@@ -234,7 +235,7 @@ def work_units(config: dict) -> list[dict]:
     (the CPU work per unit: (kind of :func:`.cpu_costs.measure_cpu_costs`, input, count) triples) and ``fed_by``:
     ``loader`` where the frame loader's workers do that work beside the GPU, ``thread`` where one thread of the
     job reads the next unit's frames beside it (mask-model training), ``job`` where the job's one process does it
-    between the GPU's passes."""
+    between the GPU's passes; ``beside_gpu`` (optional): the triples of ``cpu`` a writer thread does meanwhile."""
     seg = config["segmentation"]
     s1, s2, masks = seg["stage1"], seg["stage2"], config["masks"]
     stage1_inputs, stage2_inputs = _inputs(config)
@@ -271,9 +272,11 @@ def work_units(config: dict) -> list[dict]:
     steps = masks["iterations"] if unavailable_sources(config) else masks["finetune_iterations"] + generic_steps
     rows.append({"stage": "train mask models", "unit": "step", "units": steps, "flops": step,
                  "cpu": [("sample_frame", "rgb", masks["batch_size"])], "fed_by": "thread"})
+    # on a GPU the masks are quantised and cropped there (a2dpipe.masks.device_crop): the writer's thread stores them
+    store = ("mask_store", None, 1)
     rows.append({"stage": "region masks", "unit": "frame", "units": train + test,
                  "flops": m["backbone"] + m["rpn"] + m["heads_test"],
-                 "cpu": [("sample_frame", "rgb", 1), ("mask_write", None, 1)], "fed_by": "job"})
+                 "cpu": [("sample_frame", "rgb", 1), store], "beside_gpu": [store], "fed_by": "job"})
     for inp in stage1_inputs:
         c = counts[inp]
         rows.append({"stage": f"inference baseline ({inp})", "unit": "frame", "units": test,
@@ -317,8 +320,9 @@ def estimate_table(units: list[dict], amp: bool, cpu_flops_per_s: float | None =
             cpu = cpu_ms_per_unit(u, cpu_costs)
             row["cpu ms_per_unit"] = cpu
             row["cpu processes"] = cpu_processes(u, workers)
+            beside = cpu_ms_per_unit(u, cpu_costs, "beside_gpu")
             for key in DEVICES:
-                ms, bound = wall_ms(u, row[f"{key} ms_per_unit"], cpu, workers)
+                ms, bound = wall_ms(u, row[f"{key} ms_per_unit"], cpu, workers, beside)
                 row[f"{key} wall hours"] = ms * u["units"] / 3.6e6
                 row[f"{key} bound"] = bound
         row["paper K80 ms_per_unit"] = _paper_ms(u["stage"])

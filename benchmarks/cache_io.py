@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest.mock import patch
 
 import h5py
 import numpy as np
@@ -104,8 +103,11 @@ def _extents_v2(masks: np.ndarray) -> np.ndarray:
 def write_v2(file: h5py.File, key: str, regions: Regions) -> None:
     """Cropped levels as they are (no differences), the rectangles from full-frame row and column maxima, 64 KiB
     chunks."""
-    with patch("a2dpipe.masks.cropped._extents", _extents_v2):
-        cropped = CroppedMasks.from_regions(regions)
+    extents = _extents_v2(regions.masks)
+    levels = [_quantise_full(mask[None, top:top + h, left:left + w]).reshape(-1)
+              for mask, (top, left, h, w) in zip(regions.masks, extents.tolist())]
+    cropped = CroppedMasks(regions.boxes, regions.scores, regions.labels, extents,
+                           np.concatenate(levels) if levels else np.zeros(0, np.uint8), regions.size)
     group = file.create_group(key)
     group.attrs.update(height=regions.size[0], width=regions.size[1])
     for name, data in (("boxes", regions.boxes), ("scores", regions.scores), ("labels", regions.labels.astype(

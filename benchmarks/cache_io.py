@@ -25,8 +25,9 @@ the machine not) per frame, the median over ``--frames`` frames, at ``--threads`
   now :func:`a2dpipe.flow.encode.flow_images`.
 
 ``--check`` also asserts that the two formats read back the same masks pixel for pixel (the torch crop: the numpy
-path's bytes, and the same masks read back) and the two encoders the same bytes (the script fails otherwise). Measured on the project's shared 2-core CPU machine, one thread, 320 x 568
-frames, 50 regions, crop 320 x 320 (see docs/performance.md for the figures).
+path's bytes, and the same masks read back) and the two encoders the same bytes (the script fails otherwise).
+Measured on the project's shared 2-core CPU machine, one thread, 320 x 568 frames, 50 regions, crop 320 x 320 (see
+docs/performance.md for the figures).
 """
 
 from __future__ import annotations

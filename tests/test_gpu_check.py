@@ -28,7 +28,8 @@ def test_tiny_check_measures_every_stage_and_resumes_to_the_same_weights(gpu_che
     assert list(checks) == ["stage 1 step", "stage 1 per frame", "stage 2 step", "stage 2 per frame",
                             "baseline inference per frame", "ours inference per frame", "data path", "FCIS step",
                             "FCIS per frame", "FlowNet2 per frame", "region-mask cache write per frame",
-                            "region masks cropped on the device per frame", "two-job device assignment", "kill and resume", "elapsed"]
+                            "region masks cropped on the device per frame", "two-job device assignment",
+                            "kill and resume", "elapsed"]
     assert all(math.isfinite(r["value"]) and r["ok"] is True for r in rows), rows
     assert all(r["value"] > 0 for r in rows if r["unit"] == "ms")
     assert checks["stage 1 per frame"]["value"] == pytest.approx(checks["stage 1 step"]["value"] / 10)  # batch 10

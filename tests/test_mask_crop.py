@@ -89,3 +89,21 @@ def test_the_model_output_cropped_on_its_device_is_the_cache_written_from_full_m
             x, y = a.read("v", frame), b.read("v", frame)
             for field in ("boxes", "scores", "labels", "masks"):
                 assert np.array_equal(getattr(x, field), getattr(y, field)), (frame, field)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 1), (1, 4), (3, 5), (8, 8), (37, 53)])
+def test_quantising_equals_the_formula_for_any_size_and_layout(shape):
+    """OpenCV's one pass (and numpy's for a few pixels) is ``rint(clip(mask * 255, 0, 255))`` byte for byte, at and
+    beside every half level, on contiguous masks, windows of a frame and mirrored views."""
+    from a2dpipe.masks.cropped import _quantise
+
+    masks = _hard_regions().masks
+    ties = masks[-1]
+    frame = np.concatenate([ties, masks[-10]])  # half levels and values outside [0, 1]
+    h, w = shape
+    for source in (frame[:h, :w], frame[5:5 + h, 0:w], frame[:h, ::-1][:, :w],
+                   np.ascontiguousarray(frame[3:3 + h, 2:2 + w])):
+        out = np.empty(source.shape, np.uint8)
+        _quantise(source, out)
+        want = np.rint(np.clip(source * np.float32(255), 0, 255)).astype(np.uint8)
+        assert np.array_equal(out, want), (shape, source.strides)

@@ -159,9 +159,14 @@ def _extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def _quantise(masks: np.ndarray, out: np.ndarray) -> None:
-    """Soft masks in [0, 1] (clipped) -> uint8 ``rint(mask * _QUANT)`` into ``out`` (of their shape), in one pass:
-    OpenCV's float32 product saturated to 0..255 and rounded half to even, numpy's multiply, clip and rint to the
-    byte (tested at and beside every half level), ~3 times faster."""
-    if masks.strides[-1] != masks.itemsize:  # OpenCV takes rows of adjacent pixels
-        masks = np.ascontiguousarray(masks)
-    cv2.multiply(masks, _QUANT, dst=out, dtype=cv2.CV_8U)
+    """Soft masks in [0, 1] (clipped) -> uint8 ``rint(mask * _QUANT)`` into ``out`` (of their shape). In one pass
+    by OpenCV (the float32 product saturated to 0..255 and rounded half to even: numpy's multiply, clip and rint to
+    the byte, tested at and beside every half level; ~3 times faster), but for a few pixels (OpenCV takes an array
+    of at most 4 as a scalar), and by numpy wherever OpenCV did not write ``out`` itself."""
+    if masks.size >= 64:
+        if masks.strides[-1] != masks.itemsize:  # OpenCV takes rows of adjacent pixels
+            masks = np.ascontiguousarray(masks)
+        result = cv2.multiply(masks, _QUANT, dst=out, dtype=cv2.CV_8U)
+        if result.shape == out.shape and np.shares_memory(result, out):
+            return
+    np.rint(np.clip(np.multiply(masks, np.float32(_QUANT), dtype=np.float32), 0.0, _QUANT), out=out, casting="unsafe")

@@ -14,7 +14,9 @@ the machine not) per frame, the median over ``--frames`` frames, at ``--threads`
   writer did them; now: schema 3 (:class:`a2dpipe.masks.MaskCacheWriter`, masks cropped to their rectangles, lzf,
   Fletcher-32), in the calling thread (``threaded=False``, to time it alone) and, as the stage runs it, on its
   writer thread (the CPU time of both threads, the file closed; and the calling thread's own CPU time in
-  ``write``, what the model's thread spends on the cache);
+  ``write``, what the model's thread spends on the cache); and the host's share where a GPU job quantises and
+  crops the masks on the GPU (:func:`a2dpipe.masks.device_crop.cropped_on_device`, run here by torch on the CPU,
+  untimed): the writer given the cropped masks;
 - read for a stage-2 sample: the regions of one frame inside a ``--crop`` window, as float32 masks, as the
   training loader needs them: before, the whole frame decoded, dequantised and cropped; now
   :meth:`MaskCache.read_cropped` + :meth:`CroppedMasks.paste` of the window;
@@ -22,9 +24,10 @@ the machine not) per frame, the median over ``--frames`` frames, at ``--threads`
   before through torchvision's ``flow_to_image`` twice (the wheel) or ``flow_to_rgb`` of the negated field (xym),
   now :func:`a2dpipe.flow.encode.flow_images`.
 
-``--check`` also asserts that the two formats read back the same masks pixel for pixel and the two encoders the
-same bytes (the script fails otherwise). Measured on the project's shared 2-core CPU machine, one thread, 320 x 568
-frames, 50 regions, crop 320 x 320 (see docs/performance.md for the figures).
+``--check`` also asserts that the two formats read back the same masks pixel for pixel (the torch crop: the numpy
+path's bytes, and the same masks read back) and the two encoders the same bytes (the script fails otherwise).
+Measured on the project's shared 2-core CPU machine, one thread, 320 x 568 frames, 50 regions, crop 320 x 320 (see
+docs/performance.md for the figures).
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest.mock import patch
 
 import h5py
 import numpy as np
@@ -48,6 +50,7 @@ from region_to_pixel import make_regions  # noqa: E402
 from a2dpipe.flow.encode import flow_images, flow_to_rgb  # noqa: E402
 from a2dpipe.masks import CroppedMasks, MaskCache, MaskCacheWriter, Regions  # noqa: E402
 from a2dpipe.masks.cropped import NONZERO_LEVEL  # noqa: E402
+from a2dpipe.masks.device_crop import cropped_on_device  # noqa: E402
 
 
 def frame_regions(seed: int, n: int, height: int, width: int, max_side: float) -> Regions:
@@ -101,8 +104,11 @@ def _extents_v2(masks: np.ndarray) -> np.ndarray:
 def write_v2(file: h5py.File, key: str, regions: Regions) -> None:
     """Cropped levels as they are (no differences), the rectangles from full-frame row and column maxima, 64 KiB
     chunks."""
-    with patch("a2dpipe.masks.cropped._extents", _extents_v2):
-        cropped = CroppedMasks.from_regions(regions)
+    extents = _extents_v2(regions.masks)
+    levels = [_quantise_full(mask[None, top:top + h, left:left + w]).reshape(-1)
+              for mask, (top, left, h, w) in zip(regions.masks, extents.tolist())]
+    cropped = CroppedMasks(regions.boxes, regions.scores, regions.labels, extents,
+                           np.concatenate(levels) if levels else np.zeros(0, np.uint8), regions.size)
     group = file.create_group(key)
     group.attrs.update(height=regions.size[0], width=regions.size[1])
     for name, data in (("boxes", regions.boxes), ("scores", regions.scores), ("labels", regions.labels.astype(
@@ -124,6 +130,20 @@ def flow_images_before(flow: np.ndarray, encoding: str) -> tuple[np.ndarray, np.
         return flow_to_image(torch.from_numpy(np.ascontiguousarray(field)).permute(2, 0, 1)).permute(1, 2, 0).numpy()
 
     return wheel(flow), wheel(flow * np.float32([-1, 1]))
+
+
+# --- the GPU's share of a write, here on the CPU ---------------------------------------------------------------
+
+
+def on_device(regions: Regions) -> CroppedMasks:
+    return cropped_on_device(*(torch.from_numpy(x) for x in (regions.boxes, regions.scores, regions.labels,
+                                                             regions.masks)))
+
+
+def assert_same_cropped(got: CroppedMasks, want: CroppedMasks) -> None:
+    for field in ("boxes", "scores", "labels", "extents", "data"):
+        x, y = getattr(got, field), getattr(want, field)
+        assert x.dtype == y.dtype and np.array_equal(x, y), f"cropped on the device: {field} differs"
 
 
 # --- timing ---------------------------------------------------------------------------------------------------
@@ -160,18 +180,26 @@ def main() -> None:
         windows.append((slice(top, min(top + a.crop[0], a.height)), slice(left, min(left + a.crop[1], a.width))))
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        v1, v2, v2_thread, old = (Path(folder) / name for name in ("v1.h5", "v2.h5", "v2-thread.h5", "old.h5"))
+        v1, v2, v2_thread, old, device = (Path(folder) / name for name in ("v1.h5", "v2.h5", "v2-thread.h5",
+                                                                          "old.h5", "device.h5"))
         with (h5py.File(v1, "w") as f1, h5py.File(old, "w") as f_old,
-              MaskCacheWriter(v2, source="dataset", threaded=False) as w2):
+              MaskCacheWriter(v2, source="dataset", threaded=False) as w2,
+              MaskCacheWriter(device, source="dataset", threaded=False) as w3):
             w2.write("warm/up", 0, frames[0])
+            w3.write("warm/up", 0, on_device(frames[0]))
             write_v1(f1, "warm/00000", frames[0])
             write_v2(f_old, "warm/00000", frames[0])
             for k, regions in enumerate(frames, start=1):
                 times.setdefault("write  before (schema 1)", []).append(
                     cpu_ms(lambda: write_v1(f1, f"v/{k:05d}", regions)))
                 times.setdefault("write  schema 2", []).append(cpu_ms(lambda: write_v2(f_old, f"v/{k:05d}", regions)))
-                times.setdefault("write  now (schema 3), calling thread", []).append(
+                times.setdefault("write  now, calling thread", []).append(
                     cpu_ms(lambda: w2.write("v", k, regions)))
+                cropped = on_device(regions)  # the GPU's share (here torch on the CPU): not timed
+                if a.check:
+                    assert_same_cropped(cropped, CroppedMasks.from_regions(regions))
+                times.setdefault("write  now, cropped on the GPU: the host's share", []).append(
+                    cpu_ms(lambda: w3.write("v", k, cropped)))
         start = time.process_time()
         with MaskCacheWriter(v2_thread, source="dataset") as writer:
             calling = []
@@ -181,7 +209,7 @@ def main() -> None:
                 calling.append(1000 * (time.thread_time() - thread_start))
         times["write  now, writer thread (both threads' CPU)"] = [1000 * (time.process_time() - start) / len(frames)]
         times["write  now, writer thread: the caller's CPU"] = calling
-        with h5py.File(v1, "r") as f1, MaskCache(v2) as cache:
+        with h5py.File(v1, "r") as f1, MaskCache(v2) as cache, MaskCache(device) as from_device:
             read_v1_window(f1, "v/00001", *windows[0])
             cache.read_cropped("v", 1)
             for k, (rows, cols) in enumerate(windows, start=1):
@@ -192,8 +220,9 @@ def main() -> None:
                 if a.check:
                     want = read_v1_window(f1, f"v/{k:05d}", rows, cols)
                     assert np.array_equal(cache.read_cropped("v", k).window(rows, cols), want), f"frame {k} differs"
-                    assert np.array_equal(cache.read("v", k).masks, read_v1_window(f1, f"v/{k:05d}", slice(None),
-                                                                                    slice(None))), k
+                    whole = read_v1_window(f1, f"v/{k:05d}", slice(None), slice(None))
+                    assert np.array_equal(cache.read("v", k).masks, whole), k
+                    assert np.array_equal(from_device.read("v", k).masks, whole), k
         sizes = {name: path.stat().st_size / len(frames) / 2**20
                  for name, path in (("before", v1), ("schema 2", old), ("now", v2))}
     for encoding in ("xym", "wheel"):

@@ -30,7 +30,9 @@ timings are the network's; the data path check times reading them. The checks, i
    of ``--frame`` with two instances each, through the shared Trainer;
 6. FlowNet2 -- ms per frame pair of FlowNet2 (random weights) as the flow stage runs it (``TorchEstimator``);
 7. region-mask cache write -- ms per frame of ``MaskCacheWriter.write`` with ``--regions`` soft masks of
-   ``--frame`` (whatever the cache's format), read back equal;
+   ``--frame`` (whatever the cache's format), read back equal; and ms per frame to quantise and crop those masks
+   on the device (``a2dpipe.masks.device_crop.cropped_on_device``, what a region-mask job on a GPU does), equal
+   byte for byte to the writer's own cropping;
 8. two-job device assignment -- two processes pick their device at once as every stage does
    (``select_device('auto')``, :mod:`a2dpipe.accelerator`): distinct GPUs where the machine has several; without
    CUDA, torch is made to report two GPUs;
@@ -415,11 +417,14 @@ def flownet2_rows(device, args) -> list[dict]:
                 f"{budget_note(times, repeats)}")]
 
 
-def cache_rows(args, folder: Path) -> list[dict]:
+def cache_rows(args, folder: Path, device) -> list[dict]:
     """Milliseconds of the main process per frame to write ``--regions`` soft masks to a region-mask cache
-    (``MaskCacheWriter.write``, whatever its format), wall time of the call."""
+    (``MaskCacheWriter.write``, whatever its format), wall time of the call; and to quantise and crop them on
+    ``device`` as a region-mask job there does (``cropped_on_device``, synchronised), byte for byte the writer's own
+    cropping of the full-frame masks."""
     from a2dpipe.evaluation.cpu_costs import synthetic_regions
-    from a2dpipe.masks.cache import MaskCache, MaskCacheWriter
+    from a2dpipe.masks.cache import CroppedMasks, MaskCache, MaskCacheWriter
+    from a2dpipe.masks.device_crop import cropped_on_device
 
     rng = np.random.default_rng(0)
     frames = [synthetic_regions(rng, tuple(args.frame), args.regions) for _ in range(max(args.repeats, 1) + 1)]
@@ -434,9 +439,17 @@ def cache_rows(args, folder: Path) -> list[dict]:
     with MaskCache(path) as cache:
         back = cache.read("v000", 1)
     ok = back.boxes.shape == frames[0].boxes.shape and np.allclose(back.masks, frames[0].masks, atol=1 / 255)
+    on_device = [torch.from_numpy(x).to(device) for x in (frames[0].boxes, frames[0].scores, frames[0].labels,
+                                                          frames[0].masks)]
+    crop_times = timed(lambda: cropped_on_device(*on_device), device, args.warmup, args.repeats)
+    got, want = cropped_on_device(*on_device), CroppedMasks.from_regions(frames[0])
+    same = all(np.array_equal(getattr(got, f), getattr(want, f)) for f in ("extents", "data", "boxes", "scores"))
     return [row("region-mask cache write per frame", 1000 * statistics.median(times[1:]), "ms", ok,
                 f"{args.regions} regions of {args.frame[0]}x{args.frame[1]}; read back equal: "
-                f"{'yes' if ok else 'NO'}")]
+                f"{'yes' if ok else 'NO'}"),
+            row("region masks cropped on the device per frame", 1000 * statistics.median(crop_times), "ms", same,
+                f"{got.data.size / 2**20:.2f} MiB of levels to the host instead of "
+                f"{frames[0].masks.nbytes / 2**20:.1f} MiB of float32; the writer's bytes: {'yes' if same else 'NO'}")]
 
 
 def claim_child(folder: str, fake_gpus: int, ready, report) -> None:
@@ -619,7 +632,7 @@ def run_checks(args, config: dict, device: torch.device, started: float, rows: l
                   "data": lambda: data_rows(config, device, args, folder / "data", rows),
                   "fcis": lambda: fcis_rows(config, device, amp, args),
                   "flownet2": lambda: flownet2_rows(device, args),
-                  "cache": lambda: cache_rows(args, folder),
+                  "cache": lambda: cache_rows(args, folder, device),
                   "devices": lambda: devices_rows(device, args, folder),
                   "resume": lambda: resume_rows(config, device, args, folder)}
         for key, name in CHECKS.items():

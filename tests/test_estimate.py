@@ -149,6 +149,13 @@ def test_the_cpu_side_overlaps_with_loader_workers_and_adds_up_without():
     gpu_ms = 1000 * 1e15 / h200.throughput(True)
     assert row["H200 bound"] == "GPU" and row["cpu processes"] == 1
     assert row["H200 wall hours"] == pytest.approx((gpu_ms + 100) * 3600 / 3.6e6)
+    # a job's writer thread stores beside the GPU (after the job's reads: one HDF5 lock): reads, then the slower
+    writer = [{**units[1], "cpu": [("sample_frame", "rgb", 1), ("mask_write", None, 1)],
+               "beside_gpu": [("mask_write", None, 1)], "flops": 1e15 * 30 / gpu_ms * k} for k in (0.5, 2)]
+    fast_gpu, slow_gpu = estimate.estimate_table(writer, amp=True, cpu_costs=costs, workers=4).to_dict("records")
+    assert fast_gpu["cpu ms_per_unit"] == 32 and fast_gpu["H200 bound"] == "CPU"
+    assert fast_gpu["H200 wall hours"] == pytest.approx((2 + 30) * 3600 / 3.6e6)
+    assert slow_gpu["H200 bound"] == "GPU" and slow_gpu["H200 wall hours"] == pytest.approx((2 + 60) * 3600 / 3.6e6)
 
 
 def test_cpu_costs_are_measured_with_the_packages_readers_and_writers(monkeypatch):
@@ -159,7 +166,8 @@ def test_cpu_costs_are_measured_with_the_packages_readers_and_writers(monkeypatc
     write = cache.MaskCacheWriter.write
     monkeypatch.setattr(cache.MaskCacheWriter, "write", lambda self, *a: calls.append(len(a[2])) or write(self, *a))
     costs = cpu_costs.measure_cpu_costs(frame_size=(40, 56), crop=(32, 32), regions=5, encoding="xym")
-    assert calls == [5] * cpu_costs.FRAMES  # a faster cache writer is what gets timed
+    # a faster cache writer is what gets timed: from full-frame masks (mask_write) and cropped ones (mask_store)
+    assert calls == [5] * 2 * cpu_costs.FRAMES
     assert set(costs["sample_crop"]) == {"rgb", "rgbflow"}
     assert {"flow_read", "flow_encode", "flow_store"} <= set(costs)  # a flow job's parts, timed apart
     assert all(v > 0 for kind in costs.values() for v in (kind.values() if isinstance(kind, dict) else [kind]))

@@ -28,7 +28,8 @@ def test_tiny_check_measures_every_stage_and_resumes_to_the_same_weights(gpu_che
     assert list(checks) == ["stage 1 step", "stage 1 per frame", "stage 2 step", "stage 2 per frame",
                             "baseline inference per frame", "ours inference per frame", "data path", "FCIS step",
                             "FCIS per frame", "FlowNet2 per frame", "region-mask cache write per frame",
-                            "two-job device assignment", "kill and resume", "elapsed"]
+                            "region masks cropped on the device per frame", "two-job device assignment",
+                            "kill and resume", "elapsed"]
     assert all(math.isfinite(r["value"]) and r["ok"] is True for r in rows), rows
     assert all(r["value"] > 0 for r in rows if r["unit"] == "ms")
     assert checks["stage 1 per frame"]["value"] == pytest.approx(checks["stage 1 step"]["value"] / 10)  # batch 10
@@ -36,6 +37,7 @@ def test_tiny_check_measures_every_stage_and_resumes_to_the_same_weights(gpu_che
     # the real data path with loader workers, against what the stage-1 step consumes
     assert "2 loader worker(s)" in checks["data path"]["note"] and "keeps up" in checks["data path"]["note"]
     assert "read back equal: yes" in checks["region-mask cache write per frame"]["note"]
+    assert "the writer's bytes: yes" in checks["region masks cropped on the device per frame"]["note"]
     devices = checks["two-job device assignment"]  # torch.cuda faked to report 2 GPUs: one each
     assert devices["value"] == 2 and "cuda:0 and cuda:1" in devices["note"]
     resume = checks["kill and resume"]

@@ -26,17 +26,15 @@ Counts use the A2D release's annotated frames (``A2D_FRAMES``) at its frame size
 dataset of the configuration. Time = FLOPs / (peak x utilisation) with the per-device constants of ``DEVICES``;
 the CPU columns use the FLOP rate this machine achieves on a timed forward + backward of a tiny segmenter.
 
-The CPU side: each stage's CPU work per unit (reading and cropping samples, region-mask cache writes and reads,
-a flow job's frame reads, image encoding and cache writes) is measured on this machine, one thread, with the
-package's own readers and writers on synthetic arrays of the configuration's shapes
-(:mod:`a2dpipe.evaluation.cpu_costs`), and set against the processes that do it: ``segmentation.loader_workers``
-for the stages the frame loader feeds (training, prediction), whose workers run beside the GPU, as many readers
-and encoder threads in a flow job (its writer thread's share a floor), mask-model training's read-ahead thread,
-which runs beside it too, else the job's one process, whose reads and writes add to the GPU's time. Per device,
-``wall hours`` counts both and ``bound`` names the side that sets the pace (:func:`.cpu_costs.wall_ms`). The CPU is
-this machine's: a cluster node's cores may be faster or slower. ``--no-calibrate`` leaves every measured column
-out, and the table is then a pure function of the settings. What FLOPs miss (memory-bound layers, RoI ops,
-region-to-pixel kernels) still makes the GPU side a lower bound.
+The CPU side: each stage's CPU work per unit (reading and cropping samples, region-mask cache writes and reads, a
+flow job's frame reads, image encoding and cache writes) is measured on this machine, one thread, with the package's
+own readers and writers on synthetic arrays of the configuration's shapes (:mod:`a2dpipe.evaluation.cpu_costs`), and
+set against what does it: the loader's ``segmentation.loader_workers`` (training, prediction) and a flow job's
+readers and encoders beside the GPU, mask-model training's read-ahead thread, a region-mask job's writer thread,
+else the job's one process, whose reads add to the GPU's time. Per device, ``wall hours`` counts both and ``bound``
+names the side that sets the pace (:func:`.cpu_costs.wall_ms`). The CPU is this machine's. ``--no-calibrate``
+leaves every measured column out: the table is then a pure function of the settings. What FLOPs miss
+(memory-bound layers, RoI ops, region-to-pixel kernels) still makes the GPU side a lower bound.
 
 Writes the CSV and a Markdown copy beside it (same name, ``.md``) whose caption states the assumptions.
 """
@@ -232,11 +230,11 @@ def _inputs(config: dict) -> tuple[list[str], list[str]]:
 
 def work_units(config: dict) -> list[dict]:
     """One dict per stage: ``stage``, ``unit`` (step or frame), ``units`` (how many), ``flops`` per unit, ``cpu``
-    (the CPU work per unit: (kind of :func:`.cpu_costs.measure_cpu_costs`, input, count) triples), ``serial``
-    (its part one thread does, unit after unit; optional) and ``fed_by``: ``loader`` where the frame loader's
-    workers do that work beside the GPU, ``pool`` where a flow job's readers and encoders do (as many), ``thread``
-    where one thread of the job reads the next unit's frames beside it (mask-model training), ``job`` where the
-    job's one process does it between the GPU's passes."""
+    (the CPU work per unit: (kind of :func:`.cpu_costs.measure_cpu_costs`, input, count) triples), ``fed_by``
+    (``loader``: the frame loader's workers do it beside the GPU; ``pool``: a flow job's readers and encoders;
+    ``thread``: one thread reads the next unit's frames beside it; ``job``: the job's process, between the GPU's
+    passes) and, optional, the triples of ``cpu`` one thread does unit after unit (``serial``) or a writer thread
+    does while the GPU runs (``beside_gpu``)."""
     seg = config["segmentation"]
     s1, s2, masks = seg["stage1"], seg["stage2"], config["masks"]
     stage1_inputs, stage2_inputs = _inputs(config)
@@ -274,9 +272,11 @@ def work_units(config: dict) -> list[dict]:
     steps = masks["iterations"] if unavailable_sources(config) else masks["finetune_iterations"] + generic_steps
     rows.append({"stage": "train mask models", "unit": "step", "units": steps, "flops": step,
                  "cpu": [("sample_frame", "rgb", masks["batch_size"])], "fed_by": "thread"})
+    # on a GPU the masks are quantised and cropped there (a2dpipe.masks.device_crop): the writer's thread stores them
+    store = ("mask_store", None, 1)
     rows.append({"stage": "region masks", "unit": "frame", "units": train + test,
                  "flops": m["backbone"] + m["rpn"] + m["heads_test"],
-                 "cpu": [("sample_frame", "rgb", 1), ("mask_write", None, 1)], "fed_by": "job"})
+                 "cpu": [("sample_frame", "rgb", 1), store], "beside_gpu": [store], "fed_by": "job"})
     for inp in stage1_inputs:
         c = counts[inp]
         rows.append({"stage": f"inference baseline ({inp})", "unit": "frame", "units": test,
@@ -320,9 +320,10 @@ def estimate_table(units: list[dict], amp: bool, cpu_flops_per_s: float | None =
             cpu = cpu_ms_per_unit(u, cpu_costs)
             row["cpu ms_per_unit"] = cpu
             row["cpu processes"] = cpu_processes(u, workers)
-            serial = cpu_ms_per_unit({"cpu": u.get("serial", [])}, cpu_costs)
+            serial = cpu_ms_per_unit(u, cpu_costs, "serial")
+            beside = cpu_ms_per_unit(u, cpu_costs, "beside_gpu")
             for key in DEVICES:
-                ms, bound = wall_ms(u, row[f"{key} ms_per_unit"], cpu, workers, serial)
+                ms, bound = wall_ms(u, row[f"{key} ms_per_unit"], cpu, workers, serial, beside)
                 row[f"{key} wall hours"] = ms * u["units"] / 3.6e6
                 row[f"{key} bound"] = bound
         row["paper K80 ms_per_unit"] = _paper_ms(u["stage"])

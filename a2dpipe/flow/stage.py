@@ -78,9 +78,8 @@ def read_pair(store, video: str, frame: int) -> Pair:
     """The frame pair of one record of a frames store (``FrameStore``): only its image and its neighbour's, not
     the labels and instances the flow has no use for."""
     arrays = store.read_arrays(video, frame, ("rgb", "neighbour"))
-    with store.reading(f"frame {video}/{frame:05d}"):
-        attrs = store.group(video, frame).attrs
-        direction, neighbour = str(attrs["direction"]), int(attrs["neighbour_frame"])
+    attrs = store.group_attrs(video, frame)
+    direction, neighbour = str(attrs["direction"]), int(attrs["neighbour_frame"])
     if direction == "next":
         return Pair(video, frame, arrays["rgb"], arrays["neighbour"], direction, neighbour)
     if direction == "previous":

@@ -13,6 +13,7 @@ import yaml
 from test_masks import make_frames_shard
 from torchvision.models import resnet50
 
+from a2dpipe.checkpoint import save_model_file
 from a2dpipe.errors import A2DError
 from a2dpipe.masks import MaskCache
 from a2dpipe.masks import train as train_module
@@ -21,6 +22,7 @@ from a2dpipe.masks.fcis import FCIS, assemble, assemble_naive, fcis, mask_voting
 from a2dpipe.masks.fcis_training import FCISLossRecipe, box_coder, hardest_rois, kept_losses, per_roi_losses
 from a2dpipe.masks.model import build_mask_model, load_coco_checkpoint, load_mask_model, mask_model_options
 from a2dpipe.masks.stage import cache_regions
+from a2dpipe.settings import plain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -350,3 +352,15 @@ def test_fcis_freezes_its_layers_only_when_it_starts_from_trained_weights():
                               finetune=True)["frozen_layers"] is False
     model = build_mask_model(**train_module.model_arch(cfg, "dataset", 8, finetune=True))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+
+
+def test_a_start_model_of_the_other_fcis_layout_is_refused_as_another_architecture(tmp_path):
+    """Settings that agree (a file stamped with this job's) still leave the layout to the architecture check."""
+    config = _tiny_config()
+    arch = train_module.model_arch(config["masks"], "dataset", 8, finetune=True)
+    start = tmp_path / "official.pt"
+    save_model_file(start, "mask model", builder={**arch, "layout": "official"}, weights={}, settings=plain(config),
+                    meta={"source": "generic", "class_agnostic": True, "steps": 0, "start": "", "final_loss": 0.0})
+    with pytest.raises(A2DError, match=r"official.pt: a mask model of another architecture \(layout 'official', "
+                                       r"not 'torchvision'\): it cannot start this one"):
+        train_module._load_start(build_mask_model(**arch), start, arch, config)

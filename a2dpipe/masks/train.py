@@ -163,7 +163,7 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
 
 
 # architecture keys a start model must share (the class count, input size and detection cap may differ)
-_SHARED_ARCH = ("model", "backbone", "pretrained_layout", "k", "tiny_stride")
+_SHARED_ARCH = ("model", "backbone", "pretrained_layout", "k", "tiny_stride", "layout")
 
 
 def _initial_model(arch: dict, config: dict, start: str | Path | None):

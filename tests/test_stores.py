@@ -214,7 +214,8 @@ def test_predictions_round_trip(tmp_path):
 @pytest.mark.parametrize("shape, dtype, fill", [
     ((320, 510, 3), np.uint8, None), ((320, 510, 2), np.float16, None), ((3, 5, 3), np.uint8, None),
     ((4, 5, 2), np.uint8, 0xFF), ((4, 5, 3), np.uint8, 0), ((7, 7, 3), np.uint8, 0xFF), ((1, 1, 1), np.uint8, 7),
-    ((815_301,), np.uint8, None), ((3,), np.dtype([("box", "<f4", (4,)), ("label", "u1")]), None), ((0,), np.uint8, None),
+    ((815_301,), np.uint8, None), ((3,), np.dtype([("box", "<f4", (4,)), ("label", "u1")]), None),
+    ((0,), np.uint8, None),
 ], ids=["image", "field", "odd", "all-ones", "zeros", "odd-ones", "one-byte", "masks", "records", "empty"])
 def test_the_writers_checksum_is_the_one_hdf5_computes(tmp_path, shape, dtype, fill):
     """stored_chunk's Fletcher-32 equals HDF5's own filter's, byte for byte, and HDF5 reads such a chunk back

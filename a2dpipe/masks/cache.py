@@ -33,8 +33,8 @@ stored the cropped levels themselves, in 64 KiB chunks (~25% more to compress, a
 field in a dataset of its own. Version 3 stored the levels' differences from pixel to pixel (mostly 0 or +-1),
 lzf-compressed: ~0.3 MiB per frame of 50 regions against ~0.8 MiB as they are, but lzf cost the writer's thread
 ~6 ms per frame and the reader ~3 ms (with the running sum), where HDF5 copies the bytes in ~1 ms
-(docs/performance.md). Files of an older version are refused (the reader names the schema and says to rebuild them with
-``snakemake --forcerun region_masks``), never read. Reading and writing reproduce version 1's masks pixel for
+(docs/performance.md). Files of an older version are refused (the reader names the schema and says to rebuild
+them with ``snakemake --forcerun region_masks``), never read. Reading and writing reproduce version 1's masks pixel for
 pixel: the same quantisation, only zeros left out.
 
 Writing runs beside the model (:class:`MaskCacheWriter`): a pool of threads crops and quantises a frame's masks

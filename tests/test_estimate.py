@@ -156,6 +156,15 @@ def test_the_cpu_side_overlaps_with_loader_workers_and_adds_up_without():
     assert fast_gpu["cpu ms_per_unit"] == 32 and fast_gpu["H200 bound"] == "CPU"
     assert fast_gpu["H200 wall hours"] == pytest.approx((2 + 30) * 3600 / 3.6e6)
     assert slow_gpu["H200 bound"] == "GPU" and slow_gpu["H200 wall hours"] == pytest.approx((2 + 60) * 3600 / 3.6e6)
+    # its pool's checksums run beside everything, holding no lock: they set the pace only where they are slowest
+    pooled = [{**row, "cpu": [*row["cpu"], ("flow_read", None, 1)], "pool": [("flow_read", None, 1)]} for row in writer]
+    for pool_ms, fast_ms in ((5.0, 32), (40.0, 40)):
+        fast_gpu, slow_gpu = estimate.estimate_table(pooled, amp=True, cpu_costs={**costs, "flow_read": pool_ms},
+                                                     workers=4).to_dict("records")
+        assert fast_gpu["cpu ms_per_unit"] == 32 + pool_ms and fast_gpu["H200 bound"] == "CPU"
+        assert fast_gpu["H200 wall hours"] == pytest.approx(fast_ms * 3600 / 3.6e6)
+        assert slow_gpu["H200 bound"] == ("GPU" if pool_ms < 60 else "CPU")
+        assert slow_gpu["H200 wall hours"] == pytest.approx(max(2 + 60, pool_ms) * 3600 / 3.6e6)
 
 
 def test_cpu_costs_are_measured_with_the_packages_readers_and_writers(monkeypatch):
@@ -163,11 +172,13 @@ def test_cpu_costs_are_measured_with_the_packages_readers_and_writers(monkeypatc
     from a2dpipe.masks import cache
 
     calls = []
-    write = cache.MaskCacheWriter.write
-    monkeypatch.setattr(cache.MaskCacheWriter, "write", lambda self, *a: calls.append(len(a[2])) or write(self, *a))
+    encode = cache.MaskCacheWriter.encode
+    monkeypatch.setattr(cache.MaskCacheWriter, "encode", staticmethod(lambda r: calls.append(len(r)) or encode(r)))
     costs = cpu_costs.measure_cpu_costs(frame_size=(40, 56), crop=(32, 32), regions=5, encoding="xym")
-    # a faster cache writer is what gets timed: from full-frame masks (mask_write) and cropped ones (mask_store)
+    # a faster cache writer is what gets timed: from full-frame masks (mask_write) and cropped ones (mask_encode,
+    # then mask_store)
     assert calls == [5] * 2 * cpu_costs.FRAMES
+    assert {"mask_write", "mask_encode", "mask_store"} <= set(costs)
     assert set(costs["sample_crop"]) == {"rgb", "rgbflow"}
     assert {"flow_read", "flow_encode", "flow_store"} <= set(costs)  # a flow job's parts, timed apart
     assert all(v > 0 for kind in costs.values() for v in (kind.values() if isinstance(kind, dict) else [kind]))

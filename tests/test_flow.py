@@ -499,23 +499,3 @@ def test_a_neural_flow_job_on_several_cpus_writes_what_one_cpu_writes(venus, tmp
     assert one.keys() == three.keys() and "vidB/00001/rgb_mirror" in one
     for key, value in one.items():
         assert (np.array_equal(value, three[key]) if isinstance(value, np.ndarray) else value == three[key]), key
-
-
-@pytest.mark.parametrize("shape, dtype, fill", [
-    ((320, 510, 3), np.uint8, None), ((320, 510, 2), np.float16, None), ((3, 5, 3), np.uint8, None),
-    ((4, 5, 2), np.uint8, 0xFF), ((4, 5, 3), np.uint8, 0), ((7, 7, 3), np.uint8, 0xFF), ((1, 1, 1), np.uint8, 7),
-], ids=["image", "field", "odd", "all-ones", "zeros", "odd-ones", "one-byte"])
-def test_the_writers_checksum_is_the_one_hdf5_computes(tmp_path, shape, dtype, fill):
-    """stored_chunk's Fletcher-32 equals HDF5's own filter's, byte for byte, and HDF5 reads such a chunk back."""
-    from a2dpipe.flow.store import stored_chunk
-
-    rng = np.random.default_rng(0)
-    array = (rng.normal(0, 3, shape) if dtype == np.float16 else rng.integers(0, 256, shape)).astype(dtype)
-    array = array if fill is None else np.full(shape, fill, dtype)
-    with h5py.File(tmp_path / "a.h5", "w") as f:
-        hdf5 = f.create_dataset("hdf5", data=array, chunks=shape, fletcher32=True)
-        assert hdf5.id.read_direct_chunk((0,) * len(shape))[1] == stored_chunk(array).tobytes()
-        direct = f.create_dataset("direct", shape=shape, dtype=dtype, chunks=shape, fletcher32=True)
-        direct.id.write_direct_chunk((0,) * len(shape), stored_chunk(array))
-    with h5py.File(tmp_path / "a.h5", "r") as f:
-        assert np.array_equal(f["direct"][()], array)

@@ -14,11 +14,12 @@ Per unit (milliseconds of CPU):
   half of them mirrored;
 * ``sample_crop_regions[input]``: the same with the frame's region masks read from the cache and cropped (stage 2);
 * ``sample_frame[input]``, ``sample_frame_regions[input]``: one whole frame, as prediction reads it;
-* ``mask_write``: one frame's ``max_regions`` soft masks written to a region-mask cache (the writer's thread
-  included), from full-frame float32 masks: rectangles, quantising, compression, HDF5 (a job on the CPU);
-* ``mask_store``: the same frame's masks written already quantised and cropped, as a job on a GPU hands them to the
-  writer (:func:`a2dpipe.masks.device_crop.cropped_on_device` did the rest on the GPU): differences, compression,
-  HDF5, all on the writer's thread;
+* ``mask_write``: one frame's ``max_regions`` soft masks written to a region-mask cache (the writer's threads
+  included), from full-frame float32 masks: rectangles, quantising, checksums, HDF5 (a job on the CPU);
+* ``mask_encode``, ``mask_store``: the same frame's masks written already quantised and cropped, as a job on a GPU
+  hands them to the writer (:func:`a2dpipe.masks.device_crop.cropped_on_device` did the rest on the GPU), in its
+  two parts: the stored chunks' checksums (``MaskCacheWriter.encode``, its thread pool's work) and the HDF5 calls
+  (``MaskCacheWriter.store``, its writer thread's, one frame at a time under HDF5's lock);
 * ``flow_read``, ``flow_encode``, ``flow_store``: what a flow job adds per frame to the network's work: the frame
   pair read from the frames store (:func:`a2dpipe.flow.stage.read_pair`), the flow image and its mirror image
   encoded from the stored field and the checksums computed (``FlowWriter.encode``, its thread pool's work), the
@@ -149,7 +150,7 @@ def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
             for video, regions in zip(videos, masks):
                 cache.write(video, 1, regions)
         costs["mask_write"] = 1000 * (time.process_time() - start) / FRAMES
-        costs["mask_store"] = _mask_store_ms(folder / "masks" / "cropped.h5", videos, masks)
+        costs.update(_mask_store_costs(folder / "masks" / "cropped.h5", videos, masks))
 
         views = [View(k) for k in range(FRAMES)]
         for name in ("sample_crop", "sample_crop_regions", "sample_frame", "sample_frame_regions"):
@@ -187,17 +188,19 @@ def _flow_costs(paths: dict, videos: list[str], fields: list, encoding: str, whe
     return costs
 
 
-def _mask_store_ms(path: Path, videos: list[str], masks: list) -> float:
-    """CPU milliseconds per frame (both threads) of the cache writer given masks already quantised and cropped."""
+def _mask_store_costs(path: Path, videos: list[str], masks: list) -> dict:
+    """CPU milliseconds per frame of the cache writer's two parts (module docstring) given masks already quantised
+    and cropped, each part timed alone in this thread."""
     from a2dpipe.masks.cache import CroppedMasks, MaskCacheWriter
 
     cropped = [CroppedMasks.from_regions(regions) for regions in masks]  # the GPU's share: not timed
-    start = time.process_time()
-    with MaskCacheWriter(path, source="dataset") as cache:
+    costs = {}
+    with MaskCacheWriter(path, source="dataset", threaded=False) as cache:
         cache.seconds_per_frame = 0.0
-        for video, frame in zip(videos, cropped):
-            cache.write(video, 1, frame)
-    return 1000 * (time.process_time() - start) / len(videos)
+        encoded = []
+        costs["mask_encode"] = _cpu_ms(lambda frame: encoded.append(cache.encode(frame)), cropped)
+        costs["mask_store"] = _cpu_ms(lambda k: cache.store(videos[k], 1, encoded[k]), range(len(videos)))
+    return costs
 
 
 def measure_config_cpu_costs(config: dict, frame_size: tuple[int, int]) -> dict:
@@ -213,7 +216,8 @@ def measure_config_cpu_costs(config: dict, frame_size: tuple[int, int]) -> dict:
 def cpu_ms_per_unit(unit: dict, costs: dict, key: str = "cpu") -> float:
     """CPU milliseconds of one unit of a stage (one thread) from measured ``costs`` (:func:`measure_cpu_costs`);
     ``unit`` a row of :func:`a2dpipe.evaluation.estimate.work_units`. ``key``: ``cpu`` (all of it) or
-    ``beside_gpu`` (the share a job's writer thread does while the GPU runs) or ``serial`` (one thread's share)."""
+    ``beside_gpu`` (the share a job's writer thread does while the GPU runs) or ``serial`` (one thread's share) or
+    ``pool`` (the share a job's own thread does beside everything)."""
     return sum(count * (costs[kind][inp] if inp else costs[kind]) for kind, inp, count in unit.get(key, ()))
 
 
@@ -225,7 +229,7 @@ def cpu_processes(unit: dict, workers: int) -> int:
 
 
 def wall_ms(unit: dict, gpu_ms: float, cpu_ms: float, workers: int, serial_ms: float = 0.0,
-            beside_ms: float = 0.0) -> tuple[float, str]:
+            beside_ms: float = 0.0, pool_ms: float = 0.0) -> tuple[float, str]:
     """Milliseconds of one unit with the CPU side, and the stage's bound (``GPU`` or ``CPU``).
 
     Loader workers, a job's read-ahead thread (``fed_by`` ``thread``) or a flow job's readers and encoder pool
@@ -233,11 +237,14 @@ def wall_ms(unit: dict, gpu_ms: float, cpu_ms: float, workers: int, serial_ms: f
     at least ``serial_ms``, the part one thread does for every unit (the flow cache's writer). Without workers (and
     in the stages whose one process reads and writes between the GPU's passes) the two add up, but for
     ``beside_ms`` of the CPU's work, a writer thread's, which runs while the GPU does (not while the job reads:
-    HDF5 takes one lock per process): the reads, then the slower of the GPU and the writer."""
-    cpu_share = max(cpu_ms / cpu_processes(unit, workers), serial_ms)
+    HDF5 takes one lock per process): the reads, then the slower of the GPU and the writer. ``pool_ms`` of the CPU's
+    work (a region-mask writer's checksums) runs on a thread of the job's own beside all of that, holding no lock:
+    it sets the pace only where it is the slowest."""
+    own = max((cpu_ms - pool_ms) / cpu_processes(unit, workers), serial_ms)
+    cpu_share = max(own, pool_ms)
     bound = "CPU" if cpu_share > gpu_ms else "GPU"
     overlapped = (unit["fed_by"] == "loader" and workers > 0) or unit["fed_by"] in ("thread", "pool")
-    return (max(gpu_ms, cpu_share) if overlapped else cpu_share - beside_ms + max(gpu_ms, beside_ms)), bound
+    return (max(gpu_ms, cpu_share) if overlapped else max(own - beside_ms + max(gpu_ms, beside_ms), pool_ms)), bound
 
 
 def cpu_caption(table, devices: list[str], workers: int) -> str:

@@ -234,7 +234,7 @@ def work_units(config: dict) -> list[dict]:
     (``loader``: the frame loader's workers do it beside the GPU; ``pool``: a flow job's readers and encoders;
     ``thread``: one thread reads the next unit's frames beside it; ``job``: the job's process, between the GPU's
     passes) and, optional, the triples of ``cpu`` one thread does unit after unit (``serial``) or a writer thread
-    does while the GPU runs (``beside_gpu``)."""
+    does while the GPU runs (``beside_gpu``), or a thread of the job's does beside both (``pool``)."""
     seg = config["segmentation"]
     s1, s2, masks = seg["stage1"], seg["stage2"], config["masks"]
     stage1_inputs, stage2_inputs = _inputs(config)
@@ -272,11 +272,11 @@ def work_units(config: dict) -> list[dict]:
     steps = masks["iterations"] if unavailable_sources(config) else masks["finetune_iterations"] + generic_steps
     rows.append({"stage": "train mask models", "unit": "step", "units": steps, "flops": step,
                  "cpu": [("sample_frame", "rgb", masks["batch_size"])], "fed_by": "thread"})
-    # on a GPU the masks are quantised and cropped there (a2dpipe.masks.device_crop): the writer's thread stores them
-    store = ("mask_store", None, 1)
-    rows.append({"stage": "region masks", "unit": "frame", "units": train + test,
+    # on a GPU the masks are quantised and cropped there (a2dpipe.masks.device_crop): the writer's pool checksums
+    store, encode = ("mask_store", None, 1), ("mask_encode", None, 1)  # them and its thread stores them
+    rows.append({"stage": "region masks", "unit": "frame", "units": train + test, "pool": [encode],
                  "flops": m["backbone"] + m["rpn"] + m["heads_test"],
-                 "cpu": [("sample_frame", "rgb", 1), store], "beside_gpu": [store], "fed_by": "job"})
+                 "cpu": [("sample_frame", "rgb", 1), encode, store], "beside_gpu": [store], "fed_by": "job"})
     for inp in stage1_inputs:
         c = counts[inp]
         rows.append({"stage": f"inference baseline ({inp})", "unit": "frame", "units": test,
@@ -320,10 +320,9 @@ def estimate_table(units: list[dict], amp: bool, cpu_flops_per_s: float | None =
             cpu = cpu_ms_per_unit(u, cpu_costs)
             row["cpu ms_per_unit"] = cpu
             row["cpu processes"] = cpu_processes(u, workers)
-            serial = cpu_ms_per_unit(u, cpu_costs, "serial")
-            beside = cpu_ms_per_unit(u, cpu_costs, "beside_gpu")
+            serial, beside, pool = (cpu_ms_per_unit(u, cpu_costs, k) for k in ("serial", "beside_gpu", "pool"))
             for key in DEVICES:
-                ms, bound = wall_ms(u, row[f"{key} ms_per_unit"], cpu, workers, serial, beside)
+                ms, bound = wall_ms(u, row[f"{key} ms_per_unit"], cpu, workers, serial, beside, pool)
                 row[f"{key} wall hours"] = ms * u["units"] / 3.6e6
                 row[f"{key} bound"] = bound
         row["paper K80 ms_per_unit"] = _paper_ms(u["stage"])

@@ -3,7 +3,7 @@
 Layout: one group per annotated frame, ``"{video}/{frame:05d}"``, holding ``flow`` (H, W, 2) float16 (u, v in
 pixels; half precision keeps 1/32 px up to 64 px) and ``rgb`` (H, W, 3) uint8 (the configured encoding),
 uncompressed, each dataset one chunk with a Fletcher-32 checksum (:func:`flow_chunks`). The writer computes the
-checksums with the images, in its encoder threads, and hands HDF5 each chunk as stored (:func:`stored_chunk`), so
+checksums with the images, in its encoder threads, and hands HDF5 each chunk as stored (:mod:`a2dpipe.chunks`), so
 that its one writing thread (HDF5 takes one call at a time per process) copies bytes and little else.
 Root attributes: ``schema`` (``"a2dpipe.flow/3"``, :data:`FORMAT`), ``method``, ``encoding``, ``dis_preset`` (DIS
 only), ``wheel_max`` (wheel only; absent when per-frame), ``device`` (neural methods: where they ran),
@@ -34,57 +34,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from a2dpipe.chunks import stored_chunk, write_stored
 from a2dpipe.flow.encode import flow_images
 from a2dpipe.errors import A2DError
 from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
 
-__all__ = ["FORMAT", "DATASETS", "FlowStore", "FlowWriter", "flow_chunks", "fletcher32", "stored_chunk"]
+__all__ = ["FORMAT", "DATASETS", "FlowStore", "FlowWriter", "flow_chunks"]
 
 FORMAT = ArtifactFormat("flow", 3, "flow cache")
 MAX_FLOW = 4096.0  # pixels: no frame is wider (A2D's are 320 px high)
 DATASETS = ("flow", "rgb", "rgb_mirror")
-_BLOCK = 1 << 16  # 16-bit words per step of the checksum: small buffers, reused (and far below int64's range)
-_WEIGHTS = np.arange(_BLOCK, 0, -1, dtype=np.int64)  # a block's words' weights in sum2, the last block's a tail
 
 
 def flow_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     """HDF5 chunk shape of a flow-cache dataset: the whole (H, W, C) array, one chunk (see the module docstring)."""
     return tuple(shape)
-
-
-def fletcher32(data: np.ndarray) -> int:
-    """HDF5's Fletcher-32 checksum of an array's bytes (``H5_checksum_fletcher32``, what its ``fletcher32`` filter
-    appends to a chunk, little-endian), vectorised: over big-endian 16-bit words ``w_1 .. w_n`` (an odd last byte
-    as the high byte of a word), sum1 = sum w_i and sum2 = sum (n - i + 1) w_i, each reduced modulo 65535 into
-    1..65535 (0 only for a zero sum), as HDF5's end-around carries leave them; ``sum2 << 16 | sum1``."""
-    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    words = raw[: raw.size // 2 * 2].view(">u2")
-    if raw.size % 2:
-        words = np.append(words, np.uint16(raw[-1]) << np.uint16(8))
-    n, sum1, sum2 = words.size, 0, 0
-    block = np.empty(_BLOCK, np.int64)
-    for start in range(0, n, _BLOCK):
-        size = min(_BLOCK, n - start)
-        part = block[:size]
-        part[:] = words[start:start + size]
-        total = int(part.sum())
-        sum1 += total
-        sum2 += int(np.dot(part, _WEIGHTS[_BLOCK - size:])) + (n - start - size) * total
-    return (_fold(sum2) << 16) | _fold(sum1)
-
-
-def _fold(total: int) -> int:
-    return 0 if total == 0 else (total - 1) % 65535 + 1
-
-
-def stored_chunk(array: np.ndarray) -> np.ndarray:
-    """The bytes HDF5 stores for ``array`` as one chunk with its Fletcher-32 filter: the array's bytes, then the
-    checksum (little-endian)."""
-    raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    chunk = np.empty(raw.size + 4, np.uint8)
-    chunk[:-4] = raw
-    chunk[-4:] = np.frombuffer(fletcher32(raw).to_bytes(4, "little"), np.uint8)
-    return chunk
 
 
 class FlowStore(ArtifactReader):
@@ -171,9 +135,7 @@ class FlowWriter(ArtifactWriter):
         one chunk as it is (``write_direct_chunk``: no copy through HDF5's filter pipeline), and its attributes."""
         group = self.create_group(video, frame)
         for name, (array, chunk) in zip(DATASETS, datasets):
-            dataset = group.create_dataset(name, shape=array.shape, dtype=array.dtype,
-                                           chunks=flow_chunks(array.shape))
-            dataset.id.write_direct_chunk((0,) * array.ndim, chunk)
+            write_stored(group, name, array, chunk)  # one chunk: flow_chunks(array.shape)
         group.set_attrs(**attrs)
 
     def _drain(self) -> None:

@@ -1,9 +1,9 @@
 """HDF5 cache of candidate region masks: one writer (:class:`MaskCacheWriter`), one reader (:class:`MaskCache`).
 
-One file per shard and mask source, ``results/masks/<source>/shard-NNN.h5``. Schema (version 3)::
+One file per shard and mask source, ``results/masks/<source>/shard-NNN.h5``. Schema (version 4)::
 
     /                                   root attrs:
-        schema          "a2dpipe.masks/3"  (what makes a file a region-mask cache; :data:`FORMAT`)
+        schema          "a2dpipe.masks/4"  (what makes a file a region-mask cache; :data:`FORMAT`)
         source          dataset | generic | gt
         model           checkpoint path and its SHA-256 prefix ("" for gt)
         config          JSON of the ``masks`` config section used
@@ -19,12 +19,10 @@ One file per shard and mask source, ``results/masks/<source>/shard-NNN.h5``. Sch
                                         one holding every non-zero pixel of its quantised mask (0 x 0: none)
         masks   (P,)   uint8            the rectangles one after the other, each row by row (P = sum of their
                                         areas), soft masks quantised to 0..255 (probability * 255; every pixel
-                                        outside its rectangle is 0), stored as differences: each byte is its
-                                        level minus the previous pixel's (modulo 256), so a running sum gives
-                                        the levels back
+                                        outside its rectangle is 0)
 
-Every dataset carries a Fletcher-32 checksum; ``masks`` is lzf-compressed, one chunk per frame. ``N`` may be 0: the
-frame is stored with empty datasets and read back as empty arrays. The reader opens the file once and reads only the groups asked for,
+Both datasets are uncompressed, one chunk each with a Fletcher-32 checksum. ``N`` may be 0: the frame is stored with
+empty datasets and read back as empty arrays. The reader opens the file once and reads only the groups asked for,
 so random access by (video, frame) never loads the whole file; it checks what it reads (scores in [0, 1], finite
 boxes inside the frame, rectangles inside the frame and adding up to ``masks``) and a violation is an
 :class:`A2DError` naming the file, the frame and the rule that rebuilds it.
@@ -32,16 +30,20 @@ boxes inside the frame, rectangles inside the frame and adding up to ``masks``) 
 Version 1 stored every mask at full frame size, gzip-compressed: 50 regions of a 320 x 568 frame cost ~180 ms to
 write and ~150 ms to read for a training sample, where a mask's rectangle is a fraction of the frame. Version 2
 stored the cropped levels themselves, in 64 KiB chunks (~25% more to compress, and slower), and each region
-field in a dataset of its own. Files of an older
-version are refused (the reader names the schema and says to rebuild them with
-``snakemake --forcerun region_masks``), never read. Reading and writing reproduce version 1's masks pixel for
+field in a dataset of its own. Version 3 stored the levels' differences from pixel to pixel (mostly 0 or +-1),
+lzf-compressed: ~0.3 MiB per frame of 50 regions against ~0.8 MiB as they are, but lzf cost the writer's thread
+~6 ms per frame and the reader ~3 ms (with the running sum), where HDF5 copies the bytes in ~1 ms
+(docs/performance.md). Files of an older version are refused (the reader names the schema and says to rebuild
+them with ``snakemake --forcerun region_masks``), never read. Reading and writing reproduce version 1's masks pixel for
 pixel: the same quantisation, only zeros left out.
 
-Writing runs on a thread of its own (:class:`MaskCacheWriter`): cropping, quantising, compressing and the HDF5
-calls of a frame overlap the model's work on the next (numpy and torch release the GIL in their large operations).
-A job on a GPU hands the writer :class:`CroppedMasks` quantised and cropped there
+Writing runs beside the model (:class:`MaskCacheWriter`): a pool of threads crops and quantises a frame's masks
+and computes each dataset's stored chunk, checksum included (:func:`a2dpipe.chunks.stored_chunk`), and one writer
+thread, in frame order, hands HDF5 the chunks as they are (HDF5 takes one call at a time per process: the writer's
+share of its lock is a copy per dataset). Numpy and torch release the GIL in their large operations. A job on a GPU
+hands the writer :class:`CroppedMasks` quantised and cropped there
 (:func:`a2dpipe.masks.device_crop.cropped_on_device`), byte for byte what the writer would make of the full-frame
-masks: the thread then only takes differences, compresses and writes.
+masks: the pool then only computes the checksums.
 
 Example:
     >>> with MaskCacheWriter("shard-000.h5", source="gt") as writer:       # doctest: +SKIP
@@ -57,10 +59,12 @@ import json
 import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from a2dpipe.chunks import stored_chunk, write_stored
 from a2dpipe.integrity import file_digest
 from a2dpipe.errors import A2DError, rebuild_hint
 from a2dpipe.masks.cropped import CroppedMasks, Regions
@@ -69,39 +73,21 @@ from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group
 __all__ = ["Regions", "CroppedMasks", "MaskCache", "MaskCacheWriter", "FORMAT", "SCHEMA", "SOURCES",
            "REGION_RECORD"]
 
-FORMAT = ArtifactFormat("masks", 3, "region-mask cache")
+FORMAT = ArtifactFormat("masks", 4, "region-mask cache")
 SCHEMA = FORMAT.schema
 SOURCES = ("dataset", "generic", "gt")
-_CHECKSUM = {"fletcher32": True}
 REGION_RECORD = np.dtype([("box", "<f4", (4,)), ("score", "<f4"), ("label", "u1"), ("extent", "<i4", (4,))])
-_MASK_FILTERS = {"compression": "lzf", "fletcher32": True}
-
-
-def _differences(levels: np.ndarray) -> np.ndarray:
-    """The flat quantised masks as stored: each byte minus the one before it (modulo 256; the first as is). Soft
-    masks change slowly along a row, so most differences are 0 or +-1: lzf compresses them faster and ~20%
-    smaller than the levels themselves."""
-    stored = np.empty_like(levels)
-    stored[:1] = levels[:1]
-    np.subtract(levels[1:], levels[:-1], out=stored[1:])
-    return stored
-
-
-def _running_sums(stored: np.ndarray) -> np.ndarray:
-    """The quantised levels back from :func:`_differences` (a uint8 running sum wraps modulo 256 as they did).
-    torch's: ~4 times numpy's ``cumsum`` on uint8 (2 M bytes, a frame of large regions: 1.1 against 4.3 ms)."""
-    import torch  # here, so that writing (the ground-truth source) does not import it
-
-    return torch.cumsum(torch.from_numpy(stored), 0, dtype=torch.uint8).numpy()
 
 
 class MaskCacheWriter(ArtifactWriter):
     """Write one region-mask cache atomically: nothing appears at ``path`` unless the ``with`` block succeeds.
 
     Use as a context manager; on an exception the partial file is removed. Set ``seconds_per_frame`` before the
-    block ends (it is written on a clean exit, with ``frames``). :meth:`write` hands a frame to a writer thread
-    (``threaded``; a queue of ``queue_size`` frames bounds the memory held) and returns: the caller must not change
-    the arrays it gave. A failure of the thread is raised by the next :meth:`write` or when the block ends.
+    block ends (it is written on a clean exit, with ``frames``). With ``threaded``, :meth:`write` returns at once:
+    a pool of ``threads`` threads crops the masks and computes the stored chunks (:meth:`encode`) and one writer
+    thread stores them in frame order (:meth:`store`); at most ``queue_size`` frames wait for it, which bounds the
+    memory held. The caller must not change the arrays it gave. A failure on a thread is raised by the next
+    :meth:`write` or when the block ends.
 
     Args:
         path: final file path.
@@ -109,27 +95,27 @@ class MaskCacheWriter(ArtifactWriter):
         model: provenance of the regions (checkpoint path and hash); empty for ground truth.
         config: the ``masks`` config section, stored as JSON.
         settings: written as the ``settings`` root attribute when given (see :class:`ArtifactWriter`).
-        threaded: write on a thread of its own (False: in the calling thread, e.g. to time it).
-        queue_size: frames waiting for the thread at most.
+        threaded: write on threads of their own (False: in the calling thread, e.g. to time it).
+        threads: the pool's threads (with ``threaded``).
+        queue_size: frames waiting for the writer thread at most.
     """
 
     FORMAT = FORMAT
 
     def __init__(self, path, *, source: str, model: str = "", config: dict | None = None,
-                 settings: dict | None = None, threaded: bool = True, queue_size: int = 2):
+                 settings: dict | None = None, threaded: bool = True, threads: int = 1, queue_size: int = 2):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         attrs = {"source": source, "model": model, "config": json.dumps(config or {}, sort_keys=True)}
         super().__init__(path, attrs=attrs, settings=settings)
         self.seconds_per_frame = float("nan")
-        self._threaded = threaded
+        self._threaded, self._threads = threaded, max(1, int(threads))
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
-        self._thread: threading.Thread | None = None
-        self._failure: BaseException | None = None
+        self._pool = self._thread = self._failure = None
         self._keys: set[str] = set()
 
     def write(self, video: str, frame: int, regions: Regions | CroppedMasks) -> None:
-        """Store the regions of one frame (on the writer thread): full-frame :class:`Regions`, or
+        """Store the regions of one frame (on the writer's threads): full-frame :class:`Regions`, or
         :class:`CroppedMasks` already quantised and cropped (e.g. on the model's GPU); a frame written twice is an
         error."""
         key = group_key(video, frame)
@@ -140,36 +126,43 @@ class MaskCacheWriter(ArtifactWriter):
         self._keys.add(key)
         self.file  # noqa: B018 -- only inside the `with` block
         if not self._threaded:
-            self._store(video, frame, regions)
+            self.store(video, frame, self.encode(regions))
             return
         self._raise_failure()
         if self._thread is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mask-chunks")
             self._thread = threading.Thread(target=self._drain, name="mask-cache-writer", daemon=True)
             self._thread.start()
-        self._queue.put((video, frame, regions))
+        self._queue.put((video, frame, self._pool.submit(self.encode, regions)))
 
-    def _store(self, video: str, frame: int, regions: Regions | CroppedMasks) -> None:
+    @staticmethod
+    def encode(regions: Regions | CroppedMasks) -> tuple[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]]:
+        """What :meth:`store` writes of one frame: (frame size, [(array, its stored chunk)] of ``regions`` and
+        ``masks``): the masks cropped and quantised unless they are already, each chunk's checksum computed here,
+        not under HDF5's lock."""
         cropped = regions if isinstance(regions, CroppedMasks) else CroppedMasks.from_regions(regions)
-        height, width = cropped.size
-        group = self.create_group(video, frame)
-        group.attrs.update(height=height, width=width)
-        records = np.empty(len(regions), REGION_RECORD)
+        records = np.empty(len(cropped.boxes), REGION_RECORD)
         records["box"], records["score"] = cropped.boxes, cropped.scores
         records["label"], records["extent"] = cropped.labels, cropped.extents
-        group.create_dataset("regions", data=records, **_CHECKSUM)
-        chunk = (max(1, cropped.data.size),)  # one chunk: a frame's masks are read whole
-        group.create_dataset("masks", data=_differences(cropped.data), chunks=chunk, maxshape=(None,),
-                             **_MASK_FILTERS)
+        return cropped.size, [(array, stored_chunk(array)) for array in (records, cropped.data)]
+
+    def store(self, video: str, frame: int, encoded) -> None:
+        """The HDF5 part of a write: the frame's group, its size, and its two datasets (:meth:`encode`'s), each
+        written as its one chunk as it is (:func:`a2dpipe.chunks.write_stored`)."""
+        (height, width), datasets = encoded
+        group = self.create_group(video, frame)
+        group.set_attrs(height=height, width=width)
+        for name, (array, chunk) in zip(("regions", "masks"), datasets):
+            write_stored(group, name, array, chunk)
 
     def _drain(self) -> None:
-        """The writer thread: store frames until the closing ``None``; after a failure, only empty the queue."""
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
+        """The writer thread: store frames in order until the closing ``None``; after a failure, only empty the
+        queue."""
+        while (item := self._queue.get()) is not None:
             if self._failure is None:
+                video, frame, encoded = item
                 try:
-                    self._store(*item)
+                    self.store(video, frame, encoded.result())
                 except BaseException as err:  # raised in the caller's thread by the next write or at the end
                     self._failure = err
 
@@ -177,7 +170,8 @@ class MaskCacheWriter(ArtifactWriter):
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
-            self._thread = None
+            self._pool.shutdown(cancel_futures=True)
+            self._thread = self._pool = None
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -243,7 +237,7 @@ class MaskCache(ArtifactReader):
         cropped = CroppedMasks(records["box"].astype(np.float32).reshape(-1, 4),
                                records["score"].astype(np.float32), records["label"].astype(np.int64),
                                records["extent"].astype(np.int64).reshape(-1, 4),
-                               _running_sums(arrays["masks"].reshape(-1)), size)
+                               arrays["masks"].reshape(-1), size)
         self._check(key, cropped)
         return cropped
 

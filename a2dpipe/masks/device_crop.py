@@ -6,7 +6,7 @@ float32. On a GPU, :func:`cropped_on_device` quantises them there (``rint(clip(m
 numpy does: one multiplication, rounded half to even), finds each mask's rectangle (the smallest holding its
 non-zero levels) from the row and column maxima of the levels, and gathers the rectangles' levels into one flat
 uint8 array; only that array (about 0.8 MB a frame) and the rectangles come to the host. The cache writer then
-has only the differences, compression and HDF5 left to do.
+has only the checksums and HDF5 left to do.
 """
 
 from __future__ import annotations

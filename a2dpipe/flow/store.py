@@ -28,16 +28,12 @@ refused, naming the rule that rebuilds them.
 
 from __future__ import annotations
 
-import queue
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from a2dpipe.chunks import stored_chunk, write_stored
+from a2dpipe.chunks import PipelinedWriter, stored_chunk, write_stored
 from a2dpipe.flow.encode import flow_images
 from a2dpipe.errors import A2DError
-from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
+from a2dpipe.stores import ArtifactFormat, ArtifactReader
 
 __all__ = ["FORMAT", "DATASETS", "FlowStore", "FlowWriter", "flow_chunks"]
 
@@ -79,46 +75,29 @@ class FlowStore(ArtifactReader):
         return arrays["flow"].astype(np.float32), arrays["rgb"]
 
 
-class FlowWriter(ArtifactWriter):
+class FlowWriter(PipelinedWriter):
     """Writes a flow cache atomically; a context manager.
 
     ``attrs`` (method, encoding, ...) and ``settings`` (see :class:`ArtifactWriter`) are written on entry; set
     ``seconds_per_frame`` before the block ends (it is written on a clean exit, with ``frames``). With ``threads``
-    (> 0), :meth:`write` returns at once: a pool of that many threads encodes the frames' images (numpy and torch
-    release the GIL in their large operations) and one writer thread stores them in order, beside the caller's work
-    on the next frames; at most ``2 * threads + 2`` frames wait, which bounds the memory held. The caller must not
-    change the arrays it gave. A failure on a thread is raised by the next :meth:`write` or when the block ends (and
-    no file appears). ``threads`` 0: both in the calling thread.
+    (> 0), :meth:`write` returns at once: that many threads encode the frames' images and one writer thread stores
+    them in order (:class:`~a2dpipe.chunks.PipelinedWriter`; at most ``2 * threads + 2`` frames wait). ``threads``
+    0: both in the calling thread.
     """
 
     FORMAT = FORMAT
 
     def __init__(self, path, *, settings: dict | None = None, threads: int = 0, **attrs):
-        super().__init__(path, attrs=attrs, settings=settings)
+        threads = max(int(threads), 0)
+        super().__init__(path, attrs=attrs, settings=settings, threads=threads, queue_size=2 * threads + 2,
+                         name="flow-cache")
         self.seconds_per_frame = None
-        self.threads = max(int(threads), 0)
-        self._queue: queue.Queue = queue.Queue(maxsize=2 * self.threads + 2)
-        self._pool = self._thread = self._failure = None
-        self._keys: set[str] = set()
 
     def write(self, video: str, frame: int, flow: np.ndarray, rgb: np.ndarray | None = None, **attrs) -> None:
         """One frame: its field ``flow`` (stored float16), its flow image ``rgb`` in the cache's ``encoding`` and
         ``rgb_mirror``, both made from the stored field when ``rgb`` is None (:meth:`encode`); ``attrs`` become
         group attributes. A frame written twice is an :class:`A2DError`."""
-        key = group_key(video, frame)
-        if key in self._keys:
-            raise A2DError(f"{self.path}: frame {key} written twice")
-        self.file  # noqa: B018 -- only inside the `with` block
-        self._keys.add(key)
-        if not self.threads:
-            self.store(video, frame, self.encode(flow, rgb), **attrs)
-            return
-        self._raise_failure()
-        if self._thread is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="flow-images")
-            self._thread = threading.Thread(target=self._drain, name="flow-cache-writer", daemon=True)
-            self._thread.start()
-        self._queue.put((video, frame, self._pool.submit(self.encode, flow, rgb), attrs))
+        self.submit(video, frame, flow, rgb, **attrs)
 
     def encode(self, flow: np.ndarray, rgb: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """What :meth:`store` writes of one frame: (array, its :func:`stored_chunk`) of each of :data:`DATASETS`:
@@ -138,35 +117,6 @@ class FlowWriter(ArtifactWriter):
             write_stored(group, name, array, chunk)  # one chunk: flow_chunks(array.shape)
         group.set_attrs(**attrs)
 
-    def _drain(self) -> None:
-        """The writer thread: store frames in order until the closing ``None``; after a failure, only empty the
-        queue."""
-        while (item := self._queue.get()) is not None:
-            if self._failure is None:
-                video, frame, images, attrs = item
-                try:
-                    self.store(video, frame, images.result(), **attrs)
-                except BaseException as err:  # raised in the caller's thread by the next write or at the end
-                    self._failure = err
-
-    def _stop_threads(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._pool.shutdown(cancel_futures=True)
-            self._thread = self._pool = None
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-
     def finish(self) -> None:
-        self._stop_threads()
-        self._raise_failure()
+        super().finish()
         self.set_attrs(seconds_per_frame=self.seconds_per_frame, frames=self.count)
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:  # the threads stop before the partial file is removed
-            self._stop_threads()
-        return super().__exit__(exc_type, exc, tb)

@@ -57,18 +57,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from a2dpipe.chunks import stored_chunk, write_stored
+from a2dpipe.chunks import PipelinedWriter, stored_chunk, write_stored
 from a2dpipe.integrity import file_digest
 from a2dpipe.errors import A2DError, rebuild_hint
 from a2dpipe.masks.cropped import CroppedMasks, Regions
-from a2dpipe.stores import ArtifactFormat, ArtifactReader, ArtifactWriter, group_key
+from a2dpipe.stores import ArtifactFormat, ArtifactReader, group_key
 
 __all__ = ["Regions", "CroppedMasks", "MaskCache", "MaskCacheWriter", "FORMAT", "SCHEMA", "SOURCES",
            "REGION_RECORD"]
@@ -79,7 +76,7 @@ SOURCES = ("dataset", "generic", "gt")
 REGION_RECORD = np.dtype([("box", "<f4", (4,)), ("score", "<f4"), ("label", "u1"), ("extent", "<i4", (4,))])
 
 
-class MaskCacheWriter(ArtifactWriter):
+class MaskCacheWriter(PipelinedWriter):
     """Write one region-mask cache atomically: nothing appears at ``path`` unless the ``with`` block succeeds.
 
     Use as a context manager; on an exception the partial file is removed. Set ``seconds_per_frame`` before the
@@ -107,33 +104,18 @@ class MaskCacheWriter(ArtifactWriter):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         attrs = {"source": source, "model": model, "config": json.dumps(config or {}, sort_keys=True)}
-        super().__init__(path, attrs=attrs, settings=settings)
+        super().__init__(path, attrs=attrs, settings=settings, threads=max(1, int(threads)) if threaded else 0,
+                         queue_size=queue_size, name="mask-cache")
         self.seconds_per_frame = float("nan")
-        self._threaded, self._threads = threaded, max(1, int(threads))
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
-        self._pool = self._thread = self._failure = None
-        self._keys: set[str] = set()
 
     def write(self, video: str, frame: int, regions: Regions | CroppedMasks) -> None:
         """Store the regions of one frame (on the writer's threads): full-frame :class:`Regions`, or
         :class:`CroppedMasks` already quantised and cropped (e.g. on the model's GPU); a frame written twice is an
         error."""
-        key = group_key(video, frame)
         if len(regions) and (regions.labels.min() < 0 or regions.labels.max() > 7):
+            key = group_key(video, frame)
             raise ValueError(f"{key}: actor labels must be 0..7, got {np.unique(regions.labels).tolist()}")
-        if key in self._keys:
-            raise A2DError(f"{self.path}: frame {key} written twice")
-        self._keys.add(key)
-        self.file  # noqa: B018 -- only inside the `with` block
-        if not self._threaded:
-            self.store(video, frame, self.encode(regions))
-            return
-        self._raise_failure()
-        if self._thread is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mask-chunks")
-            self._thread = threading.Thread(target=self._drain, name="mask-cache-writer", daemon=True)
-            self._thread.start()
-        self._queue.put((video, frame, self._pool.submit(self.encode, regions)))
+        self.submit(video, frame, regions)
 
     @staticmethod
     def encode(regions: Regions | CroppedMasks) -> tuple[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]]:
@@ -146,7 +128,7 @@ class MaskCacheWriter(ArtifactWriter):
         records["label"], records["extent"] = cropped.labels, cropped.extents
         return cropped.size, [(array, stored_chunk(array)) for array in (records, cropped.data)]
 
-    def store(self, video: str, frame: int, encoded) -> None:
+    def store(self, video: str, frame: int, encoded, **attrs) -> None:
         """The HDF5 part of a write: the frame's group, its size, and its two datasets (:meth:`encode`'s), each
         written as its one chunk as it is (:func:`a2dpipe.chunks.write_stored`)."""
         (height, width), datasets = encoded
@@ -155,38 +137,9 @@ class MaskCacheWriter(ArtifactWriter):
         for name, (array, chunk) in zip(("regions", "masks"), datasets):
             write_stored(group, name, array, chunk)
 
-    def _drain(self) -> None:
-        """The writer thread: store frames in order until the closing ``None``; after a failure, only empty the
-        queue."""
-        while (item := self._queue.get()) is not None:
-            if self._failure is None:
-                video, frame, encoded = item
-                try:
-                    self.store(video, frame, encoded.result())
-                except BaseException as err:  # raised in the caller's thread by the next write or at the end
-                    self._failure = err
-
-    def _stop_thread(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._pool.shutdown(cancel_futures=True)
-            self._thread = self._pool = None
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-
     def finish(self) -> None:
-        self._stop_thread()
-        self._raise_failure()
+        super().finish()
         self.set_attrs(seconds_per_frame=float(self.seconds_per_frame), frames=self.count)
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:  # the thread stops before the partial file is removed
-            self._stop_thread()
-        return super().__exit__(exc_type, exc, tb)
 
 
 class MaskCache(ArtifactReader):

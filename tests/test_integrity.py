@@ -92,21 +92,27 @@ def test_a_flipped_bit_in_a_dataset_is_an_error_naming_the_file_and_rule(tmp_pat
     assert str(err.value).startswith(f"{path}: ") and f"`snakemake --forcerun {rule}`" in str(err.value)
 
 
+def flipped_reads(path, read_all, samples=300):
+    """(offset, what ``read_all`` read) for each of ~``samples`` copies of ``path`` with one bit flipped (every
+    byte region, metadata too) that read without an A2DError."""
+    original = Path(path).read_bytes()
+    damaged = Path(path).with_name("damaged.h5")
+    for offset in range(0, len(original), max(1, len(original) // samples)):
+        data = bytearray(original)
+        data[offset] ^= 1 << (offset % 8)
+        damaged.write_bytes(bytes(data))
+        try:
+            yield offset, read_all(damaged)
+        except A2DError:
+            continue
+
+
 def test_flipped_bits_anywhere_in_a_predictions_file_never_change_what_is_read(tmp_path):
     # metadata too (libver 1.10: object headers carry checksums): every byte, one bit each
     path = tmp_path / "pred.h5"
     write_predictions(path)
     reference = read_all_predictions(path)
-    original = path.read_bytes()
-    damaged = tmp_path / "damaged.h5"
-    for offset in range(0, len(original), max(1, len(original) // 300)):
-        data = bytearray(original)
-        data[offset] ^= 1 << (offset % 8)
-        damaged.write_bytes(bytes(data))
-        try:
-            got = read_all_predictions(damaged)
-        except A2DError:
-            continue
+    for offset, got in flipped_reads(path, read_all_predictions):
         assert len(got) == len(reference) and all(
             all(np.array_equal(g[k], r[k]) for k in r) for g, r in zip(got, reference)), f"byte {offset}: silent"
 
@@ -122,16 +128,7 @@ def test_flipped_bits_anywhere_in_a_frames_shard_never_change_what_is_read(tmp_p
 
     path = write_synthetic_frames(tmp_path / "frames.h5", ["v000", "v001"], (32, 48), np.random.default_rng(0))
     reference = read_all(path)
-    original = path.read_bytes()
-    damaged = tmp_path / "damaged.h5"
-    for offset in range(0, len(original), max(1, len(original) // 300)):
-        data = bytearray(original)
-        data[offset] ^= 1 << (offset % 8)
-        damaged.write_bytes(bytes(data))
-        try:
-            got = read_all(damaged)
-        except A2DError:
-            continue
+    for offset, got in flipped_reads(path, read_all):
         for (record, train), (expected, expected_train) in zip(got, reference, strict=True):
             assert train == expected_train, f"byte {offset}: silent"
             for key, value in expected.items():

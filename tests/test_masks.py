@@ -388,19 +388,19 @@ def test_frames_read_by_loader_workers_give_the_same_weights_and_resume(shard, t
     config = _config(iterations=8, checkpoint_every=4)
     torch.set_num_threads(1)
     straight = train_module.train_mask_model(config, "dataset", [shard], tmp_path / "a" / "model.pt")
-    real_batch = train_module.training_batch
+    real_frames = train_module.training_frames
 
-    def dying_batch(reader, refs, source, seed, step, *args):
+    def dying_frames(reader, refs, source, seed, step, *args):
         if step == 6:
             raise RuntimeError(f"killed; in a worker: {torch.utils.data.get_worker_info() is not None}")
-        return real_batch(reader, refs, source, seed, step, *args)
+        return real_frames(reader, refs, source, seed, step, *args)
 
-    monkeypatch.setattr(train_module, "training_batch", dying_batch)
+    monkeypatch.setattr(train_module, "training_frames", dying_frames)
     out = tmp_path / "b" / "model.pt"
     with pytest.raises(RuntimeError, match="killed; in a worker: True"):
         train_module.train_mask_model(config, "dataset", [shard], out, workers=2, prefetch=2)
     assert not out.exists() and torch.load(out.with_name("checkpoint.pt"), weights_only=True)["step"] == 4
-    monkeypatch.setattr(train_module, "training_batch", real_batch)
+    monkeypatch.setattr(train_module, "training_frames", real_frames)
     resumed = train_module.train_mask_model(config, "dataset", [shard], out, workers=2, prefetch=1)
     assert resumed["final_loss"] == straight["final_loss"]
     for key, value in straight["model"].items():

@@ -59,7 +59,7 @@ from a2dpipe.recipe import build_optimizer, warmup_cosine_schedule
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, tensorboard_hooks
 
 __all__ = ["NUM_CLASSES", "configure_parser", "run", "train_mask_model", "model_arch", "mask_model_recipe",
-           "training_batch"]
+           "training_batch", "training_frames", "as_inputs"]
 
 log = logging.getLogger("a2dpipe.masks")
 
@@ -223,24 +223,34 @@ def _meta(source: str, steps: int, start: str, final_loss: float) -> dict:
             "final_loss": final_loss}
 
 
-def training_batch(reader, refs, source, seed, step, batch_size, device):
-    """Frames of one step as torchvision inputs; deterministic in (seed, step) so a resumed run draws the same."""
+def training_frames(reader, refs, source, seed, step, batch_size) -> list[tuple]:
+    """The frames of one step as arrays, ``(rgb (H, W, 3) uint8, masks (N, H, W) uint8, labels (N,) int64, boxes
+    (N, 4) float32)`` each, half of them mirrored; deterministic in (seed, step) so a resumed run draws the same."""
     rng = np.random.default_rng([seed, step])
     picks = rng.choice(len(refs), size=batch_size, replace=len(refs) < batch_size)
     flips = rng.random(batch_size) < 0.5
-    images, targets = [], []
+    frames = []
     for index, flip in zip(picks, flips):
         rgb, masks, labels = reader.read(refs[index], source)
         if flip:
             rgb, masks = rgb[:, ::-1], masks[:, :, ::-1]
         rgb, masks = np.ascontiguousarray(rgb), np.ascontiguousarray(masks)
-        images.append(torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device))
-        targets.append({
-            "boxes": torch.from_numpy(masks_to_boxes(masks)).to(device),
-            "labels": torch.from_numpy(labels).to(device),
-            "masks": torch.from_numpy(masks).to(device),
-        })
+        frames.append((rgb, masks, labels, masks_to_boxes(masks)))
+    return frames
+
+
+def as_inputs(frames: list[tuple], device) -> tuple[list, list]:
+    """torchvision's ``(images, targets)`` on ``device`` from :func:`training_frames`' arrays: the images cross to
+    the device as bytes and become (3, H, W) floats in [0, 1] there."""
+    images = [torch.from_numpy(rgb).to(device).permute(2, 0, 1).float().div(255) for rgb, *_ in frames]
+    targets = [{"boxes": torch.from_numpy(boxes).to(device), "labels": torch.from_numpy(labels).to(device),
+                "masks": torch.from_numpy(masks).to(device)} for _, masks, labels, boxes in frames]
     return images, targets
+
+
+def training_batch(reader, refs, source, seed, step, batch_size, device):
+    """Frames of one step as torchvision inputs on ``device`` (:func:`training_frames`, :func:`as_inputs`)."""
+    return as_inputs(training_frames(reader, refs, source, seed, step, batch_size), device)
 
 
 class _ReadAhead:
@@ -266,19 +276,24 @@ class _ReadAhead:
 
 
 class _StepFrames:
-    """A step's frames (:func:`training_batch`) by step, as CPU tensors: read in this process, or in a DataLoader's
-    worker processes, each of which opens the frames stores itself (an open HDF5 file does not survive a fork)."""
+    """A step's frames by step: ``batch(step, device)`` the device's inputs (:func:`training_batch`), read in this
+    process; ``frames[step]`` the arrays (:func:`training_frames`), for a DataLoader's worker processes, each of
+    which opens the frames stores itself (an open HDF5 file does not survive a fork)."""
 
     def __init__(self, frames, refs, source: str, seed: int, batch_size: int):
         self.frames, self.refs, self.source, self.seed, self.batch_size = list(frames), refs, source, seed, batch_size
         self._reader = None
 
-    def read(self, step: int, device="cpu"):
+    def _open(self) -> InstanceReader:
         if self._reader is None:
             self._reader = InstanceReader(self.frames)
-        return training_batch(self._reader, self.refs, self.source, self.seed, step, self.batch_size, device)
+        return self._reader
 
-    __getitem__ = read
+    def batch(self, step: int, device):
+        return training_batch(self._open(), self.refs, self.source, self.seed, step, self.batch_size, device)
+
+    def __getitem__(self, step: int) -> list[tuple]:
+        return training_frames(self._open(), self.refs, self.source, self.seed, step, self.batch_size)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -295,7 +310,7 @@ def _step_batches(frames: _StepFrames, iterations: int, device: torch.device, wo
         with closing(_Loaded(frames, iterations, device, workers, prefetch)) as batches:
             yield batches
         return
-    with closing(frames), closing(_ReadAhead(lambda step: frames.read(step, device), iterations)) as batches:
+    with closing(frames), closing(_ReadAhead(lambda step: frames.batch(step, device), iterations)) as batches:
         yield batches
 
 
@@ -304,10 +319,12 @@ def _as_is(batch):
 
 
 class _Loaded:
-    """``loaded(step)`` of each step from a DataLoader whose ``workers`` processes read the coming steps
-    (``prefetch`` each), in step order, onto ``device``; a step out of order starts a new loader there. The loader
-    seeds its workers from a generator of its own: a draw from torch's global one would change the proposals the
-    model samples, and so the weights."""
+    """``loaded(step)`` of each step from a DataLoader whose ``workers`` processes read the coming steps' arrays
+    (``prefetch`` each), in step order, made the device's inputs here (:func:`as_inputs`); a step out of order
+    starts a new loader there. Arrays, not tensors, cross from the workers: a tensor would cross as a shared-memory
+    file of its own, a handshake per tensor that cost this process more than the arrays' bytes. The loader seeds
+    its workers from a generator of its own: a draw from torch's global one would change the proposals the model
+    samples, and so the weights."""
 
     def __init__(self, frames: _StepFrames, iterations: int, device: torch.device, workers: int, prefetch: int):
         self.frames, self.iterations, self.device = frames, iterations, torch.device(device)
@@ -319,12 +336,10 @@ class _Loaded:
             self.close()
             self._batches = iter(torch.utils.data.DataLoader(
                 self.frames, batch_size=None, sampler=range(step, self.iterations), collate_fn=_as_is,
-                num_workers=self.workers, prefetch_factor=self.prefetch, pin_memory=self.device.type == "cuda",
-                generator=torch.Generator()))
+                num_workers=self.workers, prefetch_factor=self.prefetch, generator=torch.Generator(),
+                pin_memory=self.device.type == "cuda"))  # on a GPU a thread receives the arrays, beside its step
         self._next = step + 1
-        images, targets = next(self._batches)
-        return ([image.to(self.device, non_blocking=True) for image in images],
-                [{k: v.to(self.device, non_blocking=True) for k, v in target.items()} for target in targets])
+        return as_inputs(next(self._batches), self.device)
 
     def close(self) -> None:
         self._batches, self._next = None, None  # the iterator, dropped, stops its workers

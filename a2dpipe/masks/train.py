@@ -226,31 +226,36 @@ def _meta(source: str, steps: int, start: str, final_loss: float) -> dict:
 def training_frames(reader, refs, source, seed, step, batch_size) -> list[tuple]:
     """The frames of one step as arrays, ``(rgb (H, W, 3) uint8, masks (N, H, W) uint8, labels (N,) int64, boxes
     (N, 4) float32)`` each, half of them mirrored; deterministic in (seed, step) so a resumed run draws the same."""
+    return list(_step_frames(reader, refs, source, seed, step, batch_size))
+
+
+def _step_frames(reader, refs, source, seed, step, batch_size):
     rng = np.random.default_rng([seed, step])
     picks = rng.choice(len(refs), size=batch_size, replace=len(refs) < batch_size)
     flips = rng.random(batch_size) < 0.5
-    frames = []
     for index, flip in zip(picks, flips):
         rgb, masks, labels = reader.read(refs[index], source)
         if flip:
             rgb, masks = rgb[:, ::-1], masks[:, :, ::-1]
         rgb, masks = np.ascontiguousarray(rgb), np.ascontiguousarray(masks)
-        frames.append((rgb, masks, labels, masks_to_boxes(masks)))
-    return frames
+        yield rgb, masks, labels, masks_to_boxes(masks)
 
 
-def as_inputs(frames: list[tuple], device) -> tuple[list, list]:
+def as_inputs(frames, device) -> tuple[list, list]:
     """torchvision's ``(images, targets)`` on ``device`` from :func:`training_frames`' arrays: the images cross to
     the device as bytes and become (3, H, W) floats in [0, 1] there."""
-    images = [torch.from_numpy(rgb).to(device).permute(2, 0, 1).float().div(255) for rgb, *_ in frames]
-    targets = [{"boxes": torch.from_numpy(boxes).to(device), "labels": torch.from_numpy(labels).to(device),
-                "masks": torch.from_numpy(masks).to(device)} for _, masks, labels, boxes in frames]
+    images, targets = [], []
+    for rgb, masks, labels, boxes in frames:
+        images.append(torch.from_numpy(rgb).to(device).permute(2, 0, 1).float().div(255))
+        targets.append({"boxes": torch.from_numpy(boxes).to(device), "labels": torch.from_numpy(labels).to(device),
+                        "masks": torch.from_numpy(masks).to(device)})
     return images, targets
 
 
 def training_batch(reader, refs, source, seed, step, batch_size, device):
-    """Frames of one step as torchvision inputs on ``device`` (:func:`training_frames`, :func:`as_inputs`)."""
-    return as_inputs(training_frames(reader, refs, source, seed, step, batch_size), device)
+    """Frames of one step as torchvision inputs on ``device`` (:func:`training_frames`, :func:`as_inputs`), each
+    frame converted as it is read (while it is in the cache)."""
+    return as_inputs(_step_frames(reader, refs, source, seed, step, batch_size), device)
 
 
 class _ReadAhead:

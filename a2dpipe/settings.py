@@ -95,7 +95,8 @@ def _train_mask_model(config, job):
     # one step count: finetune_iterations for a model with a start (the dataset model, fine-tuned from the generic
     # one), iterations for one without; the score threshold is for inference only
     unread = ("masks.score_threshold", "masks.iterations" if job["start"] else "masks.finetune_iterations")
-    return ["seed", "device", "dataset.final_fit", *(k for k in _mask_model_keys(config) if k not in unread)]
+    return ["seed", "device", "dataset.final_fit", *(k for k in _mask_model_keys(config) if k not in unread),
+            *LOADER_KEYS]
 
 
 def _region_masks(config, job):
@@ -143,7 +144,8 @@ DECLARATIONS: dict[str, Declaration] = {
                         _flow, job=("method",)),
     "train-mask-model": Declaration("seed, device, dataset.final_fit, the masks keys but score_threshold (FCIS's "
                                     "fcis_* only for fcis; iterations without a start, finetune_iterations with "
-                                    "one)", _train_mask_model, job=("start",)),
+                                    "one), segmentation.loader_workers and loader_prefetch", _train_mask_model,
+                                    job=("start",), unrecorded=LOADER_KEYS),
     "region-masks": Declaration("device, masks.batch_size, masks.score_threshold, masks.max_regions; none for gt",
                                 _region_masks, job=("source",)),
     "train": Declaration("seed, device, dataset.final_fit, the segmentation keys (stage 1: but stage2 and "

@@ -118,6 +118,19 @@ def test_command_on_the_paper_preset_writes_the_table_in_seconds(tmp_path):
     assert "Stages in all, with the CPU side: K80" in markdown
 
 
+def test_mask_training_is_fed_by_the_loaders_workers_or_without_them_by_a_thread(tiny):
+    """As training reads its frames: worker processes when segmentation.loader_workers asks for them (the rule
+    asks for their CPUs), else one read-ahead thread beside the step."""
+    for workers, fed_by in ((0, "thread"), (3, "loader")):
+        config = copy.deepcopy(tiny)
+        config["segmentation"]["loader_workers"] = workers
+        row = _by_stage(estimate.work_units(config))["train mask models"]
+        assert row["fed_by"] == fed_by
+        costs = {"mask_frame": 9.0}
+        table = estimate.estimate_table([row], amp=True, cpu_costs=costs, workers=workers).iloc[0]
+        assert table["cpu processes"] == max(workers, 1)
+
+
 def test_the_cpu_side_overlaps_with_loader_workers_and_adds_up_without():
     costs = {"sample_crop": {"rgbflow": 10.0}, "mask_write": 30.0, "sample_frame": {"rgb": 2.0}}
     units = [{"stage": "train", "unit": "step", "units": 3600, "flops": 1.0, "fed_by": "loader",
@@ -181,6 +194,7 @@ def test_cpu_costs_are_measured_with_the_packages_readers_and_writers(monkeypatc
     assert {"mask_write", "mask_encode", "mask_store"} <= set(costs)
     assert set(costs["sample_crop"]) == {"rgb", "rgbflow"}
     assert {"flow_read", "flow_encode", "flow_store"} <= set(costs)  # a flow job's parts, timed apart
+    assert "mask_frame" in costs  # a mask model's training frame, as its trainer reads it
     assert all(v > 0 for kind in costs.values() for v in (kind.values() if isinstance(kind, dict) else [kind]))
 
 

@@ -385,6 +385,31 @@ def test_killed_training_resumes_to_the_same_weights(shard, tmp_path, monkeypatc
         torch.testing.assert_close(resumed["model"][key], value, msg=key)
 
 
+def test_frames_read_by_loader_workers_give_the_same_weights_and_resume(shard, tmp_path, monkeypatch):
+    """segmentation.loader_workers: worker processes read the steps' frames; the weights are the one-thread
+    read's bit for bit, and a run that dies there (step 7's frames) resumes from its checkpoint to them."""
+    config = _config(iterations=8, checkpoint_every=4)
+    torch.set_num_threads(1)
+    straight = train_module.train_mask_model(config, "dataset", [shard], tmp_path / "a" / "model.pt")
+    real_frames = train_module.training_frames
+
+    def dying_frames(reader, refs, source, seed, step, *args):
+        if step == 6:
+            raise RuntimeError(f"killed; in a worker: {torch.utils.data.get_worker_info() is not None}")
+        return real_frames(reader, refs, source, seed, step, *args)
+
+    monkeypatch.setattr(train_module, "training_frames", dying_frames)
+    out = tmp_path / "b" / "model.pt"
+    with pytest.raises(RuntimeError, match="killed; in a worker: True"):
+        train_module.train_mask_model(config, "dataset", [shard], out, workers=2, prefetch=2)
+    assert not out.exists() and torch.load(out.with_name("checkpoint.pt"), weights_only=True)["step"] == 4
+    monkeypatch.setattr(train_module, "training_frames", real_frames)
+    resumed = train_module.train_mask_model(config, "dataset", [shard], out, workers=2, prefetch=1)
+    assert resumed["final_loss"] == straight["final_loss"]
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+
+
 def test_mask_training_steps_run_under_the_precision_the_device_gets(shard, tmp_path, monkeypatch):
     """masks.amp: every step runs under the accelerator's autocast choice (bfloat16 here, as a GPU of compute
     capability 8.0 gets it, forced onto the CPU, where bfloat16 autocast runs too); weights stay float32 and the

@@ -115,7 +115,7 @@ SIZES = {"synthesize": "pass", "index": "small", "extract_frames": "shard", "flo
          "train_stage1": "train", "train_stage2": "train", "predict": "pass", "evaluate": "small",
          "validate": "small", "timing": "small", "estimate": "small", "report_figures": "small", "tables": "small",
          "compare_masks": "small", "aggregate": "small"}
-LOADER_RULES = {"train_stage1", "train_stage2", "predict"}
+LOADER_RULES = {"train_mask_model", "train_stage1", "train_stage2", "predict"}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ Per unit (milliseconds of CPU):
   half of them mirrored;
 * ``sample_crop_regions[input]``: the same with the frame's region masks read from the cache and cropped (stage 2);
 * ``sample_frame[input]``, ``sample_frame_regions[input]``: one whole frame, as prediction reads it;
+* ``mask_frame``: one frame of a mask model's training step, as its loader workers (or read-ahead thread) read it:
+  image and instance masks, half of them mirrored, boxes (:func:`a2dpipe.masks.train.training_frames`);
 * ``mask_write``: one frame's ``max_regions`` soft masks written to a region-mask cache (the writer's threads
   included), from full-frame float32 masks: rectangles, quantising, checksums, HDF5 (a job on the CPU);
 * ``mask_encode``, ``mask_store``: the same frame's masks written already quantised and cropped, as a job on a GPU
@@ -151,6 +153,7 @@ def _measure(frame_size, crop, regions, encoding, wheel_max, seed) -> dict:
                 cache.write(video, 1, regions)
         costs["mask_write"] = 1000 * (time.process_time() - start) / FRAMES
         costs.update(_mask_store_costs(folder / "masks" / "cropped.h5", videos, masks))
+        costs["mask_frame"] = _mask_frame_ms(paths["frames"])
 
         views = [View(k) for k in range(FRAMES)]
         for name in ("sample_crop", "sample_crop_regions", "sample_frame", "sample_frame_regions"):
@@ -186,6 +189,17 @@ def _flow_costs(paths: dict, videos: list[str], fields: list, encoding: str, whe
         costs["flow_encode"] = _cpu_ms(lambda field: encoded.append(flows.encode(field)), fields)
         costs["flow_store"] = _cpu_ms(lambda k: flows.store(videos[k], 1, encoded[k]), range(FRAMES))
     return costs
+
+
+def _mask_frame_ms(path: Path) -> float:
+    """CPU milliseconds of one frame of a mask model's training step, read from the frames store at ``path``."""
+    from a2dpipe.masks.data import InstanceReader, list_frames
+    from a2dpipe.masks.train import training_frames
+
+    refs = list_frames([path])
+    with InstanceReader([path]) as reader:
+        training_frames(reader, refs, "dataset", 0, 0, 1)  # opens the file: not per frame
+        return _cpu_ms(lambda step: training_frames(reader, refs, "dataset", 0, step, 1), range(1, FRAMES + 1))
 
 
 def _mask_store_costs(path: Path, videos: list[str], masks: list) -> dict:

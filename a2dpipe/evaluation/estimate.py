@@ -29,12 +29,12 @@ the CPU columns use the FLOP rate this machine achieves on a timed forward + bac
 The CPU side: each stage's CPU work per unit (reading and cropping samples, region-mask cache writes and reads, a
 flow job's frame reads, image encoding and cache writes) is measured on this machine, one thread, with the package's
 own readers and writers on synthetic arrays of the configuration's shapes (:mod:`a2dpipe.evaluation.cpu_costs`), and
-set against what does it: the loader's ``segmentation.loader_workers`` (training, prediction) and a flow job's
-readers and encoders beside the GPU, mask-model training's read-ahead thread, a region-mask job's writer thread,
-else the job's one process, whose reads add to the GPU's time. Per device, ``wall hours`` counts both and ``bound``
-names the side that sets the pace (:func:`.cpu_costs.wall_ms`). The CPU is this machine's. ``--no-calibrate``
-leaves every measured column out: the table is then a pure function of the settings. What FLOPs miss
-(memory-bound layers, RoI ops, region-to-pixel kernels) still makes the GPU side a lower bound.
+set against what does it: the loader's ``segmentation.loader_workers`` (training, mask models' too, prediction;
+mask-model training without them: a read-ahead thread) and a flow job's readers and encoders beside the GPU, a
+region-mask job's writer thread, else the job's one process, whose reads add to the GPU's time. Per device, ``wall
+hours`` counts both and ``bound`` names the side that sets the pace (:func:`.cpu_costs.wall_ms`). The CPU is this
+machine's. ``--no-calibrate`` leaves every measured column out: the table is then a pure function of the settings.
+What FLOPs miss (memory-bound layers, RoI ops, region-to-pixel kernels) still makes the GPU side a lower bound.
 
 Writes the CSV and a Markdown copy beside it (same name, ``.md``) whose caption states the assumptions.
 """
@@ -234,7 +234,8 @@ def work_units(config: dict) -> list[dict]:
     (``loader``: the frame loader's workers do it beside the GPU; ``pool``: a flow job's readers and encoders;
     ``thread``: one thread reads the next unit's frames beside it; ``job``: the job's process, between the GPU's
     passes) and, optional, the triples of ``cpu`` one thread does unit after unit (``serial``) or a writer thread
-    does while the GPU runs (``beside_gpu``), or a thread of the job's does beside both (``pool``)."""
+    does while the GPU runs (``beside_gpu``), or a thread of the job's does beside both (``pool``). Long because
+    it lists every stage, one row each."""
     seg = config["segmentation"]
     s1, s2, masks = seg["stage1"], seg["stage2"], config["masks"]
     stage1_inputs, stage2_inputs = _inputs(config)
@@ -271,7 +272,8 @@ def work_units(config: dict) -> list[dict]:
     generic_steps = 0 if masks["coco_checkpoint"] else masks["iterations"]
     steps = masks["iterations"] if unavailable_sources(config) else masks["finetune_iterations"] + generic_steps
     rows.append({"stage": "train mask models", "unit": "step", "units": steps, "flops": step,
-                 "cpu": [("sample_frame", "rgb", masks["batch_size"])], "fed_by": "thread"})
+                 "cpu": [("mask_frame", None, masks["batch_size"])],  # no loader workers: a read-ahead thread
+                 "fed_by": "loader" if seg["loader_workers"] else "thread"})
     # on a GPU the masks are quantised and cropped there (a2dpipe.masks.device_crop): the writer's pool checksums
     store, encode = ("mask_store", None, 1), ("mask_encode", None, 1)  # them and its thread stores them
     rows.append({"stage": "region masks", "unit": "frame", "units": train + test, "pool": [encode],

@@ -26,13 +26,19 @@ steps, cosine decay (:func:`mask_model_recipe`); each step draws ``batch_size`` 
 seeded by (seed, step) and flips half of them (:func:`training_batch`). With ``masks.amp`` the steps run under
 autocast at the precision the GPU supports, as the segmenter's (:func:`a2dpipe.accelerator.autocast_dtype`:
 bfloat16, or float16 with a loss scaler; float32 on the CPU).
+
+Frames (``--threads``, the rule's threads: the loader's workers + 1, as the segmenter's training): with
+``segmentation.loader_workers`` > 0, that many worker processes read and convert the coming steps' frames
+(``loader_prefetch`` steps each) while the device runs this one; with none (the CPU default), one thread reads the
+next step's. A step's frames depend on (seed, step) alone, so the batches, and the weights, are the same either
+way; neither key is recorded in the model file or the resume fingerprint.
 """
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +59,7 @@ from a2dpipe.recipe import build_optimizer, warmup_cosine_schedule
 from a2dpipe.trainer import PeriodicCheckpointer, Progress, Trainer, columns_of, tensorboard_hooks
 
 __all__ = ["NUM_CLASSES", "configure_parser", "run", "train_mask_model", "model_arch", "mask_model_recipe",
-           "training_batch"]
+           "training_batch", "training_frames", "as_inputs"]
 
 log = logging.getLogger("a2dpipe.masks")
 
@@ -69,14 +75,22 @@ def configure_parser(parser) -> None:
     parser.add_argument("--start", nargs="*", default=[],
                         help="mask model to fine-tune from (the pipeline's dataset model: the generic one)")
     parser.add_argument("--out", required=True, help="model checkpoint to write (model.pt)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPUs of the job: loader workers + torch in this process (0: torch's default)")
 
 
 def run(args) -> None:
     settings = read_settings(args, "train-mask-model")
+    # the loader's keys only: no result depends on them, so the model file does not record them
+    loader = settings.pop("segmentation")
+    workers = loader["loader_workers"]
+    if args.threads:  # each worker reads on one thread; this process drives the device with what they leave
+        torch.set_num_threads(max(args.threads - workers, 1))
     if len(args.start) > 1:
         raise A2DError(f"--start takes one mask model, got {len(args.start)}")
     check_inputs(settings, {"frames shard": args.frames})
-    train_mask_model(settings, args.source, args.frames, args.out, start=args.start[0] if args.start else None)
+    train_mask_model(settings, args.source, args.frames, args.out, start=args.start[0] if args.start else None,
+                     workers=workers, prefetch=loader["loader_prefetch"])
 
 
 def model_arch(cfg: dict, source: str, num_classes: int, finetune: bool = False) -> dict:
@@ -107,11 +121,13 @@ def mask_model_recipe(model, cfg: dict, iterations: int):
 
 
 def train_mask_model(config: dict, source: str, frames: list[str], out: str | Path,
-                     start: str | Path | None = None) -> dict:
+                     start: str | Path | None = None, *, workers: int = 0, prefetch: int = 2) -> dict:
     """Train (or, for ``generic`` with a COCO checkpoint, wrap) the mask model; return the saved checkpoint dict.
 
     ``start``: a mask model of the same architecture whose weights, class heads aside, begin the training, which
-    then runs ``masks.finetune_iterations`` steps (``masks.iterations`` without it). Any model with torchvision's
+    then runs ``masks.finetune_iterations`` steps (``masks.iterations`` without it). ``workers`` processes read
+    the frames, ``prefetch`` steps each ahead (0: one thread beside this one); the weights do not depend on
+    either. Any model with torchvision's
     detection contract (train: ``model(images, targets) -> loss dict``) trains here: the step returns the model's
     losses as they come, and the curve has one column per loss.
     """
@@ -139,9 +155,8 @@ def train_mask_model(config: dict, source: str, frames: list[str], out: str | Pa
     resume_path, curve_path = out.with_name("checkpoint.pt"), out.with_name("loss.csv")
     first_step, history = load_resume(resume_path, recipe, model, optimizer, scheduler) or (0, [])
 
-    with InstanceReader(frames) as reader, closing(_ReadAhead(
-            lambda step: training_batch(reader, refs, source, seed, step, cfg["batch_size"], device),
-            iterations)) as batches:
+    with _step_batches(_StepFrames(frames, refs, source, seed, cfg["batch_size"]), iterations, device, workers,
+                       prefetch) as batches:
         def step_fn(step: int) -> dict:
             return model(*batches(step))
 
@@ -208,24 +223,39 @@ def _meta(source: str, steps: int, start: str, final_loss: float) -> dict:
             "final_loss": final_loss}
 
 
-def training_batch(reader, refs, source, seed, step, batch_size, device):
-    """Frames of one step as torchvision inputs; deterministic in (seed, step) so a resumed run draws the same."""
+def training_frames(reader, refs, source, seed, step, batch_size) -> list[tuple]:
+    """The frames of one step as arrays, ``(rgb (H, W, 3) uint8, masks (N, H, W) uint8, labels (N,) int64, boxes
+    (N, 4) float32)`` each, half of them mirrored; deterministic in (seed, step) so a resumed run draws the same."""
+    return list(_step_frames(reader, refs, source, seed, step, batch_size))
+
+
+def _step_frames(reader, refs, source, seed, step, batch_size):
     rng = np.random.default_rng([seed, step])
     picks = rng.choice(len(refs), size=batch_size, replace=len(refs) < batch_size)
     flips = rng.random(batch_size) < 0.5
-    images, targets = [], []
     for index, flip in zip(picks, flips):
         rgb, masks, labels = reader.read(refs[index], source)
         if flip:
             rgb, masks = rgb[:, ::-1], masks[:, :, ::-1]
         rgb, masks = np.ascontiguousarray(rgb), np.ascontiguousarray(masks)
-        images.append(torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device))
-        targets.append({
-            "boxes": torch.from_numpy(masks_to_boxes(masks)).to(device),
-            "labels": torch.from_numpy(labels).to(device),
-            "masks": torch.from_numpy(masks).to(device),
-        })
+        yield rgb, masks, labels, masks_to_boxes(masks)
+
+
+def as_inputs(frames, device) -> tuple[list, list]:
+    """torchvision's ``(images, targets)`` on ``device`` from :func:`training_frames`' arrays: the images cross to
+    the device as bytes and become (3, H, W) floats in [0, 1] there."""
+    images, targets = [], []
+    for rgb, masks, labels, boxes in frames:
+        images.append(torch.from_numpy(rgb).to(device).permute(2, 0, 1).float().div(255))
+        targets.append({"boxes": torch.from_numpy(boxes).to(device), "labels": torch.from_numpy(labels).to(device),
+                        "masks": torch.from_numpy(masks).to(device)})
     return images, targets
+
+
+def training_batch(reader, refs, source, seed, step, batch_size, device):
+    """Frames of one step as torchvision inputs on ``device`` (:func:`training_frames`, :func:`as_inputs`), each
+    frame converted as it is read (while it is in the cache)."""
+    return as_inputs(_step_frames(reader, refs, source, seed, step, batch_size), device)
 
 
 class _ReadAhead:
@@ -248,6 +278,76 @@ class _ReadAhead:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _StepFrames:
+    """A step's frames by step: ``batch(step, device)`` the device's inputs (:func:`training_batch`), read in this
+    process; ``frames[step]`` the arrays (:func:`training_frames`), for a DataLoader's worker processes, each of
+    which opens the frames stores itself (an open HDF5 file does not survive a fork)."""
+
+    def __init__(self, frames, refs, source: str, seed: int, batch_size: int):
+        self.frames, self.refs, self.source, self.seed, self.batch_size = list(frames), refs, source, seed, batch_size
+        self._reader = None
+
+    def _open(self) -> InstanceReader:
+        if self._reader is None:
+            self._reader = InstanceReader(self.frames)
+        return self._reader
+
+    def batch(self, step: int, device):
+        return training_batch(self._open(), self.refs, self.source, self.seed, step, self.batch_size, device)
+
+    def __getitem__(self, step: int) -> list[tuple]:
+        return training_frames(self._open(), self.refs, self.source, self.seed, step, self.batch_size)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+@contextmanager
+def _step_batches(frames: _StepFrames, iterations: int, device: torch.device, workers: int, prefetch: int):
+    """``batches(step)``: the device's inputs of each step, read by ``workers`` processes (:class:`_Loaded`), or
+    without workers on one thread beside this one (:class:`_ReadAhead`, the CPU default); the same batches either
+    way."""
+    if workers:
+        with closing(_Loaded(frames, iterations, device, workers, prefetch)) as batches:
+            yield batches
+        return
+    with closing(frames), closing(_ReadAhead(lambda step: frames.batch(step, device), iterations)) as batches:
+        yield batches
+
+
+def _as_is(batch):
+    return batch
+
+
+class _Loaded:
+    """``loaded(step)`` of each step from a DataLoader whose ``workers`` processes read the coming steps' arrays
+    (``prefetch`` each), in step order, made the device's inputs here (:func:`as_inputs`); a step out of order
+    starts a new loader there. Arrays, not tensors, cross from the workers: a tensor would cross as a shared-memory
+    file of its own, a handshake per tensor that cost this process more than the arrays' bytes. The loader seeds
+    its workers from a generator of its own: a draw from torch's global one would change the proposals the model
+    samples, and so the weights."""
+
+    def __init__(self, frames: _StepFrames, iterations: int, device: torch.device, workers: int, prefetch: int):
+        self.frames, self.iterations, self.device = frames, iterations, torch.device(device)
+        self.workers, self.prefetch = workers, prefetch
+        self._batches, self._next = None, None
+
+    def __call__(self, step: int):
+        if step != self._next:
+            self.close()
+            self._batches = iter(torch.utils.data.DataLoader(
+                self.frames, batch_size=None, sampler=range(step, self.iterations), collate_fn=_as_is,
+                num_workers=self.workers, prefetch_factor=self.prefetch, generator=torch.Generator(),
+                pin_memory=self.device.type == "cuda"))  # on a GPU a thread receives the arrays, beside its step
+        self._next = step + 1
+        return as_inputs(next(self._batches), self.device)
+
+    def close(self) -> None:
+        self._batches, self._next = None, None  # the iterator, dropped, stops its workers
 
 
 def _fingerprint(arch: dict, cfg: dict, source: str, seed: int, refs, iterations: int, start: str,

@@ -14,7 +14,7 @@ rule train_mask_model:
         res("benchmarks", "train_mask_model", "{trained_source}.tsv")
     conda:
         "../../envs/a2dpipe.yaml"
-    threads: 2
+    threads: get_loader_threads()
     resources:
         **get_job_resources("train", gpu=1),
     params:
@@ -23,7 +23,7 @@ rule train_mask_model:
     shell:
         "python -m a2dpipe train-mask-model --settings {params.settings:q}"
         " --source {wildcards.trained_source:q} --frames {input.frames:q} --start {input.start:q}"
-        " --out {output.model:q} --log {log:q}"
+        " --threads {threads:q} --out {output.model:q} --log {log:q}"
 
 
 rule region_masks:

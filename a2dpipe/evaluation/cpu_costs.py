@@ -183,12 +183,21 @@ def _flow_costs(paths: dict, videos: list[str], fields: list, encoding: str, whe
     costs = {}
     with FrameStore(paths["frames"]) as frames:
         costs["flow_read"] = _cpu_ms(lambda video: read_pair(frames, video, 1), videos)
+    # the writer encodes both images from the field, as the flow stage has it
     with FlowWriter(paths["flow"], method="estimate", encoding=encoding, wheel_max=wheel_max) as flows:
-        flows.seconds_per_frame = 0.0  # the writer encodes both images from the field, as the flow stage has it
-        encoded = []
-        costs["flow_encode"] = _cpu_ms(lambda field: encoded.append(flows.encode(field)), fields)
-        costs["flow_store"] = _cpu_ms(lambda k: flows.store(videos[k], 1, encoded[k]), range(FRAMES))
+        costs["flow_encode"], costs["flow_store"] = _writer_parts(flows, videos, fields)
     return costs
+
+
+def _writer_parts(writer, videos: list[str], items: list) -> tuple[float, float]:
+    """CPU milliseconds per frame of a :class:`~a2dpipe.chunks.PipelinedWriter`'s two parts, each timed alone in
+    this thread: ``encode`` (its pool's work) of each of ``items``, then ``store`` (its writer thread's) of each
+    as frame 1 of ``videos``."""
+    writer.seconds_per_frame = 0.0
+    encoded = []
+    encode_ms = _cpu_ms(lambda item: encoded.append(writer.encode(item)), items)
+    store_ms = _cpu_ms(lambda k: writer.store(videos[k], 1, encoded[k]), range(len(items)))
+    return encode_ms, store_ms
 
 
 def _mask_frame_ms(path: Path) -> float:
@@ -208,13 +217,9 @@ def _mask_store_costs(path: Path, videos: list[str], masks: list) -> dict:
     from a2dpipe.masks.cache import CroppedMasks, MaskCacheWriter
 
     cropped = [CroppedMasks.from_regions(regions) for regions in masks]  # the GPU's share: not timed
-    costs = {}
     with MaskCacheWriter(path, source="dataset", threaded=False) as cache:
-        cache.seconds_per_frame = 0.0
-        encoded = []
-        costs["mask_encode"] = _cpu_ms(lambda frame: encoded.append(cache.encode(frame)), cropped)
-        costs["mask_store"] = _cpu_ms(lambda k: cache.store(videos[k], 1, encoded[k]), range(len(videos)))
-    return costs
+        encode_ms, store_ms = _writer_parts(cache, videos, cropped)
+    return {"mask_encode": encode_ms, "mask_store": store_ms}
 
 
 def measure_config_cpu_costs(config: dict, frame_size: tuple[int, int]) -> dict:

@@ -362,25 +362,33 @@ def test_training_lowers_the_loss_and_writes_curve_and_checkpoint(trained):
     assert not trained.with_name("checkpoint.pt").exists()  # only an unfinished run leaves one
 
 
-def test_killed_training_resumes_to_the_same_weights(shard, tmp_path, monkeypatch):
+def _killed_and_resumed(shard, tmp_path, monkeypatch, name: str, die, match: str, killed: dict, resumed: dict):
+    """(straight, resumed) checkpoints of an 8-step training (checkpoints every 4): straight through, and killed at
+    step 6 by ``die()`` raised from ``train_module.<name>`` (called as (reader, refs, source, seed, step, ...)),
+    which leaves no model and a step-4 checkpoint, then run again. ``killed``, ``resumed``: the two runs' loader
+    arguments (workers, prefetch)."""
     config = _config(iterations=8, checkpoint_every=4)
     torch.set_num_threads(1)
     straight = train_module.train_mask_model(config, "dataset", [shard], tmp_path / "a" / "model.pt")
+    real = getattr(train_module, name)
 
-    real_batch = train_module.training_batch
-
-    def dying_batch(reader, refs, source, seed, step, *args):
+    def dying(reader, refs, source, seed, step, *args):
         if step == 6:
-            raise KeyboardInterrupt("killed")
-        return real_batch(reader, refs, source, seed, step, *args)
+            raise die()
+        return real(reader, refs, source, seed, step, *args)
 
-    monkeypatch.setattr(train_module, "training_batch", dying_batch)
+    monkeypatch.setattr(train_module, name, dying)
     out = tmp_path / "b" / "model.pt"
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train_mask_model(config, "dataset", [shard], out)
+    with pytest.raises(type(die()), match=match):
+        train_module.train_mask_model(config, "dataset", [shard], out, **killed)
     assert not out.exists() and torch.load(out.with_name("checkpoint.pt"), weights_only=True)["step"] == 4
-    monkeypatch.setattr(train_module, "training_batch", real_batch)
-    resumed = train_module.train_mask_model(config, "dataset", [shard], out)
+    monkeypatch.setattr(train_module, name, real)
+    return straight, train_module.train_mask_model(config, "dataset", [shard], out, **resumed)
+
+
+def test_killed_training_resumes_to_the_same_weights(shard, tmp_path, monkeypatch):
+    straight, resumed = _killed_and_resumed(shard, tmp_path, monkeypatch, "training_batch",
+                                            lambda: KeyboardInterrupt("killed"), "killed", {}, {})
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, msg=key)
 
@@ -388,23 +396,13 @@ def test_killed_training_resumes_to_the_same_weights(shard, tmp_path, monkeypatc
 def test_frames_read_by_loader_workers_give_the_same_weights_and_resume(shard, tmp_path, monkeypatch):
     """segmentation.loader_workers: worker processes read the steps' frames; the weights are the one-thread
     read's bit for bit, and a run that dies there (step 7's frames) resumes from its checkpoint to them."""
-    config = _config(iterations=8, checkpoint_every=4)
-    torch.set_num_threads(1)
-    straight = train_module.train_mask_model(config, "dataset", [shard], tmp_path / "a" / "model.pt")
-    real_frames = train_module.training_frames
 
-    def dying_frames(reader, refs, source, seed, step, *args):
-        if step == 6:
-            raise RuntimeError(f"killed; in a worker: {torch.utils.data.get_worker_info() is not None}")
-        return real_frames(reader, refs, source, seed, step, *args)
+    def die():
+        return RuntimeError(f"killed; in a worker: {torch.utils.data.get_worker_info() is not None}")
 
-    monkeypatch.setattr(train_module, "training_frames", dying_frames)
-    out = tmp_path / "b" / "model.pt"
-    with pytest.raises(RuntimeError, match="killed; in a worker: True"):
-        train_module.train_mask_model(config, "dataset", [shard], out, workers=2, prefetch=2)
-    assert not out.exists() and torch.load(out.with_name("checkpoint.pt"), weights_only=True)["step"] == 4
-    monkeypatch.setattr(train_module, "training_frames", real_frames)
-    resumed = train_module.train_mask_model(config, "dataset", [shard], out, workers=2, prefetch=1)
+    straight, resumed = _killed_and_resumed(shard, tmp_path, monkeypatch, "training_frames", die,
+                                            "killed; in a worker: True", {"workers": 2, "prefetch": 2},
+                                            {"workers": 2, "prefetch": 1})
     assert resumed["final_loss"] == straight["final_loss"]
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key
